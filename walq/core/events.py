@@ -1,0 +1,279 @@
+"""The events the log stores, and their bodies' byte layout (docs/FORMAT.md).
+
+Every event is absolute rather than relative ("attempt 3 started", not "one
+more attempt"), so replaying an event onto a state that already reflects it
+changes nothing: that is what lets a compacted snapshot sit in front of the
+events that followed it.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import ClassVar
+
+import attrs
+
+from walq.core import format as fmt
+from walq.errors import WalqError
+
+PAYLOAD_JSON = 0
+PAYLOAD_BYTES = 1
+
+PENDING = 1
+SCHEDULED = 2
+RUNNING = 3
+DEAD = 4
+
+CANCELLED = 1
+PURGED = 2
+
+
+class BadEvent(WalqError):
+    """A record's checksum is valid but its body is not a well-formed event."""
+
+
+_ENQ = struct.Struct("<QhHBddHH")
+_JOB = struct.Struct("<QhHBddHHBII")
+_FAIL = struct.Struct("<QIBdI")
+_COUNT = struct.Struct("<I")
+_ID = struct.Struct("<Q")
+_ID_ATTEMPT = struct.Struct("<QI")
+_META = struct.Struct("<QI")
+_TOMB = struct.Struct("<QB")
+
+
+@attrs.frozen(kw_only=True)
+class Enqueue:
+    """A job was added. `due` is wall-clock seconds (0: ready at once)."""
+
+    rtype: ClassVar[int] = fmt.ENQUEUE
+    id: int
+    task: str
+    payload: bytes
+    kind: int = PAYLOAD_JSON
+    key: str | None = None
+    priority: int = 0
+    max_attempts: int = 0
+    due: float = 0.0
+    created: float = 0.0
+
+    def encode(self) -> bytes:
+        task = self.task.encode()
+        key = self.key.encode() if self.key is not None else b""
+        keylen = len(key) if self.key is not None else 0xFFFF
+        head = _ENQ.pack(
+            self.id, self.priority, self.max_attempts, self.kind,
+            self.due, self.created, len(task), keylen,
+        )  # fmt: skip
+        return b"".join((head, task, key, self.payload))
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """A compacted job: its whole state, standing in for the events that built it."""
+
+    rtype: ClassVar[int] = fmt.JOB
+    id: int
+    task: str
+    payload: bytes
+    kind: int = PAYLOAD_JSON
+    key: str | None = None
+    priority: int = 0
+    max_attempts: int = 0
+    due: float = 0.0
+    created: float = 0.0
+    state: int = PENDING
+    attempts: int = 0
+    error: str = ""
+
+    def encode(self) -> bytes:
+        task = self.task.encode()
+        key = self.key.encode() if self.key is not None else b""
+        keylen = len(key) if self.key is not None else 0xFFFF
+        error = self.error.encode()
+        head = _JOB.pack(
+            self.id, self.priority, self.max_attempts, self.kind, self.due,
+            self.created, len(task), keylen, self.state, self.attempts, len(error),
+        )  # fmt: skip
+        return b"".join((head, task, key, error, self.payload))
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """Attempts started: (job id, attempt number) pairs, durable before the jobs run."""
+
+    rtype: ClassVar[int] = fmt.CLAIM
+    items: tuple[tuple[int, int], ...]
+
+    def encode(self) -> bytes:
+        return _COUNT.pack(len(self.items)) + b"".join(_ID_ATTEMPT.pack(*i) for i in self.items)
+
+
+@attrs.frozen(kw_only=True)
+class Release:
+    """Jobs handed back uncharged: (job id, attempts counted so far) pairs."""
+
+    rtype: ClassVar[int] = fmt.RELEASE
+    items: tuple[tuple[int, int], ...]
+
+    def encode(self) -> bytes:
+        return _COUNT.pack(len(self.items)) + b"".join(_ID_ATTEMPT.pack(*i) for i in self.items)
+
+
+@attrs.frozen(kw_only=True)
+class Fail:
+    """Attempt `attempt` failed: retry at wall time `due`, or the job is dead."""
+
+    rtype: ClassVar[int] = fmt.FAIL
+    id: int
+    attempt: int
+    dead: bool
+    due: float = 0.0
+    error: str = ""
+
+    def encode(self) -> bytes:
+        error = self.error.encode("utf-8", "replace")
+        return _FAIL.pack(self.id, self.attempt, int(self.dead), self.due, len(error)) + error
+
+
+@attrs.frozen(kw_only=True)
+class _Ids:
+    rtype: ClassVar[int] = 0
+    ids: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        return _COUNT.pack(len(self.ids)) + b"".join(_ID.pack(i) for i in self.ids)
+
+
+@attrs.frozen(kw_only=True)
+class Ack(_Ids):
+    """Jobs finished successfully."""
+
+    rtype: ClassVar[int] = fmt.ACK
+
+
+@attrs.frozen(kw_only=True)
+class Cancel(_Ids):
+    """Jobs cancelled before finishing."""
+
+    rtype: ClassVar[int] = fmt.CANCEL
+
+
+@attrs.frozen(kw_only=True)
+class Requeue(_Ids):
+    """Dead jobs given a fresh start (attempts reset)."""
+
+    rtype: ClassVar[int] = fmt.REQUEUE
+
+
+@attrs.frozen(kw_only=True)
+class Purge(_Ids):
+    """Dead jobs deleted."""
+
+    rtype: ClassVar[int] = fmt.PURGE
+
+
+@attrs.frozen(kw_only=True)
+class Meta:
+    """Written first in a compacted segment: the id counter and finished-job markers."""
+
+    rtype: ClassVar[int] = fmt.META
+    next_id: int
+    tombstones: tuple[tuple[int, int], ...] = ()
+
+    def encode(self) -> bytes:
+        head = _META.pack(self.next_id, len(self.tombstones))
+        return head + b"".join(_TOMB.pack(*t) for t in self.tombstones)
+
+
+Event = Enqueue | Job | Claim | Release | Fail | Ack | Cancel | Requeue | Purge | Meta
+
+
+def decode(rtype: int, body: bytes) -> Event:
+    """Parse an event body; raise BadEvent for any malformed input."""
+    try:
+        return _DECODERS[rtype](body)
+    except KeyError:
+        raise BadEvent(f"unknown record type {rtype}") from None
+    except (struct.error, UnicodeDecodeError, ValueError, IndexError) as exc:
+        raise BadEvent(f"malformed {fmt.TYPE_NAMES.get(rtype, rtype)} body: {exc}") from None
+
+
+def _strings(body: bytes, at: int, *lengths: int) -> tuple[list[str | None], int]:
+    out: list[str | None] = []
+    for n in lengths:
+        if n == 0xFFFF:
+            out.append(None)
+            continue
+        if at + n > len(body):
+            raise ValueError("string runs past the body")
+        out.append(body[at : at + n].decode())
+        at += n
+    return out, at
+
+
+def _decode_enqueue(body: bytes) -> Enqueue:
+    jid, prio, maxa, kind, due, created, tlen, klen = _ENQ.unpack_from(body)
+    (task, key), at = _strings(body, _ENQ.size, tlen, klen)
+    if task is None or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
+        raise ValueError("invalid task or payload kind")
+    return Enqueue(
+        id=jid, task=task, payload=body[at:], kind=kind, key=key,
+        priority=prio, max_attempts=maxa, due=due, created=created,
+    )  # fmt: skip
+
+
+def _decode_job(body: bytes) -> Job:
+    jid, prio, maxa, kind, due, created, tlen, klen, state, attempts, elen = _JOB.unpack_from(body)
+    (task, key), at = _strings(body, _JOB.size, tlen, klen)
+    if at + elen > len(body):
+        raise ValueError("error text runs past the body")
+    error = body[at : at + elen].decode()
+    if task is None or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES) or state not in (PENDING, DEAD):
+        raise ValueError("invalid task, payload kind or state")
+    return Job(
+        id=jid, task=task, payload=body[at + elen :], kind=kind, key=key, priority=prio,
+        max_attempts=maxa, due=due, created=created, state=state, attempts=attempts, error=error,
+    )  # fmt: skip
+
+
+def _pairs(body: bytes) -> tuple[tuple[int, int], ...]:
+    (n,) = _COUNT.unpack_from(body)
+    if _COUNT.size + n * _ID_ATTEMPT.size != len(body):
+        raise ValueError(f"{n} entries do not fill {len(body)} bytes")
+    return tuple(_ID_ATTEMPT.iter_unpack(body[_COUNT.size :]))
+
+
+def _ids(body: bytes) -> tuple[int, ...]:
+    (n,) = _COUNT.unpack_from(body)
+    if _COUNT.size + n * _ID.size != len(body):
+        raise ValueError(f"{n} ids do not fill {len(body)} bytes")
+    return tuple(i for (i,) in _ID.iter_unpack(body[_COUNT.size :]))
+
+
+def _decode_fail(body: bytes) -> Fail:
+    jid, attempt, dead, due, elen = _FAIL.unpack_from(body)
+    if _FAIL.size + elen != len(body) or dead > 1:
+        raise ValueError("inconsistent fail body")
+    return Fail(id=jid, attempt=attempt, dead=bool(dead), due=due, error=body[_FAIL.size :].decode())
+
+
+def _decode_meta(body: bytes) -> Meta:
+    next_id, n = _META.unpack_from(body)
+    if _META.size + n * _TOMB.size != len(body):
+        raise ValueError("inconsistent meta body")
+    return Meta(next_id=next_id, tombstones=tuple(_TOMB.iter_unpack(body[_META.size :])))
+
+
+_DECODERS = {
+    fmt.ENQUEUE: _decode_enqueue,
+    fmt.JOB: _decode_job,
+    fmt.CLAIM: lambda b: Claim(items=_pairs(b)),
+    fmt.RELEASE: lambda b: Release(items=_pairs(b)),
+    fmt.FAIL: _decode_fail,
+    fmt.ACK: lambda b: Ack(ids=_ids(b)),
+    fmt.CANCEL: lambda b: Cancel(ids=_ids(b)),
+    fmt.REQUEUE: lambda b: Requeue(ids=_ids(b)),
+    fmt.PURGE: lambda b: Purge(ids=_ids(b)),
+    fmt.META: _decode_meta,
+}

@@ -1,0 +1,107 @@
+"""Constants and byte layout of walq's segment files (specified in docs/FORMAT.md)."""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+from crc32c import crc32c
+
+from walq.errors import CorruptionError
+
+# -- segment header ---------------------------------------------------------
+# magic(8) version(u32) flags(u32) seq(u64) first(u64) reserved(u32) crc(u32)
+MAGIC = b"walq-seg"
+VERSION = 1
+SEGMENT_HEADER = struct.Struct("<8sIIQQII")
+SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 40
+assert SEGMENT_HEADER_SIZE == 40
+
+# -- record header ----------------------------------------------------------
+# crc(u32) length(u32) type(u8) flags(u8) reserved(u16) synced(u32), then the body.
+# The CRC32C covers bytes 4.. of the header and the whole body.
+RECORD_HEADER = struct.Struct("<IIBBHI")
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 16
+assert RECORD_HEADER_SIZE == 16
+
+# A length field above this is damage, never an allocation request.
+MAX_BODY = 1 << 28  # 256 MiB
+# Segments are addressed with 32-bit offsets.
+MAX_SEGMENT_SIZE = (1 << 32) - 1
+
+# Record types. Type 0 is reserved: zeroed or preallocated space reads as
+# the end of the log, never as a record.
+ZERO = 0
+ENQUEUE = 1
+CLAIM = 2
+ACK = 3
+FAIL = 4
+RELEASE = 5
+CANCEL = 6
+REQUEUE = 7
+PURGE = 8
+JOB = 9
+META = 10
+MAX_TYPE = META
+
+TYPE_NAMES = {
+    ENQUEUE: "enqueue",
+    CLAIM: "claim",
+    ACK: "ack",
+    FAIL: "fail",
+    RELEASE: "release",
+    CANCEL: "cancel",
+    REQUEUE: "requeue",
+    PURGE: "purge",
+    JOB: "job",
+    META: "meta",
+}
+
+
+def segment_name(seq: int) -> str:
+    """The file name of segment `seq`: 16 hex digits sort in log order."""
+    return f"{seq:016x}.wal"
+
+
+def parse_segment_name(name: str) -> int | None:
+    """The sequence number in a segment file name, or None if it is not one."""
+    stem, dot, ext = name.partition(".")
+    if ext != "wal" or not dot or len(stem) != 16:
+        return None
+    try:
+        return int(stem, 16)
+    except ValueError:
+        return None
+
+
+@attrs.frozen
+class SegmentHeader:
+    """A segment's identity: its sequence number and the first segment it covers.
+
+    A compacted segment replaces segments `first`..`seq`; for any other segment
+    `first == seq`.
+    """
+
+    seq: int
+    first: int
+
+    def encode(self) -> bytes:
+        """The header's 40 bytes."""
+        head = SEGMENT_HEADER.pack(MAGIC, VERSION, 0, self.seq, self.first, 0, 0)[:-4]
+        return head + struct.pack("<I", crc32c(head))
+
+    @classmethod
+    def decode(cls, data: bytes, path: str) -> SegmentHeader:
+        """Parse and check a header; raise CorruptionError naming `path` otherwise."""
+        if len(data) < SEGMENT_HEADER_SIZE:
+            raise CorruptionError(path, 0, f"segment header truncated ({len(data)} bytes)")
+        magic, version, flags, seq, first, reserved, crc = SEGMENT_HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise CorruptionError(path, 0, f"bad magic {magic!r}: not a walq segment")
+        if crc32c(data[: SEGMENT_HEADER_SIZE - 4]) != crc:
+            raise CorruptionError(path, 0, "segment header checksum mismatch")
+        if version != VERSION:
+            raise CorruptionError(path, 0, f"unsupported format version {version}")
+        if flags or reserved or first > seq:
+            raise CorruptionError(path, 0, "segment header has invalid fields")
+        return cls(seq=seq, first=first)

@@ -1,0 +1,202 @@
+"""Record framing: encode records, and decode them from bytes one at a time.
+
+`decode` never raises on bad input: it returns what it found at an offset -- a
+record, the end of the log (zeroed space), a record that runs past the data
+(`Incomplete`: a torn tail, or a writer still writing), or `Damaged` bytes.
+Deciding whether damage is a torn tail or corruption needs the whole segment
+and is the job of `classify` (see docs/FORMAT.md, "Recovery").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import attrs
+from crc32c import crc32c
+
+from walq.core.format import MAX_BODY, MAX_TYPE, RECORD_HEADER, RECORD_HEADER_SIZE
+
+_pack_header = RECORD_HEADER.pack
+_unpack_header = RECORD_HEADER.unpack_from
+_ZERO_HEADER = bytes(RECORD_HEADER_SIZE)
+
+
+def encode(rtype: int, body: bytes, synced: int) -> bytes:
+    """Frame one record: header (crc, length, type, synced watermark) and body."""
+    tail = _pack_header(0, len(body), rtype, 0, 0, synced)[4:]
+    return (crc32c(body, crc32c(tail))).to_bytes(4, "little") + tail + body
+
+
+@attrs.frozen
+class Record:
+    """A valid record at `offset`; `end` is where the next one starts."""
+
+    offset: int
+    rtype: int
+    synced: int
+    body: bytes
+    end: int
+
+
+@attrs.frozen
+class End:
+    """No record here: the data ends, or zeroed (preallocated) space begins."""
+
+    offset: int
+
+
+@attrs.frozen
+class Incomplete:
+    """A record starts here but its bytes run past the end of the data."""
+
+    offset: int
+    reason: str
+
+
+@attrs.frozen
+class Damaged:
+    """The bytes here are not a valid record."""
+
+    offset: int
+    reason: str
+
+
+Decoded = Record | End | Incomplete | Damaged
+
+
+def decode(
+    buf: bytes | memoryview, offset: int, *, max_body: int = MAX_BODY, origin: int = 0
+) -> Decoded:
+    """Decode the record at `offset` of `buf`; never raises for any input bytes.
+
+    `origin` is the file offset of `buf[0]` when `buf` is a piece of a segment.
+    """
+    size = len(buf)
+    remaining = size - offset
+    if remaining <= 0:
+        return End(offset)
+    if remaining < RECORD_HEADER_SIZE:
+        if not any(buf[offset:]):
+            return End(offset)
+        return Incomplete(offset, f"header truncated: {remaining} of {RECORD_HEADER_SIZE} bytes")
+    crc, length, rtype, flags, reserved, synced = _unpack_header(buf, offset)
+    if rtype == 0:
+        if bytes(buf[offset : offset + RECORD_HEADER_SIZE]) == _ZERO_HEADER:
+            return End(offset)
+        return Damaged(offset, "record type 0 with non-zero header")
+    if rtype > MAX_TYPE or flags or reserved:
+        return Damaged(offset, f"invalid header (type {rtype}, flags {flags}, reserved {reserved})")
+    if length > max_body:
+        return Damaged(offset, f"length {length} exceeds the maximum {max_body}")
+    end = offset + RECORD_HEADER_SIZE + length
+    if end > size:
+        return Incomplete(offset, f"record of {length} bytes runs past the end of the data")
+    if synced > origin + offset:
+        return Damaged(offset, f"sync watermark {synced} lies beyond the record")
+    body = bytes(buf[offset + RECORD_HEADER_SIZE : end])
+    if crc32c(body, crc32c(buf[offset + 4 : offset + RECORD_HEADER_SIZE])) != crc:
+        return Damaged(offset, "checksum mismatch")
+    return Record(offset, rtype, synced, body, end)
+
+
+# A cheap pre-filter for resynchronising after damage: a plausible header has
+# a known type and zero flag/reserved bytes. The CRC then decides.
+_CANDIDATE = re.compile(rb"(?=[\s\S]{8}[\x01-" + bytes([MAX_TYPE]) + rb"]\x00\x00\x00)")
+
+
+def resync(buf: bytes | memoryview, start: int, *, max_body: int = MAX_BODY) -> Record | None:
+    """The first valid record that starts after `start`, or None."""
+    data = buf if isinstance(buf, bytes) else bytes(buf)
+    for match in _CANDIDATE.finditer(data, start + 1):
+        found = decode(data, match.start(), max_body=max_body)
+        if isinstance(found, Record):
+            return found
+    return None
+
+
+def records(buf: bytes | memoryview, offset: int) -> Iterator[Record]:
+    """Valid records from `offset` until the first non-record; for trusted data."""
+    while True:
+        found = decode(buf, offset)
+        if not isinstance(found, Record):
+            return
+        yield found
+        offset = found.end
+
+
+@attrs.frozen
+class Gap:
+    """A damaged range [start, end) found while scanning a segment."""
+
+    start: int
+    end: int
+    reason: str
+
+
+@attrs.frozen
+class Scan:
+    """What a segment holds: its valid records, damaged gaps, and where it ends.
+
+    `tail` is the offset from which the segment holds a torn tail (bytes a
+    crash left unfinished, safe to cut); `gaps` is damage before the tail,
+    which no crash explains. `end` is where the valid log ends (the next
+    append goes there).
+    """
+
+    records: list[Record]
+    gaps: list[Gap]
+    tail: Gap | None
+    end: int
+
+
+def classify(buf: bytes | memoryview, start: int, *, newest: bool) -> Scan:
+    """Scan a whole segment's bytes from `start` and classify every damaged range.
+
+    In the newest segment, damage is a torn tail unless a later valid record
+    says (by its sync watermark) that the damaged bytes had been fsynced
+    before it was written: synced bytes do not tear, so that is corruption.
+    In any older segment every damaged byte is corruption: segments are
+    fsynced before the next one is created.
+    """
+    found: list[Record] = []
+    gaps: list[Gap] = []
+    offset = start
+    size = len(buf)
+    while True:
+        item = decode(buf, offset)
+        if isinstance(item, Record):
+            found.append(item)
+            offset = item.end
+            continue
+        reason = item.reason if not isinstance(item, End) else "zeroed space before more records"
+        later = resync(buf, offset)
+        if later is None:
+            if isinstance(item, End) or not any(buf[offset:]):
+                return Scan(found, gaps, None, offset)
+            gap = Gap(offset, _trim_zeros(buf, offset, size), reason)
+            if newest:
+                return Scan(found, gaps, gap, offset)
+            gaps.append(gap)
+            return Scan(found, gaps, None, offset)
+        if newest and not _synced_after(buf, later, offset):
+            return Scan(found, gaps, Gap(offset, _trim_zeros(buf, offset, size), reason), offset)
+        gaps.append(Gap(offset, later.offset, reason))
+        offset = later.offset
+
+
+def _synced_after(buf: bytes | memoryview, first: Record, damage: int) -> bool:
+    """Whether `first` or a valid record after it claims `damage` was already synced."""
+    item: Record | None = first
+    while item is not None:
+        if item.synced > damage:
+            return True
+        nxt = decode(buf, item.end)
+        item = nxt if isinstance(nxt, Record) else resync(buf, item.end)
+    return False
+
+
+def _trim_zeros(buf: bytes | memoryview, start: int, end: int) -> int:
+    """The end of the non-zero bytes in [start, end)."""
+    data = bytes(buf[start:end])
+    return start + len(data.rstrip(b"\x00"))

@@ -1,0 +1,566 @@
+"""The queue state machine: what every job is doing, rebuilt by replaying events.
+
+Rules (the transition table below is the whole of them):
+
+- a job is created pending (or scheduled, if it is due later);
+- claim moves pending -> running and records the attempt number;
+- ack removes a running job (done); fail makes it scheduled (a retry) or dead;
+- release hands a running job back to pending without charging the attempt;
+- a lease that expires moves running -> pending, the attempt already counted;
+- cancel removes any unfinished job; requeue revives a dead one; purge deletes it.
+
+Pure: no IO and no clock. Time comes in as `Now` (wall time for what must
+survive a restart, monotonic time for everything within this process), and
+every job's payload stays on disk -- the state holds its location only.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+
+import attrs
+
+from walq.core import events as ev
+from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
+
+PENDING, SCHEDULED, RUNNING, DEAD = ev.PENDING, ev.SCHEDULED, ev.RUNNING, ev.DEAD
+STATE_NAMES = {PENDING: "pending", SCHEDULED: "scheduled", RUNNING: "running", DEAD: "dead"}
+
+# (from, event) -> to. "-" means the job leaves the table (done, cancelled, purged).
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("new", "enqueue"): "pending | scheduled",
+    ("scheduled", "due"): "pending",
+    ("pending", "claim"): "running",
+    ("running", "ack"): "- (done)",
+    ("running", "fail"): "scheduled | dead",
+    ("running", "release"): "pending",
+    ("running", "lease expiry"): "pending",
+    ("pending | scheduled | running", "cancel"): "- (cancelled)",
+    ("dead", "requeue"): "pending",
+    ("dead", "purge"): "- (purged)",
+}
+
+MIN_PRIORITY, MAX_PRIORITY = -(1 << 15), (1 << 15) - 1
+MAX_ATTEMPTS = 0xFFFF
+
+# A live job is one packed int (about 130 bytes of RAM with its dict slot,
+# against 210 for a slotted object): the fields below, then its record's
+# location (segment, offset, size) so the payload can be read back from disk.
+_STATE, _ATTEMPTS, _MAXA, _PRIO, _TASK, _SIZE, _OFFSET, _SEG = 0, 3, 19, 35, 51, 67, 99, 131
+_M3, _M16, _M32 = 0x7, 0xFFFF, 0xFFFFFFFF
+
+
+def _pack(state: int, attempts: int, maxa: int, prio: int, task: int, loc: Loc) -> int:
+    return (
+        state
+        | attempts << _ATTEMPTS
+        | maxa << _MAXA
+        | (prio - MIN_PRIORITY) << _PRIO
+        | task << _TASK
+        | loc.size << _SIZE
+        | loc.offset << _OFFSET
+        | loc.seg << _SEG
+    )
+
+
+def _with(packed: int, shift: int, mask: int, value: int) -> int:
+    return (packed & ~(mask << shift)) | (value << shift)
+
+
+@attrs.frozen
+class Now:
+    """The current time in both clocks: wall (survives restarts) and monotonic."""
+
+    wall: float
+    mono: float
+
+    def mono_at(self, wall: float) -> float:
+        """The monotonic time that corresponds to wall-clock time `wall`."""
+        return self.mono + (wall - self.wall)
+
+
+@attrs.frozen
+class Loc:
+    """Where a job's defining record lives: segment, offset, record size in bytes."""
+
+    seg: int
+    offset: int
+    size: int
+
+
+@attrs.frozen
+class JobInfo:
+    """A snapshot of one live job's fields, as the state holds them."""
+
+    id: int
+    task: str
+    state: int
+    attempts: int
+    max_attempts: int
+    priority: int
+    loc: Loc
+
+    @property
+    def state_name(self) -> str:
+        return STATE_NAMES[self.state]
+
+
+@attrs.define
+class TaskCounts:
+    """Live jobs of one task by state."""
+
+    pending: int = 0
+    scheduled: int = 0
+    running: int = 0
+    dead: int = 0
+
+    def add(self, state: int, delta: int) -> None:
+        name = STATE_NAMES[state]
+        setattr(self, name, getattr(self, name) + delta)
+
+
+class QueueState:
+    """Every live job's state, with the indexes that make claim and status fast."""
+
+    def __init__(self, *, default_max_attempts: int = 20) -> None:
+        if not 1 <= default_max_attempts <= MAX_ATTEMPTS:
+            raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS}")
+        self.default_max_attempts = default_max_attempts
+        self.next_id = 1
+        self._jobs: dict[int, int] = {}
+        self._tasks: list[str] = []
+        self._task_ids: dict[str, int] = {}
+        self._task_max: dict[int, int] = {}
+        self._keys: dict[str, int] = {}
+        self._key_of: dict[int, str] = {}
+        self._errors: dict[int, Loc] = {}
+        self._tombstones: dict[int, int] = {}
+        self._ready: dict[int, dict[int, deque[int]]] = {}
+        self._scheduled: list[tuple[float, int]] = []
+        self._due: dict[int, float] = {}
+        self._leases: dict[int, tuple[float, int]] = {}
+        self._lease_heap: list[tuple[float, int]] = []
+        self._counts = TaskCounts()
+        self._by_task: dict[int, TaskCounts] = {}
+        self.live_bytes = 0
+        self._loading = True
+
+    # -- queries -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, jid: object) -> bool:
+        return jid in self._jobs
+
+    @property
+    def counts(self) -> TaskCounts:
+        """Live jobs by state, over all tasks."""
+        return self._counts
+
+    def task_counts(self) -> dict[str, TaskCounts]:
+        """Live jobs by state, per task."""
+        return {self._tasks[t]: c for t, c in self._by_task.items()}
+
+    @property
+    def unfinished(self) -> int:
+        """Pending, scheduled and running jobs."""
+        c = self._counts
+        return c.pending + c.scheduled + c.running
+
+    def info(self, jid: int) -> JobInfo:
+        """The live job `jid`; UnknownJobError if it is not live."""
+        packed = self._jobs.get(jid)
+        if packed is None:
+            raise UnknownJobError(f"job {jid} is not live ({self.status(jid)})")
+        return self._info(jid, packed)
+
+    def _info(self, jid: int, p: int) -> JobInfo:
+        return JobInfo(
+            id=jid,
+            task=self._tasks[(p >> _TASK) & _M16],
+            state=p & _M3,
+            attempts=(p >> _ATTEMPTS) & _M16,
+            max_attempts=self._max_attempts(p),
+            priority=((p >> _PRIO) & _M16) + MIN_PRIORITY,
+            loc=Loc((p >> _SEG), (p >> _OFFSET) & _M32, (p >> _SIZE) & _M32),
+        )
+
+    def _max_attempts(self, p: int) -> int:
+        own = (p >> _MAXA) & _M16
+        if own:
+            return own
+        return self._task_max.get((p >> _TASK) & _M16, self.default_max_attempts)
+
+    def status(self, jid: int) -> str:
+        """pending | scheduled | running | dead | done | cancelled; UnknownJobError otherwise."""
+        packed = self._jobs.get(jid)
+        if packed is not None:
+            return STATE_NAMES[packed & _M3]
+        tomb = self._tombstones.get(jid)
+        if tomb == ev.CANCELLED:
+            return "cancelled"
+        if tomb == ev.PURGED:
+            raise UnknownJobError(f"job {jid} was purged")
+        if 1 <= jid < self.next_id:
+            return "done"
+        raise UnknownJobError(f"job {jid} does not exist")
+
+    def key_holder(self, key: str) -> int | None:
+        """The unfinished job holding idempotency key `key`, if any."""
+        return self._keys.get(key)
+
+    def key_of(self, jid: int) -> str | None:
+        """The idempotency key of live job `jid`, if it has one."""
+        return self._key_of.get(jid)
+
+    def error_loc(self, jid: int) -> Loc | None:
+        """Where the last error of dead job `jid` is recorded."""
+        return self._errors.get(jid)
+
+    def jobs(self, state: int | None = None) -> Iterator[JobInfo]:
+        """Live jobs in id order, optionally only those in `state`."""
+        for jid, p in list(self._jobs.items()):
+            if state is None or p & _M3 == state:
+                yield self._info(jid, p)
+
+    def tombstones(self) -> dict[int, int]:
+        """Ids of jobs that ended cancelled or purged (status needs to tell them from done)."""
+        return dict(self._tombstones)
+
+    def next_due(self) -> float | None:
+        """The monotonic time of the next scheduled job or lease expiry, if any."""
+        times = []
+        if self._scheduled:
+            times.append(self._scheduled[0][0])
+        if self._lease_heap:
+            times.append(self._lease_heap[0][0])
+        return min(times) if times else None
+
+    def has_ready(self) -> bool:
+        """Whether a pending job is waiting (cheap, may be stale-positive)."""
+        return self._counts.pending > 0
+
+    def lease(self, jid: int) -> tuple[float, int] | None:
+        """(monotonic deadline, attempt) of running job `jid`."""
+        return self._leases.get(jid)
+
+    # -- configuration ---------------------------------------------------------
+
+    def task_index(self, task: str) -> int:
+        """The small integer standing for task name `task`."""
+        idx = self._task_ids.get(task)
+        if idx is None:
+            if len(self._tasks) > _M16:
+                raise ArgumentError(f"too many distinct task names (max {_M16 + 1})")
+            idx = len(self._tasks)
+            self._tasks.append(task)
+            self._task_ids[task] = idx
+        return idx
+
+    def set_task_max_attempts(self, task: str, max_attempts: int) -> None:
+        """Attempts allowed for jobs of `task` that did not set their own."""
+        if not 1 <= max_attempts <= MAX_ATTEMPTS:
+            raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS}, not {max_attempts}")
+        self._task_max[self.task_index(task)] = max_attempts
+
+    # -- replay ------------------------------------------------------------------
+
+    def apply(self, event: ev.Event, loc: Loc, now: Now) -> None:
+        """Apply one event recorded at `loc`. Idempotent for events already reflected."""
+        if isinstance(event, ev.Enqueue | ev.Job):
+            self._create(event, loc, now)
+        elif isinstance(event, ev.Claim):
+            for jid, attempt in event.items:
+                self._claimed(jid, attempt)
+        elif isinstance(event, ev.Ack):
+            for jid in event.ids:
+                self._remove(jid, None)
+        elif isinstance(event, ev.Fail):
+            self._failed(event, loc, now)
+        elif isinstance(event, ev.Release):
+            for jid, attempts in event.items:
+                self._released(jid, attempts)
+        elif isinstance(event, ev.Cancel):
+            for jid in event.ids:
+                if jid in self._jobs and self._jobs[jid] & _M3 != DEAD:
+                    self._remove(jid, ev.CANCELLED)
+        elif isinstance(event, ev.Requeue):
+            for jid in event.ids:
+                self._requeued(jid)
+        elif isinstance(event, ev.Purge):
+            for jid in event.ids:
+                if jid in self._jobs and self._jobs[jid] & _M3 == DEAD:
+                    self._remove(jid, ev.PURGED)
+        else:
+            self.next_id = max(self.next_id, event.next_id)
+            self._tombstones.update(event.tombstones)
+
+    def finish_replay(self, now: Now) -> None:
+        """End of replay: jobs that were running have lost their worker; index the rest.
+
+        A running job goes back to pending with its attempt counted: its start
+        was durable, so a job that kills the owner is charged every time.
+        """
+        for jid, p in self._jobs.items():
+            state = p & _M3
+            if state == RUNNING:
+                self._jobs[jid] = p = self._move(p, PENDING)
+                state = PENDING
+            if state == PENDING:
+                self._push_ready(jid, p)
+        heapq.heapify(self._scheduled)
+        self._loading = False
+
+    def _create(self, e: ev.Enqueue | ev.Job, loc: Loc, now: Now) -> None:
+        self.next_id = max(self.next_id, e.id + 1)
+        if e.id in self._jobs or e.id in self._tombstones:
+            return
+        state, attempts = PENDING, 0
+        if isinstance(e, ev.Job):
+            state, attempts = e.state, e.attempts
+            if state == DEAD:
+                self._errors[e.id] = loc
+        if state == PENDING and e.due > now.wall:
+            state = SCHEDULED
+        p = _pack(state, attempts, e.max_attempts, e.priority, self.task_index(e.task), loc)
+        self._jobs[e.id] = p
+        self._count(p, +1)
+        self.live_bytes += loc.size
+        if e.key is not None:
+            self._key_of[e.id] = e.key
+            if state != DEAD:
+                self._keys[e.key] = e.id
+        if state == SCHEDULED:
+            self._schedule(e.id, now.mono_at(e.due))
+        elif state == PENDING and not self._loading:
+            self._push_ready(e.id, p)
+
+    def _claimed(self, jid: int, attempt: int) -> None:
+        p = self._jobs.get(jid)
+        if p is None:
+            return
+        p = _with(self._move(p, RUNNING), _ATTEMPTS, _M16, min(attempt, _M16))
+        self._jobs[jid] = p
+        self._due.pop(jid, None)
+
+    def _failed(self, e: ev.Fail, loc: Loc, now: Now) -> None:
+        p = self._jobs.get(e.id)
+        if p is None:
+            return
+        p = _with(p, _ATTEMPTS, _M16, min(e.attempt, _M16))
+        self._leases.pop(e.id, None)
+        if e.dead:
+            self._jobs[e.id] = self._move(p, DEAD)
+            self._errors[e.id] = loc
+            self._release_key(e.id)
+        elif e.due > now.wall:
+            self._jobs[e.id] = self._move(p, SCHEDULED)
+            self._schedule(e.id, now.mono_at(e.due))
+        else:
+            self._jobs[e.id] = p = self._move(p, PENDING)
+            if not self._loading:
+                self._push_ready(e.id, p)
+
+    def _released(self, jid: int, attempts: int) -> None:
+        p = self._jobs.get(jid)
+        if p is None or p & _M3 == DEAD:
+            return
+        self._leases.pop(jid, None)
+        p = _with(self._move(p, PENDING), _ATTEMPTS, _M16, min(attempts, _M16))
+        self._jobs[jid] = p
+        if not self._loading:
+            self._push_ready(jid, p)
+
+    def _requeued(self, jid: int) -> None:
+        p = self._jobs.get(jid)
+        if p is None or p & _M3 != DEAD:
+            return
+        self._errors.pop(jid, None)
+        p = _with(self._move(p, PENDING), _ATTEMPTS, _M16, 0)
+        self._jobs[jid] = p
+        key = self._key_of.get(jid)
+        if key is not None and key not in self._keys:
+            self._keys[key] = jid
+        if not self._loading:
+            self._push_ready(jid, p)
+
+    def _remove(self, jid: int, tombstone: int | None) -> None:
+        p = self._jobs.pop(jid, None)
+        if p is None:
+            return
+        self._count(p, -1)
+        self.live_bytes -= (p >> _SIZE) & _M32
+        self._release_key(jid)
+        self._key_of.pop(jid, None)
+        self._errors.pop(jid, None)
+        self._leases.pop(jid, None)
+        self._due.pop(jid, None)
+        if tombstone is not None:
+            self._tombstones[jid] = tombstone
+
+    def _release_key(self, jid: int) -> None:
+        key = self._key_of.get(jid)
+        if key is not None and self._keys.get(key) == jid:
+            del self._keys[key]
+
+    def _move(self, p: int, state: int) -> int:
+        self._count(p, -1)
+        p = (p & ~_M3) | state
+        self._count(p, +1)
+        return p
+
+    def _count(self, p: int, delta: int) -> None:
+        state = p & _M3
+        self._counts.add(state, delta)
+        task = (p >> _TASK) & _M16
+        counts = self._by_task.get(task)
+        if counts is None:
+            counts = self._by_task[task] = TaskCounts()
+        counts.add(state, delta)
+
+    def _schedule(self, jid: int, due: float) -> None:
+        self._due[jid] = due
+        if self._loading:
+            self._scheduled.append((due, jid))
+        else:
+            heapq.heappush(self._scheduled, (due, jid))
+
+    def _push_ready(self, jid: int, p: int) -> None:
+        prio = (p >> _PRIO) & _M16
+        by_task = self._ready.get(prio)
+        if by_task is None:
+            by_task = self._ready[prio] = {}
+        task = (p >> _TASK) & _M16
+        q = by_task.get(task)
+        if q is None:
+            q = by_task[task] = deque()
+        q.append(jid)
+
+    # -- the owner's operations ------------------------------------------------------
+
+    def tick(self, now: Now) -> list[int]:
+        """Move due scheduled jobs to pending and expired leases back; return the expired."""
+        sched = self._scheduled
+        while sched and sched[0][0] <= now.mono:
+            due, jid = heapq.heappop(sched)
+            p = self._jobs.get(jid)
+            if p is None or p & _M3 != SCHEDULED or self._due.get(jid) != due:
+                continue
+            del self._due[jid]
+            self._jobs[jid] = p = self._move(p, PENDING)
+            self._push_ready(jid, p)
+        expired = []
+        leases = self._lease_heap
+        while leases and leases[0][0] <= now.mono:
+            deadline, jid = heapq.heappop(leases)
+            held = self._leases.get(jid)
+            if held is None or held[0] != deadline:
+                continue
+            del self._leases[jid]
+            p = self._jobs[jid]
+            self._jobs[jid] = p = self._move(p, PENDING)
+            self._push_ready(jid, p)
+            expired.append(jid)
+        return expired
+
+    def take_ready(self, limit: int, accept: Callable[[str], bool] | None = None) -> list[JobInfo]:
+        """Pop up to `limit` pending jobs, highest priority first, then oldest first.
+
+        `accept` can refuse a task (its concurrency cap is full, its breaker is
+        open); refused jobs stay pending. The caller must then record a Claim
+        for the jobs it takes (or a Fail for those out of attempts).
+        """
+        taken: list[JobInfo] = []
+        for prio in sorted(self._ready, reverse=True):
+            by_task = self._ready[prio]
+            while len(taken) < limit:
+                best_task, best_id = -1, -1
+                for task, q in list(by_task.items()):
+                    jid = self._head(q)
+                    if jid is None:
+                        del by_task[task]
+                        continue
+                    if (best_id < 0 or jid < best_id) and (
+                        accept is None or accept(self._tasks[task])
+                    ):
+                        best_task, best_id = task, jid
+                if best_id < 0:
+                    break
+                by_task[best_task].popleft()
+                taken.append(self._info(best_id, self._jobs[best_id]))
+            if not by_task:
+                del self._ready[prio]
+            if len(taken) >= limit:
+                break
+        return taken
+
+    def _head(self, q: deque[int]) -> int | None:
+        """The first id in `q` that is still pending (drops stale entries)."""
+        jobs = self._jobs
+        while q:
+            jid = q[0]
+            p = jobs.get(jid)
+            if p is not None and p & _M3 == PENDING:
+                return jid
+            q.popleft()
+        return None
+
+    def start(self, jid: int, attempt: int, deadline: float) -> None:
+        """Mark a taken job running with a lease until monotonic `deadline`."""
+        self._claimed(jid, attempt)
+        self._leases[jid] = (deadline, attempt)
+        heapq.heappush(self._lease_heap, (deadline, jid))
+
+    def untake(self, jobs: Iterable[JobInfo]) -> None:
+        """Put jobs taken by `take_ready` back at the head of their queues (nothing recorded)."""
+        for info in reversed(list(jobs)):
+            p = self._jobs.get(info.id)
+            if p is None or p & _M3 != PENDING:
+                continue
+            prio = (p >> _PRIO) & _M16
+            task = (p >> _TASK) & _M16
+            self._ready.setdefault(prio, {}).setdefault(task, deque()).appendleft(info.id)
+
+    def extend(self, jid: int, attempt: int | None, deadline: float) -> None:
+        """Move the lease of running job `jid` to monotonic `deadline` (a heartbeat)."""
+        self.check_holder(jid, attempt)
+        held = self._leases[jid]
+        self._leases[jid] = (deadline, held[1])
+        heapq.heappush(self._lease_heap, (deadline, jid))
+
+    def check_holder(self, jid: int, attempt: int | None) -> JobInfo:
+        """The running job `jid` if attempt `attempt` (None: any) still holds it."""
+        p = self._jobs.get(jid)
+        if p is None:
+            status = self.status(jid)
+            if attempt is not None:
+                raise LeaseLost(f"job {jid} is {status}: attempt {attempt} no longer holds it")
+            raise StateError(f"job {jid} is {status}, not running")
+        info = self._info(jid, p)
+        if info.state != RUNNING:
+            if attempt is not None:
+                raise LeaseLost(
+                    f"job {jid} is {info.state_name}: attempt {attempt}'s lease has expired"
+                )
+            raise StateError(f"job {jid} is {info.state_name}, not running")
+        if attempt is not None and info.attempts != attempt:
+            raise LeaseLost(f"job {jid} is running attempt {info.attempts}, not {attempt}")
+        return info
+
+    def relocate(self, moves: dict[int, Loc]) -> None:
+        """Point jobs at their records' new homes after a compaction."""
+        for jid, loc in moves.items():
+            p = self._jobs.get(jid)
+            if p is None:
+                continue
+            old = (p >> _SIZE) & _M32
+            p = _with(p, _SIZE, _M32, loc.size)
+            p = _with(p, _OFFSET, _M32, loc.offset)
+            p = (p & ((1 << _SEG) - 1)) | (loc.seg << _SEG)
+            self._jobs[jid] = p
+            self.live_bytes += loc.size - old
+            if jid in self._errors:
+                self._errors[jid] = loc

@@ -1,0 +1,69 @@
+"""walq's exceptions: one hierarchy under WalqError, each naming what it is about."""
+
+from __future__ import annotations
+
+
+class WalqError(Exception):
+    """Base class of every error walq raises on purpose."""
+
+
+class LockedError(WalqError):
+    """Another owner (process or thread) holds the queue directory's lock."""
+
+
+class CorruptionError(WalqError):
+    """A queue file holds bytes that are not a valid record: names the file and offset."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"{path}: corrupt at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class NotAQueueError(WalqError):
+    """The directory does not exist or holds no walq queue (read-only tools)."""
+
+
+class QueueFull(WalqError):
+    """A cap (max_pending, max_bytes, free-disk floor) refuses the enqueue."""
+
+
+class ClosedError(WalqError):
+    """The queue (or producer) was closed."""
+
+
+class LogFailedError(WalqError):
+    """A write or fsync failed: the log refuses further writes until reopened.
+
+    An fsync is never retried, because after a failure a retry can falsely
+    succeed while the data is lost (the kernel has dropped the dirty pages).
+    """
+
+
+class UnknownJobError(WalqError, KeyError):
+    """No job with this id exists (never enqueued, or purged)."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; a message reads better plain.
+        return str(self.args[0]) if self.args else "unknown job"
+
+
+class StateError(WalqError):
+    """The job is not in a state that allows the operation (e.g. ack of a done job)."""
+
+
+class LeaseLost(StateError):
+    """The caller's attempt no longer holds the job: its lease expired or it was cancelled."""
+
+
+class ArgumentError(WalqError, ValueError):
+    """An argument is out of range or of the wrong kind."""
+
+
+class PayloadError(ArgumentError):
+    """A payload is not JSON-serialisable, not bytes, or larger than the limit."""
+
+
+class ProtocolError(WalqError):
+    """A producer message was malformed, truncated or oversized."""

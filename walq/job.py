@@ -1,0 +1,90 @@
+"""What a claim hands out, and how payloads become bytes and back.
+
+Payloads are JSON values or `bytes`, never pickles: a log is data, not code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import attrs
+
+from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
+from walq.errors import ArgumentError, PayloadError
+
+DEFAULT_MAX_PAYLOAD = 16 << 20
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """A claimed job: run it, then ack, fail or release it by `id` (and `attempt`)."""
+
+    id: int
+    task: str
+    payload: Any
+    attempt: int
+    key: str | None = None
+    priority: int = 0
+    max_attempts: int = 0
+    enqueued_at: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
+class DeadJob:
+    """A dead-lettered job and the error of its last attempt."""
+
+    id: int
+    task: str
+    payload: Any
+    attempts: int
+    error: str
+    key: str | None = None
+
+
+def encode_payload(payload: Any, limit: int = DEFAULT_MAX_PAYLOAD) -> tuple[int, bytes]:
+    """(kind, bytes) for a JSON value or bytes; PayloadError otherwise or if too large."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        kind, data = PAYLOAD_BYTES, bytes(payload)
+    else:
+        try:
+            text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"payload is neither bytes nor a JSON value: {exc}") from None
+        kind, data = PAYLOAD_JSON, text.encode()
+    if len(data) > limit:
+        raise PayloadError(f"payload of {len(data)} bytes exceeds max_payload ({limit} bytes)")
+    return kind, data
+
+
+def decode_payload(kind: int, data: bytes) -> Any:
+    """The payload value stored as (kind, bytes)."""
+    if kind == PAYLOAD_BYTES:
+        return data
+    return json.loads(data)
+
+
+def check_task(task: object) -> str:
+    """A valid task name, or ArgumentError."""
+    if not isinstance(task, str) or not task or len(task.encode()) > 0xFFFE:
+        raise ArgumentError(f"task must be a non-empty string, not {task!r}")
+    return task
+
+
+def check_key(key: object) -> str | None:
+    """A valid idempotency key (or None), or ArgumentError."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or len(key.encode()) > 0xFFFE:
+        raise ArgumentError(f"key must be a string of at most 65534 bytes, not {key!r}")
+    return key
+
+
+def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
+    """A finite, non-negative (or positive) number of seconds, or ArgumentError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ArgumentError(f"{name} must be a finite number of seconds, not {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ArgumentError(f"{name} must be {'positive' if positive else 'non-negative'}")
+    return float(value)

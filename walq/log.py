@@ -1,0 +1,384 @@
+"""The segmented log: recovery on open, appends, and group commit.
+
+Appends go to an in-memory buffer under a short lock. Under sync="always" a
+caller then waits in `commit`: the first waiter becomes the leader, writes
+everything buffered so far in one pwrite and fdatasyncs once, and every
+caller whose record was in that batch returns -- so N concurrent producers
+share one fsync. Under "interval" and "never" the buffer reaches the kernel
+before `append` returns (a process crash loses nothing), and fsyncs happen
+every `sync_interval` seconds or only when segments are sealed and on close.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import threading
+import time
+from collections.abc import Sequence
+
+import attrs
+
+from walq.core import framing
+from walq.core.format import (
+    MAX_SEGMENT_SIZE,
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    SegmentHeader,
+    parse_segment_name,
+    segment_name,
+)
+from walq.core.state import Loc
+from walq.errors import ArgumentError, ClosedError, CorruptionError, LogFailedError
+from walq.fs import FileSystem
+from walq.segment import Segment
+
+log = logging.getLogger("walq.log")
+
+SYNC_MODES = ("always", "interval", "never")
+CUT_DIR = "cut"
+SLOW_SYNC = 1.0  # seconds: an fdatasync slower than this is logged
+
+
+@attrs.frozen
+class Damage:
+    """A damaged range that recovery skipped (recovery="skip") or cut (a torn tail)."""
+
+    path: str
+    start: int
+    end: int
+    reason: str
+    torn_tail: bool
+
+
+@attrs.define
+class Recovered:
+    """What recovery found: segments in log order and the damage it handled."""
+
+    segments: list[tuple[Segment, list[framing.Record]]]
+    damage: list[Damage]
+
+
+class Log:
+    """An append-only log of records in numbered segment files in one directory."""
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        directory: str,
+        *,
+        segment_size: int,
+        sync: str,
+        sync_interval: float,
+    ) -> None:
+        if sync not in SYNC_MODES:
+            raise ArgumentError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        if not 4096 <= segment_size <= MAX_SEGMENT_SIZE:
+            raise ArgumentError(f"segment_size must be 4096..{MAX_SEGMENT_SIZE} bytes")
+        if sync_interval <= 0:
+            raise ArgumentError("sync_interval must be positive")
+        self.fs = fs
+        self.directory = directory
+        self.segment_size = segment_size
+        self.sync_mode = sync
+        self.sync_interval = sync_interval
+        self._mu = threading.Lock()
+        self._cond = threading.Condition(self._mu)
+        self._active: Segment | None = None
+        self._sealed: list[Segment] = []
+        self._buf: list[bytes] = []
+        self._buf_start = 0  # file offset of the first buffered byte
+        self._end = 0  # file offset after the last appended byte
+        self._appended = 0  # lsn: bytes appended since open
+        self._synced = 0  # lsn up to which everything is durable
+        self._seg_lsn = 0  # the lsn that offset SEGMENT_HEADER_SIZE of the active segment has
+        self._leader = False
+        self._failed: LogFailedError | None = None
+        self._closed = False
+        self._syncer: threading.Thread | None = None
+        self.fsyncs = 0
+        self.sync_seconds = 0.0
+
+    # -- recovery --------------------------------------------------------------
+
+    def recover(self, *, skip_damage: bool) -> Recovered:
+        """Read every segment; cut a torn tail; raise CorruptionError on other damage.
+
+        With `skip_damage`, damaged ranges are skipped and reported instead.
+        Leaves the newest segment open for appending (creating segment 1 in
+        an empty directory).
+        """
+        fs, d = self.fs, self.directory
+        names = fs.listdir(d)
+        removed = False
+        for name in names:
+            if name.endswith(".tmp"):  # an interrupted segment creation or compaction
+                fs.remove(posixpath.join(d, name))
+                removed = True
+        seqs = sorted(s for s in (parse_segment_name(n) for n in names) if s is not None)
+        opened: list[tuple[Segment, bytes]] = []
+        for seq in seqs:
+            path = posixpath.join(d, segment_name(seq))
+            seg, data = Segment.open(fs, path, write=True)
+            if seg.seq != seq:
+                seg.close()
+                raise CorruptionError(path, 0, f"header says segment {seg.seq}")
+            opened.append((seg, data))
+        # A compacted segment covering first..seq supersedes those segments: they
+        # are leftovers of a compaction that crashed before removing them.
+        superseded = set()
+        for seg, _ in opened:
+            superseded.update(range(seg.header.first, seg.seq))
+        for seg, _ in opened:
+            if seg.seq in superseded:
+                seg.close()
+                fs.remove(seg.path)
+                removed = True
+                log.info("removed %s: superseded by a compacted segment", seg.path)
+        opened = [(s, b) for s, b in opened if s.seq not in superseded]
+        if removed:
+            fs.sync_dir(d)
+
+        result = Recovered([], [])
+        for i, (seg, data) in enumerate(opened):
+            newest = i == len(opened) - 1
+            scan = framing.classify(data, SEGMENT_HEADER_SIZE, newest=newest)
+            for gap in scan.gaps:
+                if not skip_damage:
+                    raise CorruptionError(seg.path, gap.start, gap.reason)
+                log.warning("%s: skipped damaged bytes %d..%d (%s)", seg.path, *attrs.astuple(gap))
+                result.damage.append(Damage(seg.path, gap.start, gap.end, gap.reason, False))
+            if scan.tail is not None:
+                self._cut_tail(seg, data, scan.tail)
+                result.damage.append(
+                    Damage(seg.path, scan.tail.start, scan.tail.end, scan.tail.reason, True)
+                )
+            result.segments.append((seg, scan.records))
+            if newest:
+                self._end = scan.end
+                # lsn 0 is the recovered end, so the next record's watermark says
+                # everything before it is durable (it is: see the sync below).
+                self._seg_lsn = SEGMENT_HEADER_SIZE - scan.end
+        if opened:
+            *sealed, (active, _) = opened
+            self._sealed = [s for s, _ in sealed]
+            for s in self._sealed:
+                s.close()  # sealed segments are read through the reader's handles
+            self._active = active
+            # The previous owner's last writes may have reached the kernel but not
+            # the disk: make them durable before anything new is written after them.
+            active.file.sync()
+        else:
+            self._active = Segment.create(fs, d, SegmentHeader(1, 1), self.segment_size)
+            self._end = SEGMENT_HEADER_SIZE
+        self._buf_start = self._end
+        if self.sync_mode == "interval":
+            self._syncer = threading.Thread(target=self._sync_loop, name="walq-sync", daemon=True)
+            self._syncer.start()
+        return result
+
+    def _cut_tail(self, seg: Segment, data: bytes, tail: framing.Gap) -> None:
+        """Keep a torn tail's bytes aside, then zero them in place and fsync."""
+        cut = data[tail.start : tail.end]
+        if cut:
+            aside = posixpath.join(self.directory, CUT_DIR)
+            if not self.fs.is_dir(aside):
+                self.fs.makedirs(aside)
+            name = f"{posixpath.basename(seg.path)}.{tail.start}.torn"
+            f = self.fs.open(posixpath.join(aside, name), create=True)
+            try:
+                f.pwrite(cut, 0)
+                f.sync()
+            finally:
+                f.close()
+            self.fs.sync_dir(aside)
+            seg.file.pwrite(bytes(len(cut)), tail.start)
+            seg.file.sync()
+        log.warning(
+            "%s: cut a torn tail at offset %d (%d bytes kept in %s/): %s",
+            seg.path, tail.start, len(cut), CUT_DIR, tail.reason,
+        )  # fmt: skip
+
+    # -- appending ---------------------------------------------------------------
+
+    @property
+    def active_seq(self) -> int:
+        assert self._active is not None
+        return self._active.seq
+
+    @property
+    def sealed_seqs(self) -> list[int]:
+        return [s.seq for s in self._sealed]
+
+    def append(self, records: Sequence[tuple[int, bytes]]) -> tuple[list[Loc], int]:
+        """Append records; return where each went and the lsn to `commit` for all of them."""
+        locs = []
+        with self._mu:
+            self._check_open()
+            for rtype, body in records:
+                size = RECORD_HEADER_SIZE + len(body)
+                while self._end + size > self.segment_size and self._end > SEGMENT_HEADER_SIZE:
+                    if self._leader:
+                        self._cond.wait()
+                        self._check_open()
+                        continue
+                    self._roll()
+                assert self._active is not None
+                if self._end + size > MAX_SEGMENT_SIZE:
+                    raise ArgumentError(f"a record of {size} bytes cannot fit in a segment")
+                synced = SEGMENT_HEADER_SIZE + max(0, self._synced - self._seg_lsn)
+                self._buf.append(framing.encode(rtype, body, synced))
+                locs.append(Loc(self._active.seq, self._end, size))
+                self._end += size
+                self._appended += size
+            if self.sync_mode != "always":
+                # Reach the kernel before returning, so a process crash loses nothing.
+                self._write_buffer()
+            return locs, self._appended
+
+    def _write_buffer(self) -> None:
+        """Write buffered bytes to the active segment (called with the lock held)."""
+        if not self._buf:
+            return
+        assert self._active is not None
+        data = b"".join(self._buf)
+        try:
+            self._active.file.pwrite(data, self._buf_start)
+        except OSError as exc:
+            self._fail(f"write to {self._active.path} failed: {exc}")
+        self._buf = []
+        self._buf_start += len(data)
+
+    def _roll(self) -> None:
+        """Seal the active segment (flush, fsync) and start the next (lock held, no leader)."""
+        assert self._active is not None
+        old = self._active
+        self._write_buffer()
+        self._timed_sync(old)
+        self._synced = self._appended
+        header = SegmentHeader(old.seq + 1, old.seq + 1)
+        try:
+            new = Segment.create(self.fs, self.directory, header, self.segment_size)
+        except OSError as exc:
+            self._fail(f"creating segment {header.seq} in {self.directory} failed: {exc}")
+        old.close()
+        self._sealed.append(old)
+        self._active = new
+        self._end = self._buf_start = SEGMENT_HEADER_SIZE
+        self._seg_lsn = self._appended
+
+    def commit(self, lsn: int) -> None:
+        """Return once everything up to `lsn` is durable (group commit)."""
+        with self._mu:
+            while self._synced < lsn:
+                if self._failed is not None:
+                    raise self._failed
+                if self._leader:
+                    self._cond.wait()
+                    continue
+                self._leader = True
+                break
+            else:
+                return
+            assert self._active is not None
+            seg = self._active
+            data = b"".join(self._buf)
+            start = self._buf_start
+            self._buf = []
+            self._buf_start += len(data)
+            target = self._appended
+        try:
+            if data:
+                try:
+                    seg.file.pwrite(data, start)
+                except OSError as exc:
+                    raise self._fail_unlocked(f"write to {seg.path} failed: {exc}") from exc
+            self._timed_sync(seg)
+        finally:
+            with self._mu:
+                self._leader = False
+                if self._failed is None:
+                    self._synced = max(self._synced, target)
+                self._cond.notify_all()
+        if self._failed is not None:
+            raise self._failed
+
+    def flush(self) -> None:
+        """Make every appended record durable now, whatever the sync mode."""
+        with self._mu:
+            lsn = self._appended
+        self.commit(lsn)
+
+    def written_end(self, seq: int) -> int:
+        """Bytes of segment `seq` that have reached the kernel (all of a sealed one)."""
+        with self._mu:
+            if self._active is not None and seq == self._active.seq:
+                return self._buf_start
+        return MAX_SEGMENT_SIZE
+
+    def _timed_sync(self, seg: Segment) -> None:
+        started = time.monotonic()
+        try:
+            seg.file.sync()
+        except OSError as exc:
+            raise self._fail_unlocked(f"fsync of {seg.path} failed: {exc}") from exc
+        elapsed = time.monotonic() - started
+        self.fsyncs += 1
+        self.sync_seconds += elapsed
+        if elapsed > SLOW_SYNC:
+            log.warning("fdatasync of %s took %.2f s", seg.path, elapsed)
+
+    def _fail(self, message: str) -> None:
+        """Record a write failure (lock held) and raise it: the log takes no more writes."""
+        raise self._fail_unlocked(message)
+
+    def _fail_unlocked(self, message: str) -> LogFailedError:
+        if self._failed is None:
+            self._failed = LogFailedError(message + "; the queue accepts no more writes: reopen it")
+            log.error("%s", message)
+        return self._failed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{self.directory}: the queue is closed")
+        if self._failed is not None:
+            raise self._failed
+
+    @property
+    def failed(self) -> LogFailedError | None:
+        return self._failed
+
+    def _sync_loop(self) -> None:
+        while True:
+            time.sleep(self.sync_interval)
+            with self._mu:
+                if self._closed or self._failed is not None:
+                    return
+                lsn = self._appended
+            try:
+                self.commit(lsn)
+            except (LogFailedError, ClosedError):
+                return
+
+    # -- reading and closing ---------------------------------------------------------
+
+    def segment_paths(self) -> list[str]:
+        """Paths of every live segment, oldest first."""
+        segs = [*self._sealed, *([self._active] if self._active else [])]
+        return [s.path for s in segs]
+
+    def close(self) -> None:
+        """Make everything durable and close the files (idempotent)."""
+        if self._closed:
+            return
+        try:
+            if self._failed is None:
+                self.flush()
+        finally:
+            with self._mu:
+                self._closed = True
+                self._cond.notify_all()
+            if self._syncer is not None and self._syncer is not threading.current_thread():
+                self._syncer.join(timeout=5)
+            if self._active is not None:
+                self._active.close()

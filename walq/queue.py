@@ -1,0 +1,643 @@
+"""Queue: the segmented log plus the state machine that replays it."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from walq.core import events as ev
+from walq.core import format as fmt
+from walq.core import framing
+from walq.core.state import DEAD, MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY, Loc, Now, QueueState
+from walq.errors import (
+    ArgumentError,
+    ClosedError,
+    CorruptionError,
+    QueueFull,
+    StateError,
+)
+from walq.fs import File, FileSystem, Lock, OsFileSystem
+from walq.job import (
+    DEFAULT_MAX_PAYLOAD,
+    DeadJob,
+    Job,
+    check_key,
+    check_seconds,
+    check_task,
+    decode_payload,
+    encode_payload,
+)
+from walq.log import Damage, Log, Recovered
+
+log = logging.getLogger("walq.queue")
+
+LOCK_FILE = "LOCK"
+RECOVERY_MODES = ("strict", "skip")
+INTERRUPTED = (
+    "attempt {n} was interrupted (the owner stopped or the lease expired) "
+    "and no attempts remain"
+)
+
+
+def wall_now() -> Now:
+    """The real clocks."""
+    return Now(time.time(), time.monotonic())
+
+
+class Queue:
+    """A durable job queue in one directory, owned by one process at a time."""
+
+    def __init__(self, path: str, fs: FileSystem, lock: Lock, wal: Log, **opts: Any) -> None:
+        self.path = path
+        self.fs = fs
+        self._lock_handle = lock
+        self._log = wal
+        self._clock: Callable[[], Now] = opts["clock"]
+        self._rng: random.Random = opts["rng"]
+        self.max_pending: int | None = opts["max_pending"]
+        self.max_bytes: int | None = opts["max_bytes"]
+        self.min_free_bytes: int = opts["min_free_bytes"]
+        self.max_payload: int = opts["max_payload"]
+        self._state = QueueState(default_max_attempts=opts["max_attempts"])
+        self._mu = threading.Lock()
+        self._changed = threading.Condition(self._mu)
+        self._readers: dict[int, File] = {}
+        self._closed = False
+        self._free_checked = (-1.0, 0)
+        self.damage: list[Damage] = []
+        self.counters = dict.fromkeys(
+            ("enqueued", "coalesced", "claimed", "acked", "failed", "retried", "dead_lettered", "expired"),
+            0,
+        )
+        self.done_seen = 0
+        self.cancel_listeners: list[Callable[[int], None]] = []
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        sync: str = "always",
+        sync_interval: float = 0.05,
+        segment_size: int = 32 << 20,
+        max_pending: int | None = None,
+        max_bytes: int | None = None,
+        min_free_bytes: int | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_attempts: int = 20,
+        lock_timeout: float = 0.0,
+        recovery: str = "strict",
+        fs: FileSystem | None = None,
+        clock: Callable[[], Now] | None = None,
+        rng: random.Random | None = None,
+    ) -> Queue:
+        """Open (creating if needed, mode 0700) the queue in directory `path` and replay it.
+
+        sync: "always" (return after fdatasync; concurrent calls share one),
+        "interval" (fsync every `sync_interval` seconds), or "never".
+        recovery: "strict" (damage before a torn tail raises CorruptionError)
+        or "skip" (damaged records are skipped, logged and counted).
+        """
+        if recovery not in RECOVERY_MODES:
+            raise ArgumentError(f"recovery must be 'strict' or 'skip', not {recovery!r}")
+        for name, cap in (("max_pending", max_pending), ("max_bytes", max_bytes)):
+            if cap is not None and (not isinstance(cap, int) or cap < 1):
+                raise ArgumentError(f"{name} must be a positive integer or None")
+        if not 1 <= max_payload <= min(fmt.MAX_BODY - 4096, segment_size - 4096):
+            raise ArgumentError("max_payload must be positive and fit in a segment")
+        lock_timeout = check_seconds("lock_timeout", lock_timeout)
+        fs = fs or OsFileSystem()
+        path = str(path)
+        if not fs.is_dir(path):
+            fs.makedirs(path, 0o700)
+        lock = fs.lock(posixpath.join(path, LOCK_FILE), lock_timeout)
+        try:
+            wal = Log(fs, path, segment_size=segment_size, sync=sync, sync_interval=sync_interval)
+            q = cls(
+                path, fs, lock, wal,
+                clock=clock or wall_now, rng=rng or random.Random(),
+                max_pending=max_pending, max_bytes=max_bytes,
+                min_free_bytes=2 * segment_size if min_free_bytes is None else min_free_bytes,
+                max_payload=max_payload, max_attempts=max_attempts,
+            )  # fmt: skip
+            skip = recovery == "skip"
+            q._replay(wal.recover(skip_damage=skip), skip)
+        except BaseException:
+            lock.release()
+            raise
+        return q
+
+    def _replay(self, recovered: Recovered, skip_damage: bool) -> None:
+        now = self._clock()
+        state = self._state
+        self.damage = recovered.damage
+        for seg, records in recovered.segments:
+            seq = seg.seq
+            for rec in records:
+                try:
+                    event = ev.decode(rec.rtype, rec.body)
+                except ev.BadEvent as exc:
+                    if not skip_damage:
+                        raise CorruptionError(seg.path, rec.offset, str(exc)) from None
+                    self.damage.append(Damage(seg.path, rec.offset, rec.end, str(exc), False))
+                    continue
+                if isinstance(event, ev.Ack):
+                    self.done_seen += len(event.ids)
+                state.apply(event, Loc(seq, rec.offset, rec.end - rec.offset), now)
+        state.finish_replay(now)
+        for d in self.damage:
+            kind = "torn tail cut" if d.torn_tail else "damaged range skipped"
+            log.warning("%s: %s at offset %d..%d: %s", d.path, kind, d.start, d.end, d.reason)
+
+    # -- producing -----------------------------------------------------------------
+
+    def enqueue(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        delay: float = 0.0,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        sync: bool | None = None,
+        timeout: float = 0.0,
+    ) -> int:
+        """Add a job; return its id once durable (per the sync mode, or `sync=True`).
+
+        With `key`, an unfinished job holding the same key is returned instead
+        of a new one. A full queue raises QueueFull, after waiting up to `timeout`.
+        """
+        return self.enqueue_many(
+            [(task, payload, {"key": key, "delay": delay, "priority": priority,
+                              "max_attempts": max_attempts})],
+            sync=sync, timeout=timeout,
+        )[0]  # fmt: skip
+
+    def enqueue_many(
+        self,
+        items: Iterable[tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]],
+        *,
+        sync: bool | None = None,
+        timeout: float = 0.0,
+    ) -> list[int]:
+        """Add many jobs with one durable write; items are (task, payload[, options])."""
+        prepared = [self._prepare(item) for item in items]
+        timeout = check_seconds("timeout", timeout)
+        with self._mu:
+            self._check_open()
+            now = self._clock()
+            deadline = now.mono + timeout
+            while True:
+                ids, fresh = self._assign(prepared, now)
+                problem = self._room_for(fresh)
+                if problem is None:
+                    break
+                left = deadline - self._clock().mono
+                if left <= 0:
+                    raise QueueFull(f"{self.path}: {problem}")
+                self._changed.wait(min(left, 1.0))
+                self._check_open()
+                now = self._clock()
+            lsn = self._write(fresh, now) if fresh else self._log_lsn()
+            self.counters["enqueued"] += len(fresh)
+            self.counters["coalesced"] += len(ids) - len(fresh)
+            if fresh:
+                self._changed.notify_all()
+        self._commit(lsn, sync)
+        return ids
+
+    def _prepare(self, item: Any) -> tuple[str, int, bytes, dict[str, Any]]:
+        if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+            raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {item!r}")
+        task, payload = check_task(item[0]), item[1]
+        opts = dict(item[2]) if len(item) == 3 and item[2] else {}
+        unknown = set(opts) - {"key", "delay", "priority", "max_attempts"}
+        if unknown:
+            raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(unknown))}")
+        opts["key"] = check_key(opts.get("key"))
+        opts["delay"] = check_seconds("delay", opts.get("delay", 0.0))
+        prio = opts.get("priority", 0)
+        if not isinstance(prio, int) or not MIN_PRIORITY <= prio <= MAX_PRIORITY:
+            raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
+        maxa = opts.get("max_attempts") or 0
+        if not isinstance(maxa, int) or not 0 <= maxa <= MAX_ATTEMPTS:
+            raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
+        opts["max_attempts"] = maxa
+        kind, data = encode_payload(payload, self.max_payload)
+        return task, kind, data, opts
+
+    def _assign(
+        self, prepared: list[tuple[str, int, bytes, dict[str, Any]]], now: Now
+    ) -> tuple[list[int], list[ev.Enqueue]]:
+        """Ids for each item: a coalesced existing job, or a new Enqueue event."""
+        ids: list[int] = []
+        fresh: list[ev.Enqueue] = []
+        batch_keys: dict[str, int] = {}
+        next_id = self._state.next_id
+        for task, kind, data, opts in prepared:
+            key = opts["key"]
+            if key is not None:
+                holder = batch_keys.get(key) or self._state.key_holder(key)
+                if holder is not None:
+                    ids.append(holder)
+                    continue
+                batch_keys[key] = next_id
+            delay = opts["delay"]
+            fresh.append(
+                ev.Enqueue(
+                    id=next_id, task=task, payload=data, kind=kind, key=key,
+                    priority=opts["priority"], max_attempts=opts["max_attempts"],
+                    due=now.wall + delay if delay else 0.0, created=now.wall,
+                )  # fmt: skip
+            )
+            ids.append(next_id)
+            next_id += 1
+        return ids, fresh
+
+    def _room_for(self, fresh: list[ev.Enqueue]) -> str | None:
+        """Why `fresh` does not fit under the caps, or None if it does."""
+        if not fresh:
+            return None
+        state = self._state
+        if self.max_pending is not None and state.unfinished + len(fresh) > self.max_pending:
+            return f"max_pending ({self.max_pending}) reached"
+        if self.max_bytes is not None:
+            size = sum(len(e.payload) + 64 + len(e.task) for e in fresh)
+            if state.live_bytes + size > self.max_bytes:
+                return f"max_bytes ({self.max_bytes}) reached"
+        if self.min_free_bytes:
+            free = self._free_bytes()
+            if free < self.min_free_bytes:
+                return f"only {free} bytes free on disk (min_free_bytes={self.min_free_bytes})"
+        return None
+
+    def _free_bytes(self) -> int:
+        # statvfs at most every half second: a floor, not a ledger.
+        checked, free = self._free_checked
+        now = time.monotonic()
+        if now - checked > 0.5:
+            free = self.fs.free_bytes(self.path)
+            self._free_checked = (now, free)
+        return free
+
+    # -- the log, under the queue's lock -----------------------------------------------
+
+    def _write(self, events: Sequence[ev.Event], now: Now) -> int:
+        """Append events and apply them to the state (lock held); return the lsn."""
+        locs, lsn = self._log.append([(e.rtype, e.encode()) for e in events])
+        for event, loc in zip(events, locs, strict=True):
+            self._state.apply(event, loc, now)
+        return lsn
+
+    def _log_lsn(self) -> int:
+        return self._log.append([])[1]
+
+    def _commit(self, lsn: int, sync: bool | None) -> None:
+        if sync or (sync is None and self._log.sync_mode == "always"):
+            self._log.commit(lsn)
+
+    # -- consuming ---------------------------------------------------------------------
+
+    def claim(
+        self, lease: float = 60.0, timeout: float = 0.0, *, tasks: Iterable[str] | None = None
+    ) -> Job | None:
+        """Take the next ready job for `lease` seconds, waiting up to `timeout` for one.
+
+        The attempt is durable before the job is returned, so a job that
+        crashes the process is still counted.
+        """
+        allowed = set(tasks) if tasks is not None else None
+        accept = None if allowed is None else allowed.__contains__
+        jobs = self.claim_many(1, lease=lease, timeout=timeout, accept=accept)
+        return jobs[0] if jobs else None
+
+    def claim_many(
+        self,
+        n: int,
+        *,
+        lease: float = 60.0,
+        timeout: float = 0.0,
+        accept: Callable[[str], bool] | None = None,
+    ) -> list[Job]:
+        """Take up to `n` ready jobs with one durable write (see `claim`)."""
+        if not isinstance(n, int) or n < 1:
+            raise ArgumentError(f"n must be a positive integer, not {n!r}")
+        lease = check_seconds("lease", lease, positive=True)
+        timeout = check_seconds("timeout", timeout)
+        with self._mu:
+            self._check_open()
+            now = self._clock()
+            deadline = now.mono + timeout
+            while True:
+                self._tick(now)
+                taken = self._state.take_ready(n, accept)
+                if taken:
+                    lsn, started = self._start(taken, now, lease)
+                    if started or now.mono >= deadline:
+                        break
+                    continue
+                if now.mono >= deadline:
+                    return []
+                wait = deadline - now.mono
+                due = self._state.next_due()
+                if due is not None:
+                    wait = min(wait, max(due - now.mono, 0.001))
+                self._changed.wait(wait)
+                self._check_open()
+                now = self._clock()
+        self._log.commit(lsn)
+        return [self._job(info.id, attempt) for info, attempt in started]
+
+    def _start(self, taken: list[Any], now: Now, lease: float) -> tuple[int, list[Any]]:
+        """Record the start of taken jobs (lock held); dead-letter those out of attempts."""
+        events: list[ev.Event] = []
+        started = []
+        for info in taken:
+            if info.attempts >= info.max_attempts:
+                events.append(
+                    ev.Fail(
+                        id=info.id, attempt=info.attempts, dead=True,
+                        error=INTERRUPTED.format(n=info.attempts),
+                    )  # fmt: skip
+                )
+                self.counters["dead_lettered"] += 1
+                log.warning("job %d (%s): %s", info.id, info.task, INTERRUPTED.format(n=info.attempts))
+            else:
+                started.append((info, info.attempts + 1))
+        if started:
+            events.append(ev.Claim(items=tuple((i.id, a) for i, a in started)))
+        try:
+            lsn = self._write(events, now)
+        except BaseException:
+            self._state.untake(taken)
+            raise
+        for info, attempt in started:
+            self._state.start(info.id, attempt, now.mono + lease)
+        self.counters["claimed"] += len(started)
+        return lsn, started
+
+    def _job(self, jid: int, attempt: int) -> Job:
+        info = self._state.info(jid)
+        record = self._read(info.loc)
+        e = ev.decode(record.rtype, record.body)
+        assert isinstance(e, ev.Enqueue | ev.Job)
+        return Job(
+            id=jid, task=e.task, payload=decode_payload(e.kind, e.payload), attempt=attempt,
+            key=e.key, priority=e.priority, max_attempts=info.max_attempts, enqueued_at=e.created,
+        )  # fmt: skip
+
+    def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
+        """Finish a running job. With `attempt`, only if that attempt still holds it."""
+        self.ack_many([job_id], attempts=None if attempt is None else [attempt], sync=sync)
+
+    def ack_many(
+        self,
+        job_ids: Sequence[int],
+        *,
+        attempts: Sequence[int] | None = None,
+        sync: bool | None = None,
+    ) -> None:
+        """Finish many running jobs with one durable write; nothing is acked if one fails."""
+        with self._mu:
+            self._check_open()
+            pairs = zip(job_ids, attempts or [None] * len(job_ids), strict=True)
+            ids = tuple(self._state.check_holder(j, a).id for j, a in pairs)
+            lsn = self._write([ev.Ack(ids=ids)], self._clock())
+            self.counters["acked"] += len(ids)
+            self._changed.notify_all()
+        self._commit(lsn, sync)
+
+    def fail(
+        self,
+        job_id: int,
+        error: str = "",
+        permanent: bool = False,
+        *,
+        attempt: int | None = None,
+        delay: float | None = None,
+        sync: bool | None = None,
+    ) -> str:
+        """Record a failed attempt: retry after `delay` (default: backoff), or dead.
+
+        Returns the job's new status, "scheduled" or "dead".
+        """
+        if delay is not None:
+            delay = check_seconds("delay", delay)
+        with self._mu:
+            self._check_open()
+            info = self._state.check_holder(job_id, attempt)
+            now = self._clock()
+            dead = permanent or info.attempts >= info.max_attempts
+            if delay is None:
+                delay = self._rng.uniform(0.0, min(300.0, 2.0 ** min(info.attempts, 30)))
+            event = ev.Fail(
+                id=job_id, attempt=info.attempts, dead=dead,
+                due=0.0 if dead else now.wall + delay, error=str(error),
+            )  # fmt: skip
+            lsn = self._write([event], now)
+            self.counters["failed"] += 1
+            self.counters["dead_lettered" if dead else "retried"] += 1
+            self._changed.notify_all()
+        self._commit(lsn, sync)
+        return "dead" if dead else "scheduled"
+
+    def release(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
+        """Hand a running job back to pending without charging its attempt."""
+        with self._mu:
+            self._check_open()
+            info = self._state.check_holder(job_id, attempt)
+            event = ev.Release(items=((job_id, info.attempts - 1),))
+            lsn = self._write([event], self._clock())
+            self._changed.notify_all()
+        self._commit(lsn, sync)
+
+    def extend(self, job_id: int, lease: float, *, attempt: int | None = None) -> None:
+        """Push a running job's lease to `lease` seconds from now (a heartbeat)."""
+        lease = check_seconds("lease", lease, positive=True)
+        with self._mu:
+            self._check_open()
+            self._state.extend(job_id, attempt, self._clock().mono + lease)
+
+    # -- administration -------------------------------------------------------------------
+
+    def status(self, job_id: int) -> str:
+        """pending | scheduled | running | done | dead | cancelled (UnknownJobError if none)."""
+        with self._mu:
+            self._tick(self._clock())
+            return self._state.status(job_id)
+
+    def cancel(self, job_id: int, *, sync: bool | None = None) -> bool:
+        """Cancel an unfinished job; False if it had already finished. A dead job is purged."""
+        with self._mu:
+            self._check_open()
+            status = self._state.status(job_id)
+            if status in ("done", "cancelled"):
+                return False
+            if status == "dead":
+                raise StateError(f"job {job_id} is dead: purge or requeue it")
+            lsn = self._write([ev.Cancel(ids=(job_id,))], self._clock())
+            self._changed.notify_all()
+        self._commit(lsn, sync)
+        if status == "running":
+            for listener in list(self.cancel_listeners):
+                listener(job_id)
+        return True
+
+    def dead_jobs(self) -> list[DeadJob]:
+        """Every dead-lettered job with its last error."""
+        with self._mu:
+            self._check_open()
+            infos = list(self._state.jobs(DEAD))
+            locs = [(i, self._state.error_loc(i.id), self._state.key_of(i.id)) for i in infos]
+            out = []
+            for info, err_loc, key in locs:
+                job = self._job(info.id, info.attempts)
+                error = ""
+                if err_loc is not None:
+                    e = ev.decode(*self._read_raw(err_loc))
+                    error = e.error if isinstance(e, ev.Fail | ev.Job) else ""
+                out.append(DeadJob(id=info.id, task=info.task, payload=job.payload,
+                                   attempts=info.attempts, error=error, key=key))  # fmt: skip
+            return out
+
+    def requeue(self, job_id: int, *, sync: bool | None = None) -> None:
+        """Give a dead job a fresh start (its attempts reset)."""
+        with self._mu:
+            self._check_open()
+            if self._state.status(job_id) != "dead":
+                raise StateError(f"job {job_id} is {self._state.status(job_id)}, not dead")
+            lsn = self._write([ev.Requeue(ids=(job_id,))], self._clock())
+            self._changed.notify_all()
+        self._commit(lsn, sync)
+
+    def purge(self, job_ids: Iterable[int] | None = None, *, sync: bool | None = None) -> int:
+        """Delete dead jobs (all of them by default); return how many."""
+        with self._mu:
+            self._check_open()
+            if job_ids is None:
+                ids = tuple(i.id for i in self._state.jobs(DEAD))
+            else:
+                ids = tuple(job_ids)
+                for jid in ids:
+                    if self._state.status(jid) != "dead":
+                        raise StateError(f"job {jid} is {self._state.status(jid)}, not dead")
+            if not ids:
+                return 0
+            lsn = self._write([ev.Purge(ids=ids)], self._clock())
+        self._commit(lsn, sync)
+        return len(ids)
+
+    def set_task_defaults(self, task: str, *, max_attempts: int) -> None:
+        """Attempts allowed for jobs of `task` that did not set max_attempts themselves."""
+        with self._mu:
+            self._state.set_task_max_attempts(check_task(task), max_attempts)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by state and per task, bytes, segments, and counters since open."""
+        with self._mu:
+            self._tick(self._clock())
+            c = self._state.counts
+            paths = self._log.segment_paths()
+            disk = 0
+            for p in paths:
+                try:
+                    disk += _file_size(self.fs, p)
+                except OSError:
+                    pass  # removed by a compaction a moment ago
+            return {
+                "pending": c.pending,
+                "scheduled": c.scheduled,
+                "running": c.running,
+                "dead": c.dead,
+                "done": self.done_seen + self.counters["acked"],
+                "unfinished": self._state.unfinished,
+                "bytes": self._state.live_bytes,
+                "disk_bytes": disk,
+                "segments": len(paths),
+                "next_id": self._state.next_id,
+                "damaged": sum(1 for d in self.damage if not d.torn_tail),
+                "torn_tails_cut": sum(1 for d in self.damage if d.torn_tail),
+                "fsyncs": self._log.fsyncs,
+                "tasks": {
+                    t: {"pending": n.pending, "scheduled": n.scheduled,
+                        "running": n.running, "dead": n.dead}
+                    for t, n in self._state.task_counts().items()
+                    if n.pending or n.scheduled or n.running or n.dead
+                },  # fmt: skip
+                **self.counters,
+            }
+
+    def sync(self) -> None:
+        """Make everything written so far durable, whatever the sync mode."""
+        self._log.flush()
+
+    def close(self) -> None:
+        """Flush, close the files and release the directory (idempotent)."""
+        with self._mu:
+            if self._closed:
+                return
+            self._closed = True
+            self._changed.notify_all()
+        try:
+            self._log.close()
+        finally:
+            for f in self._readers.values():
+                f.close()
+            self._readers.clear()
+            self._lock_handle.release()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{self.path}: the queue is closed")
+        failed = self._log.failed
+        if failed is not None:
+            raise failed
+
+    def _tick(self, now: Now) -> None:
+        expired = self._state.tick(now)
+        if expired:
+            self.counters["expired"] += len(expired)
+            for jid in expired:
+                log.warning("job %d: lease expired; back to pending", jid)
+
+    def _read_raw(self, loc: Loc) -> tuple[int, bytes]:
+        record = self._read(loc)
+        return record.rtype, record.body
+
+    def _read(self, loc: Loc) -> framing.Record:
+        """The record at `loc`, checked against its CRC."""
+        if loc.offset + loc.size > self._log.written_end(loc.seg):
+            self._log.flush()  # still in the group-commit buffer
+        f = self._readers.get(loc.seg)
+        path = posixpath.join(self.path, fmt.segment_name(loc.seg))
+        if f is None:
+            f = self._readers[loc.seg] = self.fs.open(path)
+        data = f.pread(loc.size, loc.offset)
+        record = framing.decode(data, 0, origin=loc.offset)
+        if not isinstance(record, framing.Record):
+            raise CorruptionError(path, loc.offset, getattr(record, "reason", "no record"))
+        return record
+
+
+def _file_size(fs: FileSystem, path: str) -> int:
+    f = fs.open(path)
+    try:
+        return f.size()
+    finally:
+        f.close()
