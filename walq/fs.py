@@ -8,6 +8,7 @@ crash model in docs/FORMAT.md can be exercised without pulling a power cord.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import sys
 from typing import Protocol
@@ -141,8 +142,6 @@ class OsFile:
 
 def _datasync(fd: int) -> None:
     if sys.platform == "darwin":  # pragma: no cover - exercised on macOS only
-        import fcntl
-
         # fsync on macOS only reaches the drive's cache; F_FULLFSYNC reaches the platter.
         fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
     elif hasattr(os, "fdatasync"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import portalocker
 
@@ -20,7 +21,7 @@ _held_guard = threading.Lock()
 class ProcessLock:
     """An exclusive, non-blocking portalocker lock on a file, held until released."""
 
-    def __init__(self, path: str, handle: object) -> None:
+    def __init__(self, path: str, handle: Any) -> None:
         self.path = path
         self._handle = handle
 
@@ -54,6 +55,6 @@ class ProcessLock:
         try:
             portalocker.unlock(handle)
         finally:
-            handle.close()  # type: ignore[attr-defined]
+            handle.close()
             with _held_guard:
                 _held.discard(self.path)

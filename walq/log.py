@@ -126,7 +126,7 @@ class Log:
             opened.append((seg, data))
         # A compacted segment covering first..seq supersedes those segments: they
         # are leftovers of a compaction that crashed before removing them.
-        superseded = set()
+        superseded: set[int] = set()
         for seg, _ in opened:
             superseded.update(range(seg.header.first, seg.seq))
         for seg, _ in opened:
@@ -184,8 +184,12 @@ class Log:
             aside = posixpath.join(self.directory, CUT_DIR)
             if not self.fs.is_dir(aside):
                 self.fs.makedirs(aside)
-            name = f"{posixpath.basename(seg.path)}.{tail.start}.torn"
-            f = self.fs.open(posixpath.join(aside, name), create=True)
+            name = f"{posixpath.basename(seg.path)}.{tail.start}"
+            taken = set(self.fs.listdir(aside))
+            n = 0
+            while f"{name}.{n}.torn" in taken:  # the same offset may tear again after a later crash
+                n += 1
+            f = self.fs.open(posixpath.join(aside, f"{name}.{n}.torn"), create=True)
             try:
                 f.pwrite(cut, 0)
                 f.sync()
@@ -196,8 +200,12 @@ class Log:
             seg.file.sync()
         log.warning(
             "%s: cut a torn tail at offset %d (%d bytes kept in %s/): %s",
-            seg.path, tail.start, len(cut), CUT_DIR, tail.reason,
-        )  # fmt: skip
+            seg.path,
+            tail.start,
+            len(cut),
+            CUT_DIR,
+            tail.reason,
+        )
 
     # -- appending ---------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 import random
@@ -39,8 +40,7 @@ log = logging.getLogger("walq.queue")
 LOCK_FILE = "LOCK"
 RECOVERY_MODES = ("strict", "skip")
 INTERRUPTED = (
-    "attempt {n} was interrupted (the owner stopped or the lease expired) "
-    "and no attempts remain"
+    "attempt {n} was interrupted (the owner stopped or the lease expired) and no attempts remain"
 )
 
 
@@ -71,7 +71,16 @@ class Queue:
         self._free_checked = (-1.0, 0)
         self.damage: list[Damage] = []
         self.counters = dict.fromkeys(
-            ("enqueued", "coalesced", "claimed", "acked", "failed", "retried", "dead_lettered", "expired"),
+            (
+                "enqueued",
+                "coalesced",
+                "claimed",
+                "acked",
+                "failed",
+                "retried",
+                "dead_lettered",
+                "expired",
+            ),
             0,
         )
         self.done_seen = 0
@@ -110,8 +119,8 @@ class Queue:
         for name, cap in (("max_pending", max_pending), ("max_bytes", max_bytes)):
             if cap is not None and (not isinstance(cap, int) or cap < 1):
                 raise ArgumentError(f"{name} must be a positive integer or None")
-        if not 1 <= max_payload <= min(fmt.MAX_BODY - 4096, segment_size - 4096):
-            raise ArgumentError("max_payload must be positive and fit in a segment")
+        if not 1 <= max_payload <= fmt.MAX_BODY - 65536 * 3:
+            raise ArgumentError(f"max_payload must be 1..{fmt.MAX_BODY - 65536 * 3} bytes")
         lock_timeout = check_seconds("lock_timeout", lock_timeout)
         fs = fs or OsFileSystem()
         path = str(path)
@@ -121,12 +130,18 @@ class Queue:
         try:
             wal = Log(fs, path, segment_size=segment_size, sync=sync, sync_interval=sync_interval)
             q = cls(
-                path, fs, lock, wal,
-                clock=clock or wall_now, rng=rng or random.Random(),
-                max_pending=max_pending, max_bytes=max_bytes,
+                path,
+                fs,
+                lock,
+                wal,
+                clock=clock or wall_now,
+                rng=rng or random.Random(),
+                max_pending=max_pending,
+                max_bytes=max_bytes,
                 min_free_bytes=2 * segment_size if min_free_bytes is None else min_free_bytes,
-                max_payload=max_payload, max_attempts=max_attempts,
-            )  # fmt: skip
+                max_payload=max_payload,
+                max_attempts=max_attempts,
+            )
             skip = recovery == "skip"
             q._replay(wal.recover(skip_damage=skip), skip)
         except BaseException:
@@ -176,10 +191,21 @@ class Queue:
         of a new one. A full queue raises QueueFull, after waiting up to `timeout`.
         """
         return self.enqueue_many(
-            [(task, payload, {"key": key, "delay": delay, "priority": priority,
-                              "max_attempts": max_attempts})],
-            sync=sync, timeout=timeout,
-        )[0]  # fmt: skip
+            [
+                (
+                    task,
+                    payload,
+                    {
+                        "key": key,
+                        "delay": delay,
+                        "priority": priority,
+                        "max_attempts": max_attempts,
+                    },
+                )
+            ],
+            sync=sync,
+            timeout=timeout,
+        )[0]
 
     def enqueue_many(
         self,
@@ -231,6 +257,7 @@ class Queue:
         if not isinstance(maxa, int) or not 0 <= maxa <= MAX_ATTEMPTS:
             raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
         opts["max_attempts"] = maxa
+        opts["priority"] = prio
         kind, data = encode_payload(payload, self.max_payload)
         return task, kind, data, opts
 
@@ -253,10 +280,16 @@ class Queue:
             delay = opts["delay"]
             fresh.append(
                 ev.Enqueue(
-                    id=next_id, task=task, payload=data, kind=kind, key=key,
-                    priority=opts["priority"], max_attempts=opts["max_attempts"],
-                    due=now.wall + delay if delay else 0.0, created=now.wall,
-                )  # fmt: skip
+                    id=next_id,
+                    task=task,
+                    payload=data,
+                    kind=kind,
+                    key=key,
+                    priority=opts["priority"],
+                    max_attempts=opts["max_attempts"],
+                    due=now.wall + delay if delay else 0.0,
+                    created=now.wall,
+                )
             )
             ids.append(next_id)
             next_id += 1
@@ -364,12 +397,16 @@ class Queue:
             if info.attempts >= info.max_attempts:
                 events.append(
                     ev.Fail(
-                        id=info.id, attempt=info.attempts, dead=True,
+                        id=info.id,
+                        attempt=info.attempts,
+                        dead=True,
                         error=INTERRUPTED.format(n=info.attempts),
-                    )  # fmt: skip
+                    )
                 )
                 self.counters["dead_lettered"] += 1
-                log.warning("job %d (%s): %s", info.id, info.task, INTERRUPTED.format(n=info.attempts))
+                log.warning(
+                    "job %d (%s): %s", info.id, info.task, INTERRUPTED.format(n=info.attempts)
+                )
             else:
                 started.append((info, info.attempts + 1))
         if started:
@@ -390,9 +427,15 @@ class Queue:
         e = ev.decode(record.rtype, record.body)
         assert isinstance(e, ev.Enqueue | ev.Job)
         return Job(
-            id=jid, task=e.task, payload=decode_payload(e.kind, e.payload), attempt=attempt,
-            key=e.key, priority=e.priority, max_attempts=info.max_attempts, enqueued_at=e.created,
-        )  # fmt: skip
+            id=jid,
+            task=e.task,
+            payload=decode_payload(e.kind, e.payload),
+            attempt=attempt,
+            key=e.key,
+            priority=e.priority,
+            max_attempts=info.max_attempts,
+            enqueued_at=e.created,
+        )
 
     def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
         """Finish a running job. With `attempt`, only if that attempt still holds it."""
@@ -408,7 +451,8 @@ class Queue:
         """Finish many running jobs with one durable write; nothing is acked if one fails."""
         with self._mu:
             self._check_open()
-            pairs = zip(job_ids, attempts or [None] * len(job_ids), strict=True)
+            held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
+            pairs = zip(job_ids, held, strict=True)
             ids = tuple(self._state.check_holder(j, a).id for j, a in pairs)
             lsn = self._write([ev.Ack(ids=ids)], self._clock())
             self.counters["acked"] += len(ids)
@@ -439,9 +483,12 @@ class Queue:
             if delay is None:
                 delay = self._rng.uniform(0.0, min(300.0, 2.0 ** min(info.attempts, 30)))
             event = ev.Fail(
-                id=job_id, attempt=info.attempts, dead=dead,
-                due=0.0 if dead else now.wall + delay, error=str(error),
-            )  # fmt: skip
+                id=job_id,
+                attempt=info.attempts,
+                dead=dead,
+                due=0.0 if dead else now.wall + delay,
+                error=str(error),
+            )
             lsn = self._write([event], now)
             self.counters["failed"] += 1
             self.counters["dead_lettered" if dead else "retried"] += 1
@@ -504,8 +551,16 @@ class Queue:
                 if err_loc is not None:
                     e = ev.decode(*self._read_raw(err_loc))
                     error = e.error if isinstance(e, ev.Fail | ev.Job) else ""
-                out.append(DeadJob(id=info.id, task=info.task, payload=job.payload,
-                                   attempts=info.attempts, error=error, key=key))  # fmt: skip
+                out.append(
+                    DeadJob(
+                        id=info.id,
+                        task=info.task,
+                        payload=job.payload,
+                        attempts=info.attempts,
+                        error=error,
+                        key=key,
+                    )
+                )
             return out
 
     def requeue(self, job_id: int, *, sync: bool | None = None) -> None:
@@ -548,10 +603,8 @@ class Queue:
             paths = self._log.segment_paths()
             disk = 0
             for p in paths:
-                try:
+                with contextlib.suppress(OSError):  # removed by a compaction a moment ago
                     disk += _file_size(self.fs, p)
-                except OSError:
-                    pass  # removed by a compaction a moment ago
             return {
                 "pending": c.pending,
                 "scheduled": c.scheduled,
@@ -567,11 +620,15 @@ class Queue:
                 "torn_tails_cut": sum(1 for d in self.damage if d.torn_tail),
                 "fsyncs": self._log.fsyncs,
                 "tasks": {
-                    t: {"pending": n.pending, "scheduled": n.scheduled,
-                        "running": n.running, "dead": n.dead}
+                    t: {
+                        "pending": n.pending,
+                        "scheduled": n.scheduled,
+                        "running": n.running,
+                        "dead": n.dead,
+                    }
                     for t, n in self._state.task_counts().items()
                     if n.pending or n.scheduled or n.running or n.dead
-                },  # fmt: skip
+                },
                 **self.counters,
             }
 

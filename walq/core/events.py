@@ -9,6 +9,7 @@ events that followed it.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import ClassVar
 
 import attrs
@@ -62,9 +63,15 @@ class Enqueue:
         key = self.key.encode() if self.key is not None else b""
         keylen = len(key) if self.key is not None else 0xFFFF
         head = _ENQ.pack(
-            self.id, self.priority, self.max_attempts, self.kind,
-            self.due, self.created, len(task), keylen,
-        )  # fmt: skip
+            self.id,
+            self.priority,
+            self.max_attempts,
+            self.kind,
+            self.due,
+            self.created,
+            len(task),
+            keylen,
+        )
         return b"".join((head, task, key, self.payload))
 
 
@@ -92,9 +99,18 @@ class Job:
         keylen = len(key) if self.key is not None else 0xFFFF
         error = self.error.encode()
         head = _JOB.pack(
-            self.id, self.priority, self.max_attempts, self.kind, self.due,
-            self.created, len(task), keylen, self.state, self.attempts, len(error),
-        )  # fmt: skip
+            self.id,
+            self.priority,
+            self.max_attempts,
+            self.kind,
+            self.due,
+            self.created,
+            len(task),
+            keylen,
+            self.state,
+            self.attempts,
+            len(error),
+        )
         return b"".join((head, task, key, error, self.payload))
 
 
@@ -192,9 +208,11 @@ Event = Enqueue | Job | Claim | Release | Fail | Ack | Cancel | Requeue | Purge 
 def decode(rtype: int, body: bytes) -> Event:
     """Parse an event body; raise BadEvent for any malformed input."""
     try:
-        return _DECODERS[rtype](body)
+        decoder = _DECODERS[rtype]
     except KeyError:
         raise BadEvent(f"unknown record type {rtype}") from None
+    try:
+        return decoder(body)
     except (struct.error, UnicodeDecodeError, ValueError, IndexError) as exc:
         raise BadEvent(f"malformed {fmt.TYPE_NAMES.get(rtype, rtype)} body: {exc}") from None
 
@@ -218,9 +236,16 @@ def _decode_enqueue(body: bytes) -> Enqueue:
     if task is None or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
         raise ValueError("invalid task or payload kind")
     return Enqueue(
-        id=jid, task=task, payload=body[at:], kind=kind, key=key,
-        priority=prio, max_attempts=maxa, due=due, created=created,
-    )  # fmt: skip
+        id=jid,
+        task=task,
+        payload=body[at:],
+        kind=kind,
+        key=key,
+        priority=prio,
+        max_attempts=maxa,
+        due=due,
+        created=created,
+    )
 
 
 def _decode_job(body: bytes) -> Job:
@@ -232,9 +257,19 @@ def _decode_job(body: bytes) -> Job:
     if task is None or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES) or state not in (PENDING, DEAD):
         raise ValueError("invalid task, payload kind or state")
     return Job(
-        id=jid, task=task, payload=body[at + elen :], kind=kind, key=key, priority=prio,
-        max_attempts=maxa, due=due, created=created, state=state, attempts=attempts, error=error,
-    )  # fmt: skip
+        id=jid,
+        task=task,
+        payload=body[at + elen :],
+        kind=kind,
+        key=key,
+        priority=prio,
+        max_attempts=maxa,
+        due=due,
+        created=created,
+        state=state,
+        attempts=attempts,
+        error=error,
+    )
 
 
 def _pairs(body: bytes) -> tuple[tuple[int, int], ...]:
@@ -255,7 +290,9 @@ def _decode_fail(body: bytes) -> Fail:
     jid, attempt, dead, due, elen = _FAIL.unpack_from(body)
     if _FAIL.size + elen != len(body) or dead > 1:
         raise ValueError("inconsistent fail body")
-    return Fail(id=jid, attempt=attempt, dead=bool(dead), due=due, error=body[_FAIL.size :].decode())
+    return Fail(
+        id=jid, attempt=attempt, dead=bool(dead), due=due, error=body[_FAIL.size :].decode()
+    )
 
 
 def _decode_meta(body: bytes) -> Meta:
@@ -265,7 +302,7 @@ def _decode_meta(body: bytes) -> Meta:
     return Meta(next_id=next_id, tombstones=tuple(_TOMB.iter_unpack(body[_META.size :])))
 
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.ENQUEUE: _decode_enqueue,
     fmt.JOB: _decode_job,
     fmt.CLAIM: lambda b: Claim(items=_pairs(b)),

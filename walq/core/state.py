@@ -304,13 +304,13 @@ class QueueState:
         A running job goes back to pending with its attempt counted: its start
         was durable, so a job that kills the owner is charged every time.
         """
-        for jid, p in self._jobs.items():
-            state = p & _M3
+        for jid, packed in self._jobs.items():
+            state = packed & _M3
             if state == RUNNING:
-                self._jobs[jid] = p = self._move(p, PENDING)
+                self._jobs[jid] = packed = self._move(packed, PENDING)  # noqa: PLW2901
                 state = PENDING
             if state == PENDING:
-                self._push_ready(jid, p)
+                self._push_ready(jid, packed)
         heapq.heapify(self._scheduled)
         self._loading = False
 
