@@ -300,7 +300,7 @@ class SimFile:
             node = self._node
             room = self._fs._room(node)
             end = offset + len(data)
-            if room is not None and end > max(room, len(node.data)):
+            if room is not None and end > room:
                 if offset < room:  # a short write, as the kernel does, then ENOSPC
                     self._write(data[: room - offset], offset)
                 raise _oserror(errno.ENOSPC, self.path)
@@ -314,7 +314,7 @@ class SimFile:
         with self._fs._mutex:
             node = self._node
             try:
-                self._begin("sync")
+                self._fs._begin("sync", self._norm)
             except OSError:
                 # The writeback failed: the data's fate is unknown, and no later
                 # sync will write those pages again.
@@ -323,6 +323,8 @@ class SimFile:
                     for op in node.ops
                 ]
                 raise
+            if self._closed:
+                raise _oserror(errno.EBADF, self.path)
             done = 0
             for op in node.ops:
                 if op.state == "limbo":
@@ -341,7 +343,7 @@ class SimFile:
                 raise _oserror(errno.EINVAL, self.path)
             node = self._node
             room = self._fs._room(node)
-            if room is not None and size > max(room, len(node.data)):
+            if room is not None and size > room:
                 raise _oserror(errno.ENOSPC, self.path)
             op = _Truncate(size)
             _apply(node.data, op)
@@ -480,12 +482,9 @@ class SimFileSystem:
         if self._dead:
             raise SimulatedCrash(f"call after the crash: {kind} {' '.join(paths)}")
         index = self._calls
-        what = f"call {index}: {kind} {' '.join(paths)}"
-        if index == self._crash_at:
-            self._die(what)
         failing = [fault for fault in self._faults if fault._observe(kind, paths)]
-        if failing and failing[0].error is None:
-            self._die(what)
+        if index == self._crash_at or (failing and failing[0].error is None):
+            self._die(f"call {index}: {kind} {' '.join(paths)}")
         self._calls += 1
         if self.trace is not None:
             self.trace.append((index, kind, " ".join(paths)))
@@ -558,15 +557,20 @@ class SimFileSystem:
     def rename(self, src: str, dst: str) -> None:
         with self._mutex:
             self._begin("rename", _norm(src), _norm(dst))
+            # Checked in the order Linux checks them, so errors match OsFileSystem.
             sdir, sname = self._parent(src)
+            ddir, dname = self._parent(dst)
             ino = sdir.entries.get(sname)
             if ino is None:
                 raise _oserror(errno.ENOENT, src)
-            ddir, dname = self._parent(dst)
             target = ddir.entries.get(dname)
             if target == ino:
                 return
             node = self._inodes[ino]
+            if isinstance(node, _DirNode) and self._within(ddir.ino, node.ino):
+                raise _oserror(errno.EINVAL, dst)
+            if target is not None and self._within(sdir.ino, target):
+                raise _oserror(errno.ENOTEMPTY, dst)
             if target is not None:
                 old = self._inodes[target]
                 if isinstance(node, _FileNode) and isinstance(old, _DirNode):
@@ -575,8 +579,6 @@ class SimFileSystem:
                     raise _oserror(errno.ENOTDIR, dst)
                 if isinstance(old, _DirNode) and old.entries:
                     raise _oserror(errno.ENOTEMPTY, dst)
-            if isinstance(node, _DirNode) and self._within(ddir.ino, node.ino):
-                raise _oserror(errno.EINVAL, dst)
             del sdir.entries[sname]
             ddir.entries[dname] = ino
             self._log(
@@ -640,27 +642,35 @@ class SimFileSystem:
     # -- crashing
 
     def crash(self, choices: Choices = None, *, mode: CrashMode = "any") -> SimFileSystem:
-        """Return the disk as the crash leaves it, as a new SimFileSystem; this one dies.
+        """Cut the power (or kill the process): return the disk as a new SimFileSystem.
 
-        mode "any" (power loss): each unsynced change persists or not, writes
-        torn at sectors, out of order; "prefix": each file's unsynced changes
-        persist as an in-order prefix (the last one maybe torn), directory
-        changes likewise; "durable": only what was synced; "clean" (kill -9):
-        everything, still unsynced. "any" and "prefix" need `choices`. May be
-        called again on the dead file system, for another crash state.
+        This file system dies: its operations, and its files', raise
+        SimulatedCrash. mode "any" (power loss): each unsynced change persists
+        or not, writes torn at sectors, out of order; "prefix": each file's
+        unsynced changes persist as an in-order prefix (the last one maybe
+        torn), directory changes likewise; "durable": only what was synced;
+        "clean" (kill -9): everything, still unsynced. "any" and "prefix" need
+        `choices`. It may be called again on the dead file system, for another
+        crash state of the same moment.
         """
+        disk = self.snapshot(choices, mode=mode)
+        with self._mutex:
+            self._dead = True
+            self._cond.notify_all()
+        return disk
+
+    def snapshot(self, choices: Choices = None, *, mode: CrashMode = "any") -> SimFileSystem:
+        """The disk a crash now would leave (see `crash`), without crashing."""
         if mode not in _MODES:
             raise ValueError(f"unknown crash mode {mode!r}; expected one of {_MODES}")
         decide = _never if mode in ("durable", "clean") else _decider(choices)
         with self._mutex:
-            self._dead = True
-            self._cond.notify_all()
             if mode == "clean":
                 return self._copy()
             return self._settle_all(decide, prefix=mode == "prefix")
 
     def choice_count(self, mode: CrashMode = "any") -> int:
-        """An upper bound on how many choices `crash(choices, mode=mode)` consumes."""
+        """An upper bound on how many choices `crash(choices, mode=mode)` takes now."""
         if mode in ("durable", "clean"):
             return 0
         with self._mutex:
@@ -990,17 +1000,19 @@ class SimFileSystem:
         return f"<SimFileSystem {len(self._inodes)} inodes, {state}>"
 
 
-def draw_crash(data: DataObject, fs: SimFileSystem, *, mode: CrashMode = "any") -> SimFileSystem:
-    """Crash `fs` with choices drawn by hypothesis, so a failing crash state shrinks.
+def draw_crash(
+    data: DataObject, fs: SimFileSystem, *, mode: CrashMode = "any", kill: bool = True
+) -> SimFileSystem:
+    """Crash `fs` (or, with kill=False, take its snapshot) with choices drawn by hypothesis.
 
-    The choices are one list of booleans (True keeps an unsynced change), which
-    shrinks toward losing everything unsynced.
+    The choices are one list of booleans (True keeps an unsynced change), so a
+    failing crash state shrinks toward losing everything unsynced.
     """
     from hypothesis import strategies as st  # noqa: PLC0415 - a test-only dependency
 
     count = fs.choice_count(mode)
     bits = data.draw(st.lists(st.booleans(), min_size=count, max_size=count), label="crash")
-    return fs.crash(bits, mode=mode)
+    return fs.crash(bits, mode=mode) if kill else fs.snapshot(bits, mode=mode)
 
 
 if TYPE_CHECKING:
