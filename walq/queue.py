@@ -14,7 +14,16 @@ from typing import Any
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.state import DEAD, MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY, Loc, Now, QueueState
+from walq.core.state import (
+    DEAD,
+    MAX_ATTEMPTS,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    JobInfo,
+    Loc,
+    Now,
+    QueueState,
+)
 from walq.errors import (
     ArgumentError,
     ClosedError,
@@ -85,6 +94,8 @@ class Queue:
         )
         self.done_seen = 0
         self.cancel_listeners: list[Callable[[int], None]] = []
+        # Called (outside the lock) when a job may have become ready: a worker's wakeup.
+        self.ready_listeners: list[Callable[[], None]] = []
 
     # -- opening ---------------------------------------------------------------
 
@@ -238,6 +249,8 @@ class Queue:
             if fresh:
                 self._changed.notify_all()
         self._commit(lsn, sync)
+        if fresh:
+            self._wake()
         return ids
 
     def _prepare(self, item: Any) -> tuple[str, int, bytes, dict[str, Any]]:
@@ -348,7 +361,7 @@ class Queue:
         crashes the process is still counted.
         """
         allowed = set(tasks) if tasks is not None else None
-        accept = None if allowed is None else allowed.__contains__
+        accept = None if allowed is None else (lambda info: info.task in allowed)
         jobs = self.claim_many(1, lease=lease, timeout=timeout, accept=accept)
         return jobs[0] if jobs else None
 
@@ -358,9 +371,13 @@ class Queue:
         *,
         lease: float = 60.0,
         timeout: float = 0.0,
-        accept: Callable[[str], bool] | None = None,
+        accept: Callable[[JobInfo], bool] | None = None,
     ) -> list[Job]:
-        """Take up to `n` ready jobs with one durable write (see `claim`)."""
+        """Take up to `n` ready jobs with one durable write (see `claim`).
+
+        `accept(info)` may refuse a job just before it is taken (see
+        QueueState.take_ready); the worker uses it for per-task limits.
+        """
         if not isinstance(n, int) or n < 1:
             raise ArgumentError(f"n must be a positive integer, not {n!r}")
         lease = check_seconds("lease", lease, positive=True)
@@ -494,6 +511,8 @@ class Queue:
             self.counters["dead_lettered" if dead else "retried"] += 1
             self._changed.notify_all()
         self._commit(lsn, sync)
+        if not dead:
+            self._wake()
         return "dead" if dead else "scheduled"
 
     def release(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
@@ -505,6 +524,7 @@ class Queue:
             lsn = self._write([event], self._clock())
             self._changed.notify_all()
         self._commit(lsn, sync)
+        self._wake()
 
     def extend(self, job_id: int, lease: float, *, attempt: int | None = None) -> None:
         """Push a running job's lease to `lease` seconds from now (a heartbeat)."""
@@ -572,6 +592,7 @@ class Queue:
             lsn = self._write([ev.Requeue(ids=(job_id,))], self._clock())
             self._changed.notify_all()
         self._commit(lsn, sync)
+        self._wake()
 
     def purge(self, job_ids: Iterable[int] | None = None, *, sync: bool | None = None) -> int:
         """Delete dead jobs (all of them by default); return how many."""
@@ -657,7 +678,18 @@ class Queue:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def next_due_in(self) -> float | None:
+        """Seconds until the next scheduled job falls due or lease expires (None: none)."""
+        with self._mu:
+            now = self._clock()
+            due = self._state.next_due()
+            return None if due is None else max(0.0, due - now.mono)
+
     # -- internals ---------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        for listener in list(self.ready_listeners):
+            listener()
 
     def _check_open(self) -> None:
         if self._closed:

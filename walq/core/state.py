@@ -466,31 +466,38 @@ class QueueState:
             expired.append(jid)
         return expired
 
-    def take_ready(self, limit: int, accept: Callable[[str], bool] | None = None) -> list[JobInfo]:
+    def take_ready(
+        self, limit: int, accept: Callable[[JobInfo], bool] | None = None
+    ) -> list[JobInfo]:
         """Pop up to `limit` pending jobs, highest priority first, then oldest first.
 
-        `accept` can refuse a task (its concurrency cap is full, its breaker is
-        open); refused jobs stay pending. The caller must then record a Claim
-        for the jobs it takes (or a Fail for those out of attempts).
+        `accept` is asked about each job just before it is taken; a refusal
+        (the task's concurrency cap is full, its breaker is open) leaves that
+        task's jobs pending for the rest of this call. The caller must then
+        record a Claim for the jobs it takes (or a Fail for those out of attempts).
         """
         taken: list[JobInfo] = []
+        refused: set[int] = set()
         for prio in sorted(self._ready, reverse=True):
             by_task = self._ready[prio]
             while len(taken) < limit:
                 best_task, best_id = -1, -1
                 for task, q in list(by_task.items()):
+                    if task in refused:
+                        continue
                     jid = self._head(q)
                     if jid is None:
                         del by_task[task]
-                        continue
-                    if (best_id < 0 or jid < best_id) and (
-                        accept is None or accept(self._tasks[task])
-                    ):
+                    elif best_id < 0 or jid < best_id:
                         best_task, best_id = task, jid
                 if best_id < 0:
                     break
+                info = self._info(best_id, self._jobs[best_id])
+                if accept is not None and not accept(info):
+                    refused.add(best_task)
+                    continue
                 by_task[best_task].popleft()
-                taken.append(self._info(best_id, self._jobs[best_id]))
+                taken.append(info)
             if not by_task:
                 del self._ready[prio]
             if len(taken) >= limit:

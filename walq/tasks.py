@@ -1,0 +1,123 @@
+"""The task registry: which function runs which task name, with which options."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import attrs
+
+from walq.core.retry import Backoff, CircuitBreaker, RateLimit, TaskPolicy
+from walq.errors import ArgumentError
+from walq.job import Job, check_seconds, check_task
+
+Handler = Callable[[Any, Job], Any]
+H = TypeVar("H", bound=Handler)
+
+_DEFAULT = object()
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """A registered handler and its options."""
+
+    name: str
+    fn: Handler
+    timeout: float
+    policy: TaskPolicy
+
+    @property
+    def max_attempts(self) -> int:
+        return self.policy.max_attempts
+
+
+class Tasks:
+    """A set of task handlers, registered with `@tasks.task(...)`.
+
+    Handlers take `(payload, job)`. They run in worker processes, so they
+    must be importable module-level functions (the registry is pickled to
+    each worker by reference).
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        max_attempts: int | None = None,
+        timeout: float = 300.0,
+        retry: Backoff | None = None,
+        retry_on: Iterable[type[BaseException]] = (),
+        no_retry: Iterable[type[BaseException]] = (),
+        concurrency: int | None = None,
+        rate: RateLimit | float | None = None,
+        breaker: CircuitBreaker | object | None = _DEFAULT,
+    ) -> Callable[[H], H]:
+        """Register the decorated function as task `name` (default: the function's name).
+
+        timeout: seconds before the worker kills the handler's process.
+        retry/max_attempts/retry_on/no_retry/concurrency/rate/breaker: the
+        retry policy (docs/RETRY.md); the defaults are storm-safe.
+        """
+        timeout = check_seconds("timeout", timeout, positive=True)
+        policy_args: dict[str, Any] = {
+            "retry_on": tuple(retry_on),
+            "no_retry": tuple(no_retry),
+            "concurrency": concurrency,
+            "rate": rate,
+        }
+        if retry is not None:
+            policy_args["retry"] = retry
+        if max_attempts is not None:
+            policy_args["max_attempts"] = max_attempts
+        if breaker is not _DEFAULT:
+            policy_args["breaker"] = breaker
+        try:
+            policy = TaskPolicy(**policy_args)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(f"task {name or ''}: {exc}") from None
+
+        def register(fn: H) -> H:
+            task_name = check_task(name or fn.__name__)
+            if task_name in self._tasks:
+                raise ArgumentError(f"task {task_name!r} is already registered")
+            self._tasks[task_name] = Task(name=task_name, fn=fn, timeout=timeout, policy=policy)
+            return fn
+
+        return register
+
+    def __getitem__(self, name: str) -> Task:
+        return self._tasks[name]
+
+    def get(self, name: str) -> Task | None:
+        return self._tasks.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def names(self) -> list[str]:
+        return list(self._tasks)
+
+
+def load_tasks(spec: str) -> Tasks:
+    """The Tasks object named by "module:attribute" (for `walq worker --tasks`)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ArgumentError(f"--tasks takes module:attribute, not {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ArgumentError(f"cannot import {module_name!r}: {exc}") from None
+    obj = getattr(module, attr, None)
+    if not isinstance(obj, Tasks):
+        raise ArgumentError(f"{spec} is not a walq.Tasks object")
+    return obj

@@ -1,0 +1,686 @@
+"""The supervised process pool: every job runs in a worker process the owner can kill.
+
+One loop in the owner does everything, one iteration at a time: claim jobs for
+idle workers (one durable claim record for the batch), hand them over pipes,
+wait for results, worker deaths or deadlines, and record every outcome. A
+handler's exception, a worker that dies, a handler past its timeout or its
+memory cap: each becomes a recorded failure with its cause, never a dead pool.
+
+Results for an attempt that no longer holds its job (its lease expired, it was
+cancelled) are dropped: the job's current state stands (docs/WORKER.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import attrs
+
+from walq.core.retry import Permanent, RetryAfter, RetryBudget
+from walq.core.state import JobInfo
+from walq.errors import ArgumentError, LogFailedError, StateError, WalqError
+from walq.job import Job, check_seconds
+from walq.queue import Queue
+from walq.tasks import Task, Tasks
+
+log = logging.getLogger("walq.worker")
+
+STATUS_FILE = "worker-status.json"
+
+
+# -- the worker process ----------------------------------------------------------
+
+
+def _set_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL this process if the owner dies (no orphans after kill -9)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes  # noqa: PLC0415 - Linux only
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit if the owner goes away (where PDEATHSIG is not available)."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
+def _failure_report(exc: BaseException, task: Task | None) -> dict[str, Any]:
+    """What the owner needs to know of an exception, as plain data."""
+    report: dict[str, Any] = {
+        "cause": "memory" if isinstance(exc, MemoryError) else "exception",
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "permanent": isinstance(exc, Permanent),
+        "retry_after": exc.delay if isinstance(exc, RetryAfter) else None,
+        "no_retry": -1,
+        "retry_on": -1,
+    }
+    if task is not None:
+        policy = task.policy
+        for i, kind in enumerate(policy.no_retry):
+            if isinstance(exc, kind):
+                report["no_retry"] = i
+                break
+        for i, kind in enumerate(policy.retry_on):
+            if isinstance(exc, kind):
+                report["retry_on"] = i
+                break
+    return report
+
+
+def child_main(conn: Connection, tasks: Tasks, parent: int) -> None:
+    """A worker process: run jobs from the pipe one at a time, report each outcome."""
+    _set_parent_death_signal()
+    if os.getppid() != parent:
+        os._exit(3)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    # Ctrl-C reaches the whole process group; only the owner decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        job = Job(**msg)
+        task = tasks.get(job.task)
+        try:
+            if task is None:
+                raise Permanent(f"no handler for task {job.task!r} in this worker")
+            task.fn(job.payload, job)
+        except BaseException as exc:  # every failure is reported, none escapes
+            result: tuple[str, int, int, dict[str, Any] | None] = (
+                "error",
+                job.id,
+                job.attempt,
+                _failure_report(exc, task),
+            )
+        else:
+            result = ("ok", job.id, job.attempt, None)
+        try:
+            conn.send(result)
+        except (BrokenPipeError, OSError):
+            return
+
+
+# -- the owner's side ---------------------------------------------------------------
+
+
+@attrs.define
+class _Slot:
+    """One worker process as the owner sees it."""
+
+    proc: Any
+    conn: Connection
+    jobs: deque[tuple[Job, Task]] = attrs.field(factory=deque)
+    head_started: float = 0.0
+    completed: int = 0
+    kill_reason: str | None = None
+    kill_sent: float = 0.0
+    retiring: bool = False
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+
+@attrs.frozen
+class Outcome:
+    """A finished attempt: ok, or a failure report."""
+
+    job: Job
+    task: Task
+    ok: bool
+    report: dict[str, Any] | None = None
+
+
+@attrs.define
+class _TaskRuntime:
+    running: int = 0
+
+
+class Worker:
+    """Runs jobs from `queue` with the handlers in `tasks`, in `processes` worker processes."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        tasks: Tasks,
+        *,
+        processes: int | None = None,
+        prefetch: int = 1,
+        max_tasks_per_child: int | None = None,
+        max_memory: int | None = None,
+        shutdown_grace: float = 30.0,
+        kill_grace: float = 5.0,
+        retry_budget: RetryBudget | None = None,
+        start_method: str = "spawn",
+        rng: random.Random | None = None,
+        status_interval: float = 2.0,
+    ) -> None:
+        if not isinstance(tasks, Tasks) or not len(tasks):
+            raise ArgumentError("Worker needs a walq.Tasks with at least one task")
+        processes = processes or os.cpu_count() or 1
+        if processes < 1 or prefetch < 1:
+            raise ArgumentError("processes and prefetch must be at least 1")
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ArgumentError("max_tasks_per_child must be at least 1")
+        self.queue = queue
+        self.tasks = tasks
+        self.processes = processes
+        self.prefetch = prefetch
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory = max_memory
+        self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
+        self.kill_grace = check_seconds("kill_grace", kill_grace, positive=True)
+        self.budget = retry_budget if retry_budget is not None else RetryBudget()
+        self._ctx: Any = multiprocessing.get_context(start_method)
+        self._rng = rng or random.Random()
+        self._slots: list[_Slot] = []
+        self._runtime = {t.name: _TaskRuntime() for t in tasks}
+        self._stop = threading.Event()
+        self._stop_now = threading.Event()
+        self._cancelled: set[int] = set()
+        self._cancel_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._lease = max(t.timeout for t in tasks) + 2 * self.kill_grace + 30.0
+        self._unknown_warned: set[str] = set()
+        self._unsynced = False
+        self._status_interval = status_interval
+        self._status_written = 0.0
+        self._rss_checked = 0.0
+        self.counters = dict.fromkeys(
+            ("ok", "failed", "retried", "dead", "timeouts", "crashes", "memory", "stale",
+             "spawned", "recycled"),
+            0,
+        )  # fmt: skip
+        for task in tasks:
+            queue.set_task_defaults(task.name, max_attempts=task.max_attempts)
+
+    # -- control -----------------------------------------------------------------
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming and drain (thread-safe); `now=True` skips the grace period."""
+        self._stop.set()
+        if now:
+            self._stop_now.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    def _on_cancel(self, job_id: int) -> None:
+        with self._cancel_lock:
+            self._cancelled.add(job_id)
+        self._poke()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._stop.is_set():
+            log.warning("second signal %d: stopping without waiting", signum)
+            self.stop(now=True)
+        else:
+            log.warning("signal %d: draining (up to %.0f s)", signum, self.shutdown_grace)
+            self.stop()
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stop() or SIGTERM/SIGINT; drain; return 0 after a clean drain."""
+        handlers: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[int(sig)] = signal.signal(sig, self._on_signal)
+        self.queue.ready_listeners.append(self._poke)
+        self.queue.cancel_listeners.append(self._on_cancel)
+        clean = True
+        try:
+            for _ in range(self.processes):
+                self._spawn()
+            drain_deadline: float | None = None
+            while True:
+                now = time.monotonic()
+                if self._stop.is_set() and drain_deadline is None:
+                    drain_deadline = now + self.shutdown_grace
+                claimed = self._dispatch() if drain_deadline is None else 0
+                if self._unsynced and not claimed:
+                    self.queue.sync()  # outcomes recorded last round; no claim fsync to ride on
+                self._unsynced = False
+                if not self._in_flight():
+                    if drain_deadline is not None:
+                        break
+                elif drain_deadline is not None and (
+                    now >= drain_deadline or self._stop_now.is_set()
+                ):
+                    clean = False
+                    self._abandon_all("shutdown: the grace period ended")
+                    break
+                outcomes = self._wait(self._next_wakeup(drain_deadline))
+                outcomes += self._enforce(time.monotonic())
+                self._record(outcomes)
+                self._maybe_write_status()
+        except LogFailedError:
+            clean = False
+            log.exception("the queue's log failed; the worker stops")
+            raise
+        finally:
+            self.queue.ready_listeners.remove(self._poke)
+            self.queue.cancel_listeners.remove(self._on_cancel)
+            self._stop_all()
+            for signum, old in handlers.items():
+                signal.signal(signum, old)
+            with contextlib.suppress(WalqError):
+                self.queue.sync()
+            self._write_status(final=True)
+        return 0 if clean else 1
+
+    def _in_flight(self) -> int:
+        return sum(len(s.jobs) for s in self._slots)
+
+    def _spawn(self) -> None:
+        parent_conn, child_conn = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=child_main,
+            args=(child_conn, self.tasks, os.getpid()),
+            name="walq-worker",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()
+        self._slots.append(_Slot(proc=proc, conn=parent_conn))
+        self.counters["spawned"] += 1
+
+    # -- claiming ---------------------------------------------------------------------
+
+    def _dispatch(self) -> int:
+        """Claim jobs for free capacity (one durable write) and hand them to workers.
+
+        The claim's fsync also makes the acks and fails recorded just before it
+        durable: one fsync per round, however many jobs finished and started.
+        """
+        free = [s for s in self._slots if not s.retiring and s.kill_reason is None]
+        room = sum(max(0, self.prefetch - len(s.jobs)) for s in free)
+        if room <= 0:
+            return 0
+        now = time.monotonic()
+        jobs = self.queue.claim_many(room, lease=self._lease, accept=self._admit(now))
+        for job in jobs:
+            slot = min(free, key=lambda s: len(s.jobs))
+            if not slot.jobs:
+                slot.head_started = time.monotonic()
+            task = self.tasks[job.task]
+            slot.jobs.append((job, task))
+            # If the worker died, its sentinel reports it, and the job with it.
+            with contextlib.suppress(BrokenPipeError, OSError):
+                slot.conn.send(attrs.asdict(job))
+        return len(jobs)
+
+    def _admit(self, now: float) -> Callable[[JobInfo], bool]:
+        """The per-job gate of claim_many: known task, concurrency, breaker, rate."""
+
+        def accept(info: JobInfo) -> bool:
+            if info.task not in self.tasks:
+                if info.task not in self._unknown_warned:
+                    self._unknown_warned.add(info.task)
+                    log.warning("no handler for task %r: its jobs stay pending", info.task)
+                return False
+            policy = self.tasks[info.task].policy
+            runtime = self._runtime[info.task]
+            if policy.concurrency is not None and runtime.running >= policy.concurrency:
+                return False
+            if policy.breaker is not None and policy.breaker.retry_at(now) > now:
+                return False
+            if policy.rate is not None and policy.rate.next_available(now) > now:
+                return False
+            if policy.breaker is not None:
+                policy.breaker.allow(now)
+            if policy.rate is not None:
+                policy.rate.try_acquire(now)
+            if info.attempts == 0:
+                self.budget.deposit(now)
+            runtime.running += 1
+            return True
+
+        return accept
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def _next_wakeup(self, drain_deadline: float | None) -> float:
+        now = time.monotonic()
+        wake = now + 1.0
+        for slot in self._slots:
+            if slot.jobs:
+                wake = min(wake, slot.head_started + slot.jobs[0][1].timeout)
+            if slot.kill_reason is not None:
+                wake = min(wake, slot.kill_sent + self.kill_grace)
+        if drain_deadline is not None:
+            wake = min(wake, drain_deadline)
+        else:
+            due = self.queue.next_due_in()
+            if due is not None:
+                wake = min(wake, now + due)
+            for task in self.tasks:
+                for gate in (task.policy.breaker, task.policy.rate):
+                    at = _gate_time(gate, now)
+                    if at is not None and at > now:
+                        wake = min(wake, at)
+        return max(0.0, wake - now)
+
+    def _wait(self, timeout: float) -> list[Outcome]:
+        """Wait for results, worker deaths or a wakeup; return finished attempts."""
+        waitables: list[Any] = [self._wake_r]
+        for slot in self._slots:
+            waitables += [slot.conn, slot.proc.sentinel]
+        ready = multiprocessing.connection.wait(waitables, timeout)
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.read(self._wake_r, 4096)
+        outcomes: list[Outcome] = []
+        for slot in list(self._slots):
+            if slot.conn in ready or slot.proc.sentinel in ready:
+                outcomes += self._drain(slot)
+            if slot.proc.sentinel in ready:
+                outcomes += self._reap(slot)
+        return outcomes
+
+    def _drain(self, slot: _Slot) -> list[Outcome]:
+        """Every result waiting in a worker's pipe."""
+        outcomes = []
+        try:
+            while slot.conn.poll():
+                kind, jid, _attempt, report = slot.conn.recv()
+                if not slot.jobs or slot.jobs[0][0].id != jid:
+                    log.error("worker %d reported job %d out of order; ignored", slot.pid, jid)
+                    continue
+                job, task = slot.jobs.popleft()
+                slot.head_started = time.monotonic()
+                slot.completed += 1
+                outcomes.append(Outcome(job, task, kind == "ok", report))
+        except (EOFError, OSError):
+            pass  # the worker died: _reap handles it
+        if (
+            self.max_tasks_per_child is not None
+            and slot.completed >= self.max_tasks_per_child
+            and not slot.retiring
+        ):
+            slot.retiring = True
+            self.counters["recycled"] += 1
+            with contextlib.suppress(BrokenPipeError, OSError):
+                slot.conn.send(None)  # exits after the jobs it holds
+        return outcomes
+
+    def _reap(self, slot: _Slot) -> list[Outcome]:
+        """A worker process ended: fail its running job with the cause, release the rest."""
+        slot.proc.join(timeout=1.0)
+        code = slot.proc.exitcode
+        self._slots.remove(slot)
+        slot.conn.close()
+        outcomes: list[Outcome] = []
+        if slot.jobs:
+            job, task = slot.jobs.popleft()
+            cause, message = self._death_cause(slot, code, task)
+            if cause == "cancelled":
+                self._runtime[task.name].running -= 1
+            else:
+                report = {"cause": cause, "type": cause, "message": message, "traceback": "",
+                          "permanent": False, "retry_after": None, "no_retry": -1,
+                          "retry_on": -1}  # fmt: skip
+                outcomes.append(Outcome(job, task, False, report))
+            for rest, rest_task in slot.jobs:
+                self._release(rest, rest_task, "its worker process ended before it started")
+        elif not slot.retiring:
+            log.warning("worker %d exited unexpectedly (code %s)", slot.pid, code)
+        if not self._stop.is_set():
+            self._spawn()
+        return outcomes
+
+    def _death_cause(self, slot: _Slot, code: int | None, task: Task) -> tuple[str, str]:
+        if slot.kill_reason == "timeout":
+            self.counters["timeouts"] += 1
+            return "timeout", f"handler exceeded its timeout of {task.timeout:g} s; worker killed"
+        if slot.kill_reason == "memory":
+            self.counters["memory"] += 1
+            return "memory", f"worker exceeded max_memory ({self.max_memory} bytes); killed"
+        if slot.kill_reason == "cancelled":
+            return "cancelled", "job cancelled; worker killed"
+        self.counters["crashes"] += 1
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return "signal", f"worker process killed by {name} (signal {-code})"
+        return "exit", f"worker process exited with code {code} during the job"
+
+    # -- deadlines, memory, cancellation ----------------------------------------------------
+
+    def _enforce(self, now: float) -> list[Outcome]:
+        with self._cancel_lock:
+            cancelled, self._cancelled = self._cancelled, set()
+        for slot in self._slots:
+            if slot.kill_reason is not None:
+                if now - slot.kill_sent >= self.kill_grace:
+                    self._signal(slot, signal.SIGKILL)
+                continue
+            if not slot.jobs:
+                continue
+            job, task = slot.jobs[0]
+            if job.id in cancelled:
+                self._kill(slot, "cancelled")
+            elif now - slot.head_started > task.timeout:
+                log.warning("job %d (%s): timeout after %g s", job.id, job.task, task.timeout)
+                self._kill(slot, "timeout")
+        if self.max_memory is not None and now - self._rss_checked >= 0.5:
+            self._rss_checked = now
+            for slot in self._slots:
+                if slot.kill_reason is None and (_rss(slot.pid) or 0) > self.max_memory:
+                    log.warning("worker %d over max_memory: killed", slot.pid)
+                    self._kill(slot, "memory")
+        return []
+
+    def _kill(self, slot: _Slot, reason: str) -> None:
+        slot.kill_reason = reason
+        slot.kill_sent = time.monotonic()
+        self._signal(slot, signal.SIGTERM)
+
+    def _signal(self, slot: _Slot, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            os.kill(slot.pid, sig)
+
+    # -- recording outcomes -----------------------------------------------------------
+
+    def _record(self, outcomes: list[Outcome]) -> None:
+        """Ack and fail finished attempts; results for lost leases are dropped."""
+        if not outcomes:
+            return
+        now = time.monotonic()
+        oks = []
+        for out in outcomes:
+            self._runtime[out.task.name].running -= 1
+            if out.ok:
+                oks.append(out)
+                out.task.policy.on_success(now, attempt=out.job.attempt, budget=self.budget)
+            else:
+                self._fail(out, now)
+        for out in oks:
+            try:
+                self.queue.ack(out.job.id, attempt=out.job.attempt, sync=False)
+                self.counters["ok"] += 1
+            except StateError as exc:
+                self.counters["stale"] += 1
+                log.info(
+                    "job %d: result of attempt %d dropped: %s", out.job.id, out.job.attempt, exc
+                )
+        self._unsynced = True
+
+    def _fail(self, out: Outcome, now: float) -> None:
+        report = out.report or {}
+        job, policy = out.job, out.task.policy
+        error_type: type[BaseException] | BaseException
+        if report.get("permanent"):
+            error_type = Permanent
+        elif report.get("no_retry", -1) >= 0:
+            error_type = policy.no_retry[report["no_retry"]]
+        elif report.get("retry_after") is not None:
+            error_type = RetryAfter(float(report["retry_after"]), report.get("message", ""))
+        elif report.get("retry_on", -1) >= 0:
+            error_type = policy.retry_on[report["retry_on"]]
+        elif policy.retry_on and report.get("cause") == "exception":
+            error_type = _Unlisted
+        else:
+            error_type = Exception
+        decision = policy.on_failure(
+            error_type, now, attempt=job.attempt, rng=self._rng,
+            max_attempts=job.max_attempts or None,
+        )  # fmt: skip
+        delay = decision.delay
+        if decision.retry and not self.budget.try_withdraw(now):
+            # The queue-wide budget is spent: wait longer, never drop, never retry hot.
+            delay = max(
+                delay, self.budget.wait_hint(now) + policy.retry.delay(job.attempt, self._rng)
+            )
+        text = _error_text(report, job)
+        try:
+            status = self.queue.fail(
+                job.id, text, permanent=decision.dead, attempt=job.attempt, delay=delay, sync=False
+            )
+        except StateError as exc:
+            self.counters["stale"] += 1
+            log.info("job %d: failure of attempt %d dropped: %s", job.id, job.attempt, exc)
+            return
+        self.counters["failed"] += 1
+        self.counters["dead" if status == "dead" else "retried"] += 1
+        log.warning(
+            "job %d (%s) attempt %d failed (%s): %s -> %s",
+            job.id, job.task, job.attempt, report.get("cause"), report.get("message"),
+            "dead" if status == "dead" else f"retry in {delay:.1f} s",
+        )  # fmt: skip
+
+    def _release(self, job: Job, task: Task, why: str) -> None:
+        self._runtime[task.name].running -= 1
+        task.policy.on_abandon(time.monotonic())
+        try:
+            self.queue.release(job.id, attempt=job.attempt, sync=False)
+        except StateError:
+            return
+        log.info("job %d released: %s", job.id, why)
+
+    def _abandon_all(self, why: str) -> None:
+        for slot in self._slots:
+            self._kill(slot, "shutdown")
+            self._signal(slot, signal.SIGKILL)
+            while slot.jobs:
+                job, task = slot.jobs.popleft()
+                self._release(job, task, why)
+
+    def _stop_all(self) -> None:
+        """Stop every worker: ask, then terminate, then kill; reap them all (no zombies)."""
+        for slot in self._slots:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                slot.conn.send(None)
+        deadline = time.monotonic() + self.kill_grace
+        for slot in self._slots:
+            slot.proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if slot.proc.exitcode is None:
+                slot.proc.terminate()
+                slot.proc.join(timeout=1.0)
+            if slot.proc.exitcode is None:
+                slot.proc.kill()
+                slot.proc.join()
+            slot.conn.close()
+            while slot.jobs:
+                job, task = slot.jobs.popleft()
+                self._release(job, task, "the worker stopped")
+        self._slots.clear()
+
+    # -- status for `walq stats` -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Breaker states, running counts and counters: what `walq stats` shows."""
+        now = time.monotonic()
+        tasks = {}
+        for task in self.tasks:
+            breaker = task.policy.breaker
+            tasks[task.name] = {
+                "running": self._runtime[task.name].running,
+                "breaker": breaker.state(now) if breaker is not None else "off",
+            }
+        return {
+            "pid": os.getpid(),
+            "processes": len(self._slots),
+            "updated": time.time(),
+            "tasks": tasks,
+            "counters": dict(self.counters),
+        }
+
+    def _maybe_write_status(self) -> None:
+        if time.monotonic() - self._status_written >= self._status_interval:
+            self._write_status()
+
+    def _write_status(self, final: bool = False) -> None:
+        self._status_written = time.monotonic()
+        status = self.status()
+        status["stopped"] = final
+        path = os.path.join(self.queue.path, STATUS_FILE)
+        tmp = path + ".part"
+        # Advisory only: no fsync; a crash leaves the previous status or none.
+        with contextlib.suppress(OSError):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(status, f)
+            os.replace(tmp, path)
+
+
+class _Unlisted(Exception):
+    """Stands for an exception type missing from a task's retry_on list."""
+
+
+def _gate_time(gate: Any, now: float) -> float | None:
+    if gate is None:
+        return None
+    if hasattr(gate, "retry_at"):
+        return float(gate.retry_at(now))
+    return float(gate.next_available(now))
+
+
+def _error_text(report: dict[str, Any], job: Job) -> str:
+    head = f"[{report.get('cause', 'exception')}] attempt {job.attempt}: "
+    if report.get("cause") == "exception":
+        head += f"{report.get('type')}: {report.get('message')}"
+    else:
+        head += str(report.get("message"))
+    tb = report.get("traceback") or ""
+    return head + ("\n" + tb if tb else "")
+
+
+def _rss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
