@@ -39,6 +39,7 @@ def enqueues() -> st.SearchStrategy[ev.Enqueue]:
         max_attempts=st.integers(0, 0xFFFF),
         due=walls,
         created=walls,
+        origin=st.text(max_size=12),
     )
 
 

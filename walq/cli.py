@@ -142,3 +142,87 @@ def fsck(directory: str, as_json: bool, repair: bool) -> None:
         click.echo(f"{report.segments} segments, {report.records} records: {verdict}")
     if not report.clean:
         sys.exit(EXIT_DAMAGE)  # damage was found, even if --repair mended it
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--tasks", "tasks_spec", required=True, help="The walq.Tasks object, module:attr.")
+@click.option("--processes", "-p", type=click.IntRange(1), default=None, help="Worker processes.")
+@click.option("--prefetch", type=click.IntRange(1), default=1, help="Jobs queued per process.")
+@click.option("--max-tasks-per-child", type=click.IntRange(1), default=None)
+@click.option("--max-memory", type=click.IntRange(1), default=None, help="Bytes of RSS per worker.")
+@click.option("--shutdown-grace", type=float, default=30.0, help="Seconds to drain on SIGTERM.")
+@click.option("--sync", type=click.Choice(["always", "interval", "never"]), default="always")
+@click.option("--log-level", default="INFO", help="Python logging level.")
+@guarded
+def worker(
+    directory: str,
+    tasks_spec: str,
+    processes: int | None,
+    prefetch: int,
+    max_tasks_per_child: int | None,
+    max_memory: int | None,
+    shutdown_grace: float,
+    sync: str,
+    log_level: str,
+) -> None:
+    """Own the queue in DIRECTORY and run its jobs until SIGTERM or SIGINT."""
+    import logging  # noqa: PLC0415 - only the worker command configures logging
+
+    from walq.queue import Queue  # noqa: PLC0415
+    from walq.tasks import load_tasks  # noqa: PLC0415
+    from walq.worker import Worker  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    sys.path.insert(0, ".")
+    tasks = load_tasks(tasks_spec)
+    with Queue.open(directory, sync=sync) as q:
+        w = Worker(
+            q,
+            tasks,
+            processes=processes,
+            prefetch=prefetch,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory=max_memory,
+            shutdown_grace=shutdown_grace,
+        )
+        code = w.run()
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("task")
+@click.option("--payload", default=None, help="The payload as JSON.")
+@click.option("--payload-file", type=click.File("rb"), default=None, help="Payload bytes file.")
+@click.option("--key", default=None, help="Idempotency key.")
+@click.option("--delay", type=float, default=0.0, help="Seconds before the job is due.")
+@click.option("--priority", type=int, default=0)
+@guarded
+def enqueue(
+    directory: str,
+    task: str,
+    payload: str | None,
+    payload_file: Any,
+    key: str | None,
+    delay: float,
+    priority: int,
+) -> None:
+    """Add a job durably (with or without an owner running); print its id."""
+    from walq.producer import connect  # noqa: PLC0415
+
+    if payload is not None and payload_file is not None:
+        fail("give --payload or --payload-file, not both")
+    value: Any = None
+    if payload is not None:
+        try:
+            value = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            fail(f"--payload is not valid JSON: {exc}")
+    elif payload_file is not None:
+        value = payload_file.read()
+    with connect(directory) as producer:
+        jid = producer.enqueue(task, value, key=key, delay=delay, priority=priority)
+    click.echo(jid)

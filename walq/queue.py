@@ -79,6 +79,8 @@ class Queue:
         self._closed = False
         self._free_checked = (-1.0, 0)
         self.damage: list[Damage] = []
+        # Spool files already ingested, as the log tells (for reconciling the spool on open).
+        self.replayed_origins: set[str] = set()
         self.counters = dict.fromkeys(
             (
                 "enqueued",
@@ -176,6 +178,8 @@ class Queue:
                     continue
                 if isinstance(event, ev.Ack):
                     self.done_seen += len(event.ids)
+                elif isinstance(event, ev.Enqueue) and event.origin:
+                    self.replayed_origins.add(event.origin)
                 state.apply(event, Loc(seq, rec.offset, rec.end - rec.offset), now)
         state.finish_replay(now)
         for d in self.damage:
@@ -258,7 +262,7 @@ class Queue:
             raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {item!r}")
         task, payload = check_task(item[0]), item[1]
         opts = dict(item[2]) if len(item) == 3 and item[2] else {}
-        unknown = set(opts) - {"key", "delay", "priority", "max_attempts"}
+        unknown = set(opts) - {"key", "delay", "priority", "max_attempts", "origin"}
         if unknown:
             raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(unknown))}")
         opts["key"] = check_key(opts.get("key"))
@@ -302,6 +306,7 @@ class Queue:
                     max_attempts=opts["max_attempts"],
                     due=now.wall + delay if delay else 0.0,
                     created=now.wall,
+                    origin=str(opts.get("origin") or ""),
                 )
             )
             ids.append(next_id)

@@ -33,7 +33,7 @@ class BadEvent(WalqError):
     """A record's checksum is valid but its body is not a well-formed event."""
 
 
-_ENQ = struct.Struct("<QhHBddHH")
+_ENQ = struct.Struct("<QhHBddHHH")
 _JOB = struct.Struct("<QhHBddHHBII")
 _FAIL = struct.Struct("<QIBdI")
 _COUNT = struct.Struct("<I")
@@ -57,11 +57,13 @@ class Enqueue:
     max_attempts: int = 0
     due: float = 0.0
     created: float = 0.0
+    origin: str = ""  # the spool file a producer wrote it to, if it came that way
 
     def encode(self) -> bytes:
         task = self.task.encode()
         key = self.key.encode() if self.key is not None else b""
         keylen = len(key) if self.key is not None else 0xFFFF
+        origin = self.origin.encode()
         head = _ENQ.pack(
             self.id,
             self.priority,
@@ -71,8 +73,9 @@ class Enqueue:
             self.created,
             len(task),
             keylen,
+            len(origin),
         )
-        return b"".join((head, task, key, self.payload))
+        return b"".join((head, task, key, origin, self.payload))
 
 
 @attrs.frozen(kw_only=True)
@@ -231,8 +234,8 @@ def _strings(body: bytes, at: int, *lengths: int) -> tuple[list[str | None], int
 
 
 def _decode_enqueue(body: bytes) -> Enqueue:
-    jid, prio, maxa, kind, due, created, tlen, klen = _ENQ.unpack_from(body)
-    (task, key), at = _strings(body, _ENQ.size, tlen, klen)
+    jid, prio, maxa, kind, due, created, tlen, klen, olen = _ENQ.unpack_from(body)
+    (task, key, origin), at = _strings(body, _ENQ.size, tlen, klen, olen)
     if task is None or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
         raise ValueError("invalid task or payload kind")
     return Enqueue(
@@ -245,6 +248,7 @@ def _decode_enqueue(body: bytes) -> Enqueue:
         max_attempts=maxa,
         due=due,
         created=created,
+        origin=origin or "",
     )
 
 
