@@ -226,3 +226,12 @@ def enqueue(
     with connect(directory) as producer:
         jid = producer.enqueue(task, value, key=key, delay=delay, priority=priority)
     click.echo(jid)
+
+
+@main.command()
+@click.option("--jobs", type=click.IntRange(10), default=300, help="How many jobs to run.")
+def demo(jobs: int) -> None:
+    """A tour: enqueue, run a pool, kill -9 the owner midway, restart, show nothing was lost."""
+    from walq.demo import run_demo  # noqa: PLC0415
+
+    sys.exit(run_demo(jobs, echo=click.echo))

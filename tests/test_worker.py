@@ -1,0 +1,344 @@
+"""The worker pool, with real processes: every fault is recorded, nothing leaks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import walq
+from tests import worker_tasks
+from walq.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live (non-zombie) descendant of `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def zombies_or_strays(marker: str) -> list[str]:
+    """Processes whose command line mentions `marker` (a test's own directory)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmd:
+                out.append(f"{entry}: {cmd}")
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
+    """After every test: no child of this process and no process naming its directory."""
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = [p for p in descendants(os.getpid()) if _alive(p)]
+        strays = zombies_or_strays(str(tmp_path))
+        if not left and not strays:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"leftover processes: {left} {strays}")
+
+
+def _alive(pid: int) -> bool:
+    """A live process other than multiprocessing's resource tracker (one per owner, by design)."""
+    try:
+        if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return False
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    if state == "Z":
+        # A zombie is a leak only if nobody reaps it; the test process reaps its own.
+        os.waitpid(pid, os.WNOHANG)
+        return Path(f"/proc/{pid}").exists()
+    return True
+
+
+def run_until_done(q: walq.Queue, worker: Worker, timeout: float = 30.0) -> int:
+    """Run the worker until no job is unfinished, then stop it; return run()'s code."""
+    result: list[int] = []
+
+    def stopper() -> None:
+        deadline = time.monotonic() + timeout
+        while q.stats()["unfinished"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        worker.stop()
+
+    t = threading.Thread(target=stopper)
+    t.start()
+    result.append(worker.run())
+    t.join()
+    return result[0]
+
+
+def ledger_lines(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def q(qdir: str) -> Iterator[walq.Queue]:
+    with walq.Queue.open(qdir) as queue:
+        yield queue
+
+
+def test_jobs_run_in_worker_processes_and_are_acked(q: walq.Queue, tmp_path: Path) -> None:
+    """Every job runs once, in a worker process (not the owner), and ends done."""
+    ledger = tmp_path / "ledger"
+    ids = q.enqueue_many([("ok", {"ledger": str(ledger), "n": i}) for i in range(50)])
+    assert run_until_done(q, Worker(q, worker_tasks.tasks, processes=2)) == 0
+    lines = ledger_lines(ledger)
+    assert sorted(int(line[0]) for line in lines) == ids
+    assert {int(line[2]) for line in lines} - {os.getpid()} == {int(line[2]) for line in lines}
+    assert all(q.status(i) == "done" for i in ids)
+
+
+def test_exception_is_recorded_with_type_message_and_traceback(q: walq.Queue) -> None:
+    """A handler's exception lands in the fail event: dead after max_attempts, error kept."""
+    jid = q.enqueue("raises", {"n": 42})
+    run_until_done(q, Worker(q, worker_tasks.tasks, processes=1, retry_budget=None))
+    (dead,) = q.dead_jobs()
+    assert dead.id == jid and dead.attempts == 2
+    assert "[exception]" in dead.error and "builtins.ValueError: bad value 42" in dead.error
+    assert "Traceback (most recent call last)" in dead.error and "worker_tasks.py" in dead.error
+
+
+def test_permanent_error_is_dead_at_once(q: walq.Queue) -> None:
+    """walq.Permanent dead-letters on the first attempt."""
+    q.enqueue("permanent", {})
+    run_until_done(q, Worker(q, worker_tasks.tasks, processes=1))
+    (dead,) = q.dead_jobs()
+    assert dead.attempts == 1 and "can never work" in dead.error
+
+
+def test_worker_exit_is_a_recorded_failure_and_the_pool_goes_on(
+    q: walq.Queue, tmp_path: Path
+) -> None:
+    """os._exit in a handler: the job fails with the exit code, the worker is replaced."""
+    ledger = tmp_path / "ledger"
+    bad = q.enqueue("exits", {})
+    good = q.enqueue_many([("ok", {"ledger": str(ledger)}) for _ in range(10)])
+    w = Worker(q, worker_tasks.tasks, processes=1)
+    run_until_done(q, w)
+    (dead,) = q.dead_jobs()
+    assert dead.id == bad and "[exit]" in dead.error and "code 7" in dead.error
+    assert all(q.status(i) == "done" for i in good)
+    assert w.counters["crashes"] == 2 and w.counters["spawned"] >= 3
+
+
+def test_worker_killed_by_a_signal_names_the_signal(q: walq.Queue) -> None:
+    """A worker killed by SIGKILL (as by the OOM killer) is recorded with the signal's name."""
+    q.enqueue("segfaults", {})
+    run_until_done(q, Worker(q, worker_tasks.tasks, processes=1))
+    (dead,) = q.dead_jobs()
+    assert "[signal]" in dead.error and "SIGKILL" in dead.error
+
+
+def test_handler_past_its_timeout_is_killed_and_replaced(q: walq.Queue) -> None:
+    """A hung handler is killed at its timeout; the failure says timeout."""
+    q.enqueue("hangs", {})
+    after = q.enqueue("ok", {})
+    started = time.monotonic()
+    w = Worker(q, worker_tasks.tasks, processes=1, kill_grace=0.5)
+    run_until_done(q, w)
+    (dead,) = q.dead_jobs()
+    assert "[timeout]" in dead.error and "timeout of 0.5 s" in dead.error
+    assert q.status(after) == "done"
+    assert w.counters["timeouts"] == 2
+    assert time.monotonic() - started < 20
+
+
+def test_handler_ignoring_sigterm_is_sigkilled_after_the_grace(q: walq.Queue) -> None:
+    """SIGTERM first, then SIGKILL after kill_grace: a handler cannot refuse to die."""
+    q.enqueue("ignores_sigterm", {})
+    w = Worker(q, worker_tasks.tasks, processes=1, kill_grace=0.3)
+    run_until_done(q, w)
+    (dead,) = q.dead_jobs()
+    assert "[timeout]" in dead.error
+
+
+def test_workers_are_recycled_after_max_tasks_per_child(q: walq.Queue, tmp_path: Path) -> None:
+    """After max_tasks_per_child jobs a worker exits and a fresh one takes over."""
+    ledger = tmp_path / "ledger"
+    q.enqueue_many([("ok", {"ledger": str(ledger)}) for _ in range(9)])
+    w = Worker(q, worker_tasks.tasks, processes=1, max_tasks_per_child=3)
+    run_until_done(q, w)
+    pids = [line[2] for line in ledger_lines(ledger)]
+    assert len(pids) == 9 and len(set(pids)) == 3
+    assert w.counters["recycled"] >= 2
+
+
+def test_memory_cap_kills_a_leaking_worker(q: walq.Queue) -> None:
+    """A worker over max_memory is killed; the failure says memory."""
+    q.enqueue("leaks", {})
+    w = Worker(q, worker_tasks.tasks, processes=1, max_memory=200 << 20, kill_grace=0.5)
+    run_until_done(q, w)
+    (dead,) = q.dead_jobs()
+    assert "[memory]" in dead.error
+    assert w.counters["memory"] == 1
+
+
+def test_cancelling_a_running_job_kills_its_process(q: walq.Queue, tmp_path: Path) -> None:
+    """cancel() of a running job kills the worker running it; the job ends cancelled."""
+    ledger = tmp_path / "ledger"
+    jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 20})
+    w = Worker(q, worker_tasks.tasks, processes=1)
+
+    def cancel_when_started() -> None:
+        while not ledger_lines(ledger):
+            time.sleep(0.02)
+        q.cancel(jid)
+
+    threading.Thread(target=cancel_when_started).start()
+    started = time.monotonic()
+    run_until_done(q, w)
+    assert q.status(jid) == "cancelled"
+    assert time.monotonic() - started < 15
+    assert [line[3] for line in ledger_lines(ledger)] == ["start"]
+
+
+def test_stale_result_is_dropped_not_applied(q: walq.Queue) -> None:
+    """A result for an attempt that lost its lease never flips the job's state."""
+    from walq.job import Job
+    from walq.worker import Outcome
+
+    jid = q.enqueue("ok", {})
+    w = Worker(q, worker_tasks.tasks, processes=1)
+    job = q.claim()
+    assert job is not None
+    q.cancel(jid)
+    w._runtime["ok"].running = 1
+    w._record(
+        [Outcome(Job(id=jid, task="ok", payload={}, attempt=1), worker_tasks.tasks["ok"], True)]
+    )
+    assert q.status(jid) == "cancelled" and w.counters["stale"] == 1
+
+
+def owner(qdir: str, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "walq", "worker", qdir, "--tasks", "tests.worker_tasks:tasks",
+           "--processes", "1", *extra]  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_for(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def test_sigterm_drains_the_job_in_flight_then_exits_zero(qdir: str, tmp_path: Path) -> None:
+    """SIGTERM mid-job: no new claims, the running job finishes, exit code 0."""
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir) as q:
+        first = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 1.0})
+        second = q.enqueue("ok", {"ledger": str(ledger)}, delay=0.5)
+    proc = owner(qdir)
+    wait_for(lambda: ledger_lines(ledger))
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    with walq.Queue.open(qdir) as q:
+        assert q.status(first) == "done"
+        assert q.status(second) == "pending"  # never claimed after the signal
+
+
+def test_second_signal_skips_the_wait_and_releases_the_job(qdir: str, tmp_path: Path) -> None:
+    """A second SIGTERM stops at once; the unfinished job is released uncharged, not lost."""
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir) as q:
+        jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 20})
+    proc = owner(qdir)
+    wait_for(lambda: ledger_lines(ledger))
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 1, out
+    with walq.Queue.open(qdir) as q:
+        assert q.status(jid) == "pending"
+        job = q.claim()
+        assert job is not None and job.attempt == 1
+
+
+def test_kill_9_of_the_owner_mid_job_then_restart_completes_it(qdir: str, tmp_path: Path) -> None:
+    """The owner dies with kill -9 mid-job; its workers die too; a restart finishes the job."""
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir) as q:
+        jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 0.8})
+    proc = owner(qdir)
+    wait_for(lambda: ledger_lines(ledger))
+    proc.kill()
+    proc.communicate(timeout=10)
+    proc = owner(qdir)
+    wait_for(lambda: [line for line in ledger_lines(ledger) if line[3] == "end"])
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    with walq.Queue.open(qdir) as q:
+        assert q.status(jid) == "done"
+    attempts = [line[1] for line in ledger_lines(ledger) if line[3] == "start"]
+    assert attempts == ["1", "2"]
+
+
+def test_poison_job_that_kills_the_owner_is_dead_after_max_attempts(
+    qdir: str, tmp_path: Path
+) -> None:
+    """A job that SIGKILLs the owner is charged each restart, then dead; neighbours finish."""
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir) as q:
+        poison = q.enqueue("kills_owner", {"ledger": str(ledger)})
+        good = q.enqueue_many([("ok", {"ledger": str(ledger)}) for _ in range(5)])
+    for _ in range(6):
+        proc = owner(qdir)
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            finished = [line for line in ledger_lines(ledger) if line[3] == "ran"]
+            if len(finished) == len(good):
+                break  # the poison job is dead-lettered and the rest ran
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+            break
+        proc.communicate(timeout=5)  # killed by the poison job: restart it
+    with walq.Queue.open(qdir) as q:
+        assert q.status(poison) == "dead"
+        (dead,) = q.dead_jobs()
+        assert "interrupted" in dead.error and dead.attempts == 3
+        assert all(q.status(i) == "done" for i in good)
+    assert len([line for line in ledger_lines(ledger) if line[3] == "poison"]) == 3

@@ -1,0 +1,85 @@
+"""Handlers for the worker tests: each misbehaves in one way a real handler can."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from walq.core.retry import Permanent
+from walq.job import Job
+from walq.tasks import Tasks
+
+tasks = Tasks()
+
+
+def _note(payload: Any, job: Job, what: str = "ran") -> None:
+    """Append a line to the test's ledger file (O_APPEND: one write per line)."""
+    path = payload.get("ledger") if isinstance(payload, dict) else None
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{job.id} {job.attempt} {os.getpid()} {what}\n".encode())
+        finally:
+            os.close(fd)
+
+
+@tasks.task(timeout=10.0)
+def ok(payload: Any, job: Job) -> None:
+    _note(payload, job)
+
+
+@tasks.task(timeout=10.0, max_attempts=2)
+def raises(payload: Any, job: Job) -> None:
+    raise ValueError(f"bad value {payload['n']}")
+
+
+@tasks.task(timeout=10.0)
+def permanent(payload: Any, job: Job) -> None:
+    raise Permanent("this input can never work")
+
+
+@tasks.task(timeout=10.0, max_attempts=2)
+def exits(payload: Any, job: Job) -> None:
+    os._exit(7)
+
+
+@tasks.task(timeout=10.0, max_attempts=2)
+def segfaults(payload: Any, job: Job) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@tasks.task(timeout=0.5, max_attempts=2)
+def hangs(payload: Any, job: Job) -> None:
+    _note(payload, job, "start")
+    while True:
+        time.sleep(0.1)
+
+
+@tasks.task(timeout=0.5, max_attempts=1)
+def ignores_sigterm(payload: Any, job: Job) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(0.1)
+
+
+@tasks.task(timeout=10.0, max_attempts=1)
+def leaks(payload: Any, job: Job) -> None:
+    hog = [bytearray(1 << 20) for _ in range(400)]  # 400 MiB, touched
+    time.sleep(5)
+    del hog
+
+
+@tasks.task(timeout=30.0)
+def sleeps(payload: Any, job: Job) -> None:
+    _note(payload, job, "start")
+    time.sleep(payload["seconds"])
+    _note(payload, job, "end")
+
+
+@tasks.task(timeout=30.0, max_attempts=3)
+def kills_owner(payload: Any, job: Job) -> None:
+    _note(payload, job, "poison")
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(5)

@@ -1,0 +1,5 @@
+"""`python -m walq` runs the CLI."""
+
+from walq.cli import main
+
+main()
