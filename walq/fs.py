@@ -74,7 +74,7 @@ class FileSystem(Protocol):
         ...
 
     def makedirs(self, path: str, mode: int = 0o700) -> None:
-        """Create `path` and missing parents; the new directories get `mode`."""
+        """Create `path` and missing parents with `mode` (durable once the parent is synced)."""
         ...
 
     def rename(self, src: str, dst: str) -> None:
@@ -170,11 +170,7 @@ class OsFileSystem:
         return sorted(os.listdir(path))
 
     def makedirs(self, path: str, mode: int = 0o700) -> None:
-        parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(path, mode=mode, exist_ok=True)
-        # The new directory entry lives in the parent: sync it so the queue's
-        # directory itself survives a power cut.
-        self.sync_dir(parent)
 
     def rename(self, src: str, dst: str) -> None:
         os.replace(src, dst)

@@ -250,6 +250,7 @@ def repair(path: str, fs: FileSystem | None = None) -> list[str]:
             aside_dir = posixpath.join(path, CUT_DIR)
             if not fs.is_dir(aside_dir):
                 fs.makedirs(aside_dir)
+                fs.sync_dir(path)
             aside = posixpath.join(aside_dir, posixpath.basename(scan.path) + ".damaged")
             _copy(fs, scan.path, aside)
             fs.sync_dir(aside_dir)

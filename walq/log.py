@@ -184,6 +184,7 @@ class Log:
             aside = posixpath.join(self.directory, CUT_DIR)
             if not self.fs.is_dir(aside):
                 self.fs.makedirs(aside)
+                self.fs.sync_dir(self.directory)
             name = f"{posixpath.basename(seg.path)}.{tail.start}"
             taken = set(self.fs.listdir(aside))
             n = 0
@@ -262,6 +263,10 @@ class Log:
         assert self._active is not None
         old = self._active
         self._write_buffer()
+        try:
+            old.file.truncate(self._end)  # give back the unused preallocated tail
+        except OSError as exc:
+            self._fail(f"truncating {old.path} failed: {exc}")
         self._timed_sync(old)
         self._synced = self._appended
         header = SegmentHeader(old.seq + 1, old.seq + 1)
@@ -367,6 +372,57 @@ class Log:
                 self.commit(lsn)
             except (LogFailedError, ClosedError):
                 return
+
+    # -- compaction support ---------------------------------------------------------------
+
+    def sealed(self) -> list[Segment]:
+        """The sealed segments, oldest first (their files are closed)."""
+        with self._mu:
+            return list(self._sealed)
+
+    def install(self, tmp_path: str, header: SegmentHeader) -> list[str]:
+        """Put a compacted segment in place of sealed segments header.first..header.seq.
+
+        The temporary file must already be complete and fsynced. The rename
+        replaces segment `seq` atomically; once the directory is synced the
+        older segments it covers are superseded (recovery deletes them if this
+        process dies before it does). Returns the paths removed.
+        """
+        d = self.directory
+        final = posixpath.join(d, segment_name(header.seq))
+        with self._mu:
+            self._check_open()
+            covered = [s for s in self._sealed if header.first <= s.seq <= header.seq]
+            if not covered or covered[-1].seq != header.seq:
+                raise ArgumentError(f"segment {header.seq} is not a sealed segment of {d}")
+            self.fs.rename(tmp_path, final)
+            self.fs.sync_dir(d)
+            removed = []
+            for seg in covered[:-1]:
+                self.fs.remove(seg.path)
+                removed.append(seg.path)
+            if removed:
+                self.fs.sync_dir(d)
+            rest = [s for s in self._sealed if s.seq > header.seq]
+            f = self.fs.open(final)
+            f.close()
+            self._sealed = [Segment(final, header, f), *rest]
+        return removed
+
+    def segment_bytes(self) -> tuple[int, int]:
+        """(bytes used in sealed segments, bytes appended to the active one)."""
+        with self._mu:
+            sealed = 0
+            for seg in self._sealed:
+                try:
+                    f = self.fs.open(seg.path)
+                except OSError:
+                    continue
+                try:
+                    sealed += f.size()
+                finally:
+                    f.close()
+            return sealed, self._end
 
     # -- reading and closing ---------------------------------------------------------
 

@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import attrs
+
+from walq.compactor import CompactionResult, Compactor, Policy
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
@@ -19,6 +22,7 @@ from walq.core.state import (
     MAX_ATTEMPTS,
     MAX_PRIORITY,
     MIN_PRIORITY,
+    SCHEDULED,
     JobInfo,
     Loc,
     Now,
@@ -47,6 +51,20 @@ from walq.log import Damage, Log, Recovered
 log = logging.getLogger("walq.queue")
 
 LOCK_FILE = "LOCK"
+
+
+@attrs.frozen
+class Snapshot:
+    """One live job as a compaction copies it."""
+
+    id: int
+    loc: Loc
+    error_loc: Loc | None
+    dead: bool
+    attempts: int
+    due_wall: float
+
+
 RECOVERY_MODES = ("strict", "skip")
 INTERRUPTED = (
     "attempt {n} was interrupted (the owner stopped or the lease expired) and no attempts remain"
@@ -98,6 +116,7 @@ class Queue:
         self.cancel_listeners: list[Callable[[int], None]] = []
         # Called (outside the lock) when a job may have become ready: a worker's wakeup.
         self.ready_listeners: list[Callable[[], None]] = []
+        self._compactor = Compactor(self)
 
     # -- opening ---------------------------------------------------------------
 
@@ -116,6 +135,7 @@ class Queue:
         max_attempts: int = 20,
         lock_timeout: float = 0.0,
         recovery: str = "strict",
+        compaction: Policy | bool | None = True,
         fs: FileSystem | None = None,
         clock: Callable[[], Now] | None = None,
         rng: random.Random | None = None,
@@ -126,6 +146,8 @@ class Queue:
         "interval" (fsync every `sync_interval` seconds), or "never".
         recovery: "strict" (damage before a torn tail raises CorruptionError)
         or "skip" (damaged records are skipped, logged and counted).
+        compaction: True (the default policy), a compactor.Policy, or False
+        (compact only when `compact()` is called).
         """
         if recovery not in RECOVERY_MODES:
             raise ArgumentError(f"recovery must be 'strict' or 'skip', not {recovery!r}")
@@ -139,6 +161,8 @@ class Queue:
         path = str(path)
         if not fs.is_dir(path):
             fs.makedirs(path, 0o700)
+            # The new directory's entry lives in its parent: make it durable too.
+            fs.sync_dir(posixpath.dirname(posixpath.abspath(path)) or "/")
         lock = fs.lock(posixpath.join(path, LOCK_FILE), lock_timeout)
         try:
             wal = Log(fs, path, segment_size=segment_size, sync=sync, sync_interval=sync_interval)
@@ -157,6 +181,10 @@ class Queue:
             )
             skip = recovery == "skip"
             q._replay(wal.recover(skip_damage=skip), skip)
+            if isinstance(compaction, Policy):
+                q._compactor.policy = compaction
+            if compaction is not False:
+                q._compactor.start()
         except BaseException:
             lock.release()
             raise
@@ -409,7 +437,8 @@ class Queue:
                 self._check_open()
                 now = self._clock()
         self._log.commit(lsn)
-        return [self._job(info.id, attempt) for info, attempt in started]
+        with self._mu:  # a compaction may move records; read under the lock
+            return [self._job(info.id, attempt) for info, attempt in started]
 
     def _start(self, taken: list[Any], now: Now, lease: float) -> tuple[int, list[Any]]:
         """Record the start of taken jobs (lock held); dead-letter those out of attempts."""
@@ -670,6 +699,7 @@ class Queue:
             self._closed = True
             self._changed.notify_all()
         try:
+            self._compactor.stop()
             self._log.close()
         finally:
             for f in self._readers.values():
@@ -689,6 +719,53 @@ class Queue:
             now = self._clock()
             due = self._state.next_due()
             return None if due is None else max(0.0, due - now.mono)
+
+    # -- compaction -------------------------------------------------------------------------
+
+    def compact(self, progress: Callable[[int, int], None] | None = None) -> CompactionResult:
+        """Rewrite the sealed segments keeping only live jobs (see walq.compactor)."""
+        self._check_open()
+        return self._compactor.compact(progress)
+
+    def _live_bytes_upto(self, seq: int) -> int:
+        with self._mu:
+            return self._state.live_bytes_upto(seq)
+
+    def _snapshot(self, ids: list[int], upto: int) -> list[Snapshot]:
+        """Live jobs among `ids` whose record lies in segments <= `upto` (lock held)."""
+        self._check_open()
+        state = self._state
+        now = self._clock()
+        out = []
+        for jid in ids:
+            if jid not in state:
+                continue
+            info = state.info(jid)
+            if info.loc.seg > upto:
+                continue
+            due = state.due_of(jid) if info.state == SCHEDULED else None
+            out.append(
+                Snapshot(
+                    id=jid,
+                    loc=info.loc,
+                    error_loc=state.error_loc(jid) if info.state == DEAD else None,
+                    dead=info.state == DEAD,
+                    attempts=info.attempts,
+                    due_wall=0.0 if due is None else now.wall + (due - now.mono),
+                )
+            )
+        return out
+
+    def _meta_event(self) -> ev.Meta:
+        with self._mu:
+            tombs = tuple(sorted(self._state.tombstones().items()))
+            return ev.Meta(next_id=self._state.next_id, tombstones=tombs)
+
+    def _after_compaction(self, upto: int, moves: dict[int, tuple[Loc, bool]]) -> None:
+        """Point the state at the compacted segment; drop stale read handles (lock held)."""
+        self._state.relocate(moves, upto)
+        for seq in [s for s in self._readers if s <= upto]:
+            self._readers.pop(seq).close()
 
     # -- internals ---------------------------------------------------------------------
 

@@ -145,6 +145,7 @@ class QueueState:
         self._counts = TaskCounts()
         self._by_task: dict[int, TaskCounts] = {}
         self.live_bytes = 0
+        self._seg_bytes: dict[int, int] = {}  # live record bytes per segment
         self._loading = True
 
     # -- queries -------------------------------------------------------------
@@ -329,6 +330,7 @@ class QueueState:
         self._jobs[e.id] = p
         self._count(p, +1)
         self.live_bytes += loc.size
+        self._seg_bytes[loc.seg] = self._seg_bytes.get(loc.seg, 0) + loc.size
         if e.key is not None:
             self._key_of[e.id] = e.key
             if state != DEAD:
@@ -392,7 +394,9 @@ class QueueState:
         if p is None:
             return
         self._count(p, -1)
-        self.live_bytes -= (p >> _SIZE) & _M32
+        size = (p >> _SIZE) & _M32
+        self.live_bytes -= size
+        self._seg_bytes[p >> _SEG] -= size
         self._release_key(jid)
         self._key_of.pop(jid, None)
         self._errors.pop(jid, None)
@@ -557,17 +561,41 @@ class QueueState:
             raise LeaseLost(f"job {jid} is running attempt {info.attempts}, not {attempt}")
         return info
 
-    def relocate(self, moves: dict[int, Loc]) -> None:
-        """Point jobs at their records' new homes after a compaction."""
-        for jid, loc in moves.items():
+    def live_ids(self) -> list[int]:
+        """Every live job id, in insertion order."""
+        return list(self._jobs)
+
+    def live_bytes_upto(self, seq: int) -> int:
+        """Bytes of live jobs' records in segments up to `seq`."""
+        return sum(n for s, n in self._seg_bytes.items() if s <= seq)
+
+    def due_of(self, jid: int) -> float | None:
+        """The monotonic time scheduled job `jid` falls due."""
+        return self._due.get(jid)
+
+    def relocate(self, moves: dict[int, tuple[Loc, bool]], upto: int) -> None:
+        """Point jobs at their records' new homes after a compaction of segments <= `upto`.
+
+        Only jobs whose record still lies in a compacted segment move; an error
+        recorded there moves too (the new `job` record carries it).
+        """
+        for jid, (loc, _) in moves.items():
             p = self._jobs.get(jid)
             if p is None:
                 continue
-            old = (p >> _SIZE) & _M32
-            p = _with(p, _SIZE, _M32, loc.size)
-            p = _with(p, _OFFSET, _M32, loc.offset)
-            p = (p & ((1 << _SEG) - 1)) | (loc.seg << _SEG)
-            self._jobs[jid] = p
-            self.live_bytes += loc.size - old
-            if jid in self._errors:
+            old_seg = p >> _SEG
+            if old_seg <= upto:
+                old = (p >> _SIZE) & _M32
+                self._seg_bytes[old_seg] -= old
+                self._seg_bytes[loc.seg] = self._seg_bytes.get(loc.seg, 0) + loc.size
+                p = _with(p, _SIZE, _M32, loc.size)
+                p = _with(p, _OFFSET, _M32, loc.offset)
+                p = (p & ((1 << _SEG) - 1)) | (loc.seg << _SEG)
+                self._jobs[jid] = p
+                self.live_bytes += loc.size - old
+            err = self._errors.get(jid)
+            if err is not None and err.seg <= upto:
                 self._errors[jid] = loc
+        for seg in [s for s in self._seg_bytes if s < upto]:
+            if not self._seg_bytes[seg]:
+                del self._seg_bytes[seg]

@@ -1,0 +1,277 @@
+"""The compactor: rewrite sealed segments as one holding only what is still live.
+
+A compaction copies every live job whose record sits in a sealed segment -- its
+payload, attempts, state and last error -- into `<seq>.wal.tmp` as `job`
+records, plus a `meta` record (the id counter, cancelled/purged markers); it
+fsyncs the file, renames it over the newest sealed segment, fsyncs the
+directory, then deletes the older segments it covers and fsyncs again. The
+active segment is never rewritten.
+
+Why this is safe: events are absolute, so replaying the events that follow
+the snapshot onto it changes nothing they had already changed. The snapshot
+is taken in small chunks under the queue's lock (producers wait at most one
+chunk), and the log is fsynced after the last chunk and before the rename, so
+the snapshot never reflects an event that a crash could still take back.
+A crash at any step leaves either the old segments or the new one (recovery
+deletes `.tmp` files and segments a compacted one supersedes).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from walq.core import events as ev
+from walq.core import format as fmt
+from walq.core import framing
+from walq.core.state import DEAD, Loc
+from walq.errors import CorruptionError, WalqError
+from walq.fs import File
+
+if TYPE_CHECKING:
+    from walq.queue import Queue
+
+log = logging.getLogger("walq.compactor")
+
+CHUNK = 2000  # jobs snapshotted per hold of the queue's lock
+WRITE_BUFFER = 1 << 20
+
+
+@attrs.frozen
+class CompactionResult:
+    """What one compaction did."""
+
+    segments_in: int
+    bytes_in: int
+    bytes_out: int
+    jobs: int
+    seconds: float
+
+
+@attrs.frozen
+class Policy:
+    """When the background compactor runs.
+
+    Compact when there is at least one sealed segment and the garbage in the
+    sealed segments (bytes not belonging to live jobs) is at least
+    `garbage_ratio` of them, or when there are `max_sealed` sealed segments.
+    """
+
+    garbage_ratio: float = 0.5
+    max_sealed: int = 8
+    interval: float = 1.0
+
+
+def should_compact(policy: Policy, sealed: int, sealed_bytes: int, live_sealed: int) -> bool:
+    """The trigger, as a pure function of the numbers it looks at."""
+    if sealed == 0:
+        return False
+    if sealed >= policy.max_sealed and sealed_bytes > live_sealed * 1.1:
+        return True
+    garbage = sealed_bytes - live_sealed
+    return (
+        sealed_bytes > 0
+        and garbage >= policy.garbage_ratio * sealed_bytes
+        and (sealed > 1 or garbage > fmt.SEGMENT_HEADER_SIZE * 100)
+    )
+
+
+class Compactor:
+    """Compacts one queue's sealed segments, on demand or from a background thread."""
+
+    def __init__(self, queue: Queue, policy: Policy | None = None) -> None:
+        self.queue = queue
+        self.policy = policy or Policy()
+        self._running = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.runs = 0
+        self.last: CompactionResult | None = None
+
+    # -- background --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the policy every `interval` seconds in a daemon thread."""
+        self._thread = threading.Thread(target=self._loop, name="walq-compactor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread, waiting for a compaction in progress."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def poke(self) -> None:
+        """A segment was sealed: look at the policy soon (cheap)."""
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.policy.interval):
+            try:
+                if self.due():
+                    self.compact()
+            except WalqError as exc:
+                log.error("%s: background compaction failed: %s", self.queue.path, exc)
+                return
+            except OSError as exc:
+                log.error("%s: background compaction failed: %s", self.queue.path, exc)
+
+    def due(self) -> bool:
+        """Whether the policy says to compact now."""
+        sealed = self.queue._log.sealed()
+        if not sealed:
+            return False
+        sealed_bytes, _ = self.queue._log.segment_bytes()
+        last = sealed[-1].seq
+        live = self.queue._live_bytes_upto(last)
+        return should_compact(self.policy, len(sealed), sealed_bytes, live)
+
+    # -- one compaction ------------------------------------------------------------------
+
+    def compact(self, progress: Callable[[int, int], None] | None = None) -> CompactionResult:
+        """Compact every sealed segment now; `progress(done, total)` is called per chunk."""
+        with self._running:
+            started = time.monotonic()
+            q = self.queue
+            sealed = q._log.sealed()
+            if not sealed:
+                return CompactionResult(0, 0, 0, 0, 0.0)
+            header = fmt.SegmentHeader(seq=sealed[-1].seq, first=sealed[0].header.first)
+            bytes_in, _ = q._log.segment_bytes()
+            tmp = posixpath.join(q.path, fmt.segment_name(header.seq)) + ".tmp"
+            out = _Writer(q.fs, tmp, header)
+            readers: dict[int, File] = {}
+            try:
+                jobs = self._copy_live(header.seq, out, readers, progress)
+                meta = q._meta_event()
+                out.add(meta.rtype, meta.encode())
+                out.finish()
+            except BaseException:
+                out.abandon()
+                raise
+            finally:
+                for f in readers.values():
+                    f.close()
+            # Everything the snapshot reflects must be durable before it replaces
+            # the segments holding the events it summarises.
+            q.sync()
+            with q._mu:
+                q._log.install(tmp, header)
+                q._after_compaction(header.seq, out.moves)
+            result = CompactionResult(
+                segments_in=len(sealed),
+                bytes_in=bytes_in,
+                bytes_out=out.offset,
+                jobs=jobs,
+                seconds=time.monotonic() - started,
+            )
+            self.runs += 1
+            self.last = result
+            log.info(
+                "%s: compacted %d segments (%d bytes) into %d bytes, %d live jobs, %.3f s",
+                q.path, result.segments_in, result.bytes_in, result.bytes_out, jobs,
+                result.seconds,
+            )  # fmt: skip
+            return result
+
+    def _copy_live(
+        self,
+        upto: int,
+        out: _Writer,
+        readers: dict[int, File],
+        progress: Callable[[int, int], None] | None,
+    ) -> int:
+        q = self.queue
+        with q._mu:
+            ids = q._state.live_ids()
+        copied = 0
+        for start in range(0, len(ids), CHUNK):
+            with q._mu:
+                chunk = q._snapshot(ids[start : start + CHUNK], upto)
+            for snap in chunk:
+                record = self._read(readers, snap.loc)
+                e = ev.decode(record.rtype, record.body)
+                if not isinstance(e, ev.Enqueue | ev.Job):
+                    raise CorruptionError(
+                        self._path(snap.loc.seg), snap.loc.offset, "job record is not a job"
+                    )
+                error = ""
+                if snap.error_loc is not None:
+                    fail = ev.decode(*_rt(self._read(readers, snap.error_loc)))
+                    error = fail.error if isinstance(fail, ev.Fail | ev.Job) else ""
+                job = ev.Job(
+                    id=snap.id, task=e.task, payload=e.payload, kind=e.kind, key=e.key,
+                    priority=e.priority, max_attempts=e.max_attempts, due=snap.due_wall,
+                    created=e.created, state=DEAD if snap.dead else ev.PENDING,
+                    attempts=snap.attempts, error=error,
+                )  # fmt: skip
+                out.add(job.rtype, job.encode(), job_id=snap.id, keep_error=snap.dead)
+                copied += 1
+            if progress is not None:
+                progress(min(start + CHUNK, len(ids)), len(ids))
+        return copied
+
+    def _path(self, seq: int) -> str:
+        return posixpath.join(self.queue.path, fmt.segment_name(seq))
+
+    def _read(self, readers: dict[int, File], loc: Loc) -> framing.Record:
+        f = readers.get(loc.seg)
+        if f is None:
+            f = readers[loc.seg] = self.queue.fs.open(self._path(loc.seg))
+        record = framing.decode(f.pread(loc.size, loc.offset), 0, origin=loc.offset)
+        if not isinstance(record, framing.Record):
+            raise CorruptionError(self._path(loc.seg), loc.offset, getattr(record, "reason", "?"))
+        return record
+
+
+def _rt(record: framing.Record) -> tuple[int, bytes]:
+    return record.rtype, record.body
+
+
+class _Writer:
+    """Builds the compacted segment in a temporary file; remembers where each job went."""
+
+    def __init__(self, fs: Any, path: str, header: fmt.SegmentHeader) -> None:
+        self.fs = fs
+        self.path = path
+        self.header = header
+        if fs.exists(path):
+            fs.remove(path)
+        self.file: File = fs.open(path, create=True)
+        self.offset = 0
+        self.buf = bytearray(header.encode())
+        self.moves: dict[int, tuple[Loc, bool]] = {}
+
+    def add(self, rtype: int, body: bytes, *, job_id: int = 0, keep_error: bool = False) -> None:
+        at = self.offset + len(self.buf)
+        # The file is fsynced whole before it becomes a segment, so each record
+        # may claim everything before it as synced.
+        data = framing.encode(rtype, body, at)
+        self.buf += data
+        if job_id:
+            self.moves[job_id] = (Loc(self.header.seq, at, len(data)), keep_error)
+        if len(self.buf) >= WRITE_BUFFER:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.file.pwrite(bytes(self.buf), self.offset)
+        self.offset += len(self.buf)
+        self.buf = bytearray()
+
+    def finish(self) -> None:
+        self._flush()
+        self.file.sync()
+        self.file.close()
+
+    def abandon(self) -> None:
+        try:
+            self.file.close()
+            if self.fs.exists(self.path):
+                self.fs.remove(self.path)
+        except OSError:
+            pass  # a leftover .tmp is removed on the next open
