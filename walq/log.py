@@ -38,6 +38,8 @@ log = logging.getLogger("walq.log")
 SYNC_MODES = ("always", "interval", "never")
 CUT_DIR = "cut"
 SLOW_SYNC = 1.0  # seconds: an fdatasync slower than this is logged
+# Set only by walq.testing.plant, to prove the torture tools catch a missing fsync.
+PLANTED_SKIP_FSYNC = False
 
 
 @attrs.frozen
@@ -331,6 +333,8 @@ class Log:
 
     def _timed_sync(self, seg: Segment) -> None:
         started = time.monotonic()
+        if PLANTED_SKIP_FSYNC:
+            return
         try:
             seg.file.sync()
         except OSError as exc:

@@ -66,6 +66,8 @@ class Snapshot:
 
 
 RECOVERY_MODES = ("strict", "skip")
+# Set only by walq.testing.plant, to prove the torture tools catch a lost ack.
+PLANTED_FORGET_ACK = False
 INTERRUPTED = (
     "attempt {n} was interrupted (the owner stopped or the lease expired) and no attempts remain"
 )
@@ -505,6 +507,8 @@ class Queue:
             held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
             pairs = zip(job_ids, held, strict=True)
             ids = tuple(self._state.check_holder(j, a).id for j, a in pairs)
+            if PLANTED_FORGET_ACK:
+                return
             lsn = self._write([ev.Ack(ids=ids)], self._clock())
             self.counters["acked"] += len(ids)
             self._changed.notify_all()
