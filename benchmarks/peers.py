@@ -118,7 +118,7 @@ class PersistFile:
         return True
 
     def describe(self) -> str:
-        return "flush only; fsync once per chunk (100 puts); info file renamed unsynced"
+        return "flush only, fsync once per 100-put chunk, info file renamed unsynced"
 
     def close(self) -> None:
         self.q.headf.close()
