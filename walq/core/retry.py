@@ -115,6 +115,9 @@ def _count(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+_FROZEN: Final = attrs.setters.frozen  # configuration fields of the stateful classes
+
+
 def _check_attempt(attempt: int, *, first: int) -> None:
     if not _int_at_least(attempt, first):
         raise ValueError(f"attempt must be an integer >= {first}, got {attempt!r}")
@@ -219,6 +222,51 @@ def decide(
     return Decision(retry=True, delay=backoff.delay(attempt - 1, rng), reason="backoff")
 
 
+# -- per-task rate limit ----------------------------------------------------
+
+
+@attrs.define(eq=False, kw_only=True)
+class RateLimit:
+    """A token bucket: ``per_second`` calls a second on average, ``burst`` at once.
+
+    Kept as the generic cell rate algorithm (one number, the theoretical
+    arrival time), so over any interval of ``t`` seconds at most
+    ``burst + per_second * t`` calls are admitted. ``burst`` defaults to one
+    second's worth (at least 1).
+    """
+
+    per_second: float = attrs.field(validator=_positive, on_setattr=_FROZEN)
+    burst: float = attrs.field(validator=_positive, on_setattr=_FROZEN)
+    _tat: float = attrs.field(default=-math.inf, init=False, repr=False)
+
+    @burst.default
+    def _one_second(self) -> float:
+        return max(1.0, self.per_second)
+
+    @burst.validator
+    def _at_least_one(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if value < 1:
+            raise ValueError(f"RateLimit burst must be >= 1, got {value!r}")
+
+    def try_acquire(self, now: float) -> bool:
+        """Take one call's token if there is one now."""
+        if now < self._earliest():
+            return False
+        self._tat = max(self._tat, now) + 1.0 / self.per_second
+        return True
+
+    def next_available(self, now: float) -> float:
+        """When ``try_acquire`` will next succeed (``now`` if it would now)."""
+        return max(now, self._earliest())
+
+    def tokens(self, now: float) -> float:
+        """How many calls could be admitted at once right now (for stats)."""
+        return max(0.0, min(self.burst, (now - self._tat) * self.per_second + self.burst))
+
+    def _earliest(self) -> float:
+        return self._tat - (self.burst - 1.0) / self.per_second
+
+
 # -- the queue-wide retry budget --------------------------------------------
 
 _SLICES: Final = 20  # a window is kept as at most this many slices (+1) per ledger
@@ -240,29 +288,43 @@ class RetryBudget:
     """Retries allowed as a fraction of first attempts over a sliding window, plus a floor.
 
     One instance is shared by the whole queue (the worker owns it): a storm in
-    any task spends the same budget. Ledger, in units of one retry, over the
-    trailing ``window`` seconds:
+    any task spends the same budget. A retry is paid for from a ledger kept
+    over the trailing ``window`` seconds, in units of one retry:
 
-        credit = ratio * first_attempts + refunds + floor * window - retries
+        credit = ratio * first_attempts + refunds - retries_paid_from_it
 
-    A retry may start only while ``credit >= 1``. ``deposit`` records a first
-    attempt; ``refund`` gives back the cost of a retry that succeeded, so
-    retries that work cost nothing and, once the downstream recovers, the
-    backlog drains at full speed instead of at the floor's pace; first-attempt
-    successes earn nothing, so a long healthy spell does not bank a burst of
-    retries for the next outage. Retries that *fail* are thus at most
-    ``ratio * first_attempts + floor * window`` per window.
+    while ``credit >= 1``, and otherwise from the floor: a trickle of
+    ``floor`` retries a second (a token bucket holding one second's worth),
+    which keeps probing a failing downstream gently and finds out soon when
+    it is back. ``deposit`` records a first attempt; ``refund`` gives back the
+    cost of a retry that succeeded, so retries that work cost nothing and,
+    once the downstream recovers, the backlog drains at full speed instead of
+    at the floor's pace. First-attempt successes earn nothing, so a long
+    healthy spell does not bank a burst of retries for the next outage.
+
+    Bound: retries in any window are at most ``ratio * first_attempts +
+    refunds`` (counted over that window and the one before) ``+ floor *
+    window + max(1, floor)``; with no refunds -- a downstream that keeps
+    failing -- that is the retry storm's ceiling.
 
     Events are kept in slices of ``window / 20``; a deposit expires with the
     oldest event of its slice and a retry with the newest, so the slicing only
     ever errs on the strict side. ``now`` must not decrease between calls.
     """
 
-    ratio: float = attrs.field(default=0.2, validator=_non_negative)
-    floor: float = attrs.field(default=10.0, validator=_non_negative)
-    window: float = attrs.field(default=10.0, validator=_positive)
+    ratio: float = attrs.field(default=0.2, validator=_non_negative, on_setattr=_FROZEN)
+    floor: float = attrs.field(default=10.0, validator=_non_negative, on_setattr=_FROZEN)
+    window: float = attrs.field(default=10.0, validator=_positive, on_setattr=_FROZEN)
     _deposits: list[_Slice] = attrs.field(factory=list, init=False, repr=False)
     _withdrawals: list[_Slice] = attrs.field(factory=list, init=False, repr=False)
+    _trickle: RateLimit | None = attrs.field(init=False, repr=False)
+
+    @_trickle.default
+    def _floor_bucket(self) -> RateLimit | None:
+        floor = _real(self.floor)  # validators run after defaults: leave bad values to them
+        if floor is None or floor <= 0:
+            return None
+        return RateLimit(per_second=floor, burst=max(1.0, floor))
 
     def deposit(self, now: float) -> None:
         """Record a first attempt: it earns ``ratio`` of a retry."""
@@ -274,19 +336,30 @@ class RetryBudget:
 
     def try_withdraw(self, now: float) -> bool:
         """Spend one retry if the budget allows it now; False means wait, see ``wait_hint``."""
-        if self.balance(now) < 1:
-            return False
-        self._slice(self._withdrawals, now).retries += 1
-        return True
+        if self._credit(now) >= 1:
+            self._slice(self._withdrawals, now).retries += 1
+            return True
+        return self._trickle is not None and self._trickle.try_acquire(now)
 
     def balance(self, now: float) -> float:
-        """Retries the budget would allow right now (for stats)."""
-        self._expire(now)
-        return self._credit(self._deposits, self._withdrawals)
+        """Retries the budget would allow at once right now (for stats)."""
+        floor = self._trickle.tokens(now) if self._trickle is not None else 0.0
+        return max(0.0, self._credit(now)) + floor
 
     def available_at(self, now: float) -> float:
         """The earliest time a retry would be allowed if nothing else happens meanwhile."""
-        if self.balance(now) >= 1:
+        at = self._ledger_at(now)
+        if self._trickle is not None:
+            at = min(at, self._trickle.next_available(now))
+        return at if at < math.inf else now + self.window  # no floor, no deposits: poll later
+
+    def wait_hint(self, now: float) -> float:
+        """Seconds until a retry would be allowed if nothing else happens meanwhile."""
+        return self.available_at(now) - now
+
+    def _ledger_at(self, now: float) -> float:
+        """When the ledger alone will pay for a retry, as its entries expire; inf if never."""
+        if self._credit(now) >= 1:
             return now
         expiries = sorted(
             [(s.start + self.window, s, True) for s in self._deposits]
@@ -297,27 +370,22 @@ class RetryBudget:
         for i, (at, item, is_deposit) in enumerate(expiries):
             (deposits if is_deposit else withdrawals).remove(item)
             later = expiries[i + 1][0] if i + 1 < len(expiries) else math.inf
-            if later > at and self._credit(deposits, withdrawals) >= 1:
+            if later > at and self._sum(deposits, withdrawals) >= 1:
                 return at
-        # Only possible when floor * window < 1: poll again after a window.
-        return now + self.window
+        return math.inf
 
-    def wait_hint(self, now: float) -> float:
-        """Seconds until a retry would be allowed if nothing else happens meanwhile."""
-        return self.available_at(now) - now
-
-    def _credit(self, deposits: list[_Slice], withdrawals: list[_Slice]) -> float:
-        firsts = sum(s.firsts for s in deposits)
-        refunds = sum(s.refunds for s in deposits)
-        retries = sum(s.retries for s in withdrawals)
-        return self.ratio * firsts + refunds + self.floor * self.window - retries
-
-    def _expire(self, now: float) -> None:
+    def _credit(self, now: float) -> float:
         self._deposits[:] = [s for s in self._deposits if now < s.start + self.window]
         self._withdrawals[:] = [s for s in self._withdrawals if now < s.end + self.window]
+        return self._sum(self._deposits, self._withdrawals)
+
+    def _sum(self, deposits: list[_Slice], withdrawals: list[_Slice]) -> float:
+        firsts = sum(s.firsts for s in deposits)
+        refunds = sum(s.refunds for s in deposits)
+        return self.ratio * firsts + refunds - sum(s.retries for s in withdrawals)
 
     def _slice(self, ledger: list[_Slice], now: float) -> _Slice:
-        self._expire(now)
+        self._credit(now)  # drops expired slices
         if ledger and now - ledger[-1].start < self.window / _SLICES:
             last = ledger[-1]
             last.start, last.end = min(last.start, now), max(last.end, now)
@@ -356,8 +424,8 @@ class CircuitBreaker:
     that share an instance share a downstream's fate, and trip together.
     """
 
-    failures: int = attrs.field(default=5, validator=_count)
-    cooldown: float = attrs.field(default=30.0, validator=_positive)
+    failures: int = attrs.field(default=5, validator=_count, on_setattr=_FROZEN)
+    cooldown: float = attrs.field(default=30.0, validator=_positive, on_setattr=_FROZEN)
     _state: str = attrs.field(default=CLOSED, init=False)
     _consecutive: int = attrs.field(default=0, init=False)
     _reopen_at: float = attrs.field(default=0.0, init=False)
@@ -427,47 +495,6 @@ class CircuitBreaker:
             self._state, self._probe_until = HALF_OPEN, None
         elif self._probe_until is not None and now >= self._probe_until:
             self._probe_until = None  # the probe is presumed lost
-
-
-# -- per-task rate limit ----------------------------------------------------
-
-
-@attrs.define(eq=False, kw_only=True)
-class RateLimit:
-    """A token bucket: ``per_second`` calls a second on average, ``burst`` at once.
-
-    Kept as the generic cell rate algorithm (one number, the theoretical
-    arrival time), so over any interval of ``t`` seconds at most
-    ``burst + per_second * t`` calls are admitted. ``burst`` defaults to one
-    second's worth (at least 1).
-    """
-
-    per_second: float = attrs.field(validator=_positive)
-    burst: float = attrs.field(validator=_positive)
-    _tat: float = attrs.field(default=-math.inf, init=False, repr=False)
-
-    @burst.default
-    def _one_second(self) -> float:
-        return max(1.0, self.per_second)
-
-    @burst.validator
-    def _at_least_one(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if value < 1:
-            raise ValueError(f"RateLimit burst must be >= 1, got {value!r}")
-
-    def try_acquire(self, now: float) -> bool:
-        """Take one call's token if there is one now."""
-        if now < self._earliest():
-            return False
-        self._tat = max(self._tat, now) + 1.0 / self.per_second
-        return True
-
-    def next_available(self, now: float) -> float:
-        """When ``try_acquire`` will next succeed (``now`` if it would now)."""
-        return max(now, self._earliest())
-
-    def _earliest(self) -> float:
-        return self._tat - (self.burst - 1.0) / self.per_second
 
 
 # -- one task's policy ------------------------------------------------------
