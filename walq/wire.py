@@ -1,0 +1,294 @@
+"""What producers send: checked items, the socket protocol, the socket's address.
+
+Shared by the producer (walq.producer), the owner's socket server
+(walq.server) and the spool (walq.spool), which stores a request in the same
+body layout the socket carries (docs/PRODUCERS.md, "Protocol"):
+
+    frame   = length:u32le body                  (length <= MAX_MESSAGE)
+    body    = header_length:u32le header payloads
+    header  = JSON object: {"op": "enqueue" | "poke", "items": [item, ...], ...}
+    item    = {"task", "kind" (0 JSON, 1 bytes), "size", "key", "delay",
+               "priority", "max_attempts"}
+    payloads = each item's payload bytes, back to back, in item order
+    reply   = length:u32le JSON: {"ok": true, "ids": [...]}
+                              or {"ok": false, "error": class name, "message": text}
+
+`decode_body` parses or raises ProtocolError, never any other exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import struct
+import sys
+from collections.abc import Mapping
+from typing import Any, TypeGuard
+
+import attrs
+
+from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
+from walq.core.state import MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY
+from walq.errors import ArgumentError, ProtocolError
+from walq.job import (
+    DEFAULT_MAX_PAYLOAD,
+    check_key,
+    check_seconds,
+    check_task,
+    decode_payload,
+    encode_payload,
+)
+
+SOCKET_NAME = "walq.sock"
+MAX_MESSAGE = 64 << 20  # bytes of one request body
+MAX_REPLY = 16 << 20
+MAX_ITEMS = 1 << 20  # items in one request
+# sun_path holds 108 bytes with the NUL; room is kept for the owner's temporary
+# name (16 bytes), which it binds first and then renames to SOCKET_NAME.
+_SUN_PATH = 107
+_TMP_NAME_ROOM = 16
+OPTIONS = frozenset({"key", "delay", "priority", "max_attempts"})
+_ITEM_FIELDS = frozenset({"task", "kind", "size", "key", "delay", "priority", "max_attempts"})
+_U32 = struct.Struct("<I")
+
+
+@attrs.frozen(kw_only=True)
+class Item:
+    """One job as a producer sends it: the payload already encoded (kind, bytes)."""
+
+    task: str
+    kind: int
+    data: bytes
+    key: str | None = None
+    delay: float = 0.0
+    priority: int = 0
+    max_attempts: int = 0  # 0: the queue's default
+
+    def meta(self) -> dict[str, Any]:
+        """The item's entry in a request header."""
+        out: dict[str, Any] = {"task": self.task, "kind": self.kind, "size": len(self.data)}
+        if self.key is not None:
+            out["key"] = self.key
+        if self.delay:
+            out["delay"] = self.delay
+        if self.priority:
+            out["priority"] = self.priority
+        if self.max_attempts:
+            out["max_attempts"] = self.max_attempts
+        return out
+
+    def payload(self) -> Any:
+        """The payload value (a JSON value or bytes)."""
+        return decode_payload(self.kind, self.data)
+
+    def for_queue(
+        self, *, delay: float | None = None, origin: str = ""
+    ) -> tuple[str, Any, dict[str, Any]]:
+        """The (task, payload, options) item Queue.enqueue_many takes."""
+        opts: dict[str, Any] = {
+            "key": self.key,
+            "delay": self.delay if delay is None else delay,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts or None,
+        }
+        if origin:
+            opts["origin"] = origin
+        return self.task, self.payload(), opts
+
+
+def make_item(
+    task: object,
+    payload: object,
+    *,
+    key: object = None,
+    delay: object = 0.0,
+    priority: object = 0,
+    max_attempts: object = None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+) -> Item:
+    """A checked Item, with the rules of Queue.enqueue; ArgumentError/PayloadError if not."""
+    name = check_task(task)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
+    attempts = max_attempts or 0
+    if isinstance(attempts, bool) or not isinstance(attempts, int):
+        raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
+    if not 0 <= attempts <= MAX_ATTEMPTS:
+        raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
+    kind, data = encode_payload(payload, max_payload)
+    return Item(
+        task=name,
+        kind=kind,
+        data=data,
+        key=check_key(key),
+        delay=check_seconds("delay", delay),
+        priority=priority,
+        max_attempts=attempts,
+    )
+
+
+def item_from(entry: object, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Item:
+    """An Item from an enqueue_many entry: (task, payload[, options])."""
+    if not isinstance(entry, tuple | list) or len(entry) not in (2, 3):
+        raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {entry!r}")
+    opts = entry[2] if len(entry) == 3 and entry[2] else {}
+    if not isinstance(opts, Mapping):
+        raise ArgumentError(f"enqueue_many options must be a mapping, not {opts!r}")
+    unknown = set(opts) - OPTIONS
+    if unknown:
+        raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(map(str, unknown)))}")
+    return make_item(entry[0], entry[1], max_payload=max_payload, **opts)
+
+
+# -- bodies --------------------------------------------------------------------------
+
+
+def encode_body(header: Mapping[str, Any], items: list[Item]) -> bytes:
+    """A request body: the header (with the items' entries added) and the payloads."""
+    head = dict(header)
+    head["items"] = [item.meta() for item in items]
+    text = json.dumps(head, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return b"".join([_U32.pack(len(text)), text, *(item.data for item in items)])
+
+
+def decode_body(body: bytes | bytearray | memoryview) -> tuple[dict[str, Any], list[Item]]:
+    """(header, items) of a request body; ProtocolError if it is not well formed."""
+    view = memoryview(body)
+    if len(view) < _U32.size:
+        raise ProtocolError(f"request of {len(view)} bytes is shorter than its header length")
+    (hlen,) = _U32.unpack_from(view)
+    if hlen > len(view) - _U32.size:
+        raise ProtocolError(f"header length {hlen} runs past the {len(view)}-byte request")
+    try:
+        header = json.loads(bytes(view[_U32.size : _U32.size + hlen]))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"request header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("request header is not a JSON object")
+    entries = header.get("items", [])
+    if not isinstance(entries, list) or len(entries) > MAX_ITEMS:
+        raise ProtocolError(f"request 'items' must be a list of at most {MAX_ITEMS}")
+    offset = _U32.size + hlen
+    items = []
+    for i, entry in enumerate(entries):
+        item, offset = _decode_item(i, entry, view, offset)
+        items.append(item)
+    if offset != len(view):
+        raise ProtocolError(f"request has {len(view) - offset} bytes after its payloads")
+    return header, items
+
+
+def _decode_item(i: int, entry: object, view: memoryview, offset: int) -> tuple[Item, int]:
+    if not isinstance(entry, dict) or not set(entry) <= _ITEM_FIELDS:
+        raise ProtocolError(f"item {i} is not an object of {sorted(_ITEM_FIELDS)}")
+    task, kind, size = entry.get("task"), entry.get("kind"), entry.get("size")
+    key, delay = entry.get("key"), entry.get("delay", 0.0)
+    priority, attempts = entry.get("priority", 0), entry.get("max_attempts", 0)
+    if not isinstance(task, str) or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
+        raise ProtocolError(f"item {i}: task must be a string and kind 0 or 1")
+    if not _is_int(size) or size < 0 or size > len(view) - offset:
+        raise ProtocolError(f"item {i}: payload size {size!r} runs past the request")
+    if key is not None and not isinstance(key, str):
+        raise ProtocolError(f"item {i}: key must be a string or null")
+    if not (_is_int(delay) or isinstance(delay, float)) or not math.isfinite(delay):
+        raise ProtocolError(f"item {i}: delay must be a number")
+    if not _is_int(priority) or not _is_int(attempts):
+        raise ProtocolError(f"item {i}: priority and max_attempts must be integers")
+    data = bytes(view[offset : offset + size])
+    if kind == PAYLOAD_JSON:
+        try:
+            json.loads(data)
+        except (ValueError, RecursionError):
+            raise ProtocolError(f"item {i}: payload of kind JSON is not JSON") from None
+    item = Item(
+        task=task,
+        kind=kind,
+        data=data,
+        key=key,
+        delay=float(delay),
+        priority=priority,
+        max_attempts=attempts,
+    )
+    return item, offset + size
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# -- frames and replies on a socket -----------------------------------------------------
+
+
+def frame(body: bytes) -> bytes:
+    """The bytes to send for one message."""
+    return _U32.pack(len(body)) + body
+
+
+def reply_frame(reply: Mapping[str, Any]) -> bytes:
+    """The bytes to send for one reply."""
+    return frame(json.dumps(reply, separators=(",", ":")).encode())
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    """Exactly `size` bytes; None on end of stream before the first; ProtocolError after."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            if got == 0:
+                return None
+            raise ProtocolError(f"message truncated: the peer closed after {got} of {size} bytes")
+        got += n
+    return bytes(buf)
+
+
+def recv_length(sock: socket.socket) -> int | None:
+    """The next frame's length; None at a clean end of stream."""
+    head = recv_exact(sock, _U32.size)
+    return None if head is None else int(_U32.unpack(head)[0])
+
+
+def decode_reply(body: bytes) -> dict[str, Any]:
+    """A reply's JSON object; ProtocolError if it is not one."""
+    try:
+        reply = json.loads(body)
+    except ValueError as exc:
+        raise ProtocolError(f"reply is not JSON: {exc}") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise ProtocolError(f"reply is not an object with 'ok': {reply!r:.200}")
+    return reply
+
+
+# -- where the owner listens -------------------------------------------------------------
+
+
+def socket_address(directory: str) -> str | None:
+    """The owner's socket address for a queue directory (None: no socket on this platform).
+
+    `DIR/walq.sock` when it fits in sun_path; on Linux otherwise an abstract
+    socket named from a hash of the directory's realpath.
+    """
+    real = os.path.realpath(directory)
+    path = os.path.join(real, SOCKET_NAME)
+    if len(os.fsencode(real)) + 1 + _TMP_NAME_ROOM <= _SUN_PATH:
+        return path
+    if sys.platform.startswith("linux"):
+        return "\0walq-" + hashlib.sha256(os.fsencode(real)).hexdigest()[:40]
+    return None  # pragma: no cover - long paths on non-Linux: spool only
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end (SO_PEERCRED; None where unsupported)."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if opt is None:  # pragma: no cover - not Linux
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
