@@ -1,0 +1,351 @@
+"""Enqueue from any process on the host, whether or not an owner is running.
+
+    with walq.connect("/var/lib/app/queue") as producer:
+        job_id = producer.enqueue("send_email", {"to": "a@b"}, key="email:42")
+
+With an owner running, a request goes over the owner's Unix socket and the
+owner's Queue.enqueue_many(sync=True) makes it durable: the reply carries the
+job ids. With none, the request is written durably to the spool and the call
+returns None (no id exists yet); the next owner ingests it exactly once. See
+docs/PRODUCERS.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from walq import errors, wire
+from walq.errors import ArgumentError, ClosedError, PayloadError, ProtocolError, WalqError
+from walq.fs import FileSystem, OsFileSystem
+from walq.job import DEFAULT_MAX_PAYLOAD
+from walq.spool import SpoolWriter
+
+log = logging.getLogger("walq.producer")
+
+DEFAULT_MAX_SPOOL_FILES = 10_000
+DEFAULT_MAX_SPOOL_BYTES = 256 << 20
+
+# Replies after which the request is spooled instead: nothing was enqueued.
+_SPOOL_ON = frozenset({"ServerBusy", "ClosedError", "LogFailedError"})
+# Error names a reply may carry, mapped back to their classes.
+_ERRORS: dict[str, type[WalqError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.QueueFull,
+        errors.PayloadError,
+        errors.ArgumentError,
+        errors.ProtocolError,
+        errors.StateError,
+        errors.ClosedError,
+        errors.LogFailedError,
+        errors.LockedError,
+        errors.WalqError,
+    )
+}
+# connect() errors that mean "no owner is listening": spool instead.
+_NO_OWNER = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOTDIR})
+
+
+class Producer:
+    """Adds jobs to the queue in one directory from any process; see `connect`."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        fs: FileSystem | None = None,
+        use_socket: bool = True,
+        max_spool_files: int = DEFAULT_MAX_SPOOL_FILES,
+        max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        timeout: float = 60.0,
+        lock_timeout: float = 30.0,
+    ) -> None:
+        for name, cap in (
+            ("max_spool_files", max_spool_files),
+            ("max_spool_bytes", max_spool_bytes),
+        ):
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                raise ArgumentError(f"{name} must be a positive integer")
+        if not timeout > 0 or not lock_timeout >= 0:
+            raise ArgumentError("timeout must be positive and lock_timeout non-negative")
+        self.path = str(path)
+        self.max_payload = max_payload
+        self.timeout = timeout
+        self.address = wire.socket_address(self.path) if use_socket else None
+        self._spool = SpoolWriter(
+            fs or OsFileSystem(),
+            self.path,
+            max_files=max_spool_files,
+            max_bytes=max_spool_bytes,
+            lock_timeout=lock_timeout,
+        )
+        self._mu = threading.Lock()
+        self._idle: list[socket.socket] = []
+        self._pid = os.getpid()
+        self._closed = False
+        self.sent = {"socket": 0, "spool": 0}  # requests by the way they went
+
+    # -- the public API ----------------------------------------------------------------
+
+    def enqueue(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        delay: float = 0.0,
+        priority: int = 0,
+        max_attempts: int | None = None,
+    ) -> int | None:
+        """Add a job; return once it is durable: its id from the owner, or None if spooled.
+
+        With `key`, an unfinished job (or spooled request) holding the same
+        key is reused instead of adding one. QueueFull if the owner's caps or
+        the spool's refuse it.
+        """
+        item = wire.make_item(
+            task,
+            payload,
+            key=key,
+            delay=delay,
+            priority=priority,
+            max_attempts=max_attempts,
+            max_payload=self.max_payload,
+        )
+        ids = self._send([item])
+        return None if ids is None else ids[0]
+
+    def enqueue_many(
+        self, items: Iterable[tuple[str, Any] | tuple[str, Any, dict[str, Any]]]
+    ) -> list[int] | None:
+        """Add many jobs, items (task, payload[, options]); ids, or None if spooled.
+
+        Through the owner the batch is one durable write; spooled, the
+        unkeyed items share one file and each new key gets its own.
+        """
+        prepared = [wire.item_from(entry, self.max_payload) for entry in items]
+        if not prepared:
+            self._check_open()
+            return []
+        return self._send(prepared)
+
+    def close(self) -> None:
+        """Close the connections to the owner (idempotent)."""
+        with self._mu:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- routing -----------------------------------------------------------------------
+
+    def _send(self, items: list[wire.Item]) -> list[int] | None:
+        self._check_open()
+        if self.address is not None:
+            body = wire.encode_body({"op": "enqueue"}, items)
+            if len(body) > wire.MAX_MESSAGE:
+                raise PayloadError(
+                    f"request of {len(body)} bytes exceeds the {wire.MAX_MESSAGE}-byte"
+                    " message limit: split the batch"
+                )
+            ids = self._via_socket(body)
+            if ids is not None:
+                self._count("socket")
+                return ids
+        self._spool.put(items)
+        self._count("spool")
+        self._poke()
+        return None
+
+    def _via_socket(self, body: bytes) -> list[int] | None:
+        """The ids the owner gave, or None if the request must go to the spool."""
+        message = wire.frame(body)
+        for _ in range(2):
+            conn = self._take()
+            if conn is None:
+                return None
+            try:
+                conn.sendall(message)
+            except OSError:
+                # The owner stopped reading: it refused the connection (its reply
+                # may be waiting) or went away. Either way nothing was enqueued.
+                reply = self._refusal(conn)
+                conn.close()
+                if reply is None:
+                    continue
+            else:
+                reply = self._exchange(conn)
+                if reply is None:
+                    continue
+            if not reply["ok"]:
+                name, text = str(reply.get("error")), str(reply.get("message", ""))
+                if name in _SPOOL_ON:
+                    conn.close()
+                    return None
+                self._give(conn)
+                raise _ERRORS.get(name, WalqError)(text or name)
+            self._give(conn)
+            ids = reply.get("ids")
+            if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+                raise ProtocolError(f"{self._where()}: reply has no list of ids")
+            return ids
+        return None
+
+    def _exchange(self, conn: socket.socket) -> dict[str, Any] | None:
+        """The reply to the request just sent; None (connection closed) if none came."""
+        try:
+            return self._read_reply(conn)
+        except TimeoutError:
+            conn.close()
+            raise ProtocolError(
+                f"{self._where()}: no reply within {self.timeout}s;"
+                " the jobs may or may not have been enqueued"
+            ) from None
+        except (OSError, ProtocolError) as exc:
+            # The owner died (or closed) after the request was sent: it may or
+            # may not have enqueued it. Try again (a new owner, or the spool):
+            # a keyed job coalesces; an unkeyed one may be added twice.
+            log.warning("%s: no reply (%s); sending again", self._where(), exc)
+            conn.close()
+            return None
+
+    def _refusal(self, conn: socket.socket) -> dict[str, Any] | None:
+        """A reply the owner sent before it stopped reading (a refusal), if any."""
+        try:
+            conn.settimeout(0.5)
+            reply = self._read_reply(conn)
+        except (OSError, ProtocolError):
+            return None
+        return None if reply["ok"] else reply
+
+    def _read_reply(self, conn: socket.socket) -> dict[str, Any]:
+        length = wire.recv_length(conn)
+        if length is None:
+            raise ProtocolError("the owner closed the connection without a reply")
+        if length > wire.MAX_REPLY:
+            raise ProtocolError(f"reply of {length} bytes is too large")
+        body = wire.recv_exact(conn, length)
+        if body is None:
+            raise ProtocolError("the owner closed the connection without a reply")
+        return wire.decode_reply(body)
+
+    def _poke(self) -> None:
+        """Tell an owner that appeared meanwhile to ingest the spool now (best effort)."""
+        if self.address is None:
+            return
+        conn = self._take()
+        if conn is None:
+            return
+        try:
+            conn.sendall(wire.frame(wire.encode_body({"op": "poke"}, [])))
+            reply = self._read_reply(conn)
+        except (OSError, ProtocolError):
+            conn.close()
+            return
+        if reply["ok"]:
+            self._give(conn)
+        else:
+            conn.close()
+
+    # -- connections -------------------------------------------------------------------
+
+    def _take(self) -> socket.socket | None:
+        """An idle connection to the owner, or a new one; None if no owner listens."""
+        with self._mu:
+            if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
+                self._idle, self._pid = [], os.getpid()
+            while self._idle:
+                conn = self._idle.pop()
+                readable, _, _ = select.select([conn], [], [], 0)
+                if not readable:
+                    return conn
+                conn.close()  # the owner closed it (idle timeout, stop): nothing is pending
+        return self._connect()
+
+    def _give(self, conn: socket.socket) -> None:
+        with self._mu:
+            if self._closed or self._pid != os.getpid() or conn.fileno() < 0:
+                conn.close()
+            else:
+                self._idle.append(conn)
+
+    def _connect(self) -> socket.socket | None:
+        assert self.address is not None
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(self.timeout)
+        try:
+            conn.connect(self.address)
+        except OSError as exc:
+            conn.close()
+            if exc.errno in _NO_OWNER or isinstance(exc, TimeoutError):
+                return None
+            raise
+        uid = wire.peer_uid(conn)
+        if uid is not None and uid != os.geteuid():
+            conn.close()
+            raise ProtocolError(
+                f"{self._where()}: served by uid {uid}, not by this user ({os.geteuid()}):"
+                " refusing to send jobs to it"
+            )
+        return conn
+
+    def _count(self, route: str) -> None:
+        with self._mu:
+            self.sent[route] += 1
+
+    def _where(self) -> str:
+        address = self.address or ""
+        return f"abstract socket @{address[1:]}" if address.startswith("\0") else address
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{self.path}: the producer is closed")
+
+
+def connect(
+    path: str | os.PathLike[str],
+    *,
+    max_spool_files: int = DEFAULT_MAX_SPOOL_FILES,
+    max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    timeout: float = 60.0,
+    lock_timeout: float = 30.0,
+    use_socket: bool = True,
+    fs: FileSystem | None = None,
+) -> Producer:
+    """A producer for the queue in directory `path`, usable from any process.
+
+    Nothing is opened until the first enqueue. `max_spool_files` and
+    `max_spool_bytes` cap the spool (QueueFull beyond them); `timeout` bounds
+    the wait for the owner's reply; `use_socket=False` always spools.
+    """
+    return Producer(
+        os.fspath(path),
+        fs=fs,
+        use_socket=use_socket,
+        max_spool_files=max_spool_files,
+        max_spool_bytes=max_spool_bytes,
+        max_payload=max_payload,
+        timeout=timeout,
+        lock_timeout=lock_timeout,
+    )
