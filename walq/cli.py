@@ -1,46 +1,86 @@
-"""The `walq` command: parses arguments and prints; the work lives in plain functions.
+"""The `walq` command: parses arguments and prints; the work lives in walq.inspect.
 
-Exit codes: 0 clean, 1 damage or failure found, 2 usage error or cannot open.
+Exit codes (docs/OPERATIONS.md): 0 clean, 1 damage or failure found, 2 usage
+error or cannot open (no such queue, an owner holds the lock, an unknown job).
+Every error is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import click
 
 from walq import inspect as insp
-from walq.errors import LockedError, NotAQueueError, WalqError
+from walq.errors import (
+    ArgumentError,
+    LockedError,
+    NotAQueueError,
+    StateError,
+    UnknownJobError,
+    WalqError,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CLEAN, EXIT_DAMAGE, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130
+
+# Errors that mean "you asked for something that cannot be done", not damage.
+USAGE_ERRORS: tuple[type[Exception], ...] = (
+    NotAQueueError,
+    LockedError,
+    ArgumentError,
+    UnknownJobError,
+    StateError,
+)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print a one-line error on stderr and exit with `code`."""
-    click.echo(f"walq: {message}", err=True)
+    line = " ".join(message.split("\n", 1)[0].split())
+    click.echo(click.style(f"walq: {line}", fg="red"), err=True)
     sys.exit(code)
 
 
 def guarded(fn: F) -> F:
-    """Turn walq's errors into one-line messages and exit codes, never tracebacks."""
+    """Turn every error into a one-line message and its exit code, never a traceback."""
 
+    @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (NotAQueueError, LockedError) as exc:
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise
+        except USAGE_ERRORS as exc:
             fail(str(exc), EXIT_USAGE)
         except WalqError as exc:
             fail(str(exc), EXIT_DAMAGE)
+        except BrokenPipeError:
+            # The reader went away (`walq dump DIR | head`): stop quietly.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(EXIT_CLEAN)
         except OSError as exc:
-            fail(f"{exc.filename or ''}: {exc.strerror or exc}", EXIT_USAGE)
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}", EXIT_USAGE)
+        except KeyboardInterrupt:
+            fail("interrupted", EXIT_INTERRUPTED)
+        except Exception as exc:
+            if os.environ.get("WALQ_TRACEBACK"):
+                raise
+            fail(
+                f"internal error: {type(exc).__name__}: {exc} (set WALQ_TRACEBACK=1 to see where)",
+                EXIT_DAMAGE,
+            )
 
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
     return wrapper  # type: ignore[return-value]
 
 
@@ -49,64 +89,303 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, sort_keys=True, default=str))
 
 
+@contextlib.contextmanager
+def progress(label: str) -> Iterator[insp.Progress | None]:
+    """A progress callback drawing click's bar on stderr if it is a terminal; else None."""
+    err = sys.stderr
+    if not err.isatty():
+        yield None
+        return
+    with click.progressbar(length=1, label=label, file=err, show_pos=True) as bar:
+
+        def update(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        yield update
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover - the loop returns at GiB
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="walq")
 def main() -> None:
-    """walq: a crash-safe job queue that lives in one directory."""
+    """walq: a crash-safe job queue that lives in one directory.
+
+    dump, stats, fsck and `dead list|show` only read: they take no lock and
+    work beside a running owner. Exit codes: 0 clean, 1 damage or failure
+    found, 2 usage error or cannot open.
+    """
+
+
+# -- dump -------------------------------------------------------------------------------
+
+TYPE_COLOURS = {
+    "enqueue": "green",
+    "job": "green",
+    "claim": "cyan",
+    "ack": "blue",
+    "fail": "yellow",
+    "release": "cyan",
+    "cancel": "magenta",
+    "requeue": "magenta",
+    "purge": "magenta",
+    "meta": "white",
+    "notice": "magenta",
+}
+LEADING = ("job", "task", "attempt", "key", "state", "dead")  # first, in this order
+TRAILING = ("error", "payload")  # last, unquoted, in this order
+HIDDEN = ("segment", "seq", "offset", "type", "size", "jobs", "attempts", "tasks",
+          "payload_kind", "payload_bytes")  # fmt: skip
+TIMES = ("created", "due")
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
+
+
+def dump_line(row: dict[str, Any], *, full: bool = False) -> str:
+    """One dump row as one line of text (JSON keeps every field; this keeps the useful ones)."""
+    head = f"{row['seq']}:{row['offset']:<9} "
+    kind = row["type"]
+    if kind in ("damage", "torn-tail"):
+        hexed = " ".join(row["hex"][i : i + 2] for i in range(0, len(row["hex"]), 2))
+        more = "..." if row["length"] * 2 > len(row["hex"]) else ""
+        label = "DAMAGE" if kind == "damage" else "TAIL"
+        what = "" if kind == "damage" else " unfinished (a writer at work, or a crash tore it)"
+        text = f"{label:<9} {row['length']} bytes{what}: {row['reason']} [{hexed}{more}]"
+        return head + click.style(text, fg="red" if kind == "damage" else "yellow", bold=True)
+    if kind == "notice":
+        return head + click.style(f"{'NOTICE':<9} {row['text']}", fg="magenta")
+    parts = [click.style(f"{kind:<9}", fg=TYPE_COLOURS.get(kind))]
+    if "jobs" in row and "job" not in row:
+        parts.append("jobs=" + ",".join(str(j) for j in row["jobs"]))
+        for key in ("attempts", "tasks"):
+            if key in row:
+                parts.append(f"{key}=" + ",".join(str(v) for v in row[key]))
+    rest = [k for k in row if k not in LEADING and k not in TRAILING and k not in HIDDEN]
+    for key in (*LEADING, *rest):
+        value = row.get(key)
+        if value is None or (key == "priority" and value == 0):
+            continue
+        if key in TIMES and isinstance(value, float):
+            parts.append(f"{key}={_when(value)}")
+        else:
+            parts.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    for key in TRAILING:
+        value = row.get(key)
+        if value is None:
+            continue
+        text = str(value)
+        if key == "error" and not full and "\n" in text:
+            lines = text.count("\n")
+            text = text.split("\n", 1)[0] + f" (+{lines} lines: --full shows them)"
+        text = text.rstrip("\n").replace("\n", "\n    ")  # a traceback, indented under its record
+        if key == "payload" and row.get("payload_kind") == "bytes":
+            text = f"<{row.get('payload_bytes')} bytes> {text}"
+        parts.append(f"{key}={text}")
+    return head + " ".join(parts)
+
+
+def _range(
+    start: str | None, end: str | None, segment: str | None, offset_from: int | None,
+    offset_to: int | None,
+) -> tuple[insp.Position | None, insp.Position | None]:  # fmt: skip
+    if segment is None:
+        if offset_from is not None or offset_to is not None:
+            raise ArgumentError("--start and --end are offsets within --segment: give --segment")
+        return (
+            None if start is None else insp.parse_position(start),
+            None if end is None else insp.parse_position(end),
+        )
+    if start is not None or end is not None:
+        raise ArgumentError("give --from/--to or --segment/--start/--end, not both")
+    seq = insp.parse_position(segment)[0]
+    return (seq, offset_from or 0), (seq, offset_to) if offset_to is not None else (seq + 1, 0)
 
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--job", "job_id", type=int, help="Only records about this job id.")
-@click.option("--task", help="Only records of jobs of this task.")
-@click.option("--type", "rtype", help="Only records of this type (enqueue, claim, ack, ...).")
+@click.option("--task", help="Only records about jobs of this task.")
+@click.option(
+    "--type", "types", multiple=True, help="Only records of this type (repeat, or a,b,c)."
+)
+@click.option("--from", "start", metavar="SEG:OFF", help="Start at this position (inclusive).")
+@click.option("--to", "end", metavar="SEG:OFF", help="Stop before this position.")
+@click.option("--segment", metavar="SEG", help="Only this segment (number or file name).")
+@click.option("--start", "offset_from", type=click.IntRange(0), help="With --segment: from.")
+@click.option("--end", "offset_to", type=click.IntRange(0), help="With --segment: before.")
 @click.option("--no-payload", is_flag=True, help="Leave payload previews out.")
+@click.option("--full", is_flag=True, help="Whole payloads and errors, not previews.")
+@click.option("--follow", "-f", is_flag=True, help="Then print new records as they come.")
+@click.option("--interval", type=click.FloatRange(0.01), default=0.25, help="--follow poll (s).")
 @guarded
 def dump(
     directory: str,
     as_json: bool,
     job_id: int | None,
     task: str | None,
-    rtype: str | None,
+    types: tuple[str, ...],
+    start: str | None,
+    end: str | None,
+    segment: str | None,
+    offset_from: int | None,
+    offset_to: int | None,
     no_payload: bool,
+    full: bool,
+    follow: bool,
+    interval: float,
 ) -> None:
-    """Print every record of the queue in DIRECTORY (read-only; safe beside an owner)."""
-    scans = insp.scan_dir(directory)
+    """Print every record of the queue in DIRECTORY, damage inline (read-only).
+
+    Positions are SEG:OFFSET as printed at the start of each line. Exit 1 if
+    damage was shown (an unfinished tail is not damage).
+    """
+    first, last = _range(start, end, segment, offset_from, offset_to)
+    wanted = frozenset(t.strip() for spec in types for t in spec.split(",") if t.strip())
+    flt = insp.DumpFilter(job=job_id, task=task, types=wanted, start=first, end=last)
+    dumper = insp.Dumper(payload=not no_payload, full=full)
     damaged = False
-    for row in insp.dump_rows(scans, payload=not no_payload):
-        if row["type"] == "damage":
-            damaged = True
-        if not _matches(row, job_id, task, rtype):
-            continue
-        if as_json:
-            emit_json(row)
-        else:
-            click.echo(_dump_line(row))
+
+    def show(row: dict[str, Any]) -> None:
+        nonlocal damaged
+        damaged = damaged or row["type"] == "damage"
+        click.echo(json.dumps(row, default=str) if as_json else dump_line(row, full=full))
+
+    for row in dumper.rows(directory, flt):
+        show(row)
+    if follow:
+        try:
+            for row in insp.follow(directory, dumper.end, dumper=dumper, poll=interval):
+                if flt.matches(row):
+                    show(row)
+        except KeyboardInterrupt:
+            sys.exit(EXIT_CLEAN)
     if damaged:
         sys.exit(EXIT_DAMAGE)
 
 
-def _matches(row: dict[str, Any], job_id: int | None, task: str | None, rtype: str | None) -> bool:
-    if row["type"] in ("damage", "torn-tail"):
-        return True
-    if rtype is not None and row["type"] != rtype:
-        return False
-    if job_id is not None and row.get("job") != job_id and job_id not in row.get("jobs", ()):
-        return False
-    return task is None or row.get("task") == task
+# -- stats ------------------------------------------------------------------------------
 
 
-def _dump_line(row: dict[str, Any]) -> str:
-    head = f"{row['segment']}:{row['offset']:<8} {row['type']:<9}"
-    if row["type"] in ("damage", "torn-tail"):
-        return f"{head} {row['length']} bytes: {row['reason']} [{row['hex']}]"
-    fields = {k: v for k, v in row.items() if k not in ("segment", "offset", "type")}
-    return (
-        head
-        + " "
-        + " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in fields.items())
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="The numbers as one JSON object.")
+@click.option("--prometheus", is_flag=True, help="Prometheus text format (node exporter textfile).")
+@guarded
+def stats(directory: str, as_json: bool, prometheus: bool) -> None:
+    """Counts by state and task, ages, the log's size and garbage, damage (read-only).
+
+    Read from the files without the lock, beside a running owner or none.
+    """
+    if prometheus:
+        from walq import metrics  # noqa: PLC0415 - an optional extra
+
+        metrics.prometheus()  # the install hint before any work
+    with progress("reading") as bar:
+        st = insp.stats(directory, progress=bar)
+    if prometheus:
+        click.echo(metrics.exposition(metrics.families(st, worker=st["worker"])), nl=False)
+    elif as_json:
+        emit_json(st)
+    else:
+        for line in stats_lines(st):
+            click.echo(line)
+
+
+def stats_lines(st: dict[str, Any]) -> list[str]:
+    """`walq stats` as text."""
+    own = st["owner"]
+    if own["running"] is None:
+        owner = "unknown (cannot read /proc/locks)"
+    elif own["running"]:
+        owner = click.style("running", fg="green") + (f" (pid {own['pid']})" if own["pid"] else "")
+    else:
+        owner = "none"
+    lines = [f"queue     {st['path']}", f"owner     {owner}"]
+    dead = click.style(f"{st['dead']} dead", fg="red" if st["dead"] else None)
+    lines.append(
+        f"jobs      {st['pending']} pending, {st['scheduled']} scheduled, "
+        f"{st['running']} running, {dead} ({st['unfinished']} unfinished)"
     )
+    if st["interrupted"]:
+        lines.append(
+            f"          ({st['interrupted']} of the pending were running when the owner "
+            "stopped: they run again, the attempt counted)"
+        )
+    if st["oldest_pending_job"] is not None:
+        age = st["oldest_pending_age"]
+        when = "" if age is None else f", enqueued {_age(age)} ago"
+        lines.append(f"oldest    pending job {st['oldest_pending_job']}{when}")
+    if st["next_due_in"] is not None:
+        lines.append(f"next due  in {_age(st['next_due_in'])}")
+    lines.append(f"done      {st['done_in_log']} acked since the last compaction")
+    breakers = st["breakers"]
+    if st["tasks"]:
+        lines.append(
+            f"tasks     {'TASK':<20} {'PENDING':>8} {'SCHEDULED':>9} {'RUNNING':>8} "
+            f"{'DEAD':>6}  BREAKER"
+        )
+        for name, c in st["tasks"].items():
+            state = breakers.get(name, "unknown") if isinstance(breakers, dict) else "unknown"
+            colour = {"open": "red", "half-open": "yellow", "closed": "green"}.get(state)
+            lines.append(
+                f"          {name:<20} {c['pending']:>8} {c['scheduled']:>9} {c['running']:>8} "
+                f"{c['dead']:>6}  {click.style(state, fg=colour)}"
+            )
+    lines.append(
+        f"log       {st['segments']} segments, {_size(st['disk_bytes'])} of files, "
+        f"{_size(st['log_bytes'])} written, {_size(st['bytes'])} live; "
+        f"garbage {st['garbage_ratio']:.0%} (sealed segments {st['sealed_garbage_ratio']:.0%})"
+    )
+    if st["damaged"]:
+        lines.append(
+            click.style(f"damage    {st['damaged']} damaged ranges", fg="red", bold=True)
+            + ": run `walq fsck` for details"
+        )
+        lines += [f"          {d}" for d in st["damage"]]
+    else:
+        lines.append("damage    none")
+    if st["tail_bytes"]:
+        lines.append(
+            f"tail      {st['tail_bytes']} bytes unfinished (a writer at work, or a crash: "
+            "cut on the next open)"
+        )
+    lines.append(f"spool     {st['spooled']} requests waiting for an owner")
+    if st["cut_files"]:
+        lines.append(f"cut/      {st['cut_files']} files of bytes cut by recovery or repair")
+    w = st["worker"]
+    if w is None:
+        lines.append("worker    unknown (no recent worker-status.json)")
+    else:
+        counters = w.get("counters") or {}
+        summary = ", ".join(f"{k} {v}" for k, v in counters.items() if v)
+        lines.append(
+            f"worker    pid {w.get('pid')}, {w.get('processes')} processes, status "
+            f"{w['age']:.0f} s old" + (f"; {summary}" if summary else "")
+        )
+    return lines
+
+
+# -- fsck -------------------------------------------------------------------------------
 
 
 @main.command()
@@ -115,11 +394,20 @@ def _dump_line(row: dict[str, Any]) -> str:
 @click.option("--repair", is_flag=True, help="Rewrite damaged segments (originals kept in cut/).")
 @guarded
 def fsck(directory: str, as_json: bool, repair: bool) -> None:
-    """Check every segment and record; exit 0 if clean, 1 if damage was found."""
-    report = insp.fsck(directory)
+    """Check every segment and record: exit 0 if clean, 1 if damage was found.
+
+    With --repair (no owner may run), damaged ranges are cut out of their
+    segments; each original is kept as DIRECTORY/cut/<segment>.damaged.
+    """
+    with progress("checking") as bar:
+        report = insp.fsck(directory, progress=bar)
     repaired: list[str] = []
+    repair_error: str | None = None
     if repair and not report.clean:
-        repaired = insp.repair(directory)
+        try:
+            repaired = insp.repair(directory)
+        except LockedError as exc:
+            repair_error = f"cannot repair: {exc}; stop it first"
     if as_json:
         emit_json(
             {
@@ -129,67 +417,134 @@ def fsck(directory: str, as_json: bool, repair: bool) -> None:
                 "problems": report.problems,
                 "warnings": report.warnings,
                 "repaired": repaired,
+                "repair_error": repair_error,
             }
         )
     else:
         for p in report.problems:
-            click.echo(f"DAMAGE  {p}")
+            click.echo(click.style("DAMAGE  ", fg="red", bold=True) + p)
         for w in report.warnings:
-            click.echo(f"warning {w}")
+            click.echo(click.style("warning ", fg="yellow") + w)
         for r in repaired:
-            click.echo(f"repaired {r}")
-        verdict = "clean" if report.clean else f"{len(report.problems)} problem(s)"
+            click.echo(click.style("repaired ", fg="green") + r)
+        verdict = (
+            click.style("clean", fg="green")
+            if report.clean
+            else click.style(f"{len(report.problems)} problem(s)", fg="red", bold=True)
+        )
         click.echo(f"{report.segments} segments, {report.records} records: {verdict}")
+        if not report.clean and not repair:
+            click.echo(
+                f"to repair: stop the owner, then run `walq fsck --repair {directory}` "
+                "(what it cuts is kept in cut/)"
+            )
+    if repair_error is not None:
+        fail(repair_error, EXIT_USAGE)
     if not report.clean:
         sys.exit(EXIT_DAMAGE)  # damage was found, even if --repair mended it
 
 
-@main.command()
+# -- dead -------------------------------------------------------------------------------
+
+
+@main.group()
+def dead() -> None:
+    """Dead-lettered jobs: list and show read-only; requeue and purge need the lock."""
+
+
+@dead.command("list")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--tasks", "tasks_spec", required=True, help="The walq.Tasks object, module:attr.")
-@click.option("--processes", "-p", type=click.IntRange(1), default=None, help="Worker processes.")
-@click.option("--prefetch", type=click.IntRange(1), default=1, help="Jobs queued per process.")
-@click.option("--max-tasks-per-child", type=click.IntRange(1), default=None)
-@click.option("--max-memory", type=click.IntRange(1), default=None, help="Bytes of RSS per worker.")
-@click.option("--shutdown-grace", type=float, default=30.0, help="Seconds to drain on SIGTERM.")
-@click.option("--sync", type=click.Choice(["always", "interval", "never"]), default="always")
-@click.option("--log-level", default="INFO", help="Python logging level.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @guarded
-def worker(
-    directory: str,
-    tasks_spec: str,
-    processes: int | None,
-    prefetch: int,
-    max_tasks_per_child: int | None,
-    max_memory: int | None,
-    shutdown_grace: float,
-    sync: str,
-    log_level: str,
-) -> None:
-    """Own the queue in DIRECTORY and run its jobs until SIGTERM or SIGINT."""
-    import logging  # noqa: PLC0415 - only the worker command configures logging
-
-    from walq.queue import Queue  # noqa: PLC0415
-    from walq.tasks import load_tasks  # noqa: PLC0415
-    from walq.worker import Worker  # noqa: PLC0415
-
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+def dead_list(directory: str, as_json: bool) -> None:
+    """Every dead job: id, task, attempts, key and the first line of its last error."""
+    jobs = insp.dead_jobs(directory)
+    if as_json:
+        for d in jobs:
+            emit_json(d.summary())
+        return
+    if not jobs:
+        click.echo("no dead jobs")
+        return
+    click.echo(f"{'ID':>8}  {'TASK':<20} {'ATTEMPTS':>8}  {'KEY':<16} ERROR")
+    for d in jobs:
+        error = d.error.split("\n", 1)[0]
+        key = "-" if d.key is None else d.key
+        click.echo(f"{d.id:>8}  {d.task:<20} {d.attempts:>8}  {key:<16} {error}")
+    click.echo(
+        f"{len(jobs)} dead jobs: `walq dead show DIR ID` for one job's payload and traceback"
     )
-    sys.path.insert(0, ".")
-    tasks = load_tasks(tasks_spec)
-    with Queue.open(directory, sync=sync) as q:
-        w = Worker(
-            q,
-            tasks,
-            processes=processes,
-            prefetch=prefetch,
-            max_tasks_per_child=max_tasks_per_child,
-            max_memory=max_memory,
-            shutdown_grace=shutdown_grace,
-        )
-        code = w.run()
-    sys.exit(code)
+
+
+@dead.command("show")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
+@guarded
+def dead_show(directory: str, job_id: int, as_json: bool) -> None:
+    """One dead job in full: payload, and the stored error with its traceback."""
+    (d,) = insp.dead_jobs(directory, ids=[job_id])
+    if as_json:
+        emit_json(d.detail())
+        return
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.created)) if d.created else "-"
+    click.echo(f"job       {d.id}")
+    click.echo(f"task      {d.task}")
+    click.echo(f"attempts  {d.attempts}")
+    click.echo(f"key       {'-' if d.key is None else d.key}")
+    click.echo(f"enqueued  {created}")
+    payload = d.payload_text()
+    if d.payload_kind == "json":
+        with contextlib.suppress(ValueError):
+            payload = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+    click.echo(f"payload   ({d.payload_kind}, {len(d.payload)} bytes)")
+    click.echo("  " + payload.replace("\n", "\n  "))
+    click.echo(click.style("error", fg="red"))
+    click.echo("  " + (d.error or "(none recorded)").rstrip().replace("\n", "\n  "))
+
+
+@dead.command("requeue")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("job_ids", type=int, nargs=-1, required=True)
+@guarded
+def dead_requeue(directory: str, job_ids: tuple[int, ...]) -> None:
+    """Give dead jobs a fresh start (attempts reset). No owner may be running."""
+    done = _admin(lambda: insp.requeue(directory, job_ids), "requeue")
+    click.echo(f"requeued {len(done)} jobs: {' '.join(str(j) for j in done)}")
+
+
+@dead.command("purge")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("job_ids", type=int, nargs=-1)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@guarded
+def dead_purge(directory: str, job_ids: tuple[int, ...], yes: bool) -> None:
+    """Delete dead jobs for good (all, or the ids given). No owner may be running."""
+    ids = list(job_ids) or None
+    if not yes:
+        count = len(ids) if ids is not None else len(insp.dead_jobs(directory))
+        if not count:
+            click.echo("no dead jobs")
+            return
+        if not sys.stdin.isatty():
+            fail(f"purge deletes {count} dead jobs for good: pass --yes to confirm")
+        click.confirm(f"delete {count} dead jobs for good?", abort=True)
+    n = _admin(lambda: insp.purge(directory, ids), "purge")
+    click.echo(f"purged {n} dead jobs")
+
+
+T = TypeVar("T")
+
+
+def _admin(step: Callable[[], T], what: str) -> T:
+    """Run an administrative step; an owner running is a one-line refusal (exit 2)."""
+    try:
+        return step()
+    except LockedError as exc:
+        fail(f"{exc}: {what} needs the queue's lock; stop the owner (SIGTERM drains) and retry")
+
+
+# -- enqueue, compact, worker, demo ----------------------------------------------------------
 
 
 @main.command()
@@ -198,7 +553,7 @@ def worker(
 @click.option("--payload", default=None, help="The payload as JSON.")
 @click.option("--payload-file", type=click.File("rb"), default=None, help="Payload bytes file.")
 @click.option("--key", default=None, help="Idempotency key.")
-@click.option("--delay", type=float, default=0.0, help="Seconds before the job is due.")
+@click.option("--delay", type=click.FloatRange(0), default=0.0, help="Seconds before it is due.")
 @click.option("--priority", type=int, default=0)
 @guarded
 def enqueue(
@@ -223,9 +578,113 @@ def enqueue(
             fail(f"--payload is not valid JSON: {exc}")
     elif payload_file is not None:
         value = payload_file.read()
+    insp.check_queue_dir(directory)
     with connect(directory) as producer:
         jid = producer.enqueue(task, value, key=key, delay=delay, priority=priority)
-    click.echo(jid)
+    if jid is None:
+        click.echo("spooled: no owner is running; the next owner enqueues it")
+    else:
+        click.echo(jid)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
+@guarded
+def compact(directory: str, as_json: bool) -> None:
+    """Compact the sealed segments of a queue with no owner (an owner compacts by itself)."""
+    try:
+        with progress("compacting") as bar:
+            r = insp.compact(directory, progress=bar)
+    except LockedError as exc:
+        fail(f"{exc}: the owner compacts in the background; nothing to do here")
+    if as_json:
+        emit_json(
+            {
+                "segments_in": r.segments_in,
+                "bytes_in": r.bytes_in,
+                "bytes_out": r.bytes_out,
+                "jobs": r.jobs,
+                "seconds": r.seconds,
+                "disk_before": r.disk_before,
+                "disk_after": r.disk_after,
+            }
+        )
+        return
+    if not r.segments_in:
+        click.echo(
+            "nothing to compact: no sealed segments (the segment being written is "
+            "compacted once it fills and is sealed)"
+        )
+    else:
+        click.echo(
+            f"compacted {r.segments_in} sealed segments: {_size(r.bytes_in)} -> "
+            f"{_size(r.bytes_out)}, {r.jobs} live jobs kept, {r.seconds:.2f} s"
+        )
+    click.echo(
+        f"segment files: {r.segments_before} -> {r.segments_after}, "
+        f"{_size(r.disk_before)} -> {_size(r.disk_after)}"
+    )
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--tasks", "tasks_spec", required=True, help="The walq.Tasks object, module:attr.")
+@click.option("--processes", "-p", type=click.IntRange(1), default=None, help="Worker processes.")
+@click.option("--prefetch", type=click.IntRange(1), default=1, help="Jobs queued per process.")
+@click.option("--max-tasks-per-child", type=click.IntRange(1), default=None)
+@click.option("--max-memory", type=click.IntRange(1), default=None, help="Bytes of RSS per worker.")
+@click.option("--shutdown-grace", type=float, default=30.0, help="Seconds to drain on SIGTERM.")
+@click.option("--sync", type=click.Choice(["always", "interval", "never"]), default="always")
+@click.option("--log-level", default="INFO", help="Python logging level.")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", help="Log lines."
+)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on this port (walq[metrics]).")  # fmt: skip
+@guarded
+def worker(
+    directory: str,
+    tasks_spec: str,
+    processes: int | None,
+    prefetch: int,
+    max_tasks_per_child: int | None,
+    max_memory: int | None,
+    shutdown_grace: float,
+    sync: str,
+    log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+) -> None:
+    """Own the queue in DIRECTORY and run its jobs until SIGTERM or SIGINT."""
+    from walq import metrics  # noqa: PLC0415 - only the worker command configures logging
+    from walq.queue import Queue  # noqa: PLC0415
+    from walq.tasks import load_tasks  # noqa: PLC0415
+    from walq.worker import Worker  # noqa: PLC0415
+
+    try:
+        metrics.configure_logging(log_level, json_lines=log_format == "json")
+    except ValueError as exc:
+        fail(f"--log-level: {exc}")
+    if metrics_port is not None:
+        metrics.prometheus()  # the install hint before opening anything
+    sys.path.insert(0, ".")
+    tasks = load_tasks(tasks_spec)
+    with Queue.open(directory, sync=sync) as q:
+        w = Worker(
+            q,
+            tasks,
+            processes=processes,
+            prefetch=prefetch,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory=max_memory,
+            shutdown_grace=shutdown_grace,
+        )
+        if metrics_port is not None:
+            metrics.QueueCollector(q, w).register()
+            metrics.prometheus().start_http_server(metrics_port)
+        code = w.run()
+    sys.exit(code)
 
 
 @main.command()

@@ -1,25 +1,53 @@
-"""Read-only inspection (dump, fsck) and offline repair of a queue directory.
+"""The operator's tools as plain functions: dump, follow, stats, dead jobs, fsck, repair.
 
-Reading takes no lock and changes nothing, so it works beside a running
-owner: the owner's newest segment may end in a half-written record, which is
-reported as the tail, not as damage. Repair needs the lock (no owner running).
+Reading takes no lock and changes nothing, so it works beside a running owner
+and on a queue with no owner: the owner's newest segment may end in a record
+it is still writing, which is reported as the tail, never as damage. A
+compaction that runs while a reader reads is detected (a compacted segment
+that replaces segments the reader has already read) and the read is retried.
+
+The administrative operations (requeue, purge, compact, repair) take the
+queue's lock, so no owner may be running; `walq.cli` only parses and prints.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import posixpath
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import attrs
 
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.errors import CorruptionError, NotAQueueError
+from walq.core.state import DEAD, PENDING, RUNNING, STATE_NAMES, Loc, Now, QueueState
+from walq.errors import (
+    ArgumentError,
+    CorruptionError,
+    LockedError,
+    NotAQueueError,
+    StateError,
+)
 from walq.fs import FileSystem, OsFileSystem
 from walq.log import CUT_DIR
-from walq.queue import LOCK_FILE
+
+LOCK_FILE = "LOCK"  # walq.queue.LOCK_FILE; kept here so reading never imports the owner
+STATUS_FILE = "worker-status.json"  # walq.worker.STATUS_FILE
+SPOOL_DIR = "spool"  # walq.spool.SPOOL_DIR
+SNIPPET = 32  # bytes of a damaged range shown as hex
+PREVIEW = 60  # characters of a payload shown by dump
+STATUS_FRESH = 30.0  # seconds: an older worker status is stale
+RACE_RETRIES = 5
+STATES = ("pending", "scheduled", "running", "dead")
+
+Progress = Callable[[int, int], None]
+
+# -- the directory ------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -36,82 +64,157 @@ class SegmentScan:
     end: int
     header_error: str | None = None
     snippets: dict[int, bytes] = attrs.field(factory=dict)  # first bytes of each damaged range
+    # A compacted segment that replaces segments this read had already yielded:
+    # a compaction ran while reading (the reader should start again).
+    raced: bool = False
 
 
-def scan_dir(path: str, fs: FileSystem | None = None) -> list[SegmentScan]:
-    """Every live segment of the queue in `path`, scanned; NotAQueueError if none."""
+def segment_seqs(path: str, fs: FileSystem | None = None) -> list[int]:
+    """The segment sequence numbers in queue directory `path`; NotAQueueError if not one."""
     fs = fs or OsFileSystem()
     if not fs.is_dir(path):
         raise NotAQueueError(f"{path}: no such directory")
     names = fs.listdir(path)
     seqs = sorted(s for s in (fmt.parse_segment_name(n) for n in names) if s is not None)
-    if not seqs and LOCK_FILE not in names:
+    if not seqs and LOCK_FILE not in names and SPOOL_DIR not in names:
         raise NotAQueueError(f"{path}: not a walq queue (no segment files)")
-    scans: list[SegmentScan] = []
-    for i, seq in enumerate(seqs):
-        seg_path = posixpath.join(path, fmt.segment_name(seq))
-        try:
-            f = fs.open(seg_path)
-        except FileNotFoundError:
-            continue  # removed by a compaction since we listed the directory
-        try:
-            data = f.pread(f.size(), 0)
-        finally:
-            f.close()
-        try:
-            header = fmt.SegmentHeader.decode(data, seg_path)
-        except CorruptionError as exc:
-            bad = framing.Gap(0, len(data), exc.reason)
-            scans.append(
-                SegmentScan(
-                    seg_path,
-                    seq,
-                    seq,
-                    len(data),
-                    [],
-                    [bad],
-                    None,
-                    0,
-                    exc.reason,
-                    {0: data[:16]},
-                )
-            )
+    return seqs
+
+
+def check_queue_dir(path: str, fs: FileSystem | None = None) -> None:
+    """NotAQueueError unless `path` is a queue directory or an empty one (a queue to be)."""
+    fs = fs or OsFileSystem()
+    if fs.is_dir(path) and not fs.listdir(path):
+        return
+    segment_seqs(path, fs)
+
+
+def iter_scans(
+    path: str, fs: FileSystem | None = None, *, progress: Progress | None = None
+) -> Iterator[SegmentScan]:
+    """Every live segment of the queue in `path`, scanned, in log order, one at a time.
+
+    Segments that a compacted segment supersedes (leftovers of a crashed
+    compaction) are skipped; a segment removed since the directory was listed
+    (by a compaction) is skipped too.
+    """
+    fs = fs or OsFileSystem()
+    seqs = segment_seqs(path, fs)
+    firsts = {seq: _peek_first(fs, path, seq) for seq in seqs}
+    spans = [(first, seq) for seq, first in firsts.items() if first is not None and first < seq]
+    todo = [s for s in seqs if firsts[s] is not None and not any(a <= s < b for a, b in spans)]
+    seen: list[int] = []
+    for i, seq in enumerate(todo):
+        scan = _scan_segment(fs, path, seq, newest=i == len(todo) - 1)
+        if progress is not None:
+            progress(i + 1, len(todo))
+        if scan is None:
             continue
-        newest = i == len(seqs) - 1
-        scan = framing.classify(data, fmt.SEGMENT_HEADER_SIZE, newest=newest)
-        snippets = {g.start: data[g.start : g.start + 16] for g in scan.gaps}
-        if scan.tail is not None:
-            snippets[scan.tail.start] = data[scan.tail.start : scan.tail.start + 16]
-        scans.append(
-            SegmentScan(
-                seg_path,
-                seq,
-                header.first,
-                len(data),
-                scan.records,
-                scan.gaps,
-                scan.tail,
-                scan.end,
-                None,
-                snippets,
-            )
+        if scan.first < seq and any(scan.first <= s < seq for s in seen):
+            scan = attrs.evolve(scan, raced=True)
+        seen.append(seq)
+        yield scan
+
+
+def scan_dir(path: str, fs: FileSystem | None = None) -> list[SegmentScan]:
+    """Every live segment of the queue in `path`, scanned; NotAQueueError if none."""
+    for _ in range(RACE_RETRIES):
+        scans = list(iter_scans(path, fs))
+        if not any(s.raced for s in scans):
+            return scans
+    # Compactions keep racing the reader: keep the newest view of each range.
+    covered = [(s.first, s.seq) for s in scans if s.first < s.seq]
+    return [s for s in scans if not any(a <= s.seq < b for a, b in covered)]
+
+
+def _peek_first(fs: FileSystem, path: str, seq: int) -> int | None:
+    """The `first` field of segment `seq`'s header (seq if damaged); None if it is gone."""
+    seg_path = posixpath.join(path, fmt.segment_name(seq))
+    try:
+        f = fs.open(seg_path)
+    except FileNotFoundError:
+        return None
+    try:
+        data = f.pread(fmt.SEGMENT_HEADER_SIZE, 0)
+    finally:
+        f.close()
+    try:
+        return fmt.SegmentHeader.decode(data, seg_path).first
+    except CorruptionError:
+        return seq
+
+
+def _scan_segment(fs: FileSystem, path: str, seq: int, *, newest: bool) -> SegmentScan | None:
+    seg_path = posixpath.join(path, fmt.segment_name(seq))
+    try:
+        f = fs.open(seg_path)
+    except FileNotFoundError:
+        return None  # removed by a compaction since the directory was listed
+    try:
+        data = f.pread(f.size(), 0)
+    finally:
+        f.close()
+    try:
+        header = fmt.SegmentHeader.decode(data, seg_path)
+        if header.seq != seq:
+            raise CorruptionError(seg_path, 0, f"header says segment {header.seq}")
+    except CorruptionError as exc:
+        bad = framing.Gap(0, len(data), exc.reason)
+        return SegmentScan(
+            seg_path, seq, seq, len(data), [], [bad], None, 0, exc.reason, {0: data[:SNIPPET]}
         )
-    # Drop segments superseded by a compacted one (a compaction in progress or crashed).
-    covered = {s for scan in scans for s in range(scan.first, scan.seq)}
-    return [s for s in scans if s.seq not in covered]
+    scan = framing.classify(data, fmt.SEGMENT_HEADER_SIZE, newest=newest)
+    ranges = [*scan.gaps, *([scan.tail] if scan.tail is not None else [])]
+    snippets = {g.start: data[g.start : min(g.end, g.start + SNIPPET)] for g in ranges}
+    return SegmentScan(
+        seg_path,
+        seq,
+        header.first,
+        len(data),
+        scan.records,
+        scan.gaps,
+        scan.tail,
+        scan.end,
+        None,
+        snippets,
+    )
 
 
-def _preview(data: bytes, limit: int = 60) -> str:
+# -- dump -----------------------------------------------------------------------------
+
+Position = tuple[int, int]  # (segment sequence number, byte offset)
+
+ROW_TYPES = (*fmt.TYPE_NAMES.values(), "damage", "torn-tail", "notice")
+
+
+def parse_position(text: str) -> Position:
+    """SEG:OFFSET (SEG a sequence number, or a segment file name) as a Position."""
+    seg, sep, off = text.strip().partition(":")
+    try:
+        offset = int(off, 0) if sep else 0
+        seq = fmt.parse_segment_name(seg if seg.endswith(".wal") else seg + ".wal")
+        if seq is None:
+            seq = int(seg, 10)
+    except ValueError:
+        raise ArgumentError(f"{text!r} is not a position: use SEG:OFFSET, e.g. 3:4096") from None
+    if seq < 0 or offset < 0:
+        raise ArgumentError(f"{text!r} is not a position: numbers must be non-negative")
+    return seq, offset
+
+
+def _preview(data: bytes, limit: int | None) -> str:
+    if limit is None:
+        return data.decode("utf-8", "replace")
     text = data[:limit].decode("utf-8", "replace")
     return text + ("..." if len(data) > limit else "")
 
 
-def describe(rtype: int, body: bytes) -> dict[str, Any]:
-    """The fields of one record's event, for dump (payload as a short preview)."""
+def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
+    """The fields of one record's event, for dump (payload as a preview unless `full`)."""
     try:
         e = ev.decode(rtype, body)
     except ev.BadEvent as exc:
-        return {"error": str(exc)}
+        return {"error": f"undecodable body: {exc}"}
     out: dict[str, Any] = {}
     if isinstance(e, ev.Enqueue | ev.Job):
         out.update(job=e.id, task=e.task, key=e.key, priority=e.priority)
@@ -119,13 +222,23 @@ def describe(rtype: int, body: bytes) -> dict[str, Any]:
             out["max_attempts"] = e.max_attempts
         if e.due:
             out["due"] = e.due
+        if e.created:
+            out["created"] = e.created
         if isinstance(e, ev.Job):
             out.update(state=ev_state_name(e.state), attempt=e.attempts)
             if e.error:
                 out["error"] = e.error
-        kind = "bytes" if e.kind == ev.PAYLOAD_BYTES else "json"
-        out["payload"] = e.payload[:40].hex() if e.kind == ev.PAYLOAD_BYTES else _preview(e.payload)
-        out["payload_kind"] = kind
+        elif e.origin:
+            out["origin"] = e.origin
+        limit = None if full else PREVIEW
+        if e.kind == ev.PAYLOAD_BYTES:
+            cut = not full and len(e.payload) > PREVIEW // 2
+            out["payload"] = e.payload[: PREVIEW // 2 if cut else None].hex() + (
+                "..." if cut else ""
+            )
+        else:
+            out["payload"] = _preview(e.payload, limit)
+        out["payload_kind"] = "bytes" if e.kind == ev.PAYLOAD_BYTES else "json"
         out["payload_bytes"] = len(e.payload)
     elif isinstance(e, ev.Claim | ev.Release):
         out["jobs"] = [i for i, _ in e.items]
@@ -150,41 +263,769 @@ def ev_state_name(state: int) -> str:
     return {ev.PENDING: "pending", ev.DEAD: "dead"}.get(state, str(state))
 
 
-def dump_rows(scans: list[SegmentScan], *, payload: bool = True) -> Iterator[dict[str, Any]]:
-    """One dict per record, and one per damaged range, in log order."""
-    for scan in scans:
-        name = posixpath.basename(scan.path)
+class Dumper:
+    """Turns records into dump rows, remembering each job's task for the events after it."""
+
+    def __init__(self, *, payload: bool = True, full: bool = False) -> None:
+        self.payload = payload
+        self.full = full
+        self.task_of: dict[int, str] = {}
+        self.end: LogEnd | None = None  # where the valid log ended, after `rows`
+
+    def rows(
+        self, path: str, flt: DumpFilter | None = None, fs: FileSystem | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The rows of the queue in `path` that pass `flt`, reading one segment at a time."""
+        flt = flt or DumpFilter()
+        lo, hi = flt.segments()
+        for scan in iter_scans(path, fs):
+            end = scan.end if scan.header_error is None else scan.size
+            self.end = LogEnd(scan.seq, end, scan.first)
+            if (lo is not None and scan.seq < lo) or (hi is not None and scan.seq > hi):
+                for rec in scan.records:  # still learn the jobs' tasks for later rows
+                    if rec.rtype in (fmt.ENQUEUE, fmt.JOB):
+                        self.record_row(scan.seq, rec)
+                continue
+            for row in self.scan_rows(scan):
+                if flt.matches(row):
+                    yield row
+
+    def record_row(self, seq: int, rec: framing.Record) -> dict[str, Any]:
+        """The row of one valid record of segment `seq`."""
+        row: dict[str, Any] = {
+            "segment": fmt.segment_name(seq),
+            "seq": seq,
+            "offset": rec.offset,
+            "type": fmt.TYPE_NAMES.get(rec.rtype, str(rec.rtype)),
+            "size": rec.end - rec.offset,
+            **describe(rec.rtype, rec.body, full=self.full),
+        }
+        if "task" in row and "job" in row:
+            self.task_of[row["job"]] = row["task"]
+        elif "jobs" in row:
+            tasks = [self.task_of.get(j) for j in row["jobs"]]
+            if len(tasks) == 1:
+                row["task"] = tasks[0]
+            else:
+                row["tasks"] = tasks
+        elif "job" in row:
+            row["task"] = self.task_of.get(row["job"])
+        if rec.rtype in (fmt.ACK, fmt.CANCEL, fmt.PURGE):
+            for jid in row.get("jobs", ()):
+                self.task_of.pop(jid, None)  # finished: no event names it again
+        if not self.payload:
+            row.pop("payload", None)
+        return row
+
+    def scan_rows(self, scan: SegmentScan) -> Iterator[dict[str, Any]]:
+        """Every record and damaged range of one segment, in offset order."""
         items: list[tuple[int, dict[str, Any]]] = []
-        for rec in scan.records:
-            row = {
-                "segment": name,
-                "offset": rec.offset,
-                "type": fmt.TYPE_NAMES.get(rec.rtype, str(rec.rtype)),
-                "size": rec.end - rec.offset,
-                **describe(rec.rtype, rec.body),
-            }
-            if not payload:
-                row.pop("payload", None)
-            items.append((rec.offset, row))
-        for gap, kind in [(g, "damage") for g in scan.gaps] + (
-            [(scan.tail, "torn-tail")] if scan.tail else []
-        ):
-            raw = scan.snippets.get(gap.start, b"")[: max(gap.end - gap.start, 0)]
-            items.append(
-                (
-                    gap.start,
-                    {
-                        "segment": name,
-                        "offset": gap.start,
-                        "type": kind,
-                        "length": gap.end - gap.start,
-                        "reason": gap.reason,
-                        "hex": raw.hex(),
-                    },
-                )
-            )
+        if scan.raced:
+            items.append((-1, notice_row(scan.seq, 0, _raced_text(scan))))
+        items += [(r.offset, self.record_row(scan.seq, r)) for r in scan.records]
+        ranges = [(g, "damage") for g in scan.gaps]
+        if scan.tail is not None:
+            ranges.append((scan.tail, "torn-tail"))
+        for gap, kind in ranges:
+            raw = scan.snippets.get(gap.start, b"")
+            items.append((gap.start, damage_row(scan.seq, gap, kind, raw)))
         for _, row in sorted(items, key=lambda x: x[0]):
             yield row
+
+
+def damage_row(seq: int, gap: framing.Gap, kind: str, raw: bytes) -> dict[str, Any]:
+    """The row of a damaged range (kind "damage") or an unfinished tail ("torn-tail")."""
+    return {
+        "segment": fmt.segment_name(seq),
+        "seq": seq,
+        "offset": gap.start,
+        "type": kind,
+        "length": gap.end - gap.start,
+        "reason": gap.reason,
+        "hex": raw.hex(),
+    }
+
+
+def notice_row(seq: int, offset: int, text: str) -> dict[str, Any]:
+    """A row that is not a record: something the reader saw happen (a compaction)."""
+    return {
+        "segment": fmt.segment_name(seq),
+        "seq": seq,
+        "offset": offset,
+        "type": "notice",
+        "text": text,
+    }
+
+
+def _raced_text(scan: SegmentScan) -> str:
+    return (
+        f"segments {scan.first}..{scan.seq} were compacted while being read: "
+        f"segment {scan.seq} now holds the live jobs of all of them"
+    )
+
+
+def dump_rows(
+    scans: Iterable[SegmentScan], *, payload: bool = True, full: bool = False
+) -> Iterator[dict[str, Any]]:
+    """One dict per record, and one per damaged range, in log order."""
+    dumper = Dumper(payload=payload, full=full)
+    for scan in scans:
+        yield from dumper.scan_rows(scan)
+
+
+@attrs.frozen
+class DumpFilter:
+    """Which dump rows to show; damage and notices pass every filter but the range."""
+
+    job: int | None = None
+    task: str | None = None
+    types: frozenset[str] = frozenset()
+    start: Position | None = None  # inclusive
+    end: Position | None = None  # exclusive
+
+    def __attrs_post_init__(self) -> None:
+        unknown = self.types - set(ROW_TYPES)
+        if unknown:
+            raise ArgumentError(
+                f"unknown record type {', '.join(sorted(unknown))}: one of {', '.join(ROW_TYPES)}"
+            )
+
+    def matches(self, row: dict[str, Any]) -> bool:
+        """Whether `row` passes the filter."""
+        at = (row["seq"], row["offset"])
+        if self.start is not None and at < self.start:
+            return False
+        if self.end is not None and at >= self.end:
+            return False
+        if row["type"] in ("damage", "torn-tail", "notice"):
+            return True  # damage is always shown; only the range hides it
+        if self.types and row["type"] not in self.types:
+            return False
+        jobs = row.get("jobs") or ([row["job"]] if "job" in row else [])
+        if self.job is not None and self.job not in jobs:
+            return False
+        if self.task is not None:
+            tasks = row.get("tasks") or [row.get("task")]
+            return self.task in tasks
+        return True
+
+    def segments(self) -> tuple[int | None, int | None]:
+        """The first and last segment the range can touch (None: unbounded)."""
+        return (
+            None if self.start is None else self.start[0],
+            None if self.end is None else self.end[0],
+        )
+
+
+def dump(
+    path: str,
+    flt: DumpFilter | None = None,
+    *,
+    payload: bool = True,
+    full: bool = False,
+    fs: FileSystem | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The rows of the queue in `path` that pass `flt`, in log order (see Dumper)."""
+    return Dumper(payload=payload, full=full).rows(path, flt, fs)
+
+
+# -- follow ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class LogEnd:
+    """Where a reader found the valid log to end: segment `seq` (covering from `first`)."""
+
+    seq: int
+    offset: int
+    first: int
+
+
+class _Readable(Protocol):
+    def pread(self, size: int, offset: int) -> bytes: ...
+    def size(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class _Empty:
+    """Stands for a segment whose header is damaged: it reads as empty."""
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return b""
+
+    def size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def follow(
+    path: str,
+    start: LogEnd | None,
+    *,
+    dumper: Dumper | None = None,
+    poll: float = 0.25,
+    stop: Callable[[], bool] = lambda: False,
+    fs: FileSystem | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[dict[str, Any]]:
+    """Rows of the records appended to a live queue after `start`, as they appear.
+
+    Only complete, valid records are reported while a segment is being
+    written (a half-written record is the writer at work). When a newer
+    segment appears, the current one is sealed: what is left of it is read
+    once more and any damage in it reported. A segment that a compaction
+    rewrote meanwhile is announced and read whole (its `job` records stand for
+    the events that were compacted away). Runs until `stop()` is true or the
+    caller stops iterating.
+    """
+    fs = fs or OsFileSystem()
+    dumper = dumper or Dumper()
+    at = start or LogEnd(0, fmt.SEGMENT_HEADER_SIZE, 0)
+    seq, offset, first = at.seq, at.offset, at.first
+    f: _Readable | None = None
+    try:
+        while not stop():
+            if f is None:
+                opened = _open_from(fs, path, seq, offset, first)
+                if opened is None:
+                    sleep(poll)
+                    continue
+                f, seq, offset, notice = opened
+                if notice is not None:
+                    yield notice
+            newer = any(s > seq for s in segment_seqs(path, fs))
+            data = f.pread(max(0, f.size() - offset), offset)
+            if newer:
+                # Sealed: the owner wrote all of it before creating the next segment.
+                yield from _sealed_rest(seq, offset, data, dumper)
+                f.close()
+                f = None
+                seq, offset, first = seq + 1, fmt.SEGMENT_HEADER_SIZE, seq + 1
+                continue
+            pos = 0
+            while True:
+                item = framing.decode(data, pos, origin=offset)
+                if not isinstance(item, framing.Record):
+                    break
+                whole = attrs.evolve(item, offset=offset + pos, end=offset + item.end)
+                yield dumper.record_row(seq, whole)
+                pos = item.end
+            offset += pos
+            if pos == 0:
+                sleep(poll)
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _open_from(
+    fs: FileSystem, path: str, seq: int, offset: int, first: int
+) -> tuple[_Readable, int, int, dict[str, Any] | None] | None:
+    """Open segment `seq` (or the first one after it) to read from `offset`; None if none yet.
+
+    `first` is the first segment that `seq` covered when it was last read: if
+    its header now says otherwise, a compaction rewrote it, and it is read
+    whole with a notice (so is a later segment that covers `seq`).
+    """
+    for s in segment_seqs(path, fs):
+        if s < seq:
+            continue
+        seg_path = posixpath.join(path, fmt.segment_name(s))
+        try:
+            f = fs.open(seg_path)
+        except FileNotFoundError:
+            continue
+        try:
+            header = fmt.SegmentHeader.decode(f.pread(fmt.SEGMENT_HEADER_SIZE, 0), seg_path)
+        except CorruptionError as exc:
+            f.close()
+            return _Empty(), s, 0, notice_row(s, 0, f"segment header damaged ({exc.reason})")
+        rewritten = header.first != first if s == seq else header.first <= seq < s
+        if s != seq or rewritten:
+            offset = fmt.SEGMENT_HEADER_SIZE
+        notice = None
+        if rewritten:
+            notice = notice_row(
+                s, 0,
+                f"segments {header.first}..{s} were compacted while following: "
+                f"segment {s} holds the live jobs of all of them",
+            )  # fmt: skip
+        return f, s, offset, notice
+    return None
+
+
+def _sealed_rest(seq: int, offset: int, data: bytes, dumper: Dumper) -> Iterator[dict[str, Any]]:
+    """The rest of a sealed segment from `offset`: records, then damage reported as such."""
+    scan = framing.classify(data, 0, newest=False)
+    for rec in scan.records:
+        yield dumper.record_row(
+            seq, attrs.evolve(rec, offset=offset + rec.offset, end=offset + rec.end)
+        )
+    for gap in scan.gaps:
+        moved = framing.Gap(offset + gap.start, offset + gap.end, gap.reason)
+        yield damage_row(seq, moved, "damage", data[gap.start : min(gap.end, gap.start + SNIPPET)])
+
+
+# -- reading the state without the lock ----------------------------------------------------
+
+
+@attrs.frozen
+class Owner:
+    """Whether a process holds the queue's lock: True, False, or None (cannot tell)."""
+
+    running: bool | None
+    pid: int | None = None
+
+
+def owner(path: str) -> Owner:
+    """Who holds the queue's lock, found without taking it (Linux: /proc/locks)."""
+    lock_path = posixpath.join(path, LOCK_FILE)
+    try:
+        st = os.stat(lock_path)
+    except FileNotFoundError:
+        return Owner(False)
+    except OSError:
+        return Owner(None)
+    from walq import lock as walq_lock  # noqa: PLC0415 - the registry of this process
+
+    if os.path.realpath(lock_path) in walq_lock._held:
+        return Owner(True, os.getpid())
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return Owner(None)
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF" ("->" marks a waiter)
+        if len(parts) >= 6 and "->" not in parts and parts[5] == want:
+            with contextlib.suppress(ValueError):
+                return Owner(True, int(parts[4]))
+            return Owner(True)
+    return Owner(False)
+
+
+def worker_status(path: str, now: float | None = None) -> dict[str, Any] | None:
+    """The worker's advisory status file if it is recent and its worker runs; else None."""
+    now = time.time() if now is None else now
+    try:
+        with open(posixpath.join(path, STATUS_FILE)) as f:
+            status = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict) or status.get("stopped"):
+        return None
+    updated = status.get("updated")
+    if not isinstance(updated, int | float) or not 0 <= now - updated <= STATUS_FRESH:
+        return None
+    status["age"] = max(0.0, now - float(updated))
+    return status
+
+
+@attrs.define
+class Replayed:
+    """The queue's state rebuilt from its files by a reader."""
+
+    state: QueueState
+    seqs: list[int] = attrs.field(factory=list)
+    ends: list[int] = attrs.field(factory=list)  # where each segment's valid log ends
+    disk_bytes: int = 0
+    done_seen: int = 0
+    interrupted: int = 0  # running when the owner stopped (no owner now): pending again
+    damage: list[str] = attrs.field(factory=list)
+    tail_bytes: int = 0
+    # Live jobs by state name, over all tasks and per task, as a reader sees them.
+    counts: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(STATES, 0))
+    tasks: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    running: set[int] = attrs.field(factory=set)  # ids running under a live owner
+
+    def count(self, task: str, state: str) -> None:
+        """Count one live job."""
+        self.counts[state] += 1
+        per = self.tasks.get(task)
+        if per is None:
+            per = self.tasks[task] = dict.fromkeys(STATES, 0)
+        per[state] += 1
+
+
+def replay(
+    path: str,
+    fs: FileSystem | None = None,
+    *,
+    now: Now | None = None,
+    owner_running: bool | None = None,
+    progress: Progress | None = None,
+) -> Replayed:
+    """Replay the log read-only into a QueueState, as an owner would see it.
+
+    With an owner running (or not known to be absent), running jobs stay
+    running; without one they are what the next owner will see: pending,
+    their attempt counted (`interrupted` says how many).
+    """
+    fs = fs or OsFileSystem()
+    for _ in range(RACE_RETRIES):
+        result = _replay_once(path, fs, now or _now(), owner_running, progress)
+        if result is not None:
+            return result
+    raise NotAQueueError(f"{path}: compactions kept changing the log while it was read; retry")
+
+
+def _now() -> Now:
+    return Now(time.time(), time.monotonic())
+
+
+def _replay_once(
+    path: str, fs: FileSystem, now: Now, owner_running: bool | None, progress: Progress | None
+) -> Replayed | None:
+    state = QueueState()
+    out = Replayed(state)
+    for scan in iter_scans(path, fs, progress=progress):
+        if scan.raced:
+            return None
+        out.seqs.append(scan.seq)
+        out.ends.append(scan.end)
+        out.disk_bytes += scan.size
+        name = posixpath.basename(scan.path)
+        for gap in scan.gaps:
+            out.damage.append(
+                f"{name}: offset {gap.start}: {gap.end - gap.start} bytes ({gap.reason})"
+            )
+        if scan.tail is not None:
+            out.tail_bytes += scan.tail.end - scan.tail.start
+        for rec in scan.records:
+            try:
+                event = ev.decode(rec.rtype, rec.body)
+            except ev.BadEvent as exc:
+                out.damage.append(f"{name}: offset {rec.offset}: {exc}")
+                continue
+            if isinstance(event, ev.Ack):
+                out.done_seen += len(event.ids)
+            state.apply(event, Loc(scan.seq, rec.offset, rec.end - rec.offset), now)
+    # finish_replay makes running jobs pending (what the next owner sees), so
+    # count them first: under a live owner they are running.
+    for info in state.jobs():
+        name = STATE_NAMES[info.state]
+        if info.state == RUNNING:
+            if owner_running is False:
+                out.interrupted += 1
+                name = "pending"
+            else:
+                out.running.add(info.id)
+        out.count(info.task, name)
+    state.finish_replay(now)
+    return out
+
+
+def read_record(path: str, loc: Loc, fs: FileSystem | None = None) -> ev.Event | None:
+    """The event at `loc`, or None if it is no longer there (a compaction moved it)."""
+    fs = fs or OsFileSystem()
+    try:
+        f = fs.open(posixpath.join(path, fmt.segment_name(loc.seg)))
+    except FileNotFoundError:
+        return None
+    try:
+        data = f.pread(loc.size, loc.offset)
+    finally:
+        f.close()
+    rec = framing.decode(data, 0, origin=loc.offset)
+    if not isinstance(rec, framing.Record) or rec.end != loc.size:
+        return None
+    try:
+        return ev.decode(rec.rtype, rec.body)
+    except ev.BadEvent:
+        return None
+
+
+def stats(
+    path: str,
+    fs: FileSystem | None = None,
+    *,
+    now: Now | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """What `walq stats` shows, read without the lock; keys as in Queue.stats() where shared."""
+    fs = fs or OsFileSystem()
+    now = now or _now()
+    who = owner(path)
+    for _ in range(RACE_RETRIES):
+        r = replay(path, fs, now=now, owner_running=who.running, progress=progress)
+        try:
+            oldest = _oldest_pending(path, r, fs)
+        except _Moved:
+            continue
+        break
+    else:
+        raise NotAQueueError(f"{path}: compactions kept changing the log while it was read; retry")
+    state = r.state
+    c = r.counts
+    log_bytes = sum(r.ends)
+    records = log_bytes - fmt.SEGMENT_HEADER_SIZE * len(r.seqs)
+    sealed_records = sum(r.ends[:-1]) - fmt.SEGMENT_HEADER_SIZE * max(0, len(r.seqs) - 1)
+    sealed_live = state.live_bytes_upto(r.seqs[-2]) if len(r.seqs) > 1 else 0
+    status = worker_status(path, now.wall)
+    out: dict[str, Any] = {
+        "path": path,
+        "read_at": now.wall,
+        "owner": {"running": who.running, "pid": who.pid},
+        "pending": c["pending"],
+        "scheduled": c["scheduled"],
+        "running": c["running"],
+        "dead": c["dead"],
+        "unfinished": c["pending"] + c["scheduled"] + c["running"],
+        "interrupted": r.interrupted,
+        "done_in_log": r.done_seen,
+        "next_id": state.next_id,
+        "tasks": dict(sorted(r.tasks.items())),
+        "oldest_pending_job": None,
+        "oldest_pending_age": None,
+        "next_due_in": None,
+        "segments": len(r.seqs),
+        "disk_bytes": r.disk_bytes,
+        "log_bytes": log_bytes,
+        "bytes": state.live_bytes,
+        "garbage_bytes": max(0, records - state.live_bytes),
+        "garbage_ratio": _ratio(records - state.live_bytes, records),
+        "sealed_garbage_ratio": _ratio(sealed_records - sealed_live, sealed_records),
+        "damaged": len(r.damage),
+        "damage": r.damage,
+        "tail_bytes": r.tail_bytes,
+        "spooled": _count(fs, posixpath.join(path, SPOOL_DIR), ".job"),
+        "cut_files": _count(fs, posixpath.join(path, CUT_DIR), ""),
+        "worker": status,
+        "breakers": _breakers(status),
+    }
+    if oldest is not None:
+        out["oldest_pending_job"], created = oldest
+        out["oldest_pending_age"] = max(0.0, now.wall - created) if created else None
+    due = state.next_due()
+    if due is not None:
+        out["next_due_in"] = max(0.0, due - now.mono)
+    return out
+
+
+class _Moved(Exception):
+    """A record was not where the replay said: a compaction moved it (read again)."""
+
+
+def _oldest_pending(path: str, r: Replayed, fs: FileSystem) -> tuple[int, float] | None:
+    """(id, created) of the oldest pending job, or None if none is pending."""
+    pending = (i.id for i in r.state.jobs(PENDING) if i.id not in r.running)
+    first = min(pending, default=None)
+    if first is None:
+        return None
+    e = read_record(path, r.state.info(first).loc, fs)
+    if not isinstance(e, ev.Enqueue | ev.Job):
+        raise _Moved
+    return first, e.created
+
+
+def _ratio(part: int, whole: int) -> float:
+    return round(max(0, part) / whole, 4) if whole > 0 else 0.0
+
+
+def _count(fs: FileSystem, directory: str, suffix: str) -> int:
+    if not fs.is_dir(directory):
+        return 0
+    return sum(1 for n in fs.listdir(directory) if n.endswith(suffix) and not n.startswith("."))
+
+
+def _breakers(status: dict[str, Any] | None) -> dict[str, str] | str:
+    if status is None:
+        return "unknown"
+    tasks = status.get("tasks")
+    if not isinstance(tasks, dict):
+        return "unknown"
+    return {
+        str(name): str(t.get("breaker", "unknown")) if isinstance(t, dict) else "unknown"
+        for name, t in sorted(tasks.items())
+    }
+
+
+# -- dead jobs -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class DeadInfo:
+    """A dead-lettered job as the files hold it, with its last error (and traceback)."""
+
+    id: int
+    task: str
+    attempts: int
+    error: str
+    key: str | None
+    payload_kind: str
+    payload: bytes
+    created: float
+
+    def summary(self) -> dict[str, Any]:
+        """For `dead list --json`: everything but the payload's bytes."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "attempts": self.attempts,
+            "key": self.key,
+            "error": self.error.split("\n", 1)[0],
+            "created": self.created,
+            "payload_kind": self.payload_kind,
+            "payload_bytes": len(self.payload),
+        }
+
+    def detail(self) -> dict[str, Any]:
+        """For `dead show --json`: everything, the payload as JSON or hex."""
+        out = self.summary()
+        out["error"] = self.error
+        out["payload"] = self.payload_text()
+        return out
+
+    def payload_text(self) -> str:
+        """The payload: its JSON text, or hex for bytes."""
+        if self.payload_kind == "bytes":
+            return self.payload.hex()
+        return self.payload.decode("utf-8", "replace")
+
+
+def dead_jobs(
+    path: str, fs: FileSystem | None = None, *, ids: Iterable[int] | None = None
+) -> list[DeadInfo]:
+    """Every dead job (or those in `ids`: UnknownJobError/StateError if one is not dead)."""
+    fs = fs or OsFileSystem()
+    for _ in range(RACE_RETRIES):
+        r = replay(path, fs, owner_running=owner(path).running)
+        if ids is None:
+            wanted = [info.id for info in r.state.jobs(DEAD)]
+        else:
+            wanted = list(ids)
+            for jid in wanted:
+                status = r.state.status(jid)  # UnknownJobError if it never existed
+                status = "running" if jid in r.running else status
+                if status != "dead":
+                    raise StateError(f"job {jid} is {status}, not dead")
+        out = [_dead_info(path, r.state, jid, fs) for jid in wanted]
+        if all(d is not None for d in out):
+            return [d for d in out if d is not None]
+    raise NotAQueueError(f"{path}: compactions kept moving the dead jobs while reading; retry")
+
+
+def _dead_info(path: str, state: QueueState, jid: int, fs: FileSystem) -> DeadInfo | None:
+    info = state.info(jid)
+    e = read_record(path, info.loc, fs)
+    if not isinstance(e, ev.Enqueue | ev.Job):
+        return None
+    error = ""
+    err_loc = state.error_loc(jid)
+    if err_loc is not None:
+        fail = read_record(path, err_loc, fs)
+        if not isinstance(fail, ev.Fail | ev.Job):
+            return None
+        error = fail.error
+    return DeadInfo(
+        id=jid,
+        task=e.task,
+        attempts=info.attempts,
+        error=error,
+        key=e.key,
+        payload_kind="bytes" if e.kind == ev.PAYLOAD_BYTES else "json",
+        payload=e.payload,
+        created=e.created,
+    )
+
+
+# -- administration (takes the lock) ----------------------------------------------------------
+
+
+def _open_owned(path: str, fs: FileSystem | None) -> Any:
+    """Open the queue in `path` as its owner for one administrative step.
+
+    NotAQueueError if it is not a queue (Queue.open would create one);
+    LockedError naming the owner's pid if one runs.
+    """
+    from walq.queue import Queue  # noqa: PLC0415 - the read-only tools never need it
+
+    segment_seqs(path, fs)
+    try:
+        return Queue.open(path, compaction=False, fs=fs)
+    except LockedError:
+        who = owner(path)
+        pid = f" (pid {who.pid})" if who.pid else ""
+        raise LockedError(f"{path}: an owner is running{pid}") from None
+
+
+def requeue(path: str, ids: Iterable[int], fs: FileSystem | None = None) -> list[int]:
+    """Give dead jobs a fresh start; all or none (UnknownJobError/StateError). Needs the lock."""
+    wanted = list(ids)
+    with _open_owned(path, fs) as q:
+        for jid in wanted:
+            status = q.status(jid)
+            if status != "dead":
+                raise StateError(f"job {jid} is {status}, not dead")
+        for jid in wanted:
+            q.requeue(jid)
+    return wanted
+
+
+def purge(path: str, ids: Iterable[int] | None = None, fs: FileSystem | None = None) -> int:
+    """Delete dead jobs (all of them, or `ids`); return how many. Needs the lock."""
+    with _open_owned(path, fs) as q:
+        if ids is not None:
+            ids = list(ids)
+            for jid in ids:
+                q.status(jid)  # UnknownJobError for an id that never existed
+        return int(q.purge(ids))
+
+
+@attrs.frozen
+class Compacted:
+    """What `compact` did: the compaction's own numbers and the files' sizes around it."""
+
+    segments_in: int
+    bytes_in: int
+    bytes_out: int
+    jobs: int
+    seconds: float
+    disk_before: int
+    disk_after: int
+    segments_before: int
+    segments_after: int
+
+
+def compact(path: str, progress: Progress | None = None, fs: FileSystem | None = None) -> Compacted:
+    """Compact the sealed segments of an owner-less queue. Needs the lock."""
+    fs = fs or OsFileSystem()
+    with _open_owned(path, fs) as q:
+        before = _disk(fs, path)
+        result = q.compact(progress=progress)
+        after = _disk(fs, path)
+    return Compacted(
+        segments_in=result.segments_in,
+        bytes_in=result.bytes_in,
+        bytes_out=result.bytes_out,
+        jobs=result.jobs,
+        seconds=result.seconds,
+        disk_before=before[1],
+        disk_after=after[1],
+        segments_before=before[0],
+        segments_after=after[0],
+    )
+
+
+def _disk(fs: FileSystem, path: str) -> tuple[int, int]:
+    """(segments, bytes) of the segment files in `path`."""
+    count = total = 0
+    for seq in segment_seqs(path, fs):
+        with contextlib.suppress(FileNotFoundError):
+            f = fs.open(posixpath.join(path, fmt.segment_name(seq)))
+            try:
+                total += f.size()
+                count += 1
+            finally:
+                f.close()
+    return count, total
+
+
+# -- fsck and repair --------------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -201,15 +1042,20 @@ class FsckReport:
         return not self.problems
 
 
-def fsck(path: str, fs: FileSystem | None = None) -> FsckReport:
+def fsck(
+    path: str, fs: FileSystem | None = None, *, progress: Progress | None = None
+) -> FsckReport:
     """Check every segment and every record's event body; change nothing."""
-    scans = scan_dir(path, fs)
+    fs = fs or OsFileSystem()
+    scans = (
+        scan_dir(path, fs) if progress is None else list(iter_scans(path, fs, progress=progress))
+    )
     problems: list[str] = []
     warnings: list[str] = []
     records = 0
     for scan in scans:
         if scan.header_error:
-            problems.append(f"{scan.path}: offset 0: {scan.header_error}")
+            problems.append(f"{scan.path}: offset 0: segment header: {scan.header_error}")
             continue
         for gap in scan.gaps:
             problems.append(
@@ -220,14 +1066,21 @@ def fsck(path: str, fs: FileSystem | None = None) -> FsckReport:
             warnings.append(
                 f"{scan.path}: offset {scan.tail.start}: torn or unfinished tail of "
                 f"{scan.tail.end - scan.tail.start} bytes ({scan.tail.reason}); "
-                "it is cut when the queue is next opened"
+                "an owner writing now, or a crash: cut (and kept in cut/) on the next open"
             )
         for rec in scan.records:
             records += 1
             try:
                 ev.decode(rec.rtype, rec.body)
             except ev.BadEvent as exc:
-                problems.append(f"{scan.path}: offset {rec.offset}: {exc}")
+                problems.append(f"{scan.path}: offset {rec.offset}: undecodable record: {exc}")
+    names = fs.listdir(path)
+    for name in names:
+        if name.endswith(".tmp"):
+            warnings.append(
+                f"{posixpath.join(path, name)}: an unfinished segment or compaction "
+                "(deleted on the next open)"
+            )
     return FsckReport(len(scans), records, problems, warnings)
 
 
@@ -237,7 +1090,12 @@ def repair(path: str, fs: FileSystem | None = None) -> list[str]:
     Takes the queue's lock, so no owner may be running. Returns what it did.
     """
     fs = fs or OsFileSystem()
-    lock = fs.lock(posixpath.join(path, LOCK_FILE), 0.0)
+    try:
+        lock = fs.lock(posixpath.join(path, LOCK_FILE), 0.0)
+    except LockedError:
+        who = owner(path)
+        pid = f" (pid {who.pid})" if who.pid else ""
+        raise LockedError(f"{path}: an owner is running{pid}") from None
     try:
         done: list[str] = []
         for scan in scan_dir(path, fs):
