@@ -418,18 +418,25 @@ def parse_args(argv: list[str], names: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def scratch_dir(parent: Path) -> Path:
+    """A fresh directory under `parent`; SystemExit if `parent` is in memory."""
+    fstype = mount_of(parent)[1]
+    if fstype in {"tmpfs", "ramfs"}:
+        print(
+            f"{parent} is on {fstype}: fsync costs nothing there. Use --dir on a disk.",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    base = Path(tempfile.mkdtemp(prefix=".walq-bench-", dir=parent))
+    (base / ".gitignore").write_text("*\n")  # invisible to git status while it exists
+    return base
+
+
 def main(argv: list[str]) -> int:
     names = sorted({tag for bench in all_benches(QUICK) for tag in bench.tags})
     args = parse_args(argv, names)
     s = QUICK if args.quick else FULL
-    fstype = mount_of(args.dir)[1]
-    if fstype in {"tmpfs", "ramfs"}:
-        print(
-            f"{args.dir} is on {fstype}: fsync costs nothing there. Use --dir on a disk.",
-            file=sys.stderr,
-        )
-        return 2
-    base = Path(tempfile.mkdtemp(prefix=".walq-bench-", dir=args.dir))
+    base = scratch_dir(args.dir)
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     command, info = python_command(), machine(base)
     benches = [b for b in all_benches(s) if not args.only or b.tags & set(args.only)]
@@ -446,14 +453,9 @@ def main(argv: list[str]) -> int:
     print(table(rows))
     print(f"\ntotal {time.monotonic() - started:.0f} s")
     if args.json:
-        report = {
-            "date": date,
-            "command": command,
-            "settings": asdict(s),
-            "machine": info,
-            "rows": [row.as_dict() for row in rows],
-        }
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        rows_out = [row.as_dict() for row in rows]
+        report = {"date": date, "command": command, "settings": asdict(s), "machine": info}
+        args.json.write_text(json.dumps({**report, "rows": rows_out}, indent=1) + "\n")
     return 0
 
 
