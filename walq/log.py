@@ -15,7 +15,9 @@ import logging
 import posixpath
 import threading
 import time
-from collections.abc import Sequence
+from _thread import allocate_lock as _allocate_lock
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 
@@ -53,12 +55,10 @@ class Damage:
     torn_tail: bool
 
 
-@attrs.define
-class Recovered:
-    """What recovery found: segments in log order and the damage it handled."""
-
-    segments: list[tuple[Segment, list[framing.Record]]]
-    damage: list[Damage]
+# Receives each valid record during recovery: (segment seq, type, offset, size, body).
+Sink = Callable[[int, int, int, int, memoryview], None]
+# Replays a segment's leading valid records itself: (buf, seq, start) -> where it stopped.
+Loader = Callable[[bytes, int, int], int]
 
 
 class Log:
@@ -95,6 +95,7 @@ class Log:
         self._synced = 0  # lsn up to which everything is durable
         self._seg_lsn = 0  # the lsn that offset SEGMENT_HEADER_SIZE of the active segment has
         self._leader = False
+        self._waiters: list[tuple[int, Any]] = []  # (lsn, parked lock) behind the leader
         self._failed: LogFailedError | None = None
         self._closed = False
         self._syncer: threading.Thread | None = None
@@ -103,12 +104,17 @@ class Log:
 
     # -- recovery --------------------------------------------------------------
 
-    def recover(self, *, skip_damage: bool) -> Recovered:
-        """Read every segment; cut a torn tail; raise CorruptionError on other damage.
+    def recover(self, *, skip_damage: bool, sink: Sink, load: Loader | None = None) -> list[Damage]:
+        """Replay every segment into `sink`; cut a torn tail; raise on other damage.
 
-        With `skip_damage`, damaged ranges are skipped and reported instead.
+        Segments are read one at a time, so recovery holds one segment in
+        memory, not the log. `sink(seq, rtype, offset, size, body)` is called
+        for every valid record in log order. With `skip_damage`, damaged
+        ranges are skipped and reported instead of raising CorruptionError.
+        `load(buf, seq, start) -> stop`, if given, replays a segment's leading
+        run of valid records itself (a fused fast path) instead of `sink`.
         Leaves the newest segment open for appending (creating segment 1 in
-        an empty directory).
+        an empty directory). Returns the damage handled.
         """
         fs, d = self.fs, self.directory
         names = fs.listdir(d)
@@ -118,52 +124,46 @@ class Log:
                 fs.remove(posixpath.join(d, name))
                 removed = True
         seqs = sorted(s for s in (parse_segment_name(n) for n in names) if s is not None)
-        opened: list[tuple[Segment, bytes]] = []
+        opened: list[Segment] = []
         for seq in seqs:
-            path = posixpath.join(d, segment_name(seq))
-            seg, data = Segment.open(fs, path, write=True)
+            seg = Segment.open(fs, posixpath.join(d, segment_name(seq)), write=True)
+            opened.append(seg)
             if seg.seq != seq:
-                seg.close()
-                raise CorruptionError(path, 0, f"header says segment {seg.seq}")
-            opened.append((seg, data))
+                for other in opened:
+                    other.close()
+                raise CorruptionError(seg.path, 0, f"header says segment {seg.seq}")
         # A compacted segment covering first..seq supersedes those segments: they
         # are leftovers of a compaction that crashed before removing them.
         superseded: set[int] = set()
-        for seg, _ in opened:
+        for seg in opened:
             superseded.update(range(seg.header.first, seg.seq))
-        for seg, _ in opened:
+        for seg in opened:
             if seg.seq in superseded:
                 seg.close()
                 fs.remove(seg.path)
                 removed = True
                 log.info("removed %s: superseded by a compacted segment", seg.path)
-        opened = [(s, b) for s, b in opened if s.seq not in superseded]
+        opened = [s for s in opened if s.seq not in superseded]
         if removed:
             fs.sync_dir(d)
 
-        result = Recovered([], [])
-        for i, (seg, data) in enumerate(opened):
-            newest = i == len(opened) - 1
-            scan = framing.classify(data, SEGMENT_HEADER_SIZE, newest=newest)
-            for gap in scan.gaps:
-                if not skip_damage:
-                    raise CorruptionError(seg.path, gap.start, gap.reason)
-                log.warning("%s: skipped damaged bytes %d..%d (%s)", seg.path, *attrs.astuple(gap))
-                result.damage.append(Damage(seg.path, gap.start, gap.end, gap.reason, False))
-            if scan.tail is not None:
-                self._cut_tail(seg, data, scan.tail)
-                result.damage.append(
-                    Damage(seg.path, scan.tail.start, scan.tail.end, scan.tail.reason, True)
-                )
-            result.segments.append((seg, scan.records))
-            if newest:
-                self._end = scan.end
-                # lsn 0 is the recovered end, so the next record's watermark says
-                # everything before it is durable (it is: see the sync below).
-                self._seg_lsn = SEGMENT_HEADER_SIZE - scan.end
+        damage: list[Damage] = []
+        try:
+            for i, seg in enumerate(opened):
+                newest = i == len(opened) - 1
+                end = self._replay_segment(seg, newest, skip_damage, sink, load, damage)
+                if newest:
+                    self._end = end
+                    # lsn 0 is the recovered end, so the next record's watermark says
+                    # everything before it is durable (it is: see the sync below).
+                    self._seg_lsn = SEGMENT_HEADER_SIZE - end
+        except BaseException:
+            for seg in opened:
+                seg.close()
+            raise
         if opened:
-            *sealed, (active, _) = opened
-            self._sealed = [s for s, _ in sealed]
+            *sealed, active = opened
+            self._sealed = sealed
             for s in self._sealed:
                 s.close()  # sealed segments are read through the reader's handles
             self._active = active
@@ -177,7 +177,46 @@ class Log:
         if self.sync_mode == "interval":
             self._syncer = threading.Thread(target=self._sync_loop, name="walq-sync", daemon=True)
             self._syncer.start()
-        return result
+        return damage
+
+    def _replay_segment(
+        self,
+        seg: Segment,
+        newest: bool,
+        skip_damage: bool,
+        sink: Sink,
+        load: Loader | None,
+        damage: list[Damage],
+    ) -> int:
+        """Feed one segment's records to `sink`; handle its damage; return where it ends."""
+        data = seg.read_all()
+        seq = seg.seq
+        if load is not None:
+            stop = load(data, seq, SEGMENT_HEADER_SIZE)
+        else:
+            stop = framing.scan_fast(data, SEGMENT_HEADER_SIZE, seq, sink)
+        if framing.all_zero(data, stop):
+            return stop
+        # Something other than zeros follows: classify the rest precisely.
+        scan = framing.classify(data, stop, newest=newest)
+        view = memoryview(data)
+        for rec in scan.records:
+            sink(
+                seq,
+                rec.rtype,
+                rec.offset,
+                rec.end - rec.offset,
+                view[rec.end - len(rec.body) : rec.end],
+            )
+        for gap in scan.gaps:
+            if not skip_damage:
+                raise CorruptionError(seg.path, gap.start, gap.reason)
+            log.warning("%s: skipped damaged bytes %d..%d (%s)", seg.path, *attrs.astuple(gap))
+            damage.append(Damage(seg.path, gap.start, gap.end, gap.reason, False))
+        if scan.tail is not None:
+            self._cut_tail(seg, data, scan.tail)
+            damage.append(Damage(seg.path, scan.tail.start, scan.tail.end, scan.tail.reason, True))
+        return scan.end
 
     def _cut_tail(self, seg: Segment, data: bytes, tail: framing.Gap) -> None:
         """Keep a torn tail's bytes aside, then zero them in place and fsync."""
@@ -283,25 +322,36 @@ class Log:
         self._seg_lsn = self._appended
 
     def commit(self, lsn: int) -> None:
-        """Return once everything up to `lsn` is durable (group commit)."""
-        with self._mu:
-            while self._synced < lsn:
+        """Return once everything up to `lsn` is durable (group commit).
+
+        The first caller to find no leader becomes one: it writes the whole
+        buffer and fdatasyncs once. Callers arriving meanwhile park on a
+        private lock; the leader releases those its sync covered, and hands
+        leadership to one of the rest -- no thundering herd on a shared lock.
+        """
+        while True:
+            with self._mu:
+                if self._synced >= lsn:
+                    return
                 if self._failed is not None:
                     raise self._failed
                 if self._leader:
-                    self._cond.wait()
-                    continue
-                self._leader = True
+                    gate = _allocate_lock()
+                    gate.acquire()
+                    self._waiters.append((lsn, gate))
+                else:
+                    self._leader = True
+                    gate = None
+                    assert self._active is not None
+                    seg = self._active
+                    data = b"".join(self._buf)
+                    start = self._buf_start
+                    self._buf = []
+                    self._buf_start += len(data)
+                    target = self._appended
+            if gate is None:
                 break
-            else:
-                return
-            assert self._active is not None
-            seg = self._active
-            data = b"".join(self._buf)
-            start = self._buf_start
-            self._buf = []
-            self._buf_start += len(data)
-            target = self._appended
+            gate.acquire()  # released when our lsn is durable, or when it is our turn to lead
         try:
             if data:
                 try:
@@ -310,13 +360,25 @@ class Log:
                     raise self._fail_unlocked(f"write to {seg.path} failed: {exc}") from exc
             self._timed_sync(seg)
         finally:
-            with self._mu:
-                self._leader = False
-                if self._failed is None:
-                    self._synced = max(self._synced, target)
-                self._cond.notify_all()
+            self._hand_over(target)
         if self._failed is not None:
             raise self._failed
+
+    def _hand_over(self, target: int) -> None:
+        """End a leader's turn: wake the callers it made durable and the next leader."""
+        with self._mu:
+            self._leader = False
+            if self._failed is None:
+                self._synced = max(self._synced, target)
+            done = self._synced
+            wake = [g for lsn, g in self._waiters if lsn <= done or self._failed is not None]
+            rest = [(lsn, g) for lsn, g in self._waiters if lsn > done and self._failed is None]
+            if rest:
+                wake.append(rest.pop(0)[1])  # it finds no leader and becomes one
+            self._waiters = rest
+            self._cond.notify_all()
+        for gate in wake:
+            gate.release()
 
     def flush(self) -> None:
         """Make every appended record durable now, whatever the sync mode."""

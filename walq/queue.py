@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -46,11 +46,25 @@ from walq.job import (
     decode_payload,
     encode_payload,
 )
-from walq.log import Damage, Log, Recovered
+from walq.log import Damage, Log
 
 log = logging.getLogger("walq.queue")
 
 LOCK_FILE = "LOCK"
+_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin"})
+
+
+class _Item(NamedTuple):
+    """One job to add, validated, with its payload encoded."""
+
+    task: str
+    kind: int
+    data: bytes
+    key: str | None
+    delay: float
+    priority: int
+    max_attempts: int
+    origin: str
 
 
 @attrs.frozen
@@ -95,6 +109,7 @@ class Queue:
         self._state = QueueState(default_max_attempts=opts["max_attempts"])
         self._mu = threading.Lock()
         self._changed = threading.Condition(self._mu)
+        self._waiting_claims = 0  # claims blocked in _changed.wait: enqueue must wake them
         self._readers: dict[int, File] = {}
         self._closed = False
         self._free_checked = (-1.0, 0)
@@ -182,7 +197,7 @@ class Queue:
                 max_attempts=max_attempts,
             )
             skip = recovery == "skip"
-            q._replay(wal.recover(skip_damage=skip), skip)
+            q._replay(wal, skip)
             if isinstance(compaction, Policy):
                 q._compactor.policy = compaction
             if compaction is not False:
@@ -192,25 +207,44 @@ class Queue:
             raise
         return q
 
-    def _replay(self, recovered: Recovered, skip_damage: bool) -> None:
+    def _replay(self, wal: Log, skip_damage: bool) -> None:
+        """Rebuild the state from the log, one record at a time (see Log.recover)."""
         now = self._clock()
         state = self._state
-        self.damage = recovered.damage
-        for seg, records in recovered.segments:
-            seq = seg.seq
-            for rec in records:
-                try:
-                    event = ev.decode(rec.rtype, rec.body)
-                except ev.BadEvent as exc:
-                    if not skip_damage:
-                        raise CorruptionError(seg.path, rec.offset, str(exc)) from None
-                    self.damage.append(Damage(seg.path, rec.offset, rec.end, str(exc), False))
-                    continue
-                if isinstance(event, ev.Ack):
-                    self.done_seen += len(event.ids)
-                elif isinstance(event, ev.Enqueue) and event.origin:
-                    self.replayed_origins.add(event.origin)
-                state.apply(event, Loc(seq, rec.offset, rec.end - rec.offset), now)
+        add = state.add
+        apply = state.apply
+        origins = self.replayed_origins
+        tasks: dict[bytes, str] = {}
+        bad: list[Damage] = []
+        enqueue_type, ack_type = fmt.ENQUEUE, fmt.ACK
+
+        def sink(seq: int, rtype: int, offset: int, size: int, body: memoryview) -> None:
+            try:
+                if rtype == enqueue_type:
+                    # The fast path: the payload stays on disk, unparsed.
+                    jid, prio, maxa, due, task, key, origin = ev.enqueue_fields(body)
+                    name = tasks.get(task)
+                    if name is None:
+                        name = tasks[task] = task.decode()
+                    add(jid, name, key, prio, maxa, due, Loc(seq, offset, size), now)
+                    if origin:
+                        origins.add(origin)
+                    return
+                event = ev.decode(rtype, bytes(body))
+            except (ev.BadEvent, UnicodeDecodeError) as exc:
+                path = posixpath.join(self.path, fmt.segment_name(seq))
+                if not skip_damage:
+                    raise CorruptionError(path, offset, str(exc)) from None
+                bad.append(Damage(path, offset, offset + size, str(exc), False))
+                return
+            if rtype == ack_type:
+                self.done_seen += len(event.ids)  # type: ignore[union-attr]
+            apply(event, Loc(seq, offset, size), now)
+
+        def load(buf: bytes, seq: int, start: int) -> int:
+            return state.load(buf, seq, start, now, sink)
+
+        self.damage = wal.recover(skip_damage=skip_damage, sink=sink, load=load) + bad
         state.finish_replay(now)
         for d in self.damage:
             kind = "torn tail cut" if d.torn_tail else "damaged range skipped"
@@ -235,22 +269,8 @@ class Queue:
         With `key`, an unfinished job holding the same key is returned instead
         of a new one. A full queue raises QueueFull, after waiting up to `timeout`.
         """
-        return self.enqueue_many(
-            [
-                (
-                    task,
-                    payload,
-                    {
-                        "key": key,
-                        "delay": delay,
-                        "priority": priority,
-                        "max_attempts": max_attempts,
-                    },
-                )
-            ],
-            sync=sync,
-            timeout=timeout,
-        )[0]
+        item = self._item(task, payload, key, delay, priority, max_attempts, "")
+        return self._add((item,), sync, timeout)[0]
 
     def enqueue_many(
         self,
@@ -259,15 +279,67 @@ class Queue:
         sync: bool | None = None,
         timeout: float = 0.0,
     ) -> list[int]:
-        """Add many jobs with one durable write; items are (task, payload[, options])."""
-        prepared = [self._prepare(item) for item in items]
-        timeout = check_seconds("timeout", timeout)
+        """Add many jobs with one durable write; items are (task, payload[, options]).
+
+        options: key, delay, priority, max_attempts (as for `enqueue`).
+        """
+        return self._add([self._item_from(raw) for raw in items], sync, timeout)
+
+    def _item_from(self, raw: Any) -> _Item:
+        if not isinstance(raw, tuple | list) or len(raw) not in (2, 3):
+            raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {raw!r}")
+        opts: Mapping[str, Any] = raw[2] if len(raw) == 3 and raw[2] else {}
+        unknown = set(opts) - _OPTIONS
+        if unknown:
+            raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(unknown))}")
+        return self._item(
+            raw[0],
+            raw[1],
+            opts.get("key"),
+            opts.get("delay", 0.0),
+            opts.get("priority", 0),
+            opts.get("max_attempts"),
+            opts.get("origin") or "",
+        )
+
+    def _item(
+        self,
+        task: Any,
+        payload: Any,
+        key: Any,
+        delay: Any,
+        priority: Any,
+        max_attempts: Any,
+        origin: str,
+    ) -> _Item:
+        """Validate one job's arguments (ArgumentError/PayloadError) and encode its payload."""
+        if type(task) is not str or not task:
+            check_task(task)
+        if key is not None:
+            check_key(key)
+        if delay != 0.0 or type(delay) is not float:
+            delay = check_seconds("delay", delay)
+        if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
+        maxa = max_attempts or 0
+        if type(maxa) is not int or not 0 <= maxa <= MAX_ATTEMPTS:
+            raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
+        if type(payload) is bytes and len(payload) <= self.max_payload:
+            kind, data = ev.PAYLOAD_BYTES, payload
+        else:
+            kind, data = encode_payload(payload, self.max_payload)
+        return _Item(task, kind, data, key, delay, priority, maxa, origin)
+
+    def _add(self, items: Sequence[_Item], sync: bool | None, timeout: float) -> list[int]:
+        """Assign ids (or coalesce by key), check the caps, write, apply; then commit."""
+        if timeout:
+            timeout = check_seconds("timeout", timeout)
         with self._mu:
             self._check_open()
             now = self._clock()
             deadline = now.mono + timeout
             while True:
-                ids, fresh = self._assign(prepared, now)
+                ids, fresh = self._assign(items, now)
                 problem = self._room_for(fresh)
                 if problem is None:
                     break
@@ -278,53 +350,31 @@ class Queue:
                 self._check_open()
                 now = self._clock()
             lsn = self._write(fresh, now) if fresh else self._log_lsn()
-            self.counters["enqueued"] += len(fresh)
-            self.counters["coalesced"] += len(ids) - len(fresh)
-            if fresh:
+            counters = self.counters
+            counters["enqueued"] += len(fresh)
+            if len(ids) != len(fresh):
+                counters["coalesced"] += len(ids) - len(fresh)
+            if fresh and self._waiting_claims:
                 self._changed.notify_all()
         self._commit(lsn, sync)
-        if fresh:
+        if fresh and self.ready_listeners:
             self._wake()
         return ids
 
-    def _prepare(self, item: Any) -> tuple[str, int, bytes, dict[str, Any]]:
-        if not isinstance(item, tuple | list) or len(item) not in (2, 3):
-            raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {item!r}")
-        task, payload = check_task(item[0]), item[1]
-        opts = dict(item[2]) if len(item) == 3 and item[2] else {}
-        unknown = set(opts) - {"key", "delay", "priority", "max_attempts", "origin"}
-        if unknown:
-            raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(unknown))}")
-        opts["key"] = check_key(opts.get("key"))
-        opts["delay"] = check_seconds("delay", opts.get("delay", 0.0))
-        prio = opts.get("priority", 0)
-        if not isinstance(prio, int) or not MIN_PRIORITY <= prio <= MAX_PRIORITY:
-            raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
-        maxa = opts.get("max_attempts") or 0
-        if not isinstance(maxa, int) or not 0 <= maxa <= MAX_ATTEMPTS:
-            raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
-        opts["max_attempts"] = maxa
-        opts["priority"] = prio
-        kind, data = encode_payload(payload, self.max_payload)
-        return task, kind, data, opts
-
-    def _assign(
-        self, prepared: list[tuple[str, int, bytes, dict[str, Any]]], now: Now
-    ) -> tuple[list[int], list[ev.Enqueue]]:
+    def _assign(self, items: Sequence[_Item], now: Now) -> tuple[list[int], list[ev.Enqueue]]:
         """Ids for each item: a coalesced existing job, or a new Enqueue event."""
         ids: list[int] = []
         fresh: list[ev.Enqueue] = []
         batch_keys: dict[str, int] = {}
         next_id = self._state.next_id
-        for task, kind, data, opts in prepared:
-            key = opts["key"]
+        wall = now.wall
+        for task, kind, data, key, delay, priority, maxa, origin in items:
             if key is not None:
                 holder = batch_keys.get(key) or self._state.key_holder(key)
                 if holder is not None:
                     ids.append(holder)
                     continue
                 batch_keys[key] = next_id
-            delay = opts["delay"]
             fresh.append(
                 ev.Enqueue(
                     id=next_id,
@@ -332,11 +382,11 @@ class Queue:
                     payload=data,
                     kind=kind,
                     key=key,
-                    priority=opts["priority"],
-                    max_attempts=opts["max_attempts"],
-                    due=now.wall + delay if delay else 0.0,
-                    created=now.wall,
-                    origin=str(opts.get("origin") or ""),
+                    priority=priority,
+                    max_attempts=maxa,
+                    due=wall + delay if delay else 0.0,
+                    created=wall,
+                    origin=origin,
                 )
             )
             ids.append(next_id)
@@ -426,16 +476,20 @@ class Queue:
                 taken = self._state.take_ready(n, accept)
                 if taken:
                     lsn, started = self._start(taken, now, lease)
-                    if started or now.mono >= deadline:
+                    if started:
                         break
-                    continue
+                    continue  # all were out of attempts (now dead): look again
                 if now.mono >= deadline:
                     return []
                 wait = deadline - now.mono
                 due = self._state.next_due()
                 if due is not None:
                     wait = min(wait, max(due - now.mono, 0.001))
-                self._changed.wait(wait)
+                self._waiting_claims += 1
+                try:
+                    self._changed.wait(wait)
+                finally:
+                    self._waiting_claims -= 1
                 self._check_open()
                 now = self._clock()
         self._log.commit(lsn)

@@ -56,16 +56,19 @@ class Segment:
         return cls(path, header, f)
 
     @classmethod
-    def open(cls, fs: FileSystem, path: str, *, write: bool) -> tuple[Segment, bytes]:
-        """Open an existing segment and read all of it; the header is checked."""
+    def open(cls, fs: FileSystem, path: str, *, write: bool) -> Segment:
+        """Open an existing segment and check its header."""
         f = fs.open(path, write=write)
         try:
-            data = f.pread(f.size(), 0)
-            header = SegmentHeader.decode(data, path)
+            header = SegmentHeader.decode(f.pread(SEGMENT_HEADER_SIZE, 0), path)
         except BaseException:
             f.close()
             raise
-        return cls(path, header, f), data
+        return cls(path, header, f)
+
+    def read_all(self) -> bytes:
+        """The whole file."""
+        return self.file.pread(self.file.size(), 0)
 
     def close(self) -> None:
         """Close the file handle."""

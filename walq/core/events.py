@@ -34,6 +34,7 @@ class BadEvent(WalqError):
 
 
 _ENQ = struct.Struct("<QhHBddHHH")
+ENQUEUE_HEAD = _ENQ  # the fixed part of an enqueue body (the replay fast path reads it)
 _JOB = struct.Struct("<QhHBddHHBII")
 _FAIL = struct.Struct("<QIBdI")
 _COUNT = struct.Struct("<I")
@@ -250,6 +251,32 @@ def _decode_enqueue(body: bytes) -> Enqueue:
         created=created,
         origin=origin or "",
     )
+
+
+def enqueue_fields(
+    body: bytes | memoryview,
+) -> tuple[int, int, int, float, bytes, str | None, str]:
+    """(id, priority, max_attempts, due, task as bytes, key, origin) of an enqueue body.
+
+    The replay fast path: the payload is neither copied nor parsed.
+    """
+    try:
+        jid, prio, maxa, kind, due, _created, tlen, klen, olen = _ENQ.unpack_from(body)
+        at = _ENQ.size
+        task = bytes(body[at : at + tlen])
+        at += tlen
+        key = None
+        if klen != 0xFFFF:
+            key = bytes(body[at : at + klen]).decode()
+            at += klen
+        origin = bytes(body[at : at + olen]).decode() if olen else ""
+        if at + (olen if olen != 0xFFFF else 0) > len(body) or len(task) != tlen or not tlen:
+            raise ValueError("strings run past the body")
+        if kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
+            raise ValueError(f"invalid payload kind {kind}")
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise BadEvent(f"malformed enqueue body: {exc}") from None
+    return jid, prio, maxa, due, task, key, origin
 
 
 def _decode_job(body: bytes) -> Job:

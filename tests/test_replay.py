@@ -1,0 +1,92 @@
+"""The open path's fused loader replays exactly what the general decoder replays."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import walq
+from walq.core.state import Now
+from walq.log import Log
+from walq.queue import wall_now
+from walq.testing.faultfs import SimFileSystem
+
+_FIXED = wall_now()
+
+
+def NOW() -> Now:
+    """One instant for both opens, so scheduled jobs get the same deadlines."""
+    return _FIXED
+
+
+def build(seed: int, n: int) -> SimFileSystem:
+    """A queue with keys, delays, retries, deaths, cancels and releases, then a clean crash."""
+    rng = random.Random(seed)
+    fs = SimFileSystem()
+    q = walq.Queue.open("/q", fs=fs, segment_size=4096, compaction=False, sync="never")
+    for i in range(n):
+        q.enqueue(
+            rng.choice(["a", "b", "ç"]),
+            rng.choice([{"i": i}, b"\x00" * rng.randint(0, 50), "s"]),
+            key=rng.choice([None, None, f"k{rng.randint(0, 5)}"]),
+            delay=rng.choice([0.0, 0.0, 100.0]),
+            priority=rng.choice([0, 0, 3, -2]),
+        )
+        if rng.random() < 0.5:
+            job = q.claim()
+            if job is not None:
+                rng.choice([
+                    lambda j: q.ack(j.id), lambda j: q.fail(j.id, "e", delay=rng.choice([0, 50])),
+                    lambda j: q.release(j.id), lambda j: q.cancel(j.id), lambda j: None,
+                ])(job)  # fmt: skip
+    return fs.crash(mode="clean")
+
+
+def state_of(fs: SimFileSystem, monkeypatch: Any, fused: bool) -> dict[str, Any]:
+    with monkeypatch.context() as m:
+        if not fused:
+            original = Log.recover
+
+            def general(self: Log, *, skip_damage: bool, sink: Any, load: Any = None) -> Any:
+                return original(self, skip_damage=skip_damage, sink=sink, load=None)
+
+            m.setattr(Log, "recover", general)
+        q = walq.Queue.open(
+            "/q", fs=fs.snapshot(mode="clean"), segment_size=4096, compaction=False, clock=NOW
+        )
+    s = q._state
+    out = {
+        "jobs": dict(s._jobs),
+        "keys": dict(s._keys),
+        "key_of": dict(s._key_of),
+        "next_id": s.next_id,
+        "due": dict(s._due),
+        "counts": s.counts,
+        "tasks": s.task_counts(),
+        "live": s.live_bytes,
+        "order": [j.id for j in iter(q.claim, None)],
+    }
+    q.close()
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fused_loader_matches_the_general_path(seed: int, monkeypatch: Any) -> None:
+    """Same jobs, keys, schedules, counts and claim order with and without the fast path."""
+    fs = build(seed, 150)
+    assert state_of(fs, monkeypatch, True) == state_of(fs, monkeypatch, False)
+
+
+@given(st.integers(0, 10_000), st.integers(1, 40))
+def test_fused_loader_matches_on_random_workloads(seed: int, n: int) -> None:
+    """Property form of the above, on small random workloads."""
+    fs = build(seed, n)
+    mp = pytest.MonkeyPatch()
+    try:
+        assert state_of(fs, mp, True) == state_of(fs, mp, False)
+    finally:
+        mp.undo()
