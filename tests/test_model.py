@@ -48,7 +48,9 @@ class QueueModel(RuleBasedStateMachine):
 
     def _tick(self) -> None:
         for job in self.jobs.values():
-            if (job[0] == "scheduled" and job[4] <= self.clock.wall) or (job[0] == "running" and job[4] <= self.clock.mono):
+            due = job[0] == "scheduled" and job[4] <= self.clock.wall
+            expired = job[0] == "running" and job[4] <= self.clock.mono
+            if due or expired:
                 job[0] = "pending"
 
     @rule(
