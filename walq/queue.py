@@ -82,6 +82,7 @@ class Snapshot:
 RECOVERY_MODES = ("strict", "skip")
 # Set only by walq.testing.plant, to prove the torture tools catch a lost ack.
 PLANTED_FORGET_ACK = False
+DEFERRED = "deferred, not charged: the retry budget could not pay for this retry yet"
 INTERRUPTED = (
     "attempt {n} was interrupted (the owner stopped or the lease expired) and no attempts remain"
 )
@@ -456,7 +457,7 @@ class Queue:
         *,
         lease: float = 60.0,
         timeout: float = 0.0,
-        accept: Callable[[JobInfo], bool] | None = None,
+        accept: Callable[[JobInfo], bool | float] | None = None,
     ) -> list[Job]:
         """Take up to `n` ready jobs with one durable write (see `claim`).
 
@@ -473,12 +474,13 @@ class Queue:
             deadline = now.mono + timeout
             while True:
                 self._tick(now)
-                taken = self._state.take_ready(n, accept)
-                if taken:
-                    lsn, started = self._start(taken, now, lease)
+                deferred: list[tuple[JobInfo, float]] = []
+                taken = self._state.take_ready(n, accept, deferred)
+                if taken or deferred:
+                    lsn, started = self._start(taken, deferred, now, lease)
                     if started:
                         break
-                    continue  # all were out of attempts (now dead): look again
+                    continue  # all were deferred or out of attempts (now dead): look again
                 if now.mono >= deadline:
                     return []
                 wait = deadline - now.mono
@@ -496,10 +498,26 @@ class Queue:
         with self._mu:  # a compaction may move records; read under the lock
             return [self._job(info.id, attempt) for info, attempt in started]
 
-    def _start(self, taken: list[Any], now: Now, lease: float) -> tuple[int, list[Any]]:
-        """Record the start of taken jobs (lock held); dead-letter those out of attempts."""
+    def _start(
+        self, taken: list[JobInfo], deferred: list[tuple[JobInfo, float]], now: Now, lease: float
+    ) -> tuple[int, list[tuple[JobInfo, int]]]:
+        """Record the start of taken jobs (lock held); dead-letter those out of attempts.
+
+        A deferred job is rescheduled without being charged: a Fail record
+        that keeps its attempt count and says why.
+        """
         events: list[ev.Event] = []
         started = []
+        for info, until in deferred:
+            events.append(
+                ev.Fail(
+                    id=info.id,
+                    attempt=info.attempts,
+                    dead=False,
+                    due=now.wall + max(0.0, until - now.mono),
+                    error=DEFERRED,
+                )
+            )
         for info in taken:
             if info.attempts >= info.max_attempts:
                 events.append(
@@ -521,7 +539,7 @@ class Queue:
         try:
             lsn = self._write(events, now)
         except BaseException:
-            self._state.untake(taken)
+            self._state.untake(taken + [i for i, _ in deferred])
             raise
         for info, attempt in started:
             self._state.start(info.id, attempt, now.mono + lease)
@@ -554,19 +572,32 @@ class Queue:
         *,
         attempts: Sequence[int] | None = None,
         sync: bool | None = None,
-    ) -> None:
-        """Finish many running jobs with one durable write; nothing is acked if one fails."""
+        strict: bool = True,
+    ) -> list[tuple[int, StateError]]:
+        """Finish many running jobs with one durable write.
+
+        strict: if one job is not held (by its attempt), raise and ack none.
+        Otherwise ack those that are held and return the others with why.
+        """
+        refused: list[tuple[int, StateError]] = []
         with self._mu:
             self._check_open()
             held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
-            pairs = zip(job_ids, held, strict=True)
-            ids = tuple(self._state.check_holder(j, a).id for j, a in pairs)
-            if PLANTED_FORGET_ACK:
-                return
-            lsn = self._write([ev.Ack(ids=ids)], self._clock())
+            ids = []
+            for jid, attempt in zip(job_ids, held, strict=True):
+                try:
+                    ids.append(self._state.check_holder(jid, attempt).id)
+                except StateError as exc:
+                    if strict:
+                        raise
+                    refused.append((jid, exc))
+            if PLANTED_FORGET_ACK or not ids:
+                return refused
+            lsn = self._write([ev.Ack(ids=tuple(ids))], self._clock())
             self.counters["acked"] += len(ids)
             self._changed.notify_all()
         self._commit(lsn, sync)
+        return refused
 
     def fail(
         self,

@@ -106,25 +106,26 @@ def child_main(conn: Connection, tasks: Tasks, parent: int) -> None:
             return
         if msg is None:
             return
-        job = Job(**msg)
-        task = tasks.get(job.task)
-        try:
-            if task is None:
-                raise Permanent(f"no handler for task {job.task!r} in this worker")
-            task.fn(job.payload, job)
-        except BaseException as exc:  # every failure is reported, none escapes
-            result: tuple[str, int, int, dict[str, Any] | None] = (
-                "error",
-                job.id,
-                job.attempt,
-                _failure_report(exc, task),
-            )
-        else:
-            result = ("ok", job.id, job.attempt, None)
-        try:
-            conn.send(result)
-        except (BrokenPipeError, OSError):
-            return
+        for fields in msg:  # a batch of jobs, run one after the other
+            job = Job(**fields)
+            task = tasks.get(job.task)
+            try:
+                if task is None:
+                    raise Permanent(f"no handler for task {job.task!r} in this worker")
+                task.fn(job.payload, job)
+            except BaseException as exc:  # every failure is reported, none escapes
+                result: tuple[str, int, int, dict[str, Any] | None] = (
+                    "error",
+                    job.id,
+                    job.attempt,
+                    _failure_report(exc, task),
+                )
+            else:
+                result = ("ok", job.id, job.attempt, None)
+            try:
+                conn.send(result)
+            except (BrokenPipeError, OSError):
+                return
 
 
 # -- the owner's side ---------------------------------------------------------------
@@ -172,7 +173,7 @@ class Worker:
         tasks: Tasks,
         *,
         processes: int | None = None,
-        prefetch: int = 1,
+        prefetch: int = 4,
         max_tasks_per_child: int | None = None,
         max_memory: int | None = None,
         shutdown_grace: float = 30.0,
@@ -216,7 +217,7 @@ class Worker:
         self._rss_checked = 0.0
         self.counters = dict.fromkeys(
             ("ok", "failed", "retried", "dead", "timeouts", "crashes", "memory", "stale",
-             "spawned", "recycled"),
+             "spawned", "recycled", "deferred"),
             0,
         )  # fmt: skip
         for task in tasks:
@@ -329,42 +330,50 @@ class Worker:
             return 0
         now = time.monotonic()
         jobs = self.queue.claim_many(room, lease=self._lease, accept=self._admit(now))
+        batches: dict[int, list[dict[str, Any]]] = {}
         for job in jobs:
             slot = min(free, key=lambda s: len(s.jobs))
             if not slot.jobs:
                 slot.head_started = time.monotonic()
-            task = self.tasks[job.task]
-            slot.jobs.append((job, task))
-            # If the worker died, its sentinel reports it, and the job with it.
-            with contextlib.suppress(BrokenPipeError, OSError):
-                slot.conn.send(attrs.asdict(job))
+            slot.jobs.append((job, self.tasks[job.task]))
+            batches.setdefault(id(slot), []).append(attrs.asdict(job))
+        for slot in free:
+            batch = batches.get(id(slot))
+            if batch:
+                # If the worker died, its sentinel reports it, and the jobs with it.
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    slot.conn.send(batch)
         return len(jobs)
 
-    def _admit(self, now: float) -> Callable[[JobInfo], bool]:
-        """The per-job gate of claim_many: known task, concurrency, breaker, rate."""
+    def _admit(self, now: float) -> Callable[[JobInfo], bool | float]:
+        """The per-job gate of claim_many: the task's policy decides, just before a run.
 
-        def accept(info: JobInfo) -> bool:
-            if info.task not in self.tasks:
+        True runs the job; False leaves the task's jobs pending for this round
+        (its concurrency cap, breaker or rate limit says wait); a time defers
+        just this job -- a retry the queue-wide budget cannot pay for yet.
+        """
+
+        def accept(info: JobInfo) -> bool | float:
+            task = self.tasks.get(info.task)
+            if task is None:
                 if info.task not in self._unknown_warned:
                     self._unknown_warned.add(info.task)
                     log.warning("no handler for task %r: its jobs stay pending", info.task)
                 return False
-            policy = self.tasks[info.task].policy
+            if info.attempts >= info.max_attempts:
+                return True  # out of attempts: the claim dead-letters it, nothing runs
             runtime = self._runtime[info.task]
-            if policy.concurrency is not None and runtime.running >= policy.concurrency:
+            adm = task.policy.admit(
+                now, attempt=info.attempts + 1, running=runtime.running,
+                budget=self.budget, rng=self._rng,
+            )  # fmt: skip
+            if adm.ok:
+                runtime.running += 1
+                return True
+            if adm.pauses_task:
                 return False
-            if policy.breaker is not None and policy.breaker.retry_at(now) > now:
-                return False
-            if policy.rate is not None and policy.rate.next_available(now) > now:
-                return False
-            if policy.breaker is not None:
-                policy.breaker.allow(now)
-            if policy.rate is not None:
-                policy.rate.try_acquire(now)
-            if info.attempts == 0:
-                self.budget.deposit(now)
-            runtime.running += 1
-            return True
+            self.counters["deferred"] += 1
+            return adm.not_before
 
         return accept
 
@@ -527,15 +536,15 @@ class Worker:
                 out.task.policy.on_success(now, attempt=out.job.attempt, budget=self.budget)
             else:
                 self._fail(out, now)
-        for out in oks:
-            try:
-                self.queue.ack(out.job.id, attempt=out.job.attempt, sync=False)
-                self.counters["ok"] += 1
-            except StateError as exc:
-                self.counters["stale"] += 1
-                log.info(
-                    "job %d: result of attempt %d dropped: %s", out.job.id, out.job.attempt, exc
-                )
+        if oks:
+            refused = self.queue.ack_many(
+                [o.job.id for o in oks], attempts=[o.job.attempt for o in oks],
+                sync=False, strict=False,
+            )  # fmt: skip
+            self.counters["ok"] += len(oks) - len(refused)
+            self.counters["stale"] += len(refused)
+            for jid, exc in refused:
+                log.info("job %d: result dropped: %s", jid, exc)
         self._unsynced = True
 
     def _fail(self, out: Outcome, now: float) -> None:
@@ -559,11 +568,6 @@ class Worker:
             max_attempts=job.max_attempts or None,
         )  # fmt: skip
         delay = decision.delay
-        if decision.retry and not self.budget.try_withdraw(now):
-            # The queue-wide budget is spent: wait longer, never drop, never retry hot.
-            delay = max(
-                delay, self.budget.wait_hint(now) + policy.retry.delay(job.attempt, self._rng)
-            )
         text = _error_text(report, job)
         try:
             status = self.queue.fail(

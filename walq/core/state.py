@@ -596,14 +596,19 @@ class QueueState:
         return expired
 
     def take_ready(
-        self, limit: int, accept: Callable[[JobInfo], bool] | None = None
+        self,
+        limit: int,
+        accept: Callable[[JobInfo], bool | float] | None = None,
+        deferred: list[tuple[JobInfo, float]] | None = None,
     ) -> list[JobInfo]:
         """Pop up to `limit` pending jobs, highest priority first, then oldest first.
 
-        `accept` is asked about each job just before it is taken; a refusal
-        (the task's concurrency cap is full, its breaker is open) leaves that
-        task's jobs pending for the rest of this call. The caller must then
-        record a Claim for the jobs it takes (or a Fail for those out of attempts).
+        `accept` is asked about each job just before it is taken: True takes
+        it; False leaves that task's jobs pending for the rest of this call
+        (its concurrency cap is full, its breaker is open); a number pops the
+        job into `deferred` with that monotonic time. The caller must record a
+        Claim for the jobs it takes (a Fail for those out of attempts) and a
+        deferral for the deferred.
         """
         taken: list[JobInfo] = []
         refused: set[int] = set()
@@ -622,11 +627,15 @@ class QueueState:
                 if best_id < 0:
                     break
                 info = self._info(best_id, self._jobs[best_id])
-                if accept is not None and not accept(info):
+                verdict = True if accept is None else accept(info)
+                if verdict is False:
                     refused.add(best_task)
                     continue
                 by_task[best_task].popleft()
-                taken.append(info)
+                if verdict is True:
+                    taken.append(info)
+                elif deferred is not None:
+                    deferred.append((info, float(verdict)))
             if not by_task:
                 del self._ready[prio]
             if len(taken) >= limit:
