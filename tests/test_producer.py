@@ -115,8 +115,9 @@ def raw_request(address: str, data: bytes, *, close_write: bool = False) -> dict
 def read_reply(s: socket.socket) -> dict[str, Any] | None:
     """One reply frame from a socket, or None at end of stream."""
     try:
-        length = wire.recv_length(s)
-        body = None if length is None else wire.recv_exact(s, length)
+        reader = wire.Reader(s)
+        length = reader.length()
+        body = None if length is None else reader.body(length)
     except (ConnectionResetError, walq.ProtocolError):
         return None
     return None if body is None else wire.decode_reply(body)
@@ -774,6 +775,7 @@ def test_owner_processes_killed_while_ingesting_lose_and_duplicate_nothing(qdir:
 
 def test_cli_enqueue_with_and_without_an_owner(qdir: str) -> None:
     """`walq enqueue` gets an id from a running owner, and spools when none runs."""
+    open_queue(qdir).close()  # the command wants an existing queue (a typo must not make one)
     runner = CliRunner()
     result = runner.invoke(main, ["enqueue", qdir, "t", "--payload", '{"a": 1}', "--key", "k"])
     assert result.exit_code == 0, result.output
@@ -789,6 +791,7 @@ def test_cli_enqueue_with_and_without_an_owner(qdir: str) -> None:
 
 def test_cli_enqueue_in_a_real_process(qdir: str) -> None:
     """The installed `walq enqueue` command works with and without an owner running."""
+    open_queue(qdir).close()
     cmd = [WALQ, "enqueue", qdir, "t", "--payload", '{"n": 1}']
     spooled = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
     assert spooled.returncode == 0, spooled.stderr

@@ -239,15 +239,13 @@ class Producer:
         return None if reply["ok"] else reply
 
     def _read_reply(self, conn: socket.socket) -> dict[str, Any]:
-        length = wire.recv_length(conn)
+        reader = wire.Reader(conn)  # one reply per request: nothing follows it
+        length = reader.length()
         if length is None:
             raise ProtocolError("the owner closed the connection without a reply")
         if length > wire.MAX_REPLY:
             raise ProtocolError(f"reply of {length} bytes is too large")
-        body = wire.recv_exact(conn, length)
-        if body is None:
-            raise ProtocolError("the owner closed the connection without a reply")
-        return wire.decode_reply(body)
+        return wire.decode_reply(reader.body(length))
 
     def _poke(self) -> None:
         """Tell an owner that appeared meanwhile to ingest the spool now (best effort)."""

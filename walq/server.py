@@ -267,6 +267,7 @@ class ProducerServer:
 
     def _serve(self, conn: socket.socket, state: _Conn) -> None:
         """One producer's connection: read a request, enqueue, reply; until it ends."""
+        reader = wire.Reader(conn)
         try:
             while True:
                 with self._conns_mu:
@@ -275,7 +276,7 @@ class ProducerServer:
                     state.idle = True
                 conn.settimeout(self.idle_timeout)
                 try:
-                    length = wire.recv_length(conn)
+                    length = reader.length()
                 except (TimeoutError, ProtocolError):
                     return  # idle too long, or closed inside the length prefix
                 state.idle = False
@@ -291,7 +292,7 @@ class ProducerServer:
                     return
                 conn.settimeout(self.io_timeout)
                 try:
-                    body = wire.recv_exact(conn, length)
+                    body = reader.body(length)
                 except TimeoutError:
                     self._reply_error(
                         conn,
@@ -303,8 +304,6 @@ class ProducerServer:
                     return
                 except ProtocolError:
                     return  # the producer closed mid-message: nobody to answer
-                if body is None:
-                    return
                 conn.sendall(wire.reply_frame(self._handle(body)))
         except OSError:
             pass  # the producer went away
@@ -319,7 +318,7 @@ class ProducerServer:
         with contextlib.suppress(OSError):
             conn.sendall(wire.reply_frame(_error(exc)))
 
-    def _handle(self, body: bytes) -> dict[str, Any]:
+    def _handle(self, body: bytes | bytearray) -> dict[str, Any]:
         """The reply to one request."""
         self.counters["requests"] += 1
         try:

@@ -66,6 +66,8 @@ class Item:
     delay: float = 0.0
     priority: int = 0
     max_attempts: int = 0  # 0: the queue's default
+    # The JSON payload as decode_body already parsed it (held in a 1-tuple: it may be None).
+    parsed: tuple[Any] | None = attrs.field(default=None, eq=False, repr=False)
 
     def meta(self) -> dict[str, Any]:
         """The item's entry in a request header."""
@@ -82,6 +84,8 @@ class Item:
 
     def payload(self) -> Any:
         """The payload value (a JSON value or bytes)."""
+        if self.parsed is not None:
+            return self.parsed[0]
         return decode_payload(self.kind, self.data)
 
     def for_queue(
@@ -200,9 +204,10 @@ def _decode_item(i: int, entry: object, view: memoryview, offset: int) -> tuple[
     if not _is_int(priority) or not _is_int(attempts):
         raise ProtocolError(f"item {i}: priority and max_attempts must be integers")
     data = bytes(view[offset : offset + size])
+    parsed = None
     if kind == PAYLOAD_JSON:
         try:
-            json.loads(data)
+            parsed = (json.loads(data),)
         except (ValueError, RecursionError):
             raise ProtocolError(f"item {i}: payload of kind JSON is not JSON") from None
     item = Item(
@@ -213,6 +218,7 @@ def _decode_item(i: int, entry: object, view: memoryview, offset: int) -> tuple[
         delay=float(delay),
         priority=priority,
         max_attempts=attempts,
+        parsed=parsed,
     )
     return item, offset + size
 
@@ -234,28 +240,60 @@ def reply_frame(reply: Mapping[str, Any]) -> bytes:
     return frame(json.dumps(reply, separators=(",", ":")).encode())
 
 
-def recv_exact(sock: socket.socket, size: int) -> bytes | None:
-    """Exactly `size` bytes; None on end of stream before the first; ProtocolError after."""
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:], size - got)
-        if n == 0:
-            if got == 0:
-                return None
-            raise ProtocolError(f"message truncated: the peer closed after {got} of {size} bytes")
-        got += n
-    return bytes(buf)
+class Reader:
+    """Reads frames from a socket: the length and a small body usually in one recv."""
+
+    CHUNK = 65536
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray()
+
+    def length(self) -> int | None:
+        """The next frame's length; None at a clean end of stream."""
+        buf = self._buf
+        while len(buf) < _U32.size:
+            chunk = self.sock.recv(self.CHUNK)
+            if not chunk:
+                if not buf:
+                    return None
+                raise ProtocolError(f"message truncated: the peer closed after {len(buf)} bytes")
+            buf += chunk
+        (size,) = _U32.unpack_from(buf)
+        del buf[: _U32.size]
+        return int(size)
+
+    def body(self, size: int) -> bytes | bytearray:
+        """The next `size` bytes; ProtocolError if the stream ends first."""
+        buf = self._buf
+        if len(buf) < size and size - len(buf) <= self.CHUNK:
+            while len(buf) < size:
+                chunk = self.sock.recv(self.CHUNK)
+                if not chunk:
+                    raise _truncated(len(buf), size)
+                buf += chunk
+        if len(buf) >= size:
+            out = bytes(buf[:size])
+            del buf[:size]
+            return out
+        big = bytearray(size)  # a large body: read it in place
+        have = len(buf)
+        big[:have] = buf
+        buf.clear()
+        view = memoryview(big)
+        while have < size:
+            n = self.sock.recv_into(view[have:])
+            if n == 0:
+                raise _truncated(have, size)
+            have += n
+        return big
 
 
-def recv_length(sock: socket.socket) -> int | None:
-    """The next frame's length; None at a clean end of stream."""
-    head = recv_exact(sock, _U32.size)
-    return None if head is None else int(_U32.unpack(head)[0])
+def _truncated(got: int, size: int) -> ProtocolError:
+    return ProtocolError(f"message truncated: the peer closed after {got} of {size} bytes")
 
 
-def decode_reply(body: bytes) -> dict[str, Any]:
+def decode_reply(body: bytes | bytearray) -> dict[str, Any]:
     """A reply's JSON object; ProtocolError if it is not one."""
     try:
         reply = json.loads(body)
