@@ -806,6 +806,33 @@ def test_cli_enqueue_in_a_real_process(qdir: str) -> None:
 # -- the producer object --------------------------------------------------------------------------
 
 
+def test_a_forked_child_opens_its_own_connection(qdir: str) -> None:
+    """A producer inherited through fork() never shares its parent's socket."""
+    with owner(qdir) as q, connect(qdir) as prod:
+        assert prod.enqueue("t", "parent") == 1
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                code = 0 if prod.enqueue("t", "child") == 2 else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert prod.enqueue("t", "parent again") == 3
+        assert drain(q) == ["parent", "child", "parent again"]
+
+
+def test_backlog_counts_what_waits_in_the_spool(qdir: str) -> None:
+    """spool.backlog reports the files and bytes waiting for an owner."""
+    assert spool.backlog(walq.fs.OsFileSystem(), qdir) == {"files": 0, "bytes": 0, "set_aside": 0}
+    with connect(qdir) as prod:
+        prod.enqueue("t", 1)
+        prod.enqueue("t", 2, key="k")
+    got = spool.backlog(walq.fs.OsFileSystem(), qdir)
+    assert got["files"] == 2 and got["bytes"] > 0 and got["set_aside"] == 0
+
+
 def test_a_closed_producer_refuses(qdir: str) -> None:
     """enqueue after close() raises ClosedError."""
     prod = connect(qdir)

@@ -132,6 +132,17 @@ def live_entries(names: list[str]) -> list[Entry]:
     return entries
 
 
+def backlog(fs: FileSystem, queue_dir: str) -> dict[str, int]:
+    """What waits in a queue's spool: files, bytes, and set-aside (damaged/refused) files."""
+    try:
+        names = fs.listdir(posixpath.join(queue_dir, SPOOL_DIR))
+    except FileNotFoundError:
+        names = []
+    entries = live_entries(names)
+    aside = sum(1 for n in names if n.endswith((REJECTED, DAMAGED)))
+    return {"files": len(entries), "bytes": sum(e.size for e in entries), "set_aside": aside}
+
+
 class SpoolWriter:
     """The producer's side: put a request in the spool durably, under its caps."""
 
