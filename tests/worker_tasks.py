@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Any
 
-from walq.core.retry import Permanent
+from walq.core.retry import CircuitBreaker, Permanent, RateLimit, RetryAfter
 from walq.job import Job
 from walq.tasks import Tasks
 
@@ -83,3 +83,28 @@ def kills_owner(payload: Any, job: Job) -> None:
     _note(payload, job, "poison")
     os.kill(os.getppid(), signal.SIGKILL)
     time.sleep(5)
+
+
+@tasks.task(timeout=10.0, concurrency=1)
+def exclusive(payload: Any, job: Job) -> None:
+    _note(payload, job, "start")
+    time.sleep(0.05)
+    _note(payload, job, "end")
+
+
+@tasks.task(timeout=10.0, max_attempts=50, breaker=CircuitBreaker(failures=3, cooldown=60.0))
+def flaky_downstream(payload: Any, job: Job) -> None:
+    _note(payload, job)
+    raise ConnectionError("downstream is down")
+
+
+@tasks.task(timeout=10.0, rate=RateLimit(per_second=20.0, burst=1))
+def rate_limited(payload: Any, job: Job) -> None:
+    _note(payload, job, f"{time.monotonic():.4f}")
+
+
+@tasks.task(timeout=10.0, max_attempts=5)
+def asks_for_delay(payload: Any, job: Job) -> None:
+    _note(payload, job)
+    if job.attempt == 1:
+        raise RetryAfter(0.5, "come back later")

@@ -325,14 +325,23 @@ class Worker:
         durable: one fsync per round, however many jobs finished and started.
         """
         free = [s for s in self._slots if not s.retiring and s.kill_reason is None]
-        room = sum(max(0, self.prefetch - len(s.jobs)) for s in free)
+        space = {id(s): self._space(s) for s in free}
+        free = [s for s in free if space[id(s)] > 0]
+        room = sum(space.values())
         if room <= 0:
             return 0
         now = time.monotonic()
-        jobs = self.queue.claim_many(room, lease=self._lease, accept=self._admit(now))
+        idle = [s for s in free if not s.jobs]
+        jobs = self.queue.claim_many(room, lease=self._lease, accept=self._admit(now, len(idle)))
         batches: dict[int, list[dict[str, Any]]] = {}
-        for job in jobs:
-            slot = min(free, key=lambda s: len(s.jobs))
+        # Gated jobs first, each onto an idle worker (their admission promised one).
+        ordered = sorted(jobs, key=lambda j: not _gated(self.tasks[j.task]))
+        for job in ordered:
+            if idle and _gated(self.tasks[job.task]):
+                slot = idle.pop()
+            else:
+                slot = min((s for s in free if space[id(s)] > 0), key=lambda s: len(s.jobs))
+            space[id(slot)] -= 1
             if not slot.jobs:
                 slot.head_started = time.monotonic()
             slot.jobs.append((job, self.tasks[job.task]))
@@ -345,13 +354,24 @@ class Worker:
                     slot.conn.send(batch)
         return len(jobs)
 
-    def _admit(self, now: float) -> Callable[[JobInfo], bool | float]:
+    def _space(self, slot: _Slot) -> int:
+        """How many more jobs a worker may be handed: its prefetch, and what its
+        max_tasks_per_child leaves (so it is recycled after exactly that many)."""
+        space = self.prefetch - len(slot.jobs)
+        if self.max_tasks_per_child is not None:
+            space = min(space, self.max_tasks_per_child - slot.completed - len(slot.jobs))
+        return max(0, space)
+
+    def _admit(self, now: float, idle: int) -> Callable[[JobInfo], bool | float]:
         """The per-job gate of claim_many: the task's policy decides, just before a run.
 
         True runs the job; False leaves the task's jobs pending for this round
         (its concurrency cap, breaker or rate limit says wait); a time defers
         just this job -- a retry the queue-wide budget cannot pay for yet.
+        A task with a rate limit or concurrency cap is only admitted onto an
+        idle worker, so admission time is start time (prefetch would bunch it).
         """
+        idle_left = [idle]
 
         def accept(info: JobInfo) -> bool | float:
             task = self.tasks.get(info.task)
@@ -362,6 +382,9 @@ class Worker:
                 return False
             if info.attempts >= info.max_attempts:
                 return True  # out of attempts: the claim dead-letters it, nothing runs
+            gated = _gated(task)
+            if gated and idle_left[0] <= 0:
+                return False
             runtime = self._runtime[info.task]
             adm = task.policy.admit(
                 now, attempt=info.attempts + 1, running=runtime.running,
@@ -369,6 +392,8 @@ class Worker:
             )  # fmt: skip
             if adm.ok:
                 runtime.running += 1
+                if gated:
+                    idle_left[0] -= 1
                 return True
             if adm.pauses_task:
                 return False
@@ -658,6 +683,11 @@ class Worker:
             with os.fdopen(fd, "w") as f:
                 json.dump(status, f)
             os.replace(tmp, path)
+
+
+def _gated(task: Task) -> bool:
+    """Whether the task's policy limits when its jobs start (rate or concurrency)."""
+    return task.policy.rate is not None or task.policy.concurrency is not None
 
 
 class _Unlisted(Exception):

@@ -1,0 +1,95 @@
+"""The retry policy inside the worker: concurrency caps, breakers, rate limits, Retry-After."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import walq
+from tests import worker_tasks
+from tests.test_worker import ledger_lines, no_leftover_processes, run_until_done
+from walq.worker import Worker
+
+__all__ = ["no_leftover_processes"]  # the autouse fixture applies here too
+
+
+def test_concurrency_cap_never_runs_two_at_once(qdir: str, tmp_path: Path) -> None:
+    """concurrency=1: with two worker processes the task's jobs still never overlap."""
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir) as q:
+        q.enqueue_many([("exclusive", {"ledger": str(ledger)}) for _ in range(8)])
+        run_until_done(q, Worker(q, worker_tasks.tasks, processes=2, prefetch=1))
+    running = 0
+    for line in ledger_lines(ledger):
+        running += 1 if line[3] == "start" else -1
+        assert running <= 1
+    assert len(ledger_lines(ledger)) == 16
+
+
+def test_breaker_opens_and_pauses_the_task(qdir: str, tmp_path: Path) -> None:
+    """After 3 consecutive failures the breaker opens: no new attempt during the cool-down.
+
+    An attempt already running on the second process when the third failure
+    lands may still finish, so at most failures + processes - 1 attempts run.
+    """
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir) as q:
+        q.enqueue_many([("flaky_downstream", {"ledger": str(ledger)}) for _ in range(10)])
+        w = Worker(q, worker_tasks.tasks, processes=2, prefetch=1)
+        import threading
+
+        threading.Timer(2.0, w.stop).start()
+        w.run()
+        assert 3 <= len(ledger_lines(ledger)) <= 4
+        assert w.status()["tasks"]["flaky_downstream"]["breaker"] == "open"
+        assert q.stats()["dead"] == 0  # paused, never dropped
+
+
+def test_rate_limit_spaces_the_task_out(qdir: str, tmp_path: Path) -> None:
+    """rate=20/s with burst 1: jobs start 50 ms apart once the workers are up.
+
+    (While the two workers are still starting, the first jobs can bunch.)
+    """
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir) as q:
+        q.enqueue_many([("rate_limited", {"ledger": str(ledger)}) for _ in range(10)])
+        run_until_done(q, Worker(q, worker_tasks.tasks, processes=2))
+    times = sorted(float(line[3]) for line in ledger_lines(ledger))
+    assert len(times) == 10 and times[-1] - times[2] >= 7 * 0.05 * 0.9
+
+
+def test_retry_after_is_honoured(qdir: str, tmp_path: Path) -> None:
+    """A handler raising RetryAfter(0.5) runs again no sooner than 0.5 s later."""
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir) as q:
+        jid = q.enqueue("asks_for_delay", {"ledger": str(ledger)})
+        started = time.monotonic()
+        run_until_done(q, Worker(q, worker_tasks.tasks, processes=1))
+        assert q.status(jid) == "done"
+        assert time.monotonic() - started >= 0.5
+    assert [line[1] for line in ledger_lines(ledger)] == ["1", "2"]
+
+
+def test_spent_budget_defers_retries_without_charging(qdir: str) -> None:
+    """A retry the budget cannot pay for is rescheduled, its attempt not charged."""
+    from walq.core.retry import RetryBudget
+    from walq.job import Job
+    from walq.worker import Outcome
+
+    with walq.Queue.open(qdir) as q:
+        budget = RetryBudget(ratio=0.0, floor=0.001, window=10.0)
+        w = Worker(q, worker_tasks.tasks, processes=1, retry_budget=budget)
+        jid = q.enqueue("raises", {"n": 1})
+        job = q.claim()
+        assert job is not None
+        w._runtime["raises"].running = 1
+        report = {"cause": "exception", "type": "ValueError", "message": "x", "traceback": ""}
+        job = Job(id=jid, task="raises", payload={}, attempt=1, max_attempts=2)
+        w._record([Outcome(job, worker_tasks.tasks["raises"], False, report)])
+        budget.try_withdraw(time.monotonic())  # spend the floor
+        # Make the retry due now, then let the worker's admission look at it.
+        q._state.tick(walq.Now(time.time() + 10_000, time.monotonic() + 10_000))
+        claimed = q.claim_many(1, accept=w._admit(time.monotonic(), 1))
+        assert claimed == []
+        assert q.status(jid) == "scheduled" and w.counters["deferred"] == 1
+        assert q._state.info(jid).attempts == 1
