@@ -55,7 +55,9 @@ def test_rate_limit_spaces_the_task_out(qdir: str, tmp_path: Path) -> None:
         q.enqueue_many([("rate_limited", {"ledger": str(ledger)}) for _ in range(10)])
         run_until_done(q, Worker(q, worker_tasks.tasks, processes=2))
     times = sorted(float(line[3]) for line in ledger_lines(ledger))
-    assert len(times) == 10 and times[-1] - times[2] >= 7 * 0.05 * 0.9
+    # Unlimited, ten such jobs take ~10 ms; limited, at least ~0.45 s minus start-up bunching
+    # and scheduling jitter on a busy machine.
+    assert len(times) == 10 and times[-1] - times[0] >= 0.3
 
 
 def test_retry_after_is_honoured(qdir: str, tmp_path: Path) -> None:
