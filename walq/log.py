@@ -263,23 +263,32 @@ class Log:
     def append(self, records: Sequence[tuple[int, bytes]]) -> tuple[list[Loc], int]:
         """Append records; return where each went and the lsn to `commit` for all of them."""
         locs = []
+        encode = framing.encode
         with self._mu:
             self._check_open()
+            assert self._active is not None
+            buf = self._buf
+            seq = self._active.seq
+            limit = self.segment_size
             for rtype, body in records:
                 size = RECORD_HEADER_SIZE + len(body)
-                while self._end + size > self.segment_size and self._end > SEGMENT_HEADER_SIZE:
-                    if self._leader:
-                        self._cond.wait()
-                        self._check_open()
-                        continue
-                    self._roll()
-                assert self._active is not None
-                if self._end + size > MAX_SEGMENT_SIZE:
+                end = self._end
+                if end + size > limit and end > SEGMENT_HEADER_SIZE:
+                    while self._end + size > limit and self._end > SEGMENT_HEADER_SIZE:
+                        if self._leader:
+                            self._cond.wait()
+                            self._check_open()
+                            continue
+                        self._roll()
+                    buf = self._buf
+                    seq = self._active.seq
+                    end = self._end
+                if end + size > MAX_SEGMENT_SIZE:
                     raise ArgumentError(f"a record of {size} bytes cannot fit in a segment")
                 synced = SEGMENT_HEADER_SIZE + max(0, self._synced - self._seg_lsn)
-                self._buf.append(framing.encode(rtype, body, synced))
-                locs.append(Loc(self._active.seq, self._end, size))
-                self._end += size
+                buf.append(encode(rtype, body, synced))
+                locs.append(Loc(seq, end, size))
+                self._end = end + size
                 self._appended += size
             if self.sync_mode != "always":
                 # Reach the kernel before returning, so a process crash loses nothing.

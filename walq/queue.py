@@ -287,6 +287,16 @@ class Queue:
         return self._add([self._item_from(raw) for raw in items], sync, timeout)
 
     def _item_from(self, raw: Any) -> _Item:
+        if type(raw) is tuple and len(raw) == 2:
+            task, payload = raw
+            # The common bulk case, validated inline.
+            if (
+                type(task) is str
+                and task
+                and type(payload) is bytes
+                and (len(payload) <= self.max_payload)
+            ):
+                return _Item(task, ev.PAYLOAD_BYTES, payload, None, 0.0, 0, 0, "")
         if not isinstance(raw, tuple | list) or len(raw) not in (2, 3):
             raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {raw!r}")
         opts: Mapping[str, Any] = raw[2] if len(raw) == 3 and raw[2] else {}
@@ -350,7 +360,7 @@ class Queue:
                 self._changed.wait(min(left, 1.0))
                 self._check_open()
                 now = self._clock()
-            lsn = self._write(fresh, now) if fresh else self._log_lsn()
+            lsn = self._write_enqueues(fresh, now) if fresh else self._log_lsn()
             counters = self.counters
             counters["enqueued"] += len(fresh)
             if len(ids) != len(fresh):
@@ -362,39 +372,28 @@ class Queue:
             self._wake()
         return ids
 
-    def _assign(self, items: Sequence[_Item], now: Now) -> tuple[list[int], list[ev.Enqueue]]:
-        """Ids for each item: a coalesced existing job, or a new Enqueue event."""
+    def _assign(
+        self, items: Sequence[_Item], now: Now
+    ) -> tuple[list[int], list[tuple[int, _Item]]]:
+        """Ids for each item: a coalesced existing job, or a new id (with its item)."""
         ids: list[int] = []
-        fresh: list[ev.Enqueue] = []
+        fresh: list[tuple[int, _Item]] = []
         batch_keys: dict[str, int] = {}
         next_id = self._state.next_id
-        wall = now.wall
-        for task, kind, data, key, delay, priority, maxa, origin in items:
+        for item in items:
+            key = item.key
             if key is not None:
                 holder = batch_keys.get(key) or self._state.key_holder(key)
                 if holder is not None:
                     ids.append(holder)
                     continue
                 batch_keys[key] = next_id
-            fresh.append(
-                ev.Enqueue(
-                    id=next_id,
-                    task=task,
-                    payload=data,
-                    kind=kind,
-                    key=key,
-                    priority=priority,
-                    max_attempts=maxa,
-                    due=wall + delay if delay else 0.0,
-                    created=wall,
-                    origin=origin,
-                )
-            )
+            fresh.append((next_id, item))
             ids.append(next_id)
             next_id += 1
         return ids, fresh
 
-    def _room_for(self, fresh: list[ev.Enqueue]) -> str | None:
+    def _room_for(self, fresh: list[tuple[int, _Item]]) -> str | None:
         """Why `fresh` does not fit under the caps, or None if it does."""
         if not fresh:
             return None
@@ -402,7 +401,7 @@ class Queue:
         if self.max_pending is not None and state.unfinished + len(fresh) > self.max_pending:
             return f"max_pending ({self.max_pending}) reached"
         if self.max_bytes is not None:
-            size = sum(len(e.payload) + 64 + len(e.task) for e in fresh)
+            size = sum(len(item.data) + 64 + len(item.task) for _, item in fresh)
             if state.live_bytes + size > self.max_bytes:
                 return f"max_bytes ({self.max_bytes}) reached"
         if self.min_free_bytes:
@@ -427,6 +426,23 @@ class Queue:
         locs, lsn = self._log.append([(e.rtype, e.encode()) for e in events])
         for event, loc in zip(events, locs, strict=True):
             self._state.apply(event, loc, now)
+        return lsn
+
+    def _write_enqueues(self, fresh: list[tuple[int, _Item]], now: Now) -> int:
+        """Append enqueue records for new jobs and add them to the state (lock held)."""
+        wall = now.wall
+        encode = ev.encode_enqueue
+        enqueue = fmt.ENQUEUE
+        dues = [wall + it.delay if it.delay else 0.0 for _, it in fresh]
+        records = [
+            (enqueue, encode(jid, it.task, it.data, it.kind, it.key, it.priority,
+                             it.max_attempts, due, wall, it.origin))
+            for (jid, it), due in zip(fresh, dues, strict=True)
+        ]  # fmt: skip
+        locs, lsn = self._log.append(records)
+        add = self._state.add
+        for (jid, it), loc, due in zip(fresh, locs, dues, strict=True):
+            add(jid, it.task, it.key, it.priority, it.max_attempts, due, loc, now)
         return lsn
 
     def _log_lsn(self) -> int:

@@ -61,22 +61,33 @@ class Enqueue:
     origin: str = ""  # the spool file a producer wrote it to, if it came that way
 
     def encode(self) -> bytes:
-        task = self.task.encode()
-        key = self.key.encode() if self.key is not None else b""
-        keylen = len(key) if self.key is not None else 0xFFFF
-        origin = self.origin.encode()
-        head = _ENQ.pack(
-            self.id,
-            self.priority,
-            self.max_attempts,
-            self.kind,
-            self.due,
-            self.created,
-            len(task),
-            keylen,
-            len(origin),
-        )
-        return b"".join((head, task, key, origin, self.payload))
+        return encode_enqueue(
+            self.id, self.task, self.payload, self.kind, self.key, self.priority,
+            self.max_attempts, self.due, self.created, self.origin,
+        )  # fmt: skip
+
+
+def encode_enqueue(
+    jid: int,
+    task: str,
+    payload: bytes,
+    kind: int,
+    key: str | None,
+    priority: int,
+    max_attempts: int,
+    due: float,
+    created: float,
+    origin: str,
+) -> bytes:
+    """An enqueue body (also the bulk enqueue path, which skips building Enqueue objects)."""
+    task_b = task.encode()
+    key_b = key.encode() if key is not None else b""
+    origin_b = origin.encode() if origin else b""
+    head = _ENQ.pack(
+        jid, priority, max_attempts, kind, due, created, len(task_b),
+        len(key_b) if key is not None else 0xFFFF, len(origin_b),
+    )  # fmt: skip
+    return b"".join((head, task_b, key_b, origin_b, payload))
 
 
 @attrs.frozen(kw_only=True)
