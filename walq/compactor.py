@@ -31,7 +31,7 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
 from walq.core.state import DEAD, Loc
-from walq.errors import CorruptionError, WalqError
+from walq.errors import ClosedError, CorruptionError, WalqError
 from walq.fs import File
 
 if TYPE_CHECKING:
@@ -115,6 +115,8 @@ class Compactor:
             try:
                 if self.due():
                     self.compact()
+            except ClosedError:
+                return  # the queue closed under a compaction in progress: it was abandoned
             except WalqError as exc:
                 log.error("%s: background compaction failed: %s", self.queue.path, exc)
                 return
