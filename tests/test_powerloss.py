@@ -163,11 +163,6 @@ def test_a_full_disk_stops_writes_and_a_reopen_on_it_keeps_confirmed_jobs() -> N
 # -- regressions: bugs the explorer found -------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug 1: after a failed fsync, the next open builds on bytes that are only "
-    "in the page cache; a later power cut makes them damage (walq/log.py, Log.recover)",
-)
 def test_a_failed_fsync_then_a_restart_then_power_loss_still_opens() -> None:
     """EIO on fsync, restart without reboot, a confirmed enqueue, power loss: open works."""
     fs = SimFileSystem()
@@ -187,12 +182,6 @@ def test_a_failed_fsync_then_a_restart_then_power_loss_still_opens() -> None:
     q.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug 2: the compactor reads a dead job's error record from the file while "
-    "a fail(sync=False) still holds it in the group-commit buffer (walq/compactor.py, "
-    "Compactor._read)",
-)
 def test_compaction_after_an_unsynced_fail_reads_the_buffered_error() -> None:
     """fail(sync=False) -- what the Worker does -- then compact(): no false CorruptionError."""
     fs = SimFileSystem()
@@ -208,12 +197,6 @@ def test_compaction_after_an_unsynced_fail_reads_the_buffered_error() -> None:
     q.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug 3: recovery does not fsync the directory, so a segment renamed into "
-    "place just before a kill -9 is adopted but stays undurable; a later power cut "
-    "removes it with every job confirmed since (walq/log.py, Log.recover)",
-)
 def test_a_kill_during_a_segment_roll_then_power_loss_keeps_later_confirmed_jobs() -> None:
     """kill -9 between a new segment's rename and its directory fsync; restart; power loss."""
     fs = SimFileSystem()

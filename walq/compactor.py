@@ -222,6 +222,8 @@ class Compactor:
         return posixpath.join(self.queue.path, fmt.segment_name(seq))
 
     def _read(self, readers: dict[int, File], loc: Loc) -> framing.Record:
+        if loc.offset + loc.size > self.queue._log.written_end(loc.seg):
+            self.queue._log.flush()  # still in the group-commit buffer, not yet in the file
         f = readers.get(loc.seg)
         if f is None:
             f = readers[loc.seg] = self.queue.fs.open(self._path(loc.seg))

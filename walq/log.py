@@ -57,8 +57,9 @@ class Damage:
 
 # Receives each valid record during recovery: (segment seq, type, offset, size, body).
 Sink = Callable[[int, int, int, int, memoryview], None]
-# Replays a segment's leading valid records itself: (buf, seq, start) -> where it stopped.
-Loader = Callable[[bytes, int, int], int]
+# Replays a segment's leading valid records itself: (buf, seq, start) -> (where it
+# stopped, the sync watermark of the last record it replayed, or 0).
+Loader = Callable[[bytes, int, int], tuple[int, int]]
 
 
 class Log:
@@ -94,6 +95,8 @@ class Log:
         self._appended = 0  # lsn: bytes appended since open
         self._synced = 0  # lsn up to which everything is durable
         self._seg_lsn = 0  # the lsn that offset SEGMENT_HEADER_SIZE of the active segment has
+        self._vouched = SEGMENT_HEADER_SIZE
+        self._unvouched = b""
         self._leader = False
         self._waiters: list[tuple[int, Any]] = []  # (lsn, parked lock) behind the leader
         self._failed: LogFailedError | None = None
@@ -118,11 +121,9 @@ class Log:
         """
         fs, d = self.fs, self.directory
         names = fs.listdir(d)
-        removed = False
         for name in names:
             if name.endswith(".tmp"):  # an interrupted segment creation or compaction
                 fs.remove(posixpath.join(d, name))
-                removed = True
         seqs = sorted(s for s in (parse_segment_name(n) for n in names) if s is not None)
         opened: list[Segment] = []
         for seq in seqs:
@@ -141,11 +142,11 @@ class Log:
             if seg.seq in superseded:
                 seg.close()
                 fs.remove(seg.path)
-                removed = True
                 log.info("removed %s: superseded by a compacted segment", seg.path)
         opened = [s for s in opened if s.seq not in superseded]
-        if removed:
-            fs.sync_dir(d)
+        # Always: the previous owner may have died between renaming a new segment
+        # into place and syncing the directory; what we build on must be durable.
+        fs.sync_dir(d)
 
         damage: list[Damage] = []
         try:
@@ -168,7 +169,10 @@ class Log:
                 s.close()  # sealed segments are read through the reader's handles
             self._active = active
             # The previous owner's last writes may have reached the kernel but not
-            # the disk: make them durable before anything new is written after them.
+            # the disk -- or, if its fsync failed, may sit in the page cache marked
+            # clean, so that a plain fsync now would "succeed" without writing them.
+            # Rewrite what no watermark vouches for, then sync: only then build on it.
+            active.file.pwrite(self._unvouched, self._vouched)
             active.file.sync()
         else:
             self._active = Segment.create(fs, d, SegmentHeader(1, 1), self.segment_size)
@@ -192,9 +196,11 @@ class Log:
         data = seg.read_all()
         seq = seg.seq
         if load is not None:
-            stop = load(data, seq, SEGMENT_HEADER_SIZE)
+            stop, watermark = load(data, seq, SEGMENT_HEADER_SIZE)
         else:
-            stop = framing.scan_fast(data, SEGMENT_HEADER_SIZE, seq, sink)
+            stop, watermark = framing.scan_fast(data, SEGMENT_HEADER_SIZE, seq, sink)
+        if newest:
+            self._note_vouched(data, watermark, stop)
         if framing.all_zero(data, stop):
             return stop
         # Something other than zeros follows: classify the rest precisely.
@@ -216,7 +222,21 @@ class Log:
         if scan.tail is not None:
             self._cut_tail(seg, data, scan.tail)
             damage.append(Damage(seg.path, scan.tail.start, scan.tail.end, scan.tail.reason, True))
+        if newest:
+            if scan.records:
+                watermark = scan.records[-1].synced
+            self._note_vouched(data, watermark, scan.end)
         return scan.end
+
+    def _note_vouched(self, data: bytes, watermark: int, end: int) -> None:
+        """Remember which bytes of the newest segment no sync watermark vouches for.
+
+        The last record's watermark says everything before it was durable when
+        it was written; the bytes from there to the end of the log may be only
+        in the page cache (recover rewrites them before syncing).
+        """
+        self._vouched = min(max(watermark, SEGMENT_HEADER_SIZE), end)
+        self._unvouched = data[self._vouched : end]
 
     def _cut_tail(self, seg: Segment, data: bytes, tail: framing.Gap) -> None:
         """Keep a torn tail's bytes aside, then zero them in place and fsync."""

@@ -242,7 +242,7 @@ class Queue:
                 self.done_seen += len(event.ids)  # type: ignore[union-attr]
             apply(event, Loc(seq, offset, size), now)
 
-        def load(buf: bytes, seq: int, start: int) -> int:
+        def load(buf: bytes, seq: int, start: int) -> tuple[int, int]:
             return state.load(buf, seq, start, now, sink)
 
         self.damage = wal.recover(skip_damage=skip_damage, sink=sink, load=load) + bad

@@ -131,8 +131,10 @@ def all_zero(buf: bytes | memoryview, start: int) -> bool:
 
 def scan_fast(
     buf: bytes, offset: int, seq: int, sink: Callable[[int, int, int, int, memoryview], None]
-) -> int:
-    """Feed valid records from `offset` to `sink` until the first non-record; return its offset.
+) -> tuple[int, int]:
+    """Feed valid records from `offset` to `sink` until the first non-record.
+
+    Returns where it stopped and the sync watermark of the last record fed (0: none).
 
     The replay fast path: no Record objects, no copies (bodies are memoryview
     slices). Whatever stops it -- zeros, a torn tail, damage -- is for
@@ -141,6 +143,7 @@ def scan_fast(
     view = memoryview(buf)
     size = len(buf)
     unpack = _unpack_header
+    watermark = 0
     while offset + RECORD_HEADER_SIZE <= size:
         crc, length, rtype, flags, reserved, synced = unpack(buf, offset)
         end = offset + RECORD_HEADER_SIZE + length
@@ -160,8 +163,9 @@ def scan_fast(
         ):
             break
         sink(seq, rtype, offset, end - offset, body)
+        watermark = synced
         offset = end
-    return offset
+    return offset, watermark
 
 
 def records(buf: bytes | memoryview, offset: int) -> Iterator[Record]:

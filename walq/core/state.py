@@ -311,13 +311,14 @@ class QueueState:
         offset: int,
         now: Now,
         other: Callable[[int, int, int, int, memoryview], None],
-    ) -> int:
+    ) -> tuple[int, int]:
         """Replay segment `seq`'s records from `offset` until the first non-record.
 
         The open path, fused for speed: framing checks as in framing.decode,
         enqueue records turned straight into packed entries (payloads are not
         even sliced), every other record handed to `other(seq, type, offset,
-        size, body)`. Returns where it stopped; framing.classify judges the rest.
+        size, body)`. Returns where it stopped (framing.classify judges the rest)
+        and the sync watermark of the last record replayed (0: none).
         """
         assert self._loading
         view = memoryview(buf)
@@ -330,6 +331,7 @@ class QueueState:
         wall = now.wall
         accept_bad = framing.PLANTED_ACCEPT_BAD_CRC
         header = fmt.RECORD_HEADER_SIZE
+        watermark = 0
         while offset + header <= size:
             crc, length, rtype, flags, reserved, synced = unpack_header(buf, offset)
             end = offset + header + length
@@ -345,6 +347,7 @@ class QueueState:
                 break
             if crc32c(view[offset + 4 : end]) != crc and not accept_bad:
                 break
+            watermark = synced
             if rtype != fmt.ENQUEUE or length < enq_size:
                 other(seq, rtype, offset, end - offset, view[offset + header : end])
                 offset = end
@@ -380,7 +383,7 @@ class QueueState:
                 | seq << _SEG
             )
             offset = end
-        return offset
+        return offset, watermark
 
     def finish_replay(self, now: Now) -> None:
         """End of replay: jobs that were running have lost their worker; index the rest.
