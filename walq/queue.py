@@ -179,8 +179,9 @@ class Queue:
         path = str(path)
         if not fs.is_dir(path):
             fs.makedirs(path, 0o700)
-            # The new directory's entry lives in its parent: make it durable too.
-            fs.sync_dir(posixpath.dirname(posixpath.abspath(path)) or "/")
+        # The directory's entry lives in its parent: make it durable -- on every
+        # open, since a creator that died before doing so leaves it undurable.
+        fs.sync_dir(posixpath.dirname(posixpath.normpath(path)) or ".")
         lock = fs.lock(posixpath.join(path, LOCK_FILE), lock_timeout)
         try:
             wal = Log(fs, path, segment_size=segment_size, sync=sync, sync_interval=sync_interval)
