@@ -495,15 +495,14 @@ def follow(
                 f, seq, offset, notice = opened
                 if notice is not None:
                     yield notice
-            newer = any(s > seq for s in segment_seqs(path, fs))
-            data = f.pread(max(0, f.size() - offset), offset)
-            if newer:
+            if any(s > seq for s in segment_seqs(path, fs)):
                 # Sealed: the owner wrote all of it before creating the next segment.
-                yield from _sealed_rest(seq, offset, data, dumper)
+                yield from _sealed_rest(seq, offset, f.pread(f.size(), 0), dumper)
                 f.close()
                 f = None
                 seq, offset, first = seq + 1, fmt.SEGMENT_HEADER_SIZE, seq + 1
                 continue
+            data = f.pread(max(0, f.size() - offset), offset)
             pos = 0
             while True:
                 item = framing.decode(data, pos, origin=offset)
@@ -557,15 +556,12 @@ def _open_from(
 
 
 def _sealed_rest(seq: int, offset: int, data: bytes, dumper: Dumper) -> Iterator[dict[str, Any]]:
-    """The rest of a sealed segment from `offset`: records, then damage reported as such."""
-    scan = framing.classify(data, 0, newest=False)
+    """The rest of sealed segment `seq` (whole file `data`) from `offset`: records and damage."""
+    scan = framing.classify(data, offset, newest=False)
     for rec in scan.records:
-        yield dumper.record_row(
-            seq, attrs.evolve(rec, offset=offset + rec.offset, end=offset + rec.end)
-        )
+        yield dumper.record_row(seq, rec)
     for gap in scan.gaps:
-        moved = framing.Gap(offset + gap.start, offset + gap.end, gap.reason)
-        yield damage_row(seq, moved, "damage", data[gap.start : min(gap.end, gap.start + SNIPPET)])
+        yield damage_row(seq, gap, "damage", data[gap.start : min(gap.end, gap.start + SNIPPET)])
 
 
 # -- reading the state without the lock ----------------------------------------------------
