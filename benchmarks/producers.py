@@ -43,6 +43,7 @@ from walq.producer import connect  # noqa: E402
 from walq.server import ProducerServer  # noqa: E402
 
 PAYLOAD = (bytes(range(256)).hex() * 2).encode()[:1024]
+BATCH = [("bench", PAYLOAD)] * 100
 
 
 def open_owner(
@@ -142,6 +143,7 @@ def child(mode: str, path: str, duration: float) -> None:
     """A producer process: set up, wait for "go", enqueue for `duration` s, report.
 
     modes: "producer" (one walq.connect producer, its connection kept),
+    "batch100" (the same, enqueue_many of 100 jobs per call),
     "reconnect" (a new producer, so a new connection, per enqueue), "lockopen"
     (the alternative to a spool: take the lock, replay, enqueue, close).
     """
@@ -151,6 +153,8 @@ def child(mode: str, path: str, duration: float) -> None:
     def one() -> None:
         if mode == "producer":
             prod.enqueue("bench", PAYLOAD)
+        elif mode == "batch100":
+            prod.enqueue_many(BATCH)
         elif mode == "reconnect":
             with connect(path) as p:
                 p.enqueue("bench", PAYLOAD)
@@ -168,12 +172,15 @@ def child(mode: str, path: str, duration: float) -> None:
     n = 0
     start = time.perf_counter()
     stop = start + duration
+    per_call = len(BATCH) if mode == "batch100" else 1
     while time.perf_counter() < stop:
         one()
-        n += 1
+        n += per_call
     elapsed = time.perf_counter() - start
-    if mode == "producer":
-        sent = prod.sent
+    if mode in ("producer", "batch100"):
+        sent = dict.fromkeys(prod.sent, 0)
+        for k, v in prod.sent.items():
+            sent[k] = v * per_call
     elif mode == "lockopen":
         n += 1  # the warm-up job is in the queue too; counted so that the totals check holds
     print(json.dumps([n, elapsed, sent]), flush=True)
@@ -206,6 +213,10 @@ ROWS: list[tuple[str, Callable[[str, float], float]]] = [
     ("disk: 1 KiB write + fdatasync loop", fdatasync_loop),
 ]
 ALTERNATIVES: list[tuple[str, Callable[[str, float], float]]] = [
+    (
+        "socket, enqueue_many of 100 jobs, 1 proc (jobs/s)",
+        lambda p, d: producers(p, 1, d, owner=True, mode="batch100"),
+    ),
     (
         "alt: socket, new connection per enqueue, 1 proc",
         lambda p, d: producers(p, 1, d, owner=True, mode="reconnect"),

@@ -102,6 +102,7 @@ class ProducerServer:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._threads: list[threading.Thread] = []
+        self._accepter: threading.Thread | None = None
         self._unlink_pending: set[str] = set()  # ingested, but the unlink failed
         self._stuck: set[str] = set()  # damaged or refused, and could not be set aside
         self._waiting_logged = False
@@ -126,14 +127,21 @@ class ProducerServer:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Ingest the spool, then listen (if asked) and poll the spool in the background."""
+        """Settle and ingest the spool, then listen (if asked) and poll it in the background.
+
+        An error settling the spool (see `reconcile`) is raised; one ingesting
+        it is logged and ingestion is tried again at the next poll.
+        """
         if self._started:
             return
         self._started = True
         if not self.fs.is_dir(self.spool_dir):
             spool.make_dir(self.fs, self.spool_dir)
         self.reconcile()
-        self.ingest()
+        try:
+            self.ingest()
+        except Exception:  # the poll retries; the owner need not stay down for it
+            log.exception("%s: spool ingestion failed; trying again later", self.spool_dir)
         if self.address is not None:
             self._listen(self.address)
         if self.poll_interval is not None:
@@ -150,15 +158,18 @@ class ProducerServer:
                     with contextlib.suppress(OSError):
                         conn.shutdown(socket.SHUT_RD)
         self._poked.set()
+        deadline = time.monotonic() + (self.io_timeout + 5.0 if timeout is None else timeout)
         if self._wake_w is not None:
             with contextlib.suppress(OSError):
                 self._wake_w.send(b"x")
-        deadline = time.monotonic() + (self.io_timeout + 5.0 if timeout is None else timeout)
+            if self._accepter is not None:
+                self._accepter.join(max(0.0, deadline - time.monotonic()))
+        # Connections still in the listen backlog are reset: their producers spool.
+        self._close_listener()
         with self._conns_mu:
             threads = self._threads + [s.thread for s in self._conns.values() if s.thread]
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._close_listener()
         for sock in (self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()
@@ -197,7 +208,7 @@ class ProducerServer:
             return
         self._listener = sock
         self._wake_r, self._wake_w = socket.socketpair()
-        self._spawn(self._accept_loop, "walq-accept")
+        self._accepter = self._spawn(self._accept_loop, "walq-accept")
 
     def _close_listener(self) -> None:
         if self._listener is None:
@@ -344,15 +355,19 @@ class ProducerServer:
     def _poll_loop(self) -> None:
         interval = self.poll_interval
         assert interval is not None
+        wait = interval
         while True:
-            self._poked.wait(interval)
+            self._poked.wait(wait)
             if self._stop.is_set():
                 return
             self._poked.clear()
             try:
                 self.ingest()
             except Exception:
-                log.exception("%s: spool ingestion failed; trying again later", self.spool_dir)
+                wait = min(max(wait * 2, 1.0), 60.0)  # back off while it keeps failing
+                log.exception("%s: spool ingestion failed; next try in %.0fs", self.spool_dir, wait)
+            else:
+                wait = interval
 
     def reconcile(self) -> int:
         """Settle the spool files a crashed owner had enqueued but not removed; how many.
@@ -556,10 +571,11 @@ class ProducerServer:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _spawn(self, target: Any, name: str) -> None:
+    def _spawn(self, target: Any, name: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
+        return thread
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
