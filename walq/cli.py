@@ -27,6 +27,7 @@ from walq.errors import (
     UnknownJobError,
     WalqError,
 )
+from walq.metrics import MetricsUnavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +41,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     ArgumentError,
     UnknownJobError,
     StateError,
+    MetricsUnavailable,
 )
 
 
