@@ -30,7 +30,7 @@ import attrs
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.state import DEAD, Loc
+from walq.core.state import DEAD, SEQ_BITS, Loc, seq_of
 from walq.errors import ClosedError, CorruptionError, WalqError
 from walq.fs import File
 
@@ -39,8 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("walq.compactor")
 
-CHUNK = 2000  # jobs snapshotted per hold of the queue's lock
-WRITE_BUFFER = 1 << 20
+CHUNK = 250  # jobs snapshotted per hold of the queue's lock (well under a millisecond)
+WRITE_BUFFER = 256 << 10
+SYNC_EVERY = 512 << 10
+RELOCATE_CHUNK = 1000
+YIELD_EVERY = 32
 
 
 @attrs.frozen
@@ -146,7 +149,9 @@ class Compactor:
             header = fmt.SegmentHeader(seq=sealed[-1].seq, first=sealed[0].header.first)
             bytes_in, _ = q._log.segment_bytes()
             tmp = posixpath.join(q.path, fmt.segment_name(header.seq)) + ".tmp"
-            out = _Writer(q.fs, tmp, header)
+            # The output's records get a Loc.seg of their own (see Loc): the old
+            # segment under the same number stays readable until all jobs move.
+            out = _Writer(q.fs, tmp, header, header.seq | ((self.runs + 1) << SEQ_BITS))
             readers: dict[int, File] = {}
             try:
                 jobs = self._copy_live(header.seq, out, readers, progress)
@@ -162,9 +167,19 @@ class Compactor:
             # Everything the snapshot reflects must be durable before it replaces
             # the segments holding the events it summarises.
             q.sync()
+            # Readers keep the old files open across the swap, so a claim reading
+            # a payload between the rename and the relocation still reads it right.
             with q._mu:
-                q._log.install(tmp, header)
-                q._after_compaction(header.seq, out.moves)
+                q._pin_readers(header.seq)
+            old = q._log.install(tmp, header)
+            # Move the jobs over a chunk at a time, so producers never wait long.
+            moves = list(out.moves.items())
+            for start in range(0, len(moves), RELOCATE_CHUNK):
+                with q._mu:
+                    q._relocate(header.seq, dict(moves[start : start + RELOCATE_CHUNK]))
+            with q._mu:
+                q._drop_readers(header.seq, keep=out.seg_id)
+            q._log.remove_superseded(old)
             result = CompactionResult(
                 segments_in=len(sealed),
                 bytes_in=bytes_in,
@@ -214,15 +229,19 @@ class Compactor:
                 )  # fmt: skip
                 out.add(job.rtype, job.encode(), job_id=snap.id, keep_error=snap.dead)
                 copied += 1
+                if copied % YIELD_EVERY == 0:
+                    # Let the producers' threads have the interpreter: without this
+                    # they wait out whole 5 ms GIL switch intervals behind the copy.
+                    time.sleep(0)
             if progress is not None:
                 progress(min(start + CHUNK, len(ids)), len(ids))
         return copied
 
-    def _path(self, seq: int) -> str:
-        return posixpath.join(self.queue.path, fmt.segment_name(seq))
+    def _path(self, seg: int) -> str:
+        return posixpath.join(self.queue.path, fmt.segment_name(seq_of(seg)))
 
     def _read(self, readers: dict[int, File], loc: Loc) -> framing.Record:
-        if loc.offset + loc.size > self.queue._log.written_end(loc.seg):
+        if loc.offset + loc.size > self.queue._log.written_end(seq_of(loc.seg)):
             self.queue._log.flush()  # still in the group-commit buffer, not yet in the file
         f = readers.get(loc.seg)
         if f is None:
@@ -240,14 +259,16 @@ def _rt(record: framing.Record) -> tuple[int, bytes]:
 class _Writer:
     """Builds the compacted segment in a temporary file; remembers where each job went."""
 
-    def __init__(self, fs: Any, path: str, header: fmt.SegmentHeader) -> None:
+    def __init__(self, fs: Any, path: str, header: fmt.SegmentHeader, seg_id: int) -> None:
         self.fs = fs
         self.path = path
         self.header = header
+        self.seg_id = seg_id
         if fs.exists(path):
             fs.remove(path)
         self.file: File = fs.open(path, create=True)
         self.offset = 0
+        self.synced = 0
         self.buf = bytearray(header.encode())
         self.moves: dict[int, tuple[Loc, bool]] = {}
 
@@ -258,7 +279,7 @@ class _Writer:
         data = framing.encode(rtype, body, at)
         self.buf += data
         if job_id:
-            self.moves[job_id] = (Loc(self.header.seq, at, len(data)), keep_error)
+            self.moves[job_id] = (Loc(self.seg_id, at, len(data)), keep_error)
         if len(self.buf) >= WRITE_BUFFER:
             self._flush()
 
@@ -266,6 +287,11 @@ class _Writer:
         self.file.pwrite(bytes(self.buf), self.offset)
         self.offset += len(self.buf)
         self.buf = bytearray()
+        if self.offset - self.synced >= SYNC_EVERY:
+            # Sync as we go: one big fsync at the end would hold up the log's
+            # small fdatasyncs behind it in the file system's journal.
+            self.file.sync()
+            self.synced = self.offset
 
     def finish(self) -> None:
         self._flush()

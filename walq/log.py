@@ -481,28 +481,32 @@ class Log:
         The temporary file must already be complete and fsynced. The rename
         replaces segment `seq` atomically; once the directory is synced the
         older segments it covers are superseded (recovery deletes them if this
-        process dies before it does). Returns the paths removed.
+        process dies first). Returns those older segments' paths, for
+        `remove_superseded`. No lock is held across the file-system calls, so
+        appends go on meanwhile.
         """
         d = self.directory
         final = posixpath.join(d, segment_name(header.seq))
         with self._mu:
             self._check_open()
             covered = [s for s in self._sealed if header.first <= s.seq <= header.seq]
-            if not covered or covered[-1].seq != header.seq:
-                raise ArgumentError(f"segment {header.seq} is not a sealed segment of {d}")
-            self.fs.rename(tmp_path, final)
-            self.fs.sync_dir(d)
-            removed = []
-            for seg in covered[:-1]:
-                self.fs.remove(seg.path)
-                removed.append(seg.path)
-            if removed:
-                self.fs.sync_dir(d)
+        if not covered or covered[-1].seq != header.seq:
+            raise ArgumentError(f"segment {header.seq} is not a sealed segment of {d}")
+        self.fs.rename(tmp_path, final)
+        self.fs.sync_dir(d)
+        f = self.fs.open(final)
+        f.close()
+        with self._mu:
             rest = [s for s in self._sealed if s.seq > header.seq]
-            f = self.fs.open(final)
-            f.close()
             self._sealed = [Segment(final, header, f), *rest]
-        return removed
+        return [s.path for s in covered[:-1]]
+
+    def remove_superseded(self, paths: list[str]) -> None:
+        """Delete segments a compacted one supersedes, then sync the directory."""
+        for path in paths:
+            self.fs.remove(path)
+        if paths:
+            self.fs.sync_dir(self.directory)
 
     def segment_bytes(self) -> tuple[int, int]:
         """(bytes used in sealed segments, bytes appended to the active one)."""

@@ -27,6 +27,7 @@ from walq.core.state import (
     Loc,
     Now,
     QueueState,
+    seq_of,
 )
 from walq.errors import (
     ArgumentError,
@@ -847,7 +848,7 @@ class Queue:
             if jid not in state:
                 continue
             info = state.info(jid)
-            if info.loc.seg > upto:
+            if seq_of(info.loc.seg) > upto:
                 continue
             due = state.due_of(jid) if info.state == SCHEDULED else None
             out.append(
@@ -867,11 +868,27 @@ class Queue:
             tombs = tuple(sorted(self._state.tombstones().items()))
             return ev.Meta(next_id=self._state.next_id, tombstones=tombs)
 
-    def _after_compaction(self, upto: int, moves: dict[int, tuple[Loc, bool]]) -> None:
-        """Point the state at the compacted segment; drop stale read handles (lock held)."""
+    def _pin_readers(self, upto: int) -> None:
+        """Open a read handle on every file a live job's record is in, up to segment `upto`.
+
+        Called (lock held) before a compaction renames its output over segment
+        `upto`: the handles keep the old files readable until every job has moved.
+        """
+        for seg in self._state.segments_in_use():
+            if seq_of(seg) <= upto and seg not in self._readers:
+                self._readers[seg] = self.fs.open(self._segment_path(seg))
+
+    def _relocate(self, upto: int, moves: dict[int, tuple[Loc, bool]]) -> None:
+        """Point some jobs at their records in the compacted segment (lock held)."""
         self._state.relocate(moves, upto)
-        for seq in [s for s in self._readers if s <= upto]:
-            self._readers.pop(seq).close()
+
+    def _drop_readers(self, upto: int, keep: int) -> None:
+        """Close the handles on files a compaction replaced (lock held)."""
+        for seg in [s for s in self._readers if seq_of(s) <= upto and s != keep]:
+            self._readers.pop(seg).close()
+
+    def _segment_path(self, seg: int) -> str:
+        return posixpath.join(self.path, fmt.segment_name(seq_of(seg)))
 
     # -- internals ---------------------------------------------------------------------
 
@@ -899,10 +916,10 @@ class Queue:
 
     def _read(self, loc: Loc) -> framing.Record:
         """The record at `loc`, checked against its CRC."""
-        if loc.offset + loc.size > self._log.written_end(loc.seg):
+        if loc.offset + loc.size > self._log.written_end(seq_of(loc.seg)):
             self._log.flush()  # still in the group-commit buffer
         f = self._readers.get(loc.seg)
-        path = posixpath.join(self.path, fmt.segment_name(loc.seg))
+        path = self._segment_path(loc.seg)
         if f is None:
             f = self._readers[loc.seg] = self.fs.open(path)
         data = f.pread(loc.size, loc.offset)

@@ -85,9 +85,24 @@ class Now:
         return self.mono + (wall - self.wall)
 
 
+SEQ_BITS = 48
+_SEQ_MASK = (1 << SEQ_BITS) - 1
+
+
+def seq_of(seg: int) -> int:
+    """The segment sequence number in a Loc.seg (see Loc)."""
+    return seg & _SEQ_MASK
+
+
 @attrs.frozen
 class Loc:
-    """Where a job's defining record lives: segment, offset, record size in bytes."""
+    """Where a job's defining record lives: segment, offset, record size in bytes.
+
+    `seg` is the segment's sequence number -- plus, for a segment a compaction
+    installed while this process runs, a generation in the bits above
+    SEQ_BITS: the compacted file replaces the old one under the same number,
+    and until every job has moved, both files' records are live.
+    """
 
     seg: int
     offset: int
@@ -704,7 +719,11 @@ class QueueState:
 
     def live_bytes_upto(self, seq: int) -> int:
         """Bytes of live jobs' records in segments up to `seq`."""
-        return sum(n for s, n in self._seg_bytes.items() if s <= seq)
+        return sum(n for s, n in self._seg_bytes.items() if seq_of(s) <= seq)
+
+    def segments_in_use(self) -> list[int]:
+        """Every Loc.seg some live job's record is in."""
+        return [s for s, n in self._seg_bytes.items() if n]
 
     def due_of(self, jid: int) -> float | None:
         """The monotonic time scheduled job `jid` falls due."""
@@ -721,7 +740,7 @@ class QueueState:
             if p is None:
                 continue
             old_seg = p >> _SEG
-            if old_seg <= upto:
+            if seq_of(old_seg) <= upto and old_seg != loc.seg:
                 old = (p >> _SIZE) & _M32
                 self._seg_bytes[old_seg] -= old
                 self._seg_bytes[loc.seg] = self._seg_bytes.get(loc.seg, 0) + loc.size
@@ -731,8 +750,7 @@ class QueueState:
                 self._jobs[jid] = p
                 self.live_bytes += loc.size - old
             err = self._errors.get(jid)
-            if err is not None and err.seg <= upto:
+            if err is not None and seq_of(err.seg) <= upto and err.seg != loc.seg:
                 self._errors[jid] = loc
-        for seg in [s for s in self._seg_bytes if s < upto]:
-            if not self._seg_bytes[seg]:
-                del self._seg_bytes[seg]
+        for seg in [s for s, n in self._seg_bytes.items() if not n]:
+            del self._seg_bytes[seg]
