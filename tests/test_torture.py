@@ -1,0 +1,144 @@
+"""Kill -9 torture (tools/torture.py): the ledger audit, bounded runs, and a planted bug."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tools import torture
+from tools.torture import Options, audit_ledger
+
+
+def strays(marker: str) -> list[str]:
+    """Live processes whose command line names `marker` (a run's own directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmd and state != "Z":
+            found.append(f"{entry}: {cmd}")
+    return found
+
+
+def assert_no_strays(marker: str) -> None:
+    deadline = time.monotonic() + 5
+    while strays(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not strays(marker)
+
+
+# -- the audit ------------------------------------------------------------------------------
+
+CLEAN = [
+    "start 0 100 0",
+    "intent c0n0",
+    "enqueued 1 c0n0",
+    "intent c0n1",
+    "enqueued 2 c0n1",
+    "raised 2 1 c0n1",
+    "ran 1 1 c0n0 7",
+    "acked 1 1",
+    "ran 2 2 c0n1 7",
+    "acked 2 2",
+]
+
+
+def test_a_clean_ledger_has_no_violation() -> None:
+    """Enqueued, ran (one after a planned failure), acked: nothing to report."""
+    audit = audit_ledger(CLEAN)
+    assert audit.violations == 0 and audit.jobs == 2 and audit.runs == 2
+    assert audit.duplicates == 0 and audit.acked == 2
+
+
+def test_a_job_that_never_ran_is_lost() -> None:
+    """A confirmed enqueue with no run is lost."""
+    audit = audit_ledger([*CLEAN, "intent c0n2", "enqueued 3 c0n2"])
+    assert audit.lost == 1 and audit.violations == 1
+
+
+def test_a_run_nobody_enqueued_is_a_phantom() -> None:
+    """A run of an unknown payload, or of a payload under another job's id, is a phantom."""
+    assert audit_ledger([*CLEAN, "ran 9 1 c9n9 7"]).phantoms == 1
+    assert audit_ledger([*CLEAN, "ran 1 2 c0n1 7"]).phantoms == 1
+
+
+def test_a_rerun_before_the_ack_was_durable_is_a_duplicate_not_a_violation() -> None:
+    """At-least-once: a run again after a kill is counted, not reported."""
+    lines = [*CLEAN[:6], "ran 1 1 c0n0 7", "start 1 101 0", "ran 1 2 c0n0 8", *CLEAN[7:]]
+    audit = audit_ledger(lines)
+    assert audit.duplicates == 1 and audit.violations == 0
+
+
+def test_a_run_after_a_durable_ack_is_a_redelivery() -> None:
+    """Guarantee 3: once an ack is durable, the job never runs again."""
+    audit = audit_ledger([*CLEAN, "start 1 101 0", "ran 1 2 c0n0 8"])
+    assert audit.redelivered_after_ack == 1 and audit.duplicates == 1
+
+
+def test_a_rerun_with_the_same_attempt_number_breaks_durable_starts() -> None:
+    """Guarantee 5: a start is durable before the handler runs, so attempts only grow."""
+    audit = audit_ledger([*CLEAN[:7], "start 1 101 0", "ran 1 1 c0n0 8"])
+    assert audit.attempt_reused == 1
+
+
+def test_an_unconfirmed_enqueue_may_run() -> None:
+    """An intent whose enqueue was never confirmed (killed in between) may still run."""
+    audit = audit_ledger([*CLEAN, "intent c0n2", "ran 3 1 c0n2 7"])
+    assert audit.violations == 0 and audit.unconfirmed_ran == 1
+
+
+# -- real owners, really killed ------------------------------------------------------------------
+
+
+def test_a_bounded_torture_run_breaks_no_guarantee(tmp_path: Path) -> None:
+    """About 25 s of kill -9 cycles with compactions under way: nothing lost or redelivered."""
+    work = tmp_path / "torture"
+    audit = torture.torture(Options(duration=25.0, seed=7, directory=str(work)))
+    assert audit.violations == 0, audit.examples
+    assert audit.cycles >= 10 and audit.jobs >= 100
+    assert_no_strays(str(work))
+
+
+def test_sync_never_without_compaction_loses_nothing_to_kill_9(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """sync="never" still reaches the kernel before returning: kill -9 loses nothing (CLI, JSON)."""
+    work = tmp_path / "torture"
+    argv = ["--duration", "10", "--seed", "8", "--sync", "never", "--compaction", "off"]
+    assert torture.main([*argv, "--json", "--dir", str(work)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["violations"] == 0, summary["examples"]
+    assert summary["cycles"] >= 4 and summary["jobs"] > 0
+    for name in ("lost", "phantoms", "duplicates", "redelivered-after-ack"):
+        assert name in summary
+    assert_no_strays(str(work))
+
+
+def test_a_planted_forgotten_ack_is_reported(tmp_path: Path) -> None:
+    """With acks forgotten (planted), acked jobs come back: the tool must say so."""
+    work = tmp_path / "torture"
+    opts = Options(duration=6.0, seed=9, plant="forget-ack", drain_timeout=5.0, directory=str(work))
+    audit = torture.torture(opts)
+    assert audit.redelivered_after_ack > 0
+    assert audit.violations > 0
+    assert_no_strays(str(work))
+
+
+@pytest.mark.slow
+def test_a_thousand_kill_cycles(tmp_path: Path) -> None:
+    """The long run (--runslow): 1,000 kill cycles."""
+    work = tmp_path / "torture"
+    audit = torture.torture(
+        Options(cycles=1000, duration=float("inf"), seed=1000, directory=str(work))
+    )
+    assert audit.cycles == 1000
+    assert audit.violations == 0, audit.examples

@@ -1,0 +1,543 @@
+"""Kill -9 torture: a real owner process is killed at random moments, restarted, and audited.
+
+Each cycle starts an owner (`python -m tools.torture _owner ...`): it opens the
+queue, runs a producer thread and a `walq.Worker` pool whose handler is
+`tools/torture_tasks.py:work`, and is SIGKILLed after a random interval. After
+the last cycle an owner runs without a producer until the queue is empty.
+
+The audit is an external ledger, one fsynced line per fact, in the order the
+facts happened:
+
+    intent <nonce>               the producer is about to enqueue this payload
+    enqueued <id> <nonce>        enqueue returned (durable under sync="always";
+                                 under any sync mode a kill -9 loses nothing)
+    ran <id> <attempt> <nonce>   the handler finished (written before it returns)
+    raised <id> <attempt> ...    the handler failed on purpose (a retry follows)
+    damaged <id> ...             the handler got a payload other than the one enqueued
+    acked <id> <attempt>         the ack is durable: the owner writes this after a
+                                 later claim or sync (both fsync the log) returned
+
+The worker acks with sync=False and relies on the next claim's fsync; the
+owner's queue records which acks each claim or sync covered (a subclass of
+walq.Queue: see `LedgerQueue`). Then, at the end:
+
+- lost: an enqueued id that never ran;
+- phantoms: a run of a payload nobody intended, or under another job's id;
+- redelivered-after-ack: a run of an attempt after a later one's ack was durable;
+- attempt-reused: a rerun whose attempt number did not grow (starts must be durable);
+- duplicates: extra runs (at-least-once allows them; counted, not a violation);
+- and the queue must end empty, with nothing dead and fsck clean.
+
+`python tools/torture.py --duration 60` or `--cycles 1000`; `--plant forget-ack`
+must make it fail. Exit status 1 on any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+ROOT = Path(__file__).resolve().parent.parent
+VIOLATIONS = (
+    "lost",
+    "phantoms",
+    "redelivered-after-ack",
+    "attempt-reused",
+    "damaged",
+    "unfinished",
+    "dead",
+    "owner-failures",
+    "fsck-problems",
+)
+
+
+# -- the ledger audit (pure) ----------------------------------------------------------
+
+
+@attrs.define
+class Audit:
+    """What the ledger and the final queue say."""
+
+    cycles: int = 0
+    jobs: int = 0
+    runs: int = 0
+    lost: int = 0
+    phantoms: int = 0
+    duplicates: int = 0
+    redelivered_after_ack: int = 0
+    attempt_reused: int = 0
+    damaged: int = 0
+    unconfirmed_ran: int = 0
+    acked: int = 0
+    unfinished: int = 0
+    dead: int = 0
+    owner_failures: int = 0
+    fsck_problems: int = 0
+    examples: list[str] = attrs.Factory(list)
+
+    def note(self, text: str) -> None:
+        if len(self.examples) < 20:
+            self.examples.append(text)
+
+    @property
+    def violations(self) -> int:
+        return sum(getattr(self, name.replace("-", "_")) for name in VIOLATIONS)
+
+    def summary(self) -> dict[str, Any]:
+        out = {
+            name.replace("_", "-"): getattr(self, name)
+            for name in (
+                "cycles",
+                "jobs",
+                "runs",
+                "lost",
+                "phantoms",
+                "duplicates",
+                "redelivered_after_ack",
+                "attempt_reused",
+                "damaged",
+                "unconfirmed_ran",
+                "acked",
+                "unfinished",
+                "dead",
+                "owner_failures",
+                "fsck_problems",
+            )
+        }
+        out["violations"] = self.violations
+        return out
+
+
+def audit_ledger(lines: Sequence[str], audit: Audit | None = None) -> Audit:
+    """Check the ledger's facts against each other (see the module docstring)."""
+    audit = audit or Audit()
+    intents: set[str] = set()
+    enqueued: dict[int, str] = {}
+    ran: dict[int, int] = {}
+    attempts: dict[int, int] = {}
+    acked: dict[int, int] = {}  # id -> highest attempt whose ack was durable
+    redelivered: set[int] = set()
+    for number, line in enumerate(lines, 1):
+        word, *rest = line.split() or [""]
+        try:
+            if word == "intent":
+                intents.add(rest[0])
+            elif word == "enqueued":
+                jid, nonce = int(rest[0]), rest[1]
+                if enqueued.get(jid, nonce) != nonce:
+                    audit.phantoms += 1
+                    audit.note(f"line {number}: id {jid} enqueued for {nonce} and {enqueued[jid]}")
+                enqueued[jid] = nonce
+            elif word in ("ran", "raised"):
+                jid, attempt, nonce = int(rest[0]), int(rest[1]), rest[2]
+                if nonce not in intents or enqueued.get(jid, nonce) != nonce:
+                    audit.phantoms += 1
+                    audit.note(f"line {number}: job {jid} ran payload {nonce}, never enqueued so")
+                if attempt <= attempts.get(jid, 0):
+                    audit.attempt_reused += 1
+                    audit.note(f"line {number}: job {jid} ran attempt {attempt} again")
+                attempts[jid] = max(attempt, attempts.get(jid, 0))
+                if jid in acked and attempt > acked[jid] and jid not in redelivered:
+                    redelivered.add(jid)
+                    audit.note(
+                        f"line {number}: job {jid} ran attempt {attempt} after attempt "
+                        f"{acked[jid]}'s ack was durable"
+                    )
+                if word == "ran":
+                    ran[jid] = ran.get(jid, 0) + 1
+            elif word == "damaged":
+                audit.damaged += 1
+                audit.note(f"line {number}: {line}")
+            elif word == "acked":
+                jid, attempt = int(rest[0]), int(rest[1])
+                acked[jid] = max(attempt, acked.get(jid, 0))
+            elif word != "start":
+                raise ValueError(word)
+        except (ValueError, IndexError):
+            audit.note(f"line {number}: unreadable: {line!r}")
+    audit.jobs = len(enqueued)
+    audit.runs = sum(ran.values())
+    audit.acked = len(acked)
+    audit.redelivered_after_ack = len(redelivered)
+    audit.duplicates = sum(n - 1 for n in ran.values())
+    audit.unconfirmed_ran = len(set(ran) - set(enqueued))
+    missing = sorted(set(enqueued) - set(ran))
+    audit.lost = len(missing)
+    if missing:
+        audit.note(f"enqueued but never ran: {missing[:20]}")
+    return audit
+
+
+# -- the owner process ----------------------------------------------------------------
+
+
+def owner_main(argv: list[str]) -> int:
+    """One owner: a producer thread (unless draining) and a worker pool, until killed."""
+    import walq
+    from tools import torture_tasks
+    from walq.compactor import Policy
+    from walq.testing.plant import plant_from_env
+
+    parser = argparse.ArgumentParser(prog="torture _owner")
+    parser.add_argument("directory")
+    parser.add_argument("ledger")
+    parser.add_argument("--cycle", type=int, default=0)
+    parser.add_argument("--drain", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sync", default="always")
+    parser.add_argument("--compaction", default="aggressive")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--payload-min", type=int, default=0)
+    parser.add_argument("--payload-max", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--backlog", type=int, default=300)
+    parser.add_argument("--fail-percent", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    planted = plant_from_env()
+    if planted:
+        logging.getLogger("torture").warning("planted bugs: %s", ", ".join(planted))
+    os.environ[torture_tasks.LEDGER_ENV] = args.ledger
+    compaction: Any = {
+        "aggressive": Policy(garbage_ratio=0.2, max_sealed=2, interval=0.05),
+        "default": True,
+        "off": False,
+    }[args.compaction]
+    segment_size = 64 << 10 if args.compaction == "aggressive" else 4 << 20
+
+    class LedgerQueue(walq.Queue):
+        """A Queue that writes `acked` lines once an ack is known to be durable."""
+
+        def setup(self) -> None:
+            self._ack_mu = threading.Lock()
+            self._unconfirmed: list[tuple[int, int]] = []
+
+        def ack_many(self, job_ids: Sequence[int], **kw: Any) -> Any:
+            refused = super().ack_many(job_ids, **kw)
+            no = {jid for jid, _ in refused or ()}
+            held = kw.get("attempts") or [0] * len(job_ids)
+            done = [(j, a) for j, a in zip(job_ids, held, strict=True) if j not in no]
+            sync = kw.get("sync")
+            if sync or (sync is None and self._log.sync_mode == "always"):
+                self._confirm(done)
+            else:
+                with self._ack_mu:
+                    self._unconfirmed += done
+            return refused
+
+        def claim_many(self, n: int, **kw: Any) -> list[walq.Job]:
+            with self._ack_mu:
+                covered = list(self._unconfirmed)
+            jobs = super().claim_many(n, **kw)
+            if jobs:  # the claim's fsync covered every ack written before it
+                self._confirm(covered)
+            return jobs
+
+        def sync(self) -> None:
+            with self._ack_mu:
+                covered = list(self._unconfirmed)
+            super().sync()
+            self._confirm(covered)
+
+        def _confirm(self, pairs: list[tuple[int, int]]) -> None:
+            if not pairs:
+                return
+            with self._ack_mu:
+                done = set(pairs)
+                self._unconfirmed = [p for p in self._unconfirmed if p not in done]
+            torture_tasks.append(args.ledger, [f"acked {j} {a}" for j, a in pairs])
+
+    torture_tasks.append(args.ledger, [f"start {args.cycle} {os.getpid()} {int(args.drain)}"])
+    q = LedgerQueue.open(
+        args.directory,
+        sync=args.sync,
+        segment_size=segment_size,
+        compaction=compaction,
+        lock_timeout=10.0,
+        max_pending=args.backlog,
+        min_free_bytes=0,
+    )
+    q.setup()
+    stop = threading.Event()
+    worker = walq.Worker(q, torture_tasks.tasks, processes=args.processes, shutdown_grace=5.0)
+    threads = []
+    if args.drain:
+        threads.append(threading.Thread(target=_until_empty, args=(q, worker, stop), daemon=True))
+    else:
+        rng = random.Random(f"{args.seed}:{args.cycle}")
+        threads.append(threading.Thread(target=_produce, args=(q, args, rng, stop), daemon=True))
+    for t in threads:
+        t.start()
+    try:
+        code = worker.run()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+        q.close()
+    return code
+
+
+def _produce(q: Any, args: argparse.Namespace, rng: random.Random, stop: threading.Event) -> None:
+    """Enqueue payloads, each between an `intent` line and an `enqueued` line."""
+    import walq
+    from tools import torture_tasks
+
+    n = 0
+    while not stop.is_set():
+        items, nonces = [], []
+        for _ in range(1 if rng.random() < 0.8 else rng.randint(2, 5)):
+            nonce = f"c{args.cycle}n{n}"
+            n += 1
+            payload = torture_tasks.make_payload(
+                nonce,
+                rng.randint(args.payload_min, args.payload_max),
+                fail=rng.random() * 100 < args.fail_percent,
+                as_bytes=rng.random() < 0.3,
+            )
+            items.append(("work", payload))
+            nonces.append(nonce)
+        torture_tasks.append(args.ledger, [f"intent {nonce}" for nonce in nonces])
+        try:
+            ids = q.enqueue_many(items, timeout=0.5)
+        except walq.QueueFull:
+            continue
+        except walq.WalqError:
+            return  # closing
+        torture_tasks.append(
+            args.ledger, [f"enqueued {jid} {nonce}" for jid, nonce in zip(ids, nonces, strict=True)]
+        )
+        stop.wait(rng.expovariate(args.rate))
+
+
+def _until_empty(q: Any, worker: Any, stop: threading.Event) -> None:
+    """Drain mode: stop the worker once nothing is unfinished."""
+    while not stop.wait(0.1):
+        if q.stats()["unfinished"] == 0:
+            worker.stop()
+            return
+
+
+# -- the driver -----------------------------------------------------------------------------
+
+
+@attrs.define
+class Options:
+    """How to torture (see the command-line help)."""
+
+    duration: float = 30.0
+    cycles: int = 1_000_000
+    seed: int = 0
+    kill_min: float = 0.3
+    kill_max: float = 1.5
+    sync: str = "always"
+    compaction: str = "aggressive"
+    processes: int = 2
+    payload_min: int = 0
+    payload_max: int = 2000
+    rate: float = 300.0
+    fail_percent: float = 5.0
+    work_ms: float = 5.0
+    plant: str | None = None
+    drain_timeout: float = 180.0
+    directory: str | None = None
+    keep: bool = False
+    echo: bool = False
+
+
+def start_owner(opts: Options, qdir: Path, ledger: Path, log: Any, cycle: int, drain: bool) -> Any:
+    cmd = [
+        sys.executable, "-m", "tools.torture", "_owner", str(qdir), str(ledger),
+        "--cycle", str(cycle), "--seed", str(opts.seed), "--sync", opts.sync,
+        "--compaction", opts.compaction, "--processes", str(opts.processes),
+        "--payload-min", str(opts.payload_min), "--payload-max", str(opts.payload_max),
+        "--rate", str(opts.rate), "--fail-percent", str(opts.fail_percent),
+    ]  # fmt: skip
+    if drain:
+        cmd.append("--drain")
+    env = dict(os.environ)
+    env["WALQ_TORTURE_WORK_MS"] = str(opts.work_ms)
+    env.pop("WALQ_PLANT_BUG", None)
+    if opts.plant:
+        env["WALQ_PLANT_BUG"] = opts.plant
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log.write(f"--- cycle {cycle}{' (drain)' if drain else ''}\n")
+    log.flush()
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def kill_owner(proc: Any) -> None:
+    """SIGKILL the owner alone (its workers die of their parent-death signal), then its group.
+
+    The owner is reaped last, so its process-group id cannot be reused meanwhile.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _state(proc.pid) not in ("Z", None):
+        time.sleep(0.005)
+    time.sleep(0.02)  # let the parent-death signals land first
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def torture(opts: Options) -> Audit:
+    """Run the cycles, drain, audit; return the audit (violations counted in it)."""
+    import walq
+    from walq.inspect import fsck
+
+    made = opts.directory is None
+    work = Path(opts.directory or tempfile.mkdtemp(prefix=".walq-torture-", dir=os.getcwd()))
+    work.mkdir(parents=True, exist_ok=True)
+    qdir, ledger = work / "q", work / "ledger"
+    audit = Audit()
+    rng = random.Random(opts.seed)
+    started = time.monotonic()
+    try:
+        with open(work / "owner.log", "a") as log:
+            while audit.cycles < opts.cycles and time.monotonic() - started < opts.duration:
+                proc = start_owner(opts, qdir, ledger, log, audit.cycles, drain=False)
+                try:
+                    code = proc.wait(timeout=rng.uniform(opts.kill_min, opts.kill_max))
+                except subprocess.TimeoutExpired:
+                    kill_owner(proc)
+                else:
+                    audit.owner_failures += 1
+                    audit.note(f"cycle {audit.cycles}: the owner exited by itself ({code})")
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                audit.cycles += 1
+                if opts.echo and audit.cycles % 50 == 0:
+                    print(
+                        f"  {audit.cycles} cycles, {time.monotonic() - started:.0f} s", flush=True
+                    )
+            proc = start_owner(opts, qdir, ledger, log, audit.cycles, drain=True)
+            try:
+                code = proc.wait(timeout=opts.drain_timeout)
+            except subprocess.TimeoutExpired:
+                kill_owner(proc)
+                audit.note(f"the final drain did not finish in {opts.drain_timeout:g} s")
+            else:
+                if code != 0:
+                    audit.owner_failures += 1
+                    audit.note(f"the final drain exited with {code}")
+        with walq.Queue.open(str(qdir), compaction=False, lock_timeout=10.0) as q:
+            stats = q.stats()
+        audit.unfinished = stats["unfinished"]
+        audit.dead = stats["dead"]
+        if audit.unfinished or audit.dead:
+            audit.note(f"the queue ends with {audit.unfinished} unfinished, {audit.dead} dead")
+        report = fsck(str(qdir))
+        audit.fsck_problems = len(report.problems)
+        for problem in report.problems[:5]:
+            audit.note(f"fsck: {problem}")
+        audit_ledger(ledger.read_text().splitlines() if ledger.exists() else [], audit)
+        if audit.violations and (work / "owner.log").exists():
+            tail = (work / "owner.log").read_text().splitlines()[-15:]
+            audit.examples += [f"owner.log: {line}" for line in tail]
+    finally:
+        if made and not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return audit
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_owner"]:
+        return owner_main(argv[1:])
+    from walq.testing.plant import BUGS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of kill cycles")
+    parser.add_argument("--cycles", type=int, default=None, help="stop after this many kills")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--kill-min", type=float, default=0.3, help="seconds (uniform draw)")
+    parser.add_argument("--kill-max", type=float, default=1.5, help="seconds (uniform draw)")
+    parser.add_argument("--sync", choices=["always", "interval", "never"], default="always")
+    parser.add_argument(
+        "--compaction",
+        choices=["aggressive", "default", "off"],
+        default="aggressive",
+        help="aggressive: 64 KiB segments and a compaction every 50 ms when there is garbage",
+    )
+    parser.add_argument("--processes", type=int, default=2, help="worker processes")
+    parser.add_argument("--payload-min", type=int, default=0, help="bytes")
+    parser.add_argument("--payload-max", type=int, default=2000, help="bytes")
+    parser.add_argument("--rate", type=float, default=300.0, help="enqueues per second at most")
+    parser.add_argument("--fail-percent", type=float, default=5.0, help="jobs failing once")
+    parser.add_argument("--work-ms", type=float, default=5.0, help="handler time, at most")
+    parser.add_argument("--plant", choices=sorted(BUGS), help="plant a known bug in the owner")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=180.0, help="seconds for the final drain"
+    )
+    parser.add_argument("--dir", help="work directory (default: a new one here, removed after)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    opts = Options(
+        duration=args.duration if args.cycles is None else float("inf"),
+        cycles=args.cycles if args.cycles is not None else 1_000_000,
+        seed=seed,
+        kill_min=args.kill_min,
+        kill_max=args.kill_max,
+        sync=args.sync,
+        compaction=args.compaction,
+        processes=args.processes,
+        payload_min=args.payload_min,
+        payload_max=args.payload_max,
+        rate=args.rate,
+        fail_percent=args.fail_percent,
+        work_ms=args.work_ms,
+        plant=args.plant,
+        drain_timeout=args.drain_timeout,
+        directory=args.dir,
+        keep=args.keep,
+        echo=not args.json,
+    )
+    audit = torture(opts)
+    summary = audit.summary()
+    summary["seed"] = seed
+    if args.json:
+        summary["examples"] = audit.examples
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        for name in ("cycles", "jobs", "lost", "phantoms", "duplicates", "redelivered-after-ack"):
+            print(f"{name}: {summary[name]}")
+        for name in ("attempt-reused", "damaged", "unfinished", "dead", "owner-failures"):
+            if summary[name]:
+                print(f"{name}: {summary[name]}")
+        print(f"violations: {audit.violations} (seed {seed})")
+        for line in audit.examples:
+            print(f"  {line}")
+    return 1 if audit.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The handler tools/torture.py runs: it checks its payload and leaves a line in the ledger.
+
+The ledger is one append-only file shared by the owner and its workers. Every
+line is one `write` to a descriptor opened with O_APPEND, then fdatasync, so
+the file's order is the order in which things happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from typing import Any
+
+from walq.core.retry import Backoff, Permanent
+from walq.job import Job
+from walq.tasks import Tasks
+
+LEDGER_ENV = "WALQ_TORTURE_LEDGER"
+WORK_MS_ENV = "WALQ_TORTURE_WORK_MS"
+
+tasks = Tasks()
+
+
+def append(path: str, lines: list[str]) -> None:
+    """Append whole lines to the ledger in one write, durably."""
+    if not lines:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, "".join(f"{line}\n" for line in lines).encode())
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def pad(nonce: str, size: int) -> bytes:
+    """Filler derived from the nonce, so a handler can tell its payload is intact."""
+    seed = hashlib.sha256(nonce.encode()).hexdigest().encode()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def make_payload(nonce: str, size: int, *, fail: bool, as_bytes: bool) -> Any:
+    """A JSON object or raw bytes carrying the nonce, a fail-first flag and the filler."""
+    body = pad(nonce, size)
+    if as_bytes:
+        return f"{nonce}|{int(fail)}|".encode() + body
+    return {"nonce": nonce, "fail": fail, "pad": body.decode()}
+
+
+def parse_payload(payload: Any) -> tuple[str, bool, bytes]:
+    """(nonce, fail-first, filler) from either payload form."""
+    if isinstance(payload, bytes):
+        nonce, fail, body = payload.split(b"|", 2)
+        return nonce.decode(), fail == b"1", body
+    return str(payload["nonce"]), bool(payload["fail"]), str(payload["pad"]).encode()
+
+
+@tasks.task(timeout=60.0, max_attempts=10000, retry=Backoff(base=0.01, cap=0.05), breaker=None)
+def work(payload: Any, job: Job) -> None:
+    """Check the payload, maybe fail once on purpose, work a little, record the run."""
+    ledger = os.environ[LEDGER_ENV]
+    try:
+        nonce, fail, body = parse_payload(payload)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        append(ledger, [f"damaged {job.id} {job.attempt} ? unparsable"])
+        raise Permanent(f"payload unparsable: {exc}") from None
+    if body != pad(nonce, len(body)):
+        append(ledger, [f"damaged {job.id} {job.attempt} {nonce} filler"])
+        raise Permanent("payload damaged")
+    if fail and job.attempt == 1:
+        append(ledger, [f"raised {job.id} {job.attempt} {nonce}"])
+        raise RuntimeError("a planned first-attempt failure")
+    work_ms = float(os.environ.get(WORK_MS_ENV, "5"))
+    time.sleep(random.uniform(0, work_ms) / 1000)
+    append(ledger, [f"ran {job.id} {job.attempt} {nonce} {os.getpid()}"])
