@@ -1188,6 +1188,7 @@ class RedisQueue:
         take: list[int] = []
         defer: list[list[float | int]] = []
         back: list[int] = []
+        reserved: list[int] = []
         try:
             for _ in range(64):
                 want = n - len(take)
@@ -1198,6 +1199,7 @@ class RedisQueue:
                 )
                 if not found:
                     break
+                reserved += [int(row[0]) for row in found]
                 for jid, task_b, attempts, priority, own in found:
                     task = _text(task_b)
                     if task in refused or len(take) >= n:
@@ -1226,7 +1228,7 @@ class RedisQueue:
         except BaseException:
             # accept raised, or the server failed: hand every reserved job back.
             with contextlib.suppress(WalqError):
-                self._commit(token, [], [], take + [int(d[0]) for d in defer] + back, 1)
+                self._commit(token, [], [], reserved, 1)
             raise
         if not (take or defer or back):
             return [], 0

@@ -1,0 +1,552 @@
+"""One contract, every backend: the file queue and the Redis queue pass the same tests.
+
+Each test runs against the file queue (a temporary directory) and the Redis
+queue (a fresh key prefix on the server at WALQ_REDIS_URL; skipped, with the
+reason, if there is none or redis-py is missing). Real clocks, short leases:
+every test takes well under a few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import walq
+
+LEASE = 0.4  # short enough to expire within a test, long enough to outlive a slow step
+
+
+def redis_url() -> str | None:
+    """The test server's URL, or None (with the reason in REDIS_SKIP)."""
+    return os.environ.get("WALQ_REDIS_URL") or None
+
+
+def _redis_skip_reason() -> str | None:
+    url = redis_url()
+    if url is None:
+        return 'no Redis: set WALQ_REDIS_URL (eval "$(bash .ci/redis.sh start)")'
+    try:
+        import redis
+    except ImportError:
+        return "redis-py is not installed (pip install 'walq[redis]')"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        return f"no Redis reachable at {url}: {exc}"
+    return None
+
+
+REDIS_SKIP = _redis_skip_reason()
+
+
+class Backend:
+    """Opens queues of one kind; `open()` twice gives two handles on the same queue."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.dir = str(tmp_path / "q")
+        self.prefix = f"walqtest-{uuid.uuid4().hex[:12]}"
+
+    def open(self, **opts: Any) -> Any:
+        if self.kind == "file":
+            opts.setdefault("segment_size", 64 * 1024)
+            return walq.Queue.open(self.dir, **opts)
+        from walq.redisq import RedisQueue
+
+        url = redis_url()
+        assert url is not None
+        sep = "&" if "?" in url else "?"
+        return RedisQueue.open(f"{url}{sep}prefix={self.prefix}", **opts)
+
+    def cleanup(self) -> None:
+        if self.kind != "redis":
+            return
+        import redis
+
+        url = redis_url()
+        assert url is not None
+        client = redis.Redis.from_url(url)
+        names = list(client.scan_iter(match=f"{self.prefix}:*", count=1000))
+        if names:
+            client.delete(*names)
+        client.close()
+
+
+@pytest.fixture(
+    params=[
+        "file",
+        pytest.param(
+            "redis",
+            marks=[
+                pytest.mark.redis,
+                pytest.mark.skipif(REDIS_SKIP is not None, reason=REDIS_SKIP or ""),
+            ],
+        ),
+    ]
+)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    b = Backend(request.param, tmp_path)
+    yield b
+    b.cleanup()
+
+
+@pytest.fixture
+def q(backend: Backend) -> Iterator[Any]:
+    queue = backend.open()
+    yield queue
+    queue.close()
+
+
+def claimed(q: Any, **kw: Any) -> walq.Job:
+    job = q.claim(**kw)
+    assert job is not None
+    return job
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+class TestContract:
+    """The Queue contract, as the worker and users rely on it, for every backend."""
+
+    def test_round_trip(self, q: Any) -> None:
+        """pending -> running -> done, keeping task, payload, key and attempt."""
+        jid = q.enqueue("send", {"to": "a@b", "n": [1, 2.5, None]}, key="k1")
+        assert isinstance(jid, int) and q.status(jid) == "pending"
+        job = claimed(q)
+        assert (job.id, job.task, job.payload, job.attempt, job.key) == (
+            jid,
+            "send",
+            {"to": "a@b", "n": [1, 2.5, None]},
+            1,
+            "k1",
+        )
+        assert job.max_attempts == 20 and job.enqueued_at > 0
+        assert q.status(jid) == "running"
+        q.ack(jid, attempt=job.attempt)
+        assert q.status(jid) == "done"
+        assert q.claim() is None
+
+    def test_ids_unique_increasing_and_state_survives_reopen(self, backend: Backend) -> None:
+        """Ids never repeat; jobs, keys and statuses are there after a reopen."""
+        with backend.open() as q:
+            first = [q.enqueue("t", i) for i in range(3)]
+            q.ack(claimed(q).id)
+            held = q.enqueue("t", "keyed", key="durable")
+        with backend.open() as q:
+            later = q.enqueue("t", 9)
+            assert first == sorted(first) and later > max(first) and later > held
+            assert q.status(first[0]) == "done" and q.status(first[1]) == "pending"
+            assert q.enqueue("t", "again", key="durable") == held
+
+    def test_bytes_stay_bytes_and_bad_payloads_are_refused(self, backend: Backend) -> None:
+        """bytes come back as bytes; non-JSON or oversized payloads raise PayloadError."""
+        with backend.open(max_payload=1000) as q:
+            q.enqueue("blob", b"\x00\xffdata")
+            assert claimed(q).payload == b"\x00\xffdata"
+            with pytest.raises(walq.PayloadError, match="neither bytes nor a JSON"):
+                q.enqueue("t", object())
+            with pytest.raises(walq.PayloadError, match="exceeds max_payload"):
+                q.enqueue("t", b"x" * 1001)
+            with pytest.raises(walq.PayloadError):
+                q.enqueue("t", float("nan"))
+            assert q.stats()["unfinished"] == 1
+
+    @pytest.mark.parametrize(
+        ("kwargs", "match"),
+        [
+            ({"priority": 1 << 20}, "priority"),
+            ({"delay": -1}, "delay"),
+            ({"delay": float("inf")}, "delay"),
+            ({"max_attempts": -2}, "max_attempts"),
+            ({"key": 5}, "key"),
+        ],
+    )
+    def test_bad_arguments(self, q: Any, kwargs: dict[str, Any], match: str) -> None:
+        """Out-of-range arguments raise ArgumentError and add nothing."""
+        with pytest.raises(walq.ArgumentError, match=match):
+            q.enqueue("t", 1, **kwargs)
+        with pytest.raises(walq.ArgumentError, match="task"):
+            q.enqueue("", 1)
+        assert q.stats()["unfinished"] == 0
+
+    def test_key_coalesces_while_unfinished(self, q: Any) -> None:
+        """The same key returns the unfinished job (also within a batch) until it is done."""
+        a = q.enqueue("t", 1, key="k")
+        assert q.enqueue("t", 2, key="k") == a
+        ids = q.enqueue_many(
+            [("t", 3, {"key": "k"}), ("t", 4, {"key": "j"}), ("t", 5, {"key": "j"}), ("t", 6)]
+        )
+        assert ids[0] == a and ids[1] == ids[2] and ids[3] == ids[1] + 1
+        job = claimed(q)
+        assert job.id == a
+        assert q.enqueue("t", 7, key="k") == a  # still running
+        q.ack(a)
+        b = q.enqueue("t", 8, key="k")
+        assert b != a
+        assert q.stats()["coalesced"] == 4
+
+    def test_dead_job_releases_its_key_and_requeue_takes_it_back(self, q: Any) -> None:
+        """A dead job no longer holds its key; requeue holds it again if it is free."""
+        a = q.enqueue("t", 1, key="k")
+        claimed(q)
+        q.fail(a, "bad", permanent=True)
+        b = q.enqueue("t", 2, key="k")
+        assert b != a
+        (dead,) = q.dead_jobs()
+        assert dead.key == "k"
+        q.requeue(a)
+        assert q.enqueue("t", 3, key="k") == b  # b still holds it
+        assert q.status(a) == "pending"
+        q.cancel(b)
+        assert q.enqueue("t", 4, key="k") not in (a, b)  # a did not take the key over
+
+    def test_enqueue_many_ids_in_order(self, q: Any) -> None:
+        """A batch gets consecutive ids in item order and is claimed FIFO."""
+        ids = q.enqueue_many([("t", i) for i in range(50)])
+        assert ids == list(range(ids[0], ids[0] + 50))
+        got = q.claim_many(50)
+        assert [j.payload for j in got] == list(range(50))
+
+    def test_priority_then_fifo_across_tasks(self, q: Any) -> None:
+        """Higher priority first; equal priority in enqueue order, whatever the task."""
+        low = q.enqueue("t", "low", priority=-1)
+        a = q.enqueue("t", "a")
+        high = q.enqueue("t", "high", priority=5)
+        b = q.enqueue("u", "b")
+        order = []
+        while (job := q.claim()) is not None:
+            order.append(job.id)
+        assert order == [high, a, b, low]
+
+    def test_delay_schedules_until_due(self, q: Any) -> None:
+        """A delayed job is scheduled, not claimable, until its delay passes."""
+        jid = q.enqueue("t", 1, delay=0.3)
+        assert q.status(jid) == "scheduled" and q.claim() is None
+        assert q.stats()["scheduled"] == 1
+        due = q.next_due_in()
+        assert due is not None and 0 < due <= 0.3
+        time.sleep(0.35)
+        assert q.status(jid) == "pending"
+        assert claimed(q).id == jid
+
+    def test_lease_expiry_rescues_and_refuses_the_stale_result(self, q: Any) -> None:
+        """An expired lease returns the job (attempt counted); the old attempt cannot finish it."""
+        jid = q.enqueue("t", 1)
+        first = claimed(q, lease=LEASE)
+        time.sleep(LEASE + 0.1)
+        assert q.status(jid) == "pending"
+        assert q.stats()["expired"] == 1
+        second = claimed(q, lease=30)
+        assert second.attempt == 2
+        with pytest.raises(walq.LeaseLost, match="attempt 2, not 1"):
+            q.ack(jid, attempt=first.attempt)
+        with pytest.raises(walq.LeaseLost):
+            q.fail(jid, "late", attempt=first.attempt)
+        with pytest.raises(walq.LeaseLost):
+            q.release(jid, attempt=first.attempt)
+        assert q.status(jid) == "running"
+        q.ack(jid, attempt=second.attempt)
+        assert q.status(jid) == "done"
+        with pytest.raises(walq.LeaseLost):
+            q.fail(jid, "later still", attempt=second.attempt)
+        with pytest.raises(walq.StateError, match="not running"):
+            q.ack(jid)
+        assert q.status(jid) == "done"
+
+    def test_extend_keeps_a_long_job_leased(self, q: Any) -> None:
+        """A heartbeat moves the lease deadline; without one the lease expires."""
+        jid = q.enqueue("t", 1)
+        job = claimed(q, lease=LEASE)
+        for _ in range(3):
+            time.sleep(LEASE / 2)
+            q.extend(jid, LEASE, attempt=job.attempt)
+        assert q.status(jid) == "running"
+        time.sleep(LEASE + 0.1)
+        assert q.status(jid) == "pending"
+        with pytest.raises(walq.LeaseLost):
+            q.extend(jid, LEASE, attempt=job.attempt)
+
+    def test_fail_retries_then_dead_letters(self, q: Any) -> None:
+        """Failures retry (here at once) and go dead after max_attempts, the error kept."""
+        jid = q.enqueue("t", {"n": 1}, max_attempts=3)
+        for attempt in (1, 2, 3):
+            job = claimed(q)
+            assert job.attempt == attempt and job.max_attempts == 3
+            outcome = q.fail(jid, f"boom {attempt}", attempt=attempt, delay=0)
+            assert outcome == ("dead" if attempt == 3 else "scheduled")
+        assert q.status(jid) == "dead" and q.claim() is None
+        (dead,) = q.dead_jobs()
+        assert (dead.id, dead.attempts, dead.error, dead.payload) == (jid, 3, "boom 3", {"n": 1})
+        st = q.stats()
+        assert (st["dead"], st["failed"], st["retried"], st["dead_lettered"]) == (1, 3, 2, 1)
+
+    def test_permanent_and_default_backoff(self, q: Any) -> None:
+        """permanent=True is dead at once; a plain fail schedules a retry with backoff."""
+        a, b = q.enqueue("t", 1), q.enqueue("t", 2)
+        claimed(q)
+        assert q.fail(a, "bad input", permanent=True) == "dead"
+        claimed(q)
+        assert q.fail(b, "flaky") == "scheduled"
+        assert q.status(b) in ("scheduled", "pending")  # backoff is uniform in [0, 2 s)
+
+    def test_fail_with_explicit_delay(self, q: Any) -> None:
+        """A caller-given delay (Retry-After) is honoured."""
+        jid = q.enqueue("t", 1)
+        claimed(q)
+        q.fail(jid, "slow down", delay=0.3)
+        assert q.status(jid) == "scheduled" and q.claim() is None
+        time.sleep(0.35)
+        assert claimed(q).attempt == 2
+
+    def test_release_does_not_charge_the_attempt(self, q: Any) -> None:
+        """A released job is pending again, its next claim the same attempt number."""
+        jid = q.enqueue("t", 1)
+        job = claimed(q)
+        q.release(jid, attempt=job.attempt)
+        assert q.status(jid) == "pending"
+        assert claimed(q).attempt == job.attempt
+
+    def test_interrupted_job_out_of_attempts_is_dead_lettered(self, q: Any) -> None:
+        """A job whose last attempt was interrupted (lease expired) is dead at the next claim."""
+        jid = q.enqueue("t", "poison", max_attempts=2)
+        for attempt in (1, 2):
+            assert claimed(q, lease=LEASE).attempt == attempt
+            time.sleep(LEASE + 0.1)
+        assert q.claim() is None
+        assert q.status(jid) == "dead"
+        (dead,) = q.dead_jobs()
+        assert "interrupted" in dead.error and dead.attempts == 2
+
+    def test_cancel_and_statuses(self, q: Any) -> None:
+        """cancel works on pending, scheduled and running jobs; finished ones report False."""
+        heard: list[int] = []
+        q.cancel_listeners.append(heard.append)
+        a, b, c = q.enqueue("t", 1), q.enqueue("t", 2, delay=100), q.enqueue("t", 3)
+        assert claimed(q).id == a
+        assert q.cancel(a) and q.cancel(b)
+        assert heard == [a]  # only a running job's worker needs telling
+        assert q.status(a) == "cancelled" and q.status(b) == "cancelled"
+        assert q.cancel(a) is False
+        with pytest.raises(walq.LeaseLost):
+            q.ack(a, attempt=1)
+        assert claimed(q).id == c
+        q.ack(c)
+        assert q.cancel(c) is False
+        d = q.enqueue("t", 4)
+        claimed(q)
+        q.fail(d, "x", permanent=True)
+        with pytest.raises(walq.StateError, match="dead"):
+            q.cancel(d)
+        assert q.stats()["unfinished"] == 0
+
+    def test_requeue_and_purge(self, q: Any) -> None:
+        """requeue revives a dead job with fresh attempts; purge deletes dead jobs."""
+        a, b = q.enqueue("t", 1), q.enqueue("t", 2)
+        for _ in range(2):
+            q.fail(claimed(q).id, "x", permanent=True)
+        q.requeue(a)
+        job = claimed(q)
+        assert job.id == a and job.attempt == 1
+        with pytest.raises(walq.StateError):
+            q.requeue(a)
+        with pytest.raises(walq.StateError, match="not dead"):
+            q.purge([a])
+        assert q.purge() == 1
+        with pytest.raises(walq.UnknownJobError, match="purged"):
+            q.status(b)
+        assert q.purge() == 0 and q.dead_jobs() == []
+
+    def test_unknown_job_is_a_key_error(self, q: Any) -> None:
+        """An id never issued raises UnknownJobError, a KeyError, for every operation."""
+        with pytest.raises(walq.UnknownJobError, match="job 99 does not exist"):
+            q.status(99)
+        for op in (q.ack, q.release, q.cancel, q.requeue, lambda i: q.fail(i, "x")):
+            with pytest.raises(KeyError):
+                op(99)
+
+    def test_max_pending_raises_queue_full_then_waits(self, backend: Backend) -> None:
+        """At the cap enqueue raises QueueFull, or waits up to timeout for room."""
+        with backend.open(max_pending=2) as q:
+            q.enqueue("t", 1)
+            q.enqueue("t", 2)
+            with pytest.raises(walq.QueueFull, match="max_pending"):
+                q.enqueue("t", 3)
+            with pytest.raises(walq.QueueFull):
+                q.enqueue_many([("t", 4)])
+            job = claimed(q)
+            threading.Timer(0.2, lambda: q.ack(job.id)).start()
+            started = time.monotonic()
+            assert q.enqueue("t", 3, timeout=5) > 0
+            assert 0.1 < time.monotonic() - started < 4
+
+    def test_max_bytes_caps_live_bytes(self, backend: Backend) -> None:
+        """max_bytes refuses an enqueue that would pass the cap; coalescing is free."""
+        with backend.open(max_bytes=2000) as q:
+            q.enqueue("t", b"x" * 900, key="k")
+            with pytest.raises(walq.QueueFull, match="max_bytes"):
+                q.enqueue("t", b"x" * 1200)
+            q.enqueue("t", b"x" * 1200, key="k")  # the key's job exists: nothing added
+
+    def test_claim_waits_for_a_job(self, q: Any) -> None:
+        """claim(timeout=) wakes when another thread enqueues."""
+        threading.Timer(0.2, lambda: q.enqueue("t", "late")).start()
+        started = time.monotonic()
+        job = q.claim(timeout=5)
+        assert job is not None and job.payload == "late"
+        assert time.monotonic() - started < 3
+        started = time.monotonic()
+        assert q.claim(timeout=0.2) is None
+        assert 0.15 < time.monotonic() - started < 2
+
+    def test_claim_filters_by_task(self, q: Any) -> None:
+        """claim(tasks=...) only takes those tasks, leaving the others pending."""
+        q.enqueue("a", 1)
+        b = q.enqueue("b", 2)
+        assert claimed(q, tasks=["b"]).id == b
+        assert q.claim(tasks=["c"]) is None
+        assert q.stats()["pending"] == 1
+
+    def test_claim_many_and_ack_many(self, q: Any) -> None:
+        """claim_many takes a batch; ack_many strict acks all or none; lenient reports."""
+        ids = q.enqueue_many([("t", i) for i in range(10)])
+        jobs = q.claim_many(8, lease=30)
+        assert [j.id for j in jobs] == ids[:8]
+        with pytest.raises(walq.StateError):
+            q.ack_many([jobs[0].id, ids[9]])  # ids[9] is pending, not running
+        assert q.status(jobs[0].id) == "running"
+        refused = q.ack_many(
+            [j.id for j in jobs] + [ids[9]],
+            attempts=[1] * 8 + [1],
+            strict=False,
+        )
+        assert [jid for jid, _ in refused] == [ids[9]]
+        assert isinstance(refused[0][1], walq.LeaseLost)
+        st = q.stats()
+        assert (st["running"], st["pending"], st["done"], st["acked"]) == (0, 2, 8, 8)
+
+    def test_accept_takes_refuses_and_defers(self, q: Any) -> None:
+        """claim_many's accept: True takes, False leaves the task pending, a time defers."""
+        a1, a2 = q.enqueue("a", 1), q.enqueue("a", 2)
+        b1 = q.enqueue("b", 3)
+        c1 = q.enqueue("c", 4)
+        asked: list[int] = []
+
+        def accept(info: Any) -> bool | float:
+            asked.append(info.id)
+            assert info.attempts == 0 and info.max_attempts == 20
+            if info.task == "a":
+                return False
+            if info.task == "c":
+                return time.monotonic() + 0.3
+            return True
+
+        jobs = q.claim_many(5, accept=accept)
+        assert [j.id for j in jobs] == [b1]
+        assert a1 in asked and a2 not in asked  # a refusal covers the task's other jobs
+        assert q.status(a1) == "pending" and q.status(a2) == "pending"
+        assert q.status(c1) == "scheduled"
+        time.sleep(0.35)
+        jobs = q.claim_many(5)
+        assert [j.id for j in jobs] == [a1, a2, c1]  # refused jobs kept their place
+        assert jobs[2].attempt == 1  # the deferral did not charge the attempt
+
+    def test_accept_raising_puts_candidates_back(self, q: Any) -> None:
+        """If accept raises, nothing is taken and the candidates stay pending."""
+        ids = q.enqueue_many([("t", i) for i in range(3)])
+
+        def accept(info: Any) -> bool:
+            raise RuntimeError("policy bug")
+
+        with pytest.raises(RuntimeError):
+            q.claim_many(3, accept=accept)
+        assert [q.status(i) for i in ids] == ["pending"] * 3
+        assert [j.id for j in q.claim_many(3)] == ids
+
+    def test_task_defaults_bound_attempts(self, q: Any) -> None:
+        """set_task_defaults sets max_attempts for jobs that did not choose their own."""
+        q.set_task_defaults("t", max_attempts=1)
+        a = q.enqueue("t", 1)
+        b = q.enqueue("t", 2, max_attempts=2)
+        job = claimed(q)
+        assert job.id == a and job.max_attempts == 1
+        assert q.fail(a, "x", delay=0) == "dead"
+        assert claimed(q).max_attempts == 2
+        assert q.fail(b, "x", delay=0) == "scheduled"
+
+    def test_stats_counts_by_state_and_task(self, q: Any) -> None:
+        """stats: counts by state and per task, and the counters."""
+        q.enqueue_many([("a", 1), ("a", 2), ("b", 3)])
+        q.enqueue("b", 4, delay=60)
+        q.ack(claimed(q).id)
+        claimed(q)
+        st = q.stats()
+        assert (st["pending"], st["scheduled"], st["running"], st["dead"]) == (1, 1, 1, 0)
+        assert st["unfinished"] == 3 and st["done"] == 1 and st["bytes"] > 0
+        assert st["tasks"]["a"]["running"] == 1 and st["tasks"]["b"]["scheduled"] == 1
+        assert (st["enqueued"], st["claimed"], st["acked"]) == (4, 2, 1)
+
+    def test_ready_listeners_hear_of_new_work(self, q: Any) -> None:
+        """A ready listener is called when a job becomes claimable (a worker's wakeup)."""
+        heard = threading.Event()
+        q.ready_listeners.append(heard.set)
+        time.sleep(0.05)
+        heard.clear()
+        q.enqueue("t", 1)
+        assert heard.wait(3.0)
+        q.ready_listeners.remove(heard.set)
+
+    def test_closed_queue_raises(self, backend: Backend) -> None:
+        """Every operation on a closed queue raises ClosedError; close is idempotent."""
+        q = backend.open()
+        q.close()
+        q.close()
+        with pytest.raises(walq.ClosedError):
+            q.enqueue("t", 1)
+        with pytest.raises(walq.ClosedError):
+            q.claim()
+
+    def test_concurrent_producers_and_consumers_lose_nothing(self, q: Any) -> None:
+        """4 producer threads and 4 consumers: every job is acked exactly once."""
+        produced: list[int] = []
+        acked: list[int] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def produce() -> None:
+            for i in range(50):
+                jid = q.enqueue("t", i)
+                with lock:
+                    produced.append(jid)
+
+        def consume() -> None:
+            while not stop.is_set() or q.stats()["pending"]:
+                job = q.claim(timeout=0.05)
+                if job is not None:
+                    q.ack(job.id, attempt=job.attempt)
+                    with lock:
+                        acked.append(job.id)
+
+        consumers = [threading.Thread(target=consume) for _ in range(4)]
+        producers = [threading.Thread(target=produce) for _ in range(4)]
+        for t in consumers + producers:
+            t.start()
+        for t in producers:
+            t.join(30)
+        stop.set()
+        for t in consumers:
+            t.join(30)
+        assert sorted(acked) == sorted(produced) and len(set(acked)) == 200
