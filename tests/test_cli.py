@@ -639,3 +639,41 @@ def test_dump_and_stats_beside_a_writing_owner_thread(qdir: str) -> None:
             st = json.loads(cli("stats", qdir, "--json").stdout)
             assert st["owner"]["running"] is True and st["damaged"] == 0
             assert cli("stats", qdir).exit_code == 0
+
+
+@pytest.mark.skipif(not HAS_PROMETHEUS, reason="needs walq[metrics]")
+def test_worker_serves_metrics_and_logs_json_lines(qdir: str) -> None:
+    """worker --metrics-port serves the exposition; --log-format json logs one object a line."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with walq.Queue.open(qdir) as q:
+        q.enqueue("raises", {"n": 1})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "walq", "worker", qdir, "--tasks", "tests.worker_tasks:tasks",
+         "--processes", "1", "--log-format", "json", "--metrics-port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        body = ""
+
+        def scraped() -> bool:
+            nonlocal body
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    body = r.read().decode()
+            except OSError:
+                return False
+            return "walq_jobs_failed_total 1.0" in body
+
+        wait_for(scraped)
+        assert "walq_worker_processes" in body and "walq_jobs{" in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    failed = [x for x in logged if "attempt 1 failed" in x["message"]]
+    assert failed and failed[0]["task"] == "raises" and failed[0]["job_id"] == 1
