@@ -1,0 +1,428 @@
+"""The Redis queue beyond the shared contract: rescues across processes and hosts,
+stale results after a rescue, workers sharing one server, durability checks, the
+CLI's functions. Needs a redis-server at WALQ_REDIS_URL (bash .ci/redis.sh start);
+skipped with the reason otherwise. (The contract itself: tests/test_contract.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import walq
+from tests.test_contract import REDIS_SKIP, redis_url
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(REDIS_SKIP is not None, reason=REDIS_SKIP or ""),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A Worker on the Redis queue, in its own process: argv url, result file, lease.
+WORKER_SCRIPT = """
+import json, os, sys
+from walq.redisq import RedisQueue
+from walq.worker import Worker
+from tests import worker_tasks
+
+url, out, lease = sys.argv[1], sys.argv[2], float(sys.argv[3])
+q = RedisQueue.open(url)
+w = Worker(q, worker_tasks.tasks, processes=2, shutdown_grace=10.0, kill_grace=1.0)
+if lease:
+    w._lease = lease  # test only: a short lease, so that a rescue happens within the test
+code = w.run()
+q.close()
+with open(out, "w") as f:
+    json.dump({"pid": os.getpid(), "code": code, "counters": w.counters}, f)
+"""
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    """A queue URL with a fresh prefix, its keys deleted afterwards."""
+    import redis
+
+    base = redis_url()
+    assert base is not None
+    prefix = f"walqtest-{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}prefix={prefix}"
+    client = redis.Redis.from_url(base)
+    names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if names:
+        client.delete(*names)
+    client.close()
+
+
+def open_q(url: str, **kw: Any) -> Any:
+    from walq.redisq import RedisQueue
+
+    return RedisQueue.open(url, **kw)
+
+
+def start_worker(url: str, result: Path, lease: float = 0.0) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER_SCRIPT, url, str(result), str(lease)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def ledger(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> str:
+    """Signal a process this test started, and reap it; its output."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=10)
+    return out
+
+
+def test_killed_worker_process_job_is_rescued(url: str, tmp_path: Path) -> None:
+    """kill -9 of a Worker mid-job: its lease expires and the job runs again, attempt 2."""
+    notes = tmp_path / "ledger"
+    with open_q(url) as q:
+        jid = q.enqueue("sleeps", {"ledger": str(notes), "seconds": 60})
+        proc = start_worker(url, tmp_path / "result", lease=1.0)
+        try:
+            wait_for(lambda: ledger(notes), timeout=30)
+            assert q.status(jid) == "running"
+            os.kill(proc.pid, signal.SIGKILL)
+            stop(proc)
+        finally:
+            stop(proc, signal.SIGKILL)
+        (line,) = ledger(notes)
+        assert line[:2] == [str(jid), "1"] and line[3] == "start"
+        wait_for(lambda: not alive(int(line[2])), timeout=10)  # its child died with it
+        job = q.claim(timeout=5, lease=30)
+        assert job is not None and job.id == jid and job.attempt == 2
+        assert q.stats()["expired"] == 1
+        q.ack(job.id, attempt=job.attempt)
+
+
+def test_two_workers_never_run_the_same_attempt_twice(url: str, tmp_path: Path) -> None:
+    """Two Worker processes on one queue: every job runs, no (job, attempt) runs twice."""
+    notes = tmp_path / "ledger"
+    n = 300
+    with open_q(url) as q:
+        ids = q.enqueue_many([("sleeps", {"ledger": str(notes), "seconds": 0.02})] * n)
+        results = [tmp_path / "result-a", tmp_path / "result-b"]
+        procs = [start_worker(url, r) for r in results]
+        try:
+            wait_for(lambda: q.stats()["unfinished"] == 0, timeout=120)
+        finally:
+            outs = [stop(p) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        starts = [(int(x[0]), int(x[1])) for x in ledger(notes) if x[3] == "start"]
+        assert len(starts) == len(set(starts)) == n  # each job once, no attempt twice
+        assert sorted(j for j, _ in starts) == ids
+        counters = [json.loads(r.read_text())["counters"] for r in results]
+        assert sum(c["ok"] for c in counters) == n
+        assert all(c["ok"] > 0 for c in counters), counters  # both shared the work
+        assert all(c["stale"] == 0 for c in counters)
+        assert q.stats()["done"] == n
+
+
+def test_stale_ack_after_rescue_is_refused(url: str) -> None:
+    """Host A's lease expires, host B gets the job: A can no longer ack, fail or release it."""
+    with open_q(url) as a, open_q(url) as b:
+        jid = a.enqueue("t", 1)
+        mine = a.claim(lease=0.3)
+        assert mine is not None
+        time.sleep(0.4)
+        theirs = b.claim(lease=30)  # the claim rescues the expired lease first
+        assert theirs is not None and theirs.id == jid and theirs.attempt == 2
+        for step in (
+            lambda: a.ack(jid, attempt=mine.attempt),
+            lambda: a.fail(jid, "late", attempt=mine.attempt),
+            lambda: a.release(jid, attempt=mine.attempt),
+            lambda: a.extend(jid, 10, attempt=mine.attempt),
+        ):
+            with pytest.raises(walq.LeaseLost):
+                step()
+        assert a.ack_many([jid], attempts=[mine.attempt], strict=False)[0][0] == jid
+        assert b.status(jid) == "running"
+        b.ack(jid, attempt=theirs.attempt)
+        with pytest.raises(walq.LeaseLost):
+            a.fail(jid, "later still", attempt=mine.attempt)
+        time.sleep(0.1)
+        b.stats()  # a reaper pass
+        assert a.status(jid) == "done" and b.claim() is None
+
+
+def test_a_stale_claim_cannot_finish_a_requeued_job_with_the_same_attempt_number(
+    url: str,
+) -> None:
+    """Requeue resets attempts, so attempt numbers repeat; the claim token tells them apart."""
+    with open_q(url) as a, open_q(url) as b:
+        jid = a.enqueue("t", 1)
+        old = a.claim(lease=0.2)
+        assert old is not None and old.attempt == 1
+        time.sleep(0.3)
+        second = b.claim(lease=30)
+        assert second is not None
+        b.fail(jid, "gave up", permanent=True, attempt=second.attempt)
+        b.requeue(jid)
+        new = b.claim(lease=30)
+        assert new is not None and new.attempt == 1  # the same number as `old`
+        with pytest.raises(walq.LeaseLost, match="claimed again"):
+            a.ack(jid, attempt=old.attempt)
+        b.ack(jid, attempt=new.attempt)
+        assert b.status(jid) == "done"
+
+
+def test_rescue_never_flips_a_finished_job_back(url: str) -> None:
+    """Acks racing lease expiry and a busy reaper: an acked job stays done."""
+    with open_q(url) as q, open_q(url) as reaper:
+        stop_reaping = threading.Event()
+
+        def reap() -> None:
+            while not stop_reaping.is_set():
+                reaper.stats()
+
+        t = threading.Thread(target=reap)
+        t.start()
+        try:
+            acked = lost = 0
+            for i in range(150):
+                jid = q.enqueue("t", i)
+                job = q.claim(lease=0.005)
+                assert job is not None
+                time.sleep(0.005 * (i % 3) / 2)
+                try:
+                    q.ack(jid, attempt=job.attempt)
+                except walq.LeaseLost:
+                    lost += 1
+                    assert q.status(jid) in ("pending", "running")
+                    q.cancel(jid)
+                else:
+                    acked += 1
+                    assert q.status(jid) == "done"
+        finally:
+            stop_reaping.set()
+            t.join(10)
+        st = q.stats()
+        assert st["unfinished"] == 0 and st["done"] == acked and acked + lost == 150
+
+
+def test_cancel_on_one_host_reaches_the_worker_holding_the_job(url: str) -> None:
+    """cancel_listeners of the claiming process hear of a cancel made elsewhere."""
+    with open_q(url) as holder, open_q(url) as admin:
+        heard: list[int] = []
+        got = threading.Event()
+
+        def listener(jid: int) -> None:
+            heard.append(jid)
+            got.set()
+
+        holder.cancel_listeners.append(listener)
+        jid = admin.enqueue("t", 1)
+        job = holder.claim(lease=30)
+        assert job is not None
+        assert admin.cancel(jid)
+        assert got.wait(5) and heard == [jid]
+
+
+def test_many_claimers_take_each_job_once(url: str) -> None:
+    """Eight handles claiming at once (some through accept) never share a job."""
+    with open_q(url) as q:
+        ids = q.enqueue_many([("t", i) for i in range(400)])
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def claimer(k: int) -> None:
+        with open_q(url) as mine:
+            while True:
+                if k % 2:
+                    jobs = mine.claim_many(7, lease=30, accept=lambda info: True)
+                else:
+                    jobs = mine.claim_many(5, lease=30)
+                if not jobs:
+                    return
+                mine.ack_many([j.id for j in jobs], attempts=[j.attempt for j in jobs])
+                with lock:
+                    taken.extend(j.id for j in jobs)
+
+    threads = [threading.Thread(target=claimer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(taken) == ids
+
+
+def test_durable_server_is_recognised(url: str) -> None:
+    """The CI server (appendonly yes, appendfsync always) opens without a warning."""
+    import warnings
+
+    from walq.redisq import DurabilityWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DurabilityWarning)
+        with open_q(url, require_durable=True) as q:
+            assert q.durable is True
+            assert q.persistence["appendfsync"] == "always"
+
+
+@pytest.fixture
+def weak_server() -> Iterator[str]:
+    """A throwaway redis-server without AOF, on a free loopback port (this test's own)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed here")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tempfile.mkdtemp(prefix="walq-weak-redis.")
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", workdir,
+         "--appendonly", "no", "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+        wait_for(lambda: _pings(client), timeout=10)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0?prefix=weak"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _pings(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def test_weak_persistence_warns_or_refuses(weak_server: str) -> None:
+    """appendonly no: a DurabilityWarning, or DurabilityError when durability is required."""
+    from walq.redisq import DurabilityError, DurabilityWarning, RedisQueue
+
+    with (
+        pytest.warns(DurabilityWarning, match="appendonly is 'no'"),
+        RedisQueue.open(weak_server) as q,
+    ):
+        assert q.durable is False
+        q.enqueue("t", 1)
+    with pytest.raises(DurabilityError, match="appendfsync always"):
+        RedisQueue.open(weak_server, require_durable=True)
+    with pytest.raises(DurabilityError):
+        RedisQueue.open(weak_server + "&require_durable=1")
+
+
+def test_url_options(url: str) -> None:
+    """The password never shows; file-only options are accepted, unknown ones refused."""
+    from walq.redisq import RedisQueue, parse_url
+
+    client_url, prefix, durable, shown = parse_url(
+        "redis://:s3cret@127.0.0.1:6390/2?prefix=jobs&require_durable=yes&socket_keepalive=1"
+    )
+    assert prefix == "jobs" and durable is True and "s3cret" not in shown
+    assert shown == "redis://127.0.0.1:6390/2?prefix=jobs"
+    assert "s3cret" in client_url and "socket_keepalive=1" in client_url
+    assert "prefix" not in client_url
+    with pytest.raises(walq.ArgumentError, match="prefix"):
+        parse_url("redis://127.0.0.1/0?prefix=")
+    with RedisQueue.open(url, sync="always", segment_size=1 << 20, lock_timeout=1.0) as q:
+        assert "prefix=walqtest-" in q.path
+    with pytest.raises(walq.ArgumentError, match="bogus"):
+        RedisQueue.open(url, bogus=1)
+
+
+def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without redis-py: MissingDependency, an ImportError naming the extra to install."""
+    from walq import redisq
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(ImportError, match=r"walq\[redis\]") as info:
+        redisq.RedisQueue.open("redis://127.0.0.1:1/0")
+    assert isinstance(info.value, walq.WalqError)
+
+
+def test_cli_functions(url: str) -> None:
+    """What `walq stats|dead|enqueue URL` call: read-only stats, dead jobs, enqueue."""
+    from walq import redisq
+
+    with pytest.raises(walq.NotAQueueError):
+        redisq.inspect_stats(url)  # nothing there yet, and nothing created
+    jid = redisq.enqueue(url, "t", {"a": 1}, key="k")
+    assert redisq.enqueue(url, "t", {"a": 2}, key="k") == jid
+    with open_q(url) as q:
+        job = q.claim(lease=0.2)
+        assert job is not None
+        q.record_worker_status({"pid": 1234, "processes": 2, "counters": {"ok": 5}})
+        blob = q.enqueue("b", b"\x01\x02")
+        q.claim(tasks=["b"])
+        q.fail(blob, "Traceback ...\nValueError: no", permanent=True)
+    time.sleep(0.3)
+    st = redisq.inspect_stats(url)
+    assert (st["running"], st["dead"], st["expired_leases"]) == (1, 1, 1)  # not moved
+    assert st["durable"] is True and st["workers"][0]["pid"] == 1234
+    text = "\n".join(redisq.stats_lines(st))
+    assert "1 running" in text and "leases have expired" in text and "pid 1234" in text
+    (dead,) = redisq.dead_jobs(url)
+    assert (dead.id, dead.payload_kind, dead.payload) == (blob, "bytes", b"\x01\x02")
+    assert dead.summary()["error"] == "Traceback ..."
+    with pytest.raises(walq.StateError):
+        redisq.dead_jobs(url, ids=[jid])
+    assert redisq.requeue(url, [blob]) == [blob]
+    with open_q(url) as q:
+        assert q.status(blob) == "pending"
+        q.claim(tasks=["b"])
+        q.fail(blob, "again", permanent=True)
+    assert redisq.purge(url) == 1
+    assert redisq.is_redis_url(url) and not redisq.is_redis_url("/var/lib/q")
