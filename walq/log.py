@@ -11,6 +11,7 @@ every `sync_interval` seconds or only when segments are sealed and on close.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import posixpath
 import threading
@@ -98,7 +99,8 @@ class Log:
         self._vouched = SEGMENT_HEADER_SIZE
         self._unvouched = b""
         self._leader = False
-        self._waiters: list[tuple[int, Any]] = []  # (lsn, parked lock) behind the leader
+        # [lsn, parked lock, the next parked lock to release, made leader] behind the leader
+        self._waiters: list[list[Any]] = []
         self._failed: LogFailedError | None = None
         self._closed = False
         self._syncer: threading.Thread | None = None
@@ -355,8 +357,11 @@ class Log:
 
         The first caller to find no leader becomes one: it writes the whole
         buffer and fdatasyncs once. Callers arriving meanwhile park on a
-        private lock; the leader releases those its sync covered, and hands
-        leadership to one of the rest -- no thundering herd on a shared lock.
+        private lock. The leader wakes those its sync covered as a chain, each
+        woken caller waking the next (so they take the interpreter lock one
+        after another, not all at once), and at the end of the chain one of
+        the rest, to whom it hands the leadership: by the time that one takes
+        the buffer, the woken callers have appended their next records to it.
         """
         while True:
             with self._mu:
@@ -364,23 +369,23 @@ class Log:
                     return
                 if self._failed is not None:
                     raise self._failed
-                if self._leader:
-                    gate = _allocate_lock()
-                    gate.acquire()
-                    self._waiters.append((lsn, gate))
-                else:
+                if not self._leader:
                     self._leader = True
-                    gate = None
-                    assert self._active is not None
-                    seg = self._active
-                    data = b"".join(self._buf)
-                    start = self._buf_start
-                    self._buf = []
-                    self._buf_start += len(data)
-                    target = self._appended
-            if gate is None:
+                    batch = self._take_batch()
+                    break
+                gate = _allocate_lock()
+                gate.acquire()
+                waiter: list[Any] = [lsn, gate, None, False]
+                self._waiters.append(waiter)
+            gate.acquire()  # released when our lsn is durable, or when we are to lead
+            following = waiter[2]
+            if following is not None:
+                following.release()  # pass the wake-up along the chain
+            if waiter[3]:  # the leadership was handed to us
+                with self._mu:
+                    batch = self._take_batch()
                 break
-            gate.acquire()  # released when our lsn is durable, or when it is our turn to lead
+        seg, data, start, target = batch
         try:
             if data:
                 try:
@@ -393,21 +398,36 @@ class Log:
         if self._failed is not None:
             raise self._failed
 
+    def _take_batch(self) -> tuple[Segment, bytes, int, int]:
+        """The leader takes the buffer (lock held): (segment, bytes, offset, lsn after them)."""
+        assert self._active is not None
+        data = b"".join(self._buf)
+        start = self._buf_start
+        self._buf = []
+        self._buf_start += len(data)
+        return self._active, data, start, self._appended
+
     def _hand_over(self, target: int) -> None:
-        """End a leader's turn: wake the callers it made durable and the next leader."""
+        """End a leader's turn: wake the callers it made durable, then the next leader."""
         with self._mu:
-            self._leader = False
             if self._failed is None:
                 self._synced = max(self._synced, target)
             done = self._synced
-            wake = [g for lsn, g in self._waiters if lsn <= done or self._failed is not None]
-            rest = [(lsn, g) for lsn, g in self._waiters if lsn > done and self._failed is None]
+            failed = self._failed is not None
+            wake = [w for w in self._waiters if w[0] <= done or failed]
+            rest = [w for w in self._waiters if w[0] > done and not failed]
             if rest:
-                wake.append(rest.pop(0)[1])  # it finds no leader and becomes one
+                heir = rest.pop(0)
+                heir[3] = True  # stays leader-held: nobody else may start a batch meanwhile
+                wake.append(heir)
+            else:
+                self._leader = False
             self._waiters = rest
+            for w, following in itertools.pairwise(wake):
+                w[2] = following[1]
             self._cond.notify_all()
-        for gate in wake:
-            gate.release()
+        if wake:
+            wake[0][1].release()
 
     def flush(self) -> None:
         """Make every appended record durable now, whatever the sync mode."""
