@@ -151,9 +151,9 @@ TYPE_COLOURS = {
     "meta": "white",
     "notice": "magenta",
 }
-LEADING = ("job", "task", "attempt", "key", "state", "dead")  # first, in this order
+LEADING = ("job", "task", "attempt", "counted", "key", "state", "dead")  # first, in this order
 TRAILING = ("error", "payload")  # last, unquoted, in this order
-HIDDEN = ("segment", "seq", "offset", "type", "size", "jobs", "attempts", "tasks",
+HIDDEN = ("segment", "seq", "offset", "type", "size", "jobs", "attempts", "counts", "tasks",
           "payload_kind", "payload_bytes")  # fmt: skip
 TIMES = ("created", "due")
 
@@ -178,9 +178,9 @@ def dump_line(row: dict[str, Any], *, full: bool = False) -> str:
     parts = [click.style(f"{kind:<9}", fg=TYPE_COLOURS.get(kind))]
     if "jobs" in row and "job" not in row:
         parts.append("jobs=" + ",".join(str(j) for j in row["jobs"]))
-        for key in ("attempts", "tasks"):
+        for key, label in (("attempts", "attempts"), ("counts", "counted"), ("tasks", "tasks")):
             if key in row:
-                parts.append(f"{key}=" + ",".join(str(v) for v in row[key]))
+                parts.append(f"{label}=" + ",".join(str(v) for v in row[key]))
     rest = [k for k in row if k not in LEADING and k not in TRAILING and k not in HIDDEN]
     for key in (*LEADING, *rest):
         value = row.get(key)
@@ -405,11 +405,14 @@ def fsck(directory: str, as_json: bool, repair: bool) -> None:
         report = insp.fsck(directory, progress=bar)
     repaired: list[str] = []
     repair_error: str | None = None
+    after: insp.FsckReport | None = None
     if repair and not report.clean:
         try:
             repaired = insp.repair(directory)
         except LockedError as exc:
             repair_error = f"cannot repair: {exc}; stop it first"
+        else:
+            after = insp.fsck(directory)
     if as_json:
         emit_json(
             {
@@ -420,6 +423,7 @@ def fsck(directory: str, as_json: bool, repair: bool) -> None:
                 "warnings": report.warnings,
                 "repaired": repaired,
                 "repair_error": repair_error,
+                "clean_after_repair": None if after is None else after.clean,
             }
         )
     else:
@@ -435,6 +439,9 @@ def fsck(directory: str, as_json: bool, repair: bool) -> None:
             else click.style(f"{len(report.problems)} problem(s)", fg="red", bold=True)
         )
         click.echo(f"{report.segments} segments, {report.records} records: {verdict}")
+        if after is not None:
+            now = "clean" if after.clean else f"{len(after.problems)} problem(s) remain"
+            click.echo(f"after repair: {after.segments} segments, {after.records} records: {now}")
         if not report.clean and not repair:
             click.echo(
                 f"to repair: stop the owner, then run `walq fsck --repair {directory}` "

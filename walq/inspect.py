@@ -241,10 +241,12 @@ def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
         out["payload_kind"] = "bytes" if e.kind == ev.PAYLOAD_BYTES else "json"
         out["payload_bytes"] = len(e.payload)
     elif isinstance(e, ev.Claim | ev.Release):
+        # A claim starts attempt N; a release hands the job back with N attempts counted.
+        one, many = ("attempt", "attempts") if isinstance(e, ev.Claim) else ("counted", "counts")
         out["jobs"] = [i for i, _ in e.items]
-        out["attempts"] = [a for _, a in e.items]
+        out[many] = [a for _, a in e.items]
         if len(e.items) == 1:
-            out["job"], out["attempt"] = e.items[0]
+            out["job"], out[one] = e.items[0]
     elif isinstance(e, ev.Fail):
         out.update(job=e.id, attempt=e.attempt, dead=e.dead, error=e.error)
         if not e.dead:
