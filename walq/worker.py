@@ -584,7 +584,9 @@ class Worker:
             error_type = RetryAfter(float(report["retry_after"]), report.get("message", ""))
         elif report.get("retry_on", -1) >= 0:
             error_type = policy.retry_on[report["retry_on"]]
-        elif policy.retry_on and report.get("cause") == "exception":
+        elif report.get("cause") != "exception":
+            error_type = _WorkerLost  # a timeout, a dead worker, the memory cap
+        elif policy.retry_on:
             error_type = _Unlisted
         else:
             error_type = Exception
@@ -688,6 +690,15 @@ class Worker:
 def _gated(task: Task) -> bool:
     """Whether the task's policy limits when its jobs start (rate or concurrency)."""
     return task.policy.rate is not None or task.policy.concurrency is not None
+
+
+class _WorkerLost(RetryAfter):
+    """Stands for an attempt that ended without an exception: a timeout, a dead worker.
+
+    Passed as a type (never raised), so the policy retries it with backoff like
+    any failure -- whatever the task's retry_on lists, since the handler never
+    got to raise -- and counts it against the task's breaker.
+    """
 
 
 class _Unlisted(Exception):
