@@ -35,10 +35,10 @@ from walq.errors import (
 )
 from walq.fs import FileSystem, OsFileSystem
 from walq.log import CUT_DIR
+from walq.queue import LOCK_FILE
+from walq.spool import SPOOL_DIR, live_entries
+from walq.worker import STATUS_FILE
 
-LOCK_FILE = "LOCK"  # walq.queue.LOCK_FILE; kept here so reading never imports the owner
-STATUS_FILE = "worker-status.json"  # walq.worker.STATUS_FILE
-SPOOL_DIR = "spool"  # walq.spool.SPOOL_DIR
 SNIPPET = 32  # bytes of a damaged range shown as hex
 PREVIEW = 60  # characters of a payload shown by dump
 STATUS_FRESH = 30.0  # seconds: an older worker status is stale
@@ -364,15 +364,6 @@ def _raced_text(scan: SegmentScan) -> str:
         f"segments {scan.first}..{scan.seq} were compacted while being read: "
         f"segment {scan.seq} now holds the live jobs of all of them"
     )
-
-
-def dump_rows(
-    scans: Iterable[SegmentScan], *, payload: bool = True, full: bool = False
-) -> Iterator[dict[str, Any]]:
-    """One dict per record, and one per damaged range, in log order."""
-    dumper = Dumper(payload=payload, full=full)
-    for scan in scans:
-        yield from dumper.scan_rows(scan)
 
 
 @attrs.frozen
@@ -790,8 +781,8 @@ def stats(
         "damaged": len(r.damage),
         "damage": r.damage,
         "tail_bytes": r.tail_bytes,
-        "spooled": _count(fs, posixpath.join(path, SPOOL_DIR), ".job"),
-        "cut_files": _count(fs, posixpath.join(path, CUT_DIR), ""),
+        "spooled": len(live_entries(_names(fs, posixpath.join(path, SPOOL_DIR)))),
+        "cut_files": len(_names(fs, posixpath.join(path, CUT_DIR))),
         "worker": status,
         "breakers": _breakers(status),
     }
@@ -824,10 +815,8 @@ def _ratio(part: int, whole: int) -> float:
     return round(max(0, part) / whole, 4) if whole > 0 else 0.0
 
 
-def _count(fs: FileSystem, directory: str, suffix: str) -> int:
-    if not fs.is_dir(directory):
-        return 0
-    return sum(1 for n in fs.listdir(directory) if n.endswith(suffix) and not n.startswith("."))
+def _names(fs: FileSystem, directory: str) -> list[str]:
+    return fs.listdir(directory) if fs.is_dir(directory) else []
 
 
 def _breakers(status: dict[str, Any] | None) -> dict[str, str] | str:
