@@ -46,6 +46,16 @@ PAYLOAD = (bytes(range(256)).hex() * 2).encode()[:1024]
 BATCH = [("bench", PAYLOAD)] * 100
 
 
+# CPU seconds per job the measuring process (the owner, if any) spent in the last row.
+LAST_CPU: list[float | None] = [None]
+
+
+def process_cpu() -> float:
+    """CPU seconds (user + system) of this process so far, its children excluded."""
+    t = os.times()
+    return t.user + t.system
+
+
 def open_owner(
     path: str, serve: bool, lock_timeout: float = 0.0
 ) -> tuple[walq.Queue, ProducerServer | None]:
@@ -84,12 +94,14 @@ def in_process(path: str, threads: int, duration: float) -> float:
     pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for t in pool:
         t.start()
+    cpu = process_cpu()
     start = time.perf_counter()
     stop = start + duration
     go.wait()
     for t in pool:
         t.join()
     elapsed = time.perf_counter() - start
+    LAST_CPU[0] = (process_cpu() - cpu) / max(sum(counts), 1)
     q.close()
     return sum(counts) / elapsed
 
@@ -116,6 +128,7 @@ def producers(
         ]
         for c in children:
             assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+        cpu = process_cpu()
         for c in children:
             assert c.stdin is not None
             c.stdin.write("go\n")
@@ -129,6 +142,7 @@ def producers(
             if mode != "lockopen":
                 route = "socket" if owner else "spool"
                 assert sent[route] == n, f"expected every enqueue via the {route}: {sent}"
+        LAST_CPU[0] = (process_cpu() - cpu) / max(total, 1) if owner else None
         if q is not None:
             assert q.stats()["pending"] == total + backlog
         return total / longest
@@ -236,6 +250,17 @@ ALTERNATIVES: list[tuple[str, Callable[[str, float], float]]] = [
 ]
 
 
+RATIOS = [
+    ("producer via socket, 1 process", "in-process Queue.enqueue, 1 thread"),
+    ("producer via socket, 4 processes", "in-process Queue.enqueue, 4 threads"),
+    ("producer via socket, 4 processes", "producer via socket, 1 process"),
+    ("producer via spool (no owner), 1 process", "in-process Queue.enqueue, 1 thread"),
+    ("in-process Queue.enqueue, 1 thread", "disk: 1 KiB write + fdatasync loop"),
+    ("alt: socket, new connection per enqueue, 1 proc", "producer via socket, 1 process"),
+    ("producer via spool (no owner), 1 process", "alt: take the lock per enqueue, 1 proc"),
+]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -265,11 +290,15 @@ def main() -> None:
     }
     rows = ROWS + (ALTERNATIVES if args.alternatives else [])
     samples: dict[str, list[float]] = {name: [] for name, _ in rows}
+    cpu_us: dict[str, list[float]] = {name: [] for name, _ in rows}
     try:
         for r in range(rounds):
             for i, (name, fn) in enumerate(rows):
                 path = str(scratch / f"r{r}-{i}")
+                LAST_CPU[0] = None
                 samples[name].append(fn(path, duration))
+                if LAST_CPU[0] is not None:
+                    cpu_us[name].append(LAST_CPU[0] * 1e6)
                 shutil.rmtree(path, ignore_errors=True)
                 print(
                     f"round {r + 1}/{rounds}: {name}: {samples[name][-1]:,.0f}/s", file=sys.stderr
@@ -284,8 +313,21 @@ def main() -> None:
     for name, values in samples.items():
         med = statistics.median(values)
         print(f"| {name:<52} | {med:>10,.0f} | {min(values):>8,.0f} | {max(values):>8,.0f} |")
+    print()
+    print("CPU of the owner's process per job (median µs; producers' CPU not included):")
+    for name, values in cpu_us.items():
+        if values:
+            print(f"  {name}: {statistics.median(values):.0f}")
+    print()
+    print("ratios (median over rounds of the ratio within a round):")
+    for a, b in RATIOS:
+        if a in samples and b in samples:
+            within = [x / y for x, y in zip(samples[a], samples[b], strict=True) if y]
+            print(f"  {a} / {b}: {statistics.median(within):.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "samples": samples}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"machine": info, "samples": samples, "owner_cpu_us": cpu_us}, indent=2)
+        )
 
 
 if __name__ == "__main__":
