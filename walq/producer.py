@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 import socket
 import threading
 from collections.abc import Iterable
@@ -274,8 +273,7 @@ class Producer:
                 self._idle, self._pid = [], os.getpid()
             while self._idle:
                 conn = self._idle.pop()
-                readable, _, _ = select.select([conn], [], [], 0)
-                if not readable:
+                if _alive(conn):
                     return conn
                 conn.close()  # the owner closed it (idle timeout, stop): nothing is pending
         return self._connect()
@@ -318,6 +316,21 @@ class Producer:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"{self.path}: the producer is closed")
+
+
+def _alive(conn: socket.socket) -> bool:
+    """Whether an idle connection is still open with nothing unread (one syscall)."""
+    timeout = conn.gettimeout()
+    conn.settimeout(0.0)  # with a timeout, recv would first wait for data
+    try:
+        conn.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True  # nothing to read: open and quiet
+    except OSError:
+        return False
+    finally:
+        conn.settimeout(timeout)
+    return False  # end of stream, or bytes nobody asked for
 
 
 def connect(
