@@ -6,6 +6,7 @@ skipped with the reason otherwise. (The contract itself: tests/test_contract.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -120,6 +121,38 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
     return out
 
 
+def check_counts(url: str) -> None:
+    """The counts in P:n and P:tn agree with the jobs' hashes and the indexes."""
+    import redis
+
+    from walq.redisq import parse_url
+
+    client_url, prefix, _, _ = parse_url(url)
+    c = redis.Redis.from_url(client_url, decode_responses=True)
+    try:
+        states: dict[str, int] = {}
+        per_task: dict[str, int] = {}
+        for name in c.scan_iter(match=f"{prefix}:j:*", count=1000):
+            s, t = c.hmget(name, "s", "t")
+            s = "pending" if s == "reserved" else s
+            states[s] = states.get(s, 0) + 1
+            per_task[f"{s}:{t}"] = per_task.get(f"{s}:{t}", 0) + 1
+        counts = {k: int(v) for k, v in c.hgetall(f"{prefix}:n").items()}
+        for state in ("pending", "scheduled", "running", "dead"):
+            assert counts.get(state, 0) == states.get(state, 0), (state, counts, states)
+        tn = {k: int(v) for k, v in c.hgetall(f"{prefix}:tn").items() if int(v)}
+        assert tn == per_task
+        ready = sum(c.zcard(f"{prefix}:r:{t}") for t in c.smembers(f"{prefix}:rt"))
+        assert ready + c.zcard(f"{prefix}:res") == states.get("pending", 0)
+        assert c.zcard(f"{prefix}:sch") == states.get("scheduled", 0)
+        assert c.zcard(f"{prefix}:run") == states.get("running", 0)
+        assert c.zcard(f"{prefix}:dead") == states.get("dead", 0)
+        live = sum(int(c.hget(n, "sz") or 0) for n in c.scan_iter(match=f"{prefix}:j:*"))
+        assert counts.get("bytes", 0) == live
+    finally:
+        c.close()
+
+
 def test_killed_worker_process_job_is_rescued(url: str, tmp_path: Path) -> None:
     """kill -9 of a Worker mid-job: its lease expires and the job runs again, attempt 2."""
     notes = tmp_path / "ledger"
@@ -166,6 +199,7 @@ def test_two_workers_never_run_the_same_attempt_twice(url: str, tmp_path: Path) 
         assert all(c["ok"] > 0 for c in counters), counters  # both shared the work
         assert all(c["stale"] == 0 for c in counters)
         assert q.stats()["done"] == n
+    check_counts(url)
 
 
 def test_stale_ack_after_rescue_is_refused(url: str) -> None:
@@ -248,6 +282,7 @@ def test_rescue_never_flips_a_finished_job_back(url: str) -> None:
             t.join(10)
         st = q.stats()
         assert st["unfinished"] == 0 and st["done"] == acked and acked + lost == 150
+    check_counts(url)
 
 
 def test_cancel_on_one_host_reaches_the_worker_holding_the_job(url: str) -> None:
@@ -294,6 +329,52 @@ def test_many_claimers_take_each_job_once(url: str) -> None:
     for t in threads:
         t.join(60)
     assert sorted(taken) == ids
+    check_counts(url)
+
+
+def test_counts_stay_true_through_every_transition(url: str) -> None:
+    """A mixed workload (keys, delays, fails, releases, cancels, requeues, purges,
+    expiries, deferrals) leaves the counts equal to a recount of the jobs."""
+    import random
+
+    rng = random.Random(7)
+    with open_q(url) as q:
+        for i in range(300):
+            op = rng.random()
+            if op < 0.35:
+                q.enqueue(rng.choice("abc"), i, key=rng.choice([None, "k1", "k2"]),
+                          delay=rng.choice([0, 0, 0.01]), priority=rng.randint(-2, 2))  # fmt: skip
+                continue
+            accept = None
+            if op < 0.45:
+
+                def accept(info: Any) -> bool | float:
+                    return rng.choice([True, False, time.monotonic() + 0.01])
+
+            jobs = q.claim_many(rng.randint(1, 3), lease=rng.choice([0.005, 30]), accept=accept)
+            for job in jobs:
+                what = rng.random()
+                with contextlib.suppress(walq.StateError):
+                    if what < 0.4:
+                        q.ack(job.id, attempt=job.attempt)
+                    elif what < 0.6:
+                        q.fail(job.id, "x", attempt=job.attempt, delay=rng.choice([0, 0.01]),
+                               permanent=rng.random() < 0.3)  # fmt: skip
+                    elif what < 0.7:
+                        q.release(job.id, attempt=job.attempt)
+                    elif what < 0.8:
+                        q.cancel(job.id)
+            if rng.random() < 0.1:
+                dead = q.dead_jobs()
+                if dead:
+                    q.requeue(dead[0].id)
+                q.purge()
+            if i % 50 == 0:
+                q.stats()
+                check_counts(url)
+        time.sleep(0.05)
+        q.stats()
+    check_counts(url)
 
 
 def test_durable_server_is_recognised(url: str) -> None:

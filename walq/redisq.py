@@ -150,24 +150,47 @@ local NOW = tonumber(t0[1]) * 1000 + math.floor(tonumber(t0[2]) / 1000)
 local N, TN = P .. ':n', P .. ':tn'
 local function jk(id) return P .. ':j:' .. id end
 local function norm(s) if s == 'reserved' then return 'pending' end return s end
-local function bump(name, d) redis.call('HINCRBY', N, name, d or 1) end
+-- Counts change in memory and reach P:n and P:tn once, at the end of the script.
+local DN, DTN = {}, {}
+local function bump(name, d) DN[name] = (DN[name] or 0) + (d or 1) end
 local function count(state, task, d)
   state = norm(state)
-  redis.call('HINCRBY', N, state, d)
-  redis.call('HINCRBY', TN, state .. ':' .. task, d)
+  DN[state] = (DN[state] or 0) + d
+  local f = state .. ':' .. task
+  DTN[f] = (DTN[f] or 0) + d
+end
+local function flush()
+  for f, d in pairs(DN) do
+    if d ~= 0 then redis.call('HINCRBY', N, f, d) end
+    DN[f] = nil
+  end
+  for f, d in pairs(DTN) do
+    if d ~= 0 then redis.call('HINCRBY', TN, f, d) end
+    DTN[f] = nil
+  end
+end
+local function counted(f)
+  return (tonumber(redis.call('HGET', N, f)) or 0) + (DN[f] or 0)
 end
 local function move(id, task, from, to)
   redis.call('HSET', jk(id), 's', to)
   if norm(from) ~= norm(to) then count(from, task, -1); count(to, task, 1) end
 end
+local LISTED = {}  -- tasks known to be in P:rt during this script
 local function push_ready(id, task, rs)
   redis.call('ZADD', P .. ':r:' .. task, rs, id)
-  redis.call('SADD', P .. ':rt', task)
+  if not LISTED[task] then
+    redis.call('SADD', P .. ':rt', task)
+    LISTED[task] = true
+  end
 end
 local function unready(id, task)
   local rk = P .. ':r:' .. task
   redis.call('ZREM', rk, id)
-  if redis.call('ZCARD', rk) == 0 then redis.call('SREM', P .. ':rt', task) end
+  if redis.call('ZCARD', rk) == 0 then
+    redis.call('SREM', P .. ':rt', task)
+    LISTED[task] = nil
+  end
 end
 local function release_key(id)
   local key = redis.call('HGET', jk(id), 'key')
@@ -442,8 +465,7 @@ for i = 0, m - 1 do
 end
 if #fresh > 0 then
   if maxp ~= '' then
-    local c = redis.call('HMGET', N, 'pending', 'scheduled', 'running')
-    local unfinished = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0)
+    local unfinished = counted('pending') + counted('scheduled') + counted('running')
     if unfinished + #fresh > tonumber(maxp) then
       return {'err', 'full', 'max_pending (' .. maxp .. ') reached'}
     end
@@ -451,7 +473,7 @@ if #fresh > 0 then
   if maxb ~= '' then
     local size = 0
     for _, f in ipairs(fresh) do size = size + #ARGV[f[1] + 2] + 64 + #ARGV[f[1]] end
-    if tonumber(redis.call('HGET', N, 'bytes') or '0') + size > tonumber(maxb) then
+    if counted('bytes') + size > tonumber(maxb) then
       return {'err', 'full', 'max_bytes (' .. maxb .. ') reached'}
     end
   end
@@ -711,6 +733,7 @@ _STATS = (
     + r"""
 -- ARGV: P
 tick(1000)
+flush()
 return {redis.call('HGETALL', N), redis.call('HGETALL', TN), redis.call('GET', P .. ':seq') or '0'}
 """
 )
@@ -732,7 +755,7 @@ return {best - NOW}
 """
 )
 
-_SCRIPTS = {
+_SCRIPTS_BODIES = {
     "claim": _CLAIM,
     "reserve": _RESERVE,
     "commit": _COMMIT,
@@ -747,6 +770,13 @@ _SCRIPTS = {
     "status": _STATUS,
     "stats": _STATS,
     "next_due": _NEXT_DUE,
+}
+# Each body runs as a function, so that whichever `return` it takes, the counts
+# it changed are written before the script ends.
+_SCRIPTS = {
+    name: src.replace(_PRELUDE, _PRELUDE + "local function main()\n", 1)
+    + "\nend\nlocal reply = main()\nflush()\nreturn reply\n"
+    for name, src in _SCRIPTS_BODIES.items()
 }
 
 _STATE_ERRORS: dict[bytes, type[StateError]] = {b"state": StateError, b"lease": LeaseLost}
