@@ -137,9 +137,9 @@ def test_background_policy_bounds_disk_in_a_steady_loop(qdir: str) -> None:
     """A long enqueue+ack loop keeps disk under live bytes plus a few segments."""
     seg = 16384
     policy = Policy(interval=0.01)
-    with walq.Queue.open(qdir, segment_size=seg, compaction=policy, sync="never") as q:
+    with walq.Queue.open(qdir, segment_size=seg, compaction=policy) as q:
         peak = 0
-        for i in range(3000):
+        for i in range(1500):
             q.enqueue("t", {"i": i, "pad": "z" * 200})
             job = q.claim()
             assert job is not None
@@ -147,7 +147,7 @@ def test_background_policy_bounds_disk_in_a_steady_loop(qdir: str) -> None:
             if i % 100 == 0:
                 peak = max(peak, q.stats()["disk_bytes"])
         assert q._compactor.runs > 0
-        assert peak <= 4 * seg, peak
+        assert peak <= 3 * seg, peak  # the active segment, one sealed, the compacted one
 
 
 def crash_points(build: Any) -> int:

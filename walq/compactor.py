@@ -93,6 +93,7 @@ class Compactor:
         self.policy = policy or Policy()
         self._running = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.runs = 0
         self.last: CompactionResult | None = None
@@ -107,14 +108,20 @@ class Compactor:
     def stop(self) -> None:
         """Stop the background thread, waiting for a compaction in progress."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
 
     def poke(self) -> None:
-        """A segment was sealed: look at the policy soon (cheap)."""
+        """A segment was sealed: look at the policy now rather than at the next tick."""
+        self._wake.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.policy.interval):
+        while not self._stop.is_set():
+            self._wake.wait(self.policy.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 if self.due():
                     self.compact()

@@ -104,6 +104,7 @@ class Log:
         self._failed: LogFailedError | None = None
         self._closed = False
         self._syncer: threading.Thread | None = None
+        self.on_roll: Callable[[], None] | None = None  # a segment was sealed (the compactor)
         self.fsyncs = 0
         self.sync_seconds = 0.0
 
@@ -351,6 +352,8 @@ class Log:
         self._active = new
         self._end = self._buf_start = SEGMENT_HEADER_SIZE
         self._seg_lsn = self._appended
+        if self.on_roll is not None:
+            self.on_roll()
 
     def commit(self, lsn: int) -> None:
         """Return once everything up to `lsn` is durable (group commit).

@@ -205,6 +205,7 @@ class Queue:
                 q._compactor.policy = compaction
             if compaction is not False:
                 q._compactor.start()
+                wal.on_roll = q._compactor.poke
         except BaseException:
             lock.release()
             raise
@@ -512,7 +513,7 @@ class Queue:
                     self._waiting_claims -= 1
                 self._check_open()
                 now = self._clock()
-        self._log.commit(lsn)
+        self._commit(lsn, None)  # the starts are durable (per the sync mode) before the jobs run
         with self._mu:  # a compaction may move records; read under the lock
             return [self._job(info.id, attempt) for info, attempt in started]
 
@@ -875,8 +876,8 @@ class Queue:
         `upto`: the handles keep the old files readable until every job has moved.
         """
         for seg in self._state.segments_in_use():
-            if seq_of(seg) <= upto and seg not in self._readers:
-                self._readers[seg] = self.fs.open(self._segment_path(seg))
+            if seq_of(seg) <= upto:
+                self._reader(seg)
 
     def _relocate(self, upto: int, moves: dict[int, tuple[Loc, bool]]) -> None:
         """Point some jobs at their records in the compacted segment (lock held)."""
@@ -889,6 +890,13 @@ class Queue:
 
     def _segment_path(self, seg: int) -> str:
         return posixpath.join(self.path, fmt.segment_name(seq_of(seg)))
+
+    def _reader(self, seg: int) -> File:
+        """The read handle for Loc.seg `seg` (lock held), opened on first use."""
+        f = self._readers.get(seg)
+        if f is None:
+            f = self._readers[seg] = self.fs.open(self._segment_path(seg))
+        return f
 
     # -- internals ---------------------------------------------------------------------
 
@@ -918,14 +926,11 @@ class Queue:
         """The record at `loc`, checked against its CRC."""
         if loc.offset + loc.size > self._log.written_end(seq_of(loc.seg)):
             self._log.flush()  # still in the group-commit buffer
-        f = self._readers.get(loc.seg)
-        path = self._segment_path(loc.seg)
-        if f is None:
-            f = self._readers[loc.seg] = self.fs.open(path)
-        data = f.pread(loc.size, loc.offset)
+        data = self._reader(loc.seg).pread(loc.size, loc.offset)
         record = framing.decode(data, 0, origin=loc.offset)
         if not isinstance(record, framing.Record):
-            raise CorruptionError(path, loc.offset, getattr(record, "reason", "no record"))
+            reason = getattr(record, "reason", "no record")
+            raise CorruptionError(self._segment_path(loc.seg), loc.offset, reason)
         return record
 
 

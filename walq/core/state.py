@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 import attrs
 from crc32c import crc32c
@@ -94,9 +95,11 @@ def seq_of(seg: int) -> int:
     return seg & _SEQ_MASK
 
 
-@attrs.frozen
-class Loc:
+class Loc(NamedTuple):
     """Where a job's defining record lives: segment, offset, record size in bytes.
+
+    (A NamedTuple rather than an attrs class: one is made per job on the hot
+    paths, and this is four times cheaper to build.)
 
     `seg` is the segment's sequence number -- plus, for a segment a compaction
     installed while this process runs, a generation in the bits above
@@ -109,9 +112,8 @@ class Loc:
     size: int
 
 
-@attrs.frozen
-class JobInfo:
-    """A snapshot of one live job's fields, as the state holds them."""
+class JobInfo(NamedTuple):
+    """A snapshot of one live job's fields, as the state holds them (a NamedTuple: hot path)."""
 
     id: int
     task: str
