@@ -163,16 +163,17 @@ def apply(view: View, records: Iterable[Record]) -> View:
 
 
 @attrs.define
-class Final:
-    """The records of the operation a crash or a failed write interrupted.
+class Group:
+    """The records one operation wrote, in log order.
 
-    The first `loose` records were written in an order the model does not
-    know (dead-letterings a claim wrote before its claim record).
+    The first `loose` were written in an order the model does not know (the
+    dead-letterings a claim writes in take order before its claim record);
+    `most`: at most this many of them were written at all (a failed append).
     """
 
     records: list[Record]
     loose: int = 0
-    most: int | None = None  # at most this many of the loose records (None: any number)
+    most: int | None = None
 
 
 @attrs.define
@@ -180,42 +181,39 @@ class Model:
     """What the queue confirmed, what it wrote but did not confirm, and what was enqueued."""
 
     durable: View = attrs.Factory(dict)
-    pending: list[Record] = attrs.Factory(list)  # written, unconfirmed, in log order
-    final: Final | None = None
+    pending: list[Group] = attrs.Factory(list)  # written, unconfirmed, in log order
+    final: Group | None = None  # the operation a crash or a failed write interrupted
     live: View = attrs.Factory(dict)
     payloads: dict[int, tuple[str, Any]] = attrs.Factory(dict)  # id -> (task, payload)
 
-    def record(self, records: list[Record], *, committed: bool) -> None:
+    def record(self, records: list[Record], *, committed: bool, loose: int = 0) -> None:
         """An operation returned having written `records`; `committed`: it fsynced the log."""
         self.live = apply(self.live, records)
         if committed:
             self.durable = dict(self.live)
             self.pending = []
-        else:
-            self.pending += [r for r in records if r]
+        elif records:
+            self.pending.append(Group(records, loose=loose))
 
     def interrupted(self, records: list[Record], loose: int = 0, most: int | None = None) -> None:
         """The last operation did not return: its records may or may not be on disk."""
         self.live = apply(self.live, records)
-        self.final = Final(records, loose=loose, most=most)
+        self.final = Group(records, loose=loose, most=most)
 
     def candidates(self) -> list[View]:
         """Every state a crash may leave: the durable state plus a prefix of what followed."""
-        out = []
         state = dict(self.durable)
-        out.append(state)
-        for record in self.pending:
-            state = apply(state, [record])
-            out.append(state)
-        if self.final is not None:
-            loose = self.final.records[: self.final.loose]
-            rest = self.final.records[self.final.loose :]
-            most = len(loose) if self.final.most is None else min(self.final.most, len(loose))
+        out = [state]
+        for group in [*self.pending, *([self.final] if self.final else [])]:
+            loose, rest = group.records[: group.loose], group.records[group.loose :]
+            most = len(loose) if group.most is None else min(group.most, len(loose))
             for n in range(1, most + 1):
                 for subset in itertools.combinations(loose, n):
                     out.append(apply(state, subset))
+            if most < len(loose):
+                break  # the group was never written whole: nothing after it was
             state = apply(state, loose)
-            for record in rest if most == len(loose) else ():
+            for record in rest:
                 state = apply(state, [record])
                 out.append(state)
         return out
@@ -543,7 +541,9 @@ class Run:
                 f"{traceback.format_exception_only(type(exc), exc)[-1].strip()}",
             )
             raise Stop from None
-        self.model.record(self.records(before), committed=committed)
+        records = self.records(before)
+        loose = sum(1 for r in records if _is_dead(r)) if self.claiming else 0
+        self.model.record(records, committed=committed, loose=loose)
         return OUTCOME_OK
 
     def interrupted(self, before: View) -> None:
