@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -217,6 +218,31 @@ def fdatasync_loop(path: str, duration: float) -> float:
         os.close(fd)
 
 
+def echo_round_trips(path: str, duration: float) -> float:
+    """Round trips of a 1 KiB message to an echoing process over a Unix socket pair."""
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the echo process
+        a.close()
+        while data := b.recv(65536):
+            b.sendall(data)
+        os._exit(0)
+    b.close()
+    try:
+        n = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < duration:
+            a.sendall(PAYLOAD)
+            got = 0
+            while got < len(PAYLOAD):
+                got += len(a.recv(65536))
+            n += 1
+        return n / (time.perf_counter() - start)
+    finally:
+        a.close()
+        os.waitpid(pid, 0)
+
+
 ROWS: list[tuple[str, Callable[[str, float], float]]] = [
     ("in-process Queue.enqueue, 1 thread", lambda p, d: in_process(p, 1, d)),
     ("in-process Queue.enqueue, 4 threads", lambda p, d: in_process(p, 4, d)),
@@ -225,6 +251,7 @@ ROWS: list[tuple[str, Callable[[str, float], float]]] = [
     ("producer via spool (no owner), 1 process", lambda p, d: producers(p, 1, d, owner=False)),
     ("producer via spool (no owner), 4 processes", lambda p, d: producers(p, 4, d, owner=False)),
     ("disk: 1 KiB write + fdatasync loop", fdatasync_loop),
+    ("socket: bare 1 KiB round trip to another process", echo_round_trips),
 ]
 ALTERNATIVES: list[tuple[str, Callable[[str, float], float]]] = [
     (
