@@ -294,12 +294,9 @@ class Run:
         run: int = 0,
         sync: str = "always",
         faults: bool = True,
-        expose_known: bool = False,
         max_states: int | None = None,
     ) -> None:
         self.choose = choose
-        self.expose_known = expose_known
-        self.ended = False
         self.run = run
         self.sync = sync
         self.faults = faults
@@ -325,8 +322,6 @@ class Run:
             self.q = self.open(self.fs)
             for _ in range(rounds):
                 if self.max_states is not None and self.crash_states >= self.max_states:
-                    break
-                if self.ended:
                     break
                 self.round()
         except Stop:
@@ -409,11 +404,6 @@ class Run:
         disk = choose.crash(self.fs, mode)
         self.q = None
         self.recover(disk)
-        if outcome == OUTCOME_FAILED and mode == "clean" and not self.expose_known:
-            # The failed fsync's writes stay uncertain on this disk even though the
-            # reopened queue shows them (see docs/RELIABILITY.md, known bugs): a later
-            # power cut can take them back. End the run here until that is fixed.
-            self.ended = True
 
     def refuses_writes(self) -> None:
         """After a failed write or fsync the queue must take no more writes."""
@@ -461,11 +451,6 @@ class Run:
                 self.violate("open-failed", f"reopen after a crash: {exc!r}")
                 raise Stop from None
         disk.crash_at_call(None)
-        if not self.expose_known:
-            # Known bug 3 (docs/RELIABILITY.md): recovery does not fsync the directory,
-            # so a segment renamed into place just before a kill stays undurable. Sync it
-            # here, as the fix will, until recovery does.
-            disk.sync_dir(QDIR)
         self.fs, self.q = disk, q
         self.crash_states += 1
         self.history.append("# reopened")
@@ -717,9 +702,9 @@ def _claimed(run: Run, jobs: list[walq.Job]) -> bool:
         if (job.task, job.payload) != model.payloads.get(job.id):
             run.violate("damaged", f"claim delivered job {job.id} with {job.payload!r}")
             raise Stop
-    # Only a claim that returns jobs fsyncs: one that only dead-letters jobs out of
-    # attempts leaves those records to the next commit.
-    return bool(jobs)
+    # A claim fsyncs per the sync mode, and only when it returns jobs: one that only
+    # dead-letters jobs out of attempts leaves those records to the next commit.
+    return bool(jobs) and run.sync == "always"
 
 
 def op_ack(run: Run) -> bool:
@@ -813,12 +798,6 @@ def op_purge(run: Run) -> bool:
 def op_compact(run: Run) -> bool:
     assert run.q is not None
     run.history.append("compact()")
-    if not run.expose_known:
-        # Known bug 2 (docs/RELIABILITY.md): a compaction reads a dead job's error
-        # record from the file while it may still sit in the group-commit buffer.
-        # Flush first, until the compactor does.
-        run.q.sync()
-        run.model.record([], committed=True)
     try:
         result = run.q.compact()
     except LogFailedError:
@@ -920,7 +899,6 @@ def run_once(
     *,
     sync: str = "mix",
     faults: bool = True,
-    expose_known: bool = False,
     max_states: int | None = None,
 ) -> Run:
     """Run number `index` of the exploration seeded with `seed` (replayable alone)."""
@@ -931,7 +909,6 @@ def run_once(
         run=index,
         sync=mode,
         faults=faults,
-        expose_known=expose_known,
         max_states=max_states,
     )
     run.play(rng.randint(1, 6))
@@ -945,7 +922,6 @@ def explore(
     plant: str | None = None,
     sync: str = "mix",
     faults: bool = True,
-    expose_known: bool = False,
     time_limit: float | None = None,
     stop_after: int | None = None,
 ) -> Report:
@@ -967,7 +943,6 @@ def explore(
                 index,
                 sync=sync,
                 faults=faults,
-                expose_known=expose_known,
                 max_states=states - report.crash_states,
             )
             report.runs += 1
@@ -986,11 +961,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: random")
     parser.add_argument("--sync", choices=["mix", "always", "never"], default="mix")
     parser.add_argument("--no-faults", action="store_true", help="no injected EIO/ENOSPC")
-    parser.add_argument(
-        "--expose-known",
-        action="store_true",
-        help="no workarounds for the known bugs in docs/RELIABILITY.md (shows them)",
-    )
     parser.add_argument("--plant", choices=sorted(planting.BUGS), help="plant a known bug")
     parser.add_argument("--time-limit", type=float, default=None, help="seconds at most")
     parser.add_argument("--run", type=int, default=None, help="replay one run and show its ops")
@@ -1006,7 +976,6 @@ def main(argv: list[str] | None = None) -> int:
             args.run,
             sync=args.sync,
             faults=not args.no_faults,
-            expose_known=args.expose_known,
         )
         print(f"run {args.run} (seed {seed}, sync {run.sync}): {run.crash_states} crash states")
         print("\n".join(run.history))
@@ -1019,7 +988,6 @@ def main(argv: list[str] | None = None) -> int:
         plant=args.plant,
         sync=args.sync,
         faults=not args.no_faults,
-        expose_known=args.expose_known,
         time_limit=args.time_limit,
     )
     summary = report.summary()
