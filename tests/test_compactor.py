@@ -204,3 +204,14 @@ def test_a_crash_at_every_call_of_a_compaction_loses_no_job() -> None:
 def test_policy_trigger(sealed: int, sealed_bytes: int, live: int, want: bool) -> None:
     """Compaction is due on a garbage ratio, or on too many sealed segments."""
     assert should_compact(Policy(), sealed, sealed_bytes, live) is want
+
+
+def test_seal_then_compact_takes_the_active_segment_too(qdir: str) -> None:
+    """compact(seal=True) seals the segment being written, so its garbage goes as well."""
+    with walq.Queue.open(qdir, segment_size=1 << 20, compaction=False) as q:
+        workload(q, random.Random(3), 100)
+        assert q.compact().segments_in == 0
+        before = logical(q)
+        result = q.compact(seal=True)
+        assert result.segments_in == 1 and result.bytes_out < result.bytes_in
+        assert logical(q) == before

@@ -105,6 +105,8 @@ class Log:
         self._closed = False
         self._syncer: threading.Thread | None = None
         self.on_roll: Callable[[], None] | None = None  # a segment was sealed (the compactor)
+        # Each fdatasync's duration (metrics); may be called with the lock held.
+        self.on_sync: Callable[[float], None] | None = None
         self.fsyncs = 0
         self.sync_seconds = 0.0
 
@@ -456,6 +458,8 @@ class Log:
         elapsed = time.monotonic() - started
         self.fsyncs += 1
         self.sync_seconds += elapsed
+        if self.on_sync is not None:
+            self.on_sync(elapsed)
         if elapsed > SLOW_SYNC:
             log.warning("fdatasync of %s took %.2f s", seg.path, elapsed)
 
@@ -492,6 +496,18 @@ class Log:
                 return
 
     # -- compaction support ---------------------------------------------------------------
+
+    def seal(self) -> bool:
+        """Seal the active segment now (if it holds any record) and start a new one."""
+        with self._mu:
+            self._check_open()
+            while self._leader:
+                self._cond.wait()
+                self._check_open()
+            if self._end <= SEGMENT_HEADER_SIZE:
+                return False
+            self._roll()
+            return True
 
     def sealed(self) -> list[Segment]:
         """The sealed segments, oldest first (their files are closed)."""

@@ -549,8 +549,9 @@ class Queue:
                 )
                 self.counters["dead_lettered"] += 1
                 log.warning(
-                    "job %d (%s): %s", info.id, info.task, INTERRUPTED.format(n=info.attempts)
-                )
+                    "job %d (%s): %s", info.id, info.task, INTERRUPTED.format(n=info.attempts),
+                    extra={"job_id": info.id, "task": info.task},
+                )  # fmt: skip
             else:
                 started.append((info, info.attempts + 1))
         if started:
@@ -830,9 +831,18 @@ class Queue:
 
     # -- compaction -------------------------------------------------------------------------
 
-    def compact(self, progress: Callable[[int, int], None] | None = None) -> CompactionResult:
-        """Rewrite the sealed segments keeping only live jobs (see walq.compactor)."""
+    def compact(
+        self, progress: Callable[[int, int], None] | None = None, *, seal: bool = False
+    ) -> CompactionResult:
+        """Rewrite the sealed segments keeping only live jobs (see walq.compactor).
+
+        seal=True first seals the active segment, so that it is compacted too
+        (what `walq compact` does on a queue no owner is writing to).
+        """
         self._check_open()
+        if seal:
+            with self._mu:
+                self._log.seal()
         return self._compactor.compact(progress)
 
     def _live_bytes_upto(self, seq: int) -> int:
@@ -916,7 +926,7 @@ class Queue:
         if expired:
             self.counters["expired"] += len(expired)
             for jid in expired:
-                log.warning("job %d: lease expired; back to pending", jid)
+                log.warning("job %d: lease expired; back to pending", jid, extra={"job_id": jid})
 
     def _read_raw(self, loc: Loc) -> tuple[int, bytes]:
         record = self._read(loc)

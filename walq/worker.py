@@ -157,6 +157,7 @@ class Outcome:
     task: Task
     ok: bool
     report: dict[str, Any] | None = None
+    seconds: float = 0.0  # how long the attempt ran, as the owner saw it
 
 
 @attrs.define
@@ -212,6 +213,8 @@ class Worker:
         self._lease = max(t.timeout for t in tasks) + 2 * self.kill_grace + 30.0
         self._unknown_warned: set[str] = set()
         self._unsynced = False
+        # Called per finished attempt with (task, seconds it ran, ok): metrics.
+        self.on_job_done: Callable[[str, float, bool], None] | None = None
         self._status_interval = status_interval
         self._status_written = 0.0
         self._rss_checked = 0.0
@@ -378,7 +381,10 @@ class Worker:
             if task is None:
                 if info.task not in self._unknown_warned:
                     self._unknown_warned.add(info.task)
-                    log.warning("no handler for task %r: its jobs stay pending", info.task)
+                    log.warning(
+                    "no handler for task %r: its jobs stay pending", info.task,
+                    extra={"task": info.task},
+                )  # fmt: skip
                 return False
             if info.attempts >= info.max_attempts:
                 return True  # out of attempts: the claim dead-letters it, nothing runs
@@ -449,12 +455,17 @@ class Worker:
             while slot.conn.poll():
                 kind, jid, _attempt, report = slot.conn.recv()
                 if not slot.jobs or slot.jobs[0][0].id != jid:
-                    log.error("worker %d reported job %d out of order; ignored", slot.pid, jid)
+                    log.error(
+                        "worker %d reported job %d out of order; ignored", slot.pid, jid,
+                        extra={"job_id": jid},
+                    )  # fmt: skip
                     continue
                 job, task = slot.jobs.popleft()
-                slot.head_started = time.monotonic()
+                now = time.monotonic()
+                ran = now - slot.head_started
+                slot.head_started = now
                 slot.completed += 1
-                outcomes.append(Outcome(job, task, kind == "ok", report))
+                outcomes.append(Outcome(job, task, kind == "ok", report, ran))
         except (EOFError, OSError):
             pass  # the worker died: _reap handles it
         if (
@@ -484,7 +495,8 @@ class Worker:
                 report = {"cause": cause, "type": cause, "message": message, "traceback": "",
                           "permanent": False, "retry_after": None, "no_retry": -1,
                           "retry_on": -1}  # fmt: skip
-                outcomes.append(Outcome(job, task, False, report))
+                ran = time.monotonic() - slot.head_started
+                outcomes.append(Outcome(job, task, False, report, ran))
             for rest, rest_task in slot.jobs:
                 self._release(rest, rest_task, "its worker process ended before it started")
         elif not slot.retiring:
@@ -527,7 +539,10 @@ class Worker:
             if job.id in cancelled:
                 self._kill(slot, "cancelled")
             elif now - slot.head_started > task.timeout:
-                log.warning("job %d (%s): timeout after %g s", job.id, job.task, task.timeout)
+                log.warning(
+                    "job %d (%s): timeout after %g s", job.id, job.task, task.timeout,
+                    extra={"job_id": job.id, "task": job.task},
+                )  # fmt: skip
                 self._kill(slot, "timeout")
         if self.max_memory is not None and now - self._rss_checked >= 0.5:
             self._rss_checked = now
@@ -556,6 +571,8 @@ class Worker:
         oks = []
         for out in outcomes:
             self._runtime[out.task.name].running -= 1
+            if self.on_job_done is not None:
+                self.on_job_done(out.task.name, out.seconds, out.ok)
             if out.ok:
                 oks.append(out)
                 out.task.policy.on_success(now, attempt=out.job.attempt, budget=self.budget)
@@ -569,7 +586,7 @@ class Worker:
             self.counters["ok"] += len(oks) - len(refused)
             self.counters["stale"] += len(refused)
             for jid, exc in refused:
-                log.info("job %d: result dropped: %s", jid, exc)
+                log.info("job %d: result dropped: %s", jid, exc, extra={"job_id": jid})
         self._unsynced = True
 
     def _fail(self, out: Outcome, now: float) -> None:
@@ -602,7 +619,10 @@ class Worker:
             )
         except StateError as exc:
             self.counters["stale"] += 1
-            log.info("job %d: failure of attempt %d dropped: %s", job.id, job.attempt, exc)
+            log.info(
+                "job %d: failure of attempt %d dropped: %s", job.id, job.attempt, exc,
+                extra={"job_id": job.id, "task": job.task},
+            )  # fmt: skip
             return
         self.counters["failed"] += 1
         self.counters["dead" if status == "dead" else "retried"] += 1
@@ -610,6 +630,7 @@ class Worker:
             "job %d (%s) attempt %d failed (%s): %s -> %s",
             job.id, job.task, job.attempt, report.get("cause"), report.get("message"),
             "dead" if status == "dead" else f"retry in {delay:.1f} s",
+            extra={"job_id": job.id, "task": job.task},
         )  # fmt: skip
 
     def _release(self, job: Job, task: Task, why: str) -> None:
@@ -619,7 +640,7 @@ class Worker:
             self.queue.release(job.id, attempt=job.attempt, sync=False)
         except StateError:
             return
-        log.info("job %d released: %s", job.id, why)
+        log.info("job %d released: %s", job.id, why, extra={"job_id": job.id, "task": job.task})
 
     def _abandon_all(self, why: str) -> None:
         for slot in self._slots:
