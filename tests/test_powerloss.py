@@ -212,3 +212,38 @@ def test_a_kill_during_a_segment_roll_then_power_loss_keeps_later_confirmed_jobs
     q = open_sim(after_power_loss)
     assert q.status(confirmed) == "pending"  # UnknownJobError today: segment 2 is gone
     q.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug 7: compaction rewrites ENQUEUE records (which carry the spool origin) "
+    "as JOB records (which do not) without holding ProducerServer.ingest_lock, so after a "
+    "power cut before the spool file's unlink is durable, the restarted owner ingests it "
+    "again (walq/compactor.py, Compactor.compact; walq/server.py, ingest_lock)",
+)
+def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -> None:
+    """Ingest a spool file; the compactor runs before the unlink is durable; power is cut."""
+    from walq import spool, wire
+    from walq.server import ProducerServer
+
+    fs = SimFileSystem()
+    open_sim(fs).close()
+    items = [wire.Item(task="t", kind=1, data=bytes([i]) * 900) for i in range(10)]
+    writer = spool.SpoolWriter(fs, QDIR, max_files=100, max_bytes=1 << 30, lock_timeout=1.0)
+    writer.put(items)  # durable on return: the producer's promise
+    q = open_sim(fs)
+    server = ProducerServer(q, listen=False, poll_interval=None)
+    unlink = server._unlink
+
+    def compact_then_unlink(names: list[str]) -> None:
+        q.compact()  # the background compactor, poked when the batch sealed a segment
+        unlink(names)
+
+    server._unlink = compact_then_unlink  # type: ignore[method-assign]
+    fs.crash_on("sync_dir", path=QDIR + "/spool")  # power is cut before the unlink is durable
+    with pytest.raises(SimulatedCrash):
+        server.start()
+    q = open_sim(fs.crash(mode="durable"))
+    ProducerServer(q, listen=False, poll_interval=None).start()
+    assert q.stats()["pending"] == len(items)  # 18 today: 8 ingested twice
+    q.close()
