@@ -467,6 +467,29 @@ def test_url_options(url: str) -> None:
         RedisQueue.open(url, bogus=1)
 
 
+def test_next_due_in_moves_what_is_already_due(url: str) -> None:
+    """An overdue job or lease is moved, so next_due_in points to the future, not 0."""
+    with open_q(url) as a, open_q(url) as b:
+        a.enqueue("t", 1, delay=0.05)
+        a.enqueue("t", 2)
+        assert b.claim(lease=0.05) is not None
+        later = a.enqueue("t", 3, delay=30)
+        time.sleep(0.1)
+        due = a.next_due_in()
+        assert due is not None and 29 < due <= 30
+        assert a.stats()["pending"] == 2 and a.status(later) == "scheduled"
+
+
+@pytest.mark.skipif(not hasattr(walq, "RedisQueue"), reason="Queue.open dispatch not wired yet")
+def test_queue_open_dispatches_a_redis_url(url: str) -> None:
+    """walq.Queue.open(redis://...) gives a RedisQueue with the options passed through."""
+    q = walq.Queue.open(url, max_pending=3, sync="always")
+    try:
+        assert isinstance(q, walq.RedisQueue) and q.max_pending == 3
+    finally:
+        q.close()
+
+
 def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-py: MissingDependency, an ImportError naming the extra to install."""
     from walq import redisq

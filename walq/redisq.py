@@ -742,6 +742,9 @@ _NEXT_DUE = (
     _PRELUDE
     + r"""
 -- ARGV: P. Milliseconds until the next due job, lease or reservation expiry; nil if none.
+-- What is already due is moved first, so that the answer is in the future: a worker
+-- with no room to claim would otherwise wake at once, again and again.
+tick(1000)
 local best = nil
 for _, k in ipairs({':sch', ':run', ':res'}) do
   local h = redis.call('ZRANGE', P .. k, 0, 0, 'WITHSCORES')
@@ -1545,7 +1548,7 @@ class RedisQueue:
 
     def next_due_in(self) -> float | None:
         """Seconds until the next scheduled job falls due or a lease expires (None: none)."""
-        reply = self._run("next_due", write=False)
+        reply = self._run("next_due")
         if reply is None:
             return None
         return max(0.0, int(reply[0]) / 1000.0)
