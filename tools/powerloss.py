@@ -23,6 +23,9 @@ prefix for all jobs. That covers DESIGN.md's guarantees 1-5:
 - phantom: a live job nobody enqueued;
 - damaged: a payload or task other than the one enqueued;
 - attempts-lost: fewer attempts than a confirmed claim had started;
+- duplicated / lost spooled jobs: what a producer spooled (walq.connect with no
+  owner to talk to, guarantee 8) is in the queue exactly once after the owner
+  settles and ingests the spool on open (the workload spools and ingests too);
 - open-failed: a crash left a disk the queue cannot open;
 - and for injected faults, writes accepted after the log failed.
 
@@ -49,6 +52,7 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 import walq
+from walq import spool, wire
 from walq.core.state import Now
 from walq.errors import (
     LogFailedError,
@@ -56,11 +60,13 @@ from walq.errors import (
     UnknownJobError,
     WalqError,
 )
+from walq.server import ProducerServer
 from walq.testing import plant as planting
 from walq.testing.faultfs import CrashMode, SimFileSystem, SimulatedCrash
 
 QDIR = "/q"
 SEGMENT_SIZE = 4096
+SPOOL_TASK = "spooled"  # jobs producers leave in the spool; the workload never claims them
 T = TypeVar("T")
 
 # -- choices ------------------------------------------------------------------------
@@ -136,6 +142,8 @@ def observe(q: walq.Queue, ids: Iterable[int]) -> View:
     for jid in set(ids) | set(st.live_ids()):
         if jid in st:
             info = st.info(jid)
+            if info.task == SPOOL_TASK:
+                continue  # checked apart: see Run.check_spool
             due = st.due_of(jid) if info.state_name == "scheduled" else None
             view[jid] = MJob(info.state_name, info.attempts, due or 0.0)
         elif tombs.get(jid) == 1:
@@ -310,6 +318,9 @@ class Run:
         self.violations: list[Violation] = []
         self.payload_seq = itertools.count()
         self.claiming = False
+        # Spooled payloads (producers, guarantee 8): confirmed once put() returned, or
+        # maybe (a put that did not return). Each must end up in the queue exactly once.
+        self.spooled: dict[bytes, bool] = {}
         self.intended: list[Record] = []  # what the running operation means to write
         self.claim_n = 1
         self.last_disk: SimFileSystem | None = None
@@ -455,6 +466,44 @@ class Run:
         self.crash_states += 1
         self.history.append("# reopened")
         self.check_reopened()
+        if self.spooled:
+            self.ingest(settle=True)
+            self.check_spool()
+
+    def ingest(self, *, settle: bool) -> int:
+        """What an owner's ProducerServer does: settle (on open) and ingest the spool."""
+        assert self.q is not None
+        server = ProducerServer(self.q, listen=False, poll_interval=None)
+        if settle:
+            server.reconcile()
+        return server.ingest()
+
+    def check_spool(self) -> None:
+        """Every confirmed spooled job is in the queue exactly once; no other spooled job is."""
+        assert self.q is not None
+        q = self.q
+        seen: dict[bytes, list[int]] = {}
+        for info in q._state.jobs():
+            if info.task == SPOOL_TASK:
+                payload = q._job(info.id, info.attempts).payload
+                seen.setdefault(payload, []).append(info.id)
+        for payload, ids in seen.items():
+            if payload not in self.spooled:
+                self.violate("phantom", f"spooled job(s) {ids}: {payload!r:.60} was never spooled")
+                raise Stop
+            if len(ids) > 1:
+                self.violate("duplicated", f"spooled {payload!r:.40} is in the queue as {ids}")
+                raise Stop
+        names = self.fs.listdir(QDIR + "/spool") if self.fs.is_dir(QDIR + "/spool") else []
+        waiting = [n for n in names if not n.startswith(".") and not n.endswith(".tmp")]
+        for payload, confirmed in self.spooled.items():
+            if confirmed and payload not in seen:
+                self.violate(
+                    "lost", f"spooled {payload!r:.40} is not in the queue (spool: {waiting})"
+                )
+                raise Stop
+            if payload in seen:
+                self.spooled[payload] = True  # in the log: from now on it must stay there
 
     def check_reopened(self) -> None:
         """The reopened queue equals one crash point of the model, and holds what was enqueued."""
@@ -566,6 +615,8 @@ class Run:
         st = self.q._state
         out: list[Record] = []
         for info in st.jobs():
+            if info.task == SPOOL_TASK:
+                continue
             if info.state_name in ("pending", "scheduled") and info.attempts >= info.max_attempts:
                 out.append(((info.id, MJob("dead", info.attempts)),))
         return out
@@ -673,7 +724,7 @@ def op_claim(run: Run) -> bool:
     run.claiming, run.claim_n = True, 1
     run.intended = run.exhausted()
     run.history.append(f"claim(lease={lease})")
-    job = run.q.claim(lease=lease)
+    job = run.q.claim(lease=lease, tasks=["a", "b"])
     run.history[-1] += f" -> {None if job is None else (job.id, job.attempt)}"
     return _claimed(run, [] if job is None else [job])
 
@@ -684,7 +735,7 @@ def op_claim_many(run: Run) -> bool:
     run.claiming, run.claim_n = True, n
     run.intended = run.exhausted()
     run.history.append(f"claim_many({n})")
-    jobs = run.q.claim_many(n, lease=50.0)
+    jobs = run.q.claim_many(n, lease=50.0, accept=lambda info: info.task != SPOOL_TASK)
     run.history[-1] += f" -> {[(j.id, j.attempt) for j in jobs]}"
     return _claimed(run, jobs)
 
@@ -817,6 +868,40 @@ def op_sync(run: Run) -> bool:
     return True
 
 
+def op_spool(run: Run) -> bool:
+    """A producer spools jobs (as walq.connect does when it cannot reach the owner)."""
+    n = run.choose.integer(1, 3)
+    payloads = [
+        f"spooled-{next(run.payload_seq)}-".encode() + b"s" * run.choose.pick([0, 100, 1500])
+        for _ in range(n)
+    ]
+    items = [wire.Item(task=SPOOL_TASK, kind=1, data=p) for p in payloads]
+    run.history.append(f"spool {len(items)} items")
+    for payload in payloads:
+        run.spooled[payload] = False
+    writer = spool.SpoolWriter(run.fs, QDIR, max_files=10_000, max_bytes=1 << 40, lock_timeout=0.1)
+    try:
+        writer.put(items)
+    except OSError as exc:  # an injected fault: the producer got an error, nothing promised
+        run.history[-1] += f" -> {exc!r}"
+        return False
+    for payload in payloads:
+        run.spooled[payload] = True
+    return False
+
+
+def op_ingest(run: Run) -> bool:
+    """The owner ingests the spool (its poll): durable enqueues, then the files go."""
+    run.history.append("ingest spool")
+    try:
+        added = run.ingest(settle=False)
+    except OSError as exc:  # an injected fault; the owner's poll logs it and tries again
+        run.history[-1] += f" -> {exc!r}"
+        return False
+    run.history[-1] += f" -> {added}"
+    return added > 0  # enqueued with sync=True: a commit
+
+
 def op_tick(run: Run) -> bool:
     seconds = run.choose.pick([1.0, 10.0, 100.0])
     run.history.append(f"tick({seconds})")
@@ -859,6 +944,8 @@ OPS: list[Op] = (
     + [op_sync] * 2
     + [op_tick] * 3
     + [op_reopen] * 2
+    + [op_spool] * 4
+    + [op_ingest] * 3
 )
 
 
@@ -888,7 +975,7 @@ class Report:
             "runs": self.runs,
             "violations": self.failing,
             "by-kind": kinds,
-            "failing-runs": sorted({v.run for v in self.violations}),
+            "failing-runs": sorted({v.run for v in self.violations})[:20],
             "seconds": round(self.seconds, 1),
         }
 
