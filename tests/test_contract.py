@@ -44,6 +44,16 @@ def _redis_skip_reason() -> str | None:
 
 
 REDIS_SKIP = _redis_skip_reason()
+# WALQ_REQUIRE_REDIS=1 (CI sets it) turns a missing server or redis-py into failures,
+# so that a broken CI setup cannot pass by skipping.
+REDIS_REQUIRED = os.environ.get("WALQ_REQUIRE_REDIS", "") not in ("", "0")
+SKIP_REDIS = REDIS_SKIP is not None and not REDIS_REQUIRED
+
+
+def need_redis() -> None:
+    """Fail the test if Redis was required and is missing (else the skip mark decided)."""
+    if REDIS_SKIP is not None:
+        pytest.fail(f"WALQ_REQUIRE_REDIS is set, but: {REDIS_SKIP}")
 
 
 class Backend:
@@ -86,12 +96,14 @@ class Backend:
             "redis",
             marks=[
                 pytest.mark.redis,
-                pytest.mark.skipif(REDIS_SKIP is not None, reason=REDIS_SKIP or ""),
+                pytest.mark.skipif(SKIP_REDIS, reason=REDIS_SKIP or ""),
             ],
         ),
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "redis":
+        need_redis()
     b = Backend(request.param, tmp_path)
     yield b
     b.cleanup()

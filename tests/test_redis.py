@@ -25,12 +25,18 @@ from typing import Any
 import pytest
 
 import walq
-from tests.test_contract import REDIS_SKIP, redis_url
+from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
 
 pytestmark = [
     pytest.mark.redis,
-    pytest.mark.skipif(REDIS_SKIP is not None, reason=REDIS_SKIP or ""),
+    pytest.mark.skipif(SKIP_REDIS, reason=REDIS_SKIP or ""),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _redis_required() -> None:
+    need_redis()
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
