@@ -496,6 +496,17 @@ def test_queue_open_dispatches_a_redis_url(url: str) -> None:
         q.close()
 
 
+def test_claim_many_with_accept_and_a_task_filter(url: str) -> None:
+    """tasks= and accept= together: only those tasks are offered to accept."""
+    with open_q(url) as q:
+        q.enqueue("a", 1)
+        b = q.enqueue("b", 2)
+        asked: list[str] = []
+        jobs = q.claim_many(5, tasks=["b"], accept=lambda info: asked.append(info.task) or True)
+        assert [j.id for j in jobs] == [b] and asked == ["b"]
+        assert q.stats()["pending"] == 1
+
+
 def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-py: MissingDependency, an ImportError naming the extra to install."""
     from walq import redisq

@@ -374,13 +374,16 @@ return {out, buried}
 _RESERVE = (
     _PRELUDE
     + r"""
--- ARGV: P, n, token, reservation ms, excluded tasks (JSON list)
+-- ARGV: P, n, token, reservation ms, excluded tasks (JSON list), tasks filter ('' all)
 tick(1000)
 local n, token, rms = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local excluded = {}
 for _, t in ipairs(cjson.decode(ARGV[5])) do excluded[t] = true end
+local tasks
+if ARGV[6] ~= '' then tasks = cjson.decode(ARGV[6])
+else tasks = redis.call('SMEMBERS', P .. ':rt') end
 local out = {}
-best_ready(n, redis.call('SMEMBERS', P .. ':rt'), excluded, function(id, task)
+best_ready(n, tasks, excluded, function(id, task)
   move(id, task, 'pending', 'reserved')
   redis.call('HSET', jk(id), 'rv', token)
   redis.call('ZADD', P .. ':res', NOW + rms, id)
@@ -1196,7 +1199,7 @@ class RedisQueue:
             if accept is None:
                 rows, moved = self._claim_plain(n, lease_ms, only)
             else:
-                rows, moved = self._claim_accepted(n, lease_ms, accept)
+                rows, moved = self._claim_accepted(n, lease_ms, accept, only)
             if rows:
                 return [self._job(row) for row in rows]
             if moved:
@@ -1213,7 +1216,7 @@ class RedisQueue:
         return list(reply[0]), int(reply[1])
 
     def _claim_accepted(
-        self, n: int, lease_ms: int, accept: Callable[[JobInfo], bool | float]
+        self, n: int, lease_ms: int, accept: Callable[[JobInfo], bool | float], only: str | None
     ) -> tuple[list[Any], int]:
         """Reserve candidates, ask `accept` about each, then start, defer or put back."""
         token = uuid.uuid4().hex
@@ -1228,7 +1231,12 @@ class RedisQueue:
                 if want <= 0:
                     break
                 found = self._run(
-                    "reserve", want, token, _ms(RESERVATION), json.dumps(sorted(refused))
+                    "reserve",
+                    want,
+                    token,
+                    _ms(RESERVATION),
+                    json.dumps(sorted(refused)),
+                    only or "",
                 )
                 if not found:
                     break
