@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -574,7 +575,7 @@ def _spool_sample(fs: SimFileSystem) -> list[Any]:
 
 
 def _sim_owner(fs: SimFileSystem, **server_kw: Any) -> tuple[walq.Queue, ProducerServer]:
-    q = walq.Queue.open("/q", fs=fs, segment_size=4096)
+    q = open_queue("/q", fs=fs, segment_size=4096)
     return q, ProducerServer(q, listen=False, poll_interval=None, **server_kw)
 
 
@@ -634,7 +635,7 @@ def test_a_file_cut_short_by_a_crash_is_split_not_repeated() -> None:
         prod.enqueue_many([("t", "a0"), ("t", "a1"), ("t", "a2")])
     entry = spool.parse_name(base.listdir("/q/spool")[-1])
     assert entry is not None
-    q = walq.Queue.open("/q", fs=base, segment_size=4096)
+    q = open_queue("/q", fs=base, segment_size=4096)
     q.enqueue_many([("t", "a0", {"origin": spool.origin(entry.stem, 0)})])  # as a crash left it
     q.close()
     for nth in (1, 2, None):  # crash at the first or second removal, or not at all
@@ -768,6 +769,27 @@ def test_owner_processes_killed_while_ingesting_lose_and_duplicate_nothing(qdir:
             break
     assert kills >= 1
     assert sorted(pending_payloads(qdir)) == expected
+
+
+needs_serving_open = pytest.mark.skipif(
+    "serve" not in inspect.signature(walq.Queue.open).parameters,
+    reason="Queue.open does not start a ProducerServer yet",
+)
+
+
+@needs_serving_open
+def test_queue_open_serves_producers_and_ingests_the_spool(qdir: str) -> None:
+    """Queue.open (serve=True, the default) ingests the spool and answers producers; close stops."""
+    with connect(qdir) as prod:
+        assert prod.enqueue("t", "spooled") is None
+        with walq.Queue.open(qdir) as q:
+            assert q.stats()["pending"] == 1
+            assert prod.enqueue("t", "direct") == 2
+            address = wire.socket_address(qdir)
+            assert address is not None and os.path.exists(address)
+            assert drain(q) == ["spooled", "direct"]
+        assert not os.path.exists(address)
+        assert prod.enqueue("t", "after close") is None
 
 
 # -- the command line ---------------------------------------------------------------------------
