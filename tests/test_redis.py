@@ -507,6 +507,26 @@ def test_claim_many_with_accept_and_a_task_filter(url: str) -> None:
         assert q.stats()["pending"] == 1
 
 
+def test_a_payload_damaged_on_the_server_is_dead_lettered_not_delivered(url: str) -> None:
+    """A job hash overwritten with bad JSON (a foreign write) is dead, never handed out."""
+    import redis
+
+    from walq.redisq import parse_url
+
+    client_url, prefix, _, _ = parse_url(url)
+    with open_q(url) as q:
+        bad = q.enqueue("t", {"ok": True})
+        good = q.enqueue("t", 2)
+        c = redis.Redis.from_url(client_url)
+        c.hset(f"{prefix}:j:{bad}", "p", b"{not json")
+        c.close()
+        job = q.claim()
+        assert job is not None and job.id == good
+        assert q.status(bad) == "dead"
+        (dead,) = q.dead_jobs()
+        assert dead.payload == b"{not json" and "not valid JSON" in dead.error
+
+
 def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-py: MissingDependency, an ImportError naming the extra to install."""
     from walq import redisq

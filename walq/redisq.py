@@ -1201,7 +1201,10 @@ class RedisQueue:
             else:
                 rows, moved = self._claim_accepted(n, lease_ms, accept, only)
             if rows:
-                return [self._job(row) for row in rows]
+                jobs = [job for job in map(self._job, rows) if job is not None]
+                if jobs:
+                    return jobs
+                continue
             if moved:
                 continue  # some were dead-lettered or deferred: look again
             left = deadline - time.monotonic()
@@ -1304,23 +1307,30 @@ class RedisQueue:
             )
         return rows, buried
 
-    def _job(self, row: Sequence[Any]) -> Job:
+    def _job(self, row: Sequence[Any]) -> Job | None:
+        """The claimed job; None if its payload cannot be decoded (then it is dead)."""
         jid, task, kind, data, attempt, key, priority, created, gen, maxa = row
-        job = Job(
+        with self._held_lock:
+            self._held[int(jid)] = (int(attempt), int(gen))
+            if len(self._held) > _HELD_CAP:
+                self._held.pop(next(iter(self._held)))
+        try:
+            payload = decode_payload(int(kind), bytes(data))
+        except ValueError as exc:  # written by something other than walq
+            why = f"payload is not valid JSON ({exc}): damage is never delivered as data"
+            log.error("job %s: %s", jid, why)
+            self.fail(int(jid), why, permanent=True, attempt=int(attempt))
+            return None
+        return Job(
             id=int(jid),
             task=_text(task),
-            payload=decode_payload(int(kind), bytes(data)),
+            payload=payload,
             attempt=int(attempt),
             key=None if key is None else _text(key),
             priority=int(priority),
             max_attempts=int(maxa),
             enqueued_at=int(created) / 1000.0,
         )
-        with self._held_lock:
-            self._held[job.id] = (job.attempt, int(gen))
-            if len(self._held) > _HELD_CAP:
-                self._held.pop(next(iter(self._held)))
-        return job
 
     def _claim_token(self, job_id: int, attempt: int | None) -> str:
         """The claim this process made for (job, attempt), if it made it: '' otherwise."""
@@ -1463,7 +1473,7 @@ class RedisQueue:
             DeadJob(
                 id=d["id"],
                 task=d["task"],
-                payload=decode_payload(d["kind"], d["payload"]),
+                payload=_decode_or_raw(d["kind"], d["payload"]),
                 attempts=d["attempts"],
                 error=d["error"],
                 key=d["key"],
@@ -1666,6 +1676,14 @@ class RedisQueue:
             if self._ready_seq == seen and not self._closed:
                 self._ready.wait(wait)
         self._check_open()
+
+
+def _decode_or_raw(kind: int, data: bytes) -> Any:
+    """The payload, or its raw bytes if it does not decode (a dead job is shown, not run)."""
+    try:
+        return decode_payload(kind, data)
+    except ValueError:
+        return data
 
 
 def _job_id(value: object) -> int:
