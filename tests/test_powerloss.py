@@ -8,8 +8,10 @@ has a regression test.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import random
+import threading
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -48,7 +50,9 @@ def explain(run: powerloss.Run) -> str:
 
 
 def open_sim(fs: SimFileSystem, **kw: Any) -> walq.Queue:
-    opts: dict[str, Any] = {"segment_size": 4096, "compaction": False, "min_free_bytes": 0}
+    opts: dict[str, Any] = {
+        "segment_size": 4096, "compaction": False, "min_free_bytes": 0, "serve": False,
+    }  # fmt: skip
     opts.update(kw)
     return walq.Queue.open(QDIR, fs=fs, **opts)
 
@@ -214,15 +218,12 @@ def test_a_kill_during_a_segment_roll_then_power_loss_keeps_later_confirmed_jobs
     q.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug 7: compaction rewrites ENQUEUE records (which carry the spool origin) "
-    "as JOB records (which do not) without holding ProducerServer.ingest_lock, so after a "
-    "power cut before the spool file's unlink is durable, the restarted owner ingests it "
-    "again (walq/compactor.py, Compactor.compact; walq/server.py, ingest_lock)",
-)
 def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -> None:
-    """Ingest a spool file; the compactor runs before the unlink is durable; power is cut."""
+    """Ingest a spool file; the compactor tries to run before the unlink is durable; power is cut.
+
+    (Bug 7, fixed: the compactor takes the queue's ingest_lock, so it waits for the
+    ingestion instead of dropping the enqueue records that name the spool file.)
+    """
     from walq import spool, wire
     from walq.server import ProducerServer
 
@@ -235,8 +236,17 @@ def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -
     server = ProducerServer(q, listen=False, poll_interval=None)
     unlink = server._unlink
 
+    compactor_ran = threading.Event()
+
+    def background_compaction() -> None:
+        with contextlib.suppress(SimulatedCrash, walq.WalqError):
+            q.compact()
+        compactor_ran.set()
+
     def compact_then_unlink(names: list[str]) -> None:
-        q.compact()  # the background compactor, poked when the batch sealed a segment
+        # The background compactor, poked when the batch sealed a segment, wants to run now.
+        threading.Thread(target=background_compaction, daemon=True).start()
+        assert not compactor_ran.wait(0.3)  # it waits for the ingestion to be durable
         unlink(names)
 
     server._unlink = compact_then_unlink  # type: ignore[method-assign]

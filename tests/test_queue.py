@@ -483,7 +483,7 @@ def test_directory_is_created_private(qdir: str) -> None:
 
 def test_segments_roll_and_replay_in_order(qdir: str) -> None:
     """Many jobs across many small segments replay to the same state."""
-    with open_q(qdir, segment_size=4096) as q:
+    with open_q(qdir, segment_size=4096, compaction=False) as q:
         ids = q.enqueue_many([("t", {"i": i, "pad": "x" * 100}) for i in range(200)])
         for _ in range(50):
             job = q.claim()

@@ -25,7 +25,9 @@ from walq.errors import (
     WalqError,
 )
 from walq.job import DeadJob, Job
+from walq.producer import Producer, connect
 from walq.queue import Queue
+from walq.redisq import BackendError, DurabilityError, RedisQueue
 from walq.tasks import Task, Tasks
 from walq.worker import Worker
 
@@ -33,11 +35,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError",
+    "BackendError",
     "Backoff",
     "CircuitBreaker",
     "ClosedError",
     "CorruptionError",
     "DeadJob",
+    "DurabilityError",
     "Job",
     "LeaseLost",
     "LockedError",
@@ -46,10 +50,12 @@ __all__ = [
     "Now",
     "PayloadError",
     "Permanent",
+    "Producer",
     "ProtocolError",
     "Queue",
     "QueueFull",
     "RateLimit",
+    "RedisQueue",
     "RetryAfter",
     "RetryBudget",
     "StateError",
@@ -59,4 +65,5 @@ __all__ = [
     "WalqError",
     "Worker",
     "__version__",
+    "connect",
 ]

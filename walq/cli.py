@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from walq import inspect as insp
+from walq import redisq  # cheap: redis-py itself is imported only when a URL is used
 from walq.errors import (
     ArgumentError,
     LockedError,
@@ -42,6 +43,8 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     UnknownJobError,
     StateError,
     MetricsUnavailable,
+    redisq.BackendError,
+    redisq.MissingDependency,
 )
 
 
@@ -298,6 +301,16 @@ def stats(directory: str, as_json: bool, prometheus: bool) -> None:
 
     Read from the files without the lock, beside a running owner or none.
     """
+    if redisq.is_redis_url(directory):
+        if prometheus:
+            fail("--prometheus reads a queue directory; for Redis, scrape the worker's port")
+        st = redisq.inspect_stats(directory)
+        if as_json:
+            emit_json(st)
+        else:
+            for line in redisq.stats_lines(st):
+                click.echo(line)
+        return
     if prometheus:
         from walq import metrics  # noqa: PLC0415 - an optional extra
 
@@ -467,7 +480,7 @@ def dead() -> None:
 @guarded
 def dead_list(directory: str, as_json: bool) -> None:
     """Every dead job: id, task, attempts, key and the first line of its last error."""
-    jobs = insp.dead_jobs(directory)
+    jobs = _dead_jobs(directory)
     if as_json:
         for d in jobs:
             emit_json(d.summary())
@@ -492,7 +505,7 @@ def dead_list(directory: str, as_json: bool) -> None:
 @guarded
 def dead_show(directory: str, job_id: int, as_json: bool) -> None:
     """One dead job in full: payload, and the stored error with its traceback."""
-    (d,) = insp.dead_jobs(directory, ids=[job_id])
+    (d,) = _dead_jobs(directory, ids=[job_id])
     if as_json:
         emit_json(d.detail())
         return
@@ -518,7 +531,10 @@ def dead_show(directory: str, job_id: int, as_json: bool) -> None:
 @guarded
 def dead_requeue(directory: str, job_ids: tuple[int, ...]) -> None:
     """Give dead jobs a fresh start (attempts reset). No owner may be running."""
-    done = _admin(lambda: insp.requeue(directory, job_ids), "requeue")
+    if redisq.is_redis_url(directory):
+        done = redisq.requeue(directory, job_ids)
+    else:
+        done = _admin(lambda: insp.requeue(directory, job_ids), "requeue")
     click.echo(f"requeued {len(done)} jobs: {' '.join(str(j) for j in done)}")
 
 
@@ -531,18 +547,28 @@ def dead_purge(directory: str, job_ids: tuple[int, ...], yes: bool) -> None:
     """Delete dead jobs for good (all, or the ids given). No owner may be running."""
     ids = list(job_ids) or None
     if not yes:
-        count = len(ids) if ids is not None else len(insp.dead_jobs(directory))
+        count = len(ids) if ids is not None else len(_dead_jobs(directory))
         if not count:
             click.echo("no dead jobs")
             return
         if not sys.stdin.isatty():
             fail(f"purge deletes {count} dead jobs for good: pass --yes to confirm")
         click.confirm(f"delete {count} dead jobs for good?", abort=True)
-    n = _admin(lambda: insp.purge(directory, ids), "purge")
+    if redisq.is_redis_url(directory):
+        n = redisq.purge(directory, ids)
+    else:
+        n = _admin(lambda: insp.purge(directory, ids), "purge")
     click.echo(f"purged {n} dead jobs")
 
 
 T = TypeVar("T")
+
+
+def _dead_jobs(target: str, ids: list[int] | None = None) -> list[insp.DeadInfo]:
+    """Dead jobs of a queue directory or a Redis URL."""
+    if redisq.is_redis_url(target):
+        return redisq.dead_jobs(target, ids=ids)
+    return insp.dead_jobs(target, ids=ids)
 
 
 def _admin(step: Callable[[], T], what: str) -> T:
@@ -587,6 +613,9 @@ def enqueue(
             fail(f"--payload is not valid JSON: {exc}")
     elif payload_file is not None:
         value = payload_file.read()
+    if redisq.is_redis_url(directory):
+        click.echo(redisq.enqueue(directory, task, value, key=key, delay=delay, priority=priority))
+        return
     insp.check_queue_dir(directory)
     with connect(directory) as producer:
         jid = producer.enqueue(task, value, key=key, delay=delay, priority=priority)

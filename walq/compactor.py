@@ -150,7 +150,10 @@ class Compactor:
         with self._running:
             started = time.monotonic()
             q = self.queue
-            sealed = q._log.sealed()
+            # No spool ingestion is half done (enqueued, unlink not yet durable)
+            # in what we choose: we must not drop its enqueue record's origin.
+            with q.ingest_lock:
+                sealed = q._log.sealed()
             if not sealed:
                 return CompactionResult(0, 0, 0, 0, 0.0)
             header = fmt.SegmentHeader(seq=sealed[-1].seq, first=sealed[0].header.first)

@@ -48,6 +48,7 @@ from walq.job import (
     encode_payload,
 )
 from walq.log import Damage, Log
+from walq.server import ProducerServer
 
 log = logging.getLogger("walq.queue")
 
@@ -135,6 +136,11 @@ class Queue:
         self.cancel_listeners: list[Callable[[int], None]] = []
         # Called (outside the lock) when a job may have become ready: a worker's wakeup.
         self.ready_listeners: list[Callable[[], None]] = []
+        # Spool ingestion holds this from an enqueue until the spool file's unlink
+        # is durable; the compactor takes it before choosing what to rewrite, so
+        # it never drops the enqueue record that says a spool file was ingested.
+        self.ingest_lock = threading.Lock()
+        self._server: ProducerServer | None = None
         self._compactor = Compactor(self)
 
     # -- opening ---------------------------------------------------------------
@@ -155,6 +161,7 @@ class Queue:
         lock_timeout: float = 0.0,
         recovery: str = "strict",
         compaction: Policy | bool | None = True,
+        serve: bool = True,
         fs: FileSystem | None = None,
         clock: Callable[[], Now] | None = None,
         rng: random.Random | None = None,
@@ -167,7 +174,17 @@ class Queue:
         or "skip" (damaged records are skipped, logged and counted).
         compaction: True (the default policy), a compactor.Policy, or False
         (compact only when `compact()` is called).
+        serve: answer walq.connect() producers on the queue's socket and ingest
+        their spool (docs/PRODUCERS.md).
+        A "redis://..." path opens a RedisQueue instead (docs/REDIS.md).
         """
+        if isinstance(path, str) and path.startswith(("redis://", "rediss://", "unix://")):
+            from walq.redisq import RedisQueue  # noqa: PLC0415 - the optional backend
+
+            return RedisQueue.open(  # type: ignore[return-value]
+                path, max_pending=max_pending, max_bytes=max_bytes, max_payload=max_payload,
+                max_attempts=max_attempts, rng=rng,
+            )  # fmt: skip
         if recovery not in RECOVERY_MODES:
             raise ArgumentError(f"recovery must be 'strict' or 'skip', not {recovery!r}")
         for name, cap in (("max_pending", max_pending), ("max_bytes", max_bytes)):
@@ -201,13 +218,20 @@ class Queue:
             )
             skip = recovery == "skip"
             q._replay(wal, skip)
+        except BaseException:
+            lock.release()
+            raise
+        try:
             if isinstance(compaction, Policy):
                 q._compactor.policy = compaction
             if compaction is not False:
                 q._compactor.start()
                 wal.on_roll = q._compactor.poke
+            if serve:
+                q._server = ProducerServer(q)
+                q._server.start()
         except BaseException:
-            lock.release()
+            q.close()  # stops what did start, closes the log, releases the lock
             raise
         return q
 
@@ -808,6 +832,8 @@ class Queue:
             self._closed = True
             self._changed.notify_all()
         try:
+            if self._server is not None:
+                self._server.stop()
             self._compactor.stop()
             self._log.close()
         finally:
@@ -826,6 +852,7 @@ class Queue:
         """Seconds until the next scheduled job falls due or lease expires (None: none)."""
         with self._mu:
             now = self._clock()
+            self._tick(now)  # what is already due moves now, so this is never stale-zero
             due = self._state.next_due()
             return None if due is None else max(0.0, due - now.mono)
 

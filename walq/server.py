@@ -91,7 +91,8 @@ class ProducerServer:
         self.batch_items = batch_items
         self.batch_bytes = batch_bytes
         # Held from an ingestion's enqueue through its unlinks and the spool-dir fsync.
-        self.ingest_lock = threading.Lock()
+        # It is the queue's: its compactor takes it too (see Compactor.compact).
+        self.ingest_lock = queue.ingest_lock
         self._ingest_mu = threading.Lock()  # one ingestion at a time
         self._stop = threading.Event()
         self._poked = threading.Event()

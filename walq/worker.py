@@ -36,6 +36,7 @@ from walq.core.state import JobInfo
 from walq.errors import ArgumentError, LogFailedError, StateError, WalqError
 from walq.job import Job, check_seconds
 from walq.queue import Queue
+from walq.redisq import RedisQueue
 from walq.tasks import Task, Tasks
 
 log = logging.getLogger("walq.worker")
@@ -170,7 +171,7 @@ class Worker:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: Queue | RedisQueue,
         tasks: Tasks,
         *,
         processes: int | None = None,
@@ -698,6 +699,11 @@ class Worker:
         self._status_written = time.monotonic()
         status = self.status()
         status["stopped"] = final
+        if isinstance(self.queue, RedisQueue):
+            # Shared by many hosts: each worker's status is a key that expires.
+            with contextlib.suppress(WalqError):
+                self.queue.record_worker_status(status)
+            return
         path = os.path.join(self.queue.path, STATUS_FILE)
         tmp = path + ".part"
         # Advisory only: no fsync; a crash leaves the previous status or none.
