@@ -184,6 +184,7 @@ class Worker:
         start_method: str = "spawn",
         rng: random.Random | None = None,
         status_interval: float = 2.0,
+        lease: float | None = None,
     ) -> None:
         if not isinstance(tasks, Tasks) or not len(tasks):
             raise ArgumentError("Worker needs a walq.Tasks with at least one task")
@@ -211,7 +212,12 @@ class Worker:
         self._cancel_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self._lease = max(t.timeout for t in tasks) + 2 * self.kill_grace + 30.0
+        # A claim's lease outlives the longest handler (its timeout and the kill
+        # grace): while the owner lives, a lease never expires under a job.
+        floor = max(t.timeout for t in tasks) + 2 * self.kill_grace
+        self._lease = floor + 30.0
+        if lease is not None:
+            self._lease = check_seconds("lease", lease, positive=True)
         self._unknown_warned: set[str] = set()
         self._unsynced = False
         # Called per finished attempt with (task, seconds it ran, ok): metrics.
