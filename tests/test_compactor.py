@@ -54,7 +54,8 @@ def workload(q: walq.Queue, rng: random.Random, n: int = 60) -> list[int]:
 
 
 def open_sim(fs: SimFileSystem) -> walq.Queue:
-    return walq.Queue.open(QDIR, fs=fs, segment_size=4096, compaction=False)
+    # serve=False: no spool-polling thread making file-system calls of its own
+    return walq.Queue.open(QDIR, fs=fs, segment_size=4096, compaction=False, serve=False)
 
 
 def test_compaction_reclaims_disk_and_keeps_every_job(qdir: str) -> None:

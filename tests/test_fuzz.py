@@ -157,7 +157,9 @@ def test_a_planted_decoder_that_accepts_bad_checksums_is_caught(corpus: fuzz.Cor
 
 
 def sim_queue(fs: SimFileSystem, **kw: Any) -> walq.Queue:
-    opts: dict[str, Any] = {"segment_size": 4096, "compaction": False, "min_free_bytes": 0}
+    opts: dict[str, Any] = {
+        "segment_size": 4096, "compaction": False, "min_free_bytes": 0, "serve": False,
+    }  # fmt: skip
     opts.update(kw)
     return walq.Queue.open(fuzz.QDIR, fs=fs, **opts)
 
@@ -186,12 +188,6 @@ def put(fs: SimFileSystem, name: str, data: bytes) -> None:
     fs.sync_all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug 4: Log.recover builds set(range(first, seq)) for a compacted header, "
-    "so one header allocates memory in proportion to the segment numbers it spans "
-    "(walq/log.py, Log.recover)",
-)
 def test_a_compacted_header_spanning_many_segment_numbers_is_not_allocated() -> None:
     """A segment numbered 300,000 that covers 1..300,000: open's peak stays small."""
     fs = compacted_queue()
@@ -212,12 +208,6 @@ def test_a_compacted_header_spanning_many_segment_numbers_is_not_allocated() -> 
     assert peak < fuzz.PEAK_LIMIT, f"peak {peak >> 20} MiB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug 5: Log.recover checks every segment header before it removes the "
-    "segments a compacted one supersedes, so a damaged leftover stops open while fsck, "
-    "which skips superseded segments, says clean (walq/log.py, Log.recover)",
-)
 def test_a_damaged_leftover_of_a_compaction_does_not_stop_open() -> None:
     """A superseded segment 1 with a damaged header: fsck says clean, so open must work."""
     fs = compacted_queue()
@@ -230,12 +220,6 @@ def test_a_damaged_leftover_of_a_compaction_does_not_stop_open() -> None:
     q.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug 6: Queue._job decodes the payload with json.loads and lets "
-    "JSONDecodeError / UnicodeDecodeError (ValueError) escape claim() and dead_jobs() "
-    "(walq/queue.py, Queue._job)",
-)
 def test_a_checksummed_payload_that_is_not_json_is_not_a_foreign_exception() -> None:
     """A valid CRC around broken JSON (a foreign write): walq's error, or the job dead-lettered."""
     fs = SimFileSystem()

@@ -361,7 +361,7 @@ class TestStats:
     def test_spool_and_cut_files_are_counted(self, qdir: str) -> None:
         """Producer requests waiting in spool/ and files in cut/ show in the numbers."""
         varied(qdir)
-        (Path(qdir) / "spool").mkdir()
+        (Path(qdir) / "spool").mkdir(exist_ok=True)  # the owner that wrote the queue made it
         (Path(qdir) / "spool" / "00000000000000000001-1-0123456789abcdef-10.job").write_bytes(b"")
         (Path(qdir) / "spool" / ".lock").write_bytes(b"")
         (Path(qdir) / "cut").mkdir()

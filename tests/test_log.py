@@ -41,17 +41,17 @@ def test_concurrent_enqueues_share_fsyncs(qdir: str) -> None:
 def test_concurrent_enqueues_survive_a_power_cut() -> None:
     """16 threads; a power cut keeping only synced data afterwards loses no returned job."""
     fs = SimFileSystem()
-    q = walq.Queue.open("/q", fs=fs, segment_size=1 << 16, compaction=False)
+    q = walq.Queue.open("/q", fs=fs, segment_size=1 << 16, compaction=False, serve=False)
     ids = produce_concurrently(q)
     disk = fs.crash([False] * fs.choice_count())  # keep only what was synced
-    with walq.Queue.open("/q", fs=disk, segment_size=1 << 16) as q2:
+    with walq.Queue.open("/q", fs=disk, segment_size=1 << 16, serve=False) as q2:
         assert {q2.status(i) for i in ids} == {"pending"}
 
 
 def test_an_fsync_failure_reaches_every_waiting_caller() -> None:
     """When the leader's fsync fails, every parked caller gets LogFailedError; none hangs."""
     fs = SimFileSystem()
-    q = walq.Queue.open("/q", fs=fs, segment_size=1 << 16, compaction=False)
+    q = walq.Queue.open("/q", fs=fs, segment_size=1 << 16, compaction=False, serve=False)
     q.enqueue("t", 0)
     fs.inject("sync", errno.EIO, path=".wal", times=None)
     errors: list[BaseException] = []

@@ -37,7 +37,7 @@ class QueueModel(RuleBasedStateMachine):
     def _open(self) -> walq.Queue:
         return walq.Queue.open(
             PATH, fs=self.fs, clock=self.clock, segment_size=4096, compaction=False,
-            max_attempts=3, sync="never",
+            max_attempts=3, sync="never", serve=False,
         )  # fmt: skip
 
     def _holder(self, key: str | None) -> int | None:

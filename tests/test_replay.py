@@ -27,7 +27,9 @@ def build(seed: int, n: int) -> SimFileSystem:
     """A queue with keys, delays, retries, deaths, cancels and releases, then a clean crash."""
     rng = random.Random(seed)
     fs = SimFileSystem()
-    q = walq.Queue.open("/q", fs=fs, segment_size=4096, compaction=False, sync="never")
+    q = walq.Queue.open(
+        "/q", fs=fs, segment_size=4096, compaction=False, sync="never", serve=False
+    )
     for i in range(n):
         q.enqueue(
             rng.choice(["a", "b", "ç"]),
@@ -56,7 +58,12 @@ def state_of(fs: SimFileSystem, monkeypatch: Any, fused: bool) -> dict[str, Any]
 
             m.setattr(Log, "recover", general)
         q = walq.Queue.open(
-            "/q", fs=fs.snapshot(mode="clean"), segment_size=4096, compaction=False, clock=NOW
+            "/q",
+            fs=fs.snapshot(mode="clean"),
+            segment_size=4096,
+            compaction=False,
+            clock=NOW,
+            serve=False,
         )
     s = q._state
     out = {

@@ -131,24 +131,37 @@ class Log:
                 fs.remove(posixpath.join(d, name))
         seqs = sorted(s for s in (parse_segment_name(n) for n in names) if s is not None)
         opened: list[Segment] = []
+        bad: dict[int, CorruptionError] = {}
         for seq in seqs:
-            seg = Segment.open(fs, posixpath.join(d, segment_name(seq)), write=True)
+            try:
+                seg = Segment.open(fs, posixpath.join(d, segment_name(seq)), write=True)
+            except CorruptionError as exc:
+                bad[seq] = exc  # an error only if no compacted segment supersedes it
+                continue
             opened.append(seg)
             if seg.seq != seq:
-                for other in opened:
-                    other.close()
-                raise CorruptionError(seg.path, 0, f"header says segment {seg.seq}")
+                seg.close()
+                opened.pop()
+                bad[seq] = CorruptionError(seg.path, 0, f"header says segment {seg.seq}")
         # A compacted segment covering first..seq supersedes those segments: they
         # are leftovers of a compaction that crashed before removing them.
-        superseded: set[int] = set()
-        for seg in opened:
-            superseded.update(range(seg.header.first, seg.seq))
-        for seg in opened:
-            if seg.seq in superseded:
+        covers = [(s.header.first, s.seq) for s in opened if s.header.first < s.seq]
+
+        def superseded(seq: int) -> bool:
+            return any(first <= seq < last for first, last in covers)
+
+        for seq in seqs:
+            if superseded(seq):
+                for seg in [s for s in opened if s.seq == seq]:
+                    seg.close()
+                    opened.remove(seg)
+                bad.pop(seq, None)
+                fs.remove(posixpath.join(d, segment_name(seq)))
+                log.info("removed segment %d: superseded by a compacted segment", seq)
+        if bad:
+            for seg in opened:
                 seg.close()
-                fs.remove(seg.path)
-                log.info("removed %s: superseded by a compacted segment", seg.path)
-        opened = [s for s in opened if s.seq not in superseded]
+            raise bad[min(bad)]
         # Always: the previous owner may have died between renaming a new segment
         # into place and syncing the directory; what we build on must be durable.
         fs.sync_dir(d)

@@ -539,7 +539,13 @@ class Queue:
                 now = self._clock()
         self._commit(lsn, None)  # the starts are durable (per the sync mode) before the jobs run
         with self._mu:  # a compaction may move records; read under the lock
-            return [self._job(info.id, attempt) for info, attempt in started]
+            jobs = []
+            for info, attempt in started:
+                try:
+                    jobs.append(self._job(info.id, attempt))
+                except CorruptionError as exc:
+                    self._bury(info.id, attempt, exc)
+            return jobs
 
     def _start(
         self, taken: list[JobInfo], deferred: list[tuple[JobInfo, float]], now: Now, lease: float
@@ -590,15 +596,34 @@ class Queue:
         self.counters["claimed"] += len(started)
         return lsn, started
 
+    def _bury(self, jid: int, attempt: int, exc: CorruptionError) -> None:
+        """Dead-letter a claimed job whose record is damaged, instead of handing it out."""
+        log.error("%s; job %d dead-lettered, not delivered", exc, jid, extra={"job_id": jid})
+        event = ev.Fail(id=jid, attempt=attempt, dead=True, error=f"[damaged] {exc}")
+        self._write([event], self._clock())
+        self.counters["dead_lettered"] += 1
+
     def _job(self, jid: int, attempt: int) -> Job:
+        """The job as a handler sees it, read back from its record (lock held).
+
+        CorruptionError (naming the file and offset) if the record, its event
+        or its payload does not decode -- bytes a checksum passed but that are
+        not what walq wrote (a foreign write). Damage is never delivered.
+        """
         info = self._state.info(jid)
         record = self._read(info.loc)
-        e = ev.decode(record.rtype, record.body)
-        assert isinstance(e, ev.Enqueue | ev.Job)
+        try:
+            e = ev.decode(record.rtype, record.body)
+            if not isinstance(e, ev.Enqueue | ev.Job):
+                raise ev.BadEvent(f"job {jid}'s record is a {fmt.TYPE_NAMES.get(record.rtype)}")
+            payload = decode_payload(e.kind, e.payload)
+        except (ev.BadEvent, ValueError, RecursionError) as exc:
+            path = self._segment_path(info.loc.seg)
+            raise CorruptionError(path, info.loc.offset, f"job {jid}: {exc}") from None
         return Job(
             id=jid,
             task=e.task,
-            payload=decode_payload(e.kind, e.payload),
+            payload=payload,
             attempt=attempt,
             key=e.key,
             priority=e.priority,
@@ -733,16 +758,24 @@ class Queue:
             locs = [(i, self._state.error_loc(i.id), self._state.key_of(i.id)) for i in infos]
             out = []
             for info, err_loc, key in locs:
-                job = self._job(info.id, info.attempts)
+                try:
+                    payload = self._job(info.id, info.attempts).payload
+                except CorruptionError as exc:
+                    payload = None
+                    log.error("%s", exc, extra={"job_id": info.id})
                 error = ""
                 if err_loc is not None:
-                    e = ev.decode(*self._read_raw(err_loc))
-                    error = e.error if isinstance(e, ev.Fail | ev.Job) else ""
+                    try:
+                        e = ev.decode(*self._read_raw(err_loc))
+                    except ev.BadEvent as exc:
+                        error = f"(the error record at offset {err_loc.offset} is damaged: {exc})"
+                    else:
+                        error = e.error if isinstance(e, ev.Fail | ev.Job) else ""
                 out.append(
                     DeadJob(
                         id=info.id,
                         task=info.task,
-                        payload=job.payload,
+                        payload=payload,
                         attempts=info.attempts,
                         error=error,
                         key=key,
