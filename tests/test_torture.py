@@ -96,6 +96,16 @@ def test_an_unconfirmed_enqueue_may_run() -> None:
     assert audit.violations == 0 and audit.unconfirmed_ran == 1
 
 
+def test_a_spooled_job_is_followed_by_its_nonce() -> None:
+    """An outside producer's spooled job has no id until ingested: it is matched by payload."""
+    lines = [*CLEAN, "intent p0n0", "enqueued - p0n0", "ran 3 1 p0n0 9"]
+    assert audit_ledger(lines).violations == 0
+    assert audit_ledger([*CLEAN, "intent p0n0", "enqueued - p0n0"]).lost == 1
+    # a request the owner enqueued but could not answer, sent again: twice, at-least-once
+    twice = audit_ledger([*lines, "ran 4 1 p0n0 9"])
+    assert twice.duplicates == 1 and twice.violations == 0
+
+
 # -- real owners, really killed ------------------------------------------------------------------
 
 

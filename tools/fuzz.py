@@ -109,6 +109,7 @@ def build_corpus() -> Corpus:
         clock=Clock(),
         rng=random.Random(0),
         min_free_bytes=0,
+        serve=False,
     )
     jobs: dict[int, tuple[str, Any]] = {}
 
@@ -541,6 +542,7 @@ class Checker:
             clock=Clock(),
             rng=random.Random(0),
             min_free_bytes=0,
+            serve=False,
         )
         target = f"open {recovery}"
         try:

@@ -359,6 +359,7 @@ class Run:
             clock=self.clock,
             rng=random.Random(0),
             min_free_bytes=0,
+            serve=False,  # this run ingests the spool itself, at moments it chooses
         )
 
     def violate(self, kind: str, detail: str) -> None:

@@ -2,15 +2,19 @@
 
 Each cycle starts an owner (`python -m tools.torture _owner ...`): it opens the
 queue, runs a producer thread and a `walq.Worker` pool whose handler is
-`tools/torture_tasks.py:work`, and is SIGKILLed after a random interval. After
-the last cycle an owner runs without a producer until the queue is empty.
+`tools/torture_tasks.py:work`, and is SIGKILLed after a random interval. Beside
+it, outside producer processes (`walq.connect`, `--producers`) live through all
+the kills: they reach the owner's socket when it answers and the spool when it
+does not (guarantee 8). After the last cycle the producers stop and an owner
+runs without a producer until the queue is empty.
 
 The audit is an external ledger, one fsynced line per fact, in the order the
 facts happened:
 
     intent <nonce>               the producer is about to enqueue this payload
     enqueued <id> <nonce>        enqueue returned (durable under sync="always";
-                                 under any sync mode a kill -9 loses nothing)
+                                 under any sync mode a kill -9 loses nothing);
+                                 id "-": an outside producer spooled it (no id yet)
     ran <id> <attempt> <nonce>   the handler finished (written before it returns)
     raised <id> <attempt> ...    the handler failed on purpose (a retry follows)
     damaged <id> ...             the handler got a payload other than the one enqueued
@@ -125,11 +129,16 @@ class Audit:
 
 
 def audit_ledger(lines: Sequence[str], audit: Audit | None = None) -> Audit:
-    """Check the ledger's facts against each other (see the module docstring)."""
+    """Check the ledger's facts against each other (see the module docstring).
+
+    Jobs are followed by nonce (a spooled job has no id until the owner ingests
+    it), runs and acks by id.
+    """
     audit = audit or Audit()
     intents: set[str] = set()
-    enqueued: dict[int, str] = {}
-    ran: dict[int, int] = {}
+    confirmed: set[str] = set()
+    nonce_of: dict[int, str] = {}  # ids the ledger knows: whose payload they carry
+    ran: dict[str, int] = {}  # nonce -> successful runs
     attempts: dict[int, int] = {}
     acked: dict[int, int] = {}  # id -> highest attempt whose ack was durable
     redelivered: set[int] = set()
@@ -139,14 +148,17 @@ def audit_ledger(lines: Sequence[str], audit: Audit | None = None) -> Audit:
             if word == "intent":
                 intents.add(rest[0])
             elif word == "enqueued":
-                jid, nonce = int(rest[0]), rest[1]
-                if enqueued.get(jid, nonce) != nonce:
-                    audit.phantoms += 1
-                    audit.note(f"line {number}: id {jid} enqueued for {nonce} and {enqueued[jid]}")
-                enqueued[jid] = nonce
+                nonce = rest[1]
+                confirmed.add(nonce)
+                if rest[0] != "-":  # "-": spooled by an outside producer, no id yet
+                    jid = int(rest[0])
+                    if nonce_of.get(jid, nonce) != nonce:
+                        audit.phantoms += 1
+                        audit.note(f"line {number}: id {jid} given to {nonce} and {nonce_of[jid]}")
+                    nonce_of[jid] = nonce
             elif word in ("ran", "raised"):
                 jid, attempt, nonce = int(rest[0]), int(rest[1]), rest[2]
-                if nonce not in intents or enqueued.get(jid, nonce) != nonce:
+                if nonce not in intents or nonce_of.get(jid, nonce) != nonce:
                     audit.phantoms += 1
                     audit.note(f"line {number}: job {jid} ran payload {nonce}, never enqueued so")
                 if attempt <= attempts.get(jid, 0):
@@ -160,7 +172,7 @@ def audit_ledger(lines: Sequence[str], audit: Audit | None = None) -> Audit:
                         f"{acked[jid]}'s ack was durable"
                     )
                 if word == "ran":
-                    ran[jid] = ran.get(jid, 0) + 1
+                    ran[nonce] = ran.get(nonce, 0) + 1
             elif word == "damaged":
                 audit.damaged += 1
                 audit.note(f"line {number}: {line}")
@@ -171,13 +183,13 @@ def audit_ledger(lines: Sequence[str], audit: Audit | None = None) -> Audit:
                 raise ValueError(word)
         except (ValueError, IndexError):
             audit.note(f"line {number}: unreadable: {line!r}")
-    audit.jobs = len(enqueued)
+    audit.jobs = len(confirmed)
     audit.runs = sum(ran.values())
     audit.acked = len(acked)
     audit.redelivered_after_ack = len(redelivered)
     audit.duplicates = sum(n - 1 for n in ran.values())
-    audit.unconfirmed_ran = len(set(ran) - set(enqueued))
-    missing = sorted(set(enqueued) - set(ran))
+    audit.unconfirmed_ran = len(set(ran) - confirmed)
+    missing = sorted(confirmed - set(ran))
     audit.lost = len(missing)
     if missing:
         audit.note(f"enqueued but never ran: {missing[:20]}")
@@ -336,6 +348,50 @@ def _until_empty(q: Any, worker: Any, stop: threading.Event) -> None:
             return
 
 
+def producer_main(argv: list[str]) -> int:
+    """An outside producer (walq.connect): socket to the owner when one answers, else the spool.
+
+    It lives through every kill of the owner and stops on SIGTERM.
+    """
+    import walq
+    from tools import torture_tasks
+
+    parser = argparse.ArgumentParser(prog="torture _producer")
+    parser.add_argument("directory")
+    parser.add_argument("ledger")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--payload-min", type=int, default=0)
+    parser.add_argument("--payload-max", type=int, default=2000)
+    parser.add_argument("--fail-percent", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    rng = random.Random(f"{args.seed}:producer:{args.index}")
+    n = 0
+    with walq.connect(args.directory, timeout=10.0) as producer:
+        while not stop.is_set():
+            nonce = f"p{args.index}n{n}"
+            n += 1
+            payload = torture_tasks.make_payload(
+                nonce,
+                rng.randint(args.payload_min, args.payload_max),
+                fail=rng.random() * 100 < args.fail_percent,
+                as_bytes=rng.random() < 0.3,
+            )
+            torture_tasks.append(args.ledger, [f"intent {nonce}"])
+            try:
+                jid = producer.enqueue("work", payload)
+            except walq.QueueFull:
+                stop.wait(0.05)
+                continue
+            line = f"enqueued {'-' if jid is None else jid} {nonce}"
+            torture_tasks.append(args.ledger, [line])
+            stop.wait(rng.expovariate(args.rate))
+    return 0
+
+
 # -- the driver -----------------------------------------------------------------------------
 
 
@@ -356,6 +412,8 @@ class Options:
     rate: float = 300.0
     fail_percent: float = 5.0
     work_ms: float = 5.0
+    producers: int = 1  # outside producer processes (walq.connect), alive across the kills
+    producer_rate: float = 50.0
     plant: str | None = None
     drain_timeout: float = 180.0
     directory: str | None = None
@@ -421,8 +479,11 @@ def torture(opts: Options) -> Audit:
     audit = Audit()
     rng = random.Random(opts.seed)
     started = time.monotonic()
+    producers: list[Any] = []
     try:
         with open(work / "owner.log", "a") as log:
+            qdir.mkdir(mode=0o700, exist_ok=True)
+            producers = [start_producer(opts, qdir, ledger, log, i) for i in range(opts.producers)]
             while audit.cycles < opts.cycles and time.monotonic() - started < opts.duration:
                 proc = start_owner(opts, qdir, ledger, log, audit.cycles, drain=False)
                 try:
@@ -439,6 +500,7 @@ def torture(opts: Options) -> Audit:
                     print(
                         f"  {audit.cycles} cycles, {time.monotonic() - started:.0f} s", flush=True
                     )
+            stop_producers(producers, audit)
             proc = start_owner(opts, qdir, ledger, log, audit.cycles, drain=True)
             try:
                 code = proc.wait(timeout=opts.drain_timeout)
@@ -449,7 +511,7 @@ def torture(opts: Options) -> Audit:
                 if code != 0:
                     audit.owner_failures += 1
                     audit.note(f"the final drain exited with {code}")
-        with walq.Queue.open(str(qdir), compaction=False, lock_timeout=10.0) as q:
+        with walq.Queue.open(str(qdir), compaction=False, lock_timeout=10.0, serve=False) as q:
             stats = q.stats()
         audit.unfinished = stats["unfinished"]
         audit.dead = stats["dead"]
@@ -464,15 +526,51 @@ def torture(opts: Options) -> Audit:
             tail = (work / "owner.log").read_text().splitlines()[-15:]
             audit.examples += [f"owner.log: {line}" for line in tail]
     finally:
+        for proc in producers:  # only if something above failed: they were stopped
+            if proc.poll() is None:
+                kill_owner(proc)
         if made and not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
     return audit
+
+
+def start_producer(opts: Options, qdir: Path, ledger: Path, log: Any, index: int) -> Any:
+    cmd = [
+        sys.executable, "-m", "tools.torture", "_producer", str(qdir), str(ledger),
+        "--index", str(index), "--seed", str(opts.seed), "--rate", str(opts.producer_rate),
+        "--payload-min", str(opts.payload_min), "--payload-max", str(opts.payload_max),
+        "--fail-percent", str(opts.fail_percent),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop_producers(producers: list[Any], audit: Audit) -> None:
+    """SIGTERM the outside producers (each finishes its request); a dead one is a failure."""
+    for proc in producers:
+        if proc.poll() is not None:
+            audit.owner_failures += 1
+            audit.note(f"producer {proc.pid} died on its own ({proc.returncode})")
+            continue
+        proc.send_signal(signal.SIGTERM)
+    for proc in producers:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            kill_owner(proc)
+            audit.owner_failures += 1
+            audit.note(f"producer {proc.pid} did not stop within 30 s of SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_owner"]:
         return owner_main(argv[1:])
+    if argv[:1] == ["_producer"]:
+        return producer_main(argv[1:])
     from walq.testing.plant import BUGS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -494,6 +592,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=300.0, help="enqueues per second at most")
     parser.add_argument("--fail-percent", type=float, default=5.0, help="jobs failing once")
     parser.add_argument("--work-ms", type=float, default=5.0, help="handler time, at most")
+    parser.add_argument(
+        "--producers", type=int, default=1, help="outside walq.connect producer processes"
+    )
+    parser.add_argument(
+        "--producer-rate", type=float, default=50.0, help="enqueues per second per producer"
+    )
     parser.add_argument("--plant", choices=sorted(BUGS), help="plant a known bug in the owner")
     parser.add_argument(
         "--drain-timeout", type=float, default=180.0, help="seconds for the final drain"
@@ -517,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate,
         fail_percent=args.fail_percent,
         work_ms=args.work_ms,
+        producers=args.producers,
+        producer_rate=args.producer_rate,
         plant=args.plant,
         drain_timeout=args.drain_timeout,
         directory=args.dir,
