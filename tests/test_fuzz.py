@@ -38,10 +38,8 @@ def corpus() -> fuzz.Corpus:
 
 
 def assert_fine(problems: list[fuzz.Problem], mutated: fuzz.Mutated) -> None:
-    new = [p for p in problems if not p.known]
-    assert not new, "\n".join(
-        [*mutated.steps, *(f"{p.kind} [{p.target}]: {p.detail}" for p in new)]
-    )
+    lines = [f"{p.kind} [{p.target}]: {p.detail}" for p in problems]
+    assert not problems, "\n".join([*mutated.steps, *lines])
 
 
 # -- the decoder alone ---------------------------------------------------------------------
@@ -85,9 +83,7 @@ def test_mutated_segments_never_break_a_reader(corpus: fuzz.Corpus, data: st.Dat
     def pick(n: int) -> int:
         return data.draw(st.integers(0, n - 1)) if n > 1 else 0
 
-    mutated = fuzz.Mutator(corpus, pick, expose_known=False).mutate(
-        data.draw(st.integers(1, 3), label="mutations")
-    )
+    mutated = fuzz.Mutator(corpus, pick).mutate(data.draw(st.integers(1, 3), label="mutations"))
     assert_fine(fuzz.check(corpus, mutated), mutated)
 
 
@@ -126,7 +122,7 @@ def test_the_command_line_fuzz_prints_its_counts(capsys: pytest.CaptureFixture[s
 def test_the_cli_on_damaged_directories_exits_cleanly(corpus: fuzz.Corpus, tmp_path: Path) -> None:
     """walq dump, fsck and stats on real damaged directories: exit 0, 1 or 2, never a traceback."""
     for index in range(12):
-        mutated = fuzz.make_case(corpus, 99, index, expose_known=False)
+        mutated = fuzz.make_case(corpus, 99, index)
         qdir = tmp_path / f"q{index}"
         qdir.mkdir()
         for path, data in mutated.image.items():
@@ -248,9 +244,67 @@ def test_random_damage_is_never_delivered(corpus: fuzz.Corpus) -> None:
     """Plain damage (no forged checksum) in any byte: every delivered job is as enqueued."""
     rng = random.Random(4)
     for index in range(60):
-        mutator = fuzz.Mutator(corpus, rng.randrange, expose_known=False)
+        mutator = fuzz.Mutator(corpus, rng.randrange)
         image = {p: bytearray(d) for p, d in corpus.image.items()}
         steps = [mutator.m_flip(image, rng.choice(sorted(image)))[0] for _ in range(3)]
         mutated = fuzz.Mutated({p: bytes(d) for p, d in image.items()}, tuple(steps), False, False)
         assert_fine(fuzz.check(corpus, mutated), mutated)
         assert index >= 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug 8: a Loc keeps the segment number in its low 48 bits (state.SEQ_BITS), but "
+    "recovery accepts any 64-bit segment number: a job in segment 2**48 or above is read "
+    "from the wrong file and claim() raises FileNotFoundError (walq/log.py, Log.recover)",
+)
+def test_a_segment_number_beyond_48_bits_is_damage_not_a_foreign_exception() -> None:
+    """A (forged) compacted segment numbered 2**63 - 1: walq's error, or the jobs intact."""
+    fs = compacted_queue()
+    seq = (1 << 63) - 1
+    path = posixpath.join(fuzz.QDIR, fmt.segment_name(2))
+    data = bytearray(fs.files()[path])
+    data[: fmt.SEGMENT_HEADER_SIZE] = fmt.SegmentHeader(seq=seq, first=1).encode()
+    fs.remove(path)
+    put(fs, fmt.segment_name(seq), bytes(data))
+    try:
+        q = sim_queue(fs)
+    except WalqError:
+        return
+    try:
+        while (job := q.claim()) is not None:  # FileNotFoundError today
+            assert job.payload["pad"] == "x" * 2500
+            q.ack(job.id)
+    except WalqError:
+        pass
+    finally:
+        q.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug 9: two parsers of ENQUEUE bodies disagree: events.decode (fsck, dump) "
+    "accepts an empty task name, events.enqueue_fields (open's fast path) rejects it, so "
+    "fsck says clean where open raises CorruptionError (walq/core/events.py)",
+)
+def test_fsck_and_open_agree_on_an_enqueue_with_an_empty_task_name() -> None:
+    """A checksummed ENQUEUE whose task length is 0: fsck reports it exactly when open does."""
+    fs = SimFileSystem()
+    q = sim_queue(fs)
+    q.enqueue("t", {"a": 1})
+    q.close()
+    path = posixpath.join(fuzz.QDIR, fmt.segment_name(1))
+    data = bytearray(fs.files()[path])
+    at = fmt.SEGMENT_HEADER_SIZE
+    body = at + fmt.RECORD_HEADER_SIZE
+    data[body + 29 : body + 31] = (0).to_bytes(2, "little")  # task_len: 0
+    end = body + int.from_bytes(data[at + 4 : at + 8], "little")
+    data[at : at + 4] = crc32c(bytes(data[at + 4 : end])).to_bytes(4, "little")
+    put(fs, fmt.segment_name(1), bytes(data))
+    clean = walq.inspect.fsck(fuzz.QDIR, fs).clean
+    try:
+        sim_queue(fs).close()
+        opened = True
+    except walq.CorruptionError:
+        opened = False
+    assert clean == opened, f"fsck clean: {clean}, open worked: {opened}"

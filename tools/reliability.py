@@ -89,9 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         f"- torture: {audit.jobs} jobs confirmed, {audit.runs} runs, "
         f"{audit.duplicates} duplicates (at-least-once), {audit.acked} durable acks"
     )
-    known = ", ".join(f"bug {b}: {n} cases" for b, n in sorted(fz.known.items()))
-    if known:
-        print(f"- fuzz cases that showed only a known, open bug: {known}")
     print()
     print("| what | explored | violations | time |")
     print("|---|---:|---:|---:|")
