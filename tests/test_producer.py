@@ -793,11 +793,6 @@ def test_queue_open_serves_producers_and_ingests_the_spool(qdir: str) -> None:
 
 
 @needs_serving_open
-@pytest.mark.xfail(
-    reason="Queue.open starts the compactor before the producer server settles the spool:"
-    " a compaction may drop the origins settling needs, and a crash then re-ingests",
-    strict=True,
-)
 def test_the_spool_is_settled_before_the_compactor_starts(
     qdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -222,14 +222,14 @@ class Queue:
             lock.release()
             raise
         try:
+            if serve:  # first: settling the spool needs origins a compaction may drop
+                q._server = ProducerServer(q, listen=isinstance(fs, OsFileSystem))
+                q._server.start()
             if isinstance(compaction, Policy):
                 q._compactor.policy = compaction
             if compaction is not False:
                 q._compactor.start()
                 wal.on_roll = q._compactor.poke
-            if serve:
-                q._server = ProducerServer(q)
-                q._server.start()
         except BaseException:
             q.close()  # stops what did start, closes the log, releases the lock
             raise
