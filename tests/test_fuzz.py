@@ -252,12 +252,6 @@ def test_random_damage_is_never_delivered(corpus: fuzz.Corpus) -> None:
         assert index >= 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug 8: a Loc keeps the segment number in its low 48 bits (state.SEQ_BITS), but "
-    "recovery accepts any 64-bit segment number: a job in segment 2**48 or above is read "
-    "from the wrong file and claim() raises FileNotFoundError (walq/log.py, Log.recover)",
-)
 def test_a_segment_number_beyond_48_bits_is_damage_not_a_foreign_exception() -> None:
     """A (forged) compacted segment numbered 2**63 - 1: walq's error, or the jobs intact."""
     fs = compacted_queue()
@@ -281,12 +275,6 @@ def test_a_segment_number_beyond_48_bits_is_damage_not_a_foreign_exception() -> 
         q.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug 9: two parsers of ENQUEUE bodies disagree: events.decode (fsck, dump) "
-    "accepts an empty task name, events.enqueue_fields (open's fast path) rejects it, so "
-    "fsck says clean where open raises CorruptionError (walq/core/events.py)",
-)
 def test_fsck_and_open_agree_on_an_enqueue_with_an_empty_task_name() -> None:
     """A checksummed ENQUEUE whose task length is 0: fsck reports it exactly when open does."""
     fs = SimFileSystem()

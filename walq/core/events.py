@@ -248,7 +248,7 @@ def _strings(body: bytes, at: int, *lengths: int) -> tuple[list[str | None], int
 def _decode_enqueue(body: bytes) -> Enqueue:
     jid, prio, maxa, kind, due, created, tlen, klen, olen = _ENQ.unpack_from(body)
     (task, key, origin), at = _strings(body, _ENQ.size, tlen, klen, olen)
-    if task is None or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
+    if not task or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
         raise ValueError("invalid task or payload kind")
     return Enqueue(
         id=jid,
@@ -296,7 +296,7 @@ def _decode_job(body: bytes) -> Job:
     if at + elen > len(body):
         raise ValueError("error text runs past the body")
     error = body[at : at + elen].decode()
-    if task is None or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES) or state not in (PENDING, DEAD):
+    if not task or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES) or state not in (PENDING, DEAD):
         raise ValueError("invalid task, payload kind or state")
     return Job(
         id=jid,

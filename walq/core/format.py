@@ -24,6 +24,9 @@ RECORD_HEADER = struct.Struct("<IIBBHI")
 RECORD_HEADER_SIZE = RECORD_HEADER.size  # 16
 assert RECORD_HEADER_SIZE == 16
 
+# Segment numbers fit in 48 bits (a job's location packs the number with a
+# compaction generation above it: walq.core.state.SEQ_BITS).
+MAX_SEQ = (1 << 48) - 1
 # A length field above this is damage, never an allocation request.
 MAX_BODY = 1 << 28  # 256 MiB
 # Segments are addressed with 32-bit offsets.
@@ -69,7 +72,7 @@ def parse_segment_name(name: str) -> int | None:
     if ext != "wal" or not dot or len(stem) != 16:
         return None
     try:
-        return int(stem, 16)
+        return int(stem, 16)  # out of range is for the header check to report as damage
     except ValueError:
         return None
 
@@ -102,6 +105,8 @@ class SegmentHeader:
             raise CorruptionError(path, 0, "segment header checksum mismatch")
         if version != VERSION:
             raise CorruptionError(path, 0, f"unsupported format version {version}")
-        if flags or reserved or first > seq:
+        if flags or reserved or first > seq or not 1 <= first:
             raise CorruptionError(path, 0, "segment header has invalid fields")
+        if seq > MAX_SEQ:
+            raise CorruptionError(path, 0, f"segment number {seq} is beyond {MAX_SEQ}")
         return cls(seq=seq, first=first)
