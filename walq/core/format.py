@@ -105,7 +105,7 @@ class SegmentHeader:
             raise CorruptionError(path, 0, "segment header checksum mismatch")
         if version != VERSION:
             raise CorruptionError(path, 0, f"unsupported format version {version}")
-        if flags or reserved or first > seq or not 1 <= first:
+        if flags or reserved or first > seq or first < 1:
             raise CorruptionError(path, 0, "segment header has invalid fields")
         if seq > MAX_SEQ:
             raise CorruptionError(path, 0, f"segment number {seq} is beyond {MAX_SEQ}")
