@@ -369,11 +369,9 @@ class Mutator:
         data = image[path]
         if len(data) < fmt.SEGMENT_HEADER_SIZE:
             return "no header", False, False
-        # Huge spans too: recovery once built a set of every number from first to seq.
-        # Well below 2**48, the first number a Loc cannot address (the queue rolls on
-        # from the forged one): beyond it is bug 8 (docs/RELIABILITY.md), pinned by its
-        # regression test until it is fixed.
-        seq = self.choice([3, 1000, 100_000, 1 << 40])
+        # Huge spans (recovery once built a set of every number from first to seq), and
+        # numbers at and past 2**48, the first a Loc cannot address (bug 8).
+        seq = self.choice([3, 1000, 100_000, 1 << 40, (1 << 48) - 1, 1 << 48, (1 << 63) - 1])
         first = self.choice([0, 1, 2])
         data[16:24] = seq.to_bytes(8, "little")
         data[24:32] = first.to_bytes(8, "little")
@@ -553,11 +551,6 @@ class Checker:
         if not isinstance(fsck_report, insp.FsckReport):
             return
         if fsck_report.clean and isinstance(strict, CorruptionError):
-            if self.mutated.forged and "enqueue body" in strict.reason:
-                # Bug 9 (docs/RELIABILITY.md): the two ENQUEUE parsers disagree on forged
-                # bodies. Pinned by test_fsck_and_open_agree_on_an_enqueue_with_an_empty_
-                # task_name; delete this exemption with the fix.
-                return
             self.problems.append(
                 Problem("fsck-disagrees", "fsck", f"fsck clean, but open says: {strict}")
             )
