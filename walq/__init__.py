@@ -12,6 +12,7 @@ from walq.core.state import Now
 from walq.errors import (
     ArgumentError,
     ClosedError,
+    CompactionError,
     CorruptionError,
     LeaseLost,
     LockedError,
@@ -39,6 +40,7 @@ __all__ = [
     "Backoff",
     "CircuitBreaker",
     "ClosedError",
+    "CompactionError",
     "CorruptionError",
     "DeadJob",
     "DurabilityError",

@@ -31,7 +31,7 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
 from walq.core.state import DEAD, SEQ_BITS, Loc, seq_of
-from walq.errors import ClosedError, CorruptionError, WalqError
+from walq.errors import ClosedError, CompactionError, CorruptionError, WalqError
 from walq.fs import File
 
 if TYPE_CHECKING:
@@ -168,6 +168,11 @@ class Compactor:
                 meta = q._meta_event()
                 out.add(meta.rtype, meta.encode())
                 out.finish()
+            except OSError as exc:
+                out.abandon()
+                raise CompactionError(
+                    f"{tmp}: writing the compacted segment failed: {exc}"
+                ) from exc
             except BaseException:
                 out.abandon()
                 raise
@@ -274,9 +279,12 @@ class _Writer:
         self.path = path
         self.header = header
         self.seg_id = seg_id
-        if fs.exists(path):
-            fs.remove(path)
-        self.file: File = fs.open(path, create=True)
+        try:
+            if fs.exists(path):
+                fs.remove(path)
+            self.file: File = fs.open(path, create=True)
+        except OSError as exc:
+            raise CompactionError(f"{path}: cannot create the compacted segment: {exc}") from exc
         self.offset = 0
         self.synced = 0
         self.buf = bytearray(header.encode())

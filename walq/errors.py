@@ -41,6 +41,10 @@ class LogFailedError(WalqError):
     """
 
 
+class CompactionError(WalqError):
+    """A compaction could not write its output; the queue is unchanged and goes on."""
+
+
 class UnknownJobError(WalqError, KeyError):
     """No job with this id exists (never enqueued, or purged)."""
 

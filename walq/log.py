@@ -301,7 +301,7 @@ class Log:
     def append(self, records: Sequence[tuple[int, bytes]]) -> tuple[list[Loc], int]:
         """Append records; return where each went and the lsn to `commit` for all of them."""
         locs = []
-        encode = framing.encode
+        header = framing.header
         with self._mu:
             self._check_open()
             assert self._active is not None
@@ -324,7 +324,7 @@ class Log:
                 if end + size > MAX_SEGMENT_SIZE:
                     raise ArgumentError(f"a record of {size} bytes cannot fit in a segment")
                 synced = SEGMENT_HEADER_SIZE + max(0, self._synced - self._seg_lsn)
-                buf.append(encode(rtype, body, synced))
+                buf += (header(rtype, body, synced), body)  # joined once, when written
                 locs.append(Loc(seq, end, size))
                 self._end = end + size
                 self._appended += size
@@ -450,6 +450,7 @@ class Log:
     def flush(self) -> None:
         """Make every appended record durable now, whatever the sync mode."""
         with self._mu:
+            self._check_open()  # a failed log says so even with nothing new to sync
             lsn = self._appended
         self.commit(lsn)
 

@@ -467,9 +467,13 @@ class Queue:
             for (jid, it), due in zip(fresh, dues, strict=True)
         ]  # fmt: skip
         locs, lsn = self._log.append(records)
-        add = self._state.add
-        for (jid, it), loc, due in zip(fresh, locs, dues, strict=True):
-            add(jid, it.task, it.key, it.priority, it.max_attempts, due, loc, now)
+        self._state.add_new(
+            (
+                (jid, it.task, it.key, it.priority, it.max_attempts, due, loc)
+                for (jid, it), due, loc in zip(fresh, dues, locs, strict=True)
+            ),
+            now,
+        )
         return lsn
 
     def _log_lsn(self) -> int:
@@ -852,6 +856,11 @@ class Queue:
                 },
                 **self.counters,
             }
+
+    @property
+    def sync_mode(self) -> str:
+        """ "always", "interval" or "never", as opened."""
+        return self._log.sync_mode
 
     def sync(self) -> None:
         """Make everything written so far durable, whatever the sync mode."""

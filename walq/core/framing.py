@@ -10,6 +10,7 @@ and is the job of `classify` (see docs/FORMAT.md, "Recovery").
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable, Iterator
 
 import attrs
@@ -25,10 +26,18 @@ _unpack_header = RECORD_HEADER.unpack_from
 _ZERO_HEADER = bytes(RECORD_HEADER_SIZE)
 
 
+_pack_tail = struct.Struct("<IBBHI").pack  # bytes 4..16 of the header: what the CRC covers first
+
+
+def header(rtype: int, body: bytes, synced: int) -> bytes:
+    """The 16-byte header of a record (crc, length, type, synced watermark) for `body`."""
+    tail = _pack_tail(len(body), rtype, 0, 0, synced)
+    return crc32c(body, crc32c(tail)).to_bytes(4, "little") + tail
+
+
 def encode(rtype: int, body: bytes, synced: int) -> bytes:
-    """Frame one record: header (crc, length, type, synced watermark) and body."""
-    tail = _pack_header(0, len(body), rtype, 0, 0, synced)[4:]
-    return (crc32c(body, crc32c(tail))).to_bytes(4, "little") + tail + body
+    """Frame one record: its header, then its body."""
+    return header(rtype, body, synced) + body
 
 
 @attrs.frozen

@@ -443,6 +443,62 @@ class QueueState:
         else:
             self.add(e.id, e.task, e.key, e.priority, e.max_attempts, e.due, loc, now)
 
+    def add_new(
+        self,
+        jobs: Iterable[tuple[int, str, str | None, int, int, float, Loc]],
+        now: Now,
+    ) -> None:
+        """Jobs just enqueued: (id, task, key, priority, max_attempts, due, loc) each.
+
+        The enqueue hot path: what `add` does for a job, for a batch of jobs
+        whose ids are all new (above next_id), with the bookkeeping done once.
+        """
+        assert not self._loading
+        wall = now.wall
+        table = self._jobs
+        tasks: dict[str, int] = {}
+        queues: dict[tuple[int, int], deque[int]] = {}
+        seg_bytes = self._seg_bytes
+        n = self._n
+        by_task = self._by_task
+        added = 0
+        for jid, task, key, priority, max_attempts, due, loc in jobs:
+            if jid >= self.next_id:
+                self.next_id = jid + 1
+            t = tasks.get(task)
+            if t is None:
+                t = tasks[task] = self.task_index(task)
+            prio = priority - MIN_PRIORITY
+            state = SCHEDULED if due > wall else PENDING
+            p = (
+                state
+                | max_attempts << _MAXA
+                | prio << _PRIO
+                | t << _TASK
+                | loc.size << _SIZE
+                | loc.offset << _OFFSET
+                | loc.seg << _SEG
+            )
+            table[jid] = p
+            added += loc.size
+            seg_bytes[loc.seg] = seg_bytes.get(loc.seg, 0) + loc.size
+            n[state] += 1
+            counts = by_task.get(t)
+            if counts is None:
+                counts = by_task[t] = [0] * 5
+            counts[state] += 1
+            if key is not None:
+                self._key_of[jid] = key
+                self._keys[key] = jid
+            if state == SCHEDULED:
+                self._schedule(jid, now.mono_at(due))
+                continue
+            q = queues.get((prio, t))
+            if q is None:
+                q = queues[prio, t] = self._ready.setdefault(prio, {}).setdefault(t, deque())
+            q.append(jid)
+        self.live_bytes += added
+
     def add(
         self,
         jid: int,
