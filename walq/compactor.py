@@ -39,11 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("walq.compactor")
 
-CHUNK = 250  # jobs snapshotted per hold of the queue's lock (well under a millisecond)
+CHUNK = 100  # jobs snapshotted per hold of the queue's lock (a few hundred microseconds)
 WRITE_BUFFER = 256 << 10
 SYNC_EVERY = 512 << 10
-RELOCATE_CHUNK = 1000
-YIELD_EVERY = 32
+RELOCATE_CHUNK = 200
+YIELD_EVERY = 8
 
 
 @attrs.frozen

@@ -42,6 +42,7 @@ from walq.tasks import Task, Tasks
 log = logging.getLogger("walq.worker")
 
 STATUS_FILE = "worker-status.json"
+SHORT_JOB = 0.01  # seconds: jobs that typically run shorter than this are prefetched
 
 
 # -- the worker process ----------------------------------------------------------
@@ -175,7 +176,7 @@ class Worker:
         tasks: Tasks,
         *,
         processes: int | None = None,
-        prefetch: int = 4,
+        prefetch: int = 8,
         max_tasks_per_child: int | None = None,
         max_memory: int | None = None,
         shutdown_grace: float = 30.0,
@@ -197,6 +198,7 @@ class Worker:
         self.tasks = tasks
         self.processes = processes
         self.prefetch = prefetch
+        self._typical_run = 0.0  # a moving average of how long attempts run (seconds)
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory = max_memory
         self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
@@ -367,7 +369,10 @@ class Worker:
     def _space(self, slot: _Slot) -> int:
         """How many more jobs a worker may be handed: its prefetch, and what its
         max_tasks_per_child leaves (so it is recycled after exactly that many)."""
-        space = self.prefetch - len(slot.jobs)
+        # Prefetch pays for short jobs (it hides the round trip to the owner);
+        # for jobs that take a while it only delays others behind a busy worker.
+        depth = self.prefetch if self._typical_run < SHORT_JOB else 1
+        space = depth - len(slot.jobs)
         if self.max_tasks_per_child is not None:
             space = min(space, self.max_tasks_per_child - slot.completed - len(slot.jobs))
         return max(0, space)
@@ -580,6 +585,7 @@ class Worker:
             self._runtime[out.task.name].running -= 1
             if self.on_job_done is not None:
                 self.on_job_done(out.task.name, out.seconds, out.ok)
+            self._typical_run += (out.seconds - self._typical_run) * 0.05
             if out.ok:
                 oks.append(out)
                 out.task.policy.on_success(now, attempt=out.job.attempt, budget=self.budget)
