@@ -55,6 +55,7 @@ import walq
 from walq import spool, wire
 from walq.core.state import Now
 from walq.errors import (
+    CompactionError,
     LogFailedError,
     StateError,
     UnknownJobError,
@@ -854,7 +855,7 @@ def op_compact(run: Run) -> bool:
         result = run.q.compact()
     except LogFailedError:
         raise
-    except OSError as exc:
+    except (OSError, CompactionError) as exc:
         # A failed compaction output is not a failed log: the queue goes on.
         run.history[-1] += f" -> {exc!r}"
         return False

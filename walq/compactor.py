@@ -194,6 +194,11 @@ class Compactor:
                     q._relocate(header.seq, dict(moves[start : start + RELOCATE_CHUNK]))
             with q._mu:
                 q._drop_readers(header.seq, keep=out.seg_id)
+            if old is None:
+                raise CompactionError(
+                    f"{q.path}: compacted, but the directory fsync failed: the replaced "
+                    "segments are kept until the next open sorts them out"
+                )
             q._log.remove_superseded(old)
             result = CompactionResult(
                 segments_in=len(sealed),

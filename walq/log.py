@@ -32,7 +32,13 @@ from walq.core.format import (
     segment_name,
 )
 from walq.core.state import Loc
-from walq.errors import ArgumentError, ClosedError, CorruptionError, LogFailedError
+from walq.errors import (
+    ArgumentError,
+    ClosedError,
+    CompactionError,
+    CorruptionError,
+    LogFailedError,
+)
 from walq.fs import FileSystem
 from walq.segment import Segment
 
@@ -528,14 +534,15 @@ class Log:
         with self._mu:
             return list(self._sealed)
 
-    def install(self, tmp_path: str, header: SegmentHeader) -> list[str]:
+    def install(self, tmp_path: str, header: SegmentHeader) -> list[str] | None:
         """Put a compacted segment in place of sealed segments header.first..header.seq.
 
         The temporary file must already be complete and fsynced. The rename
         replaces segment `seq` atomically; once the directory is synced the
         older segments it covers are superseded (recovery deletes them if this
         process dies first). Returns those older segments' paths, for
-        `remove_superseded`. No lock is held across the file-system calls, so
+        `remove_superseded` -- or None if the directory fsync failed, when
+        they must stay. No lock is held across the file-system calls, so
         appends go on meanwhile.
         """
         d = self.directory
@@ -545,21 +552,36 @@ class Log:
             covered = [s for s in self._sealed if header.first <= s.seq <= header.seq]
         if not covered or covered[-1].seq != header.seq:
             raise ArgumentError(f"segment {header.seq} is not a sealed segment of {d}")
-        self.fs.rename(tmp_path, final)
-        self.fs.sync_dir(d)
-        f = self.fs.open(final)
-        f.close()
+        try:
+            self.fs.rename(tmp_path, final)
+        except OSError as exc:  # nothing changed
+            raise CompactionError(f"{final}: renaming the compacted segment failed: {exc}") from exc
+        durable = True
+        try:
+            self.fs.sync_dir(d)
+        except OSError as exc:
+            # The rename happened but may not survive a crash: the caller must
+            # switch to the new file (it is the one on disk now) but keep the
+            # segments it supersedes, which recovery sorts out either way.
+            durable = False
+            log.error("%s: fsync of the directory after a compaction failed: %s", d, exc)
         with self._mu:
             rest = [s for s in self._sealed if s.seq > header.seq]
-            self._sealed = [Segment(final, header, f), *rest]
-        return [s.path for s in covered[:-1]]
+            self._sealed = [Segment(final, header, covered[-1].file), *rest]
+        return [s.path for s in covered[:-1]] if durable else None
 
     def remove_superseded(self, paths: list[str]) -> None:
-        """Delete segments a compacted one supersedes, then sync the directory."""
-        for path in paths:
-            self.fs.remove(path)
-        if paths:
-            self.fs.sync_dir(self.directory)
+        """Delete segments a compacted one supersedes, then sync the directory.
+
+        A failure leaves them for the next open to delete (they are superseded).
+        """
+        try:
+            for path in paths:
+                self.fs.remove(path)
+            if paths:
+                self.fs.sync_dir(self.directory)
+        except OSError as exc:
+            raise CompactionError(f"{self.directory}: removing replaced segments: {exc}") from exc
 
     def segment_bytes(self) -> tuple[int, int]:
         """(bytes used in sealed segments, bytes appended to the active one)."""
