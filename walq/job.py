@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -63,6 +64,20 @@ def decode_payload(kind: int, data: bytes) -> Any:
     if kind == PAYLOAD_BYTES:
         return data
     return json.loads(data)
+
+
+ENQUEUE_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin"})
+
+
+def split_item(raw: Any) -> tuple[Any, Any, Mapping[str, Any]]:
+    """(task, payload, options) of an enqueue_many item; ArgumentError if malformed."""
+    if not isinstance(raw, tuple | list) or len(raw) not in (2, 3):
+        raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {raw!r}")
+    opts: Mapping[str, Any] = raw[2] if len(raw) == 3 and raw[2] else {}
+    unknown = set(opts) - ENQUEUE_OPTIONS
+    if unknown:
+        raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(unknown))}")
+    return raw[0], raw[1], opts
 
 
 def check_task(task: object) -> str:

@@ -46,6 +46,7 @@ from walq.job import (
     check_task,
     decode_payload,
     encode_payload,
+    split_item,
 )
 from walq.log import Damage, Log
 from walq.server import ProducerServer
@@ -53,7 +54,6 @@ from walq.server import ProducerServer
 log = logging.getLogger("walq.queue")
 
 LOCK_FILE = "LOCK"
-_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin"})
 
 
 class _Item(NamedTuple):
@@ -324,15 +324,10 @@ class Queue:
                 and (len(payload) <= self.max_payload)
             ):
                 return _Item(task, ev.PAYLOAD_BYTES, payload, None, 0.0, 0, 0, "")
-        if not isinstance(raw, tuple | list) or len(raw) not in (2, 3):
-            raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {raw!r}")
-        opts: Mapping[str, Any] = raw[2] if len(raw) == 3 and raw[2] else {}
-        unknown = set(opts) - _OPTIONS
-        if unknown:
-            raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(unknown))}")
+        task, payload, opts = split_item(raw)
         return self._item(
-            raw[0],
-            raw[1],
+            task,
+            payload,
             opts.get("key"),
             opts.get("delay", 0.0),
             opts.get("priority", 0),

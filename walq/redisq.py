@@ -49,6 +49,7 @@ from walq.job import (
     check_task,
     decode_payload,
     encode_payload,
+    split_item,
 )
 
 if TYPE_CHECKING:
@@ -80,7 +81,6 @@ FILE_ONLY_OPTIONS = frozenset(
         "clock",
     }
 )
-_ENQUEUE_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin"})
 _NOWHERE = Loc(0, 0, 0)
 _HELD_CAP = 100_000
 _T = TypeVar("_T")
@@ -1103,15 +1103,10 @@ class RedisQueue:
         return self._add([self._item_from(raw) for raw in items], timeout)
 
     def _item_from(self, raw: Any) -> _Item:
-        if not isinstance(raw, tuple | list) or len(raw) not in (2, 3):
-            raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {raw!r}")
-        opts: Mapping[str, Any] = raw[2] if len(raw) == 3 and raw[2] else {}
-        unknown = set(opts) - _ENQUEUE_OPTIONS
-        if unknown:
-            raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(unknown))}")
+        task, payload, opts = split_item(raw)
         return self._item(
-            raw[0],
-            raw[1],
+            task,
+            payload,
             opts.get("key"),
             opts.get("delay", 0.0),
             opts.get("priority", 0),
