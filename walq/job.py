@@ -66,6 +66,18 @@ def decode_payload(kind: int, data: bytes) -> Any:
     return json.loads(data)
 
 
+# The counters a queue keeps (file and Redis alike), in the order stats() shows them.
+COUNTERS = (
+    "enqueued",
+    "coalesced",
+    "claimed",
+    "acked",
+    "failed",
+    "retried",
+    "dead_lettered",
+    "expired",
+)
+
 ENQUEUE_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin"})
 
 

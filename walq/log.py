@@ -198,6 +198,7 @@ class Log:
             # Rewrite what no watermark vouches for, then sync: only then build on it.
             active.file.pwrite(self._unvouched, self._vouched)
             active.file.sync()
+            self._unvouched = b""  # up to a segment's worth: not kept for the queue's life
         else:
             self._active = Segment.create(fs, d, SegmentHeader(1, 1), self.segment_size)
             self._end = SEGMENT_HEADER_SIZE

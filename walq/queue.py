@@ -38,6 +38,7 @@ from walq.errors import (
 )
 from walq.fs import File, FileSystem, Lock, OsFileSystem
 from walq.job import (
+    COUNTERS,
     DEFAULT_MAX_PAYLOAD,
     DeadJob,
     Job,
@@ -120,16 +121,7 @@ class Queue:
         # Spool files already ingested, as the log tells (for reconciling the spool on open).
         self.replayed_origins: set[str] = set()
         self.counters = dict.fromkeys(
-            (
-                "enqueued",
-                "coalesced",
-                "claimed",
-                "acked",
-                "failed",
-                "retried",
-                "dead_lettered",
-                "expired",
-            ),
+            COUNTERS,
             0,
         )
         self.done_seen = 0

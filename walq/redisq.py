@@ -41,6 +41,7 @@ from walq.errors import (
     WalqError,
 )
 from walq.job import (
+    COUNTERS,
     DEFAULT_MAX_PAYLOAD,
     DeadJob,
     Job,
@@ -1692,16 +1693,7 @@ def _pairs(flat: Sequence[Any]) -> dict[str, int]:
     return {_text(k): int(v) for k, v in zip(it, it, strict=True)}
 
 
-_COUNTERS = (
-    "enqueued",
-    "coalesced",
-    "claimed",
-    "acked",
-    "failed",
-    "retried",
-    "dead_lettered",
-    "expired",
-)
+_COUNTERS = COUNTERS
 
 
 def _shape_stats(counts: dict[str, int], per_task: dict[str, int], seq: int) -> dict[str, Any]:
