@@ -863,6 +863,18 @@ def op_compact(run: Run) -> bool:
     return result.segments_in > 0
 
 
+def op_spare(run: Run) -> bool:
+    """Make the next segment ahead of the roll, as the compactor's thread does."""
+    assert run.q is not None
+    run.history.append("prepare_spare()")
+    try:
+        made = run.q._log.prepare_spare()
+    except LogFailedError:
+        raise
+    run.history[-1] += f" -> {made}"
+    return False  # a spare is made durable only when a roll names it
+
+
 def op_sync(run: Run) -> bool:
     assert run.q is not None
     run.history.append("sync()")
@@ -943,6 +955,7 @@ OPS: list[Op] = (
     + [op_requeue] * 2
     + [op_purge]
     + [op_compact] * 5
+    + [op_spare] * 3
     + [op_sync] * 2
     + [op_tick] * 3
     + [op_reopen] * 2

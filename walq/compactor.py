@@ -113,7 +113,7 @@ class Compactor:
             self._thread.join()
 
     def poke(self) -> None:
-        """A segment was sealed: look at the policy now rather than at the next tick."""
+        """A segment was sealed or is half full: act now rather than at the next tick."""
         self._wake.set()
 
     def _loop(self) -> None:
@@ -123,6 +123,9 @@ class Compactor:
             if self._stop.is_set():
                 return
             try:
+                wal = self.queue._log
+                if wal.spare_wanted():
+                    wal.prepare_spare()
                 if self.due():
                     self.compact()
             except ClosedError:

@@ -40,7 +40,7 @@ from walq.errors import (
     LogFailedError,
 )
 from walq.fs import FileSystem
-from walq.segment import Segment
+from walq.segment import SPARE_SUFFIX, TMP_SUFFIX, Segment
 
 log = logging.getLogger("walq.log")
 
@@ -111,6 +111,13 @@ class Log:
         self._closed = False
         self._syncer: threading.Thread | None = None
         self.on_roll: Callable[[], None] | None = None  # a segment was sealed (the compactor)
+        # The active segment is half full: time to prepare the next (the compactor's thread).
+        self.on_half: Callable[[], None] | None = None
+        self._half_at = segment_size // 2
+        # The next segment's file, made ahead of the roll by `prepare_spare` so that a
+        # roll only renames it: writing and fsyncing a segment of zeros takes tens of ms.
+        self._spare: Segment | None = None
+        self._spare_mu = threading.Lock()  # held while a spare is made; never under _mu
         # Each fdatasync's duration (metrics); may be called with the lock held.
         self.on_sync: Callable[[float], None] | None = None
         self.fsyncs = 0
@@ -133,7 +140,8 @@ class Log:
         fs, d = self.fs, self.directory
         names = fs.listdir(d)
         for name in names:
-            if name.endswith(".tmp"):  # an interrupted segment creation or compaction
+            # An interrupted segment creation or compaction, or an unused spare segment.
+            if name.endswith((TMP_SUFFIX, SPARE_SUFFIX)):
                 fs.remove(posixpath.join(d, name))
         seqs = sorted(s for s in (parse_segment_name(n) for n in names) if s is not None)
         opened: list[Segment] = []
@@ -307,7 +315,7 @@ class Log:
 
     def append(self, records: Sequence[tuple[int, bytes]]) -> tuple[list[Loc], int]:
         """Append records; return where each went and the lsn to `commit` for all of them."""
-        locs = []
+        locs: list[Loc] = []
         header = framing.header
         with self._mu:
             self._check_open()
@@ -315,26 +323,37 @@ class Log:
             buf = self._buf
             seq = self._active.seq
             limit = self.segment_size
+            # Locals for the loop; written back before a roll and at the end. The
+            # watermark only moves under this lock, so it holds for the whole call.
+            end = start = self._end
+            synced = SEGMENT_HEADER_SIZE + max(0, self._synced - self._seg_lsn)
             for rtype, body in records:
                 size = RECORD_HEADER_SIZE + len(body)
-                end = self._end
-                if end + size > limit and end > SEGMENT_HEADER_SIZE:
-                    while self._end + size > limit and self._end > SEGMENT_HEADER_SIZE:
-                        if self._leader:
-                            self._cond.wait()
-                            self._check_open()
-                            continue
-                        self._roll()
-                    buf = self._buf
-                    seq = self._active.seq
-                    end = self._end
-                if end + size > MAX_SEGMENT_SIZE:
-                    raise ArgumentError(f"a record of {size} bytes cannot fit in a segment")
-                synced = SEGMENT_HEADER_SIZE + max(0, self._synced - self._seg_lsn)
+                if end + size > limit:
+                    if end > SEGMENT_HEADER_SIZE:
+                        self._end = end
+                        self._appended += end - start
+                        while self._end + size > limit and self._end > SEGMENT_HEADER_SIZE:
+                            if self._leader:
+                                self._cond.wait()
+                                self._check_open()
+                                continue
+                            self._roll()
+                        buf = self._buf
+                        seq = self._active.seq
+                        end = start = self._end
+                        synced = SEGMENT_HEADER_SIZE + max(0, self._synced - self._seg_lsn)
+                    if end + size > MAX_SEGMENT_SIZE:
+                        raise ArgumentError(f"a record of {size} bytes cannot fit in a segment")
                 buf += (header(rtype, body, synced), body)  # joined once, when written
                 locs.append(Loc(seq, end, size))
-                self._end = end + size
-                self._appended += size
+                end += size
+            self._end = end
+            self._appended += end - start
+            if self._end >= self._half_at:
+                self._half_at = MAX_SEGMENT_SIZE + 1  # once per segment
+                if self.on_half is not None:
+                    self.on_half()
             if self.sync_mode != "always":
                 # Reach the kernel before returning, so a process crash loses nothing.
                 self._write_buffer()
@@ -365,8 +384,20 @@ class Log:
         self._timed_sync(old)
         self._synced = self._appended
         header = SegmentHeader(old.seq + 1, old.seq + 1)
+        with self._spare_mu:  # waits for a spare being made now: it is nearly done
+            spare, self._spare = self._spare, None
         try:
-            new = Segment.create(self.fs, self.directory, header, self.segment_size)
+            if spare is not None and spare.header == header:
+                try:
+                    spare.install(self.fs, self.directory)
+                except BaseException:
+                    spare.close()
+                    raise
+                new = spare
+            else:
+                if spare is not None:
+                    self._discard(spare)
+                new = Segment.create(self.fs, self.directory, header, self.segment_size)
         except OSError as exc:
             self._fail(f"creating segment {header.seq} in {self.directory} failed: {exc}")
         old.close()
@@ -374,6 +405,7 @@ class Log:
         self._active = new
         self._end = self._buf_start = SEGMENT_HEADER_SIZE
         self._seg_lsn = self._appended
+        self._half_at = self.segment_size // 2
         if self.on_roll is not None:
             self.on_roll()
 
@@ -516,6 +548,56 @@ class Log:
             except (LogFailedError, ClosedError):
                 return
 
+    # -- the spare segment ------------------------------------------------------------
+
+    def spare_wanted(self) -> bool:
+        """Whether the active segment is half full and its successor not yet made."""
+        with self._mu:
+            if self._closed or self._failed is not None or self._active is None:
+                return False
+            seq = self._active.seq + 1
+            half = self._end >= self.segment_size // 2
+        spare = self._spare
+        return half and (spare is None or spare.seq != seq)
+
+    def prepare_spare(self) -> bool:
+        """Make the next segment's file now, so the coming roll only renames it.
+
+        Called from a background thread (the compactor's): the zeros are
+        written and fsynced with no lock of the log held, so appends and
+        commits go on. The file is named `<seq>.wal.spare` until the roll
+        renames it; a crash leaves it for recovery to delete. Returns whether
+        it made one.
+        """
+        with self._mu:
+            if self._closed or self._failed is not None or self._active is None:
+                return False
+            header = SegmentHeader(self._active.seq + 1, self._active.seq + 1)
+        with self._spare_mu:
+            if self._spare is not None:
+                if self._spare.header == header:
+                    return False
+                self._discard(self._spare)  # the roll it was made for came first
+                self._spare = None
+            if self._closed:
+                return False
+            try:
+                self._spare = Segment.prepare(
+                    self.fs, self.directory, header, self.segment_size, SPARE_SUFFIX
+                )
+            except OSError as exc:  # the roll will try again, synchronously, and say so
+                log.warning("%s: preparing segment %d failed: %s", self.directory, header.seq, exc)
+                return False
+        return True
+
+    def _discard(self, spare: Segment) -> None:
+        """Close and delete a spare segment (best effort: recovery deletes leftovers)."""
+        spare.close()
+        try:
+            self.fs.remove(spare.path)
+        except OSError as exc:
+            log.warning("%s: removing the unused %s failed: %s", self.directory, spare.path, exc)
+
     # -- compaction support ---------------------------------------------------------------
 
     def seal(self) -> bool:
@@ -621,3 +703,7 @@ class Log:
                 self._syncer.join(timeout=5)
             if self._active is not None:
                 self._active.close()
+            with self._spare_mu:
+                if self._spare is not None:
+                    self._discard(self._spare)
+                    self._spare = None

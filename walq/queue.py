@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import posixpath
 import random
@@ -221,7 +222,7 @@ class Queue:
                 q._compactor.policy = compaction
             if compaction is not False:
                 q._compactor.start()
-                wal.on_roll = q._compactor.poke
+                wal.on_roll = wal.on_half = q._compactor.poke
         except BaseException:
             q.close()  # stops what did start, closes the log, releases the lock
             raise
@@ -315,7 +316,8 @@ class Queue:
                 and type(payload) is bytes
                 and (len(payload) <= self.max_payload)
             ):
-                return _Item(task, ev.PAYLOAD_BYTES, payload, None, 0.0, 0, 0, "")
+                # tuple.__new__ skips the NamedTuple's Python-level __new__: half the cost.
+                return tuple.__new__(_Item, (task, ev.PAYLOAD_BYTES, payload, None, 0.0, 0, 0, ""))
         task, payload, opts = split_item(raw)
         return self._item(
             task,
@@ -364,7 +366,7 @@ class Queue:
             now = self._clock()
             deadline = now.mono + timeout
             while True:
-                ids, fresh = self._assign(items, now)
+                ids, fresh = self._assign(items)
                 problem = self._room_for(fresh)
                 if problem is None:
                     break
@@ -386,14 +388,17 @@ class Queue:
             self._wake()
         return ids
 
-    def _assign(
-        self, items: Sequence[_Item], now: Now
-    ) -> tuple[list[int], list[tuple[int, _Item]]]:
-        """Ids for each item: a coalesced existing job, or a new id (with its item)."""
-        ids: list[int] = []
-        fresh: list[tuple[int, _Item]] = []
-        batch_keys: dict[str, int] = {}
+    def _assign(self, items: Sequence[_Item]) -> tuple[list[int], Sequence[_Item]]:
+        """Ids for each item -- a coalesced existing job, or the next new id -- and the new items.
+
+        New items get consecutive ids from the state's next_id on.
+        """
         next_id = self._state.next_id
+        if not any(item.key is not None for item in items):
+            return list(range(next_id, next_id + len(items))), items
+        ids: list[int] = []
+        fresh: list[_Item] = []
+        batch_keys: dict[str, int] = {}
         for item in items:
             key = item.key
             if key is not None:
@@ -402,12 +407,12 @@ class Queue:
                     ids.append(holder)
                     continue
                 batch_keys[key] = next_id
-            fresh.append((next_id, item))
+            fresh.append(item)
             ids.append(next_id)
             next_id += 1
         return ids, fresh
 
-    def _room_for(self, fresh: list[tuple[int, _Item]]) -> str | None:
+    def _room_for(self, fresh: Sequence[_Item]) -> str | None:
         """Why `fresh` does not fit under the caps, or None if it does."""
         if not fresh:
             return None
@@ -415,7 +420,7 @@ class Queue:
         if self.max_pending is not None and state.unfinished + len(fresh) > self.max_pending:
             return f"max_pending ({self.max_pending}) reached"
         if self.max_bytes is not None:
-            size = sum(len(item.data) + 64 + len(item.task) for _, item in fresh)
+            size = sum(len(item.data) + 64 + len(item.task) for item in fresh)
             if state.live_bytes + size > self.max_bytes:
                 return f"max_bytes ({self.max_bytes}) reached"
         if self.min_free_bytes:
@@ -442,25 +447,20 @@ class Queue:
             self._state.apply(event, loc, now)
         return lsn
 
-    def _write_enqueues(self, fresh: list[tuple[int, _Item]], now: Now) -> int:
+    def _write_enqueues(self, fresh: Sequence[_Item], now: Now) -> int:
         """Append enqueue records for new jobs and add them to the state (lock held)."""
         wall = now.wall
         encode = ev.encode_enqueue
         enqueue = fmt.ENQUEUE
-        dues = [wall + it.delay if it.delay else 0.0 for _, it in fresh]
+        first = self._state.next_id
+        dues = [wall + it.delay if it.delay else 0.0 for it in fresh]
         records = [
             (enqueue, encode(jid, it.task, it.data, it.kind, it.key, it.priority,
                              it.max_attempts, due, wall, it.origin))
-            for (jid, it), due in zip(fresh, dues, strict=True)
+            for jid, it, due in zip(itertools.count(first), fresh, dues)
         ]  # fmt: skip
         locs, lsn = self._log.append(records)
-        self._state.add_new(
-            (
-                (jid, it.task, it.key, it.priority, it.max_attempts, due, loc)
-                for (jid, it), due, loc in zip(fresh, dues, locs, strict=True)
-            ),
-            now,
-        )
+        self._state.add_new(first, fresh, dues, locs, now)
         return lsn
 
     def _log_lsn(self) -> int:

@@ -10,6 +10,9 @@ from walq.core.format import SEGMENT_HEADER_SIZE, SegmentHeader, segment_name
 from walq.fs import File, FileSystem
 
 _ZEROS = bytes(1 << 20)
+TMP_SUFFIX = ".tmp"  # a segment being created; recovery deletes leftovers
+# The next segment, made ahead of the roll in the background; recovery deletes it too.
+SPARE_SUFFIX = ".spare"
 
 
 @attrs.define
@@ -28,14 +31,26 @@ class Segment:
     def create(
         cls, fs: FileSystem, directory: str, header: SegmentHeader, preallocate: int
     ) -> Segment:
-        """Create a segment durably: write it under a temporary name, fsync, rename, fsync dir.
+        """Create a segment durably: write it under a temporary name, fsync, rename, fsync dir."""
+        seg = cls.prepare(fs, directory, header, preallocate, TMP_SUFFIX)
+        try:
+            seg.install(fs, directory)
+        except BaseException:
+            seg.close()
+            raise
+        return seg
+
+    @classmethod
+    def prepare(
+        cls, fs: FileSystem, directory: str, header: SegmentHeader, preallocate: int, suffix: str
+    ) -> Segment:
+        """Write a whole segment under its name plus `suffix` and fsync it; `install` names it.
 
         The file is filled with zeros up to `preallocate` bytes so later
         fdatasyncs need not persist a new file size (type 0 reads as the end
         of the log), and so a full disk shows up now rather than mid-record.
         """
-        path = posixpath.join(directory, segment_name(header.seq))
-        tmp = path + ".tmp"
+        tmp = posixpath.join(directory, segment_name(header.seq)) + suffix
         if fs.exists(tmp):
             fs.remove(tmp)
         f = fs.open(tmp, create=True)
@@ -50,10 +65,14 @@ class Segment:
         except BaseException:
             f.close()
             raise
-        fs.rename(tmp, path)
-        f.path = path
+        return cls(tmp, header, f)
+
+    def install(self, fs: FileSystem, directory: str) -> None:
+        """Rename a prepared segment to its real name and fsync the directory."""
+        path = posixpath.join(directory, segment_name(self.seq))
+        fs.rename(self.path, path)
+        self.path = self.file.path = path
         fs.sync_dir(directory)
-        return cls(path, header, f)
 
     @classmethod
     def open(cls, fs: FileSystem, path: str, *, write: bool) -> Segment:

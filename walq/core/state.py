@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple, Protocol
 
 import attrs
 from crc32c import crc32c
@@ -110,6 +110,19 @@ class Loc(NamedTuple):
     seg: int
     offset: int
     size: int
+
+
+class NewJob(Protocol):
+    """What `QueueState.add_new` reads of a job being enqueued."""
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def max_attempts(self) -> int: ...
 
 
 class JobInfo(NamedTuple):
@@ -445,59 +458,77 @@ class QueueState:
 
     def add_new(
         self,
-        jobs: Iterable[tuple[int, str, str | None, int, int, float, Loc]],
+        first: int,
+        jobs: Sequence[NewJob],
+        dues: Sequence[float],
+        locs: Sequence[Loc],
         now: Now,
     ) -> None:
-        """Jobs just enqueued: (id, task, key, priority, max_attempts, due, loc) each.
+        """Jobs just enqueued, with ids first, first + 1, ...: their due times and records.
 
         The enqueue hot path: what `add` does for a job, for a batch of jobs
-        whose ids are all new (above next_id), with the bookkeeping done once.
+        whose ids are all new (from next_id on), with the bookkeeping done once.
         """
-        assert not self._loading
+        assert not self._loading and first >= self.next_id
         wall = now.wall
         table = self._jobs
-        tasks: dict[str, int] = {}
+        task_of: dict[str, int] = {}
         queues: dict[tuple[int, int], deque[int]] = {}
+        new_by_task: dict[int, int] = {}
         seg_bytes = self._seg_bytes
-        n = self._n
-        by_task = self._by_task
-        added = 0
-        for jid, task, key, priority, max_attempts, due, loc in jobs:
-            if jid >= self.next_id:
-                self.next_id = jid + 1
-            t = tasks.get(task)
+        seg, seg_added, added, scheduled = -1, 0, 0, 0
+        jid = first
+        for job, due, loc in zip(jobs, dues, locs, strict=True):
+            task = job.task
+            t = task_of.get(task)
             if t is None:
-                t = tasks[task] = self.task_index(task)
-            prio = priority - MIN_PRIORITY
-            state = SCHEDULED if due > wall else PENDING
+                t = task_of[task] = self.task_index(task)
+            prio = job.priority - MIN_PRIORITY
+            size = loc.size
+            if loc.seg != seg:
+                if seg_added:
+                    seg_bytes[seg] = seg_bytes.get(seg, 0) + seg_added
+                seg, seg_added = loc.seg, 0
+            seg_added += size
+            added += size
             p = (
-                state
-                | max_attempts << _MAXA
+                job.max_attempts << _MAXA
                 | prio << _PRIO
                 | t << _TASK
-                | loc.size << _SIZE
+                | size << _SIZE
                 | loc.offset << _OFFSET
-                | loc.seg << _SEG
+                | seg << _SEG
             )
-            table[jid] = p
-            added += loc.size
-            seg_bytes[loc.seg] = seg_bytes.get(loc.seg, 0) + loc.size
-            n[state] += 1
-            counts = by_task.get(t)
-            if counts is None:
-                counts = by_task[t] = [0] * 5
-            counts[state] += 1
-            if key is not None:
-                self._key_of[jid] = key
-                self._keys[key] = jid
-            if state == SCHEDULED:
+            if job.key is not None:
+                self._key_of[jid] = job.key
+                self._keys[job.key] = jid
+            if due > wall:
+                table[jid] = p | SCHEDULED
+                self._count_new(t, SCHEDULED)
+                scheduled += 1
                 self._schedule(jid, now.mono_at(due))
-                continue
-            q = queues.get((prio, t))
-            if q is None:
-                q = queues[prio, t] = self._ready.setdefault(prio, {}).setdefault(t, deque())
-            q.append(jid)
+            else:
+                table[jid] = p | PENDING
+                new_by_task[t] = new_by_task.get(t, 0) + 1
+                q = queues.get((prio, t))
+                if q is None:
+                    q = queues[prio, t] = self._ready.setdefault(prio, {}).setdefault(t, deque())
+                q.append(jid)
+            jid += 1
+        if seg_added:
+            seg_bytes[seg] = seg_bytes.get(seg, 0) + seg_added
+        for t, k in new_by_task.items():
+            self._count_new(t, PENDING, k)
+        self.next_id = max(self.next_id, jid)
         self.live_bytes += added
+
+    def _count_new(self, t: int, state: int, k: int = 1) -> None:
+        """Count `k` new jobs of task index `t` in `state`."""
+        self._n[state] += k
+        counts = self._by_task.get(t)
+        if counts is None:
+            counts = self._by_task[t] = [0] * 5
+        counts[state] += k
 
     def add(
         self,
