@@ -394,7 +394,10 @@ class Queue:
         New items get consecutive ids from the state's next_id on.
         """
         next_id = self._state.next_id
-        if not any(item.key is not None for item in items):
+        for item in items:
+            if item.key is not None:
+                break
+        else:
             return list(range(next_id, next_id + len(items))), items
         ids: list[int] = []
         fresh: list[_Item] = []
@@ -453,6 +456,14 @@ class Queue:
         encode = ev.encode_enqueue
         enqueue = fmt.ENQUEUE
         first = self._state.next_id
+        if len(fresh) == 1:  # enqueue(): no comprehensions to set up
+            it = fresh[0]
+            due = wall + it.delay if it.delay else 0.0
+            body = encode(first, it.task, it.data, it.kind, it.key, it.priority,
+                          it.max_attempts, due, wall, it.origin)  # fmt: skip
+            locs, lsn = self._log.append(((enqueue, body),))
+            self._state.add_new(first, fresh, (due,), locs, now)
+            return lsn
         dues = [wall + it.delay if it.delay else 0.0 for it in fresh]
         records = [
             (enqueue, encode(jid, it.task, it.data, it.kind, it.key, it.priority,

@@ -472,17 +472,16 @@ class QueueState:
         assert not self._loading and first >= self.next_id
         wall = now.wall
         table = self._jobs
-        task_of: dict[str, int] = {}
-        queues: dict[tuple[int, int], deque[int]] = {}
-        new_by_task: dict[int, int] = {}
         seg_bytes = self._seg_bytes
-        seg, seg_added, added, scheduled = -1, 0, 0, 0
+        # One-entry caches: a batch is usually one task at one priority.
+        task, t, pt, q = None, 0, (-1, -1), None
+        counted_t, counted = -1, 0
+        seg, seg_added, added = -1, 0, 0
         jid = first
         for job, due, loc in zip(jobs, dues, locs, strict=True):
-            task = job.task
-            t = task_of.get(task)
-            if t is None:
-                t = task_of[task] = self.task_index(task)
+            if job.task != task:
+                task = job.task
+                t = self.task_index(task)
             prio = job.priority - MIN_PRIORITY
             size = loc.size
             if loc.seg != seg:
@@ -505,20 +504,24 @@ class QueueState:
             if due > wall:
                 table[jid] = p | SCHEDULED
                 self._count_new(t, SCHEDULED)
-                scheduled += 1
                 self._schedule(jid, now.mono_at(due))
             else:
                 table[jid] = p | PENDING
-                new_by_task[t] = new_by_task.get(t, 0) + 1
-                q = queues.get((prio, t))
-                if q is None:
-                    q = queues[prio, t] = self._ready.setdefault(prio, {}).setdefault(t, deque())
+                if t != counted_t:
+                    if counted:
+                        self._count_new(counted_t, PENDING, counted)
+                    counted_t, counted = t, 0
+                counted += 1
+                if (prio, t) != pt:
+                    pt = (prio, t)
+                    q = self._ready.setdefault(prio, {}).setdefault(t, deque())
+                assert q is not None
                 q.append(jid)
             jid += 1
         if seg_added:
             seg_bytes[seg] = seg_bytes.get(seg, 0) + seg_added
-        for t, k in new_by_task.items():
-            self._count_new(t, PENDING, k)
+        if counted:
+            self._count_new(counted_t, PENDING, counted)
         self.next_id = max(self.next_id, jid)
         self.live_bytes += added
 
