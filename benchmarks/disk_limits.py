@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -127,6 +128,42 @@ def framed_group_commit(path: Path, s: Settings) -> float:
         return rate_until(s.duration, op)
     finally:
         os.close(fd)
+
+
+def thread_handoff(path: Path, s: Settings) -> float:
+    """Two threads pass a lock back and forth, no IO: hand-offs/s.
+
+    Each hand-off parks one thread and wakes the other, the least that a caller
+    waiting for a shared fsync costs: a ceiling for any queue that many threads
+    call and that returns only when the caller's record is durable.
+    """
+    ping, pong = threading.Lock(), threading.Lock()
+    ping.acquire()
+    pong.acquire()
+    stop = False
+    count = 0
+
+    def other() -> None:
+        while True:
+            ping.acquire()
+            if stop:
+                return
+            pong.release()
+
+    t = threading.Thread(target=other, daemon=True)
+    t.start()
+    start = time.perf_counter()
+    while True:
+        ping.release()
+        pong.acquire()
+        count += 2
+        elapsed = time.perf_counter() - start
+        if elapsed >= s.duration:
+            break
+    stop = True
+    ping.release()
+    t.join()
+    return count / elapsed
 
 
 def write_framed_file(path: Path, count: int) -> None:

@@ -104,6 +104,12 @@ def disk_benches(s: Settings) -> Iterator[Bench]:
             "rec/s",
             disk_limits.framed_group_commit,
         ),
+        (
+            "handoff",
+            "thread hand-off (two threads pass a lock), no IO",
+            "/s",
+            disk_limits.thread_handoff,
+        ),
     ]
     for key, label, unit, fn in simple:
         row = Row(f"disk.{key}", DISK, label, unit)
@@ -163,6 +169,16 @@ def peer_benches(s: Settings) -> Iterator[Bench]:
 
 def walq_benches(s: Settings) -> Iterator[Bench]:
     yield from queue_benches(walq_rows.WALQ, WALQ, "walq", s)
+    row = Row(
+        "walq.enqueue_16t_never",
+        WALQ,
+        f'walq sync="never": enqueue, {s.threads} threads',
+        "jobs/s",
+        note="NOT durable: no fsync at all; a ceiling for the durable row",
+    )
+    spec = walq_rows.WALQ_NEVER
+    collect = single(row.key, lambda p: peers.threaded_enqueue_rate(spec, p, s))
+    yield Bench(frozenset({WALQ}), [row], collect, s.repeats, s.timeout)
     row = Row("walq.claim_many", WALQ, f"walq: claim_many({s.batch}) + ack_many", "jobs/s")
     collect = single(row.key, partial(walq_rows.claim_many_rate, s=s))
     yield Bench(frozenset({WALQ}), [row], collect, s.repeats, s.timeout)

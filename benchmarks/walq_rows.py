@@ -25,10 +25,12 @@ LEASE = 60.0
 class WalqQueue:
     """walq.Queue.open(path, sync="always") behind the peers' interface."""
 
+    sync = "always"
+
     def __init__(self, path: Path) -> None:
         import walq
 
-        self.q = walq.Queue.open(str(path / "queue"), sync="always")
+        self.q = walq.Queue.open(str(path / "queue"), sync=self.sync)
 
     def put(self, payload: bytes) -> None:
         self.q.enqueue("noop", payload)
@@ -44,7 +46,7 @@ class WalqQueue:
         return True
 
     def describe(self) -> str:
-        return 'sync="always"'
+        return f'sync="{self.sync}"'
 
     def close(self) -> None:
         self.q.close()
@@ -58,6 +60,23 @@ WALQ = PeerSpec(
     per_thread=False,
     batch="enqueue_many (one durable write)",
     get_ack="claim(lease=60) + ack: start and ack both durable",
+)
+
+
+class WalqNeverQueue(WalqQueue):
+    """The same with sync="never": no fsync at all, so what is left is the threads' cost."""
+
+    sync = "never"
+
+
+WALQ_NEVER = PeerSpec(
+    "walq-never",
+    'walq sync="never"',
+    WalqNeverQueue,
+    durable=False,
+    per_thread=False,
+    batch="",
+    get_ack="",
 )
 
 
