@@ -27,9 +27,7 @@ def build(seed: int, n: int) -> SimFileSystem:
     """A queue with keys, delays, retries, deaths, cancels and releases, then a clean crash."""
     rng = random.Random(seed)
     fs = SimFileSystem()
-    q = walq.Queue.open(
-        "/q", fs=fs, segment_size=4096, compaction=False, sync="never", serve=False
-    )
+    q = walq.Queue.open("/q", fs=fs, segment_size=4096, compaction=False, sync="never", serve=False)
     for i in range(n):
         q.enqueue(
             rng.choice(["a", "b", "ç"]),
