@@ -155,3 +155,15 @@ def test_the_compactor_thread_prepares_the_spare_once_half_full(tmp_path: Path) 
     assert not list((tmp_path / "q").glob("*.spare"))
     with walq.Queue.open(qdir, segment_size=SEG, serve=False) as q2:
         assert {q2.status(i) for i in ids} == {"pending"}
+
+
+def test_a_full_disk_while_making_the_spare_leaves_no_partial_file() -> None:
+    """ENOSPC half-way through the spare: it is removed, and the queue goes on writing."""
+    fs = SimFileSystem(capacity=SEG + SEG // 2, reported_free=1 << 40)
+    with open_sim(fs) as q:
+        ids = [q.enqueue("t", PAYLOAD) for _ in range(3)]
+        assert not q._log.prepare_spare()
+        assert spares(fs) == []
+        ids.append(q.enqueue("t", PAYLOAD))
+    with open_sim(fs) as q2:
+        assert {q2.status(i) for i in ids} == {"pending"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 
 import attrs
@@ -64,6 +65,9 @@ class Segment:
             f.sync()
         except BaseException:
             f.close()
+            # A half-written file would hold on to the space a full disk lacks.
+            with contextlib.suppress(OSError):
+                fs.remove(tmp)
             raise
         return cls(tmp, header, f)
 
