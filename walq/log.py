@@ -344,6 +344,8 @@ class Log:
                         end = start = self._end
                         synced = SEGMENT_HEADER_SIZE + max(0, self._synced - self._seg_lsn)
                     if end + size > MAX_SEGMENT_SIZE:
+                        self._end = end  # the records before this one stay appended
+                        self._appended += end - start
                         raise ArgumentError(f"a record of {size} bytes cannot fit in a segment")
                 buf += (header(rtype, body, synced), body)  # joined once, when written
                 locs.append(Loc(seq, end, size))
