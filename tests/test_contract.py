@@ -8,6 +8,7 @@ every test takes well under a few seconds.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -432,6 +433,21 @@ class TestContract:
         assert q.claim(tasks=["c"]) is None
         assert q.stats()["pending"] == 1
 
+    def test_claim_many_filters_by_task_before_accept(self, q: Any) -> None:
+        """claim_many(tasks=...) takes only those tasks; accept sees only those."""
+        q.enqueue_many([("a", 1), ("b", 2), ("c", 3), ("b", 4)])
+        seen: list[str] = []
+
+        def accept(info: Any) -> bool:
+            seen.append(info.task)
+            return info.task in {"b", "c"}
+
+        jobs = q.claim_many(10, tasks=["a", "b"], accept=accept)
+        assert sorted(j.payload for j in jobs) == [2, 4]
+        assert set(seen) <= {"a", "b"}
+        assert q.stats()["pending"] == 2  # "a" refused by accept, "c" by tasks
+        assert [j.task for j in q.claim_many(10, tasks=["c"])] == ["c"]
+
     def test_claim_many_and_ack_many(self, q: Any) -> None:
         """claim_many takes a batch; ack_many strict acks all or none; lenient reports."""
         ids = q.enqueue_many([("t", i) for i in range(10)])
@@ -562,3 +578,32 @@ class TestContract:
         for t in consumers:
             t.join(30)
         assert sorted(acked) == sorted(produced) and len(set(acked)) == 200
+
+
+# The calls only one backend has, as docs/REDIS.md lists them ("What differs").
+ONE_BACKEND_ONLY = {
+    "open",  # each takes its own options (a directory's; a server's)
+    "compact",  # the file queue's compactor; Redis rewrites its AOF itself
+    "sync_mode",  # the file queue's fsync policy
+    "record_worker_status",  # Redis keeps the worker's breaker states on the server
+}
+
+
+def test_both_backends_take_the_same_calls_with_the_same_parameters() -> None:
+    """Code written against one backend runs on the other: same names, parameters, defaults."""
+    from walq.queue import Queue
+    from walq.redisq import RedisQueue
+
+    def public(cls: type) -> set[str]:
+        return {n for n in dir(cls) if not n.startswith("_")} - ONE_BACKEND_ONLY
+
+    assert public(Queue) == public(RedisQueue)
+    for name in sorted(public(Queue)):
+        a, b = getattr(Queue, name), getattr(RedisQueue, name)
+        if not callable(a):
+            continue
+        params = [
+            [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
+            for f in (a, b)
+        ]
+        assert params[0] == params[1], name

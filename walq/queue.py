@@ -491,9 +491,7 @@ class Queue:
         The attempt is durable before the job is returned, so a job that
         crashes the process is still counted.
         """
-        allowed = set(tasks) if tasks is not None else None
-        accept = None if allowed is None else (lambda info: info.task in allowed)
-        jobs = self.claim_many(1, lease=lease, timeout=timeout, accept=accept)
+        jobs = self.claim_many(1, lease=lease, timeout=timeout, tasks=tasks)
         return jobs[0] if jobs else None
 
     def claim_many(
@@ -503,14 +501,18 @@ class Queue:
         lease: float = 60.0,
         timeout: float = 0.0,
         accept: Callable[[JobInfo], bool | float] | None = None,
+        tasks: Iterable[str] | None = None,
     ) -> list[Job]:
         """Take up to `n` ready jobs with one durable write (see `claim`).
 
         `accept(info)` may refuse a job just before it is taken (see
         QueueState.take_ready); the worker uses it for per-task limits.
+        `tasks`, if given, takes only jobs of those tasks (before `accept`).
         """
         if not isinstance(n, int) or n < 1:
             raise ArgumentError(f"n must be a positive integer, not {n!r}")
+        if tasks is not None:
+            accept = _only_tasks(set(tasks), accept)
         lease = check_seconds("lease", lease, positive=True)
         timeout = check_seconds("timeout", timeout)
         with self._mu:
@@ -1009,6 +1011,19 @@ class Queue:
             reason = getattr(record, "reason", "no record")
             raise CorruptionError(self._segment_path(loc.seg), loc.offset, reason)
         return record
+
+
+def _only_tasks(
+    allowed: set[str], accept: Callable[[JobInfo], bool | float] | None
+) -> Callable[[JobInfo], bool | float]:
+    """An accept filter that refuses jobs of other tasks, then asks `accept`."""
+
+    def only(info: JobInfo) -> bool | float:
+        if info.task not in allowed:
+            return False
+        return True if accept is None else accept(info)
+
+    return only
 
 
 def _file_size(fs: FileSystem, path: str) -> int:
