@@ -867,10 +867,7 @@ def op_spare(run: Run) -> bool:
     """Make the next segment ahead of the roll, as the compactor's thread does."""
     assert run.q is not None
     run.history.append("prepare_spare()")
-    try:
-        made = run.q._log.prepare_spare()
-    except LogFailedError:
-        raise
+    made = run.q._log.prepare_spare()
     run.history[-1] += f" -> {made}"
     return False  # a spare is made durable only when a roll names it
 

@@ -353,7 +353,7 @@ class Log:
             self._end = end
             self._appended += end - start
             if self._end >= self._half_at:
-                self._half_at = MAX_SEGMENT_SIZE + 1  # once per segment
+                self._half_at = MAX_SEGMENT_SIZE + 1  # once per segment (spare_wanted reads it)
                 if self.on_half is not None:
                     self.on_half()
             if self.sync_mode != "always":
@@ -557,10 +557,10 @@ class Log:
         with self._mu:
             if self._closed or self._failed is not None or self._active is None:
                 return False
+            passed_half = self._half_at > MAX_SEGMENT_SIZE  # append disarmed it
             seq = self._active.seq + 1
-            half = self._end >= self.segment_size // 2
         spare = self._spare
-        return half and (spare is None or spare.seq != seq)
+        return passed_half and (spare is None or spare.seq != seq)
 
     def prepare_spare(self) -> bool:
         """Make the next segment's file now, so the coming roll only renames it.
