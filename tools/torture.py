@@ -341,9 +341,15 @@ def _produce(q: Any, args: argparse.Namespace, rng: random.Random, stop: threadi
 
 
 def _until_empty(q: Any, worker: Any, stop: threading.Event) -> None:
-    """Drain mode: stop the worker once nothing is unfinished."""
+    """Drain mode: stop the worker once nothing is unfinished and the spool is empty.
+
+    The spool counts too: ingestion pauses while the queue is at its cap, so
+    the queue can be empty for a moment while producers' files still wait.
+    """
+    from walq import spool
+
     while not stop.wait(0.1):
-        if q.stats()["unfinished"] == 0:
+        if q.stats()["unfinished"] == 0 and spool.backlog(q.fs, q.path)["files"] == 0:
             worker.stop()
             return
 
