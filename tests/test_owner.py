@@ -1,0 +1,230 @@
+"""One owner per queue directory: fork() children, a deleted LOCK, the producers' socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import walq
+from walq import inspect
+
+PY = sys.executable
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def run_py(code: str, *args: str, timeout: float = 60.0) -> dict[str, object]:
+    """Run a Python snippet in a fresh process; its last stdout line, parsed as JSON."""
+    proc = subprocess.run(
+        [PY, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, object] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll `cond` until true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+# -- fork() ----------------------------------------------------------------------------------
+
+FORK_SCRIPT = """
+    import json, os, sys, threading, walq
+
+    path = sys.argv[1]
+    out = {}
+    with walq.Queue.open(path, segment_size=1 << 16) as q:
+        acked = [q.enqueue("t", i) for i in range(200)]
+        # A thread of the parent holds the queue busy while the fork happens.
+        stop = threading.Event()
+        def busy():
+            while not stop.is_set():
+                q.stats()
+        t = threading.Thread(target=busy)
+        t.start()
+        pid = os.fork()
+        if pid == 0:
+            # The child: every call refuses; leaving the with block closes the queue.
+            errors = []
+            for call in (lambda: q.enqueue("t", "child"), q.claim, q.sync,
+                         lambda: q.enqueue_many([("t", 1)])):
+                try:
+                    call()
+                    errors.append("no error")
+                except walq.WalqError as exc:
+                    errors.append(type(exc).__name__ + ": " + str(exc))
+            with open(os.path.join(os.path.dirname(path), "child.json"), "w") as f:
+                json.dump(errors, f)
+        else:
+            stop.set()
+            t.join()
+            _, status = os.waitpid(pid, 0)
+            out["child_exit"] = os.waitstatus_to_exitcode(status)
+            # The child's exit (and its close) released nothing of the parent's.
+            try:
+                walq.Queue.open(path, serve=False, compaction=False).close()
+                out["second_open"] = "succeeded"
+            except walq.LockedError:
+                out["second_open"] = "LockedError"
+            out["socket_left"] = os.path.exists(os.path.join(path, "walq.sock"))
+            with walq.connect(path) as prod:
+                out["via_socket"] = prod.enqueue("t", "producer") is not None
+            acked += [q.enqueue("t", i) for i in range(200, 400)]
+            out["acked"] = len(acked)
+    if pid:
+        print(json.dumps(out))
+"""
+
+
+def test_a_forked_child_refuses_to_use_the_queue_and_releases_nothing(tmp_path: Path) -> None:
+    """A fork() child gets ForkedError for every call; its exit leaves the parent's queue whole."""
+    path = str(tmp_path / "q")
+    out = run_py(FORK_SCRIPT, path)
+    child = json.loads((tmp_path / "child.json").read_text())
+    assert out["child_exit"] == 0
+    assert len(child) == 4
+    for error in child:
+        assert error.startswith("ForkedError: "), child
+        assert path in error and "fork()" in error
+    assert out["second_open"] == "LockedError"  # the parent still owns the directory
+    assert out["socket_left"] is True
+    assert out["via_socket"] is True
+    with walq.Queue.open(path, serve=False) as q:
+        assert q.stats()["pending"] == 401  # every acknowledged job, none of the child's
+    report = inspect.fsck(path)
+    assert not report.problems
+
+
+def test_a_queue_opened_after_the_fork_works_in_the_child(qdir: str) -> None:
+    """The rule is per process: a child that opens the queue itself (the parent closed it) may."""
+    with walq.Queue.open(qdir, serve=False) as q:
+        q.enqueue("t", "parent")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            with walq.Queue.open(qdir, serve=False, compaction=False) as q:
+                q.enqueue("t", "child")
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with walq.Queue.open(qdir, serve=False) as q:
+        assert q.stats()["pending"] == 2
+
+
+REDIS_FORK_SCRIPT = """
+    import json, os, sys, warnings, walq
+
+    warnings.simplefilter("ignore")  # a test server without appendfsync always
+    url = sys.argv[1]
+    out = {}
+    q = walq.Queue.open(url)
+    first = q.enqueue("t", "parent")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            q.enqueue("t", "child")
+        except walq.ForkedError as exc:
+            code = 0 if url.split("?")[0] in str(exc) or "fork()" in str(exc) else 2
+        q.close()  # forgets: the parent's connections are not the child's to close
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    out["child_exit"] = os.waitstatus_to_exitcode(status)
+    out["second"] = q.enqueue("t", "parent again")
+    out["pending"] = q.stats()["pending"]
+    q.close()
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not os.environ.get("WALQ_REDIS_URL"), reason="needs WALQ_REDIS_URL")
+def test_a_forked_child_refuses_a_redis_queue() -> None:
+    """A RedisQueue used in a fork() child raises ForkedError; the parent's connection goes on."""
+    import uuid
+
+    import redis
+
+    base = os.environ["WALQ_REDIS_URL"]
+    prefix = f"walqtest-{uuid.uuid4().hex[:12]}"
+    url = f"{base}{'&' if '?' in base else '?'}prefix={prefix}"
+    try:
+        out = run_py(REDIS_FORK_SCRIPT, url)
+    finally:
+        client = redis.Redis.from_url(base)
+        names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if names:
+            client.delete(*names)
+        client.close()
+    assert out["child_exit"] == 0
+    assert out["pending"] == 2
+
+
+# -- the lock file deleted under a running owner -----------------------------------------------
+
+OWNER_SCRIPT = """
+    import json, os, signal, sys, time, walq
+
+    path, ready = sys.argv[1], sys.argv[2]
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    acked = 0
+    with walq.Queue.open(path, segment_size=1 << 16) as q:
+        open(ready, "w").close()
+        while not stop:
+            q.enqueue("t", acked)
+            acked += 1
+            time.sleep(0.001)
+    print(json.dumps({"acked": acked}))
+"""
+
+
+def test_deleting_lock_under_a_running_owner_lets_no_second_owner_in(tmp_path: Path) -> None:
+    """With LOCK deleted, a second opener still gets LockedError and the log stays whole."""
+    path = str(tmp_path / "q")
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(
+        [PY, "-c", textwrap.dedent(OWNER_SCRIPT), path, str(ready)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(ready.exists)
+        os.remove(os.path.join(path, "LOCK"))  # an operator "cleaning up a stale lock"
+        who = inspect.owner(path)
+        assert who.running is True and who.pid == proc.pid
+        for _ in range(3):
+            with pytest.raises(walq.LockedError):
+                walq.Queue.open(path, serve=False, compaction=False)
+        with pytest.raises(walq.LockedError):
+            inspect.repair(path)
+    finally:
+        proc.terminate()
+        stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    acked = json.loads(stdout.splitlines()[-1])["acked"]
+    assert acked > 0
+    assert not inspect.fsck(path).problems
+    with walq.Queue.open(path, serve=False) as q:
+        assert q.stats()["pending"] == acked
