@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import walq
-from walq import inspect
+from walq import inspect, wire
 
 PY = sys.executable
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -228,3 +232,155 @@ def test_deleting_lock_under_a_running_owner_lets_no_second_owner_in(tmp_path: P
     assert not inspect.fsck(path).problems
     with walq.Queue.open(path, serve=False) as q:
         assert q.stats()["pending"] == acked
+
+
+# -- a squatter on the owner's abstract socket ---------------------------------------------------
+
+
+def long_queue_path(tmp_path: Path) -> str:
+    """A queue path too long for DIR/walq.sock: the owner uses an abstract socket name."""
+    path = str(tmp_path.joinpath(*(["d" * 40] * 3), "q"))
+    address = wire.socket_address(path)
+    assert address is not None and address.startswith("\0")
+    return path
+
+
+@contextlib.contextmanager
+def squatter(
+    address: str, uid: int | None
+) -> Iterator[tuple[Callable[[], int], Callable[[], None]]]:
+    """A forked process (as `uid`, if given) holding `address`; yields (bytes it got, kill it)."""
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.close(ready_r)
+            if uid is not None:
+                os.setuid(uid)
+            got = 0
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.bind(address)
+                s.listen(16)
+                s.settimeout(0.2)
+                os.write(ready_w, b"x")
+                while os.getppid() != 1:
+                    try:
+                        conn, _ = s.accept()
+                    except TimeoutError:
+                        continue
+                    with conn:
+                        conn.settimeout(0.5)
+                        with contextlib.suppress(OSError):
+                            got += len(conn.recv(1 << 16))
+                            conn.sendall(b"\xff" * 8)  # what a stranger might answer
+                    os.write(w, f"{got}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"x"
+    os.close(ready_r)
+    os.set_blocking(r, False)
+    seen = [0]
+
+    def sent() -> int:
+        with contextlib.suppress(BlockingIOError):
+            for line in os.read(r, 1 << 16).decode().split():
+                seen[0] = int(line)
+        return seen[0]
+
+    def kill() -> None:
+        if not seen[1:]:
+            sent()
+            seen.append(1)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+    try:
+        yield sent, kill
+    finally:
+        kill()
+        os.close(r)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_a_squatted_socket_name_sends_producers_to_the_spool(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another user's process on the owner's socket name gets no job; the owner says so loudly."""
+    path = long_queue_path(tmp_path)
+    address = wire.socket_address(path)
+    assert address is not None
+    with squatter(address, 65534) as (sent, kill):
+        with walq.connect(path) as prod:  # no owner yet
+            assert prod.enqueue("t", "before") is None
+            assert prod.sent == {"socket": 0, "spool": 1}
+        with caplog.at_level(logging.ERROR), walq.Queue.open(path) as q:
+            assert any(
+                "socket name is taken by" in r.getMessage() and "uid 65534" in r.getMessage()
+                for r in caplog.records
+            ), caplog.text
+            assert q._server is not None and q._server.counters["squatted"] >= 1
+            with walq.connect(path) as prod:  # an owner, but not on the socket
+                assert prod.enqueue("t", "during") is None
+                wait_for(lambda: q.stats()["pending"] == 2)  # the owner ingests the spool
+                assert sent() == 0  # not one byte of a job reached the squatter
+                # The squatter gone, the owner takes the name back (at a spool poll).
+                kill()
+                wait_for(lambda: q._server is not None and q._server._listener is not None)
+                assert prod.enqueue("t", "after") == 3
+
+
+def test_a_producer_never_sends_to_a_server_of_another_uid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer's peer-uid check (its seam, wire.peer_uid, posing another user): it spools."""
+    path = long_queue_path(tmp_path)
+    address = wire.socket_address(path)
+    assert address is not None
+    with squatter(address, None) as (sent, _):
+        monkeypatch.setattr(wire, "peer_uid", lambda sock: os.geteuid() + 1)
+        with walq.connect(path) as prod:
+            assert prod.enqueue("t", 1) is None
+            assert prod.enqueue_many([("t", 2), ("t", 3)]) is None
+            assert prod.sent == {"socket": 0, "spool": 2}
+        assert sent() == 0
+    monkeypatch.undo()
+    with walq.Queue.open(path) as q:
+        assert q.stats()["pending"] == 3
+
+
+# -- idle producer connections -------------------------------------------------------------------
+
+
+def test_idle_producer_connections_do_not_turn_others_away(
+    qdir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Far more idle connections than handler threads: a new producer still reaches the owner."""
+    with walq.Queue.open(qdir) as q:
+        server = q._server
+        assert server is not None and server.address is not None
+        idle = []
+        try:
+            for _ in range(200):  # more than the 64 handler threads
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(server.address)
+                idle.append(s)
+            with walq.connect(qdir) as prod:
+                ids = [prod.enqueue("t", i) for i in range(20)]
+                assert prod.sent == {"socket": 20, "spool": 0}
+            assert ids == list(range(1, 21))
+            assert server.counters["busy"] == 0
+            assert len(server._handlers) <= server.max_handlers
+            # Past max_connections producers are turned away (they spool), and the log says so.
+            wait_for(lambda: len(server._conns) == len(idle))  # the producer's is closed
+            server.max_connections = len(idle)
+            with caplog.at_level(logging.WARNING), walq.connect(qdir) as prod:
+                assert prod.enqueue("t", "spooled") is None
+            assert "turning producers away" in caplog.text
+        finally:
+            for s in idle:
+                s.close()
+        wait_for(lambda: q.stats()["pending"] == 21)

@@ -298,11 +298,20 @@ class Producer:
             raise
         uid = wire.peer_uid(conn)
         if uid is not None and uid != os.geteuid():
+            # Not our owner: another user holds the socket name (squatting). Never
+            # hand it a job; the spool is there for exactly this, and the real
+            # owner, which cannot listen meanwhile, says so in its log.
+            pid = wire.peer_pid(conn)
             conn.close()
-            raise ProtocolError(
-                f"{self._where()}: served by uid {uid}, not by this user ({os.geteuid()}):"
-                " refusing to send jobs to it"
+            log.error(
+                "%s: served by pid %d of uid %d, not by this user (%d): not sending jobs"
+                " to it; spooling them",
+                self._where(),
+                pid,
+                uid,
+                os.geteuid(),
             )
+            return None
         return conn
 
     def _count(self, route: str) -> None:
