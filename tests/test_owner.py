@@ -384,3 +384,34 @@ def test_idle_producer_connections_do_not_turn_others_away(
             for s in idle:
                 s.close()
         wait_for(lambda: q.stats()["pending"] == 21)
+
+
+def test_a_producer_shared_across_fork_works_in_the_child_even_mid_request(qdir: str) -> None:
+    """A fork() while another thread holds the producer's lock: the child still enqueues."""
+    with walq.Queue.open(qdir) as q, walq.connect(qdir) as prod:
+        assert prod.enqueue("t", "parent") == 1
+        with prod._mu:  # what a parent's thread in the middle of a request holds
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    code = 0 if prod.enqueue("t", "child") == 2 else 3
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0) if _exited_within(pid, 60.0) else (pid, -1)
+        assert status != -1, "the child hung on the producer's lock"
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert prod.enqueue("t", "parent again") == 3
+        assert q.stats()["pending"] == 3
+
+
+def _exited_within(pid: int, timeout: float) -> bool:
+    """Whether child `pid` is ready to be reaped within `timeout` seconds (else it is killed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False

@@ -268,9 +268,11 @@ class Producer:
 
     def _take(self) -> socket.socket | None:
         """An idle connection to the owner, or a new one; None if no owner listens."""
+        if self._pid != os.getpid():
+            # Forked: the parent's sockets are not ours to use, and its threads may
+            # have held the lock at the fork (they do not exist here to release it).
+            self._mu, self._idle, self._pid = threading.Lock(), [], os.getpid()
         with self._mu:
-            if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
-                self._idle, self._pid = [], os.getpid()
             while self._idle:
                 conn = self._idle.pop()
                 if _alive(conn):
