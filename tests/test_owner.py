@@ -317,7 +317,7 @@ def test_a_squatted_socket_name_sends_producers_to_the_spool(
         with walq.connect(path) as prod:  # no owner yet
             assert prod.enqueue("t", "before") is None
             assert prod.sent == {"socket": 0, "spool": 1}
-        with caplog.at_level(logging.ERROR), walq.Queue.open(path) as q:
+        with caplog.at_level(logging.ERROR, logger="walq"), walq.Queue.open(path) as q:
             assert any(
                 "socket name is taken by" in r.getMessage() and "uid 65534" in r.getMessage()
                 for r in caplog.records
@@ -377,7 +377,7 @@ def test_idle_producer_connections_do_not_turn_others_away(
             # Past max_connections producers are turned away (they spool), and the log says so.
             wait_for(lambda: len(server._conns) == len(idle))  # the producer's is closed
             server.max_connections = len(idle)
-            with caplog.at_level(logging.WARNING), walq.connect(qdir) as prod:
+            with caplog.at_level(logging.WARNING, logger="walq"), walq.connect(qdir) as prod:
                 assert prod.enqueue("t", "spooled") is None
             assert "turning producers away" in caplog.text
         finally:
@@ -415,3 +415,38 @@ def _exited_within(pid: int, timeout: float) -> bool:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return False
+
+
+def test_a_full_listen_backlog_is_waited_for_then_spooled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EAGAIN on connect is a busy owner, not none: the producer waits, then spools, saying so."""
+    from walq import producer
+
+    path = str(tmp_path / "q")
+    os.makedirs(path, mode=0o700)
+    address = wire.socket_address(path)
+    assert address is not None
+    monkeypatch.setattr(producer, "BACKLOG_WAIT", 0.3, raising=False)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(address)
+        listener.listen(0)  # never accepts: fill its backlog
+        fillers = []
+        try:
+            while True:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.setblocking(False)
+                try:
+                    s.connect(address)
+                except BlockingIOError:
+                    s.close()
+                    break
+                fillers.append(s)
+            t0 = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="walq"), walq.connect(path) as prod:
+                assert prod.enqueue("t", 1) is None
+            assert time.monotonic() - t0 >= 0.3
+            assert "listen backlog stayed full" in caplog.text
+        finally:
+            for s in fillers:
+                s.close()

@@ -217,7 +217,7 @@ class ProducerServer:
                 tmp = None
                 st = os.lstat(address)
                 self._socket_id = (st.st_dev, st.st_ino)
-            sock.listen(128)
+            sock.listen(min(self.max_connections, socket.SOMAXCONN))
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
