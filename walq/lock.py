@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,8 @@ from typing import Any
 import portalocker
 
 from walq.errors import LockedError
+
+log = logging.getLogger("walq.lock")
 
 # flock locks belong to an open file description, so a second open of the lock
 # file in the same process already conflicts on Linux; this registry makes the
@@ -46,13 +49,17 @@ class ProcessLock:
                 if key not in _held:
                     dir_fd = _lock_dir(os.path.dirname(key))
                     if dir_fd is not None:
-                        handle = open(path, "a+b")  # noqa: SIM115 - held for the owner's life
+                        try:
+                            handle = open(path, "a+b")  # noqa: SIM115 - held for the owner's life
+                        except BaseException:
+                            _close(dir_fd)
+                            raise
                         try:
                             os.chmod(path, 0o600)
                             portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
                         except (portalocker.LockException, OSError):
                             handle.close()
-                            os.close(dir_fd)
+                            _close(dir_fd)
                         else:
                             _held.add(key)
                             return cls(key, handle, dir_fd)
@@ -70,19 +77,24 @@ class ProcessLock:
             # A fork() child: the lock is on the open file the parent shares, and
             # unlocking it here would free the parent's queue. Close our copies only.
             handle.close()
-            os.close(self._dir_fd)
+            _close(self._dir_fd)
             return
         try:
             portalocker.unlock(handle)
         finally:
             handle.close()
-            os.close(self._dir_fd)  # closing the last descriptor releases its flock
+            _close(self._dir_fd)  # closing the last descriptor releases its flock
             with _held_guard:
                 _held.discard(self.path)
 
 
 def _lock_dir(directory: str) -> int | None:
-    """A descriptor of `directory` holding an exclusive flock; None if another holds it."""
+    """A descriptor of `directory` holding an exclusive flock; None if another holds it.
+
+    On a file system that cannot lock a directory (some network file systems)
+    the lock file alone guards the queue, as it did before: that is logged, and
+    -1 returned.
+    """
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -90,5 +102,16 @@ def _lock_dir(directory: str) -> int | None:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return None
-        raise
+        log.warning(
+            "%s: cannot lock the directory (%s); only its lock file guards it:"
+            " do not delete the lock file while an owner runs",
+            directory,
+            exc,
+        )
+        return -1
     return fd
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
