@@ -315,11 +315,13 @@ def test_a_real_process_of_another_uid_is_refused(tmp_path: Path) -> None:
 def test_the_producer_refuses_a_socket_served_by_another_uid(
     qdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A producer never sends jobs to a listener run by another user (e.g. a squatted name)."""
-    with owner(qdir):
+    """A producer never sends jobs to a listener run by another user: it spools them."""
+    with owner(qdir, poll_interval=None) as q:
         monkeypatch.setattr(wire, "peer_uid", lambda sock: os.geteuid() + 1)
-        with connect(qdir) as prod, pytest.raises(walq.ProtocolError, match="refusing"):
-            prod.enqueue("t", 1)
+        with connect(qdir) as prod:
+            assert prod.enqueue("t", 1) is None
+            assert prod.sent == {"socket": 0, "spool": 1}
+        assert q.stats()["pending"] == 0 and len(spool_names(qdir)) == 1
 
 
 # -- malformed requests ------------------------------------------------------------------------

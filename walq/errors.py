@@ -71,3 +71,7 @@ class PayloadError(ArgumentError):
 
 class ProtocolError(WalqError):
     """A producer message was malformed, truncated or oversized."""
+
+
+class ForkedError(WalqError):
+    """A queue or producer connection opened by one process was used in a fork() of it."""

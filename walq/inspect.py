@@ -571,12 +571,18 @@ class Owner:
 def owner(path: str) -> Owner:
     """Who holds the queue's lock, found without taking it (Linux: /proc/locks)."""
     lock_path = posixpath.join(path, LOCK_FILE)
-    try:
-        st = os.stat(lock_path)
-    except FileNotFoundError:
+    want = set()
+    # The owner locks the lock file and the directory (walq.lock): the file may be gone.
+    for locked in (lock_path, path):
+        try:
+            st = os.stat(locked)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return Owner(None)
+        want.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
+    if not want:
         return Owner(False)
-    except OSError:
-        return Owner(None)
     from walq import lock as walq_lock  # noqa: PLC0415 - the registry of this process
 
     if os.path.realpath(lock_path) in walq_lock._held:
@@ -586,11 +592,10 @@ def owner(path: str) -> Owner:
             lines = f.read().splitlines()
     except OSError:
         return Owner(None)
-    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     for line in lines:
         parts = line.split()
         # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF" ("->" marks a waiter)
-        if len(parts) >= 6 and "->" not in parts and parts[5] == want:
+        if len(parts) >= 6 and "->" not in parts and parts[5] in want:
             with contextlib.suppress(ValueError):
                 return Owner(True, int(parts[4]))
             return Owner(True)

@@ -1,7 +1,17 @@
-"""The process lock: one owner per queue directory, across processes and threads."""
+"""The process lock: one owner per queue directory, across processes and threads.
+
+The lock is taken twice: on the lock file and on the directory holding it.
+A lock file can be deleted under a running owner (an operator "cleaning up
+stale locks"), and the next opener would create a fresh one and lock that;
+the directory cannot go while the queue is in it, so its lock is what keeps
+one owner one owner. The file stays for the tools that look for it.
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
 import os
 import threading
 import time
@@ -10,6 +20,8 @@ from typing import Any
 import portalocker
 
 from walq.errors import LockedError
+
+log = logging.getLogger("walq.lock")
 
 # flock locks belong to an open file description, so a second open of the lock
 # file in the same process already conflicts on Linux; this registry makes the
@@ -21,9 +33,11 @@ _held_guard = threading.Lock()
 class ProcessLock:
     """An exclusive, non-blocking portalocker lock on a file, held until released."""
 
-    def __init__(self, path: str, handle: Any) -> None:
+    def __init__(self, path: str, handle: Any, dir_fd: int) -> None:
         self.path = path
         self._handle = handle
+        self._dir_fd = dir_fd
+        self._pid = os.getpid()
 
     @classmethod
     def acquire(cls, path: str, timeout: float = 0.0) -> ProcessLock:
@@ -33,15 +47,22 @@ class ProcessLock:
         while True:
             with _held_guard:
                 if key not in _held:
-                    handle = open(path, "a+b")  # noqa: SIM115 - held for the owner's life
-                    try:
-                        os.chmod(path, 0o600)
-                        portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
-                    except (portalocker.LockException, OSError):
-                        handle.close()
-                    else:
-                        _held.add(key)
-                        return cls(key, handle)
+                    dir_fd = _lock_dir(os.path.dirname(key))
+                    if dir_fd is not None:
+                        try:
+                            handle = open(path, "a+b")  # noqa: SIM115 - held for the owner's life
+                        except BaseException:
+                            _close(dir_fd)
+                            raise
+                        try:
+                            os.chmod(path, 0o600)
+                            portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
+                        except (portalocker.LockException, OSError):
+                            handle.close()
+                            _close(dir_fd)
+                        else:
+                            _held.add(key)
+                            return cls(key, handle, dir_fd)
             if time.monotonic() >= deadline:
                 raise LockedError(f"{path}: the queue is owned by another process or thread")
             time.sleep(0.02)
@@ -52,9 +73,45 @@ class ProcessLock:
         if handle is None:
             return
         self._handle = None
+        if os.getpid() != self._pid:
+            # A fork() child: the lock is on the open file the parent shares, and
+            # unlocking it here would free the parent's queue. Close our copies only.
+            handle.close()
+            _close(self._dir_fd)
+            return
         try:
             portalocker.unlock(handle)
         finally:
             handle.close()
+            _close(self._dir_fd)  # closing the last descriptor releases its flock
             with _held_guard:
                 _held.discard(self.path)
+
+
+def _lock_dir(directory: str) -> int | None:
+    """A descriptor of `directory` holding an exclusive flock; None if another holds it.
+
+    On a file system that cannot lock a directory (some network file systems)
+    the lock file alone guards the queue, as it did before: that is logged, and
+    -1 returned.
+    """
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        log.warning(
+            "%s: cannot lock the directory (%s); only its lock file guards it:"
+            " do not delete the lock file while an owner runs",
+            directory,
+            exc,
+        )
+        return -1
+    return fd
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import posixpath
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from walq import forks
 from walq.core import framing
 from walq.core.format import (
     MAX_SEGMENT_SIZE,
@@ -122,6 +124,20 @@ class Log:
         self.on_sync: Callable[[float], None] | None = None
         self.fsyncs = 0
         self.sync_seconds = 0.0
+        self._forked = False  # set in a fork() child: it may not write (walq.forks)
+        self._pid = forks.track(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._forked = True
+        self._mu = threading.Lock()  # a parent's thread may have held them at the fork
+        self._cond = threading.Condition(self._mu)
+        self._spare_mu = threading.Lock()
+
+    def _check_process(self) -> None:
+        """ForkedError unless this process opened the log (a syscall: not per record)."""
+        if self._forked or os.getpid() != self._pid:
+            self._forked = True
+            raise forks.error(self.directory, self._pid)
 
     # -- recovery --------------------------------------------------------------
 
@@ -377,6 +393,7 @@ class Log:
     def _roll(self) -> None:
         """Seal the active segment (flush, fsync) and start the next (lock held, no leader)."""
         assert self._active is not None
+        self._check_process()
         old = self._active
         self._write_buffer()
         try:
@@ -428,7 +445,10 @@ class Log:
                     return
                 if self._failed is not None:
                     raise self._failed
+                if self._forked:  # the leader it would wait for is not in this process
+                    raise forks.error(self.directory, self._pid)
                 if not self._leader:
+                    self._check_process()  # once per batch: what the fsync is for
                     self._leader = True
                     batch = self._take_batch()
                     break
@@ -529,6 +549,8 @@ class Log:
         return self._failed
 
     def _check_open(self) -> None:
+        if self._forked:
+            raise forks.error(self.directory, self._pid)
         if self._closed:
             raise ClosedError(f"{self.directory}: the queue is closed")
         if self._failed is not None:
@@ -691,7 +713,17 @@ class Log:
         return [s.path for s in segs]
 
     def close(self) -> None:
-        """Make everything durable and close the files (idempotent)."""
+        """Make everything durable and close the files (idempotent).
+
+        In a fork() child it only closes the child's descriptors: the parent's
+        buffer, spare segment and files are the parent's to flush and remove.
+        """
+        if self._forked or os.getpid() != self._pid:
+            self._forked = self._closed = True
+            for seg in (self._active, self._spare):
+                if seg is not None:
+                    seg.close()
+            return
         if self._closed:
             return
         try:

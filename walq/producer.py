@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -50,7 +51,9 @@ _ERRORS: dict[str, type[WalqError]] = {
     )
 }
 # connect() errors that mean "no owner is listening": spool instead.
-_NO_OWNER = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ENOTDIR})
+_NO_OWNER = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR})
+# Seconds a producer waits for room in a busy owner's listen backlog before spooling.
+BACKLOG_WAIT = 2.0
 
 
 class Producer:
@@ -268,9 +271,11 @@ class Producer:
 
     def _take(self) -> socket.socket | None:
         """An idle connection to the owner, or a new one; None if no owner listens."""
+        if self._pid != os.getpid():
+            # Forked: the parent's sockets are not ours to use, and its threads may
+            # have held the lock at the fork (they do not exist here to release it).
+            self._mu, self._idle, self._pid = threading.Lock(), [], os.getpid()
         with self._mu:
-            if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
-                self._idle, self._pid = [], os.getpid()
             while self._idle:
                 conn = self._idle.pop()
                 if _alive(conn):
@@ -287,22 +292,46 @@ class Producer:
 
     def _connect(self) -> socket.socket | None:
         assert self.address is not None
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.settimeout(self.timeout)
-        try:
-            conn.connect(self.address)
-        except OSError as exc:
-            conn.close()
-            if exc.errno in _NO_OWNER or isinstance(exc, TimeoutError):
-                return None
-            raise
+        deadline = time.monotonic() + min(self.timeout, BACKLOG_WAIT)
+        while True:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.settimeout(self.timeout)
+            try:
+                conn.connect(self.address)
+                break
+            except OSError as exc:
+                conn.close()
+                if exc.errno == errno.EAGAIN:
+                    # A Unix socket's listen backlog is full: the owner is there but
+                    # behind on accepting. Wait for it a little before spooling.
+                    if time.monotonic() < deadline:
+                        time.sleep(0.005)
+                        continue
+                    log.warning(
+                        "%s: the owner's listen backlog stayed full for %.1fs; spooling",
+                        self._where(),
+                        min(self.timeout, BACKLOG_WAIT),
+                    )
+                    return None
+                if exc.errno in _NO_OWNER or isinstance(exc, TimeoutError):
+                    return None
+                raise
         uid = wire.peer_uid(conn)
         if uid is not None and uid != os.geteuid():
+            # Not our owner: another user holds the socket name (squatting). Never
+            # hand it a job; the spool is there for exactly this, and the real
+            # owner, which cannot listen meanwhile, says so in its log.
+            pid = wire.peer_pid(conn)
             conn.close()
-            raise ProtocolError(
-                f"{self._where()}: served by uid {uid}, not by this user ({os.geteuid()}):"
-                " refusing to send jobs to it"
+            log.error(
+                "%s: served by pid %d of uid %d, not by this user (%d): not sending jobs"
+                " to it; spooling them",
+                self._where(),
+                pid,
+                uid,
+                os.geteuid(),
             )
+            return None
         return conn
 
     def _count(self, route: str) -> None:

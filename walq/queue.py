@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import posixpath
 import random
 import threading
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from walq import forks
 from walq.compactor import CompactionResult, Compactor, Policy
 from walq.core import events as ev
 from walq.core import format as fmt
@@ -135,6 +137,13 @@ class Queue:
         self.ingest_lock = threading.Lock()
         self._server: ProducerServer | None = None
         self._compactor = Compactor(self)
+        self._forked = False  # set in a fork() child: every call refuses (walq.forks)
+        self._pid = forks.track(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._forked = True
+        self._mu = threading.Lock()  # a parent's thread may have held it at the fork
+        self._changed = threading.Condition(self._mu)
 
     # -- opening ---------------------------------------------------------------
 
@@ -867,7 +876,18 @@ class Queue:
         self._log.flush()
 
     def close(self) -> None:
-        """Flush, close the files and release the directory (idempotent)."""
+        """Flush, close the files and release the directory (idempotent).
+
+        In a fork() child it only closes the child's copies of the descriptors:
+        the parent's socket, lock, buffered records and threads are left alone.
+        """
+        if self._forked or os.getpid() != self._pid:
+            self._forked = self._closed = True
+            self._log.close()  # closes the child's descriptors, writes nothing
+            for f in self._readers.values():
+                f.close()
+            self._readers.clear()
+            return
         with self._mu:
             if self._closed:
                 return
@@ -984,6 +1004,8 @@ class Queue:
             listener()
 
     def _check_open(self) -> None:
+        if self._forked:
+            raise forks.error(self.path, self._pid)
         if self._closed:
             raise ClosedError(f"{self.path}: the queue is closed")
         failed = self._log.failed

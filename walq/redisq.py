@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from walq import forks
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
 from walq.core.state import MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY, PENDING, JobInfo, Loc
 from walq.errors import (
@@ -896,6 +897,16 @@ class RedisQueue:
         self.persistence: dict[str, str] = {}
         self.ready_listeners: list[Callable[[], None]] = _Listeners(self._need_listener)
         self.cancel_listeners: list[Callable[[int], None]] = _Listeners(self._need_listener)
+        # redis-py's connections and this object's leases and listener are the
+        # opening process's: a fork() child refuses (walq.forks).
+        self._forked = False
+        self._pid = forks.track(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._forked = True
+        self._held_lock = threading.Lock()
+        self._listener_lock = threading.Lock()
+        self._ready = threading.Condition()
 
     # -- opening -------------------------------------------------------------------------
 
@@ -1025,6 +1036,8 @@ class RedisQueue:
     # -- calling the server ----------------------------------------------------------------------
 
     def _check_open(self) -> None:
+        if self._forked:
+            raise forks.error(self.path, self._pid)
         if self._closed:
             raise ClosedError(f"{self.path}: the queue is closed")
 
@@ -1040,6 +1053,8 @@ class RedisQueue:
         )
 
     def _write(self, step: Callable[[Any], _T]) -> _T:
+        if self._forked:  # every server call: a child never uses the parent's connections
+            raise forks.error(self.path, self._pid)
         redis = _redis()
         try:
             return step(self._client)
@@ -1051,6 +1066,8 @@ class RedisQueue:
             raise BackendError(f"{self.path}: {exc}") from None
 
     def _read(self, step: Callable[[Any], _T]) -> _T:
+        if self._forked:  # every server call: a child never uses the parent's connections
+            raise forks.error(self.path, self._pid)
         redis = _redis()
         for wait in (0.05, 0.2, 0.5, None):
             try:
@@ -1578,7 +1595,10 @@ class RedisQueue:
         self._write(lambda c: c.set(name, body, px=_ms(ttl)))
 
     def close(self) -> None:
-        """Stop listening and disconnect (idempotent)."""
+        """Stop listening and disconnect (idempotent; in a fork() child, only forget)."""
+        if self._forked or os.getpid() != self._pid:
+            self._forked = self._closed = True  # the connections are the parent's
+            return
         if self._closed:
             return
         self._closed = True

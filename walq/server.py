@@ -2,10 +2,12 @@
 
 `ProducerServer(queue).start()` ingests the spool, listens on the queue's
 socket (walq.wire.socket_address) and polls the spool in the background;
-`stop()` answers the requests in flight and stops. Each connection gets a
-thread (at most `max_connections`) that calls
-`queue.enqueue_many(items, sync=True)`, so concurrent producers share the
-queue's group commit.
+`stop()` answers the requests in flight and stops. Idle connections wait in
+one selector loop (the accept thread), so an idle producer holds a descriptor,
+not a thread; a connection with a request goes to a pool of at most
+`max_handlers` threads, each calling `queue.enqueue_many(items, sync=True)`,
+so concurrent producers share the queue's group commit. A handler keeps a busy
+connection for `linger` seconds after each reply, then hands it back.
 
 Ingestion is exactly-once across crashes: each spooled item is enqueued with
 origin `<time_ns>-<pid>-<random>#<index>` (the file's unique stem and the
@@ -20,9 +22,12 @@ ingestion holds from the enqueue through the unlink and the directory fsync.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import posixpath
+import queue as queue_mod
+import select
 import selectors
 import socket
 import threading
@@ -49,8 +54,9 @@ log = logging.getLogger("walq.server")
 
 @attrs.define
 class _Conn:
-    thread: threading.Thread | None = None
-    idle: bool = True
+    reader: wire.Reader
+    idle: bool = True  # waiting in the selector for its next request
+    since: float = 0.0  # time.monotonic() when it last went idle
 
 
 @attrs.define
@@ -72,7 +78,9 @@ class ProducerServer:
         *,
         listen: bool = True,
         poll_interval: float | None = 0.5,
-        max_connections: int = 64,
+        max_connections: int = 1024,
+        max_handlers: int = 64,
+        linger: float = 0.05,
         max_message: int = wire.MAX_MESSAGE,
         io_timeout: float = 10.0,
         idle_timeout: float = 60.0,
@@ -85,6 +93,8 @@ class ProducerServer:
         self.address = wire.socket_address(queue.path) if listen else None
         self.poll_interval = poll_interval
         self.max_connections = max_connections
+        self.max_handlers = max_handlers
+        self.linger = linger
         self.max_message = max_message
         self.io_timeout = io_timeout
         self.idle_timeout = idle_timeout
@@ -104,6 +114,16 @@ class ProducerServer:
         self._wake_w: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._accepter: threading.Thread | None = None
+        self._sel: selectors.BaseSelector | None = None  # the accept thread's only
+        self._parked: list[socket.socket] = []  # handed back by handlers (under _conns_mu)
+        self._ready: queue_mod.SimpleQueue[tuple[socket.socket, _Conn] | None] = (
+            queue_mod.SimpleQueue()
+        )
+        self._handlers: list[threading.Thread] = []
+        self._queued = 0  # connections put on _ready and not yet taken (under _conns_mu)
+        self._free_handlers = 0  # handlers waiting on _ready (under _conns_mu)
+        self._busy_logged = 0.0
+        self._squatter: tuple[int, int] | None = None  # (pid, uid) holding our socket name
         self._unlink_pending: set[str] = set()  # ingested, but the unlink failed
         self._stuck: set[str] = set()  # damaged or refused, and could not be set aside
         self._waiting_logged = False
@@ -114,6 +134,7 @@ class ProducerServer:
                 "connections",
                 "refused",
                 "busy",
+                "squatted",
                 "requests",
                 "errors",
                 "ingested_jobs",
@@ -153,11 +174,9 @@ class ProducerServer:
         if not self._started or self._stop.is_set():
             return
         with self._conns_mu:
-            self._stop.set()
-            for conn, state in self._conns.items():
-                if state.idle:  # waiting for a request: end its wait now
-                    with contextlib.suppress(OSError):
-                        conn.shutdown(socket.SHUT_RD)
+            self._stop.set()  # the accept thread closes the idle connections as it ends
+            for _ in self._handlers:
+                self._ready.put(None)
         self._poked.set()
         deadline = time.monotonic() + (self.io_timeout + 5.0 if timeout is None else timeout)
         if self._wake_w is not None:
@@ -168,7 +187,7 @@ class ProducerServer:
         # Connections still in the listen backlog are reset: their producers spool.
         self._close_listener()
         with self._conns_mu:
-            threads = self._threads + [s.thread for s in self._conns.values() if s.thread]
+            threads = self._threads + self._handlers
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         for sock in (self._wake_r, self._wake_w):
@@ -198,18 +217,52 @@ class ProducerServer:
                 tmp = None
                 st = os.lstat(address)
                 self._socket_id = (st.st_dev, st.st_ino)
-            sock.listen(128)
+            sock.listen(min(self.max_connections, socket.SOMAXCONN))
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.remove(tmp)
-            log.warning("%s: cannot listen (%s); producers will use the spool", address, exc)
+            if exc.errno == errno.EADDRINUSE and address.startswith("\0"):
+                self._squatted(address)
+            else:
+                log.warning("%s: cannot listen (%s); producers will use the spool", address, exc)
             return
+        if self._squatter is not None:
+            log.warning("%s: the socket name is free again; serving producers", self._where())
+            self._squatter = None
         self._listener = sock
         self._wake_r, self._wake_w = socket.socketpair()
         self._accepter = self._spawn(self._accept_loop, "walq-accept")
+
+    def _squatted(self, address: str) -> None:
+        """Another process holds our abstract socket name: say who, loudly, once per squatter."""
+        who: tuple[int, int] = (0, -1)  # (pid, uid); unknown if it will not answer
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                probe.connect(address)
+                uid = wire.peer_uid(probe)
+                who = (wire.peer_pid(probe), -1 if uid is None else uid)
+        self.counters["squatted"] += 1
+        if who == self._squatter:
+            return
+        self._squatter = who
+        pid, uid = who
+        holder = f"pid {pid} of uid {uid}" if uid >= 0 else "a process that does not answer"
+        stranger = " (another user: not walq's owner)" if uid not in (-1, self._uid) else ""
+        log.error(
+            "%s: the owner's socket name is taken by %s%s; producers spool instead of"
+            " reaching this owner until it is free (tried again every poll)",
+            self._where(),
+            holder,
+            stranger,
+        )
+
+    def _where(self) -> str:
+        address = self.address or ""
+        return f"abstract socket @{address[1:]}" if address.startswith("\0") else address
 
     def _close_listener(self) -> None:
         if self._listener is None:
@@ -223,24 +276,48 @@ class ProducerServer:
                     os.remove(self.address)
 
     def _accept_loop(self) -> None:
+        """Accept, and watch every idle connection: one ready to read goes to a handler."""
         listener, wake = self._listener, self._wake_r
         assert listener is not None and wake is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(listener, selectors.EVENT_READ)
-            sel.register(wake, selectors.EVENT_READ)
+        sel = self._sel = selectors.DefaultSelector()
+        sel.register(listener, selectors.EVENT_READ)
+        sel.register(wake, selectors.EVENT_READ)
+        try:
             while not self._stop.is_set():
-                ready = sel.select()
-                if self._stop.is_set() or any(key.fileobj is wake for key, _ in ready):
+                ready = sel.select(timeout=min(1.0, self.idle_timeout))
+                if self._stop.is_set():
                     return
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                except OSError as exc:  # e.g. EMFILE: back off rather than spin
-                    log.warning("%s: accept failed: %s", self.address, exc)
-                    time.sleep(0.1)
-                    continue
-                self._admit(conn)
+                for key, _ in ready:
+                    if key.fileobj is wake:
+                        with contextlib.suppress(OSError):
+                            wake.recv(4096)
+                    elif key.fileobj is listener:
+                        self._accept(listener)
+                    else:
+                        conn = key.fileobj
+                        assert isinstance(conn, socket.socket)
+                        sel.unregister(conn)
+                        self._dispatch(conn, key.data)
+                self._take_parked()
+                self._close_idle()
+        finally:
+            self._sel = None
+            with self._conns_mu:
+                idle = [c for c, state in self._conns.items() if state.idle]
+            for conn in idle:
+                self._drop(conn)
+            sel.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:  # e.g. EMFILE: back off rather than spin
+            log.warning("%s: accept failed: %s", self._where(), exc)
+            time.sleep(0.1)
+            return
+        self._admit(conn)
 
     def _admit(self, conn: socket.socket) -> None:
         try:
@@ -250,26 +327,112 @@ class ProducerServer:
             return
         if uid is not None and uid != self._uid:
             self.counters["refused"] += 1
-            log.warning("%s: refused a producer of uid %d", self.address, uid)
+            log.warning("%s: refused a producer of uid %d", self._where(), uid)
             self._refuse(
                 conn, "ProtocolError", f"uid {uid} may not enqueue (owner uid {self._uid})"
             )
             return
-        state = _Conn()
+        state = _Conn(wire.Reader(conn), since=time.monotonic())
         with self._conns_mu:
             busy = self._stop.is_set() or len(self._conns) >= self.max_connections
             if not busy:
                 self._conns[conn] = state
         if busy:
             self.counters["busy"] += 1
+            now = time.monotonic()
+            if now - self._busy_logged > 60.0:  # once a minute: a flood must not flood the log
+                self._busy_logged = now
+                log.warning(
+                    "%s: %d producer connections open: turning producers away (they spool);"
+                    " %d turned away so far",
+                    self._where(),
+                    self.max_connections,
+                    self.counters["busy"],
+                )
             self._refuse(conn, "ServerBusy", f"{self.max_connections} producers connected")
             return
         self.counters["connections"] += 1
-        thread = threading.Thread(
-            target=self._serve, args=(conn, state), name="walq-producer", daemon=True
-        )
-        state.thread = thread
-        thread.start()
+        assert self._sel is not None
+        self._sel.register(conn, selectors.EVENT_READ, state)
+
+    def _dispatch(self, conn: socket.socket, state: _Conn) -> None:
+        """Hand a connection with bytes to read to a handler thread (one more if all are busy)."""
+        with self._conns_mu:
+            if self._stop.is_set():  # stop() has counted the handlers it must end
+                self._conns.pop(conn, None)
+                conn.close()
+                return
+            state.idle = False
+            self._queued += 1
+            spawn = self._queued > self._free_handlers and len(self._handlers) < self.max_handlers
+            if spawn:
+                thread = threading.Thread(
+                    target=self._handle_loop, name="walq-producer", daemon=True
+                )
+                self._handlers.append(thread)
+        self._ready.put((conn, state))
+        if spawn:
+            thread.start()
+
+    def _handle_loop(self) -> None:
+        while True:
+            with self._conns_mu:
+                self._free_handlers += 1
+            item = self._ready.get()
+            with self._conns_mu:
+                self._free_handlers -= 1
+                if item is not None:
+                    self._queued -= 1
+            if item is None or self._stop.is_set():
+                if item is not None:
+                    self._drop(item[0])
+                return
+            conn, state = item
+            if self._serve(conn, state):
+                self._park(conn, state)
+            else:
+                self._drop(conn)
+
+    def _park(self, conn: socket.socket, state: _Conn) -> None:
+        """Give an idle connection back to the accept thread's selector."""
+        with self._conns_mu:
+            if self._stop.is_set():
+                stopped = True
+            else:
+                stopped = False
+                state.idle, state.since = True, time.monotonic()
+                self._parked.append(conn)
+        if stopped:
+            self._drop(conn)
+            return
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"p")
+
+    def _take_parked(self) -> None:
+        with self._conns_mu:
+            parked, self._parked = self._parked, []
+            states = [self._conns.get(c) for c in parked]
+        assert self._sel is not None
+        for conn, state in zip(parked, states, strict=True):
+            if state is not None:
+                self._sel.register(conn, selectors.EVENT_READ, state)
+
+    def _close_idle(self) -> None:
+        """Close connections idle for longer than idle_timeout (their producers reconnect)."""
+        cutoff = time.monotonic() - self.idle_timeout
+        with self._conns_mu:
+            old = [c for c, s in self._conns.items() if s.idle and s.since < cutoff]
+        assert self._sel is not None
+        for conn in old:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn)
+            self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        with self._conns_mu:
+            self._conns.pop(conn, None)
+        conn.close()
 
     def _refuse(self, conn: socket.socket, error: str, message: str) -> None:
         conn.setblocking(False)
@@ -277,23 +440,18 @@ class ProducerServer:
             conn.send(wire.reply_frame({"ok": False, "error": error, "message": message}))
         conn.close()
 
-    def _serve(self, conn: socket.socket, state: _Conn) -> None:
-        """One producer's connection: read a request, enqueue, reply; until it ends."""
-        reader = wire.Reader(conn)
+    def _serve(self, conn: socket.socket, state: _Conn) -> bool:
+        """Answer a connection's requests while it sends them; whether to keep it (idle)."""
+        reader = state.reader
         try:
             while True:
-                with self._conns_mu:
-                    if self._stop.is_set():
-                        return
-                    state.idle = True
-                conn.settimeout(self.idle_timeout)
+                conn.settimeout(self.io_timeout)
                 try:
                     length = reader.length()
                 except (TimeoutError, ProtocolError):
-                    return  # idle too long, or closed inside the length prefix
-                state.idle = False
+                    return False  # a stalled or closed length prefix
                 if length is None:
-                    return
+                    return False  # the producer closed the connection
                 if length > self.max_message:
                     self._reply_error(
                         conn,
@@ -301,8 +459,7 @@ class ProducerServer:
                             f"message of {length} bytes exceeds the {self.max_message}-byte limit"
                         ),
                     )
-                    return
-                conn.settimeout(self.io_timeout)
+                    return False
                 try:
                     body = reader.body(length)
                 except TimeoutError:
@@ -313,16 +470,16 @@ class ProducerServer:
                             f" of a {length}-byte message"
                         ),
                     )
-                    return
+                    return False
                 except ProtocolError:
-                    return  # the producer closed mid-message: nobody to answer
+                    return False  # the producer closed mid-message: nobody to answer
                 conn.sendall(wire.reply_frame(self._handle(body)))
+                if self._stop.is_set():
+                    return False
+                if not reader.buffered() and not _readable(conn, self.linger):
+                    return True
         except OSError:
-            pass  # the producer went away
-        finally:
-            with self._conns_mu:
-                self._conns.pop(conn, None)
-            conn.close()
+            return False  # the producer went away
 
     def _reply_error(self, conn: socket.socket, exc: WalqError) -> None:
         self.counters["errors"] += 1
@@ -362,6 +519,8 @@ class ProducerServer:
             if self._stop.is_set():
                 return
             self._poked.clear()
+            if self._squatter is not None and self.address is not None:
+                self._listen(self.address)  # the squatter may have gone
             try:
                 self.ingest()
             except Exception:
@@ -577,6 +736,13 @@ class ProducerServer:
         self._threads.append(thread)
         thread.start()
         return thread
+
+
+def _readable(conn: socket.socket, timeout: float) -> bool:
+    """Whether `conn` has bytes (or its end) to read within `timeout` seconds."""
+    poller = select.poll()
+    poller.register(conn, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _error(exc: BaseException) -> dict[str, Any]:

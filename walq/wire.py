@@ -263,6 +263,10 @@ class Reader:
         del buf[: _U32.size]
         return int(size)
 
+    def buffered(self) -> bool:
+        """Whether bytes already read wait here (the start of the next frame)."""
+        return bool(self._buf)
+
     def body(self, size: int) -> bytes | bytearray:
         """The next `size` bytes; ProtocolError if the stream ends first."""
         buf = self._buf
@@ -324,9 +328,20 @@ def socket_address(directory: str) -> str | None:
 
 def peer_uid(sock: socket.socket) -> int | None:
     """The uid of the process at the other end (SO_PEERCRED; None where unsupported)."""
+    creds = _peer_cred(sock)
+    return None if creds is None else creds[1]
+
+
+def peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end (0 where unknown)."""
+    creds = _peer_cred(sock)
+    return 0 if creds is None else creds[0]
+
+
+def _peer_cred(sock: socket.socket) -> tuple[int, int] | None:
     opt = getattr(socket, "SO_PEERCRED", None)
     if opt is None:  # pragma: no cover - not Linux
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return int(pid), int(uid)
