@@ -159,7 +159,9 @@ class Compactor:
                 sealed = q._log.sealed()
             if not sealed:
                 return CompactionResult(0, 0, 0, 0, 0.0)
-            header = fmt.SegmentHeader(seq=sealed[-1].seq, first=sealed[0].header.first)
+            # The output starts the log: it covers from segment 1 (docs/FORMAT.md), which
+            # also accepts the loss of segments that recovery="skip" found missing.
+            header = fmt.SegmentHeader(seq=sealed[-1].seq, first=1)
             bytes_in, _ = q._log.segment_bytes()
             tmp = posixpath.join(q.path, fmt.segment_name(header.seq)) + ".tmp"
             # The output's records get a Loc.seg of their own (see Loc): the old
