@@ -36,7 +36,7 @@ from walq.errors import (
 from walq.fs import FileSystem, OsFileSystem
 from walq.log import CUT_DIR
 from walq.queue import LOCK_FILE
-from walq.spool import SPOOL_DIR, live_entries
+from walq.spool import SPOOL_DIR, live_entries, set_aside_files
 from walq.worker import STATUS_FILE
 
 SNIPPET = 32  # bytes of a damaged range shown as hex
@@ -818,6 +818,7 @@ def stats(
         "damage": r.damage,
         "tail_bytes": r.tail_bytes,
         "spooled": len(live_entries(_names(fs, posixpath.join(path, SPOOL_DIR)))),
+        "spool_set_aside": set_aside_files(fs, path),
         "cut_files": len(_names(fs, posixpath.join(path, CUT_DIR))),
         "worker": status,
         "breakers": _breakers(status),

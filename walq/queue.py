@@ -311,10 +311,9 @@ class Queue:
             task, payload = raw
             # The common bulk case, validated inline.
             if (
-                type(task) is str
-                and task
-                and type(payload) is bytes
-                and (len(payload) <= self.max_payload)
+                type(payload) is bytes
+                and len(payload) <= self.max_payload
+                and check_task(task) is task
             ):
                 # tuple.__new__ skips the NamedTuple's Python-level __new__: half the cost.
                 return tuple.__new__(_Item, (task, ev.PAYLOAD_BYTES, payload, None, 0.0, 0, 0, ""))
@@ -340,8 +339,7 @@ class Queue:
         origin: str,
     ) -> _Item:
         """Validate one job's arguments (ArgumentError/PayloadError) and encode its payload."""
-        if type(task) is not str or not task:
-            check_task(task)
+        check_task(task)
         if key is not None:
             check_key(key)
         if delay != 0.0 or type(delay) is not float:
