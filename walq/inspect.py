@@ -822,6 +822,8 @@ def stats(
         "cut_files": len(_names(fs, posixpath.join(path, CUT_DIR))),
         "worker": status,
         "breakers": _breakers(status),
+        # The owner's background compactor, as its worker last reported it.
+        "compactor": status.get("compactor") if status is not None else None,
     }
     if oldest is not None:
         out["oldest_pending_job"], created = oldest

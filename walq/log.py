@@ -122,6 +122,7 @@ class Log:
         # roll only renames it: writing and fsyncing a segment of zeros takes tens of ms.
         self._spare: Segment | None = None
         self._spare_mu = threading.Lock()  # held while a spare is made; never under _mu
+        self.spare_error: str | None = None  # why the last spare could not be made
         # Each fdatasync's duration (metrics); may be called with the lock held.
         self.on_sync: Callable[[float], None] | None = None
         self.fsyncs = 0
@@ -651,8 +652,10 @@ class Log:
                     self.fs, self.directory, header, self.segment_size, SPARE_SUFFIX
                 )
             except OSError as exc:  # the roll will try again, synchronously, and say so
-                log.warning("%s: preparing segment %d failed: %s", self.directory, header.seq, exc)
+                self.spare_error = f"preparing segment {header.seq} failed: {exc}"
+                log.warning("%s: %s", self.directory, self.spare_error)
                 return False
+            self.spare_error = None
         return True
 
     def _discard(self, spare: Segment) -> None:

@@ -842,6 +842,7 @@ class Queue:
                 "damaged": sum(1 for d in self.damage if not d.torn_tail),
                 "torn_tails_cut": sum(1 for d in self.damage if d.torn_tail),
                 "fsyncs": self._log.fsyncs,
+                "compactor": self._compactor.health(),
                 "tasks": {
                     t: {
                         "pending": n.pending,
@@ -854,6 +855,14 @@ class Queue:
                 },
                 **self.counters,
             }
+
+    def compactor_health(self) -> dict[str, Any] | None:
+        """None while background compaction works; else since when and why it fails.
+
+        A failing round (a full disk, say) is retried with backoff (up to a
+        minute apart) until one succeeds; `stats()["compactor"]` says the same.
+        """
+        return self._compactor.health()
 
     @property
     def sync_mode(self) -> str:
