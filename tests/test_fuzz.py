@@ -29,6 +29,7 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
 from walq.errors import WalqError
+from walq.testing import plant as planting
 from walq.testing.faultfs import SimFileSystem
 
 
@@ -101,7 +102,7 @@ def test_a_huge_length_field_is_never_allocated(
 ) -> None:
     """A length of up to 4 GiB in a sealed or the newest segment: small peak, walq's errors only."""
     image = {p: bytearray(d) for p, d in corpus.image.items()}
-    paths = sorted(image)
+    paths = sorted(p for p in image if p.endswith(".wal"))
     path = paths[-1] if which == "newest" else paths[0]
     at = corpus.records[path][len(corpus.records[path]) // 2]
     image[path][at + 4 : at + 8] = length.to_bytes(4, "little")
@@ -147,6 +148,42 @@ def test_a_planted_decoder_that_accepts_bad_checksums_is_caught(corpus: fuzz.Cor
     report = fuzz.fuzz(400, seed=2, plant="accept-bad-crc", corpus=corpus, stop_after=3)
     kinds = {p.kind for _, _, problems in report.failing for p in problems}
     assert "damage-delivered" in kinds, report.summary()
+
+
+@pytest.mark.parametrize("planted", [True, False])
+def test_a_removed_sealed_segment_is_caught_unless_reported(
+    corpus: fuzz.Corpus, planted: bool
+) -> None:
+    """Whole-file mutations: removing any sealed segment is reported, or flagged silent-loss.
+
+    With the missing-segment check planted away (walq as it was), every removal
+    of a sealed segment loses jobs with open and fsck saying nothing: the
+    fuzzer's oracle says so. With the check, nothing is lost silently.
+    """
+    sealed = sorted(p for p in corpus.image if p.endswith(".wal"))[:-1]
+    assert len(sealed) >= 3
+    for path in sealed:
+        image = {p: d for p, d in corpus.image.items() if p != path}
+        mutated = fuzz.Mutated(image, (f"remove {path}",), False, False, whole_files=True)
+        if planted:
+            planting.plant("ignore-missing-segments")
+        try:
+            problems = fuzz.check(corpus, mutated)
+        finally:
+            planting.plant("ignore-missing-segments", on=False)
+        if planted:
+            assert {p.kind for p in problems} >= {"silent-loss"}, (path, problems)
+        else:
+            assert_fine(problems, mutated)
+
+
+def test_whole_file_mutations_are_made(corpus: fuzz.Corpus) -> None:
+    """The mutator removes, copies, renames, shifts and links whole files, LOCK among them."""
+    steps = [s for i in range(300) for s in fuzz.make_case(corpus, 7, i).steps]
+    for kind in ("remove", "duplicate", "rename", "shift", "link"):
+        assert any(s.startswith(kind + " ") for s in steps), kind
+    assert any(s.startswith("remove LOCK") for s in steps)
+    assert any(fuzz.make_case(corpus, 7, i).whole_files for i in range(300))
 
 
 # -- regressions: bugs the fuzzer found ---------------------------------------------------------

@@ -4,7 +4,10 @@ A corpus queue (every record type, several segments, a compacted one) is built
 on SimFileSystem. Each case copies its files, mutates them -- bit flips, byte
 runs, truncations, appended garbage, splices, huge or off-by-one length fields,
 body edits with the checksum fixed up, segment header edits, removed and
-renamed segments -- and runs every reader on the result:
+renamed segments; and whole-file mutations, as an operator's `rm`, `cp`, `mv` and
+`ln -s` make them: files removed, copied to the next segment number, a backup
+name or `cut/`, moved next to their own number, replaced by a link to another
+file -- and runs every reader on the result:
 
 - the decoder: framing.decode at every offset of interest, framing.classify,
   framing.scan_fast, events.decode of every record body;
@@ -21,6 +24,9 @@ It checks that:
   enqueued with, under an id that was enqueued;
 - fsck and open agree: a clean fsck means a strict open works, and a strict
   open that finds damage means fsck reports it;
+- nothing is lost silently: after whole-file mutations that spare the newest
+  segment, a strict open that reports no damage still holds every job the
+  corpus left in the queue;
 - a huge length field is never allocated (tracemalloc peak stays small) and
   nothing hangs (each case has a time limit).
 
@@ -96,6 +102,7 @@ class Corpus:
     image: Image
     jobs: dict[int, tuple[str, Any]]  # id -> (task, payload)
     records: dict[str, list[int]]  # segment path -> offsets of its records
+    live: frozenset[int] = frozenset()  # ids of the jobs still in the queue (not done)
 
 
 def build_corpus() -> Corpus:
@@ -153,13 +160,25 @@ def build_corpus() -> Corpus:
         assert job is not None
         q.ack(job.id, sync=False)
     q.fail(q.claim().id, "last", permanent=True)  # type: ignore[union-attr]
+    live = frozenset(
+        j for j in jobs if _status(q, j) in ("pending", "scheduled", "running", "dead")
+    )
     q.close()
     fs.sync_all()
-    image = {p: d for p, d in fs.files(durable=True).items() if p.endswith(".wal")}
+    image = {p: d for p, d in fs.files(durable=True).items() if p.endswith((".wal", "LOCK"))}
     records = {
-        p: [r.offset for r in framing.records(d, fmt.SEGMENT_HEADER_SIZE)] for p, d in image.items()
+        p: [r.offset for r in framing.records(d, fmt.SEGMENT_HEADER_SIZE)]
+        for p, d in image.items()
+        if p.endswith(".wal")
     }
-    return Corpus(image, jobs, records)
+    return Corpus(image, jobs, records, live)
+
+
+def _status(q: walq.Queue, jid: int) -> str | None:
+    try:
+        return q.status(jid)
+    except walq.UnknownJobError:  # purged
+        return None
 
 
 def to_fs(image: Image) -> SimFileSystem:
@@ -167,11 +186,10 @@ def to_fs(image: Image) -> SimFileSystem:
     fs = SimFileSystem()
     fs.makedirs(QDIR)
     for path, data in image.items():
+        fs.makedirs(posixpath.dirname(path))
         f = fs.open(path, create=True)
         f.pwrite(data, 0)
         f.close()
-    lock = fs.open(posixpath.join(QDIR, "LOCK"), create=True)
-    lock.close()
     fs.sync_all()
     return fs
 
@@ -187,6 +205,9 @@ class Mutated:
     steps: tuple[str, ...]
     forged: bool  # a checksum was recomputed: valid framing around wrong content
     huge: bool  # a length field (or a segment range) that must not be allocated
+    # Only whole files were removed, copied, renamed or linked, and never the newest
+    # segment (whose loss no later file can show): every job lost must be reported.
+    whole_files: bool = False
 
 
 def _fix_record(data: bytearray, offset: int) -> bool:
@@ -224,6 +245,8 @@ class Mutator:
         image = {p: bytearray(d) for p, d in self.corpus.image.items()}
         steps: list[str] = []
         forged = huge = False
+        whole = True
+        newest = max(p for p in image if p.endswith(".wal"))
         for _ in range(count):
             kind = self.choice(KINDS)
             paths = sorted(image)
@@ -233,7 +256,8 @@ class Mutator:
             step, f, h = getattr(self, f"m_{kind}")(image, path)
             steps.append(f"{kind} {posixpath.basename(path)}: {step}")
             forged, huge = forged or f, huge or h
-        return Mutated({p: bytes(d) for p, d in image.items()}, tuple(steps), forged, huge)
+            whole = whole and kind in WHOLE_FILE and path != newest
+        return Mutated({p: bytes(d) for p, d in image.items()}, tuple(steps), forged, huge, whole)
 
     def _record(self, path: str, data: bytearray) -> int:
         offsets = [o for o in self.corpus.records.get(path, []) if o < len(data)]
@@ -364,6 +388,38 @@ class Mutator:
         image[new] = bytearray(data)
         return f"{'copied' if copy else 'moved'} to {posixpath.basename(new)}", False, False
 
+    def m_duplicate(self, image: dict[str, bytearray], path: str) -> tuple[str, bool, bool]:
+        """A copy of a file under another name: the next segment number, a backup, cut/."""
+        seqs = [s for s in (fmt.parse_segment_name(posixpath.basename(p)) for p in image) if s]
+        name = self.choice(
+            [
+                fmt.segment_name(max(seqs, default=0) + 1),
+                posixpath.basename(path) + ".bak",
+                posixpath.basename(path) + ".tmp",
+                posixpath.basename(path) + ".spare",
+                posixpath.join("cut", posixpath.basename(path) + ".0.0.torn"),
+            ]
+        )
+        image[posixpath.join(QDIR, name)] = bytearray(image[path])
+        return f"copied to {name}", False, False
+
+    def m_shift(self, image: dict[str, bytearray], path: str) -> tuple[str, bool, bool]:
+        """A file moved to the segment number next to its own (its header still names the old)."""
+        seq = fmt.parse_segment_name(posixpath.basename(path)) or 1
+        new = posixpath.join(QDIR, fmt.segment_name(max(1, seq + self.choice([-1, 1, 2]))))
+        image[new] = image.pop(path)
+        return f"moved to {posixpath.basename(new)}", False, False
+
+    def m_link(self, image: dict[str, bytearray], path: str) -> tuple[str, bool, bool]:
+        """A file replaced by a link to another (on SimFileSystem: the other's content).
+
+        What a reader sees through a symlink is the target's bytes; whether walq
+        follows symlinks at all is the file system layer's business (O_NOFOLLOW).
+        """
+        target = self.choice(sorted(image))
+        image[path] = bytearray(image[target])
+        return f"linked to {posixpath.basename(target)}", False, False
+
     def m_compacted(self, image: dict[str, bytearray], path: str) -> tuple[str, bool, bool]:
         """A valid header claiming to replace segments first..seq (as a compaction writes)."""
         data = image[path]
@@ -397,9 +453,15 @@ KINDS = [
     "body",
     "header",
     "remove",
+    "remove",
     "rename",
     "compacted",
+    "duplicate",
+    "shift",
+    "link",
 ]
+# Mutations of whole files: what an operator's `rm`, `cp`, `mv` or `ln -s` does.
+WHOLE_FILE = {"remove", "rename", "duplicate", "shift", "link"}
 
 
 # -- the readers and the oracle ------------------------------------------------------------
@@ -515,7 +577,7 @@ class Checker:
                     payload = json.loads(payload)
             self.delivered("inspect.dead_jobs", dead.id, dead.task, payload)
 
-    def use(self, fs: SimFileSystem, recovery: str) -> walq.Queue | None:
+    def use(self, fs: SimFileSystem, recovery: str, *, repaired: bool = False) -> walq.Queue | None:
         q = walq.Queue.open(
             QDIR,
             fs=fs,
@@ -530,6 +592,8 @@ class Checker:
         target = f"open {recovery}"
         try:
             q.stats()
+            if recovery == "strict" and self.mutated.whole_files and not (q.damage or repaired):
+                self.accounted(q)
             for jid in [*self.corpus.jobs, 0, 10_000]:
                 self.guard(target + ": status", lambda j=jid: q.status(j))
             dead = self.guard(target + ": dead_jobs", q.dead_jobs)
@@ -545,6 +609,15 @@ class Checker:
         finally:
             q.close()
         return None
+
+    def accounted(self, q: walq.Queue) -> None:
+        """A strict open that reported nothing must still hold every job the corpus left."""
+        live = ("pending", "scheduled", "running", "dead")
+        gone = [jid for jid in sorted(self.corpus.live) if _status(q, jid) not in live]
+        if gone:
+            self.problems.append(
+                Problem("silent-loss", "open strict", f"no damage reported, jobs gone: {gone}")
+            )
 
     def agree(self, fsck_report: Any, strict: Any) -> None:
         """A clean fsck means a strict open works; damage a strict open finds, fsck reports."""
@@ -567,7 +640,7 @@ class Checker:
         insp.repair(QDIR, fs)
         after = insp.fsck(QDIR, fs)
         if after.clean:
-            result = self.guard("open after repair", lambda: self.use(fs, "strict"))
+            result = self.guard("open after repair", lambda: self.use(fs, "strict", repaired=True))
             if isinstance(result, CorruptionError):
                 self.problems.append(
                     Problem("fsck-disagrees", "repair", f"repaired and clean, open: {result}")

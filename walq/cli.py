@@ -385,8 +385,12 @@ def stats_lines(st: dict[str, Any]) -> list[str]:
             "cut on the next open)"
         )
     lines.append(f"spool     {st['spooled']} requests waiting for an owner")
+    for aside in st["spool_set_aside"]:
+        lines.append(f"spool     set aside: {aside['file']}: {aside['reason'] or '(no reason)'}")
     if st["cut_files"]:
         lines.append(f"cut/      {st['cut_files']} files of bytes cut by recovery or repair")
+    if st["compactor"]:
+        lines.append(click.style(f"compactor {st['compactor']['text']}", fg="red", bold=True))
     w = st["worker"]
     if w is None:
         lines.append("worker    unknown (no recent worker-status.json)")

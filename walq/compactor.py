@@ -71,6 +71,32 @@ class Policy:
     interval: float = 1.0
 
 
+BACKOFF_MAX = 60.0  # seconds: the longest wait between retries of a failing background step
+
+
+@attrs.frozen
+class Failing:
+    """The background compactor keeps failing: since when (wall clock), why, how often."""
+
+    since: float
+    error: str
+    failures: int
+
+    def text(self) -> str:
+        """`failing since <UTC time>: <reason> (<n> attempts)`, as stats show it."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
+        return f"failing since {when}: {self.error} ({self.failures} attempts)"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": "failing",
+            "since": self.since,
+            "error": self.error,
+            "failures": self.failures,
+            "text": self.text(),
+        }
+
+
 def should_compact(policy: Policy, sealed: int, sealed_bytes: int, live_sealed: int) -> bool:
     """The trigger, as a pure function of the numbers it looks at."""
     if sealed == 0:
@@ -97,6 +123,8 @@ class Compactor:
         self._thread: threading.Thread | None = None
         self.runs = 0
         self.last: CompactionResult | None = None
+        # Set while background steps fail (a full disk, say); cleared by the next success.
+        self.failing: Failing | None = None
 
     # -- background --------------------------------------------------------------------
 
@@ -117,24 +145,65 @@ class Compactor:
         self._wake.set()
 
     def _loop(self) -> None:
+        retry_at = 0.0  # while failing: no attempt before this (monotonic), pokes or not
         while not self._stop.is_set():
-            self._wake.wait(self.policy.interval)
+            wait = self.policy.interval
+            if self.failing is not None:
+                wait = max(0.0, retry_at - time.monotonic())
+            self._wake.wait(wait)
             self._wake.clear()
             if self._stop.is_set():
                 return
+            if self.failing is not None and time.monotonic() < retry_at:
+                continue
             try:
-                wal = self.queue._log
-                if wal.spare_wanted():
-                    wal.prepare_spare()
-                if self.due():
-                    self.compact()
+                self._step()
             except ClosedError:
                 return  # the queue closed under a compaction in progress: it was abandoned
-            except WalqError as exc:
-                log.error("%s: background compaction failed: %s", self.queue.path, exc)
-                return
-            except OSError as exc:
-                log.error("%s: background compaction failed: %s", self.queue.path, exc)
+            except (WalqError, OSError) as exc:
+                # A full disk or an I/O error is usually transient: retry with backoff,
+                # and say so in stats and metrics until a step succeeds again.
+                backoff = self._failed(exc)
+                retry_at = time.monotonic() + backoff
+            else:
+                if self.failing is not None:
+                    log.warning(
+                        "%s: background compaction works again after %d failures",
+                        self.queue.path,
+                        self.failing.failures,
+                    )
+                    self.failing = None
+
+    def _step(self) -> None:
+        """One background round: make the next segment's spare, compact if due."""
+        wal = self.queue._log
+        spare_failed = wal.spare_wanted() and not wal.prepare_spare() and wal.spare_error
+        if self.due():
+            self.compact()  # even when the spare failed: compacting may free the space it lacked
+        if spare_failed:
+            raise CompactionError(f"{self.queue.path}: {wal.spare_error}")
+
+    def _failed(self, exc: BaseException) -> float:
+        """Record a failed background round; return the seconds to wait before the next."""
+        error = str(exc) or type(exc).__name__
+        was = self.failing
+        failures = 1 if was is None else was.failures + 1
+        since = time.time() if was is None else was.since
+        self.failing = Failing(since, error, failures)
+        backoff: float = min(BACKOFF_MAX, self.policy.interval * 2.0 ** min(failures - 1, 16))
+        if was is None or was.error != error:
+            log.error(
+                "%s: background compaction failed (retrying in %.0f s, with backoff): %s",
+                self.queue.path,
+                backoff,
+                error,
+            )
+        return backoff
+
+    def health(self) -> dict[str, Any] | None:
+        """None while the background compactor works; else what `Failing.as_dict` says."""
+        failing = self.failing
+        return None if failing is None else failing.as_dict()
 
     def due(self) -> bool:
         """Whether the policy says to compact now."""
@@ -159,7 +228,9 @@ class Compactor:
                 sealed = q._log.sealed()
             if not sealed:
                 return CompactionResult(0, 0, 0, 0, 0.0)
-            header = fmt.SegmentHeader(seq=sealed[-1].seq, first=sealed[0].header.first)
+            # The output starts the log: it covers from segment 1 (docs/FORMAT.md), which
+            # also accepts the loss of segments that recovery="skip" found missing.
+            header = fmt.SegmentHeader(seq=sealed[-1].seq, first=1)
             bytes_in, _ = q._log.segment_bytes()
             tmp = posixpath.join(q.path, fmt.segment_name(header.seq)) + ".tmp"
             # The output's records get a Loc.seg of their own (see Loc): the old

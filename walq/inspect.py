@@ -36,7 +36,7 @@ from walq.errors import (
 from walq.fs import FileSystem, OsFileSystem
 from walq.log import CUT_DIR
 from walq.queue import LOCK_FILE
-from walq.spool import SPOOL_DIR, live_entries
+from walq.spool import SPOOL_DIR, live_entries, set_aside_files
 from walq.worker import STATUS_FILE
 
 SNIPPET = 32  # bytes of a damaged range shown as hex
@@ -67,6 +67,9 @@ class SegmentScan:
     # A compacted segment that replaces segments this read had already yielded:
     # a compaction ran while reading (the reader should start again).
     raced: bool = False
+    # The header is damaged (header_error) but was rebuilt from the file name,
+    # and the records after it were read as usual.
+    rebuilt: bool = False
 
 
 def segment_seqs(path: str, fs: FileSystem | None = None) -> list[int]:
@@ -105,7 +108,7 @@ def iter_scans(
     todo = [s for s in seqs if firsts[s] is not None and not any(a <= s < b for a, b in spans)]
     seen: list[int] = []
     for i, seq in enumerate(todo):
-        scan = _scan_segment(fs, path, seq, newest=i == len(todo) - 1)
+        scan = _scan_segment(fs, path, seq, newest=i == len(todo) - 1, oldest=i == 0)
         if progress is not None:
             progress(i + 1, len(todo))
         if scan is None:
@@ -114,6 +117,14 @@ def iter_scans(
             scan = attrs.evolve(scan, raced=True)
         seen.append(seq)
         yield scan
+
+
+def missing(path: str, spans: list[tuple[int, int]]) -> list[str]:
+    """A line per range of segments missing from a log whose live segments cover `spans`."""
+    return [
+        f"{posixpath.join(path, fmt.segment_name(lo))}: offset 0: {fmt.describe_missing(lo, hi)}"
+        for lo, hi in fmt.missing_segments(spans)
+    ]
 
 
 def scan_dir(path: str, fs: FileSystem | None = None) -> list[SegmentScan]:
@@ -144,7 +155,9 @@ def _peek_first(fs: FileSystem, path: str, seq: int) -> int | None:
         return seq
 
 
-def _scan_segment(fs: FileSystem, path: str, seq: int, *, newest: bool) -> SegmentScan | None:
+def _scan_segment(
+    fs: FileSystem, path: str, seq: int, *, newest: bool, oldest: bool = False
+) -> SegmentScan | None:
     seg_path = posixpath.join(path, fmt.segment_name(seq))
     try:
         f = fs.open(seg_path)
@@ -154,18 +167,26 @@ def _scan_segment(fs: FileSystem, path: str, seq: int, *, newest: bool) -> Segme
         data = f.pread(f.size(), 0)
     finally:
         f.close()
+    header_error = None
+    header_snippet = b""
     try:
         header = fmt.SegmentHeader.decode(data, seg_path)
         if header.seq != seq:
             raise CorruptionError(seg_path, 0, f"header says segment {header.seq}")
     except CorruptionError as exc:
-        bad = framing.Gap(0, len(data), exc.reason)
-        return SegmentScan(
-            seg_path, seq, seq, len(data), [], [bad], None, 0, exc.reason, {0: data[:SNIPPET]}
-        )
+        if not fmt.rebuildable(exc.reason, len(data), seq):
+            bad = framing.Gap(0, len(data), exc.reason)
+            return SegmentScan(
+                seg_path, seq, seq, len(data), [], [bad], None, 0, exc.reason, {0: data[:SNIPPET]}
+            )
+        header = fmt.SegmentHeader.rebuild(seq, oldest=oldest, first_type=fmt.first_type(data))
+        header_error = f"{exc.reason}; {header.describe()}"
+        header_snippet = data[:SNIPPET]
     scan = framing.classify(data, fmt.SEGMENT_HEADER_SIZE, newest=newest)
     ranges = [*scan.gaps, *([scan.tail] if scan.tail is not None else [])]
     snippets = {g.start: data[g.start : min(g.end, g.start + SNIPPET)] for g in ranges}
+    if header_error is not None:
+        snippets[0] = header_snippet
     return SegmentScan(
         seg_path,
         seq,
@@ -175,8 +196,9 @@ def _scan_segment(fs: FileSystem, path: str, seq: int, *, newest: bool) -> Segme
         scan.gaps,
         scan.tail,
         scan.end,
-        None,
+        header_error,
         snippets,
+        rebuilt=header_error is not None,
     )
 
 
@@ -280,9 +302,15 @@ class Dumper:
         """The rows of the queue in `path` that pass `flt`, reading one segment at a time."""
         flt = flt or DumpFilter()
         lo, hi = flt.segments()
+        spans: list[tuple[int, int]] = []
         for scan in iter_scans(path, fs):
-            end = scan.end if scan.header_error is None else scan.size
+            end = scan.end if scan.header_error is None or scan.rebuilt else scan.size
             self.end = LogEnd(scan.seq, end, scan.first)
+            spans.append((scan.first, scan.seq))
+            gone = fmt.missing_segments(spans)
+            if gone and gone[-1][1] == scan.first - 1:  # just before this segment
+                lo, hi = gone[-1]
+                yield damage_row(lo, framing.Gap(0, 0, fmt.describe_missing(lo, hi)), "damage", b"")
             if (lo is not None and scan.seq < lo) or (hi is not None and scan.seq > hi):
                 for rec in scan.records:  # still learn the jobs' tasks for later rows
                     if rec.rtype in (fmt.ENQUEUE, fmt.JOB):
@@ -326,6 +354,9 @@ class Dumper:
             items.append((-1, notice_row(scan.seq, 0, _raced_text(scan))))
         items += [(r.offset, self.record_row(scan.seq, r)) for r in scan.records]
         ranges = [(g, "damage") for g in scan.gaps]
+        if scan.rebuilt:
+            header = framing.Gap(0, fmt.SEGMENT_HEADER_SIZE, scan.header_error or "")
+            ranges.append((header, "damage"))
         if scan.tail is not None:
             ranges.append((scan.tail, "torn-tail"))
         for gap, kind in ranges:
@@ -676,13 +707,17 @@ def _replay_once(
 ) -> Replayed | None:
     state = QueueState()
     out = Replayed(state)
+    spans = []
     for scan in iter_scans(path, fs, progress=progress):
         if scan.raced:
             return None
         out.seqs.append(scan.seq)
         out.ends.append(scan.end)
         out.disk_bytes += scan.size
+        spans.append((scan.first, scan.seq))
         name = posixpath.basename(scan.path)
+        if scan.rebuilt:
+            out.damage.append(f"{name}: offset 0: segment header: {scan.header_error}")
         for gap in scan.gaps:
             out.damage.append(
                 f"{name}: offset {gap.start}: {gap.end - gap.start} bytes ({gap.reason})"
@@ -698,6 +733,7 @@ def _replay_once(
             if isinstance(event, ev.Ack):
                 out.done_seen += len(event.ids)
             state.apply(event, Loc(scan.seq, rec.offset, rec.end - rec.offset), now)
+    out.damage += [posixpath.basename(line) for line in missing(path, spans)]
     # finish_replay makes running jobs pending (what the next owner sees), so
     # count them first: under a live owner they are running.
     for info in state.jobs():
@@ -787,9 +823,12 @@ def stats(
         "damage": r.damage,
         "tail_bytes": r.tail_bytes,
         "spooled": len(live_entries(_names(fs, posixpath.join(path, SPOOL_DIR)))),
+        "spool_set_aside": set_aside_files(fs, path),
         "cut_files": len(_names(fs, posixpath.join(path, CUT_DIR))),
         "worker": status,
         "breakers": _breakers(status),
+        # The owner's background compactor, as its worker last reported it.
+        "compactor": status.get("compactor") if status is not None else None,
     }
     if oldest is not None:
         out["oldest_pending_job"], created = oldest
@@ -1048,7 +1087,8 @@ def fsck(
     for scan in scans:
         if scan.header_error:
             problems.append(f"{scan.path}: offset 0: segment header: {scan.header_error}")
-            continue
+            if not scan.rebuilt:
+                continue
         for gap in scan.gaps:
             problems.append(
                 f"{scan.path}: offset {gap.start}: "
@@ -1066,6 +1106,7 @@ def fsck(
                 ev.decode(rec.rtype, rec.body)
             except ev.BadEvent as exc:
                 problems.append(f"{scan.path}: offset {rec.offset}: undecodable record: {exc}")
+    problems += missing(path, [(scan.first, scan.seq) for scan in scans])
     names = fs.listdir(path)
     for name in names:
         if name.endswith(".tmp"):
@@ -1090,30 +1131,62 @@ def repair(path: str, fs: FileSystem | None = None) -> list[str]:
         raise LockedError(f"{path}: an owner is running{pid}") from None
     try:
         done: list[str] = []
-        for scan in scan_dir(path, fs):
+        scans = scan_dir(path, fs)
+        for scan in scans:
             bad_bodies = [r for r in scan.records if not _decodes(r)]
             if not scan.gaps and not bad_bodies and not scan.header_error:
                 continue
-            if scan.header_error:
-                done.append(f"{scan.path}: header damaged; segment left as is (restore it)")
-                continue
-            aside_dir = posixpath.join(path, CUT_DIR)
-            if not fs.is_dir(aside_dir):
-                fs.makedirs(aside_dir)
+            aside = _set_aside(fs, path, scan.path)
+            if scan.header_error and not scan.rebuilt:
+                # Not this queue's segment (a copy of another) or not a segment at all.
+                fs.remove(scan.path)
                 fs.sync_dir(path)
-            aside = posixpath.join(aside_dir, posixpath.basename(scan.path) + ".damaged")
-            _copy(fs, scan.path, aside)
-            fs.sync_dir(aside_dir)
+                done.append(
+                    f"{scan.path}: segment header: {scan.header_error}; "
+                    f"moved to {aside} (restore the real segment if you have it)"
+                )
+                continue
             keep = [r for r in scan.records if _decodes(r)]
             _rewrite(fs, path, scan, keep)
             lost = len(scan.records) - len(keep)
+            header = f"header {scan.header_error}; " if scan.rebuilt else ""
             done.append(
-                f"{scan.path}: removed {len(scan.gaps)} damaged ranges and {lost} bad records; "
-                f"original kept as {aside}"
+                f"{scan.path}: {header}removed {len(scan.gaps)} damaged ranges and {lost} bad "
+                f"records; original kept as {aside}"
             )
-        return done
+        sizes = [scan.size for scan in scans]
     finally:
         lock.release()
+    gone = fmt.missing_segments([(scan.first, scan.seq) for scan in scan_dir(path, fs)])
+    if not gone:
+        return done
+    # Segments are missing. Their loss is accepted by a compaction of everything,
+    # which starts the log again from segment 1 (docs/FORMAT.md).
+    from walq.queue import Queue  # noqa: PLC0415 - the read-only tools never need it
+
+    size = max(4096, min(32 << 20, max(sizes, default=0)))
+    q = Queue.open(path, recovery="skip", compaction=False, serve=False, segment_size=size, fs=fs)
+    try:
+        q.compact(seal=True)
+    finally:
+        q.close()
+    done += [
+        f"{path}: {fmt.describe_missing(lo, hi)}: accepted as lost (the log was compacted)"
+        for lo, hi in gone
+    ]
+    return done
+
+
+def _set_aside(fs: FileSystem, directory: str, path: str) -> str:
+    """Copy a damaged segment into cut/ (fsynced) before it is changed; return the copy's path."""
+    aside_dir = posixpath.join(directory, CUT_DIR)
+    if not fs.is_dir(aside_dir):
+        fs.makedirs(aside_dir)
+        fs.sync_dir(directory)
+    aside = posixpath.join(aside_dir, posixpath.basename(path) + ".damaged")
+    _copy(fs, path, aside)
+    fs.sync_dir(aside_dir)
+    return aside
 
 
 def _decodes(rec: framing.Record) -> bool:

@@ -53,7 +53,7 @@ def encode_payload(payload: Any, limit: int = DEFAULT_MAX_PAYLOAD) -> tuple[int,
             text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise PayloadError(f"payload is neither bytes nor a JSON value: {exc}") from None
-        kind, data = PAYLOAD_JSON, text.encode()
+        kind, data = PAYLOAD_JSON, utf8("payload", text, PayloadError)
     if len(data) > limit:
         raise PayloadError(f"payload of {len(data)} bytes exceeds max_payload ({limit} bytes)")
     return kind, data
@@ -92,9 +92,25 @@ def split_item(raw: Any) -> tuple[Any, Any, Mapping[str, Any]]:
     return raw[0], raw[1], opts
 
 
+def utf8(what: str, text: str, error: type[ArgumentError] = ArgumentError) -> bytes:
+    """`text` as UTF-8; `error` if it is not valid Unicode (a lone surrogate, say).
+
+    Such strings come from decoding bytes with errors="surrogateescape" (file
+    names, os.environ) or from JSON escapes like "\\udcff"; they cannot be
+    written to the log, whose strings are UTF-8.
+    """
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end].encode("unicode_escape").decode()
+        raise error(
+            f"{what} is not valid Unicode: {exc.reason} ({bad}) at character {exc.start}"
+        ) from None
+
+
 def check_task(task: object) -> str:
     """A valid task name, or ArgumentError."""
-    if not isinstance(task, str) or not task or len(task.encode()) > 0xFFFE:
+    if not isinstance(task, str) or not task or len(utf8("task", task)) > 0xFFFE:
         raise ArgumentError(f"task must be a non-empty string, not {task!r}")
     return task
 
@@ -103,7 +119,7 @@ def check_key(key: object) -> str | None:
     """A valid idempotency key (or None), or ArgumentError."""
     if key is None:
         return None
-    if not isinstance(key, str) or len(key.encode()) > 0xFFFE:
+    if not isinstance(key, str) or len(utf8("key", key)) > 0xFFFE:
         raise ArgumentError(f"key must be a string of at most 65534 bytes, not {key!r}")
     return key
 

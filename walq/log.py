@@ -30,7 +30,11 @@ from walq.core.format import (
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     SegmentHeader,
+    describe_missing,
+    first_type,
+    missing_segments,
     parse_segment_name,
+    rebuildable,
     segment_name,
 )
 from walq.core.state import Loc
@@ -120,10 +124,12 @@ class Log:
         # roll only renames it: writing and fsyncing a segment of zeros takes tens of ms.
         self._spare: Segment | None = None
         self._spare_mu = threading.Lock()  # held while a spare is made; never under _mu
+        self.spare_error: str | None = None  # why the last spare could not be made
         # Each fdatasync's duration (metrics); may be called with the lock held.
         self.on_sync: Callable[[float], None] | None = None
         self.fsyncs = 0
         self.sync_seconds = 0.0
+        self._rebuilt: set[int] = set()  # segments read with a header rebuilt from the name
         self._forked = False  # set in a fork() child: it may not write (walq.forks)
         self._pid = forks.track(self)
 
@@ -188,15 +194,17 @@ class Log:
                 bad.pop(seq, None)
                 fs.remove(posixpath.join(d, segment_name(seq)))
                 log.info("removed segment %d: superseded by a compacted segment", seq)
-        if bad:
+        damage: list[Damage] = []
+        try:
+            opened = self._check_chain(opened, bad, skip_damage, damage)
+        except BaseException:
             for seg in opened:
                 seg.close()
-            raise bad[min(bad)]
+            raise
         # Always: the previous owner may have died between renaming a new segment
         # into place and syncing the directory; what we build on must be durable.
         fs.sync_dir(d)
 
-        damage: list[Damage] = []
         try:
             for i, seg in enumerate(opened):
                 newest = i == len(opened) - 1
@@ -227,10 +235,66 @@ class Log:
             self._active = Segment.create(fs, d, SegmentHeader(1, 1), self.segment_size)
             self._end = SEGMENT_HEADER_SIZE
         self._buf_start = self._end
+        if self._active.seq in self._rebuilt:
+            # Nothing is appended behind a damaged header: it stays as found, for repair.
+            with self._mu:
+                self._roll()
         if self.sync_mode == "interval":
             self._syncer = threading.Thread(target=self._sync_loop, name="walq-sync", daemon=True)
             self._syncer.start()
         return damage
+
+    def _check_chain(
+        self,
+        opened: list[Segment],
+        bad: dict[int, CorruptionError],
+        skip_damage: bool,
+        damage: list[Damage],
+    ) -> list[Segment]:
+        """Find segments that are missing or have a damaged header; return the log's segments.
+
+        A missing segment (see `missing_segments`) or a damaged header raises
+        CorruptionError naming the file. With `skip_damage`, a segment whose
+        header is damaged is read with the header its name implies (its records
+        are checked as usual); one whose header names another segment is left
+        out; and either, like a missing segment, is reported as damage.
+        """
+        d = self.directory
+        left_out: list[int] = []
+        if bad and skip_damage:
+            for seq, exc in sorted(bad.items()):
+                path = posixpath.join(d, segment_name(seq))
+                f = self.fs.open(path, write=True)
+                head = f.pread(SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE, 0)
+                if not rebuildable(exc.reason, len(head), seq):
+                    f.close()  # another segment's copy, or no segment at all: nothing to read
+                    size = len(head) if len(head) < SEGMENT_HEADER_SIZE else 0
+                    damage.append(Damage(path, 0, size, f"{exc.reason}: segment left out", False))
+                    left_out.append(seq)
+                    continue
+                oldest = not any(s.seq < seq for s in opened)
+                header = SegmentHeader.rebuild(seq, oldest=oldest, first_type=first_type(head))
+                self._rebuilt.add(seq)
+                opened.append(Segment(path, header, f))
+                reason = f"{exc.reason}; {header.describe()}"
+                damage.append(Damage(path, 0, SEGMENT_HEADER_SIZE, reason, False))
+            opened.sort(key=lambda s: s.seq)
+            bad = {}
+        spans = [(s.header.first, s.seq) for s in opened]
+        for seq in [*bad, *left_out]:
+            spans.append((seq, seq))  # reported as damaged, not also as missing
+        spans.sort(key=lambda span: span[1])
+        missing = missing_segments(spans)
+        problems: dict[int, CorruptionError] = dict(bad)
+        for lo, hi in missing:
+            path = posixpath.join(d, segment_name(lo))
+            if skip_damage:
+                damage.append(Damage(path, 0, 0, describe_missing(lo, hi), False))
+            else:
+                problems[lo] = CorruptionError(path, 0, describe_missing(lo, hi))
+        if problems:
+            raise problems[min(problems)]
+        return opened
 
     def _replay_segment(
         self,
@@ -610,8 +674,10 @@ class Log:
                     self.fs, self.directory, header, self.segment_size, SPARE_SUFFIX
                 )
             except OSError as exc:  # the roll will try again, synchronously, and say so
-                log.warning("%s: preparing segment %d failed: %s", self.directory, header.seq, exc)
+                self.spare_error = f"preparing segment {header.seq} failed: {exc}"
+                log.warning("%s: %s", self.directory, self.spare_error)
                 return False
+            self.spare_error = None
         return True
 
     def _discard(self, spare: Segment) -> None:

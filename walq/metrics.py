@@ -181,6 +181,24 @@ def families(
     for key, (name, text) in optional_gauges.items():
         if stats.get(key) is not None:
             out.append(_one(p + name, "gauge", text, stats[key]))
+    if "compactor" in stats:  # None: working; else failing since, with how many failures
+        failing = stats["compactor"] if isinstance(stats["compactor"], Mapping) else {}
+        out.append(
+            _one(
+                p + "compactor_failing",
+                "gauge",
+                "Whether background compaction keeps failing (it is retried with backoff).",
+                float(bool(failing)),
+            )
+        )
+        out.append(
+            _one(
+                p + "compactor_failures",
+                "gauge",
+                "Background compaction failures in a row (0 once one succeeds).",
+                failing.get("failures", 0),
+            )
+        )
     if isinstance(stats.get("owner"), Mapping) and stats["owner"].get("running") is not None:
         running = float(bool(stats["owner"]["running"]))
         out.append(_one(p + "owner_running", "gauge", "Whether an owner holds the lock.", running))

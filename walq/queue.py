@@ -320,10 +320,9 @@ class Queue:
             task, payload = raw
             # The common bulk case, validated inline.
             if (
-                type(task) is str
-                and task
-                and type(payload) is bytes
-                and (len(payload) <= self.max_payload)
+                type(payload) is bytes
+                and len(payload) <= self.max_payload
+                and check_task(task) is task
             ):
                 # tuple.__new__ skips the NamedTuple's Python-level __new__: half the cost.
                 return tuple.__new__(_Item, (task, ev.PAYLOAD_BYTES, payload, None, 0.0, 0, 0, ""))
@@ -349,8 +348,7 @@ class Queue:
         origin: str,
     ) -> _Item:
         """Validate one job's arguments (ArgumentError/PayloadError) and encode its payload."""
-        if type(task) is not str or not task:
-            check_task(task)
+        check_task(task)
         if key is not None:
             check_key(key)
         if delay != 0.0 or type(delay) is not float:
@@ -853,6 +851,7 @@ class Queue:
                 "damaged": sum(1 for d in self.damage if not d.torn_tail),
                 "torn_tails_cut": sum(1 for d in self.damage if d.torn_tail),
                 "fsyncs": self._log.fsyncs,
+                "compactor": self._compactor.health(),
                 "tasks": {
                     t: {
                         "pending": n.pending,
@@ -865,6 +864,14 @@ class Queue:
                 },
                 **self.counters,
             }
+
+    def compactor_health(self) -> dict[str, Any] | None:
+        """None while background compaction works; else since when and why it fails.
+
+        A failing round (a full disk, say) is retried with backoff (up to a
+        minute apart) until one succeeds; `stats()["compactor"]` says the same.
+        """
+        return self._compactor.health()
 
     @property
     def sync_mode(self) -> str:

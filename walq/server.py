@@ -635,7 +635,7 @@ class ProducerServer:
         except (CorruptionError, OSError) as exc:
             self.counters["damaged_files"] += 1
             log.error("%s: cannot ingest (%s); set aside as %s", path, exc, name + spool.DAMAGED)
-            self._set_aside(name, spool.DAMAGED)
+            self._set_aside(name, spool.DAMAGED, str(exc))
             return None
         seen = self.queue.replayed_origins
         todo = [
@@ -686,7 +686,7 @@ class ProducerServer:
                     exc,
                     f.name + spool.REJECTED,
                 )
-                self._set_aside(f.name, spool.REJECTED)
+                self._set_aside(f.name, spool.REJECTED, f"refused by the queue: {exc}")
                 continue
             done.append(f)
         return added, done, True
@@ -720,11 +720,10 @@ class ProducerServer:
         if names:
             self.fs.sync_dir(self.spool_dir)
 
-    def _set_aside(self, name: str, suffix: str) -> None:
+    def _set_aside(self, name: str, suffix: str, reason: str) -> None:
         path = posixpath.join(self.spool_dir, name)
         try:
-            self.fs.rename(path, path + suffix)
-            self.fs.sync_dir(self.spool_dir)
+            spool.set_aside(self.fs, self.spool_dir, name, suffix, reason)
         except OSError as exc:
             log.error("%s: cannot set it aside (%s); skipping it", path, exc)
             self._stuck.add(name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import posixpath
 import re
@@ -34,12 +35,15 @@ from walq import wire
 from walq.errors import CorruptionError, LockedError, ProtocolError, QueueFull
 from walq.fs import FileSystem
 
+log = logging.getLogger("walq.spool")
+
 SPOOL_DIR = "spool"
 LOCK_NAME = ".lock"
 MAGIC = b"WALQSPL1"
 TMP_MAX_AGE_NS = 60 * 10**9  # a .tmp file older than this belongs to a dead producer
 REJECTED = ".rejected"  # suffix of a file the owner could not enqueue (bad arguments)
 DAMAGED = ".bad"  # suffix of a file whose checksum failed
+REASON = ".reason"  # beside a set-aside file: one line saying why it was set aside
 
 _CRC = struct.Struct("<I")
 _JOB = re.compile(
@@ -141,6 +145,47 @@ def backlog(fs: FileSystem, queue_dir: str) -> dict[str, int]:
     entries = live_entries(names)
     aside = sum(1 for n in names if n.endswith((REJECTED, DAMAGED)))
     return {"files": len(entries), "bytes": sum(e.size for e in entries), "set_aside": aside}
+
+
+def set_aside(fs: FileSystem, directory: str, name: str, suffix: str, reason: str) -> None:
+    """Rename spool file `name` to `name + suffix`, durably, with a `.reason` file beside it.
+
+    The rename comes first: once it is durable the file is never ingested
+    again. The reason is for a human; failing to write it is only logged.
+    """
+    path = posixpath.join(directory, name)
+    fs.rename(path, path + suffix)
+    fs.sync_dir(directory)
+    try:
+        f = fs.open(path + suffix + REASON, create=True)
+        try:
+            f.pwrite((reason.replace("\n", " ") + "\n").encode(errors="backslashreplace"), 0)
+            f.sync()
+        finally:
+            f.close()
+        fs.sync_dir(directory)
+    except OSError as exc:
+        log.warning("%s: cannot write why it was set aside: %s", path + suffix + REASON, exc)
+
+
+def set_aside_files(fs: FileSystem, queue_dir: str) -> list[dict[str, str]]:
+    """The spool files set aside (refused or damaged) and why, oldest name first."""
+    directory = posixpath.join(queue_dir, SPOOL_DIR)
+    try:
+        names = fs.listdir(directory)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in sorted(n for n in names if n.endswith((REJECTED, DAMAGED))):
+        reason = ""
+        with contextlib.suppress(OSError):
+            f = fs.open(posixpath.join(directory, name + REASON))
+            try:
+                reason = f.pread(4096, 0).decode(errors="replace").strip()
+            finally:
+                f.close()
+        out.append({"file": name, "reason": reason})
+    return out
 
 
 class SpoolWriter:

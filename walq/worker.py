@@ -695,12 +695,14 @@ class Worker:
                 "running": self._runtime[task.name].running,
                 "breaker": breaker.state(now) if breaker is not None else "off",
             }
+        health = getattr(self.queue, "compactor_health", None)  # a file queue's, not Redis's
         return {
             "pid": os.getpid(),
             "processes": len(self._slots),
             "updated": time.time(),
             "tasks": tasks,
             "counters": dict(self.counters),
+            "compactor": health() if health is not None else None,
         }
 
     def _maybe_write_status(self) -> None:

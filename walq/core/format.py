@@ -24,6 +24,9 @@ RECORD_HEADER = struct.Struct("<IIBBHI")
 RECORD_HEADER_SIZE = RECORD_HEADER.size  # 16
 assert RECORD_HEADER_SIZE == 16
 
+# Set only by walq.testing.plant, to prove the fuzzer catches a removed segment.
+PLANTED_IGNORE_MISSING = False
+
 # Segment numbers fit in 48 bits (a job's location packs the number with a
 # compaction generation above it: walq.core.state.SEQ_BITS).
 MAX_SEQ = (1 << 48) - 1
@@ -110,3 +113,63 @@ class SegmentHeader:
         if seq > MAX_SEQ:
             raise CorruptionError(path, 0, f"segment number {seq} is beyond {MAX_SEQ}")
         return cls(seq=seq, first=first)
+
+    @classmethod
+    def rebuild(cls, seq: int, *, oldest: bool, first_type: int | None) -> SegmentHeader:
+        """The header a segment named `seq` must have had, when its own is damaged.
+
+        Only the oldest segment of a log may cover more than itself, and then
+        it is a compacted one starting the log (its first record is a `job` or
+        `meta` record): see `missing_segments`.
+        """
+        compacted = oldest and first_type in (JOB, META)
+        return cls(seq=seq, first=1 if compacted else seq)
+
+    def describe(self) -> str:
+        """What a header rebuilt from the file name says."""
+        covers = f", a compacted one covering from {self.first}" if self.first < self.seq else ""
+        return f"rebuilt from the file name as segment {self.seq}{covers}"
+
+
+def rebuildable(reason: str, size: int, seq: int) -> bool:
+    """Whether a segment whose header failed with `reason` can be read with a rebuilt one.
+
+    Not when the header is valid but names another segment (a copy of another
+    segment), nor when the file is shorter than a header or its name is beyond
+    the numbers a segment may have.
+    """
+    return not reason.startswith("header says") and size >= SEGMENT_HEADER_SIZE and seq <= MAX_SEQ
+
+
+def first_type(data: bytes) -> int | None:
+    """The type byte of the first record of a segment's bytes, if it has one."""
+    at = SEGMENT_HEADER_SIZE + 8
+    return data[at] if len(data) > at else None
+
+
+def missing_segments(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ranges (lo, hi) of segment numbers missing from a log of segments `spans`.
+
+    `spans` are the (first, seq) of the live segments in log order. The log
+    starts at segment 1 and its segments are consecutive: a new segment is
+    the active one's seq + 1, and a compaction replaces every sealed segment
+    from the oldest on with one covering 1..seq. So the oldest segment covers
+    from 1 and each next one starts right after the one before; anything
+    else is a segment that was removed.
+    """
+    missing: list[tuple[int, int]] = []
+    if PLANTED_IGNORE_MISSING:
+        return missing
+    expected = 1
+    for first, seq in spans:
+        if first > expected:
+            missing.append((expected, first - 1))
+        expected = max(expected, seq + 1)
+    return missing
+
+
+def describe_missing(lo: int, hi: int) -> str:
+    """One line naming missing segments lo..hi."""
+    if lo == hi:
+        return f"segment {segment_name(lo)} is missing (removed?)"
+    return f"segments {segment_name(lo)} .. {segment_name(hi)} are missing (removed?)"

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 
 from walq import log, queue
-from walq.core import framing
+from walq.core import format, framing
 
 BUGS = {
     "skip-fsync": "the log never calls fdatasync (power loss then loses confirmed jobs)",
     "forget-ack": "ack returns without writing the ack record (acked jobs come back)",
     "accept-bad-crc": "the decoder accepts records whose checksum does not match",
+    "ignore-missing-segments": "a removed segment goes unnoticed (its jobs vanish silently)",
 }
 
 
@@ -27,6 +28,8 @@ def plant(name: str, on: bool = True) -> None:
         queue.PLANTED_FORGET_ACK = on
     elif name == "accept-bad-crc":
         framing.PLANTED_ACCEPT_BAD_CRC = on
+    elif name == "ignore-missing-segments":
+        format.PLANTED_IGNORE_MISSING = on
     else:
         raise ValueError(f"unknown bug {name!r}; choose from {', '.join(BUGS)}")
 
