@@ -280,6 +280,30 @@ class TestContract:
             q.ack(jid)
         assert q.status(jid) == "done"
 
+    def test_without_attempt_a_handle_acts_on_its_own_claim(self, q: Any) -> None:
+        """ack/fail/release/extend without attempt= use this handle's newest claim."""
+        jid = q.enqueue("t", 1)
+        claimed(q, lease=LEASE)
+        time.sleep(LEASE + 0.1)
+        assert q.status(jid) == "pending"
+        for step in (
+            lambda: q.ack(jid),
+            lambda: q.fail(jid, "late"),
+            lambda: q.release(jid),
+            lambda: q.extend(jid, 30),
+        ):
+            with pytest.raises(walq.LeaseLost, match=f"job {jid}"):
+                step()
+        assert q.ack_many([jid], strict=False)[0][0] == jid
+        assert q.status(jid) == "pending"
+        second = claimed(q, lease=30)  # claimed again by the same handle: the newest wins
+        assert second.attempt == 2
+        q.extend(jid, 30)
+        q.ack(jid)
+        assert q.status(jid) == "done"
+        with pytest.raises(walq.StateError, match="not running"):
+            q.ack(jid)
+
     def test_extend_keeps_a_long_job_leased(self, q: Any) -> None:
         """A heartbeat moves the lease deadline; without one the lease expires."""
         jid = q.enqueue("t", 1)

@@ -235,6 +235,34 @@ def test_stale_ack_after_rescue_is_refused(url: str) -> None:
         assert a.status(jid) == "done" and b.claim() is None
 
 
+def test_a_stale_holder_without_attempt_cannot_finish_the_rescuers_job(url: str) -> None:
+    """A's lease expires, B claims attempt 2: A's ack() (no attempt=) is refused, not applied."""
+    with open_q(url) as a, open_q(url) as b, open_q(url) as admin:
+        jid = a.enqueue("t", 1)
+        assert a.claim(lease=0.3) is not None
+        time.sleep(0.4)
+        theirs = b.claim(lease=30)
+        assert theirs is not None and theirs.id == jid and theirs.attempt == 2
+        for who in (a, admin):  # a stale claim, and a handle that never claimed it
+            for step in (
+                lambda q=who: q.ack(jid),
+                lambda q=who: q.fail(jid, "late"),
+                lambda q=who: q.release(jid),
+                lambda q=who: q.extend(jid, 10),
+            ):
+                with pytest.raises(walq.LeaseLost, match=f"job {jid}"):
+                    step()
+            assert who.ack_many([jid], strict=False)[0][0] == jid
+        assert b.status(jid) == "running"
+        b.extend(jid, 30)  # the rescuer's own claim, found without attempt=
+        b.ack(jid)
+        assert admin.status(jid) == "done"
+        # Administrative calls act without a claim.
+        other = admin.enqueue("t", 2)
+        assert a.claim(lease=30) is not None
+        assert admin.cancel(other) is True
+
+
 def test_a_stale_claim_cannot_finish_a_requeued_job_with_the_same_attempt_number(
     url: str,
 ) -> None:
