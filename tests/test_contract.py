@@ -317,6 +317,24 @@ class TestContract:
         with pytest.raises(walq.LeaseLost):
             q.extend(jid, LEASE, attempt=job.attempt)
 
+    def test_extend_many_keeps_held_leases_and_reports_the_lost(self, q: Any) -> None:
+        """One heartbeat call extends every lease still held and names the others."""
+        a, b, c = q.enqueue_many([("t", 1), ("t", 2), ("t", 3)])
+        jobs = {j.id: j for j in q.claim_many(3, lease=LEASE)}
+        q.ack(c, attempt=jobs[c].attempt)
+        for _ in range(3):
+            time.sleep(LEASE / 2)
+            refused = q.extend_many([a, b, c], lease=LEASE, attempts=[1, 1, 1])
+            assert [jid for jid, _ in refused] == [c]
+            assert isinstance(refused[0][1], walq.StateError)
+        assert q.status(a) == q.status(b) == "running"
+        time.sleep(LEASE + 0.1)
+        assert q.status(a) == q.status(b) == "pending"
+        refused = q.extend_many([a, b], lease=LEASE)  # this handle's own claims
+        assert [jid for jid, _ in refused] == [a, b]
+        assert all(isinstance(exc, walq.LeaseLost) for _, exc in refused)
+        assert q.extend_many([], lease=LEASE) == []
+
     def test_fail_retries_then_dead_letters(self, q: Any) -> None:
         """Failures retry (here at once) and go dead after max_attempts, the error kept."""
         jid = q.enqueue("t", {"n": 1}, max_attempts=3)

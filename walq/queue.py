@@ -36,6 +36,8 @@ from walq.errors import (
     CorruptionError,
     QueueFull,
     StateError,
+    UnknownJobError,
+    WalqError,
 )
 from walq.fs import File, FileSystem, Lock, OsFileSystem
 from walq.job import (
@@ -743,6 +745,27 @@ class Queue:
         with self._mu:
             self._check_open()
             self._state.extend(job_id, self._own(job_id, attempt), self._clock().mono + lease)
+
+    def extend_many(
+        self, job_ids: Sequence[int], lease: float, *, attempts: Sequence[int] | None = None
+    ) -> list[tuple[int, WalqError]]:
+        """Extend many running jobs' leases at once (a worker's heartbeat; nothing written).
+
+        Each job's attempt (or this handle's claim) is checked as by `extend`;
+        the jobs no longer held are returned with why, the others extended.
+        """
+        lease = check_seconds("lease", lease, positive=True)
+        held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
+        refused: list[tuple[int, WalqError]] = []
+        with self._mu:
+            self._check_open()
+            deadline = self._clock().mono + lease
+            for jid, attempt in zip(job_ids, held, strict=True):
+                try:
+                    self._state.extend(jid, self._own(jid, attempt), deadline)
+                except (StateError, UnknownJobError) as exc:
+                    refused.append((jid, exc))
+        return refused
 
     def _own(self, jid: int, attempt: int | None) -> int | None:
         """The attempt a result or heartbeat speaks for: `attempt`, else this handle's claim."""

@@ -619,6 +619,26 @@ return {'ok'}
 """
 )
 
+_EXTEND_MANY = (
+    _PRELUDE
+    + r"""
+-- ARGV: P, lease ms, then per job: id, attempt ('' any), claim ('' any, 'none')
+local ms = tonumber(ARGV[2])
+local refused = {}
+for i = 3, #ARGV, 3 do
+  local id = ARGV[i]
+  local e = holder(id, ARGV[i + 1], ARGV[i + 2])
+  if e then
+    refused[#refused + 1] = {tonumber(id), e[2], e[3]}
+  else
+    redis.call('HSET', jk(id), 'dl', NOW + ms)
+    redis.call('ZADD', P .. ':run', NOW + ms, id)
+  end
+end
+return refused
+"""
+)
+
 _CANCEL = (
     _PRELUDE
     + r"""
@@ -775,6 +795,7 @@ _SCRIPTS_BODIES = {
     "fail": _FAIL,
     "release": _RELEASE,
     "extend": _EXTEND,
+    "extend_many": _EXTEND_MANY,
     "cancel": _CANCEL,
     "requeue": _REQUEUE,
     "purge": _PURGE,
@@ -1439,6 +1460,27 @@ class RedisQueue:
         reply = self._run("extend", jid, *self._claim(jid, attempt), lease_ms)
         if reply[0] != b"ok":
             self._raise(reply)
+
+    def extend_many(
+        self, job_ids: Sequence[int], lease: float, *, attempts: Sequence[int] | None = None
+    ) -> list[tuple[int, WalqError]]:
+        """Extend many running jobs' leases in one atomic step (a worker's heartbeat).
+
+        Each job's attempt (or this handle's claim) is checked as by `extend`;
+        the jobs no longer held are returned with why (LeaseLost, StateError,
+        UnknownJobError), the others extended.
+        """
+        lease_ms = max(1, _ms(check_seconds("lease", lease, positive=True)))
+        held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
+        args: list[Any] = [lease_ms]
+        for jid, attempt in zip(job_ids, held, strict=True):
+            jid = _job_id(jid)  # noqa: PLW2901
+            args += [jid, *self._claim(jid, attempt)]
+        if len(args) == 1:
+            self._check_open()
+            return []
+        reply = self._run("extend_many", *args)
+        return [(int(jid), _ERRORS[kind](_text(msg))) for jid, kind, msg in reply]
 
     # -- administration ------------------------------------------------------------------------
 
