@@ -334,6 +334,43 @@ def test_a_lost_lease_is_counted_and_logged(url: str, tmp_path: Path) -> None:
         assert out.count("lease lost") == counters["lease_lost"], out
 
 
+def test_a_worker_rides_out_a_server_restart(tmp_path: Path) -> None:
+    """kill -9 of redis-server mid-job: handlers run on, results are reported once it is back."""
+    from tools.torture_redis import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    url = f"{server.url}?prefix=restart"
+    notes = tmp_path / "ledger"
+    try:
+        with open_q(url) as q:
+            ids = q.enqueue_many([("sleeps", {"ledger": str(notes), "seconds": 1.5})] * 2)
+        proc = start_worker(url, tmp_path / "result", lease=10.0, processes=2)
+        try:
+            wait_for(lambda: len(ledger(notes)) >= 2, timeout=30)  # both handlers started
+            server.kill()
+            wait_for(lambda: len(ledger(notes)) >= 4, timeout=30)  # both ended, server down
+            time.sleep(1.0)  # the worker meets the outage: retries, backs off
+            assert proc.poll() is None
+            server.start()
+            with open_q(url) as q:
+                wait_for(lambda: all(q.status(j) == "done" for j in ids), timeout=60)
+                later = q.enqueue("sleeps", {"ledger": str(notes), "seconds": 0.1})
+                wait_for(lambda: q.status(later) == "done", timeout=60)
+        finally:
+            out = stop(proc)
+        assert proc.returncode == 0, out
+        counters = json.loads((tmp_path / "result").read_text())["counters"]
+        assert counters["ok"] == 3 and counters["stale"] == 0 and counters["lease_lost"] == 0
+        starts = [(int(x[0]), int(x[1])) for x in ledger(notes) if x[3] == "start"]
+        assert sorted(starts) == [(jid, 1) for jid in [*ids, later]]
+        # The outage is logged once when it starts and once when it ends.
+        assert out.count("connection lost") == 1 and out.count("connection back") == 1, out
+        assert out.count("event listener:") <= 1, out
+    finally:
+        server.stop()
+
+
 def test_stale_ack_after_rescue_is_refused(url: str) -> None:
     """Host A's lease expires, host B gets the job: A can no longer ack, fail or release it."""
     with open_q(url) as a, open_q(url) as b:

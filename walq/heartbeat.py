@@ -36,6 +36,8 @@ log = logging.getLogger("walq.worker")
 DEFAULT_LEASE = 15.0  # seconds: a dead host's jobs are back within about this long
 BACKOFF_MIN = 0.1  # seconds before the first reconnection attempt
 BACKOFF_MAX = 5.0  # seconds between attempts at most
+# Set only by walq.testing.plant, to prove the Redis torture catches a missing heartbeat.
+PLANTED_HEARTBEAT_OFF = False
 
 
 class Link:
@@ -64,9 +66,8 @@ class Link:
                 self._pause = BACKOFF_MIN
                 self.outages += 1
                 log.warning(
-                    "%s: connection lost (%s); handlers keep running, results are kept; "
-                    "reconnecting with backoff",
-                    self.where,
+                    "connection lost: %s; handlers keep running and their results are "
+                    "kept; reconnecting with backoff",
                     exc,
                 )
             else:
@@ -177,7 +178,7 @@ class Heartbeat:
         while not self._stop.wait(wait):
             wait = self.interval
             try:
-                self.beat()
+                called = self.beat()
             except BackendError as exc:
                 wait = min(self.interval, self.link.failed(exc))
             except WalqError as exc:  # the queue was closed under us: nothing to keep
@@ -185,14 +186,20 @@ class Heartbeat:
             except Exception:
                 log.exception("heartbeat failed; trying again in %.1f s", wait)
             else:
-                self.link.ok()
+                if called:
+                    self.link.ok()
 
-    def beat(self) -> None:
-        """Extend every held lease in one call; report those found lost."""
+    def beat(self) -> bool:
+        """Extend every held lease in one call; report those found lost.
+
+        False if there was nothing to extend (no call made).
+        """
+        if PLANTED_HEARTBEAT_OFF:
+            return False
         with self._lock:
             held = list(self._held.items())
         if not held:
-            return
+            return False
         refused = self.queue.extend_many(
             [jid for jid, _ in held], lease=self.lease, attempts=[a for _, a in held]
         )
@@ -205,3 +212,4 @@ class Heartbeat:
                     continue
                 del self._held[jid]
             self.on_lost(jid, attempts[jid], exc)
+        return True

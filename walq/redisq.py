@@ -1666,11 +1666,19 @@ class RedisQueue:
     def _listen(self, subscribed: threading.Event) -> None:
         redis = _redis()
         pause = 0.1
+        down_since: float | None = None  # an outage is logged once, and its end
         while not self._closed:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self._channel)
                 subscribed.set()
+                if down_since is not None:
+                    log.info(
+                        "%s: event listener back after %.1f s",
+                        self.path,
+                        time.monotonic() - down_since,
+                    )
+                    down_since = None
                 self._on_ready()  # whatever was published while no one listened
                 pause = 0.1
                 while not self._closed:
@@ -1680,8 +1688,12 @@ class RedisQueue:
             except (redis.RedisError, OSError, ValueError) as exc:
                 if self._closed:
                     break
-                log.warning("%s: event listener: %s; reconnecting", self.path, exc)
-                time.sleep(pause)
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("%s: event listener: %s; reconnecting", self.path, exc)
+                else:
+                    log.debug("%s: event listener: %s; reconnecting", self.path, exc)
+                time.sleep(pause * (0.5 + self._rng.random() / 2))
                 pause = min(pause * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):

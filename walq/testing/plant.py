@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 
-from walq import log, queue
+from walq import heartbeat, log, queue
 from walq.core import framing
 
 BUGS = {
     "skip-fsync": "the log never calls fdatasync (power loss then loses confirmed jobs)",
     "forget-ack": "ack returns without writing the ack record (acked jobs come back)",
     "accept-bad-crc": "the decoder accepts records whose checksum does not match",
+    "heartbeat-off": "the Worker never renews its leases (long jobs run twice at once)",
 }
 
 
@@ -27,6 +28,8 @@ def plant(name: str, on: bool = True) -> None:
         queue.PLANTED_FORGET_ACK = on
     elif name == "accept-bad-crc":
         framing.PLANTED_ACCEPT_BAD_CRC = on
+    elif name == "heartbeat-off":
+        heartbeat.PLANTED_HEARTBEAT_OFF = on
     else:
         raise ValueError(f"unknown bug {name!r}; choose from {', '.join(BUGS)}")
 
