@@ -583,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_producer"]:
         return producer_main(argv[1:])
     if _mode(argv) == "redis":  # two Worker hosts on one redis-server: tools/torture_redis.py
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))  # run as a script: tools/ is not a package then
         from tools import torture_redis
 
         return torture_redis.main([a for a in argv if a not in ("--mode", "redis", "--mode=redis")])
