@@ -280,6 +280,30 @@ class TestContract:
             q.ack(jid)
         assert q.status(jid) == "done"
 
+    def test_without_attempt_a_handle_acts_on_its_own_claim(self, q: Any) -> None:
+        """ack/fail/release/extend without attempt= use this handle's newest claim."""
+        jid = q.enqueue("t", 1)
+        claimed(q, lease=LEASE)
+        time.sleep(LEASE + 0.1)
+        assert q.status(jid) == "pending"
+        for step in (
+            lambda: q.ack(jid),
+            lambda: q.fail(jid, "late"),
+            lambda: q.release(jid),
+            lambda: q.extend(jid, 30),
+        ):
+            with pytest.raises(walq.LeaseLost, match=f"job {jid}"):
+                step()
+        assert q.ack_many([jid], strict=False)[0][0] == jid
+        assert q.status(jid) == "pending"
+        second = claimed(q, lease=30)  # claimed again by the same handle: the newest wins
+        assert second.attempt == 2
+        q.extend(jid, 30)
+        q.ack(jid)
+        assert q.status(jid) == "done"
+        with pytest.raises(walq.StateError, match="not running"):
+            q.ack(jid)
+
     def test_extend_keeps_a_long_job_leased(self, q: Any) -> None:
         """A heartbeat moves the lease deadline; without one the lease expires."""
         jid = q.enqueue("t", 1)
@@ -292,6 +316,24 @@ class TestContract:
         assert q.status(jid) == "pending"
         with pytest.raises(walq.LeaseLost):
             q.extend(jid, LEASE, attempt=job.attempt)
+
+    def test_extend_many_keeps_held_leases_and_reports_the_lost(self, q: Any) -> None:
+        """One heartbeat call extends every lease still held and names the others."""
+        a, b, c = q.enqueue_many([("t", 1), ("t", 2), ("t", 3)])
+        jobs = {j.id: j for j in q.claim_many(3, lease=LEASE)}
+        q.ack(c, attempt=jobs[c].attempt)
+        for _ in range(3):
+            time.sleep(LEASE / 2)
+            refused = q.extend_many([a, b, c], lease=LEASE, attempts=[1, 1, 1])
+            assert [jid for jid, _ in refused] == [c]
+            assert isinstance(refused[0][1], walq.StateError)
+        assert q.status(a) == q.status(b) == "running"
+        time.sleep(LEASE + 0.1)
+        assert q.status(a) == q.status(b) == "pending"
+        refused = q.extend_many([a, b], lease=LEASE)  # this handle's own claims
+        assert [jid for jid, _ in refused] == [a, b]
+        assert all(isinstance(exc, walq.LeaseLost) for _, exc in refused)
+        assert q.extend_many([], lease=LEASE) == []
 
     def test_fail_retries_then_dead_letters(self, q: Any) -> None:
         """Failures retry (here at once) and go dead after max_attempts, the error kept."""

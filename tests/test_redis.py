@@ -40,7 +40,8 @@ def _redis_required() -> None:
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# A Worker on the Redis queue, in its own process: argv url, result file, lease.
+# A Worker on the Redis queue, in its own process: argv url, result file, lease (0:
+# the default), processes, prefetch.
 WORKER_SCRIPT = """
 import json, os, sys
 from walq.redisq import RedisQueue
@@ -48,10 +49,10 @@ from walq.worker import Worker
 from tests import worker_tasks
 
 url, out, lease = sys.argv[1], sys.argv[2], float(sys.argv[3])
+processes, prefetch = int(sys.argv[4]), int(sys.argv[5])
 q = RedisQueue.open(url)
-w = Worker(q, worker_tasks.tasks, processes=2, shutdown_grace=10.0, kill_grace=1.0)
-if lease:
-    w._lease = lease  # test only: a short lease, so that a rescue happens within the test
+w = Worker(q, worker_tasks.tasks, processes=processes, prefetch=prefetch, shutdown_grace=10.0,
+           kill_grace=1.0, lease=lease or None)
 code = w.run()
 q.close()
 with open(out, "w") as f:
@@ -82,10 +83,13 @@ def open_q(url: str, **kw: Any) -> Any:
     return RedisQueue.open(url, **kw)
 
 
-def start_worker(url: str, result: Path, lease: float = 0.0) -> subprocess.Popen[str]:
+def start_worker(
+    url: str, result: Path, lease: float = 0.0, processes: int = 2, prefetch: int = 1
+) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    options = (lease, processes, prefetch)
     return subprocess.Popen(
-        [sys.executable, "-c", WORKER_SCRIPT, url, str(result), str(lease)],
+        [sys.executable, "-c", WORKER_SCRIPT, url, str(result), *map(str, options)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -208,6 +212,165 @@ def test_two_workers_never_run_the_same_attempt_twice(url: str, tmp_path: Path) 
     check_counts(url)
 
 
+def overlaps(lines: list[list[str]]) -> list[tuple[int, list[str]]]:
+    """Runs of one job that overlapped in time, from a ledger of `ID ATTEMPT PID start|end`."""
+    found, running = [], {}
+    for x in lines:
+        jid, key = int(x[0]), (x[0], x[1], x[2])
+        if x[3] == "start":
+            if any(k[0] == x[0] for k in running):
+                found.append((jid, x))
+            running[key] = True
+        elif x[3] == "end":
+            running.pop(key, None)
+    return found
+
+
+def lease_of(url: str, jid: int) -> float:
+    """Seconds left on a running job's lease, read from the server."""
+    import redis
+
+    from walq.redisq import parse_url
+
+    client_url, prefix, _, _ = parse_url(url)
+    c = redis.Redis.from_url(client_url)
+    try:
+        now_s, now_us = c.time()
+        score = c.zscore(f"{prefix}:run", jid)
+        assert score is not None
+        return (score - (now_s * 1000 + now_us // 1000)) / 1000.0
+    finally:
+        c.close()
+
+
+def test_a_heartbeat_keeps_a_long_job_leased(url: str, tmp_path: Path) -> None:
+    """A job four times longer than the Worker's lease runs once: its lease is renewed."""
+    notes = tmp_path / "ledger"
+    with open_q(url) as q:
+        jid = q.enqueue("sleeps", {"ledger": str(notes), "seconds": 6})
+        proc = start_worker(url, tmp_path / "result", lease=1.5)
+        try:
+            wait_for(lambda: q.status(jid) == "done", timeout=60)
+        finally:
+            out = stop(proc)
+        assert proc.returncode == 0, out
+        starts = [x for x in ledger(notes) if x[3] == "start"]
+        assert [(int(x[0]), int(x[1])) for x in starts] == [(jid, 1)], starts
+        counters = json.loads((tmp_path / "result").read_text())["counters"]
+        assert counters["ok"] == 1 and counters["lease_lost"] == 0 and counters["stale"] == 0
+        assert q.stats()["expired"] == 0
+
+
+def test_a_dead_hosts_job_is_back_within_about_one_lease(url: str, tmp_path: Path) -> None:
+    """The default lease is short (not the longest timeout + 30 s): kill -9, rescued soon."""
+    from walq.heartbeat import DEFAULT_LEASE
+
+    notes = tmp_path / "ledger"
+    with open_q(url) as q:
+        # Its timeout is 30 s: a lease of the longest timeout + 2 kill graces + 30 s was 62 s.
+        jid = q.enqueue("sleeps", {"ledger": str(notes), "seconds": 25})
+        proc = start_worker(url, tmp_path / "result")
+        try:
+            wait_for(lambda: ledger(notes), timeout=30)
+            assert lease_of(url, jid) <= DEFAULT_LEASE + 1
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            stop(proc)
+        finally:
+            stop(proc, signal.SIGKILL)
+        job = q.claim(timeout=4 * DEFAULT_LEASE, lease=30)
+        back = time.monotonic() - killed
+        assert job is not None and job.id == jid and job.attempt == 2
+        assert back < 2 * DEFAULT_LEASE + 5, back
+        q.ack(job.id)
+
+
+def test_prefetched_jobs_keep_their_leases_until_they_run(url: str, tmp_path: Path) -> None:
+    """Two hosts, jobs longer than half the lease, prefetch 8: no job runs on both at once."""
+    notes = tmp_path / "ledger"
+    n = 16
+    with open_q(url) as q:
+        q.enqueue_many([("sleeps", {"ledger": str(notes), "seconds": 1.0})] * n)
+        results = [tmp_path / "result-a", tmp_path / "result-b"]
+        procs = [start_worker(url, r, lease=2.0, processes=2, prefetch=8) for r in results]
+        try:
+            wait_for(lambda: q.stats()["unfinished"] == 0, timeout=120)
+        finally:
+            outs = [stop(p) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        lines = ledger(notes)
+        assert overlaps(lines) == []
+        starts = [int(x[0]) for x in lines if x[3] == "start"]
+        assert len(starts) == len(set(starts)) == n  # each ran once: no lease ran out
+        for r in results:
+            counters = json.loads(r.read_text())["counters"]
+            assert counters["lease_lost"] == 0 and counters["stale"] == 0, counters
+        assert q.stats()["expired"] == 0
+
+
+def test_a_lost_lease_is_counted_and_logged(url: str, tmp_path: Path) -> None:
+    """The owner stalls past its lease and the job is rescued: the heartbeat says so once."""
+    notes = tmp_path / "ledger"
+    with open_q(url) as q:
+        jid = q.enqueue("sleeps", {"ledger": str(notes), "seconds": 5})
+        proc = start_worker(url, tmp_path / "result", lease=1.0, processes=1)
+        try:
+            wait_for(lambda: ledger(notes), timeout=30)
+            os.kill(proc.pid, signal.SIGSTOP)  # the handler's process runs on
+            try:
+                rescued = q.claim(timeout=30, lease=60)
+                assert rescued is not None and rescued.id == jid and rescued.attempt == 2
+                q.ack(jid)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            wait_for(lambda: [x for x in ledger(notes) if x[3] == "end"], timeout=30)
+            time.sleep(1.0)  # a heartbeat or two after the handler ended
+        finally:
+            out = stop(proc)
+        assert proc.returncode == 0, out
+        counters = json.loads((tmp_path / "result").read_text())["counters"]
+        assert counters["lease_lost"] == 1 and counters["stale"] == 1, counters
+        assert counters["ok"] == 0, counters  # attempt 1's result was dropped
+        assert out.count("lease lost") == counters["lease_lost"], out
+
+
+def test_a_worker_rides_out_a_server_restart(tmp_path: Path) -> None:
+    """kill -9 of redis-server mid-job: handlers run on, results are reported once it is back."""
+    from tools.torture_redis import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    url = f"{server.url}?prefix=restart"
+    notes = tmp_path / "ledger"
+    try:
+        with open_q(url) as q:
+            ids = q.enqueue_many([("sleeps", {"ledger": str(notes), "seconds": 1.5})] * 2)
+        proc = start_worker(url, tmp_path / "result", lease=10.0, processes=2)
+        try:
+            wait_for(lambda: len(ledger(notes)) >= 2, timeout=30)  # both handlers started
+            server.kill()
+            wait_for(lambda: len(ledger(notes)) >= 4, timeout=30)  # both ended, server down
+            time.sleep(1.0)  # the worker meets the outage: retries, backs off
+            assert proc.poll() is None
+            server.start()
+            with open_q(url) as q:
+                wait_for(lambda: all(q.status(j) == "done" for j in ids), timeout=60)
+                later = q.enqueue("sleeps", {"ledger": str(notes), "seconds": 0.1})
+                wait_for(lambda: q.status(later) == "done", timeout=60)
+        finally:
+            out = stop(proc)
+        assert proc.returncode == 0, out
+        counters = json.loads((tmp_path / "result").read_text())["counters"]
+        assert counters["ok"] == 3 and counters["stale"] == 0 and counters["lease_lost"] == 0
+        starts = [(int(x[0]), int(x[1])) for x in ledger(notes) if x[3] == "start"]
+        assert sorted(starts) == [(jid, 1) for jid in [*ids, later]]
+        # The outage is logged once when it starts and once when it ends.
+        assert out.count("connection lost") == 1 and out.count("connection back") == 1, out
+        assert out.count("event listener:") <= 1, out
+    finally:
+        server.stop()
+
+
 def test_stale_ack_after_rescue_is_refused(url: str) -> None:
     """Host A's lease expires, host B gets the job: A can no longer ack, fail or release it."""
     with open_q(url) as a, open_q(url) as b:
@@ -233,6 +396,34 @@ def test_stale_ack_after_rescue_is_refused(url: str) -> None:
         time.sleep(0.1)
         b.stats()  # a reaper pass
         assert a.status(jid) == "done" and b.claim() is None
+
+
+def test_a_stale_holder_without_attempt_cannot_finish_the_rescuers_job(url: str) -> None:
+    """A's lease expires, B claims attempt 2: A's ack() (no attempt=) is refused, not applied."""
+    with open_q(url) as a, open_q(url) as b, open_q(url) as admin:
+        jid = a.enqueue("t", 1)
+        assert a.claim(lease=0.3) is not None
+        time.sleep(0.4)
+        theirs = b.claim(lease=30)
+        assert theirs is not None and theirs.id == jid and theirs.attempt == 2
+        for who in (a, admin):  # a stale claim, and a handle that never claimed it
+            for step in (
+                lambda q=who: q.ack(jid),
+                lambda q=who: q.fail(jid, "late"),
+                lambda q=who: q.release(jid),
+                lambda q=who: q.extend(jid, 10),
+            ):
+                with pytest.raises(walq.LeaseLost, match=f"job {jid}"):
+                    step()
+            assert who.ack_many([jid], strict=False)[0][0] == jid
+        assert b.status(jid) == "running"
+        b.extend(jid, 30)  # the rescuer's own claim, found without attempt=
+        b.ack(jid)
+        assert admin.status(jid) == "done"
+        # Administrative calls act without a claim.
+        other = admin.enqueue("t", 2)
+        assert a.claim(lease=30) is not None
+        assert admin.cancel(other) is True
 
 
 def test_a_stale_claim_cannot_finish_a_requeued_job_with_the_same_attempt_number(

@@ -33,7 +33,8 @@ walq.Queue: see `LedgerQueue`). Then, at the end:
 - and the queue must end empty, with nothing dead and fsck clean.
 
 `python tools/torture.py --duration 60` or `--cycles 1000`; `--plant forget-ack`
-must make it fail. Exit status 1 on any violation.
+must make it fail. Exit status 1 on any violation. `--mode redis` runs the
+two-owner Redis mode instead (tools/torture_redis.py has its options).
 """
 
 from __future__ import annotations
@@ -571,12 +572,28 @@ def stop_producers(producers: list[Any], audit: Audit) -> None:
             audit.note(f"producer {proc.pid} did not stop within 30 s of SIGTERM")
 
 
+def _mode(argv: list[str]) -> str | None:
+    """The value of `--mode` (`--mode redis` hands the run to tools/torture_redis.py)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--mode="):
+            return arg.partition("=")[2]
+        if arg == "--mode" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_owner"]:
         return owner_main(argv[1:])
     if argv[:1] == ["_producer"]:
         return producer_main(argv[1:])
+    if _mode(argv) == "redis":  # two Worker hosts on one redis-server: tools/torture_redis.py
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))  # run as a script: tools/ is not a package then
+        from tools import torture_redis
+
+        return torture_redis.main([a for a in argv if a not in ("--mode", "redis", "--mode=redis")])
     from walq.testing.plant import BUGS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

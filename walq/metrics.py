@@ -56,6 +56,7 @@ WORKER_COUNTERS = {
     "stale": "Results dropped because their attempt no longer held the job.",
     "spawned": "Worker processes started.",
     "recycled": "Worker processes retired after max_tasks_per_child jobs.",
+    "lease_lost": "Leases the heartbeat found lost (another worker may run the job).",
 }
 
 

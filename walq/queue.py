@@ -38,6 +38,8 @@ from walq.errors import (
     CorruptionError,
     QueueFull,
     StateError,
+    UnknownJobError,
+    WalqError,
 )
 from walq.fs import File, FileSystem, Lock, OsFileSystem
 from walq.job import (
@@ -114,6 +116,9 @@ class Queue:
         self.min_free_bytes: int = opts["min_free_bytes"]
         self.max_payload: int = opts["max_payload"]
         self._state = QueueState(default_max_attempts=opts["max_attempts"])
+        # job -> the newest attempt this handle claimed: whose result an ack without
+        # attempt= is (a lease that expired under it is then refused, LeaseLost).
+        self._claims: dict[int, int] = {}
         self._mu = threading.Lock()
         self._changed = threading.Condition(self._mu)
         self._waiting_claims = 0  # claims blocked in _changed.wait: enqueue must wake them
@@ -604,6 +609,10 @@ class Queue:
             raise
         for info, attempt in started:
             self._state.start(info.id, attempt, now.mono + lease)
+            self._claims[info.id] = attempt
+        for info in taken:
+            if info.attempts >= info.max_attempts:
+                self._claims.pop(info.id, None)  # dead-lettered just now
         self.counters["claimed"] += len(started)
         return lsn, started
 
@@ -643,7 +652,12 @@ class Queue:
         )
 
     def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
-        """Finish a running job. With `attempt`, only if that attempt still holds it."""
+        """Finish a running job held by `attempt`, or by this handle's own claim.
+
+        Without `attempt`, the claim this handle made last on the job decides:
+        LeaseLost if it no longer holds the job (its lease expired, the job was
+        claimed again or cancelled). Only cancel and requeue act without a claim.
+        """
         self.ack_many([job_id], attempts=None if attempt is None else [attempt], sync=sync)
 
     def ack_many(
@@ -666,13 +680,14 @@ class Queue:
             ids = []
             for jid, attempt in zip(job_ids, held, strict=True):
                 try:
-                    ids.append(self._state.check_holder(jid, attempt).id)
+                    ids.append(self._state.check_holder(jid, self._own(jid, attempt)).id)
                 except StateError as exc:
                     if strict:
                         raise
                     refused.append((jid, exc))
             if PLANTED_FORGET_ACK or not ids:
                 return refused
+            self._forget(ids)
             lsn = self._write([ev.Ack(ids=tuple(ids))], self._clock())
             self.counters["acked"] += len(ids)
             self._changed.notify_all()
@@ -697,7 +712,7 @@ class Queue:
             delay = check_seconds("delay", delay)
         with self._mu:
             self._check_open()
-            info = self._state.check_holder(job_id, attempt)
+            info = self._state.check_holder(job_id, self._own(job_id, attempt))
             now = self._clock()
             dead = permanent or info.attempts >= info.max_attempts
             if delay is None:
@@ -710,6 +725,7 @@ class Queue:
                 error=str(error),
             )
             lsn = self._write([event], now)
+            self._forget([job_id])
             self.counters["failed"] += 1
             self.counters["dead_lettered" if dead else "retried"] += 1
             self._changed.notify_all()
@@ -722,9 +738,10 @@ class Queue:
         """Hand a running job back to pending without charging its attempt."""
         with self._mu:
             self._check_open()
-            info = self._state.check_holder(job_id, attempt)
+            info = self._state.check_holder(job_id, self._own(job_id, attempt))
             event = ev.Release(items=((job_id, info.attempts - 1),))
             lsn = self._write([event], self._clock())
+            self._forget([job_id])
             self._changed.notify_all()
         self._commit(lsn, sync)
         self._wake()
@@ -734,7 +751,36 @@ class Queue:
         lease = check_seconds("lease", lease, positive=True)
         with self._mu:
             self._check_open()
-            self._state.extend(job_id, attempt, self._clock().mono + lease)
+            self._state.extend(job_id, self._own(job_id, attempt), self._clock().mono + lease)
+
+    def extend_many(
+        self, job_ids: Sequence[int], lease: float, *, attempts: Sequence[int] | None = None
+    ) -> list[tuple[int, WalqError]]:
+        """Extend many running jobs' leases at once (a worker's heartbeat; nothing written).
+
+        Each job's attempt (or this handle's claim) is checked as by `extend`;
+        the jobs no longer held are returned with why, the others extended.
+        """
+        lease = check_seconds("lease", lease, positive=True)
+        held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
+        refused: list[tuple[int, WalqError]] = []
+        with self._mu:
+            self._check_open()
+            deadline = self._clock().mono + lease
+            for jid, attempt in zip(job_ids, held, strict=True):
+                try:
+                    self._state.extend(jid, self._own(jid, attempt), deadline)
+                except (StateError, UnknownJobError) as exc:
+                    refused.append((jid, exc))
+        return refused
+
+    def _own(self, jid: int, attempt: int | None) -> int | None:
+        """The attempt a result or heartbeat speaks for: `attempt`, else this handle's claim."""
+        return attempt if attempt is not None else self._claims.get(jid)
+
+    def _forget(self, jids: Iterable[int]) -> None:
+        for jid in jids:
+            self._claims.pop(jid, None)
 
     # -- administration -------------------------------------------------------------------
 
@@ -754,6 +800,7 @@ class Queue:
             if status == "dead":
                 raise StateError(f"job {job_id} is dead: purge or requeue it")
             lsn = self._write([ev.Cancel(ids=(job_id,))], self._clock())
+            self._forget([job_id])
             self._changed.notify_all()
         self._commit(lsn, sync)
         if status == "running":

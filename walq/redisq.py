@@ -220,8 +220,8 @@ local function unknown(id, st)
   if st == 'purged' then return {'err', 'unknown', 'job ' .. id .. ' was purged'} end
   return {'err', 'unknown', 'job ' .. id .. ' does not exist'}
 end
--- The running job ID if ATTEMPT ('' any) and claim GEN ('' any) still hold it:
--- nil and its fields (s, a, g, t), or an error reply.
+-- The running job ID if ATTEMPT ('' any) and claim GEN ('' any; 'none': the caller
+-- holds no claim on it) still hold it: nil and its fields (s, a, g, t), or an error reply.
 local function holder(id, attempt, gen)
   local j = redis.call('HMGET', jk(id), 's', 'a', 'g', 't')
   local s = j[1]
@@ -243,6 +243,10 @@ local function holder(id, attempt, gen)
   end
   if attempt ~= '' and j[2] ~= attempt then
     return {'err', 'lease', 'job ' .. id .. ' is running attempt ' .. j[2] .. ', not ' .. attempt}
+  end
+  if gen == 'none' then
+    return {'err', 'lease', 'job ' .. id .. ' is running attempt ' .. j[2] ..
+            ', which this handle did not claim'}
   end
   if gen ~= '' and j[3] ~= gen then
     return {'err', 'lease', 'job ' .. id .. ' was claimed again (attempt ' .. j[2] ..
@@ -616,6 +620,26 @@ return {'ok'}
 """
 )
 
+_EXTEND_MANY = (
+    _PRELUDE
+    + r"""
+-- ARGV: P, lease ms, then per job: id, attempt ('' any), claim ('' any, 'none')
+local ms = tonumber(ARGV[2])
+local refused = {}
+for i = 3, #ARGV, 3 do
+  local id = ARGV[i]
+  local e = holder(id, ARGV[i + 1], ARGV[i + 2])
+  if e then
+    refused[#refused + 1] = {tonumber(id), e[2], e[3]}
+  else
+    redis.call('HSET', jk(id), 'dl', NOW + ms)
+    redis.call('ZADD', P .. ':run', NOW + ms, id)
+  end
+end
+return refused
+"""
+)
+
 _CANCEL = (
     _PRELUDE
     + r"""
@@ -772,6 +796,7 @@ _SCRIPTS_BODIES = {
     "fail": _FAIL,
     "release": _RELEASE,
     "extend": _EXTEND,
+    "extend_many": _EXTEND_MANY,
     "cancel": _CANCEL,
     "requeue": _REQUEUE,
     "purge": _PURGE,
@@ -1345,15 +1370,23 @@ class RedisQueue:
             enqueued_at=int(created) / 1000.0,
         )
 
-    def _claim_token(self, job_id: int, attempt: int | None) -> str:
-        """The claim this process made for (job, attempt), if it made it: '' otherwise."""
-        if attempt is None:
-            return ""
+    def _claim(self, job_id: int, attempt: int | None) -> tuple[str, str]:
+        """(attempt, claim token) for a script: whose result or heartbeat this is.
+
+        With `attempt`, that attempt (and this handle's token for it, if it
+        claimed it). Without, this handle's own newest claim on the job; if it
+        holds none, 'none', which the scripts refuse for a running job
+        (LeaseLost): only cancel and requeue act without a claim.
+        """
         with self._held_lock:
             held = self._held.get(job_id)
-            if held is None or held[0] != attempt:
-                return ""
-            return str(held[1])
+        if attempt is None:
+            if held is None:
+                return "", "none"
+            return str(held[0]), str(held[1])
+        if held is None or held[0] != attempt:
+            return str(int(attempt)), ""
+        return str(int(attempt)), str(held[1])
 
     def _forget(self, job_ids: Iterable[int]) -> None:
         with self._held_lock:
@@ -1361,7 +1394,12 @@ class RedisQueue:
                 self._held.pop(jid, None)
 
     def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
-        """Finish a running job. With `attempt`, only if that attempt still holds it."""
+        """Finish a running job held by `attempt`, or by this handle's own claim.
+
+        Without `attempt`, the claim this handle made last on the job decides:
+        LeaseLost if it no longer holds the job (its lease expired, the job was
+        claimed again or cancelled). Only cancel and requeue act without a claim.
+        """
         self.ack_many([job_id], attempts=None if attempt is None else [attempt], sync=sync)
 
     def ack_many(
@@ -1381,7 +1419,7 @@ class RedisQueue:
         args: list[Any] = ["1" if strict else "0"]
         for jid, attempt in zip(job_ids, held, strict=True):
             jid = _job_id(jid)  # noqa: PLW2901
-            args += [jid, "" if attempt is None else int(attempt), self._claim_token(jid, attempt)]
+            args += [jid, *self._claim(jid, attempt)]
         if len(args) == 1:
             self._check_open()
             return []
@@ -1411,8 +1449,7 @@ class RedisQueue:
         reply = self._run(
             "fail",
             jid,
-            "" if attempt is None else int(attempt),
-            self._claim_token(jid, attempt),
+            *self._claim(jid, attempt),
             str(error),
             "1" if permanent else "0",
             "" if delay is None else _ms(delay),
@@ -1428,9 +1465,7 @@ class RedisQueue:
     def release(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
         """Hand a running job back to pending without charging its attempt."""
         jid = _job_id(job_id)
-        reply = self._run(
-            "release", jid, "" if attempt is None else int(attempt), self._claim_token(jid, attempt)
-        )
+        reply = self._run("release", jid, *self._claim(jid, attempt))
         if reply[0] != b"ok":
             self._raise(reply)
         self._forget([jid])
@@ -1439,15 +1474,30 @@ class RedisQueue:
         """Push a running job's lease to `lease` seconds from now (a heartbeat)."""
         lease_ms = max(1, _ms(check_seconds("lease", lease, positive=True)))
         jid = _job_id(job_id)
-        reply = self._run(
-            "extend",
-            jid,
-            "" if attempt is None else int(attempt),
-            self._claim_token(jid, attempt),
-            lease_ms,
-        )
+        reply = self._run("extend", jid, *self._claim(jid, attempt), lease_ms)
         if reply[0] != b"ok":
             self._raise(reply)
+
+    def extend_many(
+        self, job_ids: Sequence[int], lease: float, *, attempts: Sequence[int] | None = None
+    ) -> list[tuple[int, WalqError]]:
+        """Extend many running jobs' leases in one atomic step (a worker's heartbeat).
+
+        Each job's attempt (or this handle's claim) is checked as by `extend`;
+        the jobs no longer held are returned with why (LeaseLost, StateError,
+        UnknownJobError), the others extended.
+        """
+        lease_ms = max(1, _ms(check_seconds("lease", lease, positive=True)))
+        held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
+        args: list[Any] = [lease_ms]
+        for jid, attempt in zip(job_ids, held, strict=True):
+            jid = _job_id(jid)  # noqa: PLW2901
+            args += [jid, *self._claim(jid, attempt)]
+        if len(args) == 1:
+            self._check_open()
+            return []
+        reply = self._run("extend_many", *args)
+        return [(int(jid), _ERRORS[kind](_text(msg))) for jid, kind, msg in reply]
 
     # -- administration ------------------------------------------------------------------------
 
@@ -1636,11 +1686,19 @@ class RedisQueue:
     def _listen(self, subscribed: threading.Event) -> None:
         redis = _redis()
         pause = 0.1
+        down_since: float | None = None  # an outage is logged once, and its end
         while not self._closed:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self._channel)
                 subscribed.set()
+                if down_since is not None:
+                    log.info(
+                        "%s: event listener back after %.1f s",
+                        self.path,
+                        time.monotonic() - down_since,
+                    )
+                    down_since = None
                 self._on_ready()  # whatever was published while no one listened
                 pause = 0.1
                 while not self._closed:
@@ -1650,8 +1708,12 @@ class RedisQueue:
             except (redis.RedisError, OSError, ValueError) as exc:
                 if self._closed:
                     break
-                log.warning("%s: event listener: %s; reconnecting", self.path, exc)
-                time.sleep(pause)
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("%s: event listener: %s; reconnecting", self.path, exc)
+                else:
+                    log.debug("%s: event listener: %s; reconnecting", self.path, exc)
+                time.sleep(pause * (0.5 + self._rng.random() / 2))
                 pause = min(pause * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):

@@ -34,9 +34,10 @@ import attrs
 from walq.core.retry import Permanent, RetryAfter, RetryBudget
 from walq.core.state import JobInfo
 from walq.errors import ArgumentError, LogFailedError, StateError, WalqError
+from walq.heartbeat import DEFAULT_LEASE, Heartbeat, Link
 from walq.job import Job, check_seconds
 from walq.queue import Queue
-from walq.redisq import RedisQueue
+from walq.redisq import BackendError, RedisQueue
 from walq.tasks import Task, Tasks
 
 log = logging.getLogger("walq.worker")
@@ -199,6 +200,7 @@ class Worker:
         self.processes = processes
         self.prefetch = prefetch
         self._typical_run = 0.0  # a moving average of how long attempts run (seconds)
+        self._finished = 0  # attempts whose outcome came back
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory = max_memory
         self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
@@ -214,12 +216,14 @@ class Worker:
         self._cancel_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        # A claim's lease outlives the longest handler (its timeout and the kill
-        # grace): while the owner lives, a lease never expires under a job.
-        floor = max(t.timeout for t in tasks) + 2 * self.kill_grace
-        self._lease = floor + 30.0
+        # A short lease, renewed by the heartbeat while a job is held (waiting or
+        # running): a dead host's jobs are back within about one lease, and while
+        # the owner lives a lease does not expire under a job, however long it runs.
+        self._lease = DEFAULT_LEASE
         if lease is not None:
             self._lease = check_seconds("lease", lease, positive=True)
+        self._link = Link(str(getattr(queue, "path", queue)), self._rng)
+        self._heartbeat = Heartbeat(queue, self._lease, self._link, self._on_lease_lost)
         self._unknown_warned: set[str] = set()
         self._unsynced = False
         # Called per finished attempt with (task, seconds it ran, ok): metrics.
@@ -229,7 +233,7 @@ class Worker:
         self._rss_checked = 0.0
         self.counters = dict.fromkeys(
             ("ok", "failed", "retried", "dead", "timeouts", "crashes", "memory", "stale",
-             "spawned", "recycled", "deferred"),
+             "spawned", "recycled", "deferred", "lease_lost"),
             0,
         )  # fmt: skip
         for task in tasks:
@@ -275,12 +279,14 @@ class Worker:
         try:
             for _ in range(self.processes):
                 self._spawn()
+            self._heartbeat.start()
             drain_deadline: float | None = None
             while True:
                 now = time.monotonic()
                 if self._stop.is_set() and drain_deadline is None:
                     drain_deadline = now + self.shutdown_grace
-                claimed = self._dispatch() if drain_deadline is None else 0
+                self._link.flush()  # results kept while the server was unreachable
+                claimed = self._claim_round() if drain_deadline is None else 0
                 if self._unsynced and not claimed:
                     self.queue.sync()  # outcomes recorded last round; no claim fsync to ride on
                 self._unsynced = False
@@ -305,6 +311,13 @@ class Worker:
             self.queue.ready_listeners.remove(self._poke)
             self.queue.cancel_listeners.remove(self._on_cancel)
             self._stop_all()
+            self._heartbeat.stop()
+            self._link.flush()
+            if self._link.backlog:
+                log.warning(
+                    "%s: %d results not reported (the server is unreachable); their jobs "
+                    "run again when their leases end", self._link.where, len(self._link.backlog),
+                )  # fmt: skip
             for signum, old in handlers.items():
                 signal.signal(signum, old)
             with contextlib.suppress(WalqError):
@@ -313,7 +326,8 @@ class Worker:
         return 0 if clean else 1
 
     def _in_flight(self) -> int:
-        return sum(len(s.jobs) for s in self._slots)
+        # Results kept for a server that is unreachable count too: a drain waits for them.
+        return sum(len(s.jobs) for s in self._slots) + len(self._link.backlog)
 
     def _spawn(self) -> None:
         parent_conn, child_conn = self._ctx.Pipe()
@@ -345,6 +359,8 @@ class Worker:
         now = time.monotonic()
         idle = [s for s in free if not s.jobs]
         jobs = self.queue.claim_many(room, lease=self._lease, accept=self._admit(now, len(idle)))
+        self._link.ok()
+        self._heartbeat.hold(jobs)
         batches: dict[int, list[dict[str, Any]]] = {}
         # Gated jobs first, each onto an idle worker (their admission promised one).
         ordered = sorted(jobs, key=lambda j: not _gated(self.tasks[j.task]))
@@ -372,10 +388,51 @@ class Worker:
         # Prefetch pays for short jobs (it hides the round trip to the owner);
         # for jobs that take a while it only delays others behind a busy worker.
         depth = self.prefetch if self._typical_run < SHORT_JOB else 1
-        space = depth - len(slot.jobs)
+        space = min(depth, self._lease_depth()) - len(slot.jobs)
         if self.max_tasks_per_child is not None:
             space = min(space, self.max_tasks_per_child - slot.completed - len(slot.jobs))
         return max(0, space)
+
+    def _lease_depth(self) -> int:
+        """How many jobs one worker may hold: what it will start within half a lease.
+
+        Until an attempt has finished, how long jobs run is unknown: one each.
+        """
+        if not self._finished:
+            return 1
+        return max(1, int(self._lease / 2 / max(self._typical_run, 1e-3)))
+
+    def _claim_round(self) -> int:
+        """_dispatch, unless the server is unreachable: then nothing is claimed, and
+        the loop goes on (handlers run; their results wait for the server)."""
+        if self._link.backlog or not self._link.ready():
+            return 0
+        running = {name: rt.running for name, rt in self._runtime.items()}
+        try:
+            return self._dispatch()
+        except BackendError as exc:
+            for name, rt in self._runtime.items():
+                rt.running = running[name]  # admitted by the policy, never started
+            self._link.failed(exc)
+            return 0
+
+    def _due_in(self) -> float | None:
+        """Seconds until a scheduled job falls due or a lease ends (None: nothing known)."""
+        if self._link.down:
+            return None
+        try:
+            return self.queue.next_due_in()
+        except BackendError as exc:
+            return self._link.failed(exc)
+
+    def _on_lease_lost(self, job_id: int, attempt: int, exc: WalqError) -> None:
+        """The heartbeat found a lease lost: another worker may run the job now."""
+        self.counters["lease_lost"] += 1
+        log.warning(
+            "job %d attempt %d: lease lost (%s); another worker may run it now, and this "
+            "attempt's result will be dropped", job_id, attempt, exc,
+            extra={"job_id": job_id},
+        )  # fmt: skip
 
     def _admit(self, now: float, idle: int) -> Callable[[JobInfo], bool | float]:
         """The per-job gate of claim_many: the task's policy decides, just before a run.
@@ -433,7 +490,7 @@ class Worker:
         if drain_deadline is not None:
             wake = min(wake, drain_deadline)
         else:
-            due = self.queue.next_due_in()
+            due = self._due_in()
             if due is not None:
                 wake = min(wake, now + due)
             for task in self.tasks:
@@ -441,6 +498,9 @@ class Worker:
                     at = _gate_time(gate, now)
                     if at is not None and at > now:
                         wake = min(wake, at)
+        retry = self._link.retry_in()
+        if retry is not None:
+            wake = min(wake, now + retry)
         return max(0.0, wake - now)
 
     def _wait(self, timeout: float) -> list[Outcome]:
@@ -502,6 +562,7 @@ class Worker:
             job, task = slot.jobs.popleft()
             cause, message = self._death_cause(slot, code, task)
             if cause == "cancelled":
+                self._heartbeat.drop(job.id)
                 self._runtime[task.name].running -= 1
             else:
                 report = {"cause": cause, "type": cause, "message": message, "traceback": "",
@@ -582,9 +643,11 @@ class Worker:
         now = time.monotonic()
         oks = []
         for out in outcomes:
+            self._heartbeat.drop(out.job.id)
             self._runtime[out.task.name].running -= 1
             if self.on_job_done is not None:
                 self.on_job_done(out.task.name, out.seconds, out.ok)
+            self._finished += 1
             self._typical_run += (out.seconds - self._typical_run) * 0.05
             if out.ok:
                 oks.append(out)
@@ -592,15 +655,18 @@ class Worker:
             else:
                 self._fail(out, now)
         if oks:
-            refused = self.queue.ack_many(
-                [o.job.id for o in oks], attempts=[o.job.attempt for o in oks],
-                sync=False, strict=False,
-            )  # fmt: skip
-            self.counters["ok"] += len(oks) - len(refused)
-            self.counters["stale"] += len(refused)
-            for jid, exc in refused:
-                log.info("job %d: result dropped: %s", jid, exc, extra={"job_id": jid})
+            self._link.call(lambda: self._ack(oks))
         self._unsynced = True
+
+    def _ack(self, oks: list[Outcome]) -> None:
+        refused = self.queue.ack_many(
+            [o.job.id for o in oks], attempts=[o.job.attempt for o in oks],
+            sync=False, strict=False,
+        )  # fmt: skip
+        self.counters["ok"] += len(oks) - len(refused)
+        self.counters["stale"] += len(refused)
+        for jid, exc in refused:
+            log.info("job %d: result dropped: %s", jid, exc, extra={"job_id": jid})
 
     def _fail(self, out: Outcome, now: float) -> None:
         report = out.report or {}
@@ -626,9 +692,13 @@ class Worker:
         )  # fmt: skip
         delay = decision.delay
         text = _error_text(report, job)
+        self._link.call(lambda: self._write_fail(out, decision.dead, delay, text))
+
+    def _write_fail(self, out: Outcome, dead: bool, delay: float | None, text: str) -> None:
+        job, report = out.job, out.report or {}
         try:
             status = self.queue.fail(
-                job.id, text, permanent=decision.dead, attempt=job.attempt, delay=delay, sync=False
+                job.id, text, permanent=dead, attempt=job.attempt, delay=delay, sync=False
             )
         except StateError as exc:
             self.counters["stale"] += 1
@@ -647,8 +717,12 @@ class Worker:
         )  # fmt: skip
 
     def _release(self, job: Job, task: Task, why: str) -> None:
+        self._heartbeat.drop(job.id)
         self._runtime[task.name].running -= 1
         task.policy.on_abandon(time.monotonic())
+        self._link.call(lambda: self._write_release(job, why))
+
+    def _write_release(self, job: Job, why: str) -> None:
         try:
             self.queue.release(job.id, attempt=job.attempt, sync=False)
         except StateError:
@@ -714,6 +788,8 @@ class Worker:
         status = self.status()
         status["stopped"] = final
         if isinstance(self.queue, RedisQueue):
+            if self._link.down:
+                return  # the server is unreachable: the next status after it is back
             # Shared by many hosts: each worker's status is a key that expires.
             with contextlib.suppress(WalqError):
                 self.queue.record_worker_status(status)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from walq import log, queue
+from walq import heartbeat, log, queue
 from walq.core import format, framing
 
 BUGS = {
@@ -17,6 +17,7 @@ BUGS = {
     "forget-ack": "ack returns without writing the ack record (acked jobs come back)",
     "accept-bad-crc": "the decoder accepts records whose checksum does not match",
     "ignore-missing-segments": "a removed segment goes unnoticed (its jobs vanish silently)",
+    "heartbeat-off": "the Worker never renews its leases (long jobs run twice at once)",
 }
 
 
@@ -30,6 +31,8 @@ def plant(name: str, on: bool = True) -> None:
         framing.PLANTED_ACCEPT_BAD_CRC = on
     elif name == "ignore-missing-segments":
         format.PLANTED_IGNORE_MISSING = on
+    elif name == "heartbeat-off":
+        heartbeat.PLANTED_HEARTBEAT_OFF = on
     else:
         raise ValueError(f"unknown bug {name!r}; choose from {', '.join(BUGS)}")
 
