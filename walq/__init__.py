@@ -22,6 +22,7 @@ from walq.errors import (
     ProtocolError,
     QueueFull,
     StateError,
+    TaskModuleError,
     UnknownJobError,
     WalqError,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "RetryBudget",
     "StateError",
     "Task",
+    "TaskModuleError",
     "Tasks",
     "UnknownJobError",
     "WalqError",

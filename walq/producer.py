@@ -295,7 +295,7 @@ class Producer:
             conn.close()
             if exc.errno in _NO_OWNER or isinstance(exc, TimeoutError):
                 return None
-            raise
+            raise OSError(exc.errno, exc.strerror, self._where()) from exc  # name the socket
         uid = wire.peer_uid(conn)
         if uid is not None and uid != os.geteuid():
             conn.close()
