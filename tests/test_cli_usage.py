@@ -224,7 +224,8 @@ def test_worker_help_shows_defaults_and_the_librarys_prefetch() -> None:
     signature = inspect.signature(walq.Worker).parameters["prefetch"]
     assert signature.default == DEFAULT_PREFETCH
     worker_doc = (ROOT / "docs" / "WORKER.md").read_text()
-    assert f"`prefetch`\n   jobs (default {DEFAULT_PREFETCH})" in worker_doc
+    documented = re.search(r"`prefetch`\s[^.]*?\(default (\d+)\)", worker_doc)
+    assert documented is not None and int(documented[1]) == DEFAULT_PREFETCH
 
 
 # -- errors: one line, naming what they are about -------------------------------------------------

@@ -73,6 +73,12 @@ def usage_line(exc: click.UsageError) -> str:
     return f"{message} (see '{exc.ctx.command_path} --help')"
 
 
+# A group called with no arguments: click 8.2+ raises this to show its help; 8.1 shows it itself.
+NO_ARGS_HELP: tuple[type[click.UsageError], ...] = tuple(
+    e for e in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if e is not None
+)
+
+
 class WalqGroup(click.Group):
     """The `walq` command group: the one home of how click's own errors are shown.
 
@@ -95,7 +101,7 @@ class WalqGroup(click.Group):
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:
+        except NO_ARGS_HELP as exc:
             exc.show()  # `walq` or `walq dead` alone: the help, as click shows it
             sys.exit(exc.exit_code)
         except click.UsageError as exc:

@@ -990,7 +990,7 @@ class Enqueued:
     """Where `enqueue` put a job: its id (None while spooled) and the way it went."""
 
     job: int | None
-    route: str  # "owner" (its socket), "direct" (no owner: the lock taken), "spool"
+    route: str  # "owner" (its socket), "direct" (no owner: the lock taken), "spool", "redis"
 
 
 def enqueue(
