@@ -303,6 +303,23 @@ def test_a_socket_error_names_the_socket(qdir: str, monkeypatch: pytest.MonkeyPa
     assert line == f"walq: {wire.socket_address(qdir)}: Permission denied"
 
 
+def test_another_users_queue_names_its_socket(qdir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queue whose lock file this user may not open: the error names the owner's socket."""
+    varied(qdir)
+
+    def no_lock(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", str(Path(qdir) / LOCK_FILE))
+
+    class Refused(socket.socket):
+        def connect(self, address: Any) -> None:
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("walq.fs.OsFileSystem.lock", no_lock)
+    monkeypatch.setattr("walq.producer.socket.socket", Refused)
+    line = one_line_error(cli("enqueue", qdir, "mail"), 2)
+    assert line == f"walq: {wire.socket_address(qdir)}: Permission denied"
+
+
 @pytest.mark.skipif(not HAS_PROMETHEUS, reason="needs walq[metrics]")
 def test_a_metrics_port_in_use_names_the_address(qdir: str) -> None:
     """--metrics-port on a port in use: one line naming host and port, exit 2."""

@@ -1010,7 +1010,9 @@ def enqueue(
     ingests the spool) and enqueue directly, so the job is in the log at
     once. With an owner, send it over the owner's socket, waiting up to
     `timeout` seconds for the reply. Only an owner that holds the lock but
-    cannot be reached leaves the job in the spool, for it to ingest.
+    cannot be reached leaves the job in the spool, for it to ingest. A queue
+    whose lock this user may not open is left to the producer's way, whose
+    error names the socket or spool the user may not use.
     """
     from walq.producer import connect  # noqa: PLC0415 - the read-only tools never need it
     from walq.queue import Queue  # noqa: PLC0415
@@ -1018,7 +1020,7 @@ def enqueue(
     check_queue_dir(path, fs)
     try:
         q = Queue.open(path, compaction=False, fs=fs)
-    except LockedError:
+    except (LockedError, PermissionError):  # an owner runs, or the queue is another user's
         with connect(path, timeout=timeout, fs=fs) as producer:
             jid = producer.enqueue(task, payload, key=key, delay=delay, priority=priority)
         return Enqueued(job=jid, route="spool" if jid is None else "owner")
