@@ -378,12 +378,12 @@ class TestEnqueue:
         assert words in one_line_error(cli("enqueue", qdir, "mail", *args), 2)
 
     @pytest.mark.skipif(not HAS_PRODUCER, reason="walq.producer is not there yet")
-    def test_enqueue_without_an_owner_spools(self, qdir: str) -> None:
-        """No owner: the job is spooled durably; the next owner enqueues it."""
+    def test_enqueue_without_an_owner_enqueues_directly(self, qdir: str) -> None:
+        """No owner: the command takes the lock and enqueues; the id is printed."""
         varied(qdir)
         r = cli("enqueue", qdir, "mail", "--payload", '{"to": "x@y"}', "--key", "k1")
         assert r.exit_code == 0, r.stderr
-        assert "spooled" in r.stdout or r.stdout.strip().isdigit()
+        assert r.stdout.strip() == "5"
 
     @pytest.mark.skipif(not HAS_PRODUCER, reason="walq.producer is not there yet")
     def test_enqueue_into_a_missing_directory_is_refused(self, tmp_path: Path) -> None:
@@ -504,7 +504,7 @@ class TestProcesses:
 
     @pytest.mark.skipif(not HAS_PRODUCER, reason="walq.producer is not there yet")
     def test_enqueue(self, qdir: str) -> None:
-        """enqueue as a process, owner-less: spooled."""
+        """enqueue as a process, owner-less: enqueued directly."""
         varied(qdir)
         r = run("enqueue", qdir, "mail", "--payload", "{}")
         assert r.returncode == 0, r.stderr

@@ -826,12 +826,12 @@ def test_the_spool_is_settled_before_the_compactor_starts(
 
 
 def test_cli_enqueue_with_and_without_an_owner(qdir: str) -> None:
-    """`walq enqueue` gets an id from a running owner, and spools when none runs."""
+    """`walq enqueue` gets an id from a running owner, and from the queue itself when none runs."""
     open_queue(qdir).close()  # the command wants an existing queue (a typo must not make one)
     runner = CliRunner()
     result = runner.invoke(main, ["enqueue", qdir, "t", "--payload", '{"a": 1}', "--key", "k"])
     assert result.exit_code == 0, result.output
-    assert not result.output.strip().isdigit()  # spooled: no id yet
+    assert result.output.strip() == "1"  # no owner: the command took the lock and enqueued
     with owner(qdir) as q:
         result = runner.invoke(main, ["enqueue", qdir, "t", "--payload", "[2]"])
         assert result.exit_code == 0, result.output
@@ -845,8 +845,9 @@ def test_cli_enqueue_in_a_real_process(qdir: str) -> None:
     """The installed `walq enqueue` command works with and without an owner running."""
     open_queue(qdir).close()
     cmd = [WALQ, "enqueue", qdir, "t", "--payload", '{"n": 1}']
-    spooled = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
-    assert spooled.returncode == 0, spooled.stderr
+    alone = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.strip() == "1"
     with owner(qdir) as q:
         cmd[-1] = '{"n": 2}'
         direct = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)

@@ -268,7 +268,7 @@ def test_sigterm_drains_the_job_in_flight_then_exits_zero(qdir: str, tmp_path: P
     with walq.Queue.open(qdir) as q:
         first = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 1.0})
         second = q.enqueue("ok", {"ledger": str(ledger)}, delay=0.5)
-    proc = owner(qdir)
+    proc = owner(qdir, "--prefetch", "1")  # `second` is not handed to the busy worker ahead
     wait_for(lambda: ledger_lines(ledger))
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)

@@ -23,6 +23,7 @@ from walq.errors import (
     ProtocolError,
     QueueFull,
     StateError,
+    TaskModuleError,
     UnknownJobError,
     WalqError,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "RetryBudget",
     "StateError",
     "Task",
+    "TaskModuleError",
     "Tasks",
     "UnknownJobError",
     "WalqError",

@@ -29,11 +29,13 @@ from walq.errors import (
     WalqError,
 )
 from walq.metrics import MetricsUnavailable
+from walq.worker import DEFAULT_PREFETCH
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CLEAN, EXIT_DAMAGE, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130
+SPOOLED_NOTE = "ingested when an owner starts or answers"
 
 # Errors that mean "you asked for something that cannot be done", not damage.
 USAGE_ERRORS: tuple[type[Exception], ...] = (
@@ -48,11 +50,80 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """Print a one-line error on stderr and exit with `code`."""
+def no_color() -> bool:
+    """Whether NO_COLOR (https://no-color.org) is set to anything but the empty string."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def fail(message: str, code: int = EXIT_USAGE, *, detail: str | None = None) -> NoReturn:
+    """Print a one-line error on stderr (after `detail`, say a user's traceback) and exit."""
+    if detail:
+        click.echo(detail.rstrip("\n"), err=True)
     line = " ".join(message.split("\n", 1)[0].split())
-    click.echo(click.style(f"walq: {line}", fg="red"), err=True)
+    colour = False if no_color() else None
+    click.echo(click.style(f"walq: {line}", fg="red"), err=True, color=colour)
     sys.exit(code)
+
+
+def usage_line(exc: click.UsageError) -> str:
+    """Click's usage error as one line, pointing at the command's --help."""
+    message = exc.format_message().rstrip(".")
+    if exc.ctx is None:
+        return message
+    return f"{message} (see '{exc.ctx.command_path} --help')"
+
+
+# A group called with no arguments: click 8.2+ raises this to show its help; 8.1 shows it itself.
+NO_ARGS_HELP: tuple[type[click.UsageError], ...] = tuple(
+    e for e in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if e is not None
+)
+
+
+class WalqGroup(click.Group):
+    """The `walq` command group: the one home of how click's own errors are shown.
+
+    Click prints its usage errors as several lines (usage, hint, error); here
+    they become one `walq: ...` line with click's exit code (2 for usage),
+    like every other error. NO_COLOR turns colours off for every command.
+    """
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if no_color():
+            extra.setdefault("color", False)
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except NO_ARGS_HELP as exc:
+            exc.show()  # `walq` or `walq dead` alone: the help, as click shows it
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            fail(usage_line(exc), exc.exit_code)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            fail("aborted", EXIT_DAMAGE)
+        sys.exit(code if isinstance(code, int) else EXIT_CLEAN)
+
+
+class DeadGroup(click.Group):
+    """`walq dead`: its commands come before the directory (`walq dead list DIR`)."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if len(args) > 1 and args[0] not in self.commands and args[1] in self.commands:
+            raise click.UsageError(
+                f"the command comes first: walq dead {args[1]} {args[0]} ...", ctx
+            )
+        return super().resolve_command(ctx, args)
 
 
 def guarded(fn: F) -> F:
@@ -65,7 +136,7 @@ def guarded(fn: F) -> F:
         except (click.ClickException, click.Abort, click.exceptions.Exit):
             raise
         except USAGE_ERRORS as exc:
-            fail(str(exc), EXIT_USAGE)
+            fail(str(exc), EXIT_USAGE, detail=getattr(exc, "detail", None))
         except WalqError as exc:
             fail(str(exc), EXIT_DAMAGE)
         except BrokenPipeError:
@@ -128,7 +199,9 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=WalqGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True}
+)
 @click.version_option(package_name="walq")
 def main() -> None:
     """walq: a crash-safe job queue that lives in one directory.
@@ -153,11 +226,12 @@ TYPE_COLOURS = {
     "purge": "magenta",
     "meta": "white",
     "notice": "magenta",
+    "spooled": "yellow",
 }
 LEADING = ("job", "task", "attempt", "counted", "key", "state", "dead")  # first, in this order
 TRAILING = ("error", "payload")  # last, unquoted, in this order
 HIDDEN = ("segment", "seq", "offset", "type", "size", "jobs", "attempts", "counts", "tasks",
-          "payload_kind", "payload_bytes")  # fmt: skip
+          "payload_kind", "payload_bytes", "file")  # fmt: skip
 TIMES = ("created", "due")
 
 
@@ -167,8 +241,8 @@ def _when(seconds: float) -> str:
 
 def dump_line(row: dict[str, Any], *, full: bool = False) -> str:
     """One dump row as one line of text (JSON keeps every field; this keeps the useful ones)."""
-    head = f"{row['seq']}:{row['offset']:<9} "
     kind = row["type"]
+    head = f"{'spool':<11}" if kind == "spooled" else f"{row['seq']}:{row['offset']:<9} "
     if kind in ("damage", "torn-tail"):
         hexed = " ".join(row["hex"][i : i + 2] for i in range(0, len(row["hex"]), 2))
         more = "..." if row["length"] * 2 > len(row["hex"]) else ""
@@ -261,6 +335,9 @@ def dump(
 ) -> None:
     """Print every record of the queue in DIRECTORY, damage inline (read-only).
 
+    Then the jobs waiting in the spool (type "spooled": no id or position
+    yet; an owner ingests them).
+
     Positions are SEG:OFFSET as printed at the start of each line. Exit 1 if
     damage was shown (an unfinished tail is not damage).
     """
@@ -277,6 +354,9 @@ def dump(
 
     for row in dumper.rows(directory, flt):
         show(row)
+    for row in insp.spooled_rows(directory, payload=not no_payload, full=full):
+        if flt.matches(row):
+            show(row)
     if follow:
         try:
             for row in insp.follow(directory, dumper.end, dumper=dumper, poll=interval):
@@ -341,6 +421,8 @@ def stats_lines(st: dict[str, Any]) -> list[str]:
         f"jobs      {st['pending']} pending, {st['scheduled']} scheduled, "
         f"{st['running']} running, {dead} ({st['unfinished']} unfinished)"
     )
+    if st["spooled"]:
+        lines.append(f"spooled   {st['spooled']} requests, not counted above ({SPOOLED_NOTE})")
     if st["interrupted"]:
         lines.append(
             f"          ({st['interrupted']} of the pending were running when the owner "
@@ -384,7 +466,6 @@ def stats_lines(st: dict[str, Any]) -> list[str]:
             f"tail      {st['tail_bytes']} bytes unfinished (a writer at work, or a crash: "
             "cut on the next open)"
         )
-    lines.append(f"spool     {st['spooled']} requests waiting for an owner")
     for aside in st["spool_set_aside"]:
         lines.append(f"spool     set aside: {aside['file']}: {aside['reason'] or '(no reason)'}")
     if st["cut_files"]:
@@ -473,7 +554,7 @@ def fsck(directory: str, as_json: bool, repair: bool) -> None:
 # -- dead -------------------------------------------------------------------------------
 
 
-@main.group()
+@main.group(cls=DeadGroup)
 def dead() -> None:
     """Dead-lettered jobs: list and show read-only; requeue and purge need the lock."""
 
@@ -590,10 +671,22 @@ def _admin(step: Callable[[], T], what: str) -> T:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("task")
 @click.option("--payload", default=None, help="The payload as JSON.")
-@click.option("--payload-file", type=click.File("rb"), default=None, help="Payload bytes file.")
-@click.option("--key", default=None, help="Idempotency key.")
+@click.option(
+    "--payload-file",
+    type=click.File("rb"),
+    default=None,
+    help="A file whose bytes are the payload (a bytes payload); - reads stdin.",
+)
+@click.option("--key", default=None, help="Idempotency key: an unfinished job with it is reused.")
 @click.option("--delay", type=click.FloatRange(0), default=0.0, help="Seconds before it is due.")
-@click.option("--priority", type=int, default=0)
+@click.option("--priority", type=int, default=0, help="Higher runs first.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=60.0,
+    help="Seconds to wait for a running owner's reply.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
 @guarded
 def enqueue(
     directory: str,
@@ -603,10 +696,15 @@ def enqueue(
     key: str | None,
     delay: float,
     priority: int,
+    timeout: float,
+    as_json: bool,
 ) -> None:
-    """Add a job durably (with or without an owner running); print its id."""
-    from walq.producer import connect  # noqa: PLC0415
+    """Add a job durably (with or without an owner running); print its id.
 
+    With no owner running, the job is enqueued directly (the queue's lock is
+    taken for a moment); only an owner that holds the lock but does not
+    answer leaves it in the spool.
+    """
     if payload is not None and payload_file is not None:
         fail("give --payload or --payload-file, not both")
     value: Any = None
@@ -618,15 +716,18 @@ def enqueue(
     elif payload_file is not None:
         value = payload_file.read()
     if redisq.is_redis_url(directory):
-        click.echo(redisq.enqueue(directory, task, value, key=key, delay=delay, priority=priority))
-        return
-    insp.check_queue_dir(directory)
-    with connect(directory) as producer:
-        jid = producer.enqueue(task, value, key=key, delay=delay, priority=priority)
-    if jid is None:
-        click.echo("spooled: no owner is running; the next owner enqueues it")
+        jid = redisq.enqueue(directory, task, value, key=key, delay=delay, priority=priority)
+        done = insp.Enqueued(job=jid, route="redis")
     else:
-        click.echo(jid)
+        done = insp.enqueue(
+            directory, task, value, key=key, delay=delay, priority=priority, timeout=timeout
+        )
+    if as_json:
+        emit_json({"id": done.job, "route": done.route, "spooled": done.job is None})
+    elif done.job is None:
+        click.echo(f"spooled: {SPOOLED_NOTE}; the owner did not answer")
+    else:
+        click.echo(done.job)
 
 
 @main.command()
@@ -672,18 +773,25 @@ def compact(directory: str, as_json: bool) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--tasks", "tasks_spec", required=True, help="The walq.Tasks object, module:attr.")
-@click.option("--processes", "-p", type=click.IntRange(1), default=None, help="Worker processes.")
-@click.option("--prefetch", type=click.IntRange(1), default=1, help="Jobs queued per process.")
-@click.option("--max-tasks-per-child", type=click.IntRange(1), default=None)
-@click.option("--max-memory", type=click.IntRange(1), default=None, help="Bytes of RSS per worker.")
+@click.option("--processes", "-p", type=click.IntRange(1), default=None,
+              help="Worker processes.  [default: the number of CPUs]")  # fmt: skip
+@click.option("--prefetch", type=click.IntRange(1), default=DEFAULT_PREFETCH,
+              help="Jobs a worker process may hold while jobs are short (WORKER.md).")  # fmt: skip
+@click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
+              help="Replace a worker process after this many jobs.  [default: never]")  # fmt: skip
+@click.option("--max-memory", type=click.IntRange(1), default=None,
+              help="Replace a worker above this RSS in bytes.  [default: none]")  # fmt: skip
 @click.option("--shutdown-grace", type=float, default=30.0, help="Seconds to drain on SIGTERM.")
-@click.option("--sync", type=click.Choice(["always", "interval", "never"]), default="always")
+@click.option("--sync", type=click.Choice(["always", "interval", "never"]), default="always",
+              help="When the log is fsynced (README: durability modes).")  # fmt: skip
 @click.option("--log-level", default="INFO", help="Python logging level.")
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", help="Log lines."
 )
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
-              help="Serve Prometheus metrics on this port (walq[metrics]).")  # fmt: skip
+              help="Serve Prometheus metrics here (walq[metrics]).  [default: off]")  # fmt: skip
+@click.option("--metrics-host", default="127.0.0.1",
+              help="The address --metrics-port listens on (0.0.0.0: every interface).")  # fmt: skip
 @guarded
 def worker(
     directory: str,
@@ -697,6 +805,7 @@ def worker(
     log_level: str,
     log_format: str,
     metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Own the queue in DIRECTORY and run its jobs until SIGTERM or SIGINT."""
     from walq import metrics  # noqa: PLC0415 - only the worker command configures logging
@@ -724,9 +833,19 @@ def worker(
         )
         if metrics_port is not None:
             metrics.QueueCollector(q, w).register()
-            metrics.prometheus().start_http_server(metrics_port)
+            serve_metrics(metrics_host, metrics_port)
         code = w.run()
     sys.exit(code)
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """Serve Prometheus metrics on host:port; an error names the address (say, in use)."""
+    from walq import metrics  # noqa: PLC0415 - an optional extra
+
+    try:
+        metrics.prometheus().start_http_server(port, addr=host)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, f"--metrics-port {host}:{port}") from exc
 
 
 @main.command()

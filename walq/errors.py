@@ -65,6 +65,18 @@ class ArgumentError(WalqError, ValueError):
     """An argument is out of range or of the wrong kind."""
 
 
+class TaskModuleError(ArgumentError):
+    """The tasks module named by "module:attr" raised while it was imported.
+
+    `detail` is the traceback of the user's code (from the module's own
+    frames), for a command line to show above its one-line message.
+    """
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 class PayloadError(ArgumentError):
     """A payload is not JSON-serialisable, not bytes, or larger than the limit."""
 

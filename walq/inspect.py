@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from walq import spool
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
@@ -206,7 +207,7 @@ def _scan_segment(
 
 Position = tuple[int, int]  # (segment sequence number, byte offset)
 
-ROW_TYPES = (*fmt.TYPE_NAMES.values(), "damage", "torn-tail", "notice")
+ROW_TYPES = (*fmt.TYPE_NAMES.values(), "damage", "torn-tail", "notice", "spooled")
 
 
 def parse_position(text: str) -> Position:
@@ -231,6 +232,20 @@ def _preview(data: bytes, limit: int | None) -> str:
     return text + ("..." if len(data) > limit else "")
 
 
+def payload_fields(kind: int, payload: bytes, *, full: bool = False) -> dict[str, Any]:
+    """A payload as dump shows it: a preview (hex for bytes) unless `full`, its kind and size."""
+    if kind == ev.PAYLOAD_BYTES:
+        cut = not full and len(payload) > PREVIEW // 2
+        text = payload[: PREVIEW // 2 if cut else None].hex() + ("..." if cut else "")
+    else:
+        text = _preview(payload, None if full else PREVIEW)
+    return {
+        "payload": text,
+        "payload_kind": "bytes" if kind == ev.PAYLOAD_BYTES else "json",
+        "payload_bytes": len(payload),
+    }
+
+
 def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
     """The fields of one record's event, for dump (payload as a preview unless `full`)."""
     try:
@@ -252,16 +267,7 @@ def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
                 out["error"] = e.error
         elif e.origin:
             out["origin"] = e.origin
-        limit = None if full else PREVIEW
-        if e.kind == ev.PAYLOAD_BYTES:
-            cut = not full and len(e.payload) > PREVIEW // 2
-            out["payload"] = e.payload[: PREVIEW // 2 if cut else None].hex() + (
-                "..." if cut else ""
-            )
-        else:
-            out["payload"] = _preview(e.payload, limit)
-        out["payload_kind"] = "bytes" if e.kind == ev.PAYLOAD_BYTES else "json"
-        out["payload_bytes"] = len(e.payload)
+        out.update(payload_fields(e.kind, e.payload, full=full))
     elif isinstance(e, ev.Claim | ev.Release):
         # A claim starts attempt N; a release hands the job back with N attempts counted.
         one, many = ("attempt", "attempts") if isinstance(e, ev.Claim) else ("counted", "counts")
@@ -416,11 +422,15 @@ class DumpFilter:
 
     def matches(self, row: dict[str, Any]) -> bool:
         """Whether `row` passes the filter."""
-        at = (row["seq"], row["offset"])
-        if self.start is not None and at < self.start:
-            return False
-        if self.end is not None and at >= self.end:
-            return False
+        if row["type"] == "spooled":  # not in the log yet: no position, no job id
+            if self.start is not None or self.end is not None:
+                return False
+        else:
+            at = (row["seq"], row["offset"])
+            if self.start is not None and at < self.start:
+                return False
+            if self.end is not None and at >= self.end:
+                return False
         if row["type"] in ("damage", "torn-tail", "notice"):
             return True  # damage is always shown; only the range hides it
         if self.types and row["type"] not in self.types:
@@ -439,6 +449,41 @@ class DumpFilter:
             None if self.start is None else self.start[0],
             None if self.end is None else self.end[0],
         )
+
+
+def spooled_rows(
+    path: str, *, payload: bool = True, full: bool = False, fs: FileSystem | None = None
+) -> Iterator[dict[str, Any]]:
+    """One row per job waiting in the spool of `path`, oldest first (read-only).
+
+    Producers leave jobs there while an owner cannot be reached; they have no
+    id until an owner ingests them, and their ENQUEUE records then carry the
+    same `origin`. A file ingested while this reads is skipped.
+    """
+    fs = fs or OsFileSystem()
+    directory = posixpath.join(path, SPOOL_DIR)
+    for entry in live_entries(_names(fs, directory)):
+        try:
+            request = spool.read(fs, posixpath.join(directory, entry.name))
+        except FileNotFoundError:
+            continue  # ingested meanwhile: its jobs are in the log now
+        for index, item in enumerate(request.items):
+            row: dict[str, Any] = {
+                "type": "spooled",
+                "file": entry.name,
+                "origin": spool.origin(entry.stem, index),
+                "task": item.task,
+                "key": item.key,
+                "priority": item.priority,
+                "created": request.wall,
+            }
+            if item.delay:
+                row["delay"] = item.delay
+            if item.max_attempts:
+                row["max_attempts"] = item.max_attempts
+            if payload:
+                row.update(payload_fields(item.kind, item.data, full=full))
+            yield row
 
 
 def dump(
@@ -982,6 +1027,50 @@ def _open_owned(path: str, fs: FileSystem | None) -> Any:
         who = owner(path)
         pid = f" (pid {who.pid})" if who.pid else ""
         raise LockedError(f"{path}: an owner is running{pid}") from None
+
+
+@attrs.frozen
+class Enqueued:
+    """Where `enqueue` put a job: its id (None while spooled) and the way it went."""
+
+    job: int | None
+    route: str  # "owner" (its socket), "direct" (no owner: the lock taken), "spool", "redis"
+
+
+def enqueue(
+    path: str,
+    task: str,
+    payload: Any = None,
+    *,
+    key: str | None = None,
+    delay: float = 0.0,
+    priority: int = 0,
+    timeout: float = 60.0,
+    fs: FileSystem | None = None,
+) -> Enqueued:
+    """Add one job durably to the queue in `path` (an existing queue or an empty directory).
+
+    With no owner running, take the lock, open the queue (it replays, and
+    ingests the spool) and enqueue directly, so the job is in the log at
+    once. With an owner, send it over the owner's socket, waiting up to
+    `timeout` seconds for the reply. Only an owner that holds the lock but
+    cannot be reached leaves the job in the spool, for it to ingest. A queue
+    whose lock this user may not open is left to the producer's way, whose
+    error names the socket or spool the user may not use.
+    """
+    from walq.producer import connect  # noqa: PLC0415 - the read-only tools never need it
+    from walq.queue import Queue  # noqa: PLC0415
+
+    check_queue_dir(path, fs)
+    try:
+        q = Queue.open(path, compaction=False, fs=fs)
+    except (LockedError, PermissionError):  # an owner runs, or the queue is another user's
+        with connect(path, timeout=timeout, fs=fs) as producer:
+            jid = producer.enqueue(task, payload, key=key, delay=delay, priority=priority)
+        return Enqueued(job=jid, route="spool" if jid is None else "owner")
+    with q:
+        jid = q.enqueue(task, payload, key=key, delay=delay, priority=priority, sync=True)
+    return Enqueued(job=jid, route="direct")
 
 
 def requeue(path: str, ids: Iterable[int], fs: FileSystem | None = None) -> list[int]:

@@ -315,7 +315,7 @@ class Producer:
                     return None
                 if exc.errno in _NO_OWNER or isinstance(exc, TimeoutError):
                     return None
-                raise
+                raise OSError(exc.errno, exc.strerror, self._where()) from exc  # name the socket
         uid = wire.peer_uid(conn)
         if uid is not None and uid != os.geteuid():
             # Not our owner: another user holds the socket name (squatting). Never

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import attrs
 
 from walq.core.retry import Backoff, CircuitBreaker, RateLimit, TaskPolicy
-from walq.errors import ArgumentError
+from walq.errors import ArgumentError, TaskModuleError
 from walq.job import Job, check_seconds, check_task
 
 Handler = Callable[[Any, Job], Any]
@@ -109,15 +110,56 @@ class Tasks:
 
 
 def load_tasks(spec: str) -> Tasks:
-    """The Tasks object named by "module:attribute" (for `walq worker --tasks`)."""
+    """The Tasks object named by "module:attribute" (for `walq worker --tasks`).
+
+    ArgumentError, one line, if the spec is malformed, the module does not
+    exist, it has no such attribute or the attribute is not a walq.Tasks;
+    TaskModuleError (with the traceback of the module's code) if importing
+    the module raised.
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ArgumentError(f"--tasks takes module:attribute, not {spec!r}")
+        raise ArgumentError(f"--tasks takes module:attribute (say myapp.jobs:tasks), not {spec!r}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ArgumentError(f"cannot import {module_name!r}: {exc}") from None
-    obj = getattr(module, attr, None)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and _is_prefix(exc.name, module_name):
+            raise ArgumentError(
+                f"no module named {exc.name!r} (--tasks {spec}; looked in the current "
+                "directory and sys.path)"
+            ) from None
+        raise _import_error(module_name, exc) from None  # the module's own import failed
+    except Exception as exc:  # whatever the user's module raises is theirs to see
+        raise _import_error(module_name, exc) from None
+    if not hasattr(module, attr):
+        raise ArgumentError(f"module {module_name!r} has no attribute {attr!r} (--tasks {spec})")
+    obj = getattr(module, attr)
     if not isinstance(obj, Tasks):
-        raise ArgumentError(f"{spec} is not a walq.Tasks object")
+        raise ArgumentError(
+            f"{spec} is of type {type(obj).__name__}, not a walq.Tasks (the object whose "
+            "@tasks.task registers the handlers)"
+        )
     return obj
+
+
+def _is_prefix(missing: str, module_name: str) -> bool:
+    """Whether the missing module is `module_name` or a package on its path."""
+    return module_name == missing or module_name.startswith(missing + ".")
+
+
+def _import_error(module_name: str, exc: BaseException) -> TaskModuleError:
+    """The error for a tasks module that raised at import, its traceback from its own frames."""
+    tb = exc.__traceback__
+    while tb is not None and _machinery(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    detail = "".join(traceback.format_exception(type(exc), exc, tb))
+    what = f"{type(exc).__name__}: {exc}".split("\n", 1)[0]
+    return TaskModuleError(f"cannot import tasks module {module_name!r}: {what}", detail)
+
+
+def _machinery(filename: str) -> bool:
+    """Whether a frame belongs to the import machinery or this module, not the user's code."""
+    return filename.startswith("<frozen importlib") or filename in (
+        importlib.__file__,
+        __file__,
+    )

@@ -44,6 +44,7 @@ log = logging.getLogger("walq.worker")
 
 STATUS_FILE = "worker-status.json"
 SHORT_JOB = 0.01  # seconds: jobs that typically run shorter than this are prefetched
+DEFAULT_PREFETCH = 8  # jobs a worker process may hold (Worker, `walq worker --prefetch`)
 
 
 # -- the worker process ----------------------------------------------------------
@@ -177,7 +178,7 @@ class Worker:
         tasks: Tasks,
         *,
         processes: int | None = None,
-        prefetch: int = 8,
+        prefetch: int = DEFAULT_PREFETCH,
         max_tasks_per_child: int | None = None,
         max_memory: int | None = None,
         shutdown_grace: float = 30.0,
