@@ -211,6 +211,7 @@ def test_deleting_lock_under_a_running_owner_lets_no_second_owner_in(tmp_path: P
         [PY, "-c", textwrap.dedent(OWNER_SCRIPT), path, str(ready)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -223,10 +224,17 @@ def test_deleting_lock_under_a_running_owner_lets_no_second_owner_in(tmp_path: P
                 walq.Queue.open(path, serve=False, compaction=False)
         with pytest.raises(walq.LockedError):
             inspect.repair(path)
+        # The owner notices at its next commit and locks a fresh LOCK again.
+        wait_for(lambda: os.path.exists(os.path.join(path, "LOCK")))
+        os.remove(os.path.join(path, "LOCK"))
+        wait_for(lambda: os.path.exists(os.path.join(path, "LOCK")))
+        with pytest.raises(walq.LockedError):
+            walq.Queue.open(path, serve=False, compaction=False)
     finally:
         proc.terminate()
-        stdout, _ = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0
+    assert "locked it again" in stderr
     acked = json.loads(stdout.splitlines()[-1])["acked"]
     assert acked > 0
     assert not inspect.fsck(path).problems
@@ -450,3 +458,21 @@ def test_a_full_listen_backlog_is_waited_for_then_spooled(
         finally:
             for s in fillers:
                 s.close()
+
+
+def test_an_owner_whose_lock_file_another_holds_stops_writing(qdir: str) -> None:
+    """LOCK replaced by a file someone else locked: the owner's next commit fails, loudly."""
+    import fcntl
+
+    with walq.Queue.open(qdir, serve=False, compaction=False) as q:
+        q.enqueue("t", 1)
+        lock_path = os.path.join(qdir, "LOCK")
+        os.remove(lock_path)
+        with open(lock_path, "a+b") as other:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a second owner's lock
+            with pytest.raises(walq.LogFailedError, match="another process holds the new one"):
+                q.enqueue("t", 2)
+            with pytest.raises(walq.LogFailedError):
+                q.enqueue("t", 3)
+    with walq.Queue.open(qdir, serve=False) as q:
+        assert q.stats()["pending"] == 1

@@ -38,6 +38,8 @@ class ProcessLock:
         self._handle = handle
         self._dir_fd = dir_fd
         self._pid = os.getpid()
+        st = os.fstat(handle.fileno())
+        self._inode = (st.st_dev, st.st_ino)
 
     @classmethod
     def acquire(cls, path: str, timeout: float = 0.0) -> ProcessLock:
@@ -66,6 +68,41 @@ class ProcessLock:
             if time.monotonic() >= deadline:
                 raise LockedError(f"{path}: the queue is owned by another process or thread")
             time.sleep(0.02)
+
+    def verify(self) -> None:
+        """Check that the lock file at the path is still the one held (one lstat).
+
+        A deleted or replaced lock file is locked again (and logged), so the
+        tools that look for it find the owner; LockedError if another process
+        holds the file now at the path -- the caller must stop writing.
+        """
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                return
+        except FileNotFoundError:
+            pass
+        if self._handle is None or os.getpid() != self._pid:
+            return
+        handle = open(self.path, "a+b")  # noqa: SIM115 - held for the owner's life
+        try:
+            os.chmod(self.path, 0o600)
+            portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
+        except (portalocker.LockException, OSError):
+            handle.close()
+            raise LockedError(
+                f"{self.path}: the lock file was replaced while this process owned the queue,"
+                " and another process holds the new one"
+            ) from None
+        log.warning(
+            "%s: the lock file was deleted or replaced while this process owned the queue;"
+            " locked it again (do not delete it)",
+            self.path,
+        )
+        old, self._handle = self._handle, handle
+        st = os.fstat(handle.fileno())
+        self._inode = (st.st_dev, st.st_ino)
+        old.close()
 
     def release(self) -> None:
         """Give the lock up (idempotent)."""

@@ -43,6 +43,7 @@ from walq.errors import (
     ClosedError,
     CompactionError,
     CorruptionError,
+    LockedError,
     LogFailedError,
 )
 from walq.fs import FileSystem
@@ -130,6 +131,9 @@ class Log:
         self.fsyncs = 0
         self.sync_seconds = 0.0
         self._rebuilt: set[int] = set()  # segments read with a header rebuilt from the name
+        # Checks that this process still owns the directory (the lock's verify):
+        # called once per commit batch and at each roll; LockedError fails the log.
+        self.guard: Callable[[], None] | None = None
         self._forked = False  # set in a fork() child: it may not write (walq.forks)
         self._pid = forks.track(self)
 
@@ -144,6 +148,11 @@ class Log:
         if self._forked or os.getpid() != self._pid:
             self._forked = True
             raise forks.error(self.directory, self._pid)
+        if self.guard is not None:
+            try:
+                self.guard()
+            except (LockedError, OSError) as exc:
+                self._fail(f"{exc}: stopping writes so that two owners never write one log")
 
     # -- recovery --------------------------------------------------------------
 

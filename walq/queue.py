@@ -210,6 +210,7 @@ class Queue:
         lock = fs.lock(posixpath.join(path, LOCK_FILE), lock_timeout)
         try:
             wal = Log(fs, path, segment_size=segment_size, sync=sync, sync_interval=sync_interval)
+            wal.guard = getattr(lock, "verify", None)  # a deleted LOCK is taken again
             q = cls(
                 path,
                 fs,

@@ -123,6 +123,7 @@ class ProducerServer:
         self._queued = 0  # connections put on _ready and not yet taken (under _conns_mu)
         self._free_handlers = 0  # handlers waiting on _ready (under _conns_mu)
         self._busy_logged = 0.0
+        self._idle_checked = 0.0
         self._squatter: tuple[int, int] | None = None  # (pid, uid) holding our socket name
         self._unlink_pending: set[str] = set()  # ingested, but the unlink failed
         self._stuck: set[str] = set()  # damaged or refused, and could not be set aside
@@ -420,7 +421,11 @@ class ProducerServer:
 
     def _close_idle(self) -> None:
         """Close connections idle for longer than idle_timeout (their producers reconnect)."""
-        cutoff = time.monotonic() - self.idle_timeout
+        now = time.monotonic()
+        if now - self._idle_checked < min(1.0, self.idle_timeout):
+            return  # a scan of every connection, not at each request
+        self._idle_checked = now
+        cutoff = now - self.idle_timeout
         with self._conns_mu:
             old = [c for c, s in self._conns.items() if s.idle and s.since < cutoff]
         assert self._sel is not None
