@@ -29,6 +29,7 @@ from walq.errors import (
     WalqError,
 )
 from walq.metrics import MetricsUnavailable
+from walq.queue import RECOVERY_MODES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -438,6 +439,7 @@ def fsck(directory: str, as_json: bool, repair: bool) -> None:
                 "clean": report.clean,
                 "problems": report.problems,
                 "warnings": report.warnings,
+                "lost": report.lost.as_dict() if report.lost is not None else None,
                 "repaired": repaired,
                 "repair_error": repair_error,
                 "clean_after_repair": None if after is None else after.clean,
@@ -448,6 +450,9 @@ def fsck(directory: str, as_json: bool, repair: bool) -> None:
             click.echo(click.style("DAMAGE  ", fg="red", bold=True) + p)
         for w in report.warnings:
             click.echo(click.style("warning ", fg="yellow") + w)
+        if report.lost is not None and not repaired:  # a repair lists them itself
+            for line in report.lost.lines():
+                click.echo(click.style("LOST    ", fg="red", bold=True) + line)
         for r in repaired:
             click.echo(click.style("repaired ", fg="green") + r)
         verdict = (
@@ -684,6 +689,8 @@ def compact(directory: str, as_json: bool) -> None:
 )
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics on this port (walq[metrics]).")  # fmt: skip
+@click.option("--recovery", type=click.Choice(RECOVERY_MODES), default="strict",
+              help="skip: open past damage, logging and counting it (see walq fsck).")  # fmt: skip
 @guarded
 def worker(
     directory: str,
@@ -697,6 +704,7 @@ def worker(
     log_level: str,
     log_format: str,
     metrics_port: int | None,
+    recovery: str,
 ) -> None:
     """Own the queue in DIRECTORY and run its jobs until SIGTERM or SIGINT."""
     from walq import metrics  # noqa: PLC0415 - only the worker command configures logging
@@ -712,7 +720,7 @@ def worker(
         metrics.prometheus()  # the install hint before opening anything
     sys.path.insert(0, ".")
     tasks = load_tasks(tasks_spec)
-    with Queue.open(directory, sync=sync) as q:
+    with Queue.open(directory, sync=sync, recovery=recovery) as q:
         w = Worker(
             q,
             tasks,
