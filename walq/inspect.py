@@ -151,9 +151,11 @@ def _peek_first(fs: FileSystem, path: str, seq: int) -> int | None:
     finally:
         f.close()
     try:
-        return fmt.SegmentHeader.decode(data, seg_path).first
+        header = fmt.SegmentHeader.decode(data, seg_path)
     except CorruptionError:
         return seq
+    # A valid header naming another segment (a copied file) covers nothing.
+    return header.first if header.seq == seq else seq
 
 
 def _scan_segment(
