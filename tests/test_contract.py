@@ -626,6 +626,7 @@ class TestContract:
 ONE_BACKEND_ONLY = {
     "open",  # each takes its own options (a directory's; a server's)
     "compact",  # the file queue's compactor; Redis rewrites its AOF itself
+    "compactor_health",  # whether that compactor keeps failing
     "sync_mode",  # the file queue's fsync policy
     "record_worker_status",  # Redis keeps the worker's breaker states on the server
 }

@@ -9,8 +9,10 @@ counts it and goes on; fsck --repair accepts the loss by compacting.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,147 @@ def test_an_intact_queue_with_many_compactions_stays_clean(qdir: str) -> None:
     assert insp.fsck(qdir).clean
     with open_queue(qdir) as q:
         assert q.stats()["pending"] == 25
+
+
+# -- damaged headers: rebuilt from the file name -------------------------------------------
+
+
+def break_header(seg: Path) -> None:
+    data = bytearray(seg.read_bytes())
+    data[0:8] = b"garbage!"  # bad magic: what an editor or a stray write leaves
+    seg.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("which", ["compacted first", "middle"])
+def test_a_damaged_header_is_rebuilt_by_repair_and_read_past_by_skip(qdir: str, which: str) -> None:
+    """Strict open refuses; skip reads every job behind it; --repair rebuilds it: nothing lost."""
+    ids = fill(qdir, 40, compact_after=12)
+    segs = segments(qdir)
+    seg = segs[0] if which == "compacted first" else segs[2]
+    break_header(seg)
+
+    with pytest.raises(walq.CorruptionError, match="bad magic"):
+        open_queue(qdir)
+    with open_queue(qdir, recovery="skip") as q:
+        assert q.stats()["damaged"] == 1
+        assert q.stats()["pending"] == len(ids)  # the records behind the header were read
+    report = insp.fsck(qdir)
+    assert any("rebuilt from the file name" in p for p in report.problems)
+
+    repaired = insp.repair(qdir)
+    assert any("rebuilt from the file name" in line for line in repaired), repaired
+    assert insp.fsck(qdir).clean
+    with open_queue(qdir) as q:
+        assert q.stats()["pending"] == len(ids)
+        assert sorted(j.id for j in (q.claim() for _ in ids) if j) == ids
+
+
+def test_a_header_naming_another_segment_is_left_out_by_skip_and_moved_aside_by_repair(
+    qdir: str,
+) -> None:
+    """A copy of segment 2 named as segment 3 cannot be rebuilt: skip leaves it out, repair
+    sets it aside."""
+    fill(qdir, 40)
+    segs = segments(qdir)
+    segs[2].write_bytes(segs[1].read_bytes())
+    with pytest.raises(walq.CorruptionError, match="header says segment 2"):
+        open_queue(qdir)
+    with open_queue(qdir, recovery="skip") as q:
+        assert q.stats()["damaged"] == 1
+        assert q.stats()["lost"] is not None
+    repaired = insp.repair(qdir)
+    assert any("moved to" in line and "cut" in line for line in repaired), repaired
+    assert (Path(qdir) / "cut" / (segs[2].name + ".damaged")).exists()
+    assert insp.fsck(qdir).clean
+    open_queue(qdir).close()
+
+
+# -- repair and skip say which jobs they lost ----------------------------------------------
+
+
+def truncate_sealed(qdir: str) -> tuple[list[int], range]:
+    """400 jobs in two segments; the first (sealed) cut to a third: ids 129..385 go."""
+    with walq.Queue.open(qdir, segment_size=64 << 10, compaction=False, serve=False) as q:
+        ids = q.enqueue_many([("t", {"i": i, "pad": "x" * 100}) for i in range(400)])
+    seg = segments(qdir)[0]
+    data = seg.read_bytes()
+    seg.write_bytes(data[: len(data) // 3])
+    return ids, range(129, 386)
+
+
+def test_repair_of_a_truncated_sealed_segment_lists_the_jobs_it_lost(qdir: str) -> None:
+    """Not just "removed 1 damaged range (103 bytes)": the 257 job ids that went with it."""
+    ids, gone = truncate_sealed(qdir)
+    result = walq_cli("fsck", "--repair", "--json", qdir)
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["lost"]["unaccounted"] == [[gone[0], gone[-1]]]
+    assert any(f"{len(gone)} job ids not accounted for" in r for r in out["repaired"])
+    assert any(f"{gone[0]}..{gone[-1]}" in r for r in out["repaired"])
+    text = walq_cli("fsck", qdir + "/../q")  # clean now: nothing more to say
+    assert text.returncode == 0
+    with open_queue(qdir) as q:
+        assert q.stats()["pending"] == len(ids) - len(gone)
+
+
+def test_fsck_and_a_skip_open_list_the_lost_jobs_too(qdir: str) -> None:
+    """The same accounting from fsck (text and --json) and from Queue.open(recovery="skip")."""
+    _, gone = truncate_sealed(qdir)
+    text = walq_cli("fsck", qdir)
+    assert text.returncode == 1
+    assert f"LOST    {len(gone)} job ids not accounted for" in text.stdout
+    assert f"{gone[0]}..{gone[-1]}" in text.stdout
+    with open_queue(qdir, recovery="skip") as q:
+        lost = q.stats()["lost"]
+    assert lost["unaccounted"] == [[gone[0], gone[-1]]]
+    assert lost["maybe_stale"] == [[1, gone[0] - 1]]
+
+
+def test_a_missing_segment_whose_ids_follow_the_last_enqueue_says_they_are_unknown(
+    qdir: str,
+) -> None:
+    """Events survive for jobs whose enqueue is gone: those are lost; later ids are unknown."""
+    with walq.Queue.open(qdir, segment_size=SMALL, compaction=False, serve=False) as q:
+        ids = [q.enqueue("t", {"i": i, "pad": "x" * 400}) for i in range(20)]
+        claimed = [q.claim() for _ in range(3)]
+        q._log.seal()
+        for job in claimed:
+            assert job is not None
+            q.ack(job.id)
+    segs = segments(qdir)
+    segs[-2].unlink()  # the last sealed segment: the newest enqueues
+    report = insp.fsck(qdir)
+    assert report.lost is not None
+    lines = " ".join(report.lost.lines())
+    assert "cannot be accounted for" in lines
+    assert report.lost.unknown_above is not None and report.lost.unknown_above < ids[-1]
+
+
+def test_walq_worker_takes_recovery_skip(qdir: str, tmp_path: Path) -> None:
+    """`walq worker --recovery skip` runs a damaged queue; without it, it exits 1 (damage)."""
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir, segment_size=SMALL, compaction=False, serve=False) as q:
+        for _ in range(30):
+            q.enqueue("ok", {"ledger": str(ledger), "pad": "x" * 400})
+    segments(qdir)[1].unlink()
+    root = str(Path(__file__).resolve().parent.parent)
+    cmd = [sys.executable, "-m", "walq", "worker", qdir, "--tasks", "tests.worker_tasks:tasks",
+           "--processes", "1", "--log-level", "WARNING", "--shutdown-grace", "1"]  # fmt: skip
+    strict = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, check=False)
+    assert strict.returncode == 1, strict.stderr
+    assert "missing" in strict.stderr and len(strict.stderr.strip().splitlines()) == 1
+
+    proc = subprocess.Popen(
+        [*cmd, "--recovery", "skip"], cwd=root, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if ledger.exists() and len(ledger.read_text().splitlines()) >= 20:
+                break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    ran = {int(line.split()[0]) for line in ledger.read_text().splitlines()}
+    assert len(ran) >= 20
+    assert "job ids not accounted for" in err

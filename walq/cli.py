@@ -29,6 +29,7 @@ from walq.errors import (
     WalqError,
 )
 from walq.metrics import MetricsUnavailable
+from walq.queue import RECOVERY_MODES
 from walq.worker import DEFAULT_PREFETCH
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -519,6 +520,7 @@ def fsck(directory: str, as_json: bool, repair: bool) -> None:
                 "clean": report.clean,
                 "problems": report.problems,
                 "warnings": report.warnings,
+                "lost": report.lost.as_dict() if report.lost is not None else None,
                 "repaired": repaired,
                 "repair_error": repair_error,
                 "clean_after_repair": None if after is None else after.clean,
@@ -529,6 +531,9 @@ def fsck(directory: str, as_json: bool, repair: bool) -> None:
             click.echo(click.style("DAMAGE  ", fg="red", bold=True) + p)
         for w in report.warnings:
             click.echo(click.style("warning ", fg="yellow") + w)
+        if report.lost is not None and not repaired:  # a repair lists them itself
+            for line in report.lost.lines():
+                click.echo(click.style("LOST    ", fg="red", bold=True) + line)
         for r in repaired:
             click.echo(click.style("repaired ", fg="green") + r)
         verdict = (
@@ -792,6 +797,8 @@ def compact(directory: str, as_json: bool) -> None:
               help="Serve Prometheus metrics here (walq[metrics]).  [default: off]")  # fmt: skip
 @click.option("--metrics-host", default="127.0.0.1",
               help="The address --metrics-port listens on (0.0.0.0: every interface).")  # fmt: skip
+@click.option("--recovery", type=click.Choice(RECOVERY_MODES), default="strict",
+              help="skip: open past damage, logging and counting it (see walq fsck).")  # fmt: skip
 @guarded
 def worker(
     directory: str,
@@ -806,6 +813,7 @@ def worker(
     log_format: str,
     metrics_port: int | None,
     metrics_host: str,
+    recovery: str,
 ) -> None:
     """Own the queue in DIRECTORY and run its jobs until SIGTERM or SIGINT."""
     from walq import metrics  # noqa: PLC0415 - only the worker command configures logging
@@ -821,7 +829,7 @@ def worker(
         metrics.prometheus()  # the install hint before opening anything
     sys.path.insert(0, ".")
     tasks = load_tasks(tasks_spec)
-    with Queue.open(directory, sync=sync) as q:
+    with Queue.open(directory, sync=sync, recovery=recovery) as q:
         w = Worker(
             q,
             tasks,

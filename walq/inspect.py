@@ -26,6 +26,7 @@ from walq import spool
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
+from walq.core.ledger import Ledger, Lost
 from walq.core.state import DEAD, PENDING, RUNNING, STATE_NAMES, Loc, Now, QueueState
 from walq.errors import (
     ArgumentError,
@@ -151,9 +152,11 @@ def _peek_first(fs: FileSystem, path: str, seq: int) -> int | None:
     finally:
         f.close()
     try:
-        return fmt.SegmentHeader.decode(data, seg_path).first
+        header = fmt.SegmentHeader.decode(data, seg_path)
     except CorruptionError:
         return seq
+    # A valid header naming another segment (a copied file) covers nothing.
+    return header.first if header.seq == seq else seq
 
 
 def _scan_segment(
@@ -1148,6 +1151,28 @@ def _disk(fs: FileSystem, path: str) -> tuple[int, int]:
 # -- fsck and repair --------------------------------------------------------------------------
 
 
+def account(scans: list[SegmentScan]) -> Lost:
+    """Which job ids the damage in `scans` (the log, in order) took (walq.core.ledger)."""
+    ledger = Ledger()
+    spans: list[tuple[int, int]] = []
+    for scan in scans:
+        spans.append((scan.first, scan.seq))
+        for lo, _ in fmt.missing_segments(spans)[-1:]:
+            ledger.damage((lo, 0))
+        if scan.header_error is not None:
+            ledger.damage((scan.seq, 0))
+        for gap in scan.gaps:
+            ledger.damage((scan.seq, gap.start))
+        for rec in scan.records:
+            try:
+                event = ev.decode(rec.rtype, rec.body)
+            except ev.BadEvent:
+                ledger.damage((scan.seq, rec.offset))
+                continue
+            ledger.event((scan.seq, rec.offset), event)
+    return ledger.result()
+
+
 @attrs.frozen
 class FsckReport:
     """What fsck found: counts, and every problem with its file and offset."""
@@ -1156,6 +1181,8 @@ class FsckReport:
     records: int
     problems: list[str]
     warnings: list[str]
+    # Which jobs the damage took, or could not be accounted for (None when clean).
+    lost: Lost | None = None
 
     @property
     def clean(self) -> bool:
@@ -1196,6 +1223,7 @@ def fsck(
             except ev.BadEvent as exc:
                 problems.append(f"{scan.path}: offset {rec.offset}: undecodable record: {exc}")
     problems += missing(path, [(scan.first, scan.seq) for scan in scans])
+    lost = account(scans) if problems else None
     names = fs.listdir(path)
     for name in names:
         if name.endswith(".tmp"):
@@ -1203,7 +1231,7 @@ def fsck(
                 f"{posixpath.join(path, name)}: an unfinished segment or compaction "
                 "(deleted on the next open)"
             )
-    return FsckReport(len(scans), records, problems, warnings)
+    return FsckReport(len(scans), records, problems, warnings, lost)
 
 
 def repair(path: str, fs: FileSystem | None = None) -> list[str]:
@@ -1221,6 +1249,7 @@ def repair(path: str, fs: FileSystem | None = None) -> list[str]:
     try:
         done: list[str] = []
         scans = scan_dir(path, fs)
+        loss = account(scans)
         for scan in scans:
             bad_bodies = [r for r in scan.records if not _decodes(r)]
             if not scan.gaps and not bad_bodies and not scan.header_error:
@@ -1246,6 +1275,7 @@ def repair(path: str, fs: FileSystem | None = None) -> list[str]:
         sizes = [scan.size for scan in scans]
     finally:
         lock.release()
+    done += [f"{path}: {line}" for line in loss.lines()]
     gone = fmt.missing_segments([(scan.first, scan.seq) for scan in scan_dir(path, fs)])
     if not gone:
         return done

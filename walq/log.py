@@ -131,6 +131,7 @@ class Log:
         self.fsyncs = 0
         self.sync_seconds = 0.0
         self._rebuilt: set[int] = set()  # segments read with a header rebuilt from the name
+        self._left_out: list[int] = []  # segment files recovery="skip" could not read at all
         # Checks that this process still owns the directory (the lock's verify):
         # called once per commit batch and at each roll; LockedError fails the log.
         self.guard: Callable[[], None] | None = None
@@ -244,10 +245,12 @@ class Log:
             self._active = Segment.create(fs, d, SegmentHeader(1, 1), self.segment_size)
             self._end = SEGMENT_HEADER_SIZE
         self._buf_start = self._end
-        if self._active.seq in self._rebuilt:
-            # Nothing is appended behind a damaged header: it stays as found, for repair.
+        past = max([s for s in self._left_out if s > self._active.seq], default=None)
+        if self._active.seq in self._rebuilt or past is not None:
+            # Nothing is appended behind a damaged header (it stays as found, for
+            # repair), nor under the number of a segment that was left out.
             with self._mu:
-                self._roll()
+                self._roll(None if past is None else past + 1)
         if self.sync_mode == "interval":
             self._syncer = threading.Thread(target=self._sync_loop, name="walq-sync", daemon=True)
             self._syncer.start()
@@ -269,7 +272,7 @@ class Log:
         out; and either, like a missing segment, is reported as damage.
         """
         d = self.directory
-        left_out: list[int] = []
+        left_out = self._left_out
         if bad and skip_damage:
             for seq, exc in sorted(bad.items()):
                 path = posixpath.join(d, segment_name(seq))
@@ -463,8 +466,11 @@ class Log:
         self._buf = []
         self._buf_start += len(data)
 
-    def _roll(self) -> None:
-        """Seal the active segment (flush, fsync) and start the next (lock held, no leader)."""
+    def _roll(self, seq: int | None = None) -> None:
+        """Seal the active segment (flush, fsync) and start the next (lock held, no leader).
+
+        The next is numbered `seq`, or the active one's number + 1.
+        """
         assert self._active is not None
         self._check_process()
         old = self._active
@@ -475,7 +481,8 @@ class Log:
             self._fail(f"truncating {old.path} failed: {exc}")
         self._timed_sync(old)
         self._synced = self._appended
-        header = SegmentHeader(old.seq + 1, old.seq + 1)
+        seq = old.seq + 1 if seq is None else seq
+        header = SegmentHeader(seq, seq)
         with self._spare_mu:  # waits for a spare being made now: it is nearly done
             spare, self._spare = self._spare, None
         try:

@@ -20,6 +20,7 @@ from walq.compactor import CompactionResult, Compactor, Policy
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
+from walq.core.ledger import Ledger, Lost
 from walq.core.state import (
     DEAD,
     MAX_ATTEMPTS,
@@ -126,6 +127,7 @@ class Queue:
         self._closed = False
         self._free_checked = (-1.0, 0)
         self.damage: list[Damage] = []
+        self.lost = Lost([], [], [], None)  # the job ids the damage took (recovery="skip")
         # Spool files already ingested, as the log tells (for reconciling the spool on open).
         self.replayed_origins: set[str] = set()
         self.counters = dict.fromkeys(
@@ -280,11 +282,34 @@ class Queue:
         def load(buf: bytes, seq: int, start: int) -> tuple[int, int]:
             return state.load(buf, seq, start, now, sink)
 
-        self.damage = wal.recover(skip_damage=skip_damage, sink=sink, load=load) + bad
+        if not skip_damage:
+            self.damage = wal.recover(skip_damage=False, sink=sink, load=load)
+        else:
+            # Skipping damage: also note what every record says about job ids, to
+            # tell which jobs the damage took (record by record: no fused fast path).
+            ledger = Ledger()
+
+            def noting(seq: int, rtype: int, offset: int, size: int, body: memoryview) -> None:
+                sink(seq, rtype, offset, size, body)
+                with contextlib.suppress(ev.BadEvent, UnicodeDecodeError):
+                    if rtype == enqueue_type:
+                        ledger.enqueued((seq, offset), ev.enqueue_fields(body)[0])
+                    else:
+                        ledger.event((seq, offset), ev.decode(rtype, bytes(body)))
+
+            self.damage = wal.recover(skip_damage=True, sink=noting) + bad
+            for d in self.damage:
+                if not d.torn_tail:
+                    ledger.damage(
+                        (fmt.parse_segment_name(posixpath.basename(d.path)) or 0, d.start)
+                    )
+            self.lost = ledger.result()
         state.finish_replay(now)
         for d in self.damage:
             kind = "torn tail cut" if d.torn_tail else "damaged range skipped"
             log.warning("%s: %s at offset %d..%d: %s", d.path, kind, d.start, d.end, d.reason)
+        for line in self.lost.lines():
+            log.warning("%s: recovery skipped damage: %s", self.path, line)
 
     # -- producing -----------------------------------------------------------------
 
@@ -900,6 +925,8 @@ class Queue:
                 "torn_tails_cut": sum(1 for d in self.damage if d.torn_tail),
                 "fsyncs": self._log.fsyncs,
                 "compactor": self._compactor.health(),
+                # Which jobs skipped damage took (recovery="skip"); None if nothing.
+                "lost": self.lost.as_dict() if self.lost.any else None,
                 "tasks": {
                     t: {
                         "pending": n.pending,
