@@ -23,6 +23,7 @@ from walq.errors import (
     QueueFull,
     StateError,
     UnknownJobError,
+    UnsafeDirectoryError,
     WalqError,
 )
 from walq.job import DeadJob, Job
@@ -64,6 +65,7 @@ __all__ = [
     "Task",
     "Tasks",
     "UnknownJobError",
+    "UnsafeDirectoryError",
     "WalqError",
     "Worker",
     "__version__",

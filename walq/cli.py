@@ -26,6 +26,7 @@ from walq.errors import (
     NotAQueueError,
     StateError,
     UnknownJobError,
+    UnsafeDirectoryError,
     WalqError,
 )
 from walq.metrics import MetricsUnavailable
@@ -38,6 +39,7 @@ EXIT_INTERRUPTED = 130
 # Errors that mean "you asked for something that cannot be done", not damage.
 USAGE_ERRORS: tuple[type[Exception], ...] = (
     NotAQueueError,
+    UnsafeDirectoryError,
     LockedError,
     ArgumentError,
     UnknownJobError,
@@ -590,6 +592,7 @@ def _admin(step: Callable[[], T], what: str) -> T:
 @click.option("--key", default=None, help="Idempotency key.")
 @click.option("--delay", type=click.FloatRange(0), default=0.0, help="Seconds before it is due.")
 @click.option("--priority", type=int, default=0)
+@click.option("--create", is_flag=True, help="Make the queue directory if it is missing.")
 @guarded
 def enqueue(
     directory: str,
@@ -599,6 +602,7 @@ def enqueue(
     key: str | None,
     delay: float,
     priority: int,
+    create: bool,
 ) -> None:
     """Add a job durably (with or without an owner running); print its id."""
     from walq.producer import connect  # noqa: PLC0415
@@ -616,7 +620,8 @@ def enqueue(
     if redisq.is_redis_url(directory):
         click.echo(redisq.enqueue(directory, task, value, key=key, delay=delay, priority=priority))
         return
-    insp.check_queue_dir(directory)
+    if not (create and not os.path.exists(directory)):
+        insp.check_queue_dir(directory)
     with connect(directory) as producer:
         jid = producer.enqueue(task, value, key=key, delay=delay, priority=priority)
     if jid is None:
@@ -680,6 +685,9 @@ def compact(directory: str, as_json: bool) -> None:
 )
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics on this port (walq[metrics]).")  # fmt: skip
+@click.option("--create", is_flag=True, help="Make the queue directory if it is missing.")
+@click.option("--trust-dir", is_flag=True,
+              help="Accept a queue directory of another owner or writable by others.")  # fmt: skip
 @guarded
 def worker(
     directory: str,
@@ -693,6 +701,8 @@ def worker(
     log_level: str,
     log_format: str,
     metrics_port: int | None,
+    create: bool,
+    trust_dir: bool,
 ) -> None:
     """Own the queue in DIRECTORY and run its jobs until SIGTERM or SIGINT."""
     from walq import metrics  # noqa: PLC0415 - only the worker command configures logging
@@ -704,11 +714,17 @@ def worker(
         metrics.configure_logging(log_level, json_lines=log_format == "json")
     except ValueError as exc:
         fail(f"--log-level: {exc}")
-    if metrics_port is not None:
-        metrics.prometheus()  # the install hint before opening anything
     sys.path.insert(0, ".")
     tasks = load_tasks(tasks_spec)
-    with Queue.open(directory, sync=sync) as q:
+    if not create and not os.path.isdir(directory):
+        fail(f"{directory}: no such queue directory (--create makes a new queue)")
+    if metrics_port is not None:
+        # Bound before anything is opened or made: a busy port leaves no queue behind.
+        try:
+            metrics.prometheus().start_http_server(metrics_port)
+        except OSError as exc:
+            fail(f"--metrics-port {metrics_port}: cannot listen: {exc.strerror or exc}")
+    with Queue.open(directory, sync=sync, create=create, trust_dir=trust_dir) as q:
         w = Worker(
             q,
             tasks,
@@ -720,7 +736,6 @@ def worker(
         )
         if metrics_port is not None:
             metrics.QueueCollector(q, w).register()
-            metrics.prometheus().start_http_server(metrics_port)
         code = w.run()
     sys.exit(code)
 

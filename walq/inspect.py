@@ -33,7 +33,7 @@ from walq.errors import (
     NotAQueueError,
     StateError,
 )
-from walq.fs import FileSystem, OsFileSystem
+from walq.fs import FileSystem, OsFileSystem, open_fd, own_dir, queue_dir_owner
 from walq.log import CUT_DIR
 from walq.queue import LOCK_FILE
 from walq.spool import SPOOL_DIR, live_entries
@@ -134,6 +134,8 @@ def _peek_first(fs: FileSystem, path: str, seq: int) -> int | None:
         f = fs.open(seg_path)
     except FileNotFoundError:
         return None
+    except CorruptionError:  # not a segment file (a link): _scan_segment reports it
+        return seq
     try:
         data = f.pread(fmt.SEGMENT_HEADER_SIZE, 0)
     finally:
@@ -150,6 +152,9 @@ def _scan_segment(fs: FileSystem, path: str, seq: int, *, newest: bool) -> Segme
         f = fs.open(seg_path)
     except FileNotFoundError:
         return None  # removed by a compaction since the directory was listed
+    except CorruptionError as exc:  # a link or a non-file: never followed, reported as damage
+        return SegmentScan(seg_path, seq, seq, 0, [], [framing.Gap(0, 0, exc.reason)], None, 0,
+                           exc.reason)  # fmt: skip
     try:
         data = f.pread(f.size(), 0)
     finally:
@@ -572,7 +577,7 @@ def owner(path: str) -> Owner:
     """Who holds the queue's lock, found without taking it (Linux: /proc/locks)."""
     lock_path = posixpath.join(path, LOCK_FILE)
     try:
-        st = os.stat(lock_path)
+        st = os.lstat(lock_path)
     except FileNotFoundError:
         return Owner(False)
     except OSError:
@@ -601,9 +606,9 @@ def worker_status(path: str, now: float | None = None) -> dict[str, Any] | None:
     """The worker's advisory status file if it is recent and its worker runs; else None."""
     now = time.time() if now is None else now
     try:
-        with open(posixpath.join(path, STATUS_FILE)) as f:
+        with os.fdopen(open_fd(posixpath.join(path, STATUS_FILE), os.O_RDONLY)) as f:
             status = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, CorruptionError):  # advisory: a link planted there is ignored
         return None
     if not isinstance(status, dict) or status.get("stopped"):
         return None
@@ -1093,9 +1098,7 @@ def repair(path: str, fs: FileSystem | None = None) -> list[str]:
                 done.append(f"{scan.path}: header damaged; segment left as is (restore it)")
                 continue
             aside_dir = posixpath.join(path, CUT_DIR)
-            if not fs.is_dir(aside_dir):
-                fs.makedirs(aside_dir)
-                fs.sync_dir(path)
+            own_dir(fs, aside_dir, queue_dir_owner(fs, path), create=True)
             aside = posixpath.join(aside_dir, posixpath.basename(scan.path) + ".damaged")
             _copy(fs, scan.path, aside)
             fs.sync_dir(aside_dir)

@@ -10,6 +10,7 @@ from typing import Any
 import portalocker
 
 from walq.errors import LockedError
+from walq.fs import open_fd
 
 # flock locks belong to an open file description, so a second open of the lock
 # file in the same process already conflicts on Linux; this registry makes the
@@ -33,9 +34,11 @@ class ProcessLock:
         while True:
             with _held_guard:
                 if key not in _held:
-                    handle = open(path, "a+b")  # noqa: SIM115 - held for the owner's life
+                    # Never through a link planted as LOCK; root gives it to the queue's owner.
+                    fd = open_fd(path, os.O_RDWR | os.O_CREAT)
+                    handle = os.fdopen(fd, "r+b")  # held for the owner's life
                     try:
-                        os.chmod(path, 0o600)
+                        os.fchmod(fd, 0o600)
                         portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
                     except (portalocker.LockException, OSError):
                         handle.close()
