@@ -256,6 +256,12 @@ class TestMakingTheDirectory:
         assert "--create" in proc.stderr
         assert not Path(qdir).exists()
 
+    def test_worker_on_a_redis_url_needs_no_create(self) -> None:
+        """--create is about directories: a Redis URL is not refused for lacking it."""
+        proc = walq_cli("worker", "redis://127.0.0.1:1/0", "--tasks", "tests.worker_tasks:tasks")
+        assert proc.returncode == 2, proc.stderr
+        assert "--create" not in proc.stderr and "127.0.0.1:1" in proc.stderr
+
     def test_worker_with_a_busy_metrics_port_makes_nothing(self, qdir: str) -> None:
         """The port is bound before anything is made: a busy one leaves no queue behind."""
         pytest.importorskip("prometheus_client")

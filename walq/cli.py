@@ -716,7 +716,7 @@ def worker(
         fail(f"--log-level: {exc}")
     sys.path.insert(0, ".")
     tasks = load_tasks(tasks_spec)
-    if not create and not os.path.isdir(directory):
+    if not create and not redisq.is_redis_url(directory) and not os.path.isdir(directory):
         fail(f"{directory}: no such queue directory (--create makes a new queue)")
     if metrics_port is not None:
         # Bound before anything is opened or made: a busy port leaves no queue behind.
