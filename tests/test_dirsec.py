@@ -225,6 +225,15 @@ class TestOwnerAndMode:
         with walq.Queue.open(qdir) as q:
             assert q.stats()["pending"] == len(ids) - 40
 
+    def test_root_producer_spools_files_the_owner_can_ingest(self, qdir: str) -> None:
+        """A producer running as root in a user's queue leaves spool files of that user."""
+        fill(qdir)
+        chown_tree(Path(qdir), NOBODY)
+        with walq.connect(qdir, use_socket=False) as p:
+            p.enqueue("t", {"from": "root"})
+        spooled = [f for f in Path(qdir, "spool").iterdir()]
+        assert spooled and {os.lstat(f).st_uid for f in spooled} == {NOBODY}
+
 
 class TestMakingTheDirectory:
     """A queue is made only where asked, and never beside other files."""
