@@ -458,6 +458,7 @@ def _call(fs: SimFileSystem, kind: str) -> None:
         calls = {
             "open": lambda: fs.open("/q/f"),
             "exists": lambda: fs.exists("/q/f"),
+            "stat": lambda: fs.stat("/q/f"),
             "is_dir": lambda: fs.is_dir("/q"),
             "listdir": lambda: fs.listdir("/q"),
             "makedirs": lambda: fs.makedirs("/q/d"),

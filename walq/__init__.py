@@ -25,6 +25,7 @@ from walq.errors import (
     StateError,
     TaskModuleError,
     UnknownJobError,
+    UnsafeDirectoryError,
     WalqError,
 )
 from walq.job import DeadJob, Job
@@ -68,6 +69,7 @@ __all__ = [
     "TaskModuleError",
     "Tasks",
     "UnknownJobError",
+    "UnsafeDirectoryError",
     "WalqError",
     "Worker",
     "__version__",

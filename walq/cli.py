@@ -26,6 +26,7 @@ from walq.errors import (
     NotAQueueError,
     StateError,
     UnknownJobError,
+    UnsafeDirectoryError,
     WalqError,
 )
 from walq.metrics import MetricsUnavailable
@@ -41,6 +42,7 @@ SPOOLED_NOTE = "ingested when an owner starts or answers"
 # Errors that mean "you asked for something that cannot be done", not damage.
 USAGE_ERRORS: tuple[type[Exception], ...] = (
     NotAQueueError,
+    UnsafeDirectoryError,
     LockedError,
     ArgumentError,
     UnknownJobError,
@@ -692,6 +694,7 @@ def _admin(step: Callable[[], T], what: str) -> T:
     help="Seconds to wait for a running owner's reply.",
 )
 @click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
+@click.option("--create", is_flag=True, help="Make the queue directory if it is missing.")
 @guarded
 def enqueue(
     directory: str,
@@ -703,6 +706,7 @@ def enqueue(
     priority: int,
     timeout: float,
     as_json: bool,
+    create: bool,
 ) -> None:
     """Add a job durably (with or without an owner running); print its id.
 
@@ -725,7 +729,14 @@ def enqueue(
         done = insp.Enqueued(job=jid, route="redis")
     else:
         done = insp.enqueue(
-            directory, task, value, key=key, delay=delay, priority=priority, timeout=timeout
+            directory,
+            task,
+            value,
+            key=key,
+            delay=delay,
+            priority=priority,
+            timeout=timeout,
+            create=create,
         )
     if as_json:
         emit_json({"id": done.job, "route": done.route, "spooled": done.job is None})
@@ -799,6 +810,9 @@ def compact(directory: str, as_json: bool) -> None:
               help="The address --metrics-port listens on (0.0.0.0: every interface).")  # fmt: skip
 @click.option("--recovery", type=click.Choice(RECOVERY_MODES), default="strict",
               help="skip: open past damage, logging and counting it (see walq fsck).")  # fmt: skip
+@click.option("--create", is_flag=True, help="Make the queue directory if it is missing.")
+@click.option("--trust-dir", is_flag=True,
+              help="Accept a queue directory of another owner or writable by others.")  # fmt: skip
 @guarded
 def worker(
     directory: str,
@@ -814,6 +828,8 @@ def worker(
     metrics_port: int | None,
     metrics_host: str,
     recovery: str,
+    create: bool,
+    trust_dir: bool,
 ) -> None:
     """Own the queue in DIRECTORY and run its jobs until SIGTERM or SIGINT."""
     from walq import metrics  # noqa: PLC0415 - only the worker command configures logging
@@ -825,11 +841,16 @@ def worker(
         metrics.configure_logging(log_level, json_lines=log_format == "json")
     except ValueError as exc:
         fail(f"--log-level: {exc}")
-    if metrics_port is not None:
-        metrics.prometheus()  # the install hint before opening anything
     sys.path.insert(0, ".")
     tasks = load_tasks(tasks_spec)
-    with Queue.open(directory, sync=sync, recovery=recovery) as q:
+    if not create and not redisq.is_redis_url(directory) and not os.path.isdir(directory):
+        fail(f"{directory}: no such queue directory (--create makes a new queue)")
+    if metrics_port is not None:
+        # Bound before anything is opened or made: a busy port leaves no queue behind.
+        serve_metrics(metrics_host, metrics_port)
+    with Queue.open(
+        directory, sync=sync, recovery=recovery, create=create, trust_dir=trust_dir
+    ) as q:
         w = Worker(
             q,
             tasks,
@@ -841,7 +862,6 @@ def worker(
         )
         if metrics_port is not None:
             metrics.QueueCollector(q, w).register()
-            serve_metrics(metrics_host, metrics_port)
         code = w.run()
     sys.exit(code)
 

@@ -25,6 +25,10 @@ class NotAQueueError(WalqError):
     """The directory does not exist or holds no walq queue (read-only tools)."""
 
 
+class UnsafeDirectoryError(WalqError):
+    """The queue directory (or walq's file in it) is another user's or writable by others."""
+
+
 class QueueFull(WalqError):
     """A cap (max_pending, max_bytes, free-disk floor) refuses the enqueue."""
 

@@ -10,10 +10,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import posixpath
+import pwd
+import stat
 import sys
 from typing import Protocol
 
-from walq.lock import ProcessLock
+import attrs
+
+from walq.errors import CorruptionError, UnsafeDirectoryError
 
 
 class File(Protocol):
@@ -54,15 +59,33 @@ class Lock(Protocol):
         ...
 
 
+@attrs.frozen
+class Stat:
+    """What `FileSystem.stat` tells of a name: its kind, owner and permission bits."""
+
+    kind: str  # "dir", "file", "link" (a symbolic link) or "other"
+    uid: int
+    gid: int
+    mode: int  # the permission bits, e.g. 0o700
+
+
 class FileSystem(Protocol):
     """The narrow set of file-system operations walq needs."""
 
     def open(self, path: str, *, write: bool = False, create: bool = False) -> File:
-        """Open `path`; `create` makes a new file (mode 0600) and fails if it exists."""
+        """Open the regular file `path`; `create` makes a new one (mode 0600), failing if it exists.
+
+        A symbolic link or anything but a regular file at `path` is never
+        opened: CorruptionError naming it (walq makes no links in a queue).
+        """
         ...
 
     def exists(self, path: str) -> bool:
-        """Whether `path` names an existing file or directory."""
+        """Whether `path` names an existing entry (a dangling symbolic link counts)."""
+        ...
+
+    def stat(self, path: str, *, follow: bool = False) -> Stat:
+        """The kind, owner and mode of `path` (of a link itself unless `follow`)."""
         ...
 
     def is_dir(self, path: str) -> bool:
@@ -150,6 +173,134 @@ def _datasync(fd: int) -> None:
         os.fsync(fd)
 
 
+def open_fd(path: str, flags: int, mode: int = 0o600) -> int:
+    """os.open for walq's own files: never through a symbolic link, only a regular file.
+
+    CorruptionError names a link or a non-regular file at `path` (O_NONBLOCK
+    keeps a FIFO planted there from blocking the open). A file that root
+    creates (O_CREAT) in a directory owned by another user is given to that
+    user, so that the queue's owner can open it next time.
+    """
+    flags |= os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptionError(path, 0, NOT_A_FILE.format("a symbolic link")) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):  # as a write-open of it would say
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptionError(path, 0, NOT_A_FILE.format("not a regular file"))
+        if flags & os.O_CREAT:
+            give_to_dir_owner(path, fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+NOT_A_FILE = "{} where walq keeps its own file (walq makes no links; move it away)"
+
+
+def give_to_dir_owner(path: str, *, fd: int | None = None) -> None:
+    """Running as root, give `path` (or the open `fd`) the owner of the directory holding it.
+
+    An administrative command run as root (`walq compact`) must not leave
+    files the queue's owner cannot open. Does nothing for other users: their
+    files are theirs already (the directory is checked to be theirs).
+    """
+    if os.geteuid() != 0:
+        return
+    parent = os.stat(posixpath.dirname(posixpath.normpath(path)) or ".")
+    st = os.fstat(fd) if fd is not None else os.lstat(path)
+    if (st.st_uid, st.st_gid) != (parent.st_uid, parent.st_gid):
+        if fd is not None:
+            os.fchown(fd, parent.st_uid, parent.st_gid)
+        else:
+            os.lchown(path, parent.st_uid, parent.st_gid)
+
+
+# -- who may own and write a queue directory (docs/OPERATIONS.md, "Permissions") --------------
+
+
+def queue_dir_owner(fs: FileSystem, path: str, *, trust: bool = False) -> int | None:
+    """Check the queue directory `path`; the uid that walq's files in it must have.
+
+    The directory must be owned by the caller (root may administer any
+    user's queue) and writable by its owner alone: whoever else can write it
+    can plant links, spool jobs the owner runs, or take the lock. `trust`
+    (Queue.open's trust_dir) accepts any owner and mode; then None is
+    returned and nothing inside is checked for its owner either -- links are
+    refused all the same.
+    """
+    st = fs.stat(path, follow=True)  # the path itself may be a link to the real directory
+    if trust:
+        return None
+    me = os.geteuid()
+    if me not in (st.uid, 0):  # root may administer any user's queue
+        raise UnsafeDirectoryError(
+            f"{path}: owned by {_user(st.uid)}, not by you ({_user(me)}): walq refuses a "
+            "queue directory another user controls (trust_dir=True accepts it)"
+        )
+    _check_mode(path, st, "queue directory")
+    return st.uid
+
+
+def own_dir(fs: FileSystem, path: str, uid: int | None, *, create: bool) -> bool:
+    """Check walq's subdirectory `path` (spool/, cut/), making it if `create`; whether it exists.
+
+    It must be a real directory (a link is CorruptionError), owned by `uid`
+    (None: not checked) and writable by that owner alone.
+    """
+    try:
+        st = fs.stat(path)
+    except FileNotFoundError:
+        if not create:
+            return False
+        fs.makedirs(path, 0o700)
+        fs.sync_dir(posixpath.dirname(posixpath.normpath(path)) or ".")
+        st = fs.stat(path)
+    if st.kind != "dir":
+        what = "a symbolic link" if st.kind == "link" else "not a directory"
+        raise CorruptionError(path, 0, f"{what} where walq keeps its own directory (move it away)")
+    if uid is not None:
+        if st.uid != uid:
+            raise UnsafeDirectoryError(
+                f"{path}: owned by {_user(st.uid)}, not by the queue's owner ({_user(uid)})"
+            )
+        _check_mode(path, st, "directory")
+    return True
+
+
+def check_owner(fs: FileSystem, path: str, uid: int | None) -> None:
+    """UnsafeDirectoryError unless `path` (not followed) belongs to `uid` (None: anyone)."""
+    if uid is None:
+        return
+    st = fs.stat(path)
+    if st.uid != uid:
+        raise UnsafeDirectoryError(
+            f"{path}: owned by {_user(st.uid)}, not by the queue's owner ({_user(uid)})"
+        )
+
+
+def _check_mode(path: str, st: Stat, what: str) -> None:
+    if st.mode & 0o022:
+        raise UnsafeDirectoryError(
+            f"{path}: mode {st.mode:04o} lets other users write into the {what} "
+            f"(chmod go-w, or trust_dir=True to accept it)"
+        )
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 class OsFileSystem:
     """The real file system."""
 
@@ -157,11 +308,22 @@ class OsFileSystem:
         flags = os.O_RDWR if write or create else os.O_RDONLY
         if create:
             flags |= os.O_CREAT | os.O_EXCL
-        flags |= getattr(os, "O_CLOEXEC", 0)
-        return OsFile(path, os.open(path, flags, 0o600))
+        return OsFile(path, open_fd(path, flags))
 
     def exists(self, path: str) -> bool:
-        return os.path.exists(path)
+        return os.path.lexists(path)
+
+    def stat(self, path: str, *, follow: bool = False) -> Stat:
+        st = os.stat(path) if follow else os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            kind = "dir"
+        elif stat.S_ISREG(st.st_mode):
+            kind = "file"
+        elif stat.S_ISLNK(st.st_mode):
+            kind = "link"
+        else:
+            kind = "other"
+        return Stat(kind, st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
 
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(path)
@@ -170,7 +332,19 @@ class OsFileSystem:
         return sorted(os.listdir(path))
 
     def makedirs(self, path: str, mode: int = 0o700) -> None:
-        os.makedirs(path, mode=mode, exist_ok=True)
+        path = posixpath.normpath(path)
+        if os.path.isdir(path):
+            return
+        parent = posixpath.dirname(path)
+        if parent and not os.path.isdir(parent):
+            self.makedirs(parent, mode)
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+            return
+        give_to_dir_owner(path)
 
     def rename(self, src: str, dst: str) -> None:
         os.replace(src, dst)
@@ -193,4 +367,6 @@ class OsFileSystem:
         return st.f_bavail * st.f_frsize
 
     def lock(self, path: str, timeout: float) -> Lock:
+        from walq.lock import ProcessLock  # noqa: PLC0415 - walq.lock opens through open_fd
+
         return ProcessLock.acquire(path, timeout)

@@ -35,7 +35,7 @@ from walq.errors import (
     NotAQueueError,
     StateError,
 )
-from walq.fs import FileSystem, OsFileSystem
+from walq.fs import FileSystem, OsFileSystem, open_fd, own_dir, queue_dir_owner
 from walq.log import CUT_DIR
 from walq.queue import LOCK_FILE
 from walq.spool import SPOOL_DIR, live_entries, set_aside_files
@@ -147,6 +147,8 @@ def _peek_first(fs: FileSystem, path: str, seq: int) -> int | None:
         f = fs.open(seg_path)
     except FileNotFoundError:
         return None
+    except CorruptionError:  # not a segment file (a link): _scan_segment reports it
+        return seq
     try:
         data = f.pread(fmt.SEGMENT_HEADER_SIZE, 0)
     finally:
@@ -167,6 +169,9 @@ def _scan_segment(
         f = fs.open(seg_path)
     except FileNotFoundError:
         return None  # removed by a compaction since the directory was listed
+    except CorruptionError as exc:  # a link or a non-file: never followed, reported as damage
+        return SegmentScan(seg_path, seq, seq, 0, [], [framing.Gap(0, 0, exc.reason)], None, 0,
+                           exc.reason)  # fmt: skip
     try:
         data = f.pread(f.size(), 0)
     finally:
@@ -654,7 +659,7 @@ def owner(path: str) -> Owner:
     # The owner locks the lock file and the directory (walq.lock): the file may be gone.
     for locked in (lock_path, path):
         try:
-            st = os.stat(locked)
+            st = os.lstat(locked)  # a link planted as LOCK is not the owner's
         except FileNotFoundError:
             continue
         except OSError:
@@ -685,9 +690,9 @@ def worker_status(path: str, now: float | None = None) -> dict[str, Any] | None:
     """The worker's advisory status file if it is recent and its worker runs; else None."""
     now = time.time() if now is None else now
     try:
-        with open(posixpath.join(path, STATUS_FILE)) as f:
+        with os.fdopen(open_fd(posixpath.join(path, STATUS_FILE), os.O_RDONLY)) as f:
             status = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, CorruptionError):  # advisory: a link planted there is ignored
         return None
     if not isinstance(status, dict) or status.get("stopped"):
         return None
@@ -1049,6 +1054,7 @@ def enqueue(
     delay: float = 0.0,
     priority: int = 0,
     timeout: float = 60.0,
+    create: bool = False,
     fs: FileSystem | None = None,
 ) -> Enqueued:
     """Add one job durably to the queue in `path` (an existing queue or an empty directory).
@@ -1059,14 +1065,16 @@ def enqueue(
     `timeout` seconds for the reply. Only an owner that holds the lock but
     cannot be reached leaves the job in the spool, for it to ingest. A queue
     whose lock this user may not open is left to the producer's way, whose
-    error names the socket or spool the user may not use.
+    error names the socket or spool the user may not use. `create` makes a
+    missing directory a new queue.
     """
     from walq.producer import connect  # noqa: PLC0415 - the read-only tools never need it
     from walq.queue import Queue  # noqa: PLC0415
 
-    check_queue_dir(path, fs)
+    if not (create and not (fs or OsFileSystem()).exists(path)):
+        check_queue_dir(path, fs)
     try:
-        q = Queue.open(path, compaction=False, fs=fs)
+        q = Queue.open(path, compaction=False, create=create, fs=fs)
     except (LockedError, PermissionError):  # an owner runs, or the queue is another user's
         with connect(path, timeout=timeout, fs=fs) as producer:
             jid = producer.enqueue(task, payload, key=key, delay=delay, priority=priority)
@@ -1299,9 +1307,7 @@ def repair(path: str, fs: FileSystem | None = None) -> list[str]:
 def _set_aside(fs: FileSystem, directory: str, path: str) -> str:
     """Copy a damaged segment into cut/ (fsynced) before it is changed; return the copy's path."""
     aside_dir = posixpath.join(directory, CUT_DIR)
-    if not fs.is_dir(aside_dir):
-        fs.makedirs(aside_dir)
-        fs.sync_dir(directory)
+    own_dir(fs, aside_dir, queue_dir_owner(fs, directory), create=True)
     aside = posixpath.join(aside_dir, posixpath.basename(path) + ".damaged")
     _copy(fs, path, aside)
     fs.sync_dir(aside_dir)

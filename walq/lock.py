@@ -20,6 +20,7 @@ from typing import Any
 import portalocker
 
 from walq.errors import LockedError
+from walq.fs import open_fd
 
 log = logging.getLogger("walq.lock")
 
@@ -52,12 +53,11 @@ class ProcessLock:
                     dir_fd = _lock_dir(os.path.dirname(key))
                     if dir_fd is not None:
                         try:
-                            handle = open(path, "a+b")  # noqa: SIM115 - held for the owner's life
+                            handle = _open_lock_file(path)
                         except BaseException:
                             _close(dir_fd)
                             raise
                         try:
-                            os.chmod(path, 0o600)
                             portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
                         except (portalocker.LockException, OSError):
                             handle.close()
@@ -84,9 +84,8 @@ class ProcessLock:
             pass
         if self._handle is None or os.getpid() != self._pid:
             return
-        handle = open(self.path, "a+b")  # noqa: SIM115 - held for the owner's life
+        handle = _open_lock_file(self.path)
         try:
-            os.chmod(self.path, 0o600)
             portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
         except (portalocker.LockException, OSError):
             handle.close()
@@ -123,6 +122,18 @@ class ProcessLock:
             _close(self._dir_fd)  # closing the last descriptor releases its flock
             with _held_guard:
                 _held.discard(self.path)
+
+
+def _open_lock_file(path: str) -> Any:
+    """The lock file, opened for the owner's life: never through a link planted as LOCK,
+    and given to the queue's owner when root makes it (walq.fs.open_fd)."""
+    fd = open_fd(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "r+b")
 
 
 def _lock_dir(directory: str) -> int | None:

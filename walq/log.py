@@ -46,7 +46,7 @@ from walq.errors import (
     LockedError,
     LogFailedError,
 )
-from walq.fs import FileSystem
+from walq.fs import FileSystem, own_dir
 from walq.segment import SPARE_SUFFIX, TMP_SUFFIX, Segment
 
 log = logging.getLogger("walq.log")
@@ -154,6 +154,8 @@ class Log:
                 self.guard()
             except (LockedError, OSError) as exc:
                 self._fail(f"{exc}: stopping writes so that two owners never write one log")
+        # The uid that cut/ must have (walq.fs.queue_dir_owner); None: not checked.
+        self.owner_uid: int | None = None
 
     # -- recovery --------------------------------------------------------------
 
@@ -368,9 +370,7 @@ class Log:
         cut = data[tail.start : tail.end]
         if cut:
             aside = posixpath.join(self.directory, CUT_DIR)
-            if not self.fs.is_dir(aside):
-                self.fs.makedirs(aside)
-                self.fs.sync_dir(self.directory)
+            own_dir(self.fs, aside, self.owner_uid, create=True)
             name = f"{posixpath.basename(seg.path)}.{tail.start}"
             taken = set(self.fs.listdir(aside))
             n = 0

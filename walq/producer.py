@@ -70,6 +70,7 @@ class Producer:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         timeout: float = 60.0,
         lock_timeout: float = 30.0,
+        trust_dir: bool = False,
     ) -> None:
         for name, cap in (
             ("max_spool_files", max_spool_files),
@@ -89,6 +90,7 @@ class Producer:
             max_files=max_spool_files,
             max_bytes=max_spool_bytes,
             lock_timeout=lock_timeout,
+            trust_dir=trust_dir,
         )
         self._mu = threading.Lock()
         self._idle: list[socket.socket] = []
@@ -371,6 +373,7 @@ def connect(
     timeout: float = 60.0,
     lock_timeout: float = 30.0,
     use_socket: bool = True,
+    trust_dir: bool = False,
     fs: FileSystem | None = None,
 ) -> Producer:
     """A producer for the queue in directory `path`, usable from any process.
@@ -378,6 +381,8 @@ def connect(
     Nothing is opened until the first enqueue. `max_spool_files` and
     `max_spool_bytes` cap the spool (QueueFull beyond them); `timeout` bounds
     the wait for the owner's reply; `use_socket=False` always spools.
+    The spool is written only into a queue directory that Queue.open would
+    accept: the caller's, writable by it alone, unless `trust_dir`.
     """
     return Producer(
         os.fspath(path),
@@ -388,4 +393,5 @@ def connect(
         max_payload=max_payload,
         timeout=timeout,
         lock_timeout=lock_timeout,
+        trust_dir=trust_dir,
     )

@@ -37,12 +37,13 @@ from walq.errors import (
     ArgumentError,
     ClosedError,
     CorruptionError,
+    NotAQueueError,
     QueueFull,
     StateError,
     UnknownJobError,
     WalqError,
 )
-from walq.fs import File, FileSystem, Lock, OsFileSystem
+from walq.fs import File, FileSystem, Lock, OsFileSystem, queue_dir_owner
 from walq.job import (
     COUNTERS,
     DEFAULT_MAX_PAYLOAD,
@@ -55,12 +56,21 @@ from walq.job import (
     encode_payload,
     split_item,
 )
-from walq.log import Damage, Log
+from walq.log import CUT_DIR, Damage, Log
+from walq.segment import SPARE_SUFFIX, TMP_SUFFIX
 from walq.server import ProducerServer
+from walq.spool import SPOOL_DIR
+from walq.wire import SOCKET_NAME
 
 log = logging.getLogger("walq.queue")
 
 LOCK_FILE = "LOCK"
+# Names walq makes in a queue directory besides its segments (and their .tmp and
+# .spare forms); "lost+found" is there when the directory is a file system's root.
+OWN_NAMES = frozenset(
+    {LOCK_FILE, SPOOL_DIR, CUT_DIR, SOCKET_NAME, "worker-status.json",
+     "worker-status.json.part", "lost+found"}
+)  # fmt: skip
 
 
 class _Item(NamedTuple):
@@ -143,6 +153,9 @@ class Queue:
         # it never drops the enqueue record that says a spool file was ingested.
         self.ingest_lock = threading.Lock()
         self._server: ProducerServer | None = None
+        # The uid of the queue directory, which walq's files in it must have (spool
+        # files included); None under trust_dir=True (walq.fs.queue_dir_owner).
+        self.owner_uid: int | None = None
         self._compactor = Compactor(self)
         self._forked = False  # set in a fork() child: every call refuses (walq.forks)
         self._pid = forks.track(self)
@@ -171,11 +184,19 @@ class Queue:
         recovery: str = "strict",
         compaction: Policy | bool | None = True,
         serve: bool = True,
+        create: bool = True,
+        trust_dir: bool = False,
         fs: FileSystem | None = None,
         clock: Callable[[], Now] | None = None,
         rng: random.Random | None = None,
     ) -> Queue:
         """Open (creating if needed, mode 0700) the queue in directory `path` and replay it.
+
+        create: make the directory if it is missing (False: NotAQueueError).
+        A directory that holds other files but none of walq's is refused
+        (NotAQueueError). The directory must be the caller's and writable by
+        it alone (UnsafeDirectoryError); trust_dir=True accepts any owner and
+        mode (docs/OPERATIONS.md, "Permissions").
 
         sync: "always" (return after fdatasync; concurrent calls share one),
         "interval" (fsync every `sync_interval` seconds), or "never".
@@ -205,7 +226,11 @@ class Queue:
         fs = fs or OsFileSystem()
         path = str(path)
         if not fs.is_dir(path):
+            if not create:
+                raise NotAQueueError(f"{path}: no such queue directory (create=True makes one)")
             fs.makedirs(path, 0o700)
+        owner_uid = queue_dir_owner(fs, path, trust=trust_dir)
+        check_queue_names(path, fs.listdir(path))
         # The directory's entry lives in its parent: make it durable -- on every
         # open, since a creator that died before doing so leaves it undurable.
         fs.sync_dir(posixpath.dirname(posixpath.normpath(path)) or ".")
@@ -213,6 +238,7 @@ class Queue:
         try:
             wal = Log(fs, path, segment_size=segment_size, sync=sync, sync_interval=sync_interval)
             wal.guard = getattr(lock, "verify", None)  # a deleted LOCK is taken again
+            wal.owner_uid = owner_uid
             q = cls(
                 path,
                 fs,
@@ -227,6 +253,7 @@ class Queue:
                 max_attempts=max_attempts,
             )
             skip = recovery == "skip"
+            q.owner_uid = owner_uid
             q._replay(wal, skip)
         except BaseException:
             lock.release()
@@ -1115,6 +1142,26 @@ class Queue:
             reason = getattr(record, "reason", "no record")
             raise CorruptionError(self._segment_path(loc.seg), loc.offset, reason)
         return record
+
+
+def check_queue_names(path: str, names: list[str]) -> None:
+    """NotAQueueError if directory `path` holds entries but none that walq makes.
+
+    A queue is never made beside someone else's files: a directory is a queue,
+    or empty (a queue to be).
+    """
+    if not names:
+        return
+    for name in names:
+        if name in OWN_NAMES or name.endswith(".sock.tmp"):
+            return
+        stem = name.removesuffix(TMP_SUFFIX).removesuffix(SPARE_SUFFIX)
+        if fmt.parse_segment_name(stem) is not None:
+            return
+    raise NotAQueueError(
+        f"{path}: holds {len(names)} entries (e.g. {names[0]!r}) but no walq files; "
+        "a queue is made only in a new or empty directory"
+    )
 
 
 def _only_tasks(

@@ -43,8 +43,10 @@ from walq.errors import (
     LogFailedError,
     ProtocolError,
     QueueFull,
+    UnsafeDirectoryError,
     WalqError,
 )
+from walq.fs import check_owner, own_dir
 
 if TYPE_CHECKING:
     from walq.queue import Queue
@@ -158,8 +160,7 @@ class ProducerServer:
         if self._started:
             return
         self._started = True
-        if not self.fs.is_dir(self.spool_dir):
-            spool.make_dir(self.fs, self.spool_dir)
+        own_dir(self.fs, self.spool_dir, self.queue.owner_uid, create=True)
         self.reconcile()
         try:
             self.ingest()
@@ -585,10 +586,11 @@ class ProducerServer:
             return self._ingest()
 
     def _ingest(self) -> int:
-        try:
-            names = self.fs.listdir(self.spool_dir)
-        except FileNotFoundError:
+        # Checked at every poll: a spool/ swapped for a link to a directory others
+        # can write would hand their files to this owner to run.
+        if not own_dir(self.fs, self.spool_dir, self.queue.owner_uid, create=False):
             return 0
+        names = self.fs.listdir(self.spool_dir)
         self._sweep_tmp(names)
         added = 0
         batch: list[_File] = []
@@ -634,10 +636,11 @@ class ProducerServer:
         name = entry.name
         path = posixpath.join(self.spool_dir, name)
         try:
+            check_owner(self.fs, path, self.queue.owner_uid)
             spooled = spool.read(self.fs, path)
         except FileNotFoundError:
             return None
-        except (CorruptionError, OSError) as exc:
+        except (CorruptionError, UnsafeDirectoryError, OSError) as exc:
             self.counters["damaged_files"] += 1
             log.error("%s: cannot ingest (%s); set aside as %s", path, exc, name + spool.DAMAGED)
             self._set_aside(name, spool.DAMAGED, str(exc))

@@ -33,7 +33,7 @@ from crc32c import crc32c
 
 from walq import wire
 from walq.errors import CorruptionError, LockedError, ProtocolError, QueueFull
-from walq.fs import FileSystem
+from walq.fs import FileSystem, own_dir, queue_dir_owner
 
 log = logging.getLogger("walq.spool")
 
@@ -199,8 +199,10 @@ class SpoolWriter:
         max_files: int,
         max_bytes: int,
         lock_timeout: float,
+        trust_dir: bool = False,
     ) -> None:
         self.fs = fs
+        self.trust_dir = trust_dir
         self.queue_dir = queue_dir
         self.path = posixpath.join(queue_dir, SPOOL_DIR)
         self.max_files = max_files
@@ -228,10 +230,15 @@ class SpoolWriter:
         self.fs.sync_dir(self.path)
 
     def _ensure_dir(self) -> None:
-        if not self.fs.is_dir(self.path):
-            if not self.fs.is_dir(self.queue_dir):
-                make_dir(self.fs, self.queue_dir)
-            make_dir(self.fs, self.path)
+        """Make the spool if needed; refuse one the queue's owner would not ingest from.
+
+        Jobs are never written through a link planted as spool/, nor into a
+        queue directory of another user (walq.fs.queue_dir_owner).
+        """
+        if not self.fs.is_dir(self.queue_dir):
+            make_dir(self.fs, self.queue_dir)
+        uid = queue_dir_owner(self.fs, self.queue_dir, trust=self.trust_dir)
+        own_dir(self.fs, self.path, uid, create=True)
 
     def _write_tmp(self, group: list[wire.Item], khash: str | None) -> tuple[str, str, str | None]:
         data = encode(group, wall=time.time())

@@ -33,7 +33,8 @@ import attrs
 
 from walq.core.retry import Permanent, RetryAfter, RetryBudget
 from walq.core.state import JobInfo
-from walq.errors import ArgumentError, LogFailedError, StateError, WalqError
+from walq.errors import ArgumentError, CorruptionError, LogFailedError, StateError, WalqError
+from walq.fs import open_fd
 from walq.heartbeat import DEFAULT_LEASE, Heartbeat, Link
 from walq.job import Job, check_seconds
 from walq.queue import Queue
@@ -797,9 +798,12 @@ class Worker:
             return
         path = os.path.join(self.queue.path, STATUS_FILE)
         tmp = path + ".part"
-        # Advisory only: no fsync; a crash leaves the previous status or none.
-        with contextlib.suppress(OSError):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Advisory only: no fsync; a crash leaves the previous status or none. A
+        # leftover .part (or anything planted there) is unlinked, never written through.
+        with contextlib.suppress(OSError, CorruptionError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            fd = open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             with os.fdopen(fd, "w") as f:
                 json.dump(status, f)
             os.replace(tmp, path)

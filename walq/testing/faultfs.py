@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Literal, NoReturn
 import attrs
 
 from walq.errors import LockedError
+from walq.fs import Stat
 
 if TYPE_CHECKING:
     from hypothesis.strategies import DataObject
@@ -65,6 +66,7 @@ OP_KINDS = frozenset(
     {
         "open",
         "exists",
+        "stat",
         "is_dir",
         "listdir",
         "makedirs",
@@ -523,6 +525,18 @@ class SimFileSystem:
         with self._mutex:
             self._begin("exists", _norm(path))
             return self._lookup(path) is not None
+
+    def stat(self, path: str, *, follow: bool = False) -> Stat:
+        """Everything belongs to the caller, directories 0700 and files 0600 (no links)."""
+        with self._mutex:
+            self._begin("stat", _norm(path))
+            node = self._lookup(path)
+            if node is None:
+                self._parent(path)  # ENOTDIR where a parent is a file
+                raise _oserror(errno.ENOENT, path)
+            if isinstance(node, _DirNode):
+                return Stat("dir", os.geteuid(), os.getegid(), 0o700)
+            return Stat("file", os.geteuid(), os.getegid(), 0o600)
 
     def is_dir(self, path: str) -> bool:
         with self._mutex:
