@@ -177,6 +177,19 @@ def test_a_removed_sealed_segment_is_caught_unless_reported(
             assert_fine(problems, mutated)
 
 
+@pytest.mark.parametrize("name", ["ffffffffffffffff", "0000fffffffffffe", "0000000000000006"])
+def test_a_copied_segment_under_a_higher_number_breaks_no_reader(
+    corpus: fuzz.Corpus, name: str
+) -> None:
+    """A copy of a segment named past the newest: skip leaves it out and starts the next
+    segment past it (if it can be reached at all), never writing under its number."""
+    for src in sorted(p for p in corpus.image if p.endswith(".wal")):
+        image = dict(corpus.image)
+        image[posixpath.join(fuzz.QDIR, f"{name}.wal")] = corpus.image[src]
+        mutated = fuzz.Mutated(image, (f"copy {src} to {name}",), False, False, whole_files=True)
+        assert_fine(fuzz.check(corpus, mutated), mutated)
+
+
 def test_whole_file_mutations_are_made(corpus: fuzz.Corpus) -> None:
     """The mutator removes, copies, renames, shifts and links whole files, LOCK among them."""
     steps = [s for i in range(300) for s in fuzz.make_case(corpus, 7, i).steps]

@@ -27,6 +27,7 @@ from walq import forks
 from walq.core import framing
 from walq.core.format import (
     MAX_SEGMENT_SIZE,
+    MAX_SEQ,
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     SegmentHeader,
@@ -247,7 +248,8 @@ class Log:
             self._active = Segment.create(fs, d, SegmentHeader(1, 1), self.segment_size)
             self._end = SEGMENT_HEADER_SIZE
         self._buf_start = self._end
-        past = max([s for s in self._left_out if s > self._active.seq], default=None)
+        # (A number past MAX_SEQ is never reached: that file is simply never read.)
+        past = max([s for s in self._left_out if self._active.seq < s < MAX_SEQ], default=None)
         if self._active.seq in self._rebuilt or past is not None:
             # Nothing is appended behind a damaged header (it stays as found, for
             # repair), nor under the number of a segment that was left out.
