@@ -342,3 +342,15 @@ def test_poison_job_that_kills_the_owner_is_dead_after_max_attempts(
         assert "interrupted" in dead.error and dead.attempts == 3
         assert all(q.status(i) == "done" for i in good)
     assert len([line for line in ledger_lines(ledger) if line[3] == "poison"]) == 3
+
+
+def test_file_queue_leases_are_renewed_while_a_long_job_runs(q: walq.Queue, tmp_path: Path) -> None:
+    """A job four times longer than the lease runs once (the heartbeat renews its lease)."""
+    ledger = tmp_path / "ledger"
+    jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 4})
+    w = Worker(q, worker_tasks.tasks, processes=1, lease=1.0)
+    assert run_until_done(q, w, timeout=60) == 0
+    starts = [line for line in ledger_lines(ledger) if line[3] == "start"]
+    assert [(int(x[0]), int(x[1])) for x in starts] == [(jid, 1)]
+    assert q.status(jid) == "done" and q.stats()["expired"] == 0
+    assert w.counters["ok"] == 1 and w.counters["lease_lost"] == 0 and w.counters["stale"] == 0

@@ -398,10 +398,11 @@ class Worker:
     def _lease_depth(self) -> int:
         """How many jobs one worker may hold: what it will start within half a lease.
 
-        Until an attempt has finished, how long jobs run is unknown: one each.
+        Until an attempt has finished, how long jobs run is unknown: the prefetch
+        decides, and the heartbeat keeps the waiting jobs' leases alive meanwhile.
         """
         if not self._finished:
-            return 1
+            return self.prefetch
         return max(1, int(self._lease / 2 / max(self._typical_run, 1e-3)))
 
     def _claim_round(self) -> int:
