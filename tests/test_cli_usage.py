@@ -327,7 +327,7 @@ def test_a_metrics_port_in_use_names_the_address(qdir: str) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        r = run("worker", qdir, "--tasks", "tests.worker_tasks:tasks", "-p", "1",
+        r = run("worker", qdir, "--create", "--tasks", "tests.worker_tasks:tasks", "-p", "1",
                 "--metrics-port", str(port), timeout=60)  # fmt: skip
     line = one_line_error(r, 2)
     assert line == f"walq: --metrics-port 127.0.0.1:{port}: Address already in use"

@@ -131,8 +131,9 @@ class TestLinksPlanted:
             tasks = {q.claim().task for _ in range(4)}  # type: ignore[union-attr]
             assert q.claim() is None
         assert tasks == {"t", "mine"}
-        assert [f.name for f in Path(qdir, "spool").iterdir() if f.name != ".lock"] == [
-            theirs.name + ".bad"
+        assert sorted(f.name for f in Path(qdir, "spool").iterdir() if f.name != ".lock") == [
+            theirs.name + ".bad",
+            theirs.name + ".bad.reason",
         ]
 
     def test_segment_linked_to_another_queue_is_damage(self, tmp_path: Path) -> None:
@@ -281,7 +282,7 @@ class TestMakingTheDirectory:
             proc = walq_cli("worker", qdir, "--create", "--tasks", "tests.worker_tasks:tasks",
                             "--metrics-port", str(port))  # fmt: skip
         assert proc.returncode == 2, proc.stderr
-        assert f"--metrics-port {port}" in proc.stderr
+        assert f"--metrics-port 127.0.0.1:{port}: Address already in use" in proc.stderr
         assert not Path(qdir).exists()
 
     def test_enqueue_create_makes_a_new_queue(self, qdir: str) -> None:

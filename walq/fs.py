@@ -336,7 +336,7 @@ class OsFileSystem:
         if os.path.isdir(path):
             return
         parent = posixpath.dirname(path)
-        if parent and not os.path.isdir(parent):
+        if parent and not os.path.lexists(parent):  # a file there: mkdir says ENOTDIR
             self.makedirs(parent, mode)
         try:
             os.mkdir(path, mode)
