@@ -90,9 +90,10 @@ def test_a_bounded_two_owner_run_is_clean(
 def test_a_planted_missing_heartbeat_is_reported(tmp_path: Path) -> None:
     """With the lease heartbeat off (planted), long jobs run on two hosts at once: reported."""
     work = tmp_path / "torture"
+    # Fewer jobs than worker processes: a lease that runs out is taken at once elsewhere.
     opts = Options(
-        duration=12.0, seed=4, lease=1.5, work_min=2.0, work_max=4.0, kill_every=60.0,
-        plant="heartbeat-off", drain_timeout=5.0, directory=str(work),
+        duration=15.0, seed=4, lease=1.5, work_min=3.0, work_max=5.0, kill_every=60.0,
+        backlog=2, plant="heartbeat-off", drain_timeout=5.0, directory=str(work),
     )  # fmt: skip
     audit = torture_redis.torture(opts)
     assert audit.overlap > 0, audit.summary()

@@ -244,11 +244,19 @@ def audit_ledger(lines: Sequence[str], lease: float, done: set[int], audit: Audi
     return audit
 
 
+def read_ledger(ledger: str) -> list[list[str]]:
+    """The ledger's complete lines, split (a line being appended right now is left out)."""
+    try:
+        text = Path(ledger).read_text()
+    except FileNotFoundError:
+        return []
+    return [line.split() for line in text.split("\n")[:-1] if line]
+
+
 def running_on(ledger: str, host: str) -> set[int]:
     """Jobs whose handler started on `host` and has not ended, as the ledger says."""
     open_runs: set[tuple[int, int]] = set()
-    for line in Path(ledger).read_text().splitlines():
-        x = line.split()
+    for x in read_ledger(ledger):
         if len(x) >= 4 and x[0] in ("start", "end") and x[3] == host:
             key = (int(x[1]), int(x[2]))
             if x[0] == "start":
@@ -269,19 +277,28 @@ def watch_rescue(url: str, ledger: str, host: str, lease: float, stop: threading
 
     since = time.monotonic()
     left = running_on(ledger, host)
+    dead_attempt = {
+        int(x[1]): x[2] for x in read_ledger(ledger) if x[0] == "start" and x[3] == host
+    }
     deadline = since + 10 * lease
     q: RedisQueue | None = None
     while left and not stop.is_set() and time.monotonic() < deadline:
         try:
             if q is None:
                 q = RedisQueue.open(url, socket_timeout=5.0)
-            elsewhere = set()
-            for line in Path(ledger).read_text().splitlines():
-                x = line.split()
-                if x[0] == "start" and x[3] != host and float(x[4]) > since:
-                    elsewhere.add(int(x[1]))
+            elsewhere = {
+                int(x[1])
+                for x in read_ledger(ledger)
+                if x[0] == "start" and len(x) >= 5 and x[3] != host and float(x[4]) > since
+            }
             for jid in sorted(left):
-                if jid in elsewhere or q.status(jid) != "running":
+                # Settled (an expired lease moved), then: not running, or running a later
+                # attempt (claimed by another host, maybe waiting in its prefetch).
+                if (
+                    jid in elsewhere
+                    or q.status(jid) != "running"
+                    or (_attempt(q, jid) != dead_attempt.get(jid))
+                ):
                     if jid not in elsewhere:
                         note(ledger, f"back {jid} {host}")
                     left.discard(jid)
@@ -293,6 +310,12 @@ def watch_rescue(url: str, ledger: str, host: str, lease: float, stop: threading
         stop.wait(0.1)
     if q is not None:
         q.close()
+
+
+def _attempt(q: Any, jid: int) -> str | None:
+    """The job's current attempt number, read from its hash on the server."""
+    raw = q._read(lambda c: c.hget(f"{q.prefix}:j:{jid}", "a"))
+    return None if raw is None else raw.decode()
 
 
 # -- an owner (a "host") ---------------------------------------------------------------------------

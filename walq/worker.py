@@ -398,11 +398,11 @@ class Worker:
     def _lease_depth(self) -> int:
         """How many jobs one worker may hold: what it will start within half a lease.
 
-        Until an attempt has finished, how long jobs run is unknown: the prefetch
-        decides, and the heartbeat keeps the waiting jobs' leases alive meanwhile.
+        Until an attempt has finished, how long jobs run is unknown: one each
+        (a rescued job would otherwise wait behind long ones, held from others).
         """
         if not self._finished:
-            return self.prefetch
+            return 1
         return max(1, int(self._lease / 2 / max(self._typical_run, 1e-3)))
 
     def _claim_round(self) -> int:
