@@ -25,6 +25,7 @@ from walq import errors, wire
 from walq.errors import ArgumentError, ClosedError, PayloadError, ProtocolError, WalqError
 from walq.fs import FileSystem, OsFileSystem
 from walq.job import DEFAULT_MAX_PAYLOAD
+from walq.redisq import check_not_url
 from walq.spool import SpoolWriter
 
 log = logging.getLogger("walq.producer")
@@ -350,6 +351,7 @@ def connect(
     `max_spool_bytes` cap the spool (QueueFull beyond them); `timeout` bounds
     the wait for the owner's reply; `use_socket=False` always spools.
     """
+    check_not_url(os.fspath(path))
     return Producer(
         os.fspath(path),
         fs=fs,

@@ -11,6 +11,7 @@ import attrs
 from walq.core.retry import Backoff, CircuitBreaker, RateLimit, TaskPolicy
 from walq.errors import ArgumentError
 from walq.job import Job, check_seconds, check_task
+from walq.text import excerpt
 
 Handler = Callable[[Any, Job], Any]
 H = TypeVar("H", bound=Handler)
@@ -112,7 +113,7 @@ def load_tasks(spec: str) -> Tasks:
     """The Tasks object named by "module:attribute" (for `walq worker --tasks`)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ArgumentError(f"--tasks takes module:attribute, not {spec!r}")
+        raise ArgumentError(f"--tasks takes module:attribute, not {excerpt(spec)}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
