@@ -364,3 +364,18 @@ def test_stats_replays_plain_enqueues_without_decoding_them(
     assert st["pending"] == n - 4 and st["interrupted"] == 6 and st["done_in_log"] == 4
     assert sum(t["pending"] for t in st["tasks"].values()) == n - 4
     assert st["oldest_pending_job"] == 5
+
+
+def test_a_claim_reads_a_buffered_record_from_memory_not_by_an_extra_fsync(qdir: str) -> None:
+    # The read comes before the claim is written, under the queue's lock: a
+    # record still in the group-commit buffer must not cost a flush there.
+    with open_q(qdir) as q:
+        jid = q.enqueue("t", {"n": 1}, sync=False)  # appended, not yet written
+        before = q.stats()["fsyncs"]
+        job = q.claim()
+        assert job is not None and job.id == jid and job.payload == {"n": 1}
+        assert q.stats()["fsyncs"] == before + 1  # the claim's own commit, nothing more
+    with open_q(qdir) as q:
+        assert q.status(jid) == "pending"  # (interrupted: its attempt counted)
+        again = q.claim()
+        assert again is not None and again.attempt == 2

@@ -102,9 +102,9 @@ class Log:
         self._sealed: list[Segment] = []
         self._buf: list[bytes] = []
         self._buf_start = 0  # file offset of the first buffered byte
-        # File offset of a batch a leader has taken from the buffer but may not
-        # have written yet (None: none in flight): see written_end.
-        self._inflight: int | None = None
+        # A batch a commit's leader has taken from the buffer and may not have
+        # written yet: (its file offset, its bytes), or None. See unwritten().
+        self._inflight: tuple[int, bytes] | None = None
         self._end = 0  # file offset after the last appended byte
         self._appended = 0  # lsn: bytes appended since open
         self._synced = 0  # lsn up to which everything is durable
@@ -487,7 +487,7 @@ class Log:
         start = self._buf_start
         self._buf = []
         self._buf_start += len(data)
-        self._inflight = start
+        self._inflight = (start, data)
         return self._active, data, start, self._appended
 
     def _hand_over(self, target: int) -> None:
@@ -527,8 +527,27 @@ class Log:
         """
         with self._mu:
             if self._active is not None and seq == self._active.seq:
-                return self._buf_start if self._inflight is None else self._inflight
+                return self._buf_start if self._inflight is None else self._inflight[0]
         return MAX_SEGMENT_SIZE
+
+    def unwritten(self, seq: int, offset: int, size: int) -> bytes | None:
+        """The `size` bytes at `offset` of segment `seq` if they are not in the file yet.
+
+        Appended records wait in the buffer for a commit, and a commit's leader
+        writes its batch outside the lock: a reader takes those bytes from
+        memory rather than flushing (an fsync) or waiting. None: read the file.
+        (A record is never split between the buffer and a batch.)
+        """
+        with self._mu:
+            if self._active is None or seq != self._active.seq:
+                return None
+            if offset >= self._buf_start:
+                at = offset - self._buf_start
+                return b"".join(self._buf)[at : at + size]
+            if self._inflight is not None and offset >= self._inflight[0]:
+                at = offset - self._inflight[0]
+                return self._inflight[1][at : at + size]
+            return None
 
     def _timed_sync(self, seg: Segment) -> None:
         started = time.monotonic()

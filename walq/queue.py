@@ -1052,9 +1052,9 @@ class Queue:
 
     def _read(self, loc: Loc) -> framing.Record:
         """The record at `loc`, checked against its CRC."""
-        if loc.offset + loc.size > self._log.written_end(seq_of(loc.seg)):
-            self._log.flush()  # still in the group-commit buffer
-        data = self._reader(loc.seg).pread(loc.size, loc.offset)
+        data = self._log.unwritten(loc.seg, loc.offset, loc.size)  # still in the buffer?
+        if data is None:
+            data = self._reader(loc.seg).pread(loc.size, loc.offset)
         record = framing.decode(data, 0, origin=loc.offset)
         if not isinstance(record, framing.Record):
             reason = getattr(record, "reason", "no record")
