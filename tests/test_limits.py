@@ -72,6 +72,9 @@ def test_any_number_of_distinct_task_names_is_accepted_and_replays(qdir: str) ->
             assert st["tasks"][f"t{n - 1}"]["pending"] == 1
             job = q.claim()
             assert job is not None and job.id == 1 and job.task == "t0"
+            # Every other task refused in turn: linear-ish, not T squared (that took hours).
+            (last,) = q.claim_many(1, tasks=[f"t{n - 1}"])
+            assert last.id == n and last.task == f"t{n - 1}"
 
 
 # -- records a replay could not take are never written ---------------------------------

@@ -735,28 +735,34 @@ class QueueState:
         refused: set[int] = set()
         for prio in sorted(self._ready, reverse=True):
             by_task = self._ready[prio]
-            while len(taken) < limit:
-                best_task, best_id = -1, -1
-                for task, q in list(by_task.items()):
-                    if task in refused:
-                        continue
-                    jid = self._head(q)
-                    if jid is None:
-                        del by_task[task]
-                    elif best_id < 0 or jid < best_id:
-                        best_task, best_id = task, jid
-                if best_id < 0:
-                    break
+            # The oldest pending job of each task, oldest first: a heap, so that
+            # many tasks refused one after another cost T log T, not T squared.
+            heads: list[tuple[int, int]] = []
+            for task, q in list(by_task.items()):
+                jid = self._head(q)
+                if jid is None:
+                    del by_task[task]
+                elif task not in refused:
+                    heads.append((jid, task))
+            heapq.heapify(heads)
+            while len(taken) < limit and heads:
+                best_id, best_task = heapq.heappop(heads)
                 info = self._info(best_id, self._jobs[best_id])
                 verdict = True if accept is None else accept(info)
                 if verdict is False:
                     refused.add(best_task)
                     continue
-                by_task[best_task].popleft()
+                q = by_task[best_task]
+                q.popleft()
                 if verdict is True:
                     taken.append(info)
                 elif deferred is not None:
                     deferred.append((info, float(verdict)))
+                jid = self._head(q)
+                if jid is None:
+                    del by_task[best_task]
+                else:
+                    heapq.heappush(heads, (jid, best_task))
             if not by_task:
                 del self._ready[prio]
             if len(taken) >= limit:
