@@ -761,3 +761,18 @@ def test_cli_functions(url: str) -> None:
         q.fail(blob, "again", permanent=True)
     assert redisq.purge(url) == 1
     assert redisq.is_redis_url(url) and not redisq.is_redis_url("/var/lib/q")
+
+
+@pytest.mark.parametrize("delay", [1e308, 10 * 365 * 86400.0 + 1, float("nan")])
+def test_a_delay_out_of_bounds_is_refused_as_on_the_file_queue(url: str, delay: float) -> None:
+    with walq.Queue.open(url) as q:
+        with pytest.raises(walq.ArgumentError, match="delay"):
+            q.enqueue("t", b"", delay=delay)
+        with pytest.raises(walq.ArgumentError, match="delay"):
+            q.enqueue_many([("t", b"", {"delay": delay})])
+        q.enqueue("t", b"")
+        job = q.claim()
+        assert job is not None
+        with pytest.raises(walq.ArgumentError, match="delay"):
+            q.fail(job.id, "e", delay=delay)
+        assert q.status(job.id) == "running" and q.stats()["unfinished"] == 1

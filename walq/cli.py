@@ -31,6 +31,7 @@ from walq.errors import (
 )
 from walq.metrics import MetricsUnavailable
 from walq.queue import RECOVERY_MODES
+from walq.text import quoted, shown, shown_lines
 from walq.worker import DEFAULT_PREFETCH
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -239,7 +240,10 @@ TIMES = ("created", "due")
 
 
 def _when(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
+    except (OverflowError, OSError, ValueError):  # a due time beyond any calendar (old logs)
+        return f"{seconds:g}"
 
 
 def dump_line(row: dict[str, Any], *, full: bool = False) -> str:
@@ -269,7 +273,7 @@ def dump_line(row: dict[str, Any], *, full: bool = False) -> str:
         if key in TIMES and isinstance(value, float):
             parts.append(f"{key}={_when(value)}")
         else:
-            parts.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+            parts.append(f"{key}={quoted(value) if isinstance(value, str) else value}")
     for key in TRAILING:
         value = row.get(key)
         if value is None:
@@ -278,7 +282,8 @@ def dump_line(row: dict[str, Any], *, full: bool = False) -> str:
         if key == "error" and not full and "\n" in text:
             lines = text.count("\n")
             text = text.split("\n", 1)[0] + f" (+{lines} lines: --full shows them)"
-        text = text.rstrip("\n").replace("\n", "\n    ")  # a traceback, indented under its record
+        # A traceback, indented under its record; no line reaches the terminal raw.
+        text = shown_lines(text.rstrip("\n")).replace("\n", "\n    ")
         if key == "payload" and row.get("payload_kind") == "bytes":
             text = f"<{row.get('payload_bytes')} bytes> {text}"
         parts.append(f"{key}={text}")
@@ -448,8 +453,8 @@ def stats_lines(st: dict[str, Any]) -> list[str]:
             state = breakers.get(name, "unknown") if isinstance(breakers, dict) else "unknown"
             colour = {"open": "red", "half-open": "yellow", "closed": "green"}.get(state)
             lines.append(
-                f"          {name:<20} {c['pending']:>8} {c['scheduled']:>9} {c['running']:>8} "
-                f"{c['dead']:>6}  {click.style(state, fg=colour)}"
+                f"          {shown(name):<20} {c['pending']:>8} {c['scheduled']:>9} "
+                f"{c['running']:>8} {c['dead']:>6}  {click.style(state, fg=colour)}"
             )
     lines.append(
         f"log       {st['segments']} segments, {_size(st['disk_bytes'])} of files, "
@@ -582,9 +587,9 @@ def dead_list(directory: str, as_json: bool) -> None:
         return
     click.echo(f"{'ID':>8}  {'TASK':<20} {'ATTEMPTS':>8}  {'KEY':<16} ERROR")
     for d in jobs:
-        error = d.error.split("\n", 1)[0]
-        key = "-" if d.key is None else d.key
-        click.echo(f"{d.id:>8}  {d.task:<20} {d.attempts:>8}  {key:<16} {error}")
+        error = shown(d.error.split("\n", 1)[0])
+        key = "-" if d.key is None else shown(d.key)
+        click.echo(f"{d.id:>8}  {shown(d.task):<20} {d.attempts:>8}  {key:<16} {error}")
     click.echo(
         f"{len(jobs)} dead jobs: `walq dead show DIR ID` for one job's payload and traceback"
     )
@@ -603,18 +608,18 @@ def dead_show(directory: str, job_id: int, as_json: bool) -> None:
         return
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.created)) if d.created else "-"
     click.echo(f"job       {d.id}")
-    click.echo(f"task      {d.task}")
+    click.echo(f"task      {shown(d.task)}")
     click.echo(f"attempts  {d.attempts}")
-    click.echo(f"key       {'-' if d.key is None else d.key}")
+    click.echo(f"key       {'-' if d.key is None else shown(d.key)}")
     click.echo(f"enqueued  {created}")
     payload = d.payload_text()
     if d.payload_kind == "json":
         with contextlib.suppress(ValueError):
             payload = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
     click.echo(f"payload   ({d.payload_kind}, {len(d.payload)} bytes)")
-    click.echo("  " + payload.replace("\n", "\n  "))
+    click.echo("  " + shown_lines(payload).replace("\n", "\n  "))
     click.echo(click.style("error", fg="red"))
-    click.echo("  " + (d.error or "(none recorded)").rstrip().replace("\n", "\n  "))
+    click.echo("  " + shown_lines((d.error or "(none recorded)").rstrip()).replace("\n", "\n  "))
 
 
 @dead.command("requeue")
@@ -660,7 +665,8 @@ def _dead_jobs(target: str, ids: list[int] | None = None) -> list[insp.DeadInfo]
     """Dead jobs of a queue directory or a Redis URL."""
     if redisq.is_redis_url(target):
         return redisq.dead_jobs(target, ids=ids)
-    return insp.dead_jobs(target, ids=ids)
+    with progress("reading") as bar:
+        return insp.dead_jobs(target, ids=ids, progress=bar)
 
 
 def _admin(step: Callable[[], T], what: str) -> T:

@@ -33,6 +33,7 @@ from walq.core import framing
 from walq.core.state import DEAD, SEQ_BITS, Loc, seq_of
 from walq.errors import ClosedError, CompactionError, CorruptionError, WalqError
 from walq.fs import File
+from walq.job import clip_error
 
 if TYPE_CHECKING:
     from walq.queue import Queue
@@ -44,6 +45,7 @@ WRITE_BUFFER = 256 << 10
 SYNC_EVERY = 512 << 10
 RELOCATE_CHUNK = 200
 YIELD_EVERY = 8
+READERS = 8  # segment files the copy keeps open at once (opened again if needed)
 
 
 @attrs.frozen
@@ -315,6 +317,7 @@ class Compactor:
                 if snap.error_loc is not None:
                     fail = ev.decode(*_rt(self._read(readers, snap.error_loc)))
                     error = fail.error if isinstance(fail, ev.Fail | ev.Job) else ""
+                    error = clip_error(error)  # one written before errors were bounded
                 job = ev.Job(
                     id=snap.id, task=e.task, payload=e.payload, kind=e.kind, key=e.key,
                     priority=e.priority, max_attempts=e.max_attempts, due=snap.due_wall,
@@ -339,6 +342,8 @@ class Compactor:
             self.queue._log.flush()  # still in the group-commit buffer, not yet in the file
         f = readers.get(loc.seg)
         if f is None:
+            if len(readers) >= READERS:  # jobs come in id order: mostly segment by segment
+                readers.pop(next(iter(readers))).close()
             f = readers[loc.seg] = self.queue.fs.open(self._path(loc.seg))
         record = framing.decode(f.pread(loc.size, loc.offset), 0, origin=loc.offset)
         if not isinstance(record, framing.Record):

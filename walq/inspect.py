@@ -27,7 +27,7 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
 from walq.core.ledger import Ledger, Lost
-from walq.core.state import DEAD, PENDING, RUNNING, STATE_NAMES, Loc, Now, QueueState
+from walq.core.state import DEAD, PENDING, RUNNING, Loc, Now, QueueState
 from walq.errors import (
     ArgumentError,
     CorruptionError,
@@ -39,6 +39,7 @@ from walq.fs import FileSystem, OsFileSystem, open_fd, own_dir, queue_dir_owner
 from walq.log import CUT_DIR
 from walq.queue import LOCK_FILE
 from walq.spool import SPOOL_DIR, live_entries, set_aside_files
+from walq.text import excerpt
 from walq.worker import STATUS_FILE
 
 SNIPPET = 32  # bytes of a damaged range shown as hex
@@ -48,6 +49,9 @@ RACE_RETRIES = 5
 STATES = ("pending", "scheduled", "running", "dead")
 
 Progress = Callable[[int, int], None]
+# Replays a segment's leading valid records itself (the owner's fused fast
+# path, QueueState.load): (buf, seq) -> where it stopped; the scan goes on from there.
+Loader = Callable[[bytes, int], int]
 
 # -- the directory ------------------------------------------------------------------
 
@@ -95,13 +99,18 @@ def check_queue_dir(path: str, fs: FileSystem | None = None) -> None:
 
 
 def iter_scans(
-    path: str, fs: FileSystem | None = None, *, progress: Progress | None = None
+    path: str,
+    fs: FileSystem | None = None,
+    *,
+    progress: Progress | None = None,
+    load: Loader | None = None,
 ) -> Iterator[SegmentScan]:
     """Every live segment of the queue in `path`, scanned, in log order, one at a time.
 
     Segments that a compacted segment supersedes (leftovers of a crashed
     compaction) are skipped; a segment removed since the directory was listed
-    (by a compaction) is skipped too.
+    (by a compaction) is skipped too. With `load`, each segment's leading run
+    of valid records goes to it instead of into the scan's `records`.
     """
     fs = fs or OsFileSystem()
     seqs = segment_seqs(path, fs)
@@ -110,7 +119,7 @@ def iter_scans(
     todo = [s for s in seqs if firsts[s] is not None and not any(a <= s < b for a, b in spans)]
     seen: list[int] = []
     for i, seq in enumerate(todo):
-        scan = _scan_segment(fs, path, seq, newest=i == len(todo) - 1, oldest=i == 0)
+        scan = _scan_segment(fs, path, seq, newest=i == len(todo) - 1, oldest=i == 0, load=load)
         if progress is not None:
             progress(i + 1, len(todo))
         if scan is None:
@@ -162,7 +171,13 @@ def _peek_first(fs: FileSystem, path: str, seq: int) -> int | None:
 
 
 def _scan_segment(
-    fs: FileSystem, path: str, seq: int, *, newest: bool, oldest: bool = False
+    fs: FileSystem,
+    path: str,
+    seq: int,
+    *,
+    newest: bool,
+    oldest: bool = False,
+    load: Loader | None = None,
 ) -> SegmentScan | None:
     seg_path = posixpath.join(path, fmt.segment_name(seq))
     try:
@@ -191,7 +206,11 @@ def _scan_segment(
         header = fmt.SegmentHeader.rebuild(seq, oldest=oldest, first_type=fmt.first_type(data))
         header_error = f"{exc.reason}; {header.describe()}"
         header_snippet = data[:SNIPPET]
-    scan = framing.classify(data, fmt.SEGMENT_HEADER_SIZE, newest=newest)
+    start = fmt.SEGMENT_HEADER_SIZE if load is None else load(data, seq)
+    if load is not None and framing.all_zero(data, start):
+        scan = framing.Scan([], [], None, start)  # the common case: nothing left to classify
+    else:
+        scan = framing.classify(data, start, newest=newest)
     ranges = [*scan.gaps, *([scan.tail] if scan.tail is not None else [])]
     snippets = {g.start: data[g.start : min(g.end, g.start + SNIPPET)] for g in ranges}
     if header_error is not None:
@@ -227,9 +246,11 @@ def parse_position(text: str) -> Position:
         if seq is None:
             seq = int(seg, 10)
     except ValueError:
-        raise ArgumentError(f"{text!r} is not a position: use SEG:OFFSET, e.g. 3:4096") from None
+        raise ArgumentError(
+            f"{excerpt(text)} is not a position: use SEG:OFFSET, e.g. 3:4096"
+        ) from None
     if seq < 0 or offset < 0:
-        raise ArgumentError(f"{text!r} is not a position: numbers must be non-negative")
+        raise ArgumentError(f"{excerpt(text)} is not a position: numbers must be non-negative")
     return seq, offset
 
 
@@ -720,14 +741,6 @@ class Replayed:
     tasks: dict[str, dict[str, int]] = attrs.field(factory=dict)
     running: set[int] = attrs.field(factory=set)  # ids running under a live owner
 
-    def count(self, task: str, state: str) -> None:
-        """Count one live job."""
-        self.counts[state] += 1
-        per = self.tasks.get(task)
-        if per is None:
-            per = self.tasks[task] = dict.fromkeys(STATES, 0)
-        per[state] += 1
-
 
 def replay(
     path: str,
@@ -761,7 +774,23 @@ def _replay_once(
     state = QueueState()
     out = Replayed(state)
     spans = []
-    for scan in iter_scans(path, fs, progress=progress):
+    apply = state.apply
+
+    def other(seq: int, rtype: int, offset: int, size: int, body: memoryview | bytes) -> None:
+        try:
+            event = ev.decode(rtype, bytes(body))
+        except (ev.BadEvent, UnicodeDecodeError) as exc:
+            out.damage.append(f"{fmt.segment_name(seq)}: offset {offset}: {exc}")
+            return
+        if isinstance(event, ev.Ack):
+            out.done_seen += len(event.ids)
+        apply(event, Loc(seq, offset, size), now)
+
+    def load(data: bytes, seq: int) -> int:
+        # The owner's replay (Queue._replay): enqueues packed straight in, the rest decoded.
+        return state.load(data, seq, fmt.SEGMENT_HEADER_SIZE, now, other)[0]
+
+    for scan in iter_scans(path, fs, progress=progress, load=load):
         if scan.raced:
             return None
         out.seqs.append(scan.seq)
@@ -778,27 +807,22 @@ def _replay_once(
         if scan.tail is not None:
             out.tail_bytes += scan.tail.end - scan.tail.start
         for rec in scan.records:
-            try:
-                event = ev.decode(rec.rtype, rec.body)
-            except ev.BadEvent as exc:
-                out.damage.append(f"{name}: offset {rec.offset}: {exc}")
-                continue
-            if isinstance(event, ev.Ack):
-                out.done_seen += len(event.ids)
-            state.apply(event, Loc(scan.seq, rec.offset, rec.end - rec.offset), now)
+            other(scan.seq, rec.rtype, rec.offset, rec.end - rec.offset, rec.body)
     out.damage += [posixpath.basename(line) for line in missing(path, spans)]
     # finish_replay makes running jobs pending (what the next owner sees), so
-    # count them first: under a live owner they are running.
-    for info in state.jobs():
-        name = STATE_NAMES[info.state]
-        if info.state == RUNNING:
-            if owner_running is False:
-                out.interrupted += 1
-                name = "pending"
-            else:
-                out.running.add(info.id)
-        out.count(info.task, name)
+    # note them first: under a live owner they are running.
+    running = state.ids_in(RUNNING)
     state.finish_replay(now)
+    out.counts = dict(attrs.asdict(state.counts))
+    out.tasks = {task: dict(attrs.asdict(n)) for task, n in state.task_counts().items()}
+    for jid in running:
+        if owner_running is False:
+            out.interrupted += 1  # pending now, as the next owner will see it
+            continue
+        out.running.add(jid)
+        for counts in (out.counts, out.tasks[state.info(jid).task]):
+            counts["pending"] -= 1
+            counts["running"] += 1
     return out
 
 
@@ -898,8 +922,8 @@ class _Moved(Exception):
 
 def _oldest_pending(path: str, r: Replayed, fs: FileSystem) -> tuple[int, float] | None:
     """(id, created) of the oldest pending job, or None if none is pending."""
-    pending = (i.id for i in r.state.jobs(PENDING) if i.id not in r.running)
-    first = min(pending, default=None)
+    running = r.running
+    first = min((j for j in r.state.ids_in(PENDING) if j not in running), default=None)
     if first is None:
         return None
     e = read_record(path, r.state.info(first).loc, fs)
@@ -972,14 +996,18 @@ class DeadInfo:
 
 
 def dead_jobs(
-    path: str, fs: FileSystem | None = None, *, ids: Iterable[int] | None = None
+    path: str,
+    fs: FileSystem | None = None,
+    *,
+    ids: Iterable[int] | None = None,
+    progress: Progress | None = None,
 ) -> list[DeadInfo]:
     """Every dead job (or those in `ids`: UnknownJobError/StateError if one is not dead)."""
     fs = fs or OsFileSystem()
     for _ in range(RACE_RETRIES):
-        r = replay(path, fs, owner_running=owner(path).running)
+        r = replay(path, fs, owner_running=owner(path).running, progress=progress)
         if ids is None:
-            wanted = [info.id for info in r.state.jobs(DEAD)]
+            wanted = r.state.ids_in(DEAD)
         else:
             wanted = list(ids)
             for jid in wanted:

@@ -12,10 +12,26 @@ from typing import Any
 
 import attrs
 
+from walq.core import format as fmt
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
 from walq.errors import ArgumentError, PayloadError
+from walq.text import excerpt
 
 DEFAULT_MAX_PAYLOAD = 16 << 20
+# A task name, key or origin is a str16 (docs/FORMAT.md): at most this many UTF-8 bytes.
+MAX_NAME_BYTES = 0xFFFE
+# A failed attempt's error text is kept up to this many UTF-8 bytes (see
+# clip_error). Bounded so that every record a job can
+# make -- enqueue, fail, and the compacted `job` record carrying payload, task,
+# key and error together -- fits in a record body (fmt.MAX_BODY).
+MAX_ERROR_BYTES = 1 << 16
+# The largest max_payload a queue accepts: a record body less room for the rest.
+MAX_PAYLOAD_LIMIT = fmt.MAX_BODY - (1 << 18)
+assert MAX_PAYLOAD_LIMIT + 64 + 2 * MAX_NAME_BYTES + MAX_ERROR_BYTES <= fmt.MAX_BODY
+assert MAX_PAYLOAD_LIMIT + 64 + 3 * MAX_NAME_BYTES <= fmt.MAX_BODY
+# The longest delay (and so the furthest due time) a job may have: 10 years.
+# Beyond it a due time is a mistake (1e308 overflowed date formatting later).
+MAX_DELAY = fmt.MAX_DELAY
 
 
 @attrs.frozen(kw_only=True)
@@ -84,7 +100,9 @@ ENQUEUE_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin
 def split_item(raw: Any) -> tuple[Any, Any, Mapping[str, Any]]:
     """(task, payload, options) of an enqueue_many item; ArgumentError if malformed."""
     if not isinstance(raw, tuple | list) or len(raw) not in (2, 3):
-        raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {raw!r}")
+        raise ArgumentError(
+            f"enqueue_many items are (task, payload[, options]), not {excerpt(raw)}"
+        )
     opts: Mapping[str, Any] = raw[2] if len(raw) == 3 and raw[2] else {}
     unknown = set(opts) - ENQUEUE_OPTIONS
     if unknown:
@@ -110,8 +128,11 @@ def utf8(what: str, text: str, error: type[ArgumentError] = ArgumentError) -> by
 
 def check_task(task: object) -> str:
     """A valid task name, or ArgumentError."""
-    if not isinstance(task, str) or not task or len(utf8("task", task)) > 0xFFFE:
-        raise ArgumentError(f"task must be a non-empty string, not {task!r}")
+    if not isinstance(task, str) or not task or len(utf8("task", task)) > MAX_NAME_BYTES:
+        raise ArgumentError(
+            f"task must be a non-empty string of at most {MAX_NAME_BYTES} bytes, "
+            f"not {excerpt(task)}"
+        )
     return task
 
 
@@ -119,15 +140,49 @@ def check_key(key: object) -> str | None:
     """A valid idempotency key (or None), or ArgumentError."""
     if key is None:
         return None
-    if not isinstance(key, str) or len(utf8("key", key)) > 0xFFFE:
-        raise ArgumentError(f"key must be a string of at most 65534 bytes, not {key!r}")
+    if not isinstance(key, str) or len(utf8("key", key)) > MAX_NAME_BYTES:
+        raise ArgumentError(
+            f"key must be a string of at most {MAX_NAME_BYTES} bytes, not {excerpt(key)}"
+        )
     return key
 
 
 def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
     """A finite, non-negative (or positive) number of seconds, or ArgumentError."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ArgumentError(f"{name} must be a finite number of seconds, not {value!r}")
+        raise ArgumentError(f"{name} must be a finite number of seconds, not {excerpt(value)}")
     if value < 0 or (positive and value == 0):
         raise ArgumentError(f"{name} must be {'positive' if positive else 'non-negative'}")
     return float(value)
+
+
+def check_delay(value: object, name: str = "delay") -> float:
+    """A job's delay in seconds: finite, 0..MAX_DELAY (10 years), or ArgumentError.
+
+    The one bound on when a job may fall due, for every way in (Queue, a
+    producer and its spool, Redis, the CLI, a retry's delay).
+    """
+    seconds = check_seconds(name, value)
+    if seconds > MAX_DELAY:
+        raise ArgumentError(
+            f"{name} must be at most {MAX_DELAY:.0f} seconds (10 years), not {excerpt(value)}"
+        )
+    return seconds
+
+
+def clip_error(error: str) -> str:
+    """A failed attempt's error text as stored: at most MAX_ERROR_BYTES bytes.
+
+    A longer text keeps its start (the first line is what `dead list` shows)
+    and its end (a traceback's last lines), with a note of what was cut.
+    """
+    if len(error) * 4 <= MAX_ERROR_BYTES:
+        return error
+    data = error.encode(errors="surrogatepass")
+    if len(data) <= MAX_ERROR_BYTES:
+        return error
+    half = MAX_ERROR_BYTES // 2 - 64
+    mark = f"\n[... {len(data) - 2 * half} bytes cut ...]\n"
+    head = data[:half].decode(errors="ignore")
+    tail = data[-half:].decode(errors="ignore")
+    return head + mark + tail

@@ -26,6 +26,7 @@ import attrs
 from walq import forks
 from walq.core import framing
 from walq.core.format import (
+    MAX_BODY,
     MAX_SEGMENT_SIZE,
     MAX_SEQ,
     RECORD_HEADER_SIZE,
@@ -70,6 +71,9 @@ class Damage:
     torn_tail: bool
 
 
+# The largest record replay accepts (framing refuses a longer body as damage).
+_MAX_RECORD = RECORD_HEADER_SIZE + MAX_BODY
+
 # Receives each valid record during recovery: (segment seq, type, offset, size, body).
 Sink = Callable[[int, int, int, int, memoryview], None]
 # Replays a segment's leading valid records itself: (buf, seq, start) -> (where it
@@ -106,6 +110,9 @@ class Log:
         self._sealed: list[Segment] = []
         self._buf: list[bytes] = []
         self._buf_start = 0  # file offset of the first buffered byte
+        # A batch a commit's leader has taken from the buffer and may not have
+        # written yet: (its file offset, its bytes), or None. See unwritten().
+        self._inflight: tuple[int, bytes] | None = None
         self._end = 0  # file offset after the last appended byte
         self._appended = 0  # lsn: bytes appended since open
         self._synced = 0  # lsn up to which everything is durable
@@ -187,9 +194,11 @@ class Log:
             except CorruptionError as exc:
                 bad[seq] = exc  # an error only if no compacted segment supersedes it
                 continue
+            # Only the header is kept: each file is opened again for its replay,
+            # so a queue of many segments never needs a descriptor for each.
+            seg.close()
             opened.append(seg)
             if seg.seq != seq:
-                seg.close()
                 opened.pop()
                 bad[seq] = CorruptionError(seg.path, 0, f"header says segment {seg.seq}")
         # A compacted segment covering first..seq supersedes those segments: they
@@ -221,7 +230,12 @@ class Log:
         try:
             for i, seg in enumerate(opened):
                 newest = i == len(opened) - 1
-                end = self._replay_segment(seg, newest, skip_damage, sink, load, damage)
+                seg.file = fs.open(seg.path, write=True)
+                try:
+                    end = self._replay_segment(seg, newest, skip_damage, sink, load, damage)
+                finally:
+                    if not newest:
+                        seg.file.close()
                 if newest:
                     self._end = end
                     # lsn 0 is the recovered end, so the next record's watermark says
@@ -423,7 +437,16 @@ class Log:
             synced = SEGMENT_HEADER_SIZE + max(0, self._synced - self._seg_lsn)
             for rtype, body in records:
                 size = RECORD_HEADER_SIZE + len(body)
-                if end + size > limit:
+                if end + size > limit or size > _MAX_RECORD:
+                    if size > _MAX_RECORD:
+                        # Replay would read it as damage: refuse it (callers keep
+                        # their records smaller; this is the last line).
+                        self._end = end  # the records before this one stay appended
+                        self._appended += end - start
+                        raise ArgumentError(
+                            f"a record of {size} bytes exceeds the largest a log holds "
+                            f"({_MAX_RECORD} bytes)"
+                        )
                     if end > SEGMENT_HEADER_SIZE:
                         self._end = end
                         self._appended += end - start
@@ -566,11 +589,13 @@ class Log:
         start = self._buf_start
         self._buf = []
         self._buf_start += len(data)
+        self._inflight = (start, data)
         return self._active, data, start, self._appended
 
     def _hand_over(self, target: int) -> None:
         """End a leader's turn: wake the callers it made durable, then the next leader."""
         with self._mu:
+            self._inflight = None
             if self._failed is None:
                 self._synced = max(self._synced, target)
             done = self._synced
@@ -598,11 +623,33 @@ class Log:
         self.commit(lsn)
 
     def written_end(self, seq: int) -> int:
-        """Bytes of segment `seq` that have reached the kernel (all of a sealed one)."""
+        """Bytes of segment `seq` that have reached the kernel (all of a sealed one).
+
+        Not those of a batch a commit's leader has taken and is writing.
+        """
         with self._mu:
             if self._active is not None and seq == self._active.seq:
-                return self._buf_start
+                return self._buf_start if self._inflight is None else self._inflight[0]
         return MAX_SEGMENT_SIZE
+
+    def unwritten(self, seq: int, offset: int, size: int) -> bytes | None:
+        """The `size` bytes at `offset` of segment `seq` if they are not in the file yet.
+
+        Appended records wait in the buffer for a commit, and a commit's leader
+        writes its batch outside the lock: a reader takes those bytes from
+        memory rather than flushing (an fsync) or waiting. None: read the file.
+        (A record is never split between the buffer and a batch.)
+        """
+        with self._mu:
+            if self._active is None or seq != self._active.seq:
+                return None
+            if offset >= self._buf_start:
+                at = offset - self._buf_start
+                return b"".join(self._buf)[at : at + size]
+            if self._inflight is not None and offset >= self._inflight[0]:
+                at = offset - self._inflight[0]
+                return self._inflight[1][at : at + size]
+            return None
 
     def _timed_sync(self, seg: Segment) -> None:
         started = time.monotonic()

@@ -26,6 +26,7 @@ from walq import errors, wire
 from walq.errors import ArgumentError, ClosedError, PayloadError, ProtocolError, WalqError
 from walq.fs import FileSystem, OsFileSystem
 from walq.job import DEFAULT_MAX_PAYLOAD
+from walq.redisq import check_not_url
 from walq.spool import SpoolWriter
 
 log = logging.getLogger("walq.producer")
@@ -384,6 +385,7 @@ def connect(
     The spool is written only into a queue directory that Queue.open would
     accept: the caller's, writable by it alone, unless `trust_dir`.
     """
+    check_not_url(os.fspath(path))
     return Producer(
         os.fspath(path),
         fs=fs,

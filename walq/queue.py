@@ -47,19 +47,24 @@ from walq.fs import File, FileSystem, Lock, OsFileSystem, queue_dir_owner
 from walq.job import (
     COUNTERS,
     DEFAULT_MAX_PAYLOAD,
+    MAX_PAYLOAD_LIMIT,
     DeadJob,
     Job,
+    check_delay,
     check_key,
     check_seconds,
     check_task,
+    clip_error,
     decode_payload,
     encode_payload,
     split_item,
 )
 from walq.log import CUT_DIR, Damage, Log
+from walq.redisq import check_not_url, is_redis_url
 from walq.segment import SPARE_SUFFIX, TMP_SUFFIX
 from walq.server import ProducerServer
 from walq.spool import SPOOL_DIR
+from walq.text import excerpt
 from walq.wire import SOCKET_NAME
 
 log = logging.getLogger("walq.queue")
@@ -71,6 +76,12 @@ OWN_NAMES = frozenset(
     {LOCK_FILE, SPOOL_DIR, CUT_DIR, SOCKET_NAME, "worker-status.json",
      "worker-status.json.part", "lost+found"}
 )  # fmt: skip
+# Segment files the owner keeps open for reading payloads (a cache: others are
+# opened on demand), so that a queue of many segments needs few descriptors.
+_MAX_READERS = 16
+# Ids per ack or purge record (a record body must stay under fmt.MAX_BODY), and
+# so the most jobs one claim_many takes.
+_IDS_PER_RECORD = 1 << 20
 
 
 class _Item(NamedTuple):
@@ -133,7 +144,10 @@ class Queue:
         self._mu = threading.Lock()
         self._changed = threading.Condition(self._mu)
         self._waiting_claims = 0  # claims blocked in _changed.wait: enqueue must wake them
+        # Read handles by Loc.seg, least recently used first: at most _MAX_READERS,
+        # plus those pinned across a compaction's rename (see _pin_readers).
         self._readers: dict[int, File] = {}
+        self._pinned: set[int] = set()
         self._closed = False
         self._free_checked = (-1.0, 0)
         self.damage: list[Damage] = []
@@ -208,20 +222,21 @@ class Queue:
         their spool (docs/PRODUCERS.md).
         A "redis://..." path opens a RedisQueue instead (docs/REDIS.md).
         """
-        if isinstance(path, str) and path.startswith(("redis://", "rediss://", "unix://")):
+        if is_redis_url(path):
             from walq.redisq import RedisQueue  # noqa: PLC0415 - the optional backend
 
             return RedisQueue.open(  # type: ignore[return-value]
                 path, max_pending=max_pending, max_bytes=max_bytes, max_payload=max_payload,
                 max_attempts=max_attempts, rng=rng,
             )  # fmt: skip
+        check_not_url(path)
         if recovery not in RECOVERY_MODES:
             raise ArgumentError(f"recovery must be 'strict' or 'skip', not {recovery!r}")
         for name, cap in (("max_pending", max_pending), ("max_bytes", max_bytes)):
             if cap is not None and (not isinstance(cap, int) or cap < 1):
                 raise ArgumentError(f"{name} must be a positive integer or None")
-        if not 1 <= max_payload <= fmt.MAX_BODY - 65536 * 3:
-            raise ArgumentError(f"max_payload must be 1..{fmt.MAX_BODY - 65536 * 3} bytes")
+        if not 1 <= max_payload <= MAX_PAYLOAD_LIMIT:
+            raise ArgumentError(f"max_payload must be 1..{MAX_PAYLOAD_LIMIT} bytes")
         lock_timeout = check_seconds("lock_timeout", lock_timeout)
         fs = fs or OsFileSystem()
         path = str(path)
@@ -410,7 +425,7 @@ class Queue:
         if key is not None:
             check_key(key)
         if delay != 0.0 or type(delay) is not float:
-            delay = check_seconds("delay", delay)
+            delay = check_delay(delay)
         if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
         maxa = max_attempts or 0
@@ -575,7 +590,8 @@ class Queue:
         `tasks`, if given, takes only jobs of those tasks (before `accept`).
         """
         if not isinstance(n, int) or n < 1:
-            raise ArgumentError(f"n must be a positive integer, not {n!r}")
+            raise ArgumentError(f"n must be a positive integer, not {excerpt(n)}")
+        n = min(n, _IDS_PER_RECORD)  # "up to n": one claim record holds this many
         if tasks is not None:
             accept = _only_tasks(set(tasks), accept)
         lease = check_seconds("lease", lease, positive=True)
@@ -589,10 +605,10 @@ class Queue:
                 deferred: list[tuple[JobInfo, float]] = []
                 taken = self._state.take_ready(n, accept, deferred)
                 if taken or deferred:
-                    lsn, started = self._start(taken, deferred, now, lease)
-                    if started:
+                    lsn, jobs = self._start(taken, deferred, now, lease)
+                    if jobs:
                         break
-                    continue  # all were deferred or out of attempts (now dead): look again
+                    continue  # all were deferred, damaged or out of attempts: look again
                 if now.mono >= deadline:
                     return []
                 wait = deadline - now.mono
@@ -607,25 +623,24 @@ class Queue:
                 self._check_open()
                 now = self._clock()
         self._commit(lsn, None)  # the starts are durable (per the sync mode) before the jobs run
-        with self._mu:  # a compaction may move records; read under the lock
-            jobs = []
-            for info, attempt in started:
-                try:
-                    jobs.append(self._job(info.id, attempt))
-                except CorruptionError as exc:
-                    self._bury(info.id, attempt, exc)
-            return jobs
+        return jobs
 
     def _start(
         self, taken: list[JobInfo], deferred: list[tuple[JobInfo, float]], now: Now, lease: float
-    ) -> tuple[int, list[tuple[JobInfo, int]]]:
-        """Record the start of taken jobs (lock held); dead-letter those out of attempts.
+    ) -> tuple[int, list[Job]]:
+        """Record the start of taken jobs (lock held) and return them, read back.
 
-        A deferred job is rescheduled without being charged: a Fail record
-        that keeps its attempt count and says why.
+        Each job is read before anything is written: a claim is recorded only
+        for jobs this call hands back. If a read fails (EMFILE, EIO), nothing
+        is written and every taken job stays pending. A job out of attempts,
+        or whose record is damaged, is dead-lettered instead (damage is never
+        delivered). A deferred job is rescheduled without being charged: a
+        Fail record that keeps its attempt count and says why.
         """
         events: list[ev.Event] = []
-        started = []
+        started: list[tuple[JobInfo, int]] = []
+        jobs: list[Job] = []
+        dead = 0
         for info, until in deferred:
             events.append(
                 ev.Fail(
@@ -646,13 +661,29 @@ class Queue:
                         error=INTERRUPTED.format(n=info.attempts),
                     )
                 )
-                self.counters["dead_lettered"] += 1
+                dead += 1
                 log.warning(
                     "job %d (%s): %s", info.id, info.task, INTERRUPTED.format(n=info.attempts),
                     extra={"job_id": info.id, "task": info.task},
                 )  # fmt: skip
-            else:
-                started.append((info, info.attempts + 1))
+                continue
+            try:
+                job = self._job(info.id, info.attempts + 1)
+            except CorruptionError as exc:
+                jid = info.id
+                log.error(
+                    "%s; job %d dead-lettered, not delivered", exc, jid, extra={"job_id": jid}
+                )
+                events.append(
+                    ev.Fail(id=jid, attempt=info.attempts, dead=True, error=f"[damaged] {exc}")
+                )
+                dead += 1
+                continue
+            except BaseException:
+                self._state.untake(taken + [i for i, _ in deferred])
+                raise
+            started.append((info, job.attempt))
+            jobs.append(job)
         if started:
             events.append(ev.Claim(items=tuple((i.id, a) for i, a in started)))
         try:
@@ -667,14 +698,8 @@ class Queue:
             if info.attempts >= info.max_attempts:
                 self._claims.pop(info.id, None)  # dead-lettered just now
         self.counters["claimed"] += len(started)
-        return lsn, started
-
-    def _bury(self, jid: int, attempt: int, exc: CorruptionError) -> None:
-        """Dead-letter a claimed job whose record is damaged, instead of handing it out."""
-        log.error("%s; job %d dead-lettered, not delivered", exc, jid, extra={"job_id": jid})
-        event = ev.Fail(id=jid, attempt=attempt, dead=True, error=f"[damaged] {exc}")
-        self._write([event], self._clock())
-        self.counters["dead_lettered"] += 1
+        self.counters["dead_lettered"] += dead
+        return lsn, jobs
 
     def _job(self, jid: int, attempt: int) -> Job:
         """The job as a handler sees it, read back from its record (lock held).
@@ -741,7 +766,7 @@ class Queue:
             if PLANTED_FORGET_ACK or not ids:
                 return refused
             self._forget(ids)
-            lsn = self._write([ev.Ack(ids=tuple(ids))], self._clock())
+            lsn = self._write([ev.Ack(ids=chunk) for chunk in _chunks(ids)], self._clock())
             self.counters["acked"] += len(ids)
             self._changed.notify_all()
         self._commit(lsn, sync)
@@ -762,7 +787,7 @@ class Queue:
         Returns the job's new status, "scheduled" or "dead".
         """
         if delay is not None:
-            delay = check_seconds("delay", delay)
+            delay = check_delay(delay)
         with self._mu:
             self._check_open()
             info = self._state.check_holder(job_id, self._own(job_id, attempt))
@@ -775,7 +800,7 @@ class Queue:
                 attempt=info.attempts,
                 dead=dead,
                 due=0.0 if dead else now.wall + delay,
-                error=str(error),
+                error=clip_error(str(error)),
             )
             lsn = self._write([event], now)
             self._forget([job_id])
@@ -840,6 +865,7 @@ class Queue:
     def status(self, job_id: int) -> str:
         """pending | scheduled | running | done | dead | cancelled (UnknownJobError if none)."""
         with self._mu:
+            self._check_not_closed()
             self._tick(self._clock())
             return self._state.status(job_id)
 
@@ -918,18 +944,20 @@ class Queue:
                         raise StateError(f"job {jid} is {self._state.status(jid)}, not dead")
             if not ids:
                 return 0
-            lsn = self._write([ev.Purge(ids=ids)], self._clock())
+            lsn = self._write([ev.Purge(ids=chunk) for chunk in _chunks(ids)], self._clock())
         self._commit(lsn, sync)
         return len(ids)
 
     def set_task_defaults(self, task: str, *, max_attempts: int) -> None:
         """Attempts allowed for jobs of `task` that did not set max_attempts themselves."""
         with self._mu:
+            self._check_not_closed()
             self._state.set_task_max_attempts(check_task(task), max_attempts)
 
     def stats(self) -> dict[str, Any]:
         """Counts by state and per task, bytes, segments, and counters since open."""
         with self._mu:
+            self._check_not_closed()
             self._tick(self._clock())
             c = self._state.counts
             paths = self._log.segment_paths()
@@ -1022,6 +1050,7 @@ class Queue:
     def next_due_in(self) -> float | None:
         """Seconds until the next scheduled job falls due or lease expires (None: none)."""
         with self._mu:
+            self._check_not_closed()
             now = self._clock()
             self._tick(now)  # what is already due moves now, so this is never stale-zero
             due = self._state.next_due()
@@ -1078,14 +1107,17 @@ class Queue:
             return ev.Meta(next_id=self._state.next_id, tombstones=tombs)
 
     def _pin_readers(self, upto: int) -> None:
-        """Open a read handle on every file a live job's record is in, up to segment `upto`.
+        """Open and pin a read handle on the file a compaction's rename replaces.
 
         Called (lock held) before a compaction renames its output over segment
-        `upto`: the handles keep the old files readable until every job has moved.
+        `upto`: the handle keeps the old file readable until every job has
+        moved. (The older segments it covers stay in place until then:
+        remove_superseded comes after _drop_readers.)
         """
         for seg in self._state.segments_in_use():
-            if seq_of(seg) <= upto:
+            if seq_of(seg) == upto:
                 self._reader(seg)
+                self._pinned.add(seg)
 
     def _relocate(self, upto: int, moves: dict[int, tuple[Loc, bool]]) -> None:
         """Point some jobs at their records in the compacted segment (lock held)."""
@@ -1095,15 +1127,23 @@ class Queue:
         """Close the handles on files a compaction replaced (lock held)."""
         for seg in [s for s in self._readers if seq_of(s) <= upto and s != keep]:
             self._readers.pop(seg).close()
+        self._pinned = {s for s in self._pinned if seq_of(s) > upto}
 
     def _segment_path(self, seg: int) -> str:
         return posixpath.join(self.path, fmt.segment_name(seq_of(seg)))
 
     def _reader(self, seg: int) -> File:
-        """The read handle for Loc.seg `seg` (lock held), opened on first use."""
-        f = self._readers.get(seg)
+        """The read handle for Loc.seg `seg` (lock held), opened on demand."""
+        readers = self._readers
+        f = readers.pop(seg, None)
         if f is None:
-            f = self._readers[seg] = self.fs.open(self._segment_path(seg))
+            if len(readers) >= _MAX_READERS:
+                for old in [s for s in readers if s not in self._pinned]:
+                    readers.pop(old).close()  # the least recently used first
+                    if len(readers) < _MAX_READERS:
+                        break
+            f = self.fs.open(self._segment_path(seg))
+        readers[seg] = f  # now the most recently used
         return f
 
     # -- internals ---------------------------------------------------------------------
@@ -1112,11 +1152,15 @@ class Queue:
         for listener in list(self.ready_listeners):
             listener()
 
-    def _check_open(self) -> None:
+    def _check_not_closed(self) -> None:
+        """For what only reads the state: it stays readable after a failed write."""
         if self._forked:
             raise forks.error(self.path, self._pid)
         if self._closed:
             raise ClosedError(f"{self.path}: the queue is closed")
+
+    def _check_open(self) -> None:
+        self._check_not_closed()
         failed = self._log.failed
         if failed is not None:
             raise failed
@@ -1134,9 +1178,9 @@ class Queue:
 
     def _read(self, loc: Loc) -> framing.Record:
         """The record at `loc`, checked against its CRC."""
-        if loc.offset + loc.size > self._log.written_end(seq_of(loc.seg)):
-            self._log.flush()  # still in the group-commit buffer
-        data = self._reader(loc.seg).pread(loc.size, loc.offset)
+        data = self._log.unwritten(loc.seg, loc.offset, loc.size)  # still in the buffer?
+        if data is None:
+            data = self._reader(loc.seg).pread(loc.size, loc.offset)
         record = framing.decode(data, 0, origin=loc.offset)
         if not isinstance(record, framing.Record):
             reason = getattr(record, "reason", "no record")
@@ -1175,6 +1219,11 @@ def _only_tasks(
         return True if accept is None else accept(info)
 
     return only
+
+
+def _chunks(ids: Sequence[int]) -> list[tuple[int, ...]]:
+    """`ids` in runs short enough for one record each (see _IDS_PER_RECORD)."""
+    return [tuple(ids[i : i + _IDS_PER_RECORD]) for i in range(0, len(ids), _IDS_PER_RECORD)]
 
 
 def _file_size(fs: FileSystem, path: str) -> int:

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -46,6 +47,7 @@ from walq.job import (
     DEFAULT_MAX_PAYLOAD,
     DeadJob,
     Job,
+    check_delay,
     check_key,
     check_seconds,
     check_task,
@@ -53,6 +55,7 @@ from walq.job import (
     encode_payload,
     split_item,
 )
+from walq.text import excerpt, shown
 
 if TYPE_CHECKING:
     import redis
@@ -122,6 +125,24 @@ def _redis() -> Any:
 def is_redis_url(target: object) -> bool:
     """Whether `target` names a Redis server rather than a queue directory."""
     return isinstance(target, str) and target.startswith(SCHEMES)
+
+
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def check_not_url(target: object) -> None:
+    """ArgumentError if `target`, taken for a queue directory, is a URL walq does not know.
+
+    "redis+sentinel://..." must not become a local directory of that name.
+    Only the scheme is shown: the rest of a URL may hold a password.
+    """
+    if isinstance(target, str):
+        match = _URL.match(target)
+        if match is not None and not is_redis_url(target):
+            raise ArgumentError(
+                f"unknown URL scheme {match.group()!r}: walq knows {', '.join(SCHEMES)} "
+                "(anything else is a queue directory's path)"
+            )
 
 
 # -- the scripts ----------------------------------------------------------------------------
@@ -1162,7 +1183,7 @@ class RedisQueue:
         """Validate one job's arguments (as the file queue does) and encode its payload."""
         check_task(task)
         check_key(key)
-        delay = check_seconds("delay", delay)
+        delay = check_delay(delay)
         if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
         maxa = max_attempts or 0
@@ -1226,7 +1247,7 @@ class RedisQueue:
         is asked, so no other claimer takes them meanwhile.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ArgumentError(f"n must be a positive integer, not {n!r}")
+            raise ArgumentError(f"n must be a positive integer, not {excerpt(n)}")
         lease_ms = max(1, _ms(check_seconds("lease", lease, positive=True)))
         timeout = check_seconds("timeout", timeout)
         only = None if tasks is None else json.dumps(sorted({check_task(t) for t in tasks}))
@@ -1444,7 +1465,7 @@ class RedisQueue:
         Returns the job's new status, "scheduled" or "dead".
         """
         if delay is not None:
-            delay = check_seconds("delay", delay)
+            delay = check_delay(delay)
         jid = _job_id(job_id)
         reply = self._run(
             "fail",
@@ -1766,7 +1787,7 @@ def _decode_or_raw(kind: int, data: bytes) -> Any:
 
 def _job_id(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentError(f"a job id is an int, not {value!r}")
+        raise ArgumentError(f"a job id is an int, not {excerpt(value)}")
     return value
 
 
@@ -1886,7 +1907,7 @@ def stats_lines(st: Mapping[str, Any]) -> list[str]:
         lines.append(f"tasks     {head}")
         for name, c in st["tasks"].items():
             lines.append(
-                f"          {name:<20} {c['pending']:>8} {c['scheduled']:>9} "
+                f"          {shown(name):<20} {c['pending']:>8} {c['scheduled']:>9} "
                 f"{c['running']:>8} {c['dead']:>6}"
             )
     lines.append("counters  " + ", ".join(f"{c} {st[c]}" for c in _COUNTERS))

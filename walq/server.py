@@ -47,6 +47,7 @@ from walq.errors import (
     WalqError,
 )
 from walq.fs import check_owner, own_dir
+from walq.text import excerpt
 
 if TYPE_CHECKING:
     from walq.queue import Queue
@@ -503,7 +504,7 @@ class ProducerServer:
                 self.poke()
                 return {"ok": True}
             if op != "enqueue":
-                raise ProtocolError(f"unknown op {op!r}")
+                raise ProtocolError(f"unknown op {excerpt(op)}")
             ids = self.queue.enqueue_many([item.for_queue() for item in items], sync=True)
             return {"ok": True, "ids": ids}
         except WalqError as exc:

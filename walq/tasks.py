@@ -12,6 +12,7 @@ import attrs
 from walq.core.retry import Backoff, CircuitBreaker, RateLimit, TaskPolicy
 from walq.errors import ArgumentError, TaskModuleError
 from walq.job import Job, check_seconds, check_task
+from walq.text import excerpt
 
 Handler = Callable[[Any, Job], Any]
 H = TypeVar("H", bound=Handler)
@@ -119,7 +120,9 @@ def load_tasks(spec: str) -> Tasks:
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ArgumentError(f"--tasks takes module:attribute (say myapp.jobs:tasks), not {spec!r}")
+        raise ArgumentError(
+            f"--tasks takes module:attribute (say myapp.jobs:tasks), not {excerpt(spec)}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

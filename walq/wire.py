@@ -35,12 +35,13 @@ from walq.core.state import MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY
 from walq.errors import ArgumentError, ProtocolError
 from walq.job import (
     DEFAULT_MAX_PAYLOAD,
+    check_delay,
     check_key,
-    check_seconds,
     check_task,
     decode_payload,
     encode_payload,
 )
+from walq.text import excerpt
 
 SOCKET_NAME = "walq.sock"
 MAX_MESSAGE = 64 << 20  # bytes of one request body
@@ -130,7 +131,7 @@ def make_item(
         kind=kind,
         data=data,
         key=check_key(key),
-        delay=check_seconds("delay", delay),
+        delay=check_delay(delay),
         priority=priority,
         max_attempts=attempts,
     )
@@ -139,10 +140,12 @@ def make_item(
 def item_from(entry: object, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Item:
     """An Item from an enqueue_many entry: (task, payload[, options])."""
     if not isinstance(entry, tuple | list) or len(entry) not in (2, 3):
-        raise ArgumentError(f"enqueue_many items are (task, payload[, options]), not {entry!r}")
+        raise ArgumentError(
+            f"enqueue_many items are (task, payload[, options]), not {excerpt(entry)}"
+        )
     opts = entry[2] if len(entry) == 3 and entry[2] else {}
     if not isinstance(opts, Mapping):
-        raise ArgumentError(f"enqueue_many options must be a mapping, not {opts!r}")
+        raise ArgumentError(f"enqueue_many options must be a mapping, not {excerpt(opts)}")
     unknown = set(opts) - OPTIONS
     if unknown:
         raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(map(str, unknown)))}")
@@ -196,7 +199,7 @@ def _decode_item(i: int, entry: object, view: memoryview, offset: int) -> tuple[
     if not isinstance(task, str) or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
         raise ProtocolError(f"item {i}: task must be a string and kind 0 or 1")
     if not _is_int(size) or size < 0 or size > len(view) - offset:
-        raise ProtocolError(f"item {i}: payload size {size!r} runs past the request")
+        raise ProtocolError(f"item {i}: payload size {excerpt(size)} runs past the request")
     if key is not None and not isinstance(key, str):
         raise ProtocolError(f"item {i}: key must be a string or null")
     if not (_is_int(delay) or isinstance(delay, float)) or not math.isfinite(delay):

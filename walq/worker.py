@@ -40,6 +40,7 @@ from walq.job import Job, check_seconds
 from walq.queue import Queue
 from walq.redisq import BackendError, RedisQueue
 from walq.tasks import Task, Tasks
+from walq.text import excerpt
 
 log = logging.getLogger("walq.worker")
 
@@ -116,7 +117,7 @@ def child_main(conn: Connection, tasks: Tasks, parent: int) -> None:
             task = tasks.get(job.task)
             try:
                 if task is None:
-                    raise Permanent(f"no handler for task {job.task!r} in this worker")
+                    raise Permanent(f"no handler for task {excerpt(job.task)} in this worker")
                 task.fn(job.payload, job)
             except BaseException as exc:  # every failure is reported, none escapes
                 result: tuple[str, int, int, dict[str, Any] | None] = (

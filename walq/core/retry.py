@@ -28,6 +28,8 @@ from typing import Any, Final, Protocol
 
 import attrs
 
+from walq.core.format import MAX_DELAY
+
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "Admission",
@@ -217,9 +219,11 @@ def decide(
         return Decision(retry=False, delay=0.0, reason="not_retry_on")
     if attempt >= max_attempts:
         return Decision(retry=False, delay=0.0, reason="exhausted")
+    # A retry is due at most MAX_DELAY from now, as any job (walq.job.check_delay).
     if isinstance(error, RetryAfter):
-        return Decision(retry=True, delay=error.delay, reason="retry_after")
-    return Decision(retry=True, delay=backoff.delay(attempt - 1, rng), reason="backoff")
+        return Decision(retry=True, delay=min(error.delay, MAX_DELAY), reason="retry_after")
+    delay = min(backoff.delay(attempt - 1, rng), MAX_DELAY)
+    return Decision(retry=True, delay=delay, reason="backoff")
 
 
 # -- per-task rate limit ----------------------------------------------------

@@ -53,8 +53,13 @@ MAX_ATTEMPTS = 0xFFFF
 # A live job is one packed int (about 130 bytes of RAM with its dict slot,
 # against 210 for a slotted object): the fields below, then its record's
 # location (segment, offset, size) so the payload can be read back from disk.
-_STATE, _ATTEMPTS, _MAXA, _PRIO, _TASK, _SIZE, _OFFSET, _SEG = 0, 3, 19, 35, 51, 67, 99, 131
+# The task is an index into the names seen (the log stores names, not indexes):
+# 32 bits, so the number of distinct task names has no limit that matters --
+# 2**32 names would need hundreds of GiB of RAM first. (It was 16 bits, and
+# the 65,537th name was refused after its record was written: see task_index.)
+_STATE, _ATTEMPTS, _MAXA, _PRIO, _TASK, _SIZE, _OFFSET, _SEG = 0, 3, 19, 35, 51, 83, 115, 147
 _M3, _M16, _M32 = 0x7, 0xFFFF, 0xFFFFFFFF
+_MT = _M32  # the task index's mask
 
 
 def _pack(state: int, attempts: int, maxa: int, prio: int, task: int, loc: Loc) -> int:
@@ -216,7 +221,7 @@ class QueueState:
     def _info(self, jid: int, p: int) -> JobInfo:
         return JobInfo(
             id=jid,
-            task=self._tasks[(p >> _TASK) & _M16],
+            task=self._tasks[(p >> _TASK) & _MT],
             state=p & _M3,
             attempts=(p >> _ATTEMPTS) & _M16,
             max_attempts=self._max_attempts(p),
@@ -228,7 +233,7 @@ class QueueState:
         own = (p >> _MAXA) & _M16
         if own:
             return own
-        return self._task_max.get((p >> _TASK) & _M16, self.default_max_attempts)
+        return self._task_max.get((p >> _TASK) & _MT, self.default_max_attempts)
 
     def status(self, jid: int) -> str:
         """pending | scheduled | running | dead | done | cancelled; UnknownJobError otherwise."""
@@ -262,6 +267,10 @@ class QueueState:
             if state is None or p & _M3 == state:
                 yield self._info(jid, p)
 
+    def ids_in(self, state: int) -> list[int]:
+        """The ids of live jobs in `state` (cheaper than jobs(): no JobInfo built)."""
+        return [jid for jid, p in self._jobs.items() if p & _M3 == state]
+
     def tombstones(self) -> dict[int, int]:
         """Ids of jobs that ended cancelled or purged (status needs to tell them from done)."""
         return dict(self._tombstones)
@@ -286,11 +295,13 @@ class QueueState:
     # -- configuration ---------------------------------------------------------
 
     def task_index(self, task: str) -> int:
-        """The small integer standing for task name `task`."""
+        """The small integer standing for task name `task` (never refuses: see _TASK).
+
+        Replay calls this for every name a record carries, so it must accept
+        whatever the writer accepted: nothing here may raise.
+        """
         idx = self._task_ids.get(task)
         if idx is None:
-            if len(self._tasks) > _M16:
-                raise ArgumentError(f"too many distinct task names (max {_M16 + 1})")
             idx = len(self._tasks)
             self._tasks.append(task)
             self._task_ids[task] = idx
@@ -390,7 +401,7 @@ class QueueState:
             if task is None and tlen > 0 and at + tlen <= end:
                 try:
                     task = task_ids[raw_task] = self.task_index(raw_task.decode())
-                except (UnicodeDecodeError, ArgumentError):
+                except UnicodeDecodeError:
                     task = None
             if task is None or klen != 0xFFFF or olen or due > wall or kind > 1:
                 # Keys, origins, schedules, anything odd: the general path (which
@@ -439,7 +450,7 @@ class QueueState:
             live += size
             seg = packed >> _SEG
             seg_bytes[seg] = seg_bytes.get(seg, 0) + size
-            task = (packed >> _TASK) & _M16
+            task = (packed >> _TASK) & _MT
             counts = by_task.get(task)
             if counts is None:
                 counts = by_task[task] = [0] * 5
@@ -654,7 +665,7 @@ class QueueState:
         """Keep the per-state counts (not while loading: finish_replay counts once)."""
         state = p & _M3
         self._n[state] += delta
-        task = (p >> _TASK) & _M16
+        task = (p >> _TASK) & _MT
         counts = self._by_task.get(task)
         if counts is None:
             counts = self._by_task[task] = [0] * 5
@@ -672,7 +683,7 @@ class QueueState:
         by_task = self._ready.get(prio)
         if by_task is None:
             by_task = self._ready[prio] = {}
-        task = (p >> _TASK) & _M16
+        task = (p >> _TASK) & _MT
         q = by_task.get(task)
         if q is None:
             q = by_task[task] = deque()
@@ -724,28 +735,34 @@ class QueueState:
         refused: set[int] = set()
         for prio in sorted(self._ready, reverse=True):
             by_task = self._ready[prio]
-            while len(taken) < limit:
-                best_task, best_id = -1, -1
-                for task, q in list(by_task.items()):
-                    if task in refused:
-                        continue
-                    jid = self._head(q)
-                    if jid is None:
-                        del by_task[task]
-                    elif best_id < 0 or jid < best_id:
-                        best_task, best_id = task, jid
-                if best_id < 0:
-                    break
+            # The oldest pending job of each task, oldest first: a heap, so that
+            # many tasks refused one after another cost T log T, not T squared.
+            heads: list[tuple[int, int]] = []
+            for task, q in list(by_task.items()):
+                jid = self._head(q)
+                if jid is None:
+                    del by_task[task]
+                elif task not in refused:
+                    heads.append((jid, task))
+            heapq.heapify(heads)
+            while len(taken) < limit and heads:
+                best_id, best_task = heapq.heappop(heads)
                 info = self._info(best_id, self._jobs[best_id])
                 verdict = True if accept is None else accept(info)
                 if verdict is False:
                     refused.add(best_task)
                     continue
-                by_task[best_task].popleft()
+                q = by_task[best_task]
+                q.popleft()
                 if verdict is True:
                     taken.append(info)
                 elif deferred is not None:
                     deferred.append((info, float(verdict)))
+                jid = self._head(q)
+                if jid is None:
+                    del by_task[best_task]
+                else:
+                    heapq.heappush(heads, (jid, best_task))
             if not by_task:
                 del self._ready[prio]
             if len(taken) >= limit:
@@ -776,7 +793,7 @@ class QueueState:
             if p is None or p & _M3 != PENDING:
                 continue
             prio = (p >> _PRIO) & _M16
-            task = (p >> _TASK) & _M16
+            task = (p >> _TASK) & _MT
             self._ready.setdefault(prio, {}).setdefault(task, deque()).appendleft(info.id)
 
     def extend(self, jid: int, attempt: int | None, deadline: float) -> None:
