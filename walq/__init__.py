@@ -24,6 +24,7 @@ from walq.errors import (
     StateError,
     UnknownJobError,
     WalqError,
+    WorkerStartError,
 )
 from walq.job import DeadJob, Job
 from walq.producer import Producer, connect
@@ -66,6 +67,7 @@ __all__ = [
     "UnknownJobError",
     "WalqError",
     "Worker",
+    "WorkerStartError",
     "__version__",
     "connect",
 ]
