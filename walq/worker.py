@@ -132,7 +132,12 @@ def _run_one(fields: dict[str, Any], tasks: Tasks) -> tuple[str, int, int, dict[
     return ("ok", job.id, job.attempt, None)
 
 
-def child_main(conn: Connection, tasks_blob: bytes, parent: int) -> None:
+def child_main(
+    conn: Connection,
+    tasks_arg: Tasks | bytes,
+    parent: int,
+    group_signals: tuple[signal.Signals, ...] = GROUP_SIGNALS,
+) -> None:
     """A worker process: import the tasks, say "ready", then run jobs one at a time.
 
     Messages from the owner: a list of jobs (queued here, run in order), None
@@ -148,15 +153,15 @@ def child_main(conn: Connection, tasks_blob: bytes, parent: int) -> None:
     """
     # The owner blocked these while starting us, so a group SIGTERM during our
     # start-up is held back; from here on, it is the owner's to act on.
-    for sig in GROUP_SIGNALS:
+    for sig in group_signals:
         signal.signal(sig, _ignore_group_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
     _set_parent_death_signal()
     if os.getppid() != parent:
         os._exit(3)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    try:
-        tasks = pickle.loads(tasks_blob)  # imports the task modules
+    try:  # spawn: unpickling imports the task modules
+        tasks = tasks_arg if isinstance(tasks_arg, Tasks) else pickle.loads(tasks_arg)
     except BaseException as exc:  # the user's import error, reported as such
         summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         with contextlib.suppress(BrokenPipeError, OSError):
@@ -257,6 +262,10 @@ class _TaskRuntime:
 
 class Worker:
     """Runs jobs from `queue` with the handlers in `tasks`, in `processes` worker processes."""
+
+    # The signals worker processes leave to the owner (a seam: walq.testing.plant
+    # plants a pool whose workers die of the group's SIGTERM).
+    _group_signals: tuple[signal.Signals, ...] = GROUP_SIGNALS
 
     def __init__(
         self,
@@ -431,7 +440,7 @@ class Worker:
         parent_conn, child_conn = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=child_main,
-            args=(child_conn, self._tasks_arg, os.getpid()),
+            args=(child_conn, self._tasks_arg, os.getpid(), self._group_signals),
             name="walq-worker",
             daemon=True,
         )
@@ -499,7 +508,7 @@ class Worker:
         The claim's fsync also makes the acks and fails recorded just before it
         durable: one fsync per round, however many jobs finished and started.
         """
-        free = [s for s in self._slots if s.ready and not s.retiring and s.kill_reason is None]
+        free = [s for s in self._slots if self._takes_jobs(s)]
         space = {id(s): self._space(s) for s in free}
         free = [s for s in free if space[id(s)] > 0]
         room = sum(space.values())
@@ -528,6 +537,12 @@ class Worker:
                 with contextlib.suppress(BrokenPipeError, OSError):
                     slot.conn.send(batch)
         return len(jobs)
+
+    def _takes_jobs(self, slot: _Slot) -> bool:
+        """Whether jobs may be handed to this worker process now: it is ready (its
+        imports are done: a job's timeout starts when it is handed over), and
+        neither retiring nor being killed."""
+        return slot.ready and not slot.retiring and slot.kill_reason is None
 
     def _space(self, slot: _Slot) -> int:
         """How many more jobs a worker may be handed: its prefetch, and what its
@@ -705,7 +720,7 @@ class Worker:
         outcomes: list[Outcome] = []
         if not slot.ready:
             self._died_starting(slot, code)
-        elif slot.jobs:
+        if slot.jobs:
             job, task = slot.jobs.popleft()
             cause, message = self._death_cause(slot, code, task)
             if cause == "cancelled":
@@ -718,7 +733,7 @@ class Worker:
                 outcomes.append(Outcome(job, task, False, report, ran))
             for rest, rest_task in slot.jobs:
                 self._release(rest, rest_task, "its worker process ended before it started")
-        elif not slot.retiring:
+        elif slot.ready and not slot.retiring:
             log.warning("worker %d exited unexpectedly (code %s)", slot.pid, code)
         return outcomes  # the loop starts a replacement (_top_up)
 
