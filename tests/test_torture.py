@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -133,13 +134,114 @@ def test_sync_never_without_compaction_loses_nothing_to_kill_9(
     assert_no_strays(str(work))
 
 
-def test_a_planted_forgotten_ack_is_reported(tmp_path: Path) -> None:
-    """With acks forgotten (planted), acked jobs come back: the tool must say so."""
+def test_a_planted_forgotten_ack_is_reported_within_the_duration(tmp_path: Path) -> None:
+    """With acks forgotten (planted), acked jobs come back: the tool says so, in time."""
     work = tmp_path / "torture"
-    opts = Options(duration=6.0, seed=9, plant="forget-ack", drain_timeout=5.0, directory=str(work))
-    audit = torture.torture(opts)
+    started = time.monotonic()
+    audit = torture.torture(Options(duration=20.0, seed=9, plant="forget-ack", directory=str(work)))
     assert audit.redelivered_after_ack > 0
     assert audit.violations > 0
+    # within the run's duration, give or take a loaded machine (not a 180 s drain)
+    assert time.monotonic() - started < 20.0 + 15.0
+    assert_no_strays(str(work))
+
+
+def test_scratch_directories_go_to_the_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the current directory, where an interrupted run would leave them behind."""
+    scratch, here = tmp_path / "tmp", tmp_path / "here"
+    scratch.mkdir()
+    here.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.chdir(here)
+    torture.torture(Options(duration=1.0, seed=10, producers=0, keep=True))
+    assert list(here.iterdir()) == []
+    (made,) = scratch.iterdir()
+    assert made.name.startswith("walq-torture-") and (made / "ledger").exists()
+    assert_no_strays(str(made))
+
+
+# -- the dispatcher modes -------------------------------------------------------------------
+
+
+def test_a_handler_that_began_and_never_ended_is_killed_in_a_drain() -> None:
+    """Only when no owner was killed (group-sigterm): then every begin has its end."""
+    lines = [*CLEAN[:5], "begin 1 1 c0n0", "begin 2 1 c0n1", "raised 2 1 c0n1",
+             "begin 2 2 c0n1", "ran 2 2 c0n1 7"]  # fmt: skip
+    assert audit_ledger(lines, drained=True).killed_in_drain == 1
+    assert audit_ledger(lines).killed_in_drain == 0  # a kill -9 may cut a handler short
+    assert audit_ledger([*lines, "ran 1 1 c0n0 7"], drained=True).killed_in_drain == 0
+
+
+def test_recorded_timeouts_are_counted_from_the_owner_log() -> None:
+    audit = torture.Audit()
+    torture.count_timeouts(
+        "x walq.worker WARNING job 9 (work_timed) attempt 2 failed (timeout): handler exceeded"
+        "\nx walq.worker WARNING job 8 (work) attempt 1 failed (exception): boom\n",
+        audit,
+    )
+    assert audit.timeouts == 1 and audit.violations == 1 and "job 9" in audit.examples[0]
+
+
+def mode_options(mode: str, **kw: object) -> Options:
+    return Options(mode=mode, **{**torture.mode_defaults(mode), **kw})  # type: ignore[arg-type]
+
+
+def test_group_sigterm_mode_drains_every_cycle(tmp_path: Path) -> None:
+    """Each cycle ends with SIGTERM to the owner's process group: every handler finishes,
+    every owner exits 0, nothing is lost."""
+    work = tmp_path / "torture"
+    audit = torture.torture(
+        mode_options("group-sigterm", duration=25.0, seed=11, directory=str(work))
+    )
+    assert audit.violations == 0, audit.examples
+    assert audit.cycles >= 3 and audit.runs > 0
+    assert_no_strays(str(work))
+
+
+def test_group_sigterm_mode_reports_workers_that_die_of_it(tmp_path: Path) -> None:
+    work = tmp_path / "torture"
+    started = time.monotonic()
+    audit = torture.torture(
+        mode_options(
+            "group-sigterm",
+            duration=25.0,
+            seed=12,
+            plant="die-on-group-sigterm",
+            directory=str(work),
+        )
+    )
+    assert audit.killed_in_drain > 0, audit.examples
+    assert time.monotonic() - started < 25.0 + 15.0
+    assert_no_strays(str(work))
+
+
+def test_slow_import_mode_records_no_timeout(tmp_path: Path) -> None:
+    """The task module imports slower than the task's timeout; handlers stay well within it."""
+    work = tmp_path / "torture"
+    audit = torture.torture(
+        mode_options("slow-import", duration=30.0, seed=13, directory=str(work))
+    )
+    assert audit.violations == 0, audit.examples
+    assert audit.runs > 0
+    assert_no_strays(str(work))
+
+
+def test_slow_import_mode_reports_a_timeout_clock_started_at_dispatch(tmp_path: Path) -> None:
+    work = tmp_path / "torture"
+    started = time.monotonic()
+    audit = torture.torture(
+        mode_options(
+            "slow-import",
+            duration=30.0,
+            seed=14,
+            plant="timeout-from-dispatch",
+            directory=str(work),
+        )
+    )
+    assert audit.timeouts > 0, audit.examples
+    assert time.monotonic() - started < 30.0 + 15.0
     assert_no_strays(str(work))
 
 

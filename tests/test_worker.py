@@ -180,7 +180,7 @@ def test_handler_past_its_timeout_is_killed_and_replaced(q: walq.Queue) -> None:
 
 
 def test_handler_ignoring_sigterm_is_sigkilled_after_the_grace(q: walq.Queue) -> None:
-    """SIGTERM first, then SIGKILL after kill_grace: a handler cannot refuse to die."""
+    """The timeout kill is a SIGKILL: a handler that ignores SIGTERM cannot refuse to die."""
     q.enqueue("ignores_sigterm", {})
     w = Worker(q, worker_tasks.tasks, processes=1, kill_grace=0.3)
     run_until_done(q, w)

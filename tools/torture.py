@@ -32,6 +32,23 @@ walq.Queue: see `LedgerQueue`). Then, at the end:
 - duplicates: extra runs (at-least-once allows them; counted, not a violation);
 - and the queue must end empty, with nothing dead and fsck clean.
 
+Dispatcher modes (`--mode`) end each cycle another way and add their checks:
+
+- `group-sigterm`: each cycle ends with SIGTERM to the owner's whole process
+  group (as systemd's KillMode=control-group, timeout(1)); handlers record
+  `begin` too. killed-in-drain: a handler that began and never finished (all
+  are far shorter than the owner's shutdown_grace); the owner must exit 0.
+  `--plant die-on-group-sigterm` must make it fail.
+- `slow-import`: the task module takes longer to import than the task's
+  timeout, every worker process pays it (they are recycled often), and each
+  handler takes at most a quarter of that timeout. timeouts: any timeout the
+  owner records. `--plant timeout-from-dispatch` must make it fail.
+
+Every mode also reports a recorded timeout (no handler comes near its own).
+Monotone violations (phantoms, redeliveries, reused attempts, damage, killed
+handlers, timeouts) are checked after every cycle and during the final drain,
+so a run stops and reports as soon as one appears, within its duration.
+
 `python tools/torture.py --duration 60` or `--cycles 1000`; `--plant forget-ack`
 must make it fail. Exit status 1 on any violation. `--mode redis` runs the
 two-owner Redis mode instead (tools/torture_redis.py has its options).
@@ -45,6 +62,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -69,7 +87,19 @@ VIOLATIONS = (
     "dead",
     "owner-failures",
     "fsck-problems",
+    "killed-in-drain",
+    "timeouts",
 )
+# Facts that cannot be undone by anything later: checked as the run goes.
+MONOTONE = ("phantoms", "redelivered-after-ack", "attempt-reused", "damaged", "killed-in-drain",
+            "timeouts")  # fmt: skip
+MODES = ("kill9", "group-sigterm", "slow-import")
+OWNER_GRACE = 5.0  # the owner's shutdown_grace (seconds)
+OWNER_LEASE = 5.0  # the owner's claim lease (seconds)
+# Kept out of the kill cycles for the final drain: what a forgotten ack leaves
+# running comes back one lease later, so a planted bug shows within the duration.
+DRAIN_RESERVE = OWNER_LEASE + 10.0
+TIMEOUT_LINE = re.compile(r"job (\d+) \((\w+)\) attempt (\d+) failed \(timeout\)")
 
 
 # -- the ledger audit (pure) ----------------------------------------------------------
@@ -94,6 +124,9 @@ class Audit:
     dead: int = 0
     owner_failures: int = 0
     fsck_problems: int = 0
+    killed_in_drain: int = 0
+    timeouts: int = 0
+    drain_killed: bool = False
     examples: list[str] = attrs.Factory(list)
 
     def note(self, text: str) -> None:
@@ -123,17 +156,22 @@ class Audit:
                 "dead",
                 "owner_failures",
                 "fsck_problems",
+                "killed_in_drain",
+                "timeouts",
             )
         }
         out["violations"] = self.violations
         return out
 
 
-def audit_ledger(lines: Sequence[str], audit: Audit | None = None) -> Audit:
+def audit_ledger(
+    lines: Sequence[str], audit: Audit | None = None, *, drained: bool = False
+) -> Audit:
     """Check the ledger's facts against each other (see the module docstring).
 
     Jobs are followed by nonce (a spooled job has no id until the owner ingests
-    it), runs and acks by id.
+    it), runs and acks by id. `drained`: no owner was ever killed, so every
+    handler that began must have finished (killed-in-drain otherwise).
     """
     audit = audit or Audit()
     intents: set[str] = set()
@@ -143,6 +181,8 @@ def audit_ledger(lines: Sequence[str], audit: Audit | None = None) -> Audit:
     attempts: dict[int, int] = {}
     acked: dict[int, int] = {}  # id -> highest attempt whose ack was durable
     redelivered: set[int] = set()
+    began: dict[tuple[int, int], int] = {}  # (id, attempt) -> its `begin` line
+    ended: set[tuple[int, int]] = set()
     for number, line in enumerate(lines, 1):
         word, *rest = line.split() or [""]
         try:
@@ -174,9 +214,14 @@ def audit_ledger(lines: Sequence[str], audit: Audit | None = None) -> Audit:
                     )
                 if word == "ran":
                     ran[nonce] = ran.get(nonce, 0) + 1
+                ended.add((jid, attempt))
+            elif word == "begin":
+                began.setdefault((int(rest[0]), int(rest[1])), number)
             elif word == "damaged":
                 audit.damaged += 1
                 audit.note(f"line {number}: {line}")
+                with contextlib.suppress(ValueError, IndexError):
+                    ended.add((int(rest[0]), int(rest[1])))
             elif word == "acked":
                 jid, attempt = int(rest[0]), int(rest[1])
                 acked[jid] = max(attempt, acked.get(jid, 0))
@@ -194,6 +239,34 @@ def audit_ledger(lines: Sequence[str], audit: Audit | None = None) -> Audit:
     audit.lost = len(missing)
     if missing:
         audit.note(f"enqueued but never ran: {missing[:20]}")
+    if drained:
+        killed = sorted(began[k] for k in set(began) - ended)
+        audit.killed_in_drain = len(killed)
+        for number in killed[:5]:
+            audit.note(f"line {number}: {lines[number - 1]}: the handler never finished")
+    return audit
+
+
+def count_timeouts(log_text: str, audit: Audit) -> None:
+    """Timeouts the owners recorded (their log): no torture handler comes near its own."""
+    found = TIMEOUT_LINE.findall(log_text)
+    audit.timeouts = len(found)
+    for jid, task, attempt in found[:5]:
+        audit.note(f"owner.log: job {jid} ({task}) attempt {attempt} recorded as a timeout")
+
+
+def early_violations(work: Path, mode: str, *, owner_running: bool = False) -> Audit | None:
+    """The monotone violations so far (ledger and owner log), or None if there are none.
+
+    While an owner runs, a handler that began may yet finish: killed-in-drain waits.
+    """
+    ledger, log = work / "ledger", work / "owner.log"
+    audit = Audit()
+    lines = ledger.read_text().splitlines() if ledger.exists() else []
+    audit_ledger(lines, audit, drained=mode == "group-sigterm" and not owner_running)
+    count_timeouts(log.read_text(errors="replace") if log.exists() else "", audit)
+    if not any(getattr(audit, name.replace("-", "_")) for name in MONOTONE):
+        return None
     return audit
 
 
@@ -202,10 +275,15 @@ def audit_ledger(lines: Sequence[str], audit: Audit | None = None) -> Audit:
 
 def owner_main(argv: list[str]) -> int:
     """One owner: a producer thread (unless draining) and a worker pool, until killed."""
+    # slow-import: the delay is for the worker processes' imports, not this one.
+    delay = os.environ.pop("WALQ_TORTURE_IMPORT_DELAY", None)
     import walq
     from tools import torture_tasks
+
+    if delay is not None:
+        os.environ[torture_tasks.IMPORT_DELAY_ENV] = delay
     from walq.compactor import Policy
-    from walq.testing.plant import plant_from_env
+    from walq.testing.plant import plant_from_env, worker_class
 
     parser = argparse.ArgumentParser(prog="torture _owner")
     parser.add_argument("directory")
@@ -221,6 +299,7 @@ def owner_main(argv: list[str]) -> int:
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--backlog", type=int, default=300)
     parser.add_argument("--fail-percent", type=float, default=5.0)
+    parser.add_argument("--mode", choices=MODES, default="kill9")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     planted = plant_from_env()
@@ -290,7 +369,15 @@ def owner_main(argv: list[str]) -> int:
     )
     q.setup()
     stop = threading.Event()
-    worker = walq.Worker(q, torture_tasks.tasks, processes=args.processes, shutdown_grace=5.0)
+    args.task = task_of(args.mode)
+    worker = worker_class(planted)(
+        q, torture_tasks.tasks, processes=args.processes, shutdown_grace=OWNER_GRACE,
+        # slow-import: workers are recycled often, so starts happen mid-run too
+        max_tasks_per_child=10 if args.mode == "slow-import" else None,
+        # Jobs a killed owner left running come back when their lease expires: a short
+        # one (every handler here is far shorter) makes a planted bug show within the run.
+        lease=OWNER_LEASE,
+    )  # fmt: skip
     threads = []
     if args.drain:
         threads.append(threading.Thread(target=_until_empty, args=(q, worker, stop), daemon=True))
@@ -307,6 +394,11 @@ def owner_main(argv: list[str]) -> int:
             t.join(timeout=5)
         q.close()
     return code
+
+
+def task_of(mode: str) -> str:
+    """The task producers enqueue in this mode."""
+    return "work_timed" if mode == "slow-import" else "work"
 
 
 def _produce(q: Any, args: argparse.Namespace, rng: random.Random, stop: threading.Event) -> None:
@@ -326,7 +418,7 @@ def _produce(q: Any, args: argparse.Namespace, rng: random.Random, stop: threadi
                 fail=rng.random() * 100 < args.fail_percent,
                 as_bytes=rng.random() < 0.3,
             )
-            items.append(("work", payload))
+            items.append((args.task, payload))
             nonces.append(nonce)
         torture_tasks.append(args.ledger, [f"intent {nonce}" for nonce in nonces])
         try:
@@ -372,6 +464,7 @@ def producer_main(argv: list[str]) -> int:
     parser.add_argument("--payload-min", type=int, default=0)
     parser.add_argument("--payload-max", type=int, default=2000)
     parser.add_argument("--fail-percent", type=float, default=5.0)
+    parser.add_argument("--task", default="work")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
@@ -389,7 +482,7 @@ def producer_main(argv: list[str]) -> int:
             )
             torture_tasks.append(args.ledger, [f"intent {nonce}"])
             try:
-                jid = producer.enqueue("work", payload)
+                jid = producer.enqueue(args.task, payload)
             except walq.QueueFull:
                 stop.wait(0.05)
                 continue
@@ -422,10 +515,24 @@ class Options:
     producers: int = 1  # outside producer processes (walq.connect), alive across the kills
     producer_rate: float = 50.0
     plant: str | None = None
+    mode: str = "kill9"
+    import_delay: float = 2.5  # slow-import: seconds the task module takes to import
     drain_timeout: float = 180.0
     directory: str | None = None
     keep: bool = False
     echo: bool = False
+
+
+def mode_defaults(mode: str) -> dict[str, float]:
+    """The Options a mode changes from kill9's: slow-import's handlers and starts are
+    slow, so fewer jobs and longer cycles; group-sigterm's handlers take a while."""
+    if mode == "slow-import":
+        return {"kill_min": 4.0, "kill_max": 8.0, "work_ms": 300.0, "rate": 3.0,
+                "producer_rate": 1.0}  # fmt: skip
+    if mode == "group-sigterm":
+        # two processes run ~13 of these handlers a second: enqueue fewer
+        return {"work_ms": 300.0, "rate": 5.0, "producer_rate": 2.0}
+    return {}
 
 
 def start_owner(opts: Options, qdir: Path, ledger: Path, log: Any, cycle: int, drain: bool) -> Any:
@@ -435,11 +542,18 @@ def start_owner(opts: Options, qdir: Path, ledger: Path, log: Any, cycle: int, d
         "--compaction", opts.compaction, "--processes", str(opts.processes),
         "--payload-min", str(opts.payload_min), "--payload-max", str(opts.payload_max),
         "--rate", str(opts.rate), "--fail-percent", str(opts.fail_percent),
+        "--mode", opts.mode,
     ]  # fmt: skip
     if drain:
         cmd.append("--drain")
     env = dict(os.environ)
     env["WALQ_TORTURE_WORK_MS"] = str(opts.work_ms)
+    env.pop("WALQ_TORTURE_BEGIN", None)
+    env.pop("WALQ_TORTURE_IMPORT_DELAY", None)
+    if opts.mode != "kill9":
+        env["WALQ_TORTURE_BEGIN"] = "1"
+    if opts.mode == "slow-import":
+        env["WALQ_TORTURE_IMPORT_DELAY"] = str(opts.import_delay)
     env.pop("WALQ_PLANT_BUG", None)
     if opts.plant:
         env["WALQ_PLANT_BUG"] = opts.plant
@@ -449,6 +563,34 @@ def start_owner(opts: Options, qdir: Path, ledger: Path, log: Any, cycle: int, d
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+
+
+def wait_running(proc: Any, qdir: Path, timeout: float = 60.0) -> None:
+    """Until the owner's Worker runs (its status file names it), it exits, or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads((qdir / "worker-status.json").read_text())["pid"] == proc.pid:
+                return
+        time.sleep(0.02)
+
+
+def term_group(proc: Any, audit: Audit, what: str) -> None:
+    """SIGTERM to the owner's whole process group (systemd's stop); it must drain and exit 0."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=OWNER_GRACE + 30)
+    except subprocess.TimeoutExpired:
+        kill_owner(proc)
+        audit.owner_failures += 1
+        audit.note(f"{what}: the owner did not stop within {OWNER_GRACE + 30:g} s of SIGTERM")
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # nothing should be left; make sure
+    if code != 0:
+        audit.owner_failures += 1
+        audit.note(f"{what}: the owner exited {code} after a group SIGTERM, not 0")
 
 
 def kill_owner(proc: Any) -> None:
@@ -480,23 +622,30 @@ def torture(opts: Options) -> Audit:
     from walq.inspect import fsck
 
     made = opts.directory is None
-    work = Path(opts.directory or tempfile.mkdtemp(prefix=".walq-torture-", dir=os.getcwd()))
+    work = Path(opts.directory or tempfile.mkdtemp(prefix="walq-torture-"))
     work.mkdir(parents=True, exist_ok=True)
     qdir, ledger = work / "q", work / "ledger"
     audit = Audit()
     rng = random.Random(opts.seed)
     started = time.monotonic()
     producers: list[Any] = []
+    early: Audit | None = None
     try:
         with open(work / "owner.log", "a") as log:
             qdir.mkdir(mode=0o700, exist_ok=True)
             producers = [start_producer(opts, qdir, ledger, log, i) for i in range(opts.producers)]
-            while audit.cycles < opts.cycles and time.monotonic() - started < opts.duration:
+            cycling = opts.duration - min(opts.duration / 2, DRAIN_RESERVE)
+            while audit.cycles < opts.cycles and time.monotonic() - started < cycling:
                 proc = start_owner(opts, qdir, ledger, log, audit.cycles, drain=False)
+                if opts.mode == "group-sigterm":
+                    wait_running(proc, qdir)  # the stop under test is the pool's, not the start's
                 try:
                     code = proc.wait(timeout=rng.uniform(opts.kill_min, opts.kill_max))
                 except subprocess.TimeoutExpired:
-                    kill_owner(proc)
+                    if opts.mode == "group-sigterm":
+                        term_group(proc, audit, f"cycle {audit.cycles}")
+                    else:
+                        kill_owner(proc)
                 else:
                     audit.owner_failures += 1
                     audit.note(f"cycle {audit.cycles}: the owner exited by itself ({code})")
@@ -507,17 +656,23 @@ def torture(opts: Options) -> Audit:
                     print(
                         f"  {audit.cycles} cycles, {time.monotonic() - started:.0f} s", flush=True
                     )
+                log.flush()
+                early = early_violations(work, opts.mode)
+                if early is not None:
+                    break
             stop_producers(producers, audit)
-            proc = start_owner(opts, qdir, ledger, log, audit.cycles, drain=True)
-            try:
-                code = proc.wait(timeout=opts.drain_timeout)
-            except subprocess.TimeoutExpired:
-                kill_owner(proc)
-                audit.note(f"the final drain did not finish in {opts.drain_timeout:g} s")
-            else:
-                if code != 0:
-                    audit.owner_failures += 1
-                    audit.note(f"the final drain exited with {code}")
+            if early is None:
+                early = final_drain(opts, qdir, ledger, log, audit, work)
+        if early is not None:
+            # A violation nothing later can undo: reported now, without waiting out a
+            # drain (the queue is not expected to end empty, so that is not checked).
+            audit.note(f"stopped after {audit.cycles} cycles: a violation was found")
+            for name in (*MONOTONE, "jobs", "runs", "duplicates", "acked"):
+                attr = name.replace("-", "_")
+                setattr(audit, attr, getattr(early, attr))
+            # (what has not run yet is no finding: the run stopped before its drain)
+            audit.examples += [e for e in early.examples if not e.startswith("enqueued but")]
+            return audit
         with walq.Queue.open(str(qdir), compaction=False, lock_timeout=10.0, serve=False) as q:
             stats = q.stats()
         audit.unfinished = stats["unfinished"]
@@ -528,7 +683,12 @@ def torture(opts: Options) -> Audit:
         audit.fsck_problems = len(report.problems)
         for problem in report.problems[:5]:
             audit.note(f"fsck: {problem}")
-        audit_ledger(ledger.read_text().splitlines() if ledger.exists() else [], audit)
+        audit_ledger(
+            ledger.read_text().splitlines() if ledger.exists() else [], audit,
+            drained=opts.mode == "group-sigterm" and not audit.drain_killed,
+        )  # fmt: skip
+        log_text = (work / "owner.log").read_text(errors="replace")
+        count_timeouts(log_text, audit)
         if audit.violations and (work / "owner.log").exists():
             tail = (work / "owner.log").read_text().splitlines()[-15:]
             audit.examples += [f"owner.log: {line}" for line in tail]
@@ -541,12 +701,40 @@ def torture(opts: Options) -> Audit:
     return audit
 
 
+def final_drain(
+    opts: Options, qdir: Path, ledger: Path, log: Any, audit: Audit, work: Path
+) -> Audit | None:
+    """One owner with no producer until the queue is empty; a monotone violation found
+    meanwhile ends it at once (then returned)."""
+    proc = start_owner(opts, qdir, ledger, log, audit.cycles, drain=True)
+    deadline = time.monotonic() + opts.drain_timeout
+    while True:
+        try:
+            code = proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            log.flush()
+            early = early_violations(work, opts.mode, owner_running=True)
+            if early is not None:
+                kill_owner(proc)
+                return early
+            if time.monotonic() >= deadline:
+                kill_owner(proc)
+                audit.drain_killed = True  # its handlers cut short are not the owner's doing
+                audit.note(f"the final drain did not finish in {opts.drain_timeout:g} s")
+                return None
+            continue
+        if code != 0:
+            audit.owner_failures += 1
+            audit.note(f"the final drain exited with {code}")
+        return None
+
+
 def start_producer(opts: Options, qdir: Path, ledger: Path, log: Any, index: int) -> Any:
     cmd = [
         sys.executable, "-m", "tools.torture", "_producer", str(qdir), str(ledger),
         "--index", str(index), "--seed", str(opts.seed), "--rate", str(opts.producer_rate),
         "--payload-min", str(opts.payload_min), "--payload-max", str(opts.payload_max),
-        "--fail-percent", str(opts.fail_percent),
+        "--fail-percent", str(opts.fail_percent), "--task", task_of(opts.mode),
     ]  # fmt: skip
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -594,14 +782,31 @@ def main(argv: list[str] | None = None) -> int:
         from tools import torture_redis
 
         return torture_redis.main([a for a in argv if a not in ("--mode", "redis", "--mode=redis")])
-    from walq.testing.plant import BUGS
+    from walq.testing.plant import BUGS, WORKER_BUGS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of kill cycles")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=60.0,
+        help="seconds: kill cycles, then the final drain (a violation is reported within it)",
+    )
     parser.add_argument("--cycles", type=int, default=None, help="stop after this many kills")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--kill-min", type=float, default=0.3, help="seconds (uniform draw)")
-    parser.add_argument("--kill-max", type=float, default=1.5, help="seconds (uniform draw)")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="kill9",
+        help="how each cycle ends and what is checked (see the module docstring); "
+        "group-sigterm and slow-import change other defaults (mode_defaults); "
+        "--mode redis runs tools/torture_redis.py",
+    )
+    parser.add_argument(
+        "--kill-min", type=float, default=None, help="seconds (uniform draw; slow-import: 4)"
+    )
+    parser.add_argument(
+        "--kill-max", type=float, default=None, help="seconds (uniform draw; slow-import: 8)"
+    )
     parser.add_argument("--sync", choices=["always", "interval", "never"], default="always")
     parser.add_argument(
         "--compaction",
@@ -612,41 +817,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--payload-min", type=int, default=0, help="bytes")
     parser.add_argument("--payload-max", type=int, default=2000, help="bytes")
-    parser.add_argument("--rate", type=float, default=300.0, help="enqueues per second at most")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="enqueues per second at most (default 300; group-sigterm: 5; slow-import: 3)",
+    )
     parser.add_argument("--fail-percent", type=float, default=5.0, help="jobs failing once")
-    parser.add_argument("--work-ms", type=float, default=5.0, help="handler time, at most")
+    parser.add_argument(
+        "--work-ms",
+        type=float,
+        default=None,
+        help="handler time, at most (default 5; group-sigterm and slow-import: 300)",
+    )
     parser.add_argument(
         "--producers", type=int, default=1, help="outside walq.connect producer processes"
     )
     parser.add_argument(
-        "--producer-rate", type=float, default=50.0, help="enqueues per second per producer"
+        "--producer-rate",
+        type=float,
+        default=None,
+        help="enqueues per second per producer (default 50; group-sigterm: 2; slow-import: 1)",
     )
-    parser.add_argument("--plant", choices=sorted(BUGS), help="plant a known bug in the owner")
+    parser.add_argument(
+        "--plant", choices=sorted({*BUGS, *WORKER_BUGS}), help="plant a known bug in the owner"
+    )
     parser.add_argument(
         "--drain-timeout", type=float, default=180.0, help="seconds for the final drain"
     )
-    parser.add_argument("--dir", help="work directory (default: a new one here, removed after)")
+    parser.add_argument(
+        "--dir", help="work directory (default: a new one in $TMPDIR or /tmp, removed after)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    defaults = {**attrs.asdict(Options()), **mode_defaults(args.mode)}
+
+    def given(name: str) -> Any:
+        value = getattr(args, name)
+        return defaults[name] if value is None else value
+
     opts = Options(
         duration=args.duration if args.cycles is None else float("inf"),
         cycles=args.cycles if args.cycles is not None else 1_000_000,
         seed=seed,
-        kill_min=args.kill_min,
-        kill_max=args.kill_max,
+        kill_min=given("kill_min"),
+        kill_max=given("kill_max"),
         sync=args.sync,
         compaction=args.compaction,
         processes=args.processes,
         payload_min=args.payload_min,
         payload_max=args.payload_max,
-        rate=args.rate,
+        rate=given("rate"),
         fail_percent=args.fail_percent,
-        work_ms=args.work_ms,
+        work_ms=given("work_ms"),
         producers=args.producers,
-        producer_rate=args.producer_rate,
+        producer_rate=given("producer_rate"),
         plant=args.plant,
+        mode=args.mode,
         drain_timeout=args.drain_timeout,
         directory=args.dir,
         keep=args.keep,
@@ -661,7 +890,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name in ("cycles", "jobs", "lost", "phantoms", "duplicates", "redelivered-after-ack"):
             print(f"{name}: {summary[name]}")
-        for name in ("attempt-reused", "damaged", "unfinished", "dead", "owner-failures"):
+        for name in ("attempt-reused", "damaged", "unfinished", "dead", "owner-failures",
+                     "killed-in-drain", "timeouts"):  # fmt: skip
             if summary[name]:
                 print(f"{name}: {summary[name]}")
         print(f"violations: {audit.violations} (seed {seed})")

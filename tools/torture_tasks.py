@@ -19,6 +19,11 @@ from walq.tasks import Tasks
 
 LEDGER_ENV = "WALQ_TORTURE_LEDGER"
 WORK_MS_ENV = "WALQ_TORTURE_WORK_MS"
+BEGIN_ENV = "WALQ_TORTURE_BEGIN"  # set: a handler also records when it begins
+IMPORT_DELAY_ENV = "WALQ_TORTURE_IMPORT_DELAY"  # seconds this module takes to import
+
+# The slow-import mode: every worker process that starts pays this again.
+time.sleep(float(os.environ.get(IMPORT_DELAY_ENV, "0")))
 
 tasks = Tasks()
 
@@ -60,6 +65,22 @@ def parse_payload(payload: Any) -> tuple[str, bool, bytes]:
 @tasks.task(timeout=60.0, max_attempts=10000, retry=Backoff(base=0.01, cap=0.05), breaker=None)
 def work(payload: Any, job: Job) -> None:
     """Check the payload, maybe fail once on purpose, work a little, record the run."""
+    _work(payload, job)
+
+
+# The slow-import mode's task: its handler takes at most a quarter of its timeout.
+TIMED_TIMEOUT = 2.0
+
+
+@tasks.task(
+    timeout=TIMED_TIMEOUT, max_attempts=10000, retry=Backoff(base=0.01, cap=0.05), breaker=None
+)
+def work_timed(payload: Any, job: Job) -> None:
+    """`work` under a short timeout."""
+    _work(payload, job)
+
+
+def _work(payload: Any, job: Job) -> None:
     ledger = os.environ[LEDGER_ENV]
     try:
         nonce, fail, body = parse_payload(payload)
@@ -69,6 +90,8 @@ def work(payload: Any, job: Job) -> None:
     if body != pad(nonce, len(body)):
         append(ledger, [f"damaged {job.id} {job.attempt} {nonce} filler"])
         raise Permanent("payload damaged")
+    if os.environ.get(BEGIN_ENV):
+        append(ledger, [f"begin {job.id} {job.attempt} {nonce}"])
     if fail and job.attempt == 1:
         append(ledger, [f"raised {job.id} {job.attempt} {nonce}"])
         raise RuntimeError("a planned first-attempt failure")

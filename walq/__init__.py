@@ -27,6 +27,7 @@ from walq.errors import (
     UnknownJobError,
     UnsafeDirectoryError,
     WalqError,
+    WorkerStartError,
 )
 from walq.job import DeadJob, Job
 from walq.producer import Producer, connect
@@ -72,6 +73,7 @@ __all__ = [
     "UnsafeDirectoryError",
     "WalqError",
     "Worker",
+    "WorkerStartError",
     "__version__",
     "connect",
 ]

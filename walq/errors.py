@@ -65,6 +65,11 @@ class LeaseLost(StateError):
     """The caller's attempt no longer holds the job: its lease expired or it was cancelled."""
 
 
+class WorkerStartError(WalqError):
+    """A worker process failed while starting: importing the main module or the task module,
+    or taking longer than the Worker's start_timeout. The Worker stops; no job is charged."""
+
+
 class ArgumentError(WalqError, ValueError):
     """An argument is out of range or of the wrong kind."""
 

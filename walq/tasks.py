@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
+import inspect
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -32,6 +34,38 @@ class Task:
     @property
     def max_attempts(self) -> int:
         return self.policy.max_attempts
+
+
+def deferred_kind(fn: object) -> str | None:
+    """What kind of not-yet-run work calling `fn` returns ("an async def function"...), or None.
+
+    A worker calls a handler and takes its return as "the work is done": a
+    coroutine or generator function only builds an object whose body never runs.
+    """
+    # Not unwrapped: a plain wrapper around an async function may well run it
+    # (asyncio.run); what it returns is checked in the worker all the same.
+    if inspect.iscoroutinefunction(fn):
+        return "an async def function"
+    if inspect.isasyncgenfunction(fn):
+        return "an async generator function"
+    if inspect.isgeneratorfunction(fn):
+        return "a generator function"
+    return None
+
+
+def deferred_result(value: object) -> str | None:
+    """What kind of not-yet-done work a handler returned (a coroutine...), or None."""
+    if inspect.iscoroutine(value):
+        return "a coroutine"
+    if inspect.isasyncgen(value):
+        return "an async generator"
+    if inspect.isgenerator(value):
+        return "a generator"
+    if inspect.isawaitable(value):
+        return f"an awaitable ({type(value).__qualname__})"
+    if isinstance(value, concurrent.futures.Future):
+        return "a concurrent.futures.Future"
+    return None
 
 
 class Tasks:
@@ -84,6 +118,13 @@ class Tasks:
 
         def register(fn: H) -> H:
             task_name = check_task(name or fn.__name__)
+            kind = deferred_kind(fn)
+            if kind is not None:
+                raise ArgumentError(
+                    f"task {task_name!r}: {getattr(fn, '__qualname__', fn)!r} is {kind}; "
+                    "its body would never run in a worker (coroutine tasks are not supported "
+                    "yet): define the handler with plain def"
+                )
             if task_name in self._tasks:
                 raise ArgumentError(f"task {task_name!r} is already registered")
             self._tasks[task_name] = Task(name=task_name, fn=fn, timeout=timeout, policy=policy)

@@ -18,7 +18,9 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import random
+import select
 import signal
 import sys
 import threading
@@ -33,13 +35,20 @@ import attrs
 
 from walq.core.retry import Permanent, RetryAfter, RetryBudget
 from walq.core.state import JobInfo
-from walq.errors import ArgumentError, CorruptionError, LogFailedError, StateError, WalqError
+from walq.errors import (
+    ArgumentError,
+    CorruptionError,
+    LogFailedError,
+    StateError,
+    WalqError,
+    WorkerStartError,
+)
 from walq.fs import open_fd
 from walq.heartbeat import DEFAULT_LEASE, Heartbeat, Link
 from walq.job import Job, check_seconds
 from walq.queue import Queue
 from walq.redisq import BackendError, RedisQueue
-from walq.tasks import Task, Tasks
+from walq.tasks import Task, Tasks, deferred_result
 from walq.text import excerpt
 
 log = logging.getLogger("walq.worker")
@@ -97,41 +106,124 @@ def _failure_report(exc: BaseException, task: Task | None) -> dict[str, Any]:
     return report
 
 
-def child_main(conn: Connection, tasks: Tasks, parent: int) -> None:
-    """A worker process: run jobs from the pipe one at a time, report each outcome."""
+# Signals a process group gets as a whole (systemd's stop, timeout(1), Ctrl-C):
+# only the owner acts on them; its workers finish their jobs (the owner's drain).
+GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _ignore_group_signal(signum: int, frame: object) -> None:
+    """A no-op handler, not SIG_IGN: handled signals reset to default on exec,
+    so the processes a handler starts still stop on SIGTERM."""
+
+
+def _run_one(fields: dict[str, Any], tasks: Tasks) -> tuple[str, int, int, dict[str, Any] | None]:
+    """Run one job's handler; its outcome as the message the owner reads."""
+    job = Job(**fields)
+    task = tasks.get(job.task)
+    try:
+        if task is None:
+            raise Permanent(f"no handler for task {excerpt(job.task)} in this worker")
+        returned = task.fn(job.payload, job)
+        kind = deferred_result(returned)
+        if kind is not None:
+            with contextlib.suppress(Exception):
+                returned.close()  # a coroutine: no "never awaited" warning
+            raise Permanent(
+                f"the handler of task {excerpt(job.task)} returned {kind}, not a result: "
+                "the work it stands for never ran (coroutine tasks are not supported yet)"
+            )
+    except BaseException as exc:  # every failure is reported, none escapes
+        return ("error", job.id, job.attempt, _failure_report(exc, task))
+    return ("ok", job.id, job.attempt, None)
+
+
+def child_main(
+    conn: Connection,
+    tasks_arg: Tasks | bytes,
+    parent: int,
+    group_signals: tuple[signal.Signals, ...] = GROUP_SIGNALS,
+) -> None:
+    """A worker process: import the tasks, say "ready", then run jobs one at a time.
+
+    Messages from the owner: a list of jobs (queued here, run in order), None
+    (exit now, without starting the jobs still queued), ("hold", task names)
+    (send back the queued jobs of those tasks, unstarted), or ("resume",) (the
+    owner recorded our last failure). To the owner: one result per job run,
+    ("held", job ids) for jobs given back unstarted, and first ("ready", pid)
+    or ("start-failed", summary, traceback).
+
+    After a failure, which may trip its task's breaker, nothing starts until
+    the owner has read it: queued jobs, and jobs the owner handed over before
+    it read the failure, go back unstarted (the policy decides again).
+    """
+    # The owner blocked these while starting us, so a group SIGTERM during our
+    # start-up is held back; from here on, it is the owner's to act on.
+    for sig in group_signals:
+        signal.signal(sig, _ignore_group_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
     _set_parent_death_signal()
     if os.getppid() != parent:
         os._exit(3)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    # Ctrl-C reaches the whole process group; only the owner decides what it means.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
+    try:  # spawn: unpickling imports the task modules
+        tasks = tasks_arg if isinstance(tasks_arg, Tasks) else pickle.loads(tasks_arg)
+    except BaseException as exc:  # the user's import error, reported as such
+        summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        with contextlib.suppress(BrokenPipeError, OSError):
+            conn.send(("start-failed", summary, traceback.format_exc()))
+        return
+    try:
+        conn.send(("ready", os.getpid()))
+    except (BrokenPipeError, OSError):
+        return
+    waiting: deque[dict[str, Any]] = deque()
+    paused = False
+
+    def take(msg: Any) -> bool:
+        """Apply one message from the owner; False means exit."""
+        nonlocal paused
         if msg is None:
-            return
-        for fields in msg:  # a batch of jobs, run one after the other
-            job = Job(**fields)
-            task = tasks.get(job.task)
-            try:
-                if task is None:
-                    raise Permanent(f"no handler for task {excerpt(job.task)} in this worker")
-                task.fn(job.payload, job)
-            except BaseException as exc:  # every failure is reported, none escapes
-                result: tuple[str, int, int, dict[str, Any] | None] = (
-                    "error",
-                    job.id,
-                    job.attempt,
-                    _failure_report(exc, task),
-                )
-            else:
-                result = ("ok", job.id, job.attempt, None)
-            try:
-                conn.send(result)
-            except (BrokenPipeError, OSError):
+            return False
+        if isinstance(msg, list):
+            waiting.extend(msg)
+            if paused:
+                give_back(msg)
+        elif msg[0] == "resume":
+            paused = False
+        elif msg[0] == "hold":
+            held = [f for f in waiting if f["task"] in msg[1]]
+            if held:
+                give_back(held)
+        return True
+
+    def give_back(held: list[dict[str, Any]]) -> None:
+        for fields in held:
+            waiting.remove(fields)
+        conn.send(("held", [f["id"] for f in held]))
+
+    # Connection.poll() builds a selector per call: a poll object made once is
+    # ~10x cheaper, and this check runs before every job.
+    arrived = select.poll()
+    arrived.register(conn.fileno(), select.POLLIN)
+    try:
+        while True:
+            # Every message that arrived is applied before the next job starts:
+            # a hold sent while the previous job ran stops the queued ones.
+            if not waiting and not take(conn.recv()):
                 return
+            while arrived.poll(0):
+                if not take(conn.recv()):
+                    return
+            if not waiting:
+                continue
+            result = _run_one(waiting.popleft(), tasks)
+            conn.send(result)
+            if result[0] == "error":
+                paused = True
+                if waiting:
+                    give_back(list(waiting))
+    except (EOFError, BrokenPipeError, OSError):
+        return
 
 
 # -- the owner's side ---------------------------------------------------------------
@@ -149,6 +241,8 @@ class _Slot:
     kill_reason: str | None = None
     kill_sent: float = 0.0
     retiring: bool = False
+    spawned: float = 0.0  # when the process was started (monotonic)
+    ready: bool = False  # it imported its tasks: jobs may be handed to it
 
     @property
     def pid(self) -> int:
@@ -174,6 +268,10 @@ class _TaskRuntime:
 class Worker:
     """Runs jobs from `queue` with the handlers in `tasks`, in `processes` worker processes."""
 
+    # The signals worker processes leave to the owner (a seam: walq.testing.plant
+    # plants a pool whose workers die of the group's SIGTERM).
+    _group_signals: tuple[signal.Signals, ...] = GROUP_SIGNALS
+
     def __init__(
         self,
         queue: Queue | RedisQueue,
@@ -190,6 +288,7 @@ class Worker:
         rng: random.Random | None = None,
         status_interval: float = 2.0,
         lease: float | None = None,
+        start_timeout: float = 120.0,
     ) -> None:
         if not isinstance(tasks, Tasks) or not len(tasks):
             raise ArgumentError("Worker needs a walq.Tasks with at least one task")
@@ -208,6 +307,13 @@ class Worker:
         self.max_memory = max_memory
         self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
         self.kill_grace = check_seconds("kill_grace", kill_grace, positive=True)
+        # Start-up (the interpreter, the main module, the task modules) has its
+        # own limit: a job's timeout only counts from when it is handed to a
+        # worker process that is ready.
+        self.start_timeout = check_seconds("start_timeout", start_timeout, positive=True)
+        self._start_error: WorkerStartError | None = None
+        self._started_once = False  # a worker process once reported ready
+        self._tasks_arg: Tasks | bytes | None = None
         self.budget = retry_budget if retry_budget is not None else RetryBudget()
         self._ctx: Any = multiprocessing.get_context(start_method)
         self._rng = rng or random.Random()
@@ -280,14 +386,14 @@ class Worker:
         self.queue.cancel_listeners.append(self._on_cancel)
         clean = True
         try:
-            for _ in range(self.processes):
-                self._spawn()
             self._heartbeat.start()
             drain_deadline: float | None = None
             while True:
                 now = time.monotonic()
                 if self._stop.is_set() and drain_deadline is None:
                     drain_deadline = now + self.shutdown_grace
+                if drain_deadline is None:
+                    self._top_up()
                 self._link.flush()  # results kept while the server was unreachable
                 claimed = self._claim_round() if drain_deadline is None else 0
                 if self._unsynced and not claimed:
@@ -326,24 +432,91 @@ class Worker:
             with contextlib.suppress(WalqError):
                 self.queue.sync()
             self._write_status(final=True)
+        if self._start_error is not None:
+            raise self._start_error
         return 0 if clean else 1
 
     def _in_flight(self) -> int:
         # Results kept for a server that is unreachable count too: a drain waits for them.
         return sum(len(s.jobs) for s in self._slots) + len(self._link.backlog)
 
+    # -- starting worker processes ---------------------------------------------------
+
+    def _top_up(self) -> None:
+        """Start worker processes up to `processes`: the first alone, the rest once it is
+        ready, so a main or task module that fails at import is reported once."""
+        want = self.processes if self._started_once else 1
+        while len(self._slots) < want:
+            self._spawn()
+
     def _spawn(self) -> None:
+        if self._tasks_arg is None:
+            # spawn/forkserver: the child unpickles (imports) the tasks itself, inside
+            # child_main, so an import error reaches the owner as a report.
+            fork = self._ctx.get_start_method() == "fork"
+            self._tasks_arg = self.tasks if fork else pickle.dumps(self.tasks)
         parent_conn, child_conn = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=child_main,
-            args=(child_conn, self.tasks, os.getpid()),
+            args=(child_conn, self._tasks_arg, os.getpid(), self._group_signals),
             name="walq-worker",
             daemon=True,
         )
-        proc.start()
+        # The child inherits this mask: a group SIGTERM during its start-up stays
+        # pending until child_main has made it harmless.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         child_conn.close()
-        self._slots.append(_Slot(proc=proc, conn=parent_conn))
+        self._slots.append(_Slot(proc=proc, conn=parent_conn, spawned=time.monotonic()))
         self.counters["spawned"] += 1
+
+    def _start_failed(self, slot: _Slot, why: str) -> None:
+        """A worker process could not start: stop the Worker (after a drain) with `why`."""
+        if self._start_error is not None or self._stop.is_set():
+            return
+        self._start_error = WorkerStartError(why)  # run() raises it after the drain
+        self.stop()
+
+    def _start_report(self, slot: _Slot, msg: tuple[Any, ...]) -> None:
+        """A worker's first message: ready, or the traceback of its task module's import."""
+        if msg[0] == "ready":
+            slot.ready = True
+            self._started_once = True
+            return
+        _, summary, text = msg
+        log.error("worker process %d failed importing its tasks:\n%s", slot.pid, text.rstrip())
+        self._start_failed(
+            slot,
+            f"worker process {slot.pid} failed importing its tasks: {summary} "
+            "(traceback logged above)",
+        )
+
+    def _died_starting(self, slot: _Slot, code: int | None) -> None:
+        """A worker process ended before it was ready (no job was handed to it)."""
+        if slot.kill_reason is not None:
+            return  # killed by the owner: start_timeout or shutdown, reported there
+        main = getattr(sys.modules.get("__main__"), "__file__", None)
+        why = (
+            f"worker process {slot.pid} exited with code {code} while starting, before "
+            "importing its tasks (its traceback, if any, is on stderr)"
+        )
+        if main and self._ctx.get_start_method() != "fork":
+            why += (
+                f": each worker process imports the main module {main} again; a script must "
+                'open its queue and run the Worker only under `if __name__ == "__main__":`'
+            )
+        self._start_failed(slot, why)
+
+    def _start_overdue(self, slot: _Slot) -> None:
+        self._start_failed(
+            slot,
+            f"worker process {slot.pid} did not finish starting (importing its tasks) "
+            f"within start_timeout ({self.start_timeout:g} s)",
+        )
+        self._kill(slot, "start-timeout")
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -353,7 +526,7 @@ class Worker:
         The claim's fsync also makes the acks and fails recorded just before it
         durable: one fsync per round, however many jobs finished and started.
         """
-        free = [s for s in self._slots if not s.retiring and s.kill_reason is None]
+        free = [s for s in self._slots if self._takes_jobs(s)]
         space = {id(s): self._space(s) for s in free}
         free = [s for s in free if space[id(s)] > 0]
         room = sum(space.values())
@@ -384,6 +557,12 @@ class Worker:
                 with contextlib.suppress(BrokenPipeError, OSError):
                     slot.conn.send(batch)
         return len(jobs)
+
+    def _takes_jobs(self, slot: _Slot) -> bool:
+        """Whether jobs may be handed to this worker process now: it is ready (its
+        imports are done: a job's timeout starts when it is handed over), and
+        neither retiring nor being killed."""
+        return slot.ready and not slot.retiring and slot.kill_reason is None
 
     def _space(self, slot: _Slot) -> int:
         """How many more jobs a worker may be handed: its prefetch, and what its
@@ -489,6 +668,8 @@ class Worker:
         for slot in self._slots:
             if slot.jobs:
                 wake = min(wake, slot.head_started + slot.jobs[0][1].timeout)
+            if not slot.ready:
+                wake = min(wake, slot.spawned + self.start_timeout)
             if slot.kill_reason is not None:
                 wake = min(wake, slot.kill_sent + self.kill_grace)
         if drain_deadline is not None:
@@ -529,7 +710,19 @@ class Worker:
         outcomes = []
         try:
             while slot.conn.poll():
-                kind, jid, _attempt, report = slot.conn.recv()
+                msg = slot.conn.recv()
+                if msg[0] in ("ready", "start-failed"):
+                    self._start_report(slot, msg)
+                    continue
+                if msg[0] == "held":
+                    self._take_back(slot, msg[1])
+                    continue
+                kind, jid, _attempt, report = msg
+                if kind == "error":
+                    # Any jobs handed over from now on are dispatched after this
+                    # failure is recorded: the worker may start them.
+                    with contextlib.suppress(BrokenPipeError, OSError):
+                        slot.conn.send(("resume",))
                 if not slot.jobs or slot.jobs[0][0].id != jid:
                     log.error(
                         "worker %d reported job %d out of order; ignored", slot.pid, jid,
@@ -555,6 +748,34 @@ class Worker:
                 slot.conn.send(None)  # exits after the jobs it holds
         return outcomes
 
+    # -- prefetched jobs the policy no longer admits --------------------------------------
+
+    def _take_back(self, slot: _Slot, job_ids: list[int]) -> None:
+        """A worker gave these queued jobs back unstarted: release them, uncharged."""
+        head = slot.jobs[0][0].id if slot.jobs else None
+        wanted = set(job_ids)
+        kept: deque[tuple[Job, Task]] = deque()
+        for job, task in slot.jobs:
+            if job.id in wanted:
+                self._release(job, task, "given back unstarted: its task's policy decides again")
+            else:
+                kept.append((job, task))
+        slot.jobs = kept
+        if slot.jobs and slot.jobs[0][0].id != head:
+            slot.head_started = time.monotonic()  # the new head starts no sooner than now
+
+    def _hold_if_paused(self, task: Task, now: float) -> None:
+        """A failure just paused the task (its breaker opened): no queued job of a task
+        sharing that breaker may start; workers holding some give them back."""
+        breaker = task.policy.breaker
+        if breaker is None or breaker.retry_at(now) <= now:
+            return
+        names = {t.name for t in self.tasks if t.policy.breaker is breaker}
+        for slot in self._slots:
+            if any(job.task in names for job, _ in slot.jobs):
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    slot.conn.send(("hold", names))
+
     def _reap(self, slot: _Slot) -> list[Outcome]:
         """A worker process ended: fail its running job with the cause, release the rest."""
         slot.proc.join(timeout=1.0)
@@ -562,6 +783,8 @@ class Worker:
         self._slots.remove(slot)
         slot.conn.close()
         outcomes: list[Outcome] = []
+        if not slot.ready:
+            self._died_starting(slot, code)
         if slot.jobs:
             job, task = slot.jobs.popleft()
             cause, message = self._death_cause(slot, code, task)
@@ -576,11 +799,9 @@ class Worker:
                 outcomes.append(Outcome(job, task, False, report, ran))
             for rest, rest_task in slot.jobs:
                 self._release(rest, rest_task, "its worker process ended before it started")
-        elif not slot.retiring:
+        elif slot.ready and not slot.retiring:
             log.warning("worker %d exited unexpectedly (code %s)", slot.pid, code)
-        if not self._stop.is_set():
-            self._spawn()
-        return outcomes
+        return outcomes  # the loop starts a replacement (_top_up)
 
     def _death_cause(self, slot: _Slot, code: int | None, task: Task) -> tuple[str, str]:
         if slot.kill_reason == "timeout":
@@ -610,6 +831,9 @@ class Worker:
                 if now - slot.kill_sent >= self.kill_grace:
                     self._signal(slot, signal.SIGKILL)
                 continue
+            if not slot.ready and now - slot.spawned > self.start_timeout:
+                self._start_overdue(slot)
+                continue
             if not slot.jobs:
                 continue
             job, task = slot.jobs[0]
@@ -630,9 +854,10 @@ class Worker:
         return []
 
     def _kill(self, slot: _Slot, reason: str) -> None:
+        """SIGKILL: worker processes ignore SIGTERM (the group's signal is the owner's)."""
         slot.kill_reason = reason
         slot.kill_sent = time.monotonic()
-        self._signal(slot, signal.SIGTERM)
+        self._signal(slot, signal.SIGKILL)
 
     def _signal(self, slot: _Slot, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, OSError):
@@ -694,6 +919,7 @@ class Worker:
             error_type, now, attempt=job.attempt, rng=self._rng,
             max_attempts=job.max_attempts or None,
         )  # fmt: skip
+        self._hold_if_paused(out.task, now)
         delay = decision.delay
         text = _error_text(report, job)
         self._link.call(lambda: self._write_fail(out, decision.dead, delay, text))
@@ -750,10 +976,7 @@ class Worker:
         for slot in self._slots:
             slot.proc.join(timeout=max(0.0, deadline - time.monotonic()))
             if slot.proc.exitcode is None:
-                slot.proc.terminate()
-                slot.proc.join(timeout=1.0)
-            if slot.proc.exitcode is None:
-                slot.proc.kill()
+                slot.proc.kill()  # SIGTERM would be ignored: see GROUP_SIGNALS
                 slot.proc.join()
             slot.conn.close()
             while slot.jobs:

@@ -1,16 +1,20 @@
 """Known bugs to plant on purpose, so a torture tool can prove it would catch them.
 
-Each name flips one flag in walq's own code; nothing here is reachable unless a
-test or a torture tool calls `plant`. `WALQ_PLANT_BUG` (comma-separated names)
-lets a tool plant them in an owner subprocess: call `plant_from_env()` there.
+The storage bugs flip one flag in walq's own code; the worker bugs are
+subclasses of walq.Worker that undo one promise through a seam (take the class
+from `worker_class`). Nothing here is reachable unless a test or a torture tool
+asks. `WALQ_PLANT_BUG` (comma-separated names) lets a tool plant them in an
+owner subprocess: call `plant_from_env()` and `worker_class()` there.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from walq import heartbeat, log, queue
 from walq.core import format, framing
+from walq.worker import Worker
 
 BUGS = {
     "skip-fsync": "the log never calls fdatasync (power loss then loses confirmed jobs)",
@@ -19,6 +23,34 @@ BUGS = {
     "ignore-missing-segments": "a removed segment goes unnoticed (its jobs vanish silently)",
     "heartbeat-off": "the Worker never renews its leases (long jobs run twice at once)",
 }
+
+
+class DiesOnGroupSigterm(Worker):
+    """Its worker processes keep SIGTERM's default action: a group stop kills the handlers."""
+
+    _group_signals = ()
+
+
+class TimeoutFromDispatch(Worker):
+    """Hands jobs to worker processes still importing their tasks, as before the
+    ready handshake: the handler's timeout then counts the import."""
+
+    def _takes_jobs(self, slot: Any) -> bool:
+        return not slot.retiring and slot.kill_reason is None
+
+
+WORKER_BUGS: dict[str, type[Worker]] = {
+    "die-on-group-sigterm": DiesOnGroupSigterm,
+    "timeout-from-dispatch": TimeoutFromDispatch,
+}
+
+
+def worker_class(names: list[str]) -> type[Worker]:
+    """The Worker class with the named worker bug planted (at most one), else Worker."""
+    chosen = [WORKER_BUGS[n] for n in names if n in WORKER_BUGS]
+    if len(chosen) > 1:
+        raise ValueError("plant at most one worker bug at a time")
+    return chosen[0] if chosen else Worker
 
 
 def plant(name: str, on: bool = True) -> None:
@@ -38,10 +70,12 @@ def plant(name: str, on: bool = True) -> None:
 
 
 def plant_from_env() -> list[str]:
-    """Plant every bug named in WALQ_PLANT_BUG; return their names."""
+    """Plant every storage bug named in WALQ_PLANT_BUG; return every name (the worker
+    bugs among them are planted by using `worker_class(names)`)."""
     names = [n for n in os.environ.get("WALQ_PLANT_BUG", "").split(",") if n]
     for name in names:
-        plant(name)
+        if name not in WORKER_BUGS:
+            plant(name)
     return names
 
 
