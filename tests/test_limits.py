@@ -139,6 +139,7 @@ def test_every_public_method_of_a_closed_queue_raises_closed_error(qdir: str) ->
         "fail": lambda: q.fail(1),
         "release": lambda: q.release(1),
         "extend": lambda: q.extend(1, 1.0),
+        "extend_many": lambda: q.extend_many([1], 1.0),
         "status": lambda: q.status(1),
         "cancel": lambda: q.cancel(1),
         "dead_jobs": q.dead_jobs,
@@ -149,6 +150,7 @@ def test_every_public_method_of_a_closed_queue_raises_closed_error(qdir: str) ->
         "sync": q.sync,
         "next_due_in": q.next_due_in,
         "compact": q.compact,
+        "compactor_health": q.compactor_health,
     }
     public = {
         name

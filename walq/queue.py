@@ -1001,6 +1001,7 @@ class Queue:
         A failing round (a full disk, say) is retried with backoff (up to a
         minute apart) until one succeeds; `stats()["compactor"]` says the same.
         """
+        self._check_not_closed()
         return self._compactor.health()
 
     @property

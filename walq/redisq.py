@@ -1391,6 +1391,17 @@ class RedisQueue:
             enqueued_at=int(created) / 1000.0,
         )
 
+    def _claims_args(
+        self, head: list[Any], job_ids: Sequence[int], attempts: Sequence[int] | None
+    ) -> list[Any]:
+        """A many-job script's arguments: `head`, then each job with the claim it names."""
+        held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
+        args = list(head)
+        for jid, attempt in zip(job_ids, held, strict=True):
+            jid = _job_id(jid)  # noqa: PLW2901
+            args += [jid, *self._claim(jid, attempt)]
+        return args
+
     def _claim(self, job_id: int, attempt: int | None) -> tuple[str, str]:
         """(attempt, claim token) for a script: whose result or heartbeat this is.
 
@@ -1436,11 +1447,7 @@ class RedisQueue:
         strict: if one job is not held (by its attempt), raise and ack none.
         Otherwise ack those that are held and return the others with why.
         """
-        held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
-        args: list[Any] = ["1" if strict else "0"]
-        for jid, attempt in zip(job_ids, held, strict=True):
-            jid = _job_id(jid)  # noqa: PLW2901
-            args += [jid, *self._claim(jid, attempt)]
+        args = self._claims_args(["1" if strict else "0"], job_ids, attempts)
         if len(args) == 1:
             self._check_open()
             return []
@@ -1509,11 +1516,7 @@ class RedisQueue:
         UnknownJobError), the others extended.
         """
         lease_ms = max(1, _ms(check_seconds("lease", lease, positive=True)))
-        held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
-        args: list[Any] = [lease_ms]
-        for jid, attempt in zip(job_ids, held, strict=True):
-            jid = _job_id(jid)  # noqa: PLW2901
-            args += [jid, *self._claim(jid, attempt)]
+        args = self._claims_args([lease_ms], job_ids, attempts)
         if len(args) == 1:
             self._check_open()
             return []
