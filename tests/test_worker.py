@@ -278,6 +278,30 @@ def test_sigterm_drains_the_job_in_flight_then_exits_zero(qdir: str, tmp_path: P
         assert q.status(second) == "pending"  # never claimed after the signal
 
 
+def test_sigterm_gives_back_prefetched_jobs_unstarted(qdir: str, tmp_path: Path) -> None:
+    """SIGTERM: a job queued behind the running one in its worker is released, not started."""
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir) as q:
+        warm = q.enqueue_many([("ok", {"ledger": str(ledger)}) for _ in range(3)])
+    proc = owner(qdir, "--prefetch", "8")
+    # Short jobs finished first: the worker now prefetches behind a running job.
+    wait_for(lambda: len(ledger_lines(ledger)) >= len(warm))
+    with walq.connect(qdir) as producer:
+        slow, queued = producer.enqueue_many(
+            [("sleeps", {"ledger": str(ledger), "seconds": 2.0}), ("ok", {"ledger": str(ledger)})]
+        )
+    assert slow is not None and queued is not None
+    wait_for(lambda: any(line[3] == "start" for line in ledger_lines(ledger)))
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    with walq.Queue.open(qdir) as q:
+        assert q.status(slow) == "done"
+        assert q.status(queued) == "pending", out  # given back, never started
+        job = q.claim(tasks=["ok"])
+        assert job is not None and job.id == queued and job.attempt == 1  # not charged
+
+
 def test_second_signal_skips_the_wait_and_releases_the_job(qdir: str, tmp_path: Path) -> None:
     """A second SIGTERM stops at once; the unfinished job is released uncharged, not lost."""
     ledger = tmp_path / "ledger"

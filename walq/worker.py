@@ -392,6 +392,7 @@ class Worker:
                 now = time.monotonic()
                 if self._stop.is_set() and drain_deadline is None:
                     drain_deadline = now + self.shutdown_grace
+                    self._hold_queued()
                 if drain_deadline is None:
                     self._top_up()
                 self._link.flush()  # results kept while the server was unreachable
@@ -763,6 +764,18 @@ class Worker:
         slot.jobs = kept
         if slot.jobs and slot.jobs[0][0].id != head:
             slot.head_started = time.monotonic()  # the new head starts no sooner than now
+
+    def _hold_queued(self) -> None:
+        """A drain starts: workers give back the jobs queued behind their running one.
+
+        They are released uncharged (`_take_back`); only jobs already running
+        get the grace period, so a drain is not lengthened by prefetch.
+        """
+        names = {t.name for t in self.tasks}
+        for slot in self._slots:
+            if len(slot.jobs) > 1:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    slot.conn.send(("hold", names))
 
     def _hold_if_paused(self, task: Task, now: float) -> None:
         """A failure just paused the task (its breaker opened): no queued job of a task
