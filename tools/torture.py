@@ -466,12 +466,14 @@ def producer_main(argv: list[str]) -> int:
     parser.add_argument("--fail-percent", type=float, default=5.0)
     parser.add_argument("--task", default="work")
     args = parser.parse_args(argv)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    # A plain flag, not a threading.Event: a signal handler that takes the Event's
+    # lock can deadlock against the main thread holding it inside Event.wait.
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(True))
     rng = random.Random(f"{args.seed}:producer:{args.index}")
     n = 0
     with walq.connect(args.directory, timeout=10.0) as producer:
-        while not stop.is_set():
+        while not stopping:
             nonce = f"p{args.index}n{n}"
             n += 1
             payload = torture_tasks.make_payload(
@@ -484,11 +486,11 @@ def producer_main(argv: list[str]) -> int:
             try:
                 jid = producer.enqueue(args.task, payload)
             except walq.QueueFull:
-                stop.wait(0.05)
+                time.sleep(0.05)
                 continue
             line = f"enqueued {'-' if jid is None else jid} {nonce}"
             torture_tasks.append(args.ledger, [line])
-            stop.wait(rng.expovariate(args.rate))
+            time.sleep(min(rng.expovariate(args.rate), 0.5))
     return 0
 
 
