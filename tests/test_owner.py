@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import walq
+from tests.test_producer import run_py as run_snippet
 from walq import inspect, wire
 
 PY = sys.executable
@@ -26,15 +27,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 
 def run_py(code: str, *args: str, timeout: float = 60.0) -> dict[str, object]:
     """Run a Python snippet in a fresh process; its last stdout line, parsed as JSON."""
-    proc = subprocess.run(
-        [PY, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_snippet(code, *args, timeout=timeout)
     result: dict[str, object] = json.loads(proc.stdout.splitlines()[-1])
     return result
 

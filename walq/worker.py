@@ -771,11 +771,7 @@ class Worker:
         They are released uncharged (`_take_back`); only jobs already running
         get the grace period, so a drain is not lengthened by prefetch.
         """
-        names = {t.name for t in self.tasks}
-        for slot in self._slots:
-            if len(slot.jobs) > 1:
-                with contextlib.suppress(BrokenPipeError, OSError):
-                    slot.conn.send(("hold", names))
+        self._hold({t.name for t in self.tasks})
 
     def _hold_if_paused(self, task: Task, now: float) -> None:
         """A failure just paused the task (its breaker opened): no queued job of a task
@@ -783,7 +779,10 @@ class Worker:
         breaker = task.policy.breaker
         if breaker is None or breaker.retry_at(now) <= now:
             return
-        names = {t.name for t in self.tasks if t.policy.breaker is breaker}
+        self._hold({t.name for t in self.tasks if t.policy.breaker is breaker})
+
+    def _hold(self, names: set[str]) -> None:
+        """Ask every worker holding a job of these tasks to give back those not started."""
         for slot in self._slots:
             if any(job.task in names for job, _ in slot.jobs):
                 with contextlib.suppress(BrokenPipeError, OSError):
