@@ -273,6 +273,20 @@ def test_control_characters_in_names_never_reach_the_terminal_raw(qdir: str) -> 
     assert '"t\\u001b]0;pwned\\u0007"' in table and '"line\\nbreak"' in table
 
 
+def test_a_set_aside_spool_files_reason_is_escaped_in_stats(qdir: str) -> None:
+    """The reason beside a refused spool file is program text: stats escapes it too."""
+    with open_q(qdir):
+        pass
+    spool_dir = Path(qdir, "spool")
+    spool_dir.mkdir(mode=0o700, exist_ok=True)
+    Path(spool_dir, "1-x.job.rejected").write_bytes(b"")
+    Path(spool_dir, "1-x.job.rejected.reason").write_text("task 't\x1b]0;pwned\x07' refused\n")
+    r = CliRunner().invoke(main, ["stats", qdir])
+    assert r.exit_code == 0, r.output
+    assert "set aside: 1-x.job.rejected" in r.output
+    assert "\x1b" not in r.output and "\x07" not in r.output
+
+
 # -- descriptors: claims read before they write; few files are held open ---------------
 
 

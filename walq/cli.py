@@ -475,7 +475,8 @@ def stats_lines(st: dict[str, Any]) -> list[str]:
             "cut on the next open)"
         )
     for aside in st["spool_set_aside"]:
-        lines.append(f"spool     set aside: {aside['file']}: {aside['reason'] or '(no reason)'}")
+        why = shown(aside["reason"]) if aside["reason"] else "(no reason)"
+        lines.append(f"spool     set aside: {aside['file']}: {why}")
     if st["cut_files"]:
         lines.append(f"cut/      {st['cut_files']} files of bytes cut by recovery or repair")
     if st["compactor"]:
