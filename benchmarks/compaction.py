@@ -24,7 +24,7 @@ import threading
 import time
 
 import walq
-from walq.compactor import Policy
+from walq.directory.compactor import Policy
 
 PAYLOAD = b"x" * 1024
 

@@ -40,8 +40,8 @@ sys.path.insert(0, str(HERE.parent))
 from benchutil import cpu_model, mount_of  # noqa: E402
 
 import walq  # noqa: E402
-from walq.producer import connect  # noqa: E402
-from walq.server import ProducerServer  # noqa: E402
+from walq.producers.client import connect  # noqa: E402
+from walq.producers.server import ProducerServer  # noqa: E402
 
 PAYLOAD = (bytes(range(256)).hex() * 2).encode()[:1024]
 BATCH = [("bench", PAYLOAD)] * 100

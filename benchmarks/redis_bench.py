@@ -169,7 +169,7 @@ def main() -> None:
     repeats, duration = (3, 0.25) if args.quick else (7, 0.5)
 
     import walq
-    from walq.redisq import RedisQueue
+    from walq.redisq.queue import RedisQueue
 
     scratch = Path(tempfile.mkdtemp(prefix=".walq-redis-bench-", dir=args.dir))
     server: subprocess.Popen[bytes] | None = None

@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 from tests.worker_tasks import _note
+from walq.core.job import Job
 from walq.core.retry import CircuitBreaker, RateLimit
-from walq.job import Job
-from walq.tasks import Tasks
+from walq.worker.tasks import Tasks
 
 time.sleep(float(os.environ.get("WALQ_TEST_IMPORT_DELAY", "0")))
 if os.environ.get("WALQ_TEST_IMPORT_FAIL"):

@@ -24,13 +24,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 import walq
-from walq import inspect as insp
-from walq.cli import main
+from walq.cli.app import main
 from walq.core import format as fmt
+from walq.ops import inspect as insp
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = 4096
-HAS_PRODUCER = importlib.util.find_spec("walq.producer") is not None
+HAS_PRODUCER = importlib.util.find_spec("walq.producers.client") is not None
 HAS_PROMETHEUS = importlib.util.find_spec("prometheus_client") is not None
 
 
@@ -114,7 +114,7 @@ class TestDump:
         assert "\x1b[" not in r.stdout  # no colours when not on a terminal
 
     def test_json_lines_parse_back_to_the_rows(self, qdir: str) -> None:
-        """--json: one object per line, the same rows walq.inspect.dump gives."""
+        """--json: one object per line, the same rows walq.ops.inspect.dump gives."""
         varied(qdir)
         r = cli("dump", qdir, "--json")
         rows = [json.loads(line) for line in r.stdout.splitlines()]
@@ -362,7 +362,7 @@ class TestCompact:
 
 
 class TestEnqueue:
-    """walq enqueue: argument checks always; the enqueue itself if walq.producer exists."""
+    """walq enqueue: argument checks always; the enqueue itself if walq.producers.client exists."""
 
     @pytest.mark.parametrize(
         ("args", "words"),
@@ -377,7 +377,7 @@ class TestEnqueue:
         varied(qdir)
         assert words in one_line_error(cli("enqueue", qdir, "mail", *args), 2)
 
-    @pytest.mark.skipif(not HAS_PRODUCER, reason="walq.producer is not there yet")
+    @pytest.mark.skipif(not HAS_PRODUCER, reason="walq.producers.client is not there yet")
     def test_enqueue_without_an_owner_enqueues_directly(self, qdir: str) -> None:
         """No owner: the command takes the lock and enqueues; the id is printed."""
         varied(qdir)
@@ -385,7 +385,7 @@ class TestEnqueue:
         assert r.exit_code == 0, r.stderr
         assert r.stdout.strip() == "5"
 
-    @pytest.mark.skipif(not HAS_PRODUCER, reason="walq.producer is not there yet")
+    @pytest.mark.skipif(not HAS_PRODUCER, reason="walq.producers.client is not there yet")
     def test_enqueue_into_a_missing_directory_is_refused(self, tmp_path: Path) -> None:
         """A typo in the path is not a new queue."""
         missing = tmp_path / "typo"
@@ -502,7 +502,7 @@ class TestProcesses:
         damaged(str(tmp_path / "q"))
         assert run("fsck", str(tmp_path / "q")).returncode == 1
 
-    @pytest.mark.skipif(not HAS_PRODUCER, reason="walq.producer is not there yet")
+    @pytest.mark.skipif(not HAS_PRODUCER, reason="walq.producers.client is not there yet")
     def test_enqueue(self, qdir: str) -> None:
         """enqueue as a process, owner-less: enqueued directly."""
         varied(qdir)

@@ -23,11 +23,11 @@ import click
 import pytest
 
 import walq
-from walq import wire
-from walq.cli import main, usage_line
-from walq.lock import ProcessLock
-from walq.queue import LOCK_FILE
-from walq.worker import DEFAULT_PREFETCH
+from walq.cli.app import main, usage_line
+from walq.directory.lock import ProcessLock
+from walq.directory.queue import LOCK_FILE
+from walq.producers import wire
+from walq.worker.pool import DEFAULT_PREFETCH
 
 from .test_cli import HAS_PROMETHEUS, ROOT, cli, one_line_error, run, varied
 
@@ -294,7 +294,7 @@ def test_a_socket_error_names_the_socket(qdir: str, monkeypatch: pytest.MonkeyPa
         def connect(self, address: Any) -> None:
             raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("walq.producer.socket.socket", Refused)
+    monkeypatch.setattr("walq.producers.client.socket.socket", Refused)
     lock = ProcessLock.acquire(str(Path(qdir) / LOCK_FILE))  # an owner holds the queue
     try:
         line = one_line_error(cli("enqueue", qdir, "mail"), 2)
@@ -314,8 +314,8 @@ def test_another_users_queue_names_its_socket(qdir: str, monkeypatch: pytest.Mon
         def connect(self, address: Any) -> None:
             raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("walq.fs.OsFileSystem.lock", no_lock)
-    monkeypatch.setattr("walq.producer.socket.socket", Refused)
+    monkeypatch.setattr("walq.directory.fs.OsFileSystem.lock", no_lock)
+    monkeypatch.setattr("walq.producers.client.socket.socket", Refused)
     line = one_line_error(cli("enqueue", qdir, "mail"), 2)
     assert line == f"walq: {wire.socket_address(qdir)}: Permission denied"
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import walq
-from walq.compactor import Policy, should_compact
+from walq.directory.compactor import Policy, should_compact
 from walq.testing.faultfs import SimFileSystem, SimulatedCrash
 
 QDIR = "/q"

@@ -18,10 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 import walq
-from walq import compactor, metrics
-from walq import inspect as insp
-from walq.cli import main as cli
-from walq.compactor import Policy
+from walq import metrics
+from walq.cli.app import main as cli
+from walq.directory import compactor
+from walq.directory.compactor import Policy
+from walq.ops import inspect as insp
 from walq.testing.faultfs import SimFileSystem
 
 QDIR = "/q"

@@ -69,7 +69,7 @@ class Backend:
         if self.kind == "file":
             opts.setdefault("segment_size", 64 * 1024)
             return walq.Queue.open(self.dir, **opts)
-        from walq.redisq import RedisQueue
+        from walq.redisq.queue import RedisQueue
 
         url = redis_url()
         assert url is not None
@@ -628,14 +628,34 @@ ONE_BACKEND_ONLY = {
     "compact",  # the file queue's compactor; Redis rewrites its AOF itself
     "compactor_health",  # whether that compactor keeps failing
     "sync_mode",  # the file queue's fsync policy
-    "record_worker_status",  # Redis keeps the worker's breaker states on the server
 }
+
+
+def test_both_backends_implement_the_one_interface(q: Any) -> None:
+    """walq.open returns a QueueBackend; the interface's calls are the backend's."""
+    assert isinstance(q, walq.QueueBackend)
+    for name in dir(walq.QueueBackend):
+        if not name.startswith("_") and callable(getattr(walq.QueueBackend, name)):
+            a = inspect.signature(getattr(walq.QueueBackend, name)).parameters
+            b = inspect.signature(getattr(type(q), name)).parameters
+            assert [(p.name, p.kind, p.default) for p in a.values()] == [
+                (p.name, p.kind, p.default) for p in b.values()
+            ], name
+
+
+def test_walq_open_dispatches_by_scheme_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    """A path opens the directory backend; an unknown scheme is refused, not made a folder."""
+    with walq.open(str(tmp_path / "q")) as q:
+        assert isinstance(q, walq.Queue)
+    with pytest.raises(walq.ArgumentError, match="unknown URL scheme 'nats://'"):
+        walq.open("nats://host/q")
+    assert not Path("nats:").exists()
 
 
 def test_both_backends_take_the_same_calls_with_the_same_parameters() -> None:
     """Code written against one backend runs on the other: same names, parameters, defaults."""
-    from walq.queue import Queue
-    from walq.redisq import RedisQueue
+    from walq.directory.queue import Queue
+    from walq.redisq.queue import RedisQueue
 
     def public(cls: type) -> set[str]:
         return {n for n in dir(cls) if not n.startswith("_")} - ONE_BACKEND_ONLY

@@ -13,10 +13,11 @@ from click.testing import CliRunner
 
 import walq
 from tests import worker_tasks
-from walq import inspect as insp
-from walq.cli import main
+from walq.cli.app import main
 from walq.core import format as fmt
-from walq.worker import STATUS_FILE, Worker
+from walq.directory.queue import STATUS_FILE
+from walq.ops import inspect as insp
+from walq.worker.pool import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534

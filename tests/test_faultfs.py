@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from walq.directory.fs import OsFileSystem
 from walq.errors import LockedError
-from walq.fs import OsFileSystem
 from walq.testing import OP_KINDS, CrashMode, SimFileSystem, SimulatedCrash, draw_crash
 
 SECTOR = 512

@@ -1,4 +1,4 @@
-"""walq.inspect: the operator's tools as plain functions, on quiet, live and damaged queues."""
+"""walq.ops.inspect: the operator's tools as plain functions, on quiet, live and damaged queues."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import walq
-from walq import inspect as insp
 from walq.core import format as fmt
-from walq.fs import File, OsFileSystem
+from walq.directory.fs import File, OsFileSystem
+from walq.ops import inspect as insp
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = 4096  # the smallest segment: a few dozen records each

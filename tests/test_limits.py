@@ -24,13 +24,13 @@ import pytest
 from click.testing import CliRunner
 
 import walq
-from walq import inspect as insp
-from walq import wire
-from walq.cli import main
+from walq.cli.app import main
 from walq.core import format as fmt
-from walq.fs import File
-from walq.job import MAX_DELAY, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_LIMIT
-from walq.queue import Queue
+from walq.core.job import MAX_DELAY, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_LIMIT
+from walq.directory.fs import File
+from walq.directory.queue import Queue
+from walq.ops import inspect as insp
+from walq.producers import wire
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,6 +151,7 @@ def test_every_public_method_of_a_closed_queue_raises_closed_error(qdir: str) ->
         "next_due_in": q.next_due_in,
         "compact": q.compact,
         "compactor_health": q.compactor_health,
+        "record_worker_status": lambda: q.record_worker_status({}),
     }
     public = {
         name
@@ -321,7 +322,7 @@ def test_a_claim_whose_read_fails_writes_nothing_and_returns_the_jobs(qdir: str)
 SEGMENTS_SCRIPT = textwrap.dedent(
     """
     import resource, sys
-    from walq.queue import Queue
+    from walq.directory.queue import Queue
 
     qdir, limit, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import walq
-from walq import inspect as insp
 from walq.core import format as fmt
+from walq.ops import inspect as insp
 
 SMALL = 4096
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 import walq
-from walq import inspect as insp
 from walq import metrics
 from walq.metrics import Histogram, HistogramValue, JobContext, JsonFormatter, QueueCollector
+from walq.ops import inspect as insp
 
 
 def by_name(fams: list[metrics.Family]) -> dict[str, metrics.Family]:
@@ -208,7 +208,7 @@ class TestHooks:
 
 
 def record(msg: str, *args: Any, **extra: Any) -> logging.LogRecord:
-    rec = logging.LogRecord("walq.queue", logging.WARNING, __file__, 1, msg, args, None)
+    rec = logging.LogRecord("walq.directory.queue", logging.WARNING, __file__, 1, msg, args, None)
     for k, v in extra.items():
         setattr(rec, k, v)
     return rec

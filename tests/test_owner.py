@@ -19,7 +19,8 @@ import pytest
 
 import walq
 from tests.test_producer import run_py as run_snippet
-from walq import inspect, wire
+from walq.ops import inspect
+from walq.producers import wire
 
 PY = sys.executable
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -422,7 +423,7 @@ def test_a_full_listen_backlog_is_waited_for_then_spooled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """EAGAIN on connect is a busy owner, not none: the producer waits, then spools, saying so."""
-    from walq import producer
+    from walq.producers import client as producer
 
     path = str(tmp_path / "q")
     os.makedirs(path, mode=0o700)

@@ -224,8 +224,8 @@ def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -
     (Bug 7, fixed: the compactor takes the queue's ingest_lock, so it waits for the
     ingestion instead of dropping the enqueue records that name the spool file.)
     """
-    from walq import spool, wire
-    from walq.server import ProducerServer
+    from walq.producers import spool, wire
+    from walq.producers.server import ProducerServer
 
     fs = SimFileSystem()
     open_sim(fs).close()

@@ -25,10 +25,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import walq
-from walq import spool, wire
-from walq.cli import main
-from walq.producer import Producer, connect
-from walq.server import ProducerServer
+from walq.cli.app import main
+from walq.producers import spool, wire
+from walq.producers.client import Producer, connect
+from walq.producers.server import ProducerServer
 from walq.testing.faultfs import SimFileSystem, SimulatedCrash
 
 PY = sys.executable
@@ -137,7 +137,7 @@ def test_socket_enqueue_from_another_process_returns_ids(qdir: str) -> None:
     with owner(qdir) as q:
         proc = run_py(
             """
-            import json, sys, walq.producer as p
+            import json, sys, walq.producers.client as p
             with p.connect(sys.argv[1]) as prod:
                 ids = [prod.enqueue("send", {"n": i}) for i in range(3)]
                 ids += prod.enqueue_many([("send", b"raw"), ("send", 4, {"priority": 5})])
@@ -196,8 +196,8 @@ def test_socket_queue_full_and_payload_errors_map_back(qdir: str) -> None:
 def test_four_producer_processes_share_the_owner(qdir: str) -> None:
     """Concurrent producer processes each get distinct ids for every job."""
     code = """
-        import json, sys, walq.producer
-        with walq.producer.connect(sys.argv[1]) as prod:
+        import json, sys, walq.producers.client
+        with walq.producers.client.connect(sys.argv[1]) as prod:
             print(json.dumps([prod.enqueue("t", [sys.argv[2], i]) for i in range(50)]))
         """
     with owner(qdir) as q:
@@ -430,7 +430,7 @@ def test_spool_without_owner_then_the_owner_ingests_exactly_once(qdir: str) -> N
     """With no owner, enqueue returns None once durable; the next owner ingests each job once."""
     proc = run_py(
         """
-        import json, sys, walq.producer as p
+        import json, sys, walq.producers.client as p
         with p.connect(sys.argv[1]) as prod:
             out = [prod.enqueue("t", i) for i in range(3)]
             out.append(prod.enqueue_many([("t", 3), ("t", 4)]))
@@ -700,7 +700,7 @@ def test_producer_crash_at_any_point_leaves_a_whole_job_or_none() -> None:
 
 def _spool_loop_code() -> str:
     return """
-        import hashlib, os, sys, walq.producer as p
+        import hashlib, os, sys, walq.producers.client as p
         prod = p.connect(sys.argv[1], use_socket=False)
         i = 0
         while True:
@@ -750,7 +750,7 @@ def test_owner_processes_killed_while_ingesting_lose_and_duplicate_nothing(qdir:
         import sys
         sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
         from test_producer import open_queue
-        from walq.server import ProducerServer
+        from walq.producers.server import ProducerServer
         q = open_queue(sys.argv[1])
         print("open", flush=True)
         ProducerServer(q, poll_interval=None, batch_items=3).start()
@@ -799,7 +799,7 @@ def test_the_spool_is_settled_before_the_compactor_starts(
     qdir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Queue.open settles what a crashed owner left in the spool before compaction can run."""
-    from walq.compactor import Compactor
+    from walq.directory.compactor import Compactor
 
     with connect(qdir) as prod:
         prod.enqueue("t", "ingested before a crash")
@@ -878,11 +878,15 @@ def test_a_forked_child_opens_its_own_connection(qdir: str) -> None:
 
 def test_backlog_counts_what_waits_in_the_spool(qdir: str) -> None:
     """spool.backlog reports the files and bytes waiting for an owner."""
-    assert spool.backlog(walq.fs.OsFileSystem(), qdir) == {"files": 0, "bytes": 0, "set_aside": 0}
+    assert spool.backlog(walq.directory.fs.OsFileSystem(), qdir) == {
+        "files": 0,
+        "bytes": 0,
+        "set_aside": 0,
+    }
     with connect(qdir) as prod:
         prod.enqueue("t", 1)
         prod.enqueue("t", 2, key="k")
-    got = spool.backlog(walq.fs.OsFileSystem(), qdir)
+    got = spool.backlog(walq.directory.fs.OsFileSystem(), qdir)
     assert got["files"] == 2 and got["bytes"] > 0 and got["set_aside"] == 0
 
 

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import walq
-from walq.cli import main
+from walq.cli.app import main
 from walq.core import format as fmt
-from walq.fs import File, OsFileSystem
+from walq.directory.fs import File, OsFileSystem
 
 
 def segments(qdir: str) -> list[Path]:
@@ -47,7 +47,7 @@ def test_tail_truncated_at_every_byte_of_the_last_record(qdir: str) -> None:
         seg.write_bytes(original[:cut] + bytes(len(original) - cut))
         assert pending_ids(qdir) == ids[:-1], cut
         # the open cut the tail and zeroed it: a second open finds a clean log
-        assert walq.inspect.fsck(qdir).clean
+        assert walq.ops.inspect.fsck(qdir).clean
 
 
 def test_tail_truncated_file_shorter_than_preallocation(qdir: str) -> None:

@@ -26,6 +26,7 @@ import pytest
 
 import walq
 from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
+from walq import backends
 
 pytestmark = [
     pytest.mark.redis,
@@ -44,8 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # the default), processes, prefetch.
 WORKER_SCRIPT = """
 import json, os, sys
-from walq.redisq import RedisQueue
-from walq.worker import Worker
+from walq.redisq.queue import RedisQueue
+from walq.worker.pool import Worker
 from tests import worker_tasks
 
 url, out, lease = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -78,7 +79,7 @@ def url() -> Iterator[str]:
 
 
 def open_q(url: str, **kw: Any) -> Any:
-    from walq.redisq import RedisQueue
+    from walq.redisq.queue import RedisQueue
 
     return RedisQueue.open(url, **kw)
 
@@ -135,7 +136,7 @@ def check_counts(url: str) -> None:
     """The counts in P:n and P:tn agree with the jobs' hashes and the indexes."""
     import redis
 
-    from walq.redisq import parse_url
+    from walq.redisq.queue import parse_url
 
     client_url, prefix, _, _ = parse_url(url)
     c = redis.Redis.from_url(client_url, decode_responses=True)
@@ -230,7 +231,7 @@ def lease_of(url: str, jid: int) -> float:
     """Seconds left on a running job's lease, read from the server."""
     import redis
 
-    from walq.redisq import parse_url
+    from walq.redisq.queue import parse_url
 
     client_url, prefix, _, _ = parse_url(url)
     c = redis.Redis.from_url(client_url)
@@ -263,7 +264,7 @@ def test_a_heartbeat_keeps_a_long_job_leased(url: str, tmp_path: Path) -> None:
 
 def test_a_dead_hosts_job_is_back_within_about_one_lease(url: str, tmp_path: Path) -> None:
     """The default lease is short (not the longest timeout + 30 s): kill -9, rescued soon."""
-    from walq.heartbeat import DEFAULT_LEASE
+    from walq.worker.heartbeat import DEFAULT_LEASE
 
     notes = tmp_path / "ledger"
     with open_q(url) as q:
@@ -578,7 +579,7 @@ def test_durable_server_is_recognised(url: str) -> None:
     """The CI server (appendonly yes, appendfsync always) opens without a warning."""
     import warnings
 
-    from walq.redisq import DurabilityWarning
+    from walq.redisq.queue import DurabilityWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", DurabilityWarning)
@@ -631,7 +632,7 @@ def _pings(client: Any) -> bool:
 
 def test_weak_persistence_warns_or_refuses(weak_server: str) -> None:
     """appendonly no: a DurabilityWarning, or DurabilityError when durability is required."""
-    from walq.redisq import DurabilityError, DurabilityWarning, RedisQueue
+    from walq.redisq.queue import DurabilityError, DurabilityWarning, RedisQueue
 
     with (
         pytest.warns(DurabilityWarning, match="appendonly is 'no'"),
@@ -647,7 +648,7 @@ def test_weak_persistence_warns_or_refuses(weak_server: str) -> None:
 
 def test_url_options(url: str) -> None:
     """The password never shows; file-only options are accepted, unknown ones refused."""
-    from walq.redisq import RedisQueue, parse_url
+    from walq.redisq.queue import RedisQueue, parse_url
 
     client_url, prefix, durable, shown = parse_url(
         "redis://:s3cret@127.0.0.1:6390/2?prefix=jobs&require_durable=yes&socket_keepalive=1"
@@ -702,7 +703,7 @@ def test_a_payload_damaged_on_the_server_is_dead_lettered_not_delivered(url: str
     """A job hash overwritten with bad JSON (a foreign write) is dead, never handed out."""
     import redis
 
-    from walq.redisq import parse_url
+    from walq.redisq.queue import parse_url
 
     client_url, prefix, _, _ = parse_url(url)
     with open_q(url) as q:
@@ -720,7 +721,7 @@ def test_a_payload_damaged_on_the_server_is_dead_lettered_not_delivered(url: str
 
 def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-py: MissingDependency, an ImportError naming the extra to install."""
-    from walq import redisq
+    from walq.redisq.queue import queue as redisq
 
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"walq\[redis\]") as info:
@@ -730,7 +731,7 @@ def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_cli_functions(url: str) -> None:
     """What `walq stats|dead|enqueue URL` call: read-only stats, dead jobs, enqueue."""
-    from walq import redisq
+    from walq.redisq.queue import queue as redisq
 
     with pytest.raises(walq.NotAQueueError):
         redisq.inspect_stats(url)  # nothing there yet, and nothing created
@@ -760,7 +761,7 @@ def test_cli_functions(url: str) -> None:
         q.claim(tasks=["b"])
         q.fail(blob, "again", permanent=True)
     assert redisq.purge(url) == 1
-    assert redisq.is_redis_url(url) and not redisq.is_redis_url("/var/lib/q")
+    assert backends.is_url(url) and not backends.is_url("/var/lib/q")
 
 
 @pytest.mark.parametrize("delay", [1e308, 10 * 365 * 86400.0 + 1, float("nan")])

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import walq
 from walq.core.state import Now, TaskCounts
-from walq.log import Log
-from walq.queue import wall_now
+from walq.directory.log import Log
+from walq.directory.queue import wall_now
 from walq.testing.faultfs import SimFileSystem
 
 _FIXED = wall_now()

@@ -9,7 +9,7 @@ import pytest
 
 import walq
 from walq.core import format as fmt
-from walq.segment import Segment
+from walq.directory.segment import Segment
 from walq.testing.faultfs import SimFileSystem, SimulatedCrash
 
 SEG = 1 << 16

@@ -22,8 +22,8 @@ import pytest
 from crc32c import crc32c
 
 import walq
-from walq import inspect as insp
-from walq import spool
+from walq.ops import inspect as insp
+from walq.producers import spool
 
 BAD = json.loads('"\\udcff"')
 CASES: list[tuple[str, tuple[Any, ...], dict[str, Any], type[walq.WalqError]]] = [
@@ -81,7 +81,7 @@ def test_a_producer_refuses_invalid_unicode(
         if q is not None:
             assert q.stats()["pending"] == 0
             q.close()
-    assert spool.backlog(walq.fs.OsFileSystem(), qdir)["files"] == 0
+    assert spool.backlog(walq.directory.fs.OsFileSystem(), qdir)["files"] == 0
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 
 import walq
 from tests import worker_tasks
-from walq.worker import Worker
+from walq.worker.pool import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -230,8 +230,8 @@ def test_cancelling_a_running_job_kills_its_process(q: walq.Queue, tmp_path: Pat
 
 def test_stale_result_is_dropped_not_applied(q: walq.Queue) -> None:
     """A result for an attempt that lost its lease never flips the job's state."""
-    from walq.job import Job
-    from walq.worker import Outcome
+    from walq.core.job import Job
+    from walq.worker.pool import Outcome
 
     jid = q.enqueue("ok", {})
     w = Worker(q, worker_tasks.tasks, processes=1)

@@ -25,7 +25,7 @@ import pytest
 import walq
 from tests import slow_tasks
 from tests.test_worker import ROOT, ledger_lines, no_leftover_processes, run_until_done, wait_for
-from walq.worker import Worker
+from walq.worker.pool import Worker
 
 __all__ = ["no_leftover_processes"]  # the autouse fixture applies here too
 
@@ -181,7 +181,7 @@ def test_a_task_module_failing_at_import_stops_with_one_clear_error(
     jid = q.enqueue("noop", {})
     w = Worker(q, slow_tasks.tasks, processes=3)
     with (
-        caplog.at_level(logging.ERROR, logger="walq.worker"),
+        caplog.at_level(logging.ERROR, logger="walq.worker.pool"),
         pytest.raises(walq.WorkerStartError, match="RuntimeError: boom at import"),
     ):
         w.run()

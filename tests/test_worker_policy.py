@@ -8,7 +8,7 @@ from pathlib import Path
 import walq
 from tests import worker_tasks
 from tests.test_worker import ledger_lines, no_leftover_processes, run_until_done
-from walq.worker import Worker
+from walq.worker.pool import Worker
 
 __all__ = ["no_leftover_processes"]  # the autouse fixture applies here too
 
@@ -74,9 +74,9 @@ def test_retry_after_is_honoured(qdir: str, tmp_path: Path) -> None:
 
 def test_spent_budget_defers_retries_without_charging(qdir: str) -> None:
     """A retry the budget cannot pay for is rescheduled, its attempt not charged."""
+    from walq.core.job import Job
     from walq.core.retry import RetryBudget
-    from walq.job import Job
-    from walq.worker import Outcome
+    from walq.worker.pool import Outcome
 
     with walq.Queue.open(qdir) as q:
         budget = RetryBudget(ratio=0.0, floor=0.001, window=10.0)

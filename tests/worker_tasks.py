@@ -7,9 +7,9 @@ import signal
 import time
 from typing import Any
 
+from walq.core.job import Job
 from walq.core.retry import CircuitBreaker, Permanent, RateLimit, RetryAfter
-from walq.job import Job
-from walq.tasks import Tasks
+from walq.worker.tasks import Tasks
 
 tasks = Tasks()
 

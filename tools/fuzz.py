@@ -55,12 +55,12 @@ import attrs
 from crc32c import crc32c
 
 import walq
-from walq import inspect as insp
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
 from walq.core.state import Now
 from walq.errors import CorruptionError, WalqError
+from walq.ops import inspect as insp
 from walq.testing import plant as planting
 from walq.testing.faultfs import SimFileSystem
 

@@ -52,7 +52,6 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 import walq
-from walq import spool, wire
 from walq.core.state import Now
 from walq.errors import (
     CompactionError,
@@ -61,7 +60,8 @@ from walq.errors import (
     UnknownJobError,
     WalqError,
 )
-from walq.server import ProducerServer
+from walq.producers import spool, wire
+from walq.producers.server import ProducerServer
 from walq.testing import plant as planting
 from walq.testing.faultfs import CrashMode, SimFileSystem, SimulatedCrash
 

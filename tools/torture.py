@@ -282,7 +282,7 @@ def owner_main(argv: list[str]) -> int:
 
     if delay is not None:
         os.environ[torture_tasks.IMPORT_DELAY_ENV] = delay
-    from walq.compactor import Policy
+    from walq.directory.compactor import Policy
     from walq.testing.plant import plant_from_env, worker_class
 
     parser = argparse.ArgumentParser(prog="torture _owner")
@@ -439,7 +439,7 @@ def _until_empty(q: Any, worker: Any, stop: threading.Event) -> None:
     The spool counts too: ingestion pauses while the queue is at its cap, so
     the queue can be empty for a moment while producers' files still wait.
     """
-    from walq import spool
+    from walq.producers import spool
 
     while not stop.wait(0.1):
         if q.stats()["unfinished"] == 0 and spool.backlog(q.fs, q.path)["files"] == 0:
@@ -621,7 +621,7 @@ def _state(pid: int) -> str | None:
 def torture(opts: Options) -> Audit:
     """Run the cycles, drain, audit; return the audit (violations counted in it)."""
     import walq
-    from walq.inspect import fsck
+    from walq.ops.inspect import fsck
 
     made = opts.directory is None
     work = Path(opts.directory or tempfile.mkdtemp(prefix="walq-torture-"))

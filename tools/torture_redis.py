@@ -273,7 +273,7 @@ def watch_rescue(url: str, ledger: str, host: str, lease: float, stop: threading
     started elsewhere is found in the ledger (its start line).
     """
     from walq.errors import WalqError
-    from walq.redisq import RedisQueue
+    from walq.redisq.queue import RedisQueue
 
     since = time.monotonic()
     left = running_on(ledger, host)
@@ -337,9 +337,9 @@ def owner_main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {args.host} %(name)s %(levelname)s %(message)s"
     )
-    from walq.redisq import RedisQueue
+    from walq.redisq.queue import RedisQueue
     from walq.testing.plant import plant_from_env
-    from walq.worker import Worker
+    from walq.worker.pool import Worker
 
     plant_from_env()
     tasks = __import__(TASKS_MODULE, fromlist=["tasks"]).tasks
@@ -452,7 +452,7 @@ def _produce(run: Run, rng: random.Random, stop: threading.Event, audit: Audit) 
     import redis  # noqa: F401 - redis-py's errors arrive as BackendError
 
     from walq.errors import WalqError
-    from walq.redisq import RedisQueue
+    from walq.redisq.queue import RedisQueue
 
     q: RedisQueue | None = None
     while not stop.is_set():
@@ -476,7 +476,7 @@ def _produce(run: Run, rng: random.Random, stop: threading.Event, audit: Audit) 
 
 def torture(opts: Options) -> Audit:
     """Run, drain, audit; return the audit (violations counted in it)."""
-    from walq.redisq import RedisQueue
+    from walq.redisq.queue import RedisQueue
 
     made = opts.directory is None
     work = Path(opts.directory or tempfile.mkdtemp(prefix="walq-torture-redis-"))

@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from tools.torture_redis import note
-from walq.job import Job
-from walq.tasks import Tasks
+from walq.core.job import Job
+from walq.worker.tasks import Tasks
 
 tasks = Tasks()
 

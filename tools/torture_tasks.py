@@ -13,9 +13,9 @@ import random
 import time
 from typing import Any
 
+from walq.core.job import Job
 from walq.core.retry import Backoff, Permanent
-from walq.job import Job
-from walq.tasks import Tasks
+from walq.worker.tasks import Tasks
 
 LEDGER_ENV = "WALQ_TORTURE_LEDGER"
 WORK_MS_ENV = "WALQ_TORTURE_WORK_MS"

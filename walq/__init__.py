@@ -1,5 +1,8 @@
 """walq: a crash-safe job queue that lives in one directory."""
 
+from walq.backend import QueueBackend
+from walq.backends import open
+from walq.core.job import DeadJob, Job
 from walq.core.retry import (
     Backoff,
     CircuitBreaker,
@@ -9,11 +12,14 @@ from walq.core.retry import (
     RetryBudget,
 )
 from walq.core.state import Now
+from walq.directory.queue import Queue
 from walq.errors import (
     ArgumentError,
+    BackendError,
     ClosedError,
     CompactionError,
     CorruptionError,
+    DurabilityError,
     ForkedError,
     LeaseLost,
     LockedError,
@@ -29,12 +35,10 @@ from walq.errors import (
     WalqError,
     WorkerStartError,
 )
-from walq.job import DeadJob, Job
-from walq.producer import Producer, connect
-from walq.queue import Queue
-from walq.redisq import BackendError, DurabilityError, RedisQueue
-from walq.tasks import Task, Tasks
-from walq.worker import Worker
+from walq.producers.client import Producer, connect
+from walq.redisq.queue import RedisQueue
+from walq.worker.pool import Worker
+from walq.worker.tasks import Task, Tasks
 
 __version__ = "0.1.0"
 
@@ -60,6 +64,7 @@ __all__ = [
     "Producer",
     "ProtocolError",
     "Queue",
+    "QueueBackend",
     "QueueFull",
     "RateLimit",
     "RedisQueue",
@@ -76,4 +81,5 @@ __all__ = [
     "WorkerStartError",
     "__version__",
     "connect",
+    "open",
 ]

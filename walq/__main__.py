@@ -1,5 +1,5 @@
 """`python -m walq` runs the CLI."""
 
-from walq.cli import main
+from walq.cli.app import main
 
 main()

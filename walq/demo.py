@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from walq.job import Job
-from walq.queue import Queue
-from walq.tasks import Tasks
+from walq.core.job import Job
+from walq.directory.queue import Queue
+from walq.worker.tasks import Tasks
 
 tasks = Tasks()
 LEDGER = "demo-ledger.txt"

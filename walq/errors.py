@@ -96,3 +96,24 @@ class ProtocolError(WalqError):
 
 class ForkedError(WalqError):
     """A queue or producer connection opened by one process was used in a fork() of it."""
+
+
+class BackendError(WalqError):
+    """The Redis server could not be reached, or refused the command.
+
+    For a write, whether it took effect is unknown: a lost reply does not
+    mean a lost command. walq never retries a write (an enqueue would be
+    doubled); reads are retried a few times.
+    """
+
+
+class DurabilityError(WalqError):
+    """The server is not configured durably and the caller asked for durability."""
+
+
+class DurabilityWarning(UserWarning):
+    """(A warning, not an error.) The server's persistence is weaker than walq's guarantees need."""
+
+
+class MissingDependency(WalqError, ImportError):
+    """redis-py is not installed."""

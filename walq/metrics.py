@@ -138,7 +138,7 @@ def families(
     runs: Mapping[tuple[str, str], HistogramValue] | None = None,
     namespace: str = "walq",
 ) -> list[Family]:
-    """The metrics for one queue: from `Queue.stats()` or `walq.inspect.stats()`.
+    """The metrics for one queue: from `Queue.stats()` or `walq.ops.inspect.stats()`.
 
     `worker` is `Worker.status()` (or the worker's status file); `fsync` and
     `runs` ((task, outcome) -> histogram) come from the hooks.

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Literal, NoReturn
 
 import attrs
 
+from walq.directory.fs import Stat
 from walq.errors import LockedError
-from walq.fs import Stat
 
 if TYPE_CHECKING:
     from hypothesis.strategies import DataObject
 
-    from walq.fs import File, FileSystem, Lock
+    from walq.directory.fs import File, FileSystem, Lock
 
 __all__ = [
     "OP_KINDS",
@@ -272,7 +272,7 @@ class Fault:
 
 
 class SimFile:
-    """An open file of a SimFileSystem (implements `walq.fs.File`)."""
+    """An open file of a SimFileSystem (implements `walq.directory.fs.File`)."""
 
     __slots__ = ("_closed", "_fs", "_node", "_norm", "_writable", "path")
 
@@ -381,7 +381,7 @@ class SimFile:
 
 
 class _SimLock:
-    """A held lock of a SimFileSystem (implements `walq.fs.Lock`)."""
+    """A held lock of a SimFileSystem (implements `walq.directory.fs.Lock`)."""
 
     def __init__(self, fs: SimFileSystem, key: str) -> None:
         self._fs = fs
@@ -398,7 +398,7 @@ class _SimLock:
 
 
 class SimFileSystem:
-    """An in-memory `walq.fs.FileSystem` that can crash, tear writes and fail.
+    """An in-memory `walq.directory.fs.FileSystem` that can crash, tear writes and fail.
 
     `capacity` caps the bytes all files may hold (ENOSPC beyond it);
     `reported_free` fixes what `free_bytes` returns (default: what capacity

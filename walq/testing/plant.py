@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from walq import heartbeat, log, queue
 from walq.core import format, framing
-from walq.worker import Worker
+from walq.directory import log, queue
+from walq.worker import heartbeat
+from walq.worker.pool import Worker
 
 BUGS = {
     "skip-fsync": "the log never calls fdatasync (power loss then loses confirmed jobs)",

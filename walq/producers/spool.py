@@ -2,7 +2,7 @@
 
 `DIR/spool/` (mode 0700) holds one file per request (docs/PRODUCERS.md):
 
-    file = MAGIC body crc32c:u32le        body: as on the socket (walq.wire)
+    file = MAGIC body crc32c:u32le        body: as on the socket (walq.producers.wire)
     name = [key-<sha256 of key>-]<time_ns:020>-<pid>-<random:16 hex>-<file size>.job
 
 A producer writes `<time_ns>-<pid>-<random>.tmp` (0600), fsyncs it, then under
@@ -13,7 +13,7 @@ own; a second request with a key whose file still waits coalesces into it. A
 or one that died (the owner removes those older than a minute). Sizes and
 times are in the names, so caps and ordering need no reads.
 
-Every file-system call goes through the `walq.fs` seam.
+Every file-system call goes through the `walq.directory.fs` seam.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from collections.abc import Iterator
 import attrs
 from crc32c import crc32c
 
-from walq import wire
+from walq.directory.fs import FileSystem, own_dir, queue_dir_owner
 from walq.errors import CorruptionError, LockedError, ProtocolError, QueueFull
-from walq.fs import FileSystem, own_dir, queue_dir_owner
+from walq.producers import wire
 
 log = logging.getLogger("walq.spool")
 
@@ -233,7 +233,7 @@ class SpoolWriter:
         """Make the spool if needed; refuse one the queue's owner would not ingest from.
 
         Jobs are never written through a link planted as spool/, nor into a
-        queue directory of another user (walq.fs.queue_dir_owner).
+        queue directory of another user (walq.directory.fs.queue_dir_owner).
         """
         if not self.fs.is_dir(self.queue_dir):
             make_dir(self.fs, self.queue_dir)

@@ -30,13 +30,13 @@ import attrs
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
+from walq.core.job import clip_error
 from walq.core.state import DEAD, SEQ_BITS, Loc, seq_of
+from walq.directory.fs import File
 from walq.errors import ClosedError, CompactionError, CorruptionError, WalqError
-from walq.fs import File
-from walq.job import clip_error
 
 if TYPE_CHECKING:
-    from walq.queue import Queue
+    from walq.directory.queue import Queue
 
 log = logging.getLogger("walq.compactor")
 

@@ -1,7 +1,7 @@
 """The owner's side of walq.connect: a Unix socket for producers, and spool ingestion.
 
 `ProducerServer(queue).start()` ingests the spool, listens on the queue's
-socket (walq.wire.socket_address) and polls the spool in the background;
+socket (walq.producers.wire.socket_address) and polls the spool in the background;
 `stop()` answers the requests in flight and stops. Idle connections wait in
 one selector loop (the accept thread), so an idle producer holds a descriptor,
 not a thread; a connection with a request goes to a pool of at most
@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from walq import spool, wire
+from walq.core.text import excerpt
+from walq.directory.fs import check_owner, own_dir
 from walq.errors import (
     ClosedError,
     CorruptionError,
@@ -46,11 +47,10 @@ from walq.errors import (
     UnsafeDirectoryError,
     WalqError,
 )
-from walq.fs import check_owner, own_dir
-from walq.text import excerpt
+from walq.producers import spool, wire
 
 if TYPE_CHECKING:
-    from walq.queue import Queue
+    from walq.directory.queue import Queue
 
 log = logging.getLogger("walq.server")
 

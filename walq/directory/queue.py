@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import posixpath
@@ -16,35 +17,11 @@ from typing import Any, NamedTuple
 import attrs
 
 from walq import forks
-from walq.compactor import CompactionResult, Compactor, Policy
+from walq.backends import backend_class, scheme_of
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.ledger import Ledger, Lost
-from walq.core.state import (
-    DEAD,
-    MAX_ATTEMPTS,
-    MAX_PRIORITY,
-    MIN_PRIORITY,
-    SCHEDULED,
-    JobInfo,
-    Loc,
-    Now,
-    QueueState,
-    seq_of,
-)
-from walq.errors import (
-    ArgumentError,
-    ClosedError,
-    CorruptionError,
-    NotAQueueError,
-    QueueFull,
-    StateError,
-    UnknownJobError,
-    WalqError,
-)
-from walq.fs import File, FileSystem, Lock, OsFileSystem, queue_dir_owner
-from walq.job import (
+from walq.core.job import (
     COUNTERS,
     DEFAULT_MAX_PAYLOAD,
     MAX_PAYLOAD_LIMIT,
@@ -59,17 +36,42 @@ from walq.job import (
     encode_payload,
     split_item,
 )
-from walq.log import CUT_DIR, Damage, Log
-from walq.redisq import check_not_url, is_redis_url
-from walq.segment import SPARE_SUFFIX, TMP_SUFFIX
-from walq.server import ProducerServer
-from walq.spool import SPOOL_DIR
-from walq.text import excerpt
-from walq.wire import SOCKET_NAME
+from walq.core.ledger import Ledger, Lost
+from walq.core.state import (
+    DEAD,
+    MAX_ATTEMPTS,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    SCHEDULED,
+    JobInfo,
+    Loc,
+    Now,
+    QueueState,
+    seq_of,
+)
+from walq.core.text import excerpt
+from walq.directory.compactor import CompactionResult, Compactor, Policy
+from walq.directory.fs import File, FileSystem, Lock, OsFileSystem, open_fd, queue_dir_owner
+from walq.directory.log import CUT_DIR, Damage, Log
+from walq.directory.segment import SPARE_SUFFIX, TMP_SUFFIX
+from walq.errors import (
+    ArgumentError,
+    ClosedError,
+    CorruptionError,
+    NotAQueueError,
+    QueueFull,
+    StateError,
+    UnknownJobError,
+    WalqError,
+)
+from walq.producers.server import ProducerServer
+from walq.producers.spool import SPOOL_DIR
+from walq.producers.wire import SOCKET_NAME
 
 log = logging.getLogger("walq.queue")
 
 LOCK_FILE = "LOCK"
+STATUS_FILE = "worker-status.json"  # the worker's advisory status (walq stats)
 # Names walq makes in a queue directory besides its segments (and their .tmp and
 # .spare forms); "lost+found" is there when the directory is a file system's root.
 OWN_NAMES = frozenset(
@@ -168,7 +170,7 @@ class Queue:
         self.ingest_lock = threading.Lock()
         self._server: ProducerServer | None = None
         # The uid of the queue directory, which walq's files in it must have (spool
-        # files included); None under trust_dir=True (walq.fs.queue_dir_owner).
+        # files included); None under trust_dir=True (walq.directory.fs.queue_dir_owner).
         self.owner_uid: int | None = None
         self._compactor = Compactor(self)
         self._forked = False  # set in a fork() child: every call refuses (walq.forks)
@@ -222,14 +224,11 @@ class Queue:
         their spool (docs/PRODUCERS.md).
         A "redis://..." path opens a RedisQueue instead (docs/REDIS.md).
         """
-        if is_redis_url(path):
-            from walq.redisq import RedisQueue  # noqa: PLC0415 - the optional backend
-
-            return RedisQueue.open(  # type: ignore[return-value]
+        if scheme_of(path) is not None:  # a server's URL: that backend (walq.backends)
+            return backend_class(path).open(  # type: ignore[no-any-return]
                 path, max_pending=max_pending, max_bytes=max_bytes, max_payload=max_payload,
                 max_attempts=max_attempts, rng=rng,
             )  # fmt: skip
-        check_not_url(path)
         if recovery not in RECOVERY_MODES:
             raise ArgumentError(f"recovery must be 'strict' or 'skip', not {recovery!r}")
         for name, cap in (("max_pending", max_pending), ("max_bytes", max_bytes)):
@@ -1013,6 +1012,23 @@ class Queue:
         """Make everything written so far durable, whatever the sync mode."""
         self._log.flush()
 
+    def record_worker_status(self, status: Mapping[str, Any], ttl: float = 30.0) -> None:
+        """Write a worker's status to STATUS_FILE for `walq stats` (stale after `ttl` s).
+
+        Advisory only: no fsync; a crash leaves the previous status or none. A
+        leftover .part (or anything planted there) is unlinked, never written through.
+        """
+        self._check_not_closed()
+        path = posixpath.join(self.path, STATUS_FILE)
+        tmp = path + ".part"
+        with contextlib.suppress(OSError, CorruptionError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            fd = open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            with os.fdopen(fd, "w") as f:
+                json.dump(dict(status), f)
+            os.replace(tmp, path)
+
     def close(self) -> None:
         """Flush, close the files and release the directory (idempotent).
 
@@ -1062,7 +1078,7 @@ class Queue:
     def compact(
         self, progress: Callable[[int, int], None] | None = None, *, seal: bool = False
     ) -> CompactionResult:
-        """Rewrite the sealed segments keeping only live jobs (see walq.compactor).
+        """Rewrite the sealed segments keeping only live jobs (see walq.directory.compactor).
 
         seal=True first seals the active segment, so that it is compacted too
         (what `walq compact` does on a queue no owner is writing to).

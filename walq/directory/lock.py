@@ -19,8 +19,8 @@ from typing import Any
 
 import portalocker
 
+from walq.directory.fs import open_fd
 from walq.errors import LockedError
-from walq.fs import open_fd
 
 log = logging.getLogger("walq.lock")
 
@@ -126,7 +126,7 @@ class ProcessLock:
 
 def _open_lock_file(path: str) -> Any:
     """The lock file, opened for the owner's life: never through a link planted as LOCK,
-    and given to the queue's owner when root makes it (walq.fs.open_fd)."""
+    and given to the queue's owner when root makes it (walq.directory.fs.open_fd)."""
     fd = open_fd(path, os.O_RDWR | os.O_CREAT)
     try:
         os.fchmod(fd, 0o600)

@@ -40,6 +40,8 @@ from walq.core.format import (
     segment_name,
 )
 from walq.core.state import Loc
+from walq.directory.fs import FileSystem, own_dir
+from walq.directory.segment import SPARE_SUFFIX, TMP_SUFFIX, Segment
 from walq.errors import (
     ArgumentError,
     ClosedError,
@@ -48,8 +50,6 @@ from walq.errors import (
     LockedError,
     LogFailedError,
 )
-from walq.fs import FileSystem, own_dir
-from walq.segment import SPARE_SUFFIX, TMP_SUFFIX, Segment
 
 log = logging.getLogger("walq.log")
 
@@ -162,7 +162,7 @@ class Log:
                 self.guard()
             except (LockedError, OSError) as exc:
                 self._fail(f"{exc}: stopping writes so that two owners never write one log")
-        # The uid that cut/ must have (walq.fs.queue_dir_owner); None: not checked.
+        # The uid that cut/ must have (walq.directory.fs.queue_dir_owner); None: not checked.
         self.owner_uid: int | None = None
 
     # -- recovery --------------------------------------------------------------

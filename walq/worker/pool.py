@@ -13,7 +13,6 @@ cancelled) are dropped: the job's current state stands (docs/WORKER.md).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -33,27 +32,24 @@ from typing import Any
 
 import attrs
 
+from walq.backend import QueueBackend
+from walq.core.job import Job, check_seconds
 from walq.core.retry import Permanent, RetryAfter, RetryBudget
 from walq.core.state import JobInfo
+from walq.core.text import excerpt
 from walq.errors import (
     ArgumentError,
-    CorruptionError,
+    BackendError,
     LogFailedError,
     StateError,
     WalqError,
     WorkerStartError,
 )
-from walq.fs import open_fd
-from walq.heartbeat import DEFAULT_LEASE, Heartbeat, Link
-from walq.job import Job, check_seconds
-from walq.queue import Queue
-from walq.redisq import BackendError, RedisQueue
-from walq.tasks import Task, Tasks, deferred_result
-from walq.text import excerpt
+from walq.worker.heartbeat import DEFAULT_LEASE, Heartbeat, Link
+from walq.worker.tasks import Task, Tasks, deferred_result
 
 log = logging.getLogger("walq.worker")
 
-STATUS_FILE = "worker-status.json"
 SHORT_JOB = 0.01  # seconds: jobs that typically run shorter than this are prefetched
 DEFAULT_PREFETCH = 8  # jobs a worker process may hold (Worker, `walq worker --prefetch`)
 
@@ -274,7 +270,7 @@ class Worker:
 
     def __init__(
         self,
-        queue: Queue | RedisQueue,
+        queue: QueueBackend,
         tasks: Tasks,
         *,
         processes: int | None = None,
@@ -1026,24 +1022,10 @@ class Worker:
         self._status_written = time.monotonic()
         status = self.status()
         status["stopped"] = final
-        if isinstance(self.queue, RedisQueue):
-            if self._link.down:
-                return  # the server is unreachable: the next status after it is back
-            # Shared by many hosts: each worker's status is a key that expires.
-            with contextlib.suppress(WalqError):
-                self.queue.record_worker_status(status)
-            return
-        path = os.path.join(self.queue.path, STATUS_FILE)
-        tmp = path + ".part"
-        # Advisory only: no fsync; a crash leaves the previous status or none. A
-        # leftover .part (or anything planted there) is unlinked, never written through.
-        with contextlib.suppress(OSError, CorruptionError):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            fd = open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            with os.fdopen(fd, "w") as f:
-                json.dump(status, f)
-            os.replace(tmp, path)
+        if self._link.down:
+            return  # the server is unreachable: the next status after it is back
+        with contextlib.suppress(WalqError):
+            self.queue.record_worker_status(status)
 
 
 def _gated(task: Task) -> bool:

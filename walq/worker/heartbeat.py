@@ -26,10 +26,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from walq.errors import WalqError
-from walq.job import Job
-from walq.queue import Queue
-from walq.redisq import BackendError, RedisQueue
+from walq.backend import QueueBackend
+from walq.core.job import Job
+from walq.errors import BackendError, WalqError
 
 log = logging.getLogger("walq.worker")
 
@@ -131,7 +130,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        queue: Queue | RedisQueue,
+        queue: QueueBackend,
         lease: float,
         link: Link,
         on_lost: Callable[[int, int, WalqError], None],

@@ -1,7 +1,7 @@
 """What producers send: checked items, the socket protocol, the socket's address.
 
-Shared by the producer (walq.producer), the owner's socket server
-(walq.server) and the spool (walq.spool), which stores a request in the same
+Shared by the producer (walq.producers.client), the owner's socket server
+(walq.producers.server) and the spool (walq.producers.spool), which stores a request in the same
 body layout the socket carries (docs/PRODUCERS.md, "Protocol"):
 
     frame   = length:u32le body                  (length <= MAX_MESSAGE)
@@ -31,9 +31,7 @@ from typing import Any, TypeGuard
 import attrs
 
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
-from walq.core.state import MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY
-from walq.errors import ArgumentError, ProtocolError
-from walq.job import (
+from walq.core.job import (
     DEFAULT_MAX_PAYLOAD,
     check_delay,
     check_key,
@@ -41,7 +39,9 @@ from walq.job import (
     decode_payload,
     encode_payload,
 )
-from walq.text import excerpt
+from walq.core.state import MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY
+from walq.core.text import excerpt
+from walq.errors import ArgumentError, ProtocolError
 
 SOCKET_NAME = "walq.sock"
 MAX_MESSAGE = 64 << 20  # bytes of one request body

@@ -22,12 +22,13 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-from walq import errors, wire
+from walq import errors
+from walq.backends import check_not_url
+from walq.core.job import DEFAULT_MAX_PAYLOAD
+from walq.directory.fs import FileSystem, OsFileSystem
 from walq.errors import ArgumentError, ClosedError, PayloadError, ProtocolError, WalqError
-from walq.fs import FileSystem, OsFileSystem
-from walq.job import DEFAULT_MAX_PAYLOAD
-from walq.redisq import check_not_url
-from walq.spool import SpoolWriter
+from walq.producers import wire
+from walq.producers.spool import SpoolWriter
 
 log = logging.getLogger("walq.producer")
 

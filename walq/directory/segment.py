@@ -8,7 +8,7 @@ import posixpath
 import attrs
 
 from walq.core.format import SEGMENT_HEADER_SIZE, SegmentHeader, segment_name
-from walq.fs import File, FileSystem
+from walq.directory.fs import File, FileSystem
 
 _ZEROS = bytes(1 << 20)
 TMP_SUFFIX = ".tmp"  # a segment being created; recovery deletes leftovers

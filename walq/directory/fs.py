@@ -367,6 +367,6 @@ class OsFileSystem:
         return st.f_bavail * st.f_frsize
 
     def lock(self, path: str, timeout: float) -> Lock:
-        from walq.lock import ProcessLock  # noqa: PLC0415 - walq.lock opens through open_fd
+        from walq.directory.lock import ProcessLock  # noqa: PLC0415 - walq.directory.lock opens through open_fd
 
         return ProcessLock.acquire(path, timeout)

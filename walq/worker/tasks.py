@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 
 import attrs
 
+from walq.core.job import Job, check_seconds, check_task
 from walq.core.retry import Backoff, CircuitBreaker, RateLimit, TaskPolicy
+from walq.core.text import excerpt
 from walq.errors import ArgumentError, TaskModuleError
-from walq.job import Job, check_seconds, check_task
-from walq.text import excerpt
 
 Handler = Callable[[Any, Job], Any]
 H = TypeVar("H", bound=Handler)

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -30,19 +29,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from walq import forks
+from walq.backends import is_url
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
-from walq.core.state import MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY, PENDING, JobInfo, Loc
-from walq.errors import (
-    ArgumentError,
-    ClosedError,
-    LeaseLost,
-    NotAQueueError,
-    QueueFull,
-    StateError,
-    UnknownJobError,
-    WalqError,
-)
-from walq.job import (
+from walq.core.job import (
     COUNTERS,
     DEFAULT_MAX_PAYLOAD,
     DeadJob,
@@ -55,16 +44,30 @@ from walq.job import (
     encode_payload,
     split_item,
 )
-from walq.text import excerpt, shown
+from walq.core.state import MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY, PENDING, JobInfo, Loc
+from walq.core.text import excerpt, shown
+from walq.errors import (
+    ArgumentError,
+    BackendError,
+    ClosedError,
+    DurabilityError,
+    DurabilityWarning,
+    LeaseLost,
+    MissingDependency,
+    NotAQueueError,
+    QueueFull,
+    StateError,
+    UnknownJobError,
+    WalqError,
+)
 
 if TYPE_CHECKING:
     import redis
 
-    from walq.inspect import DeadInfo
+    from walq.ops.inspect import DeadInfo
 
 log = logging.getLogger("walq.redisq")
 
-SCHEMES = ("redis://", "rediss://", "unix://")
 DEFAULT_PREFIX = "walq"
 FORMAT_VERSION = "1"
 MIN_SERVER = (6, 2)
@@ -91,27 +94,6 @@ _HELD_CAP = 100_000
 _T = TypeVar("_T")
 
 
-class BackendError(WalqError):
-    """The Redis server could not be reached, or refused the command.
-
-    For a write, whether it took effect is unknown: a lost reply does not
-    mean a lost command. walq never retries a write (an enqueue would be
-    doubled); reads are retried a few times.
-    """
-
-
-class DurabilityError(WalqError):
-    """The server is not configured durably and the caller asked for durability."""
-
-
-class DurabilityWarning(UserWarning):
-    """The server's persistence is weaker than walq's guarantees need."""
-
-
-class MissingDependency(WalqError, ImportError):
-    """redis-py is not installed."""
-
-
 def _redis() -> Any:
     try:
         import redis  # noqa: PLC0415 - an optional extra, imported when first used
@@ -120,29 +102,6 @@ def _redis() -> Any:
             "walq's Redis backend needs redis-py: pip install 'walq[redis]'"
         ) from None
     return redis
-
-
-def is_redis_url(target: object) -> bool:
-    """Whether `target` names a Redis server rather than a queue directory."""
-    return isinstance(target, str) and target.startswith(SCHEMES)
-
-
-_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-
-
-def check_not_url(target: object) -> None:
-    """ArgumentError if `target`, taken for a queue directory, is a URL walq does not know.
-
-    "redis+sentinel://..." must not become a local directory of that name.
-    Only the scheme is shown: the rest of a URL may hold a password.
-    """
-    if isinstance(target, str):
-        match = _URL.match(target)
-        if match is not None and not is_redis_url(target):
-            raise ArgumentError(
-                f"unknown URL scheme {match.group()!r}: walq knows {', '.join(SCHEMES)} "
-                "(anything else is a queue directory's path)"
-            )
 
 
 # -- the scripts ----------------------------------------------------------------------------
@@ -878,7 +837,7 @@ def parse_url(url: str) -> tuple[str, str, bool, str]:
     walq's own query parameters (prefix, require_durable) are taken out; the
     rest go to redis-py. The display URL has no password.
     """
-    if not is_redis_url(url):
+    if not is_url(url):
         raise ArgumentError(f"not a Redis URL (redis://, rediss:// or unix://): {url!r}")
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -1928,7 +1887,7 @@ def stats_lines(st: Mapping[str, Any]) -> list[str]:
 
 def dead_jobs(url: str, ids: Iterable[int] | None = None) -> list[DeadInfo]:
     """`walq dead list|show URL`: dead jobs as the CLI shows them (read-only)."""
-    from walq.inspect import DeadInfo  # noqa: PLC0415 - the CLI's record type
+    from walq.ops.inspect import DeadInfo  # noqa: PLC0415 - the CLI's record type
 
     with _open_quiet(url) as q:
         return [
@@ -1985,7 +1944,6 @@ __all__ = [
     "dead_jobs",
     "enqueue",
     "inspect_stats",
-    "is_redis_url",
     "parse_url",
     "purge",
     "requeue",

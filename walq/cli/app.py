@@ -1,4 +1,4 @@
-"""The `walq` command: parses arguments and prints; the work lives in walq.inspect.
+"""The `walq` command: parses arguments and prints; the work lives in walq.ops.inspect.
 
 Exit codes (docs/OPERATIONS.md): 0 clean, 1 damage or failure found, 2 usage
 error or cannot open (no such queue, an owner holds the lock, an unknown job).
@@ -18,8 +18,9 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from walq import inspect as insp
-from walq import redisq  # cheap: redis-py itself is imported only when a URL is used
+from walq import backends, errors
+from walq.core.text import quoted, shown, shown_lines
+from walq.directory.queue import RECOVERY_MODES
 from walq.errors import (
     ArgumentError,
     LockedError,
@@ -30,9 +31,9 @@ from walq.errors import (
     WalqError,
 )
 from walq.metrics import MetricsUnavailable
-from walq.queue import RECOVERY_MODES
-from walq.text import quoted, shown, shown_lines
-from walq.worker import DEFAULT_PREFETCH
+from walq.ops import inspect as insp
+from walq.redisq import queue as redisq  # cheap: redis-py itself is imported only when used
+from walq.worker.pool import DEFAULT_PREFETCH
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,8 +50,8 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     UnknownJobError,
     StateError,
     MetricsUnavailable,
-    redisq.BackendError,
-    redisq.MissingDependency,
+    errors.BackendError,
+    errors.MissingDependency,
 )
 
 
@@ -389,7 +390,7 @@ def stats(directory: str, as_json: bool, prometheus: bool) -> None:
 
     Read from the files without the lock, beside a running owner or none.
     """
-    if redisq.is_redis_url(directory):
+    if backends.is_url(directory):
         if prometheus:
             fail("--prometheus reads a queue directory; for Redis, scrape the worker's port")
         st = redisq.inspect_stats(directory)
@@ -629,7 +630,7 @@ def dead_show(directory: str, job_id: int, as_json: bool) -> None:
 @guarded
 def dead_requeue(directory: str, job_ids: tuple[int, ...]) -> None:
     """Give dead jobs a fresh start (attempts reset). No owner may be running."""
-    if redisq.is_redis_url(directory):
+    if backends.is_url(directory):
         done = redisq.requeue(directory, job_ids)
     else:
         done = _admin(lambda: insp.requeue(directory, job_ids), "requeue")
@@ -652,7 +653,7 @@ def dead_purge(directory: str, job_ids: tuple[int, ...], yes: bool) -> None:
         if not sys.stdin.isatty():
             fail(f"purge deletes {count} dead jobs for good: pass --yes to confirm")
         click.confirm(f"delete {count} dead jobs for good?", abort=True)
-    if redisq.is_redis_url(directory):
+    if backends.is_url(directory):
         n = redisq.purge(directory, ids)
     else:
         n = _admin(lambda: insp.purge(directory, ids), "purge")
@@ -664,7 +665,7 @@ T = TypeVar("T")
 
 def _dead_jobs(target: str, ids: list[int] | None = None) -> list[insp.DeadInfo]:
     """Dead jobs of a queue directory or a Redis URL."""
-    if redisq.is_redis_url(target):
+    if backends.is_url(target):
         return redisq.dead_jobs(target, ids=ids)
     with progress("reading") as bar:
         return insp.dead_jobs(target, ids=ids, progress=bar)
@@ -731,7 +732,7 @@ def enqueue(
             fail(f"--payload is not valid JSON: {exc}")
     elif payload_file is not None:
         value = payload_file.read()
-    if redisq.is_redis_url(directory):
+    if backends.is_url(directory):
         jid = redisq.enqueue(directory, task, value, key=key, delay=delay, priority=priority)
         done = insp.Enqueued(job=jid, route="redis")
     else:
@@ -840,9 +841,9 @@ def worker(
 ) -> None:
     """Own the queue in DIRECTORY and run its jobs until SIGTERM or SIGINT."""
     from walq import metrics  # noqa: PLC0415 - only the worker command configures logging
-    from walq.queue import Queue  # noqa: PLC0415
-    from walq.tasks import load_tasks  # noqa: PLC0415
-    from walq.worker import Worker  # noqa: PLC0415
+    from walq.directory.queue import Queue  # noqa: PLC0415
+    from walq.worker.pool import Worker  # noqa: PLC0415
+    from walq.worker.tasks import load_tasks  # noqa: PLC0415
 
     try:
         metrics.configure_logging(log_level, json_lines=log_format == "json")
@@ -850,7 +851,7 @@ def worker(
         fail(f"--log-level: {exc}")
     sys.path.insert(0, ".")
     tasks = load_tasks(tasks_spec)
-    if not create and not redisq.is_redis_url(directory) and not os.path.isdir(directory):
+    if not create and not backends.is_url(directory) and not os.path.isdir(directory):
         fail(f"{directory}: no such queue directory (--create makes a new queue)")
     if metrics_port is not None:
         # Bound before anything is opened or made: a busy port leaves no queue behind.

@@ -14,8 +14,8 @@ import attrs
 
 from walq.core import format as fmt
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
+from walq.core.text import excerpt
 from walq.errors import ArgumentError, PayloadError
-from walq.text import excerpt
 
 DEFAULT_MAX_PAYLOAD = 16 << 20
 # A task name, key or origin is a str16 (docs/FORMAT.md): at most this many UTF-8 bytes.

@@ -7,7 +7,7 @@ compaction that runs while a reader reads is detected (a compacted segment
 that replaces segments the reader has already read) and the read is retried.
 
 The administrative operations (requeue, purge, compact, repair) take the
-queue's lock, so no owner may be running; `walq.cli` only parses and prints.
+queue's lock, so no owner may be running; `walq.cli.app` only parses and prints.
 """
 
 from __future__ import annotations
@@ -22,12 +22,15 @@ from typing import Any, Protocol
 
 import attrs
 
-from walq import spool
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
 from walq.core.ledger import Ledger, Lost
 from walq.core.state import DEAD, PENDING, RUNNING, Loc, Now, QueueState
+from walq.core.text import excerpt
+from walq.directory.fs import FileSystem, OsFileSystem, open_fd, own_dir, queue_dir_owner
+from walq.directory.log import CUT_DIR
+from walq.directory.queue import LOCK_FILE, STATUS_FILE
 from walq.errors import (
     ArgumentError,
     CorruptionError,
@@ -35,12 +38,8 @@ from walq.errors import (
     NotAQueueError,
     StateError,
 )
-from walq.fs import FileSystem, OsFileSystem, open_fd, own_dir, queue_dir_owner
-from walq.log import CUT_DIR
-from walq.queue import LOCK_FILE
-from walq.spool import SPOOL_DIR, live_entries, set_aside_files
-from walq.text import excerpt
-from walq.worker import STATUS_FILE
+from walq.producers import spool
+from walq.producers.spool import SPOOL_DIR, live_entries, set_aside_files
 
 SNIPPET = 32  # bytes of a damaged range shown as hex
 PREVIEW = 60  # characters of a payload shown by dump
@@ -677,7 +676,7 @@ def owner(path: str) -> Owner:
     """Who holds the queue's lock, found without taking it (Linux: /proc/locks)."""
     lock_path = posixpath.join(path, LOCK_FILE)
     want = set()
-    # The owner locks the lock file and the directory (walq.lock): the file may be gone.
+    # The owner locks the lock file and the directory (walq.directory.lock): the file may be gone.
     for locked in (lock_path, path):
         try:
             st = os.lstat(locked)  # a link planted as LOCK is not the owner's
@@ -688,7 +687,7 @@ def owner(path: str) -> Owner:
         want.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
     if not want:
         return Owner(False)
-    from walq import lock as walq_lock  # noqa: PLC0415 - the registry of this process
+    from walq.directory import lock as walq_lock  # noqa: PLC0415 - the registry of this process
 
     if os.path.realpath(lock_path) in walq_lock._held:
         return Owner(True, os.getpid())
@@ -1054,7 +1053,7 @@ def _open_owned(path: str, fs: FileSystem | None) -> Any:
     NotAQueueError if it is not a queue (Queue.open would create one);
     LockedError naming the owner's pid if one runs.
     """
-    from walq.queue import Queue  # noqa: PLC0415 - the read-only tools never need it
+    from walq.directory.queue import Queue  # noqa: PLC0415 - the read-only tools never need it
 
     segment_seqs(path, fs)
     try:
@@ -1096,8 +1095,8 @@ def enqueue(
     error names the socket or spool the user may not use. `create` makes a
     missing directory a new queue.
     """
-    from walq.producer import connect  # noqa: PLC0415 - the read-only tools never need it
-    from walq.queue import Queue  # noqa: PLC0415
+    from walq.directory.queue import Queue  # noqa: PLC0415
+    from walq.producers.client import connect  # noqa: PLC0415 - the read-only tools never need it
 
     if not (create and not (fs or OsFileSystem()).exists(path)):
         check_queue_dir(path, fs)
@@ -1317,7 +1316,7 @@ def repair(path: str, fs: FileSystem | None = None) -> list[str]:
         return done
     # Segments are missing. Their loss is accepted by a compaction of everything,
     # which starts the log again from segment 1 (docs/FORMAT.md).
-    from walq.queue import Queue  # noqa: PLC0415 - the read-only tools never need it
+    from walq.directory.queue import Queue  # noqa: PLC0415 - the read-only tools never need it
 
     size = max(4096, min(32 << 20, max(sizes, default=0)))
     q = Queue.open(path, recovery="skip", compaction=False, serve=False, segment_size=size, fs=fs)

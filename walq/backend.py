@@ -1,0 +1,211 @@
+"""The queue API every backend offers, stated once (with its docstrings).
+
+The worker, the CLI, metrics and the producer server depend on this
+interface, never on a concrete backend: `walq.open` (walq.backends) returns
+one. A new backend is a module implementing it, a registry entry, and the
+contract suite (tests/test_contract.py) run against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from walq.core.job import DeadJob, Job
+from walq.core.state import JobInfo
+from walq.errors import StateError, WalqError
+
+EnqueueItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
+
+
+@runtime_checkable
+class QueueBackend(Protocol):
+    """A durable job queue: what Queue (a directory) and RedisQueue (a server) both do.
+
+    Every state change is durable when the call returns (per the backend's
+    durability setting); a job is at-least-once: it runs again if its
+    attempt's lease expires before an ack.
+    """
+
+    path: str  # where the queue lives, as shown to people (a URL without its password)
+    max_payload: int  # bytes of one encoded payload
+    # Called (outside any lock) when a job may have become ready: a worker's wakeup.
+    ready_listeners: list[Callable[[], None]]
+    # Called with a job's id when it is cancelled while running (to stop its handler).
+    cancel_listeners: list[Callable[[int], None]]
+
+    # -- producing ----------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        delay: float = 0.0,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        sync: bool | None = None,
+        timeout: float = 0.0,
+    ) -> int:
+        """Add a job; return its id once durable (per the sync mode, or `sync=True`).
+
+        With `key`, an unfinished job holding the same key is returned instead
+        of a new one. A full queue raises QueueFull, after waiting up to `timeout`.
+        """
+        ...
+
+    def enqueue_many(
+        self,
+        items: Iterable[EnqueueItem],
+        *,
+        sync: bool | None = None,
+        timeout: float = 0.0,
+    ) -> list[int]:
+        """Add many jobs with one durable write; items are (task, payload[, options]).
+
+        options: key, delay, priority, max_attempts (as for `enqueue`).
+        """
+        ...
+
+    # -- consuming ----------------------------------------------------------------------
+
+    def claim(
+        self, lease: float = 60.0, timeout: float = 0.0, *, tasks: Iterable[str] | None = None
+    ) -> Job | None:
+        """Take the next ready job for `lease` seconds, waiting up to `timeout` for one.
+
+        The attempt is durable before the job is returned, so a job that
+        crashes the process is still counted.
+        """
+        ...
+
+    def claim_many(
+        self,
+        n: int,
+        *,
+        lease: float = 60.0,
+        timeout: float = 0.0,
+        accept: Callable[[JobInfo], bool | float] | None = None,
+        tasks: Iterable[str] | None = None,
+    ) -> list[Job]:
+        """Take up to `n` ready jobs with one durable write (see `claim`).
+
+        `accept(info)` may refuse a job just before it is taken (True takes
+        it, False skips it, a float defers it that many seconds); the worker
+        uses it for per-task limits. `tasks`, if given, takes only jobs of
+        those tasks (before `accept`).
+        """
+        ...
+
+    def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
+        """Finish a running job held by `attempt`, or by this handle's own claim.
+
+        Without `attempt`, the claim this handle made last on the job decides:
+        LeaseLost if it no longer holds the job (its lease expired, the job was
+        claimed again or cancelled). Only cancel and requeue act without a claim.
+        """
+        ...
+
+    def ack_many(
+        self,
+        job_ids: Sequence[int],
+        *,
+        attempts: Sequence[int] | None = None,
+        sync: bool | None = None,
+        strict: bool = True,
+    ) -> list[tuple[int, StateError]]:
+        """Finish many running jobs with one durable write.
+
+        strict: if one job is not held (by its attempt), raise and ack none.
+        Otherwise ack those that are held and return the others with why.
+        """
+        ...
+
+    def fail(
+        self,
+        job_id: int,
+        error: str = "",
+        permanent: bool = False,
+        *,
+        attempt: int | None = None,
+        delay: float | None = None,
+        sync: bool | None = None,
+    ) -> str:
+        """Record a failed attempt: retry after `delay` (default: backoff), or dead.
+
+        Returns the job's new status, "scheduled" or "dead".
+        """
+        ...
+
+    def release(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
+        """Hand a running job back to pending without charging its attempt."""
+        ...
+
+    def extend(self, job_id: int, lease: float, *, attempt: int | None = None) -> None:
+        """Push a running job's lease to `lease` seconds from now (a heartbeat)."""
+        ...
+
+    def extend_many(
+        self, job_ids: Sequence[int], lease: float, *, attempts: Sequence[int] | None = None
+    ) -> list[tuple[int, WalqError]]:
+        """Extend many running jobs' leases at once (a worker's heartbeat).
+
+        Each job's attempt (or this handle's claim) is checked as by `extend`;
+        the jobs no longer held are returned with why, the others extended.
+        """
+        ...
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the next scheduled job falls due or a lease expires (None: none)."""
+        ...
+
+    # -- administration -----------------------------------------------------------------
+
+    def status(self, job_id: int) -> str:
+        """pending | scheduled | running | done | dead | cancelled (UnknownJobError if none)."""
+        ...
+
+    def cancel(self, job_id: int, *, sync: bool | None = None) -> bool:
+        """Cancel an unfinished job; False if it had already finished.
+
+        A running job's handler is stopped (cancel_listeners); a dead job is
+        refused (StateError): purge or requeue it.
+        """
+        ...
+
+    def dead_jobs(self) -> list[DeadJob]:
+        """Every dead-lettered job with its last error."""
+        ...
+
+    def requeue(self, job_id: int, *, sync: bool | None = None) -> None:
+        """Give a dead job a fresh start (its attempts reset)."""
+        ...
+
+    def purge(self, job_ids: Iterable[int] | None = None, *, sync: bool | None = None) -> int:
+        """Delete dead jobs (all of them by default); return how many."""
+        ...
+
+    def set_task_defaults(self, task: str, *, max_attempts: int) -> None:
+        """Attempts allowed for jobs of `task` that did not set max_attempts themselves."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by state and per task, bytes, and counters (walq.stats renders them)."""
+        ...
+
+    def record_worker_status(self, status: Mapping[str, Any], ttl: float = 30.0) -> None:
+        """Publish a worker's status for `walq stats` (advisory; stale after `ttl` seconds)."""
+        ...
+
+    def sync(self) -> None:
+        """Make every write so far durable (a no-op where every write already is)."""
+        ...
+
+    def close(self) -> None:
+        """Release the queue (idempotent; in a fork() child, only the child's copies)."""
+        ...
+
+    def __enter__(self) -> QueueBackend: ...
+
+    def __exit__(self, *exc: object) -> None: ...

@@ -1,0 +1,1 @@
+"""The directory backend: files, the log, the queue over it, its compactor."""

@@ -1,0 +1,1 @@
+"""Operator tools: read, follow, count, repair and administer a queue."""

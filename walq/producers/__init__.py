@@ -1,0 +1,1 @@
+"""Producers: the client, its wire format, the spool, and the owner's server."""

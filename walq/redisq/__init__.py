@@ -1,0 +1,1 @@
+"""The Redis backend (redis-py is the optional extra walq[redis])."""

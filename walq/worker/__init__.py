@@ -1,0 +1,1 @@
+"""The worker: a pool of processes running tasks, with heartbeats and policies."""
