@@ -208,7 +208,7 @@ class TestHooks:
 
 
 def record(msg: str, *args: Any, **extra: Any) -> logging.LogRecord:
-    rec = logging.LogRecord("walq.directory.queue", logging.WARNING, __file__, 1, msg, args, None)
+    rec = logging.LogRecord("walq.queue", logging.WARNING, __file__, 1, msg, args, None)
     for k, v in extra.items():
         setattr(rec, k, v)
     return rec

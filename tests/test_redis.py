@@ -721,7 +721,7 @@ def test_a_payload_damaged_on_the_server_is_dead_lettered_not_delivered(url: str
 
 def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-py: MissingDependency, an ImportError naming the extra to install."""
-    from walq.redisq.queue import queue as redisq
+    from walq.redisq import queue as redisq
 
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"walq\[redis\]") as info:
@@ -731,7 +731,7 @@ def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_cli_functions(url: str) -> None:
     """What `walq stats|dead|enqueue URL` call: read-only stats, dead jobs, enqueue."""
-    from walq.redisq.queue import queue as redisq
+    from walq.redisq import queue as redisq
 
     with pytest.raises(walq.NotAQueueError):
         redisq.inspect_stats(url)  # nothing there yet, and nothing created
