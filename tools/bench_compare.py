@@ -65,7 +65,10 @@ def run_once(
     out = workdir / "rows.json"
     command = [python, str(tree / "benchmarks" / "run.py"), *run_args, "--json", str(out)]
     print(f"bench_compare: {tree}: {' '.join(run_args)}", file=sys.stderr, flush=True)
-    subprocess.run(command, env=tree_env(tree), cwd=workdir, stdout=subprocess.DEVNULL, check=True)
+    env, quiet = tree_env(tree), subprocess.DEVNULL
+    done = subprocess.run(command, env=env, cwd=workdir, stdout=quiet, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_compare: {tree}/benchmarks/run.py exited with {done.returncode}")
     rows = json.loads(out.read_text())["rows"]
     out.unlink()
     return {str(row["key"]): row for row in rows}
@@ -127,6 +130,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--dir", type=Path, default=Path.cwd(), help="where run.py puts its scratch (on a disk)"
     )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write every run's median of every row"
+    )
     args = parser.parse_args(argv)
     if "--json" in run_args or "--dir" in run_args:
         parser.error("RUN_ARGS may not hold --json or --dir: bench_compare sets them")
@@ -155,6 +161,10 @@ def main(argv: list[str]) -> int:
     )
     print()
     print(table(labels, samples["old"], samples["new"]))
+    if args.json:
+        out = {"trees": {k: str(v) for k, v in trees.items()}, "run_args": run_args}
+        out |= {"labels": labels, "medians": samples}
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 
