@@ -1,5 +1,6 @@
 """walq: a crash-safe job queue that lives in one directory."""
 
+from walq.aio.queue import AsyncQueue
 from walq.backend import QueueBackend
 from walq.backends import open
 from walq.core.job import DeadJob, Job
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError",
+    "AsyncQueue",
     "BackendError",
     "Backoff",
     "CircuitBreaker",

@@ -1,0 +1,5 @@
+"""asyncio: the queue's calls as coroutines (AsyncQueue) and an async producer (aconnect)."""
+
+from walq.aio.queue import AsyncQueue
+
+__all__ = ["AsyncQueue"]
