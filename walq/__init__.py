@@ -1,5 +1,6 @@
 """walq: a crash-safe job queue that lives in one directory."""
 
+from walq.aio.producer import AsyncProducer, aconnect
 from walq.aio.queue import AsyncQueue
 from walq.backend import QueueBackend
 from walq.backends import open
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError",
+    "AsyncProducer",
     "AsyncQueue",
     "BackendError",
     "Backoff",
@@ -82,6 +84,7 @@ __all__ = [
     "Worker",
     "WorkerStartError",
     "__version__",
+    "aconnect",
     "connect",
     "open",
 ]
