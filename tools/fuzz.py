@@ -578,7 +578,7 @@ class Checker:
             self.delivered("inspect.dead_jobs", dead.id, dead.task, payload)
 
     def use(self, fs: SimFileSystem, recovery: str, *, repaired: bool = False) -> walq.Queue | None:
-        q = walq.Queue.open(
+        q = planting.queue_class().open(
             QDIR,
             fs=fs,
             recovery=recovery,
