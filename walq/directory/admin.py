@@ -15,7 +15,7 @@ from walq.core.job import DeadJob, check_task
 from walq.core.state import DEAD
 from walq.directory.base import QueueBase, chunks
 from walq.directory.compactor import CompactionResult
-from walq.directory.fs import FileSystem, open_fd
+from walq.directory.fs import file_size, open_fd
 from walq.directory.opening import STATUS_FILE
 from walq.errors import CorruptionError, StateError
 
@@ -129,7 +129,7 @@ class Administration(QueueBase):
             disk = 0
             for p in paths:
                 with contextlib.suppress(OSError):  # removed by a compaction a moment ago
-                    disk += _file_size(self.fs, p)
+                    disk += file_size(self.fs, p)
             return {
                 "pending": c.pending,
                 "scheduled": c.scheduled,
@@ -203,11 +203,3 @@ class Administration(QueueBase):
             with os.fdopen(fd, "w") as f:
                 json.dump(dict(status), f)
             os.replace(tmp, path)
-
-
-def _file_size(fs: FileSystem, path: str) -> int:
-    f = fs.open(path)
-    try:
-        return f.size()
-    finally:
-        f.close()

@@ -19,7 +19,7 @@ from walq import forks
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.job import COUNTERS, Job
+from walq.core.job import COUNTERS, Job, check_seconds
 from walq.core.ledger import Lost
 from walq.core.state import DEAD, SCHEDULED, Loc, Now, QueueState, seq_of
 from walq.directory.compactor import Compactor, Snapshot
@@ -27,7 +27,7 @@ from walq.directory.fs import FileSystem, Lock
 from walq.directory.log import Log
 from walq.directory.readers import Readers
 from walq.directory.recovery import Damage
-from walq.errors import ClosedError
+from walq.errors import ClosedError, QueueFull
 from walq.producers.server import ProducerServer
 
 if TYPE_CHECKING:
@@ -109,6 +109,63 @@ class QueueBase:
         if failed is not None:
             raise failed
 
+    # -- adding jobs -------------------------------------------------------------------
+
+    def _add(self, items: Sequence[_Item], sync: bool | None, timeout: float) -> list[int]:
+        """Assign ids (or coalesce by key), check the caps, write, apply; then commit."""
+        if timeout:
+            timeout = check_seconds("timeout", timeout)
+        with self._mu:
+            now = self._open_now()
+            deadline = now.mono + timeout
+            while True:
+                ids, fresh = self._assign(items)
+                problem = self._room_for(fresh)
+                if problem is None:
+                    break
+                left = deadline - self._clock().mono
+                if left <= 0:
+                    raise QueueFull(f"{self.path}: {problem}")
+                now = self._wait_changed(min(left, 1.0))
+            lsn = self._write_enqueues(fresh, now) if fresh else self._log_lsn()
+            counters = self.counters
+            counters["enqueued"] += len(fresh)
+            if len(ids) != len(fresh):
+                counters["coalesced"] += len(ids) - len(fresh)
+            if fresh and self._waiting_claims:
+                self._changed.notify_all()
+        self._commit(lsn, sync)
+        if fresh and self.ready_listeners:
+            self._wake()
+        return ids
+
+    def _assign(self, items: Sequence[_Item]) -> tuple[list[int], Sequence[_Item]]:
+        """Ids for each item -- a coalesced existing job, or the next new id -- and the new items.
+
+        New items get consecutive ids from the state's next_id on.
+        """
+        next_id = self._state.next_id
+        for item in items:
+            if item.key is not None:
+                break
+        else:
+            return list(range(next_id, next_id + len(items))), items
+        ids: list[int] = []
+        fresh: list[_Item] = []
+        batch_keys: dict[str, int] = {}
+        for item in items:
+            key = item.key
+            if key is not None:
+                holder = batch_keys.get(key) or self._state.key_holder(key)
+                if holder is not None:
+                    ids.append(holder)
+                    continue
+                batch_keys[key] = next_id
+            fresh.append(item)
+            ids.append(next_id)
+            next_id += 1
+        return ids, fresh
+
     def _room_for(self, fresh: Sequence[_Item]) -> str | None:
         """Why `fresh` does not fit under the caps, or None if it does."""
         if not fresh:
@@ -134,6 +191,16 @@ class QueueBase:
             free = self.fs.free_bytes(self.path)
             self._free_checked = (now, free)
         return free
+
+    def _wait_changed(self, seconds: float) -> Now:
+        """Wait (lock held) until a change is signalled or `seconds` pass; the clock then."""
+        self._changed.wait(seconds)
+        return self._open_now()
+
+    def _open_now(self) -> Now:
+        """The clock, once the queue is known to be open (lock held)."""
+        self._check_open()
+        return self._clock()
 
     # -- the log, under the queue's lock -----------------------------------------------
 

@@ -11,6 +11,7 @@ every `sync_interval` seconds or only when segments are sealed and on close.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -33,13 +34,12 @@ from walq.core.format import (
     segment_name,
 )
 from walq.core.state import Loc
-from walq.directory.fs import FileSystem
+from walq.directory.fs import FileSystem, file_size
 from walq.directory.recovery import CUT_DIR, Damage, Loader, Recovery, Sink
-from walq.directory.segment import SPARE_SUFFIX, Segment
+from walq.directory.segment import SPARE_SUFFIX, Segment, remove_segments, replace_segment
 from walq.errors import (
     ArgumentError,
     ClosedError,
-    CompactionError,
     LockedError,
     LogFailedError,
 )
@@ -561,19 +561,7 @@ class Log:
             covered = [s for s in self._sealed if header.first <= s.seq <= header.seq]
         if not covered or covered[-1].seq != header.seq:
             raise ArgumentError(f"segment {header.seq} is not a sealed segment of {d}")
-        try:
-            self.fs.rename(tmp_path, final)
-        except OSError as exc:  # nothing changed
-            raise CompactionError(f"{final}: renaming the compacted segment failed: {exc}") from exc
-        durable = True
-        try:
-            self.fs.sync_dir(d)
-        except OSError as exc:
-            # The rename happened but may not survive a crash: the caller must
-            # switch to the new file (it is the one on disk now) but keep the
-            # segments it supersedes, which recovery sorts out either way.
-            durable = False
-            log.error("%s: fsync of the directory after a compaction failed: %s", d, exc)
+        durable = replace_segment(self.fs, tmp_path, final)
         with self._mu:
             rest = [s for s in self._sealed if s.seq > header.seq]
             self._sealed = [Segment(final, header, covered[-1].file), *rest]
@@ -584,27 +572,15 @@ class Log:
 
         A failure leaves them for the next open to delete (they are superseded).
         """
-        try:
-            for path in paths:
-                self.fs.remove(path)
-            if paths:
-                self.fs.sync_dir(self.directory)
-        except OSError as exc:
-            raise CompactionError(f"{self.directory}: removing replaced segments: {exc}") from exc
+        remove_segments(self.fs, self.directory, paths)
 
     def segment_bytes(self) -> tuple[int, int]:
         """(bytes used in sealed segments, bytes appended to the active one)."""
         with self._mu:
             sealed = 0
             for seg in self._sealed:
-                try:
-                    f = self.fs.open(seg.path)
-                except OSError:
-                    continue
-                try:
-                    sealed += f.size()
-                finally:
-                    f.close()
+                with contextlib.suppress(OSError):
+                    sealed += file_size(self.fs, seg.path)
             return sealed, self._end
 
     # -- reading and closing ---------------------------------------------------------

@@ -48,7 +48,6 @@ from walq.directory.replay import replay
 from walq.errors import (
     ArgumentError,
     CorruptionError,
-    QueueFull,
     StateError,
     UnknownJobError,
     WalqError,
@@ -289,64 +288,6 @@ class Queue(Administration):
             kind, data = encode_payload(payload, self.max_payload)
         return _Item(task, kind, data, key, delay, priority, maxa, origin)
 
-    def _add(self, items: Sequence[_Item], sync: bool | None, timeout: float) -> list[int]:
-        """Assign ids (or coalesce by key), check the caps, write, apply; then commit."""
-        if timeout:
-            timeout = check_seconds("timeout", timeout)
-        with self._mu:
-            self._check_open()
-            now = self._clock()
-            deadline = now.mono + timeout
-            while True:
-                ids, fresh = self._assign(items)
-                problem = self._room_for(fresh)
-                if problem is None:
-                    break
-                left = deadline - self._clock().mono
-                if left <= 0:
-                    raise QueueFull(f"{self.path}: {problem}")
-                self._changed.wait(min(left, 1.0))
-                self._check_open()
-                now = self._clock()
-            lsn = self._write_enqueues(fresh, now) if fresh else self._log_lsn()
-            counters = self.counters
-            counters["enqueued"] += len(fresh)
-            if len(ids) != len(fresh):
-                counters["coalesced"] += len(ids) - len(fresh)
-            if fresh and self._waiting_claims:
-                self._changed.notify_all()
-        self._commit(lsn, sync)
-        if fresh and self.ready_listeners:
-            self._wake()
-        return ids
-
-    def _assign(self, items: Sequence[_Item]) -> tuple[list[int], Sequence[_Item]]:
-        """Ids for each item -- a coalesced existing job, or the next new id -- and the new items.
-
-        New items get consecutive ids from the state's next_id on.
-        """
-        next_id = self._state.next_id
-        for item in items:
-            if item.key is not None:
-                break
-        else:
-            return list(range(next_id, next_id + len(items))), items
-        ids: list[int] = []
-        fresh: list[_Item] = []
-        batch_keys: dict[str, int] = {}
-        for item in items:
-            key = item.key
-            if key is not None:
-                holder = batch_keys.get(key) or self._state.key_holder(key)
-                if holder is not None:
-                    ids.append(holder)
-                    continue
-                batch_keys[key] = next_id
-            fresh.append(item)
-            ids.append(next_id)
-            next_id += 1
-        return ids, fresh
-
     # -- consuming ---------------------------------------------------------------------
 
     def claim(
@@ -372,8 +313,7 @@ class Queue(Administration):
         lease = check_seconds("lease", lease, positive=True)
         timeout = check_seconds("timeout", timeout)
         with self._mu:
-            self._check_open()
-            now = self._clock()
+            now = self._open_now()
             deadline = now.mono + timeout
             while True:
                 self._tick(now)
@@ -392,11 +332,9 @@ class Queue(Administration):
                     wait = min(wait, max(due - now.mono, 0.001))
                 self._waiting_claims += 1
                 try:
-                    self._changed.wait(wait)
+                    now = self._wait_changed(wait)
                 finally:
                     self._waiting_claims -= 1
-                self._check_open()
-                now = self._clock()
         self._commit(lsn, None)  # the starts are durable (per the sync mode) before the jobs run
         return jobs
 
