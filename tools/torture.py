@@ -283,7 +283,7 @@ def owner_main(argv: list[str]) -> int:
     if delay is not None:
         os.environ[torture_tasks.IMPORT_DELAY_ENV] = delay
     from walq.directory.compactor import Policy
-    from walq.testing.plant import plant_from_env, worker_class
+    from walq.testing.plant import plant_from_env, queue_class, worker_class
 
     parser = argparse.ArgumentParser(prog="torture _owner")
     parser.add_argument("directory")
@@ -358,7 +358,7 @@ def owner_main(argv: list[str]) -> int:
             torture_tasks.append(args.ledger, [f"acked {j} {a}" for j, a in pairs])
 
     torture_tasks.append(args.ledger, [f"start {args.cycle} {os.getpid()} {int(args.drain)}"])
-    q = LedgerQueue.open(
+    q = queue_class(LedgerQueue, planted).open(
         args.directory,
         sync=args.sync,
         segment_size=segment_size,

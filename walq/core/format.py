@@ -24,9 +24,6 @@ RECORD_HEADER = struct.Struct("<IIBBHI")
 RECORD_HEADER_SIZE = RECORD_HEADER.size  # 16
 assert RECORD_HEADER_SIZE == 16
 
-# Set only by walq.testing.plant, to prove the fuzzer catches a removed segment.
-PLANTED_IGNORE_MISSING = False
-
 # Segment numbers fit in 48 bits (a job's location packs the number with a
 # compaction generation above it: walq.core.state.SEQ_BITS).
 MAX_SEQ = (1 << 48) - 1
@@ -161,8 +158,6 @@ def missing_segments(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     else is a segment that was removed.
     """
     missing: list[tuple[int, int]] = []
-    if PLANTED_IGNORE_MISSING:
-        return missing
     expected = 1
     for first, seq in spans:
         if first > expected:
