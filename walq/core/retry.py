@@ -219,7 +219,7 @@ def decide(
         return Decision(retry=False, delay=0.0, reason="not_retry_on")
     if attempt >= max_attempts:
         return Decision(retry=False, delay=0.0, reason="exhausted")
-    # A retry is due at most MAX_DELAY from now, as any job (walq.core.job.check_delay).
+    # A retry is due at most MAX_DELAY from now, as any job (walq.core.jobspec.check_delay).
     if isinstance(error, RetryAfter):
         return Decision(retry=True, delay=min(error.delay, MAX_DELAY), reason="retry_after")
     delay = min(backoff.delay(attempt - 1, rng), MAX_DELAY)

@@ -27,6 +27,7 @@ from crc32c import crc32c
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
+from walq.core.jobspec import MAX_ATTEMPTS, MIN_PRIORITY
 from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
 
 PENDING, SCHEDULED, RUNNING, DEAD = ev.PENDING, ev.SCHEDULED, ev.RUNNING, ev.DEAD
@@ -46,9 +47,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("dead", "purge"): "- (purged)",
 }
 
-MIN_PRIORITY, MAX_PRIORITY = -(1 << 15), (1 << 15) - 1
 _RECORD = fmt.RECORD_HEADER
-MAX_ATTEMPTS = 0xFFFF
 
 # A live job is one packed int (about 130 bytes of RAM with its dict slot,
 # against 210 for a slotted object): the fields below, then its record's

@@ -30,7 +30,7 @@ import attrs
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.job import clip_error
+from walq.core.jobspec import clip_error
 from walq.core.state import DEAD, SEQ_BITS, Loc, seq_of
 from walq.directory.fs import File
 from walq.errors import ClosedError, CompactionError, CorruptionError, WalqError

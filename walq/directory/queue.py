@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import attrs
 
@@ -21,27 +21,22 @@ from walq.backends import backend_class, scheme_of
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.job import (
-    COUNTERS,
+from walq.core.job import COUNTERS, DeadJob, Job
+from walq.core.jobspec import (
     DEFAULT_MAX_PAYLOAD,
     MAX_PAYLOAD_LIMIT,
-    DeadJob,
-    Job,
+    JobSpec,
     check_delay,
-    check_key,
     check_seconds,
     check_task,
     clip_error,
     decode_payload,
-    encode_payload,
-    split_item,
+    make_spec,
+    spec_from,
 )
 from walq.core.ledger import Ledger, Lost
 from walq.core.state import (
     DEAD,
-    MAX_ATTEMPTS,
-    MAX_PRIORITY,
-    MIN_PRIORITY,
     SCHEDULED,
     JobInfo,
     Loc,
@@ -84,19 +79,6 @@ _MAX_READERS = 16
 # Ids per ack or purge record (a record body must stay under fmt.MAX_BODY), and
 # so the most jobs one claim_many takes.
 _IDS_PER_RECORD = 1 << 20
-
-
-class _Item(NamedTuple):
-    """One job to add, validated, with its payload encoded."""
-
-    task: str
-    kind: int
-    data: bytes
-    key: str | None
-    delay: float
-    priority: int
-    max_attempts: int
-    origin: str
 
 
 @attrs.frozen
@@ -387,27 +369,8 @@ class Queue:
         """
         return self._add([self._item_from(raw) for raw in items], sync, timeout)
 
-    def _item_from(self, raw: Any) -> _Item:
-        if type(raw) is tuple and len(raw) == 2:
-            task, payload = raw
-            # The common bulk case, validated inline.
-            if (
-                type(payload) is bytes
-                and len(payload) <= self.max_payload
-                and check_task(task) is task
-            ):
-                # tuple.__new__ skips the NamedTuple's Python-level __new__: half the cost.
-                return tuple.__new__(_Item, (task, ev.PAYLOAD_BYTES, payload, None, 0.0, 0, 0, ""))
-        task, payload, opts = split_item(raw)
-        return self._item(
-            task,
-            payload,
-            opts.get("key"),
-            opts.get("delay", 0.0),
-            opts.get("priority", 0),
-            opts.get("max_attempts"),
-            opts.get("origin") or "",
-        )
+    def _item_from(self, raw: Any) -> JobSpec:
+        return spec_from(raw, self.max_payload)
 
     def _item(
         self,
@@ -418,25 +381,20 @@ class Queue:
         priority: Any,
         max_attempts: Any,
         origin: str,
-    ) -> _Item:
+    ) -> JobSpec:
         """Validate one job's arguments (ArgumentError/PayloadError) and encode its payload."""
-        check_task(task)
-        if key is not None:
-            check_key(key)
-        if delay != 0.0 or type(delay) is not float:
-            delay = check_delay(delay)
-        if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-            raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
-        maxa = max_attempts or 0
-        if type(maxa) is not int or not 0 <= maxa <= MAX_ATTEMPTS:
-            raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
-        if type(payload) is bytes and len(payload) <= self.max_payload:
-            kind, data = ev.PAYLOAD_BYTES, payload
-        else:
-            kind, data = encode_payload(payload, self.max_payload)
-        return _Item(task, kind, data, key, delay, priority, maxa, origin)
+        return make_spec(
+            task,
+            payload,
+            key=key,
+            delay=delay,
+            priority=priority,
+            max_attempts=max_attempts,
+            origin=origin,
+            max_payload=self.max_payload,
+        )
 
-    def _add(self, items: Sequence[_Item], sync: bool | None, timeout: float) -> list[int]:
+    def _add(self, items: Sequence[JobSpec], sync: bool | None, timeout: float) -> list[int]:
         """Assign ids (or coalesce by key), check the caps, write, apply; then commit."""
         if timeout:
             timeout = check_seconds("timeout", timeout)
@@ -467,7 +425,7 @@ class Queue:
             self._wake()
         return ids
 
-    def _assign(self, items: Sequence[_Item]) -> tuple[list[int], Sequence[_Item]]:
+    def _assign(self, items: Sequence[JobSpec]) -> tuple[list[int], Sequence[JobSpec]]:
         """Ids for each item -- a coalesced existing job, or the next new id -- and the new items.
 
         New items get consecutive ids from the state's next_id on.
@@ -479,7 +437,7 @@ class Queue:
         else:
             return list(range(next_id, next_id + len(items))), items
         ids: list[int] = []
-        fresh: list[_Item] = []
+        fresh: list[JobSpec] = []
         batch_keys: dict[str, int] = {}
         for item in items:
             key = item.key
@@ -494,7 +452,7 @@ class Queue:
             next_id += 1
         return ids, fresh
 
-    def _room_for(self, fresh: Sequence[_Item]) -> str | None:
+    def _room_for(self, fresh: Sequence[JobSpec]) -> str | None:
         """Why `fresh` does not fit under the caps, or None if it does."""
         if not fresh:
             return None
@@ -529,7 +487,7 @@ class Queue:
             self._state.apply(event, loc, now)
         return lsn
 
-    def _write_enqueues(self, fresh: Sequence[_Item], now: Now) -> int:
+    def _write_enqueues(self, fresh: Sequence[JobSpec], now: Now) -> int:
         """Append enqueue records for new jobs and add them to the state (lock held)."""
         wall = now.wall
         encode = ev.encode_enqueue
