@@ -6,6 +6,8 @@ from typing import Any
 
 import attrs
 
+from walq.core.jobspec import decode_payload
+
 
 @attrs.frozen(kw_only=True)
 class Job:
@@ -19,6 +21,35 @@ class Job:
     priority: int = 0
     max_attempts: int = 0
     enqueued_at: float = 0.0
+
+
+def build_job(
+    *,
+    id: int,
+    task: str,
+    kind: int,
+    data: bytes,
+    attempt: int,
+    key: str | None,
+    priority: int,
+    max_attempts: int,
+    enqueued_at: float,
+) -> Job:
+    """The Job a claim hands out, its payload decoded from (kind, data): every backend's one way.
+
+    ValueError (or RecursionError) if the payload does not decode: bytes walq did
+    not write, which the backend reports as damage rather than deliver.
+    """
+    return Job(
+        id=id,
+        task=task,
+        payload=decode_payload(kind, data),
+        attempt=attempt,
+        key=key,
+        priority=priority,
+        max_attempts=max_attempts,
+        enqueued_at=enqueued_at,
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -21,7 +21,7 @@ from walq.backends import backend_class, scheme_of
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.job import COUNTERS, DeadJob, Job
+from walq.core.job import COUNTERS, DeadJob, Job, build_job
 from walq.core.jobspec import (
     DEFAULT_MAX_PAYLOAD,
     MAX_PAYLOAD_LIMIT,
@@ -30,7 +30,6 @@ from walq.core.jobspec import (
     check_seconds,
     check_task,
     clip_error,
-    decode_payload,
     make_spec,
     spec_from,
 )
@@ -671,20 +670,20 @@ class Queue:
             e = ev.decode(record.rtype, record.body)
             if not isinstance(e, ev.Enqueue | ev.Job):
                 raise ev.BadEvent(f"job {jid}'s record is a {fmt.TYPE_NAMES.get(record.rtype)}")
-            payload = decode_payload(e.kind, e.payload)
+            return build_job(
+                id=jid,
+                task=e.task,
+                kind=e.kind,
+                data=e.payload,
+                attempt=attempt,
+                key=e.key,
+                priority=e.priority,
+                max_attempts=info.max_attempts,
+                enqueued_at=e.created,
+            )
         except (ev.BadEvent, ValueError, RecursionError) as exc:
             path = self._segment_path(info.loc.seg)
             raise CorruptionError(path, info.loc.offset, f"job {jid}: {exc}") from None
-        return Job(
-            id=jid,
-            task=e.task,
-            payload=payload,
-            attempt=attempt,
-            key=e.key,
-            priority=e.priority,
-            max_attempts=info.max_attempts,
-            enqueued_at=e.created,
-        )
 
     def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
         """Finish a running job held by `attempt`, or by this handle's own claim.

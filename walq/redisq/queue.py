@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from walq import forks
 from walq.backends import is_url
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
-from walq.core.job import COUNTERS, DeadJob, Job
+from walq.core.job import COUNTERS, DeadJob, Job, build_job
 from walq.core.jobspec import (
     DEFAULT_MAX_PAYLOAD,
     MAX_ATTEMPTS,
@@ -1304,22 +1304,22 @@ class RedisQueue:
             if len(self._held) > _HELD_CAP:
                 self._held.pop(next(iter(self._held)))
         try:
-            payload = decode_payload(int(kind), bytes(data))
+            return build_job(
+                id=int(jid),
+                task=_text(task),
+                kind=int(kind),
+                data=bytes(data),
+                attempt=int(attempt),
+                key=None if key is None else _text(key),
+                priority=int(priority),
+                max_attempts=int(maxa),
+                enqueued_at=int(created) / 1000.0,
+            )
         except ValueError as exc:  # written by something other than walq
             why = f"payload is not valid JSON ({exc}): damage is never delivered as data"
             log.error("job %s: %s", jid, why)
             self.fail(int(jid), why, permanent=True, attempt=int(attempt))
             return None
-        return Job(
-            id=int(jid),
-            task=_text(task),
-            payload=payload,
-            attempt=int(attempt),
-            key=None if key is None else _text(key),
-            priority=int(priority),
-            max_attempts=int(maxa),
-            enqueued_at=int(created) / 1000.0,
-        )
 
     def _claims_args(
         self, head: list[Any], job_ids: Sequence[int], attempts: Sequence[int] | None
