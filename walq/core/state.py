@@ -1,13 +1,10 @@
 """The queue state machine: what every job is doing, rebuilt by replaying events.
 
-Rules (the transition table below is the whole of them):
-
-- a job is created pending (or scheduled, if it is due later);
-- claim moves pending -> running and records the attempt number;
-- ack removes a running job (done); fail makes it scheduled (a retry) or dead;
-- release hands a running job back to pending without charging the attempt;
-- a lease that expires moves running -> pending, the attempt already counted;
-- cancel removes any unfinished job; requeue revives a dead one; purge deletes it.
+The rules are the table in walq.core.transitions, which a live queue's state
+reads for every event it applies: an event the table does not allow from a
+job's state raises StateError. Replay applies recorded events as the facts
+they are (a compacted snapshot may already reflect the events that follow it:
+see walq.directory.compactor), skipping only those that cannot apply.
 
 Pure: no IO and no clock. Time comes in as `Now` (wall time for what must
 survive a restart, monotonic time for everything within this process), and
@@ -28,24 +25,13 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
 from walq.core.jobspec import MAX_ATTEMPTS, MIN_PRIORITY
+from walq.core.transitions import TRANSITIONS, check, next_states
 from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
 
 PENDING, SCHEDULED, RUNNING, DEAD = ev.PENDING, ev.SCHEDULED, ev.RUNNING, ev.DEAD
 STATE_NAMES = {PENDING: "pending", SCHEDULED: "scheduled", RUNNING: "running", DEAD: "dead"}
-
-# (from, event) -> to. "-" means the job leaves the table (done, cancelled, purged).
-TRANSITIONS: dict[tuple[str, str], str] = {
-    ("new", "enqueue"): "pending | scheduled",
-    ("scheduled", "due"): "pending",
-    ("pending", "claim"): "running",
-    ("running", "ack"): "- (done)",
-    ("running", "fail"): "scheduled | dead",
-    ("running", "release"): "pending",
-    ("running", "lease expiry"): "pending",
-    ("pending | scheduled | running", "cancel"): "- (cancelled)",
-    ("dead", "requeue"): "pending",
-    ("dead", "purge"): "- (purged)",
-}
+# What a job that leaves the table became, by its tombstone (None: acked).
+_GONE: dict[int | None, str] = {None: "done", ev.CANCELLED: "cancelled", ev.PURGED: "purged"}
 
 _RECORD = fmt.RECORD_HEADER
 
@@ -315,7 +301,12 @@ class QueueState:
     # -- replay ------------------------------------------------------------------
 
     def apply(self, event: ev.Event, loc: Loc, now: Now) -> None:
-        """Apply one event recorded at `loc`. Idempotent for events already reflected."""
+        """Apply one event recorded at `loc`.
+
+        Live, each job's move is checked against TRANSITIONS (StateError if the
+        table does not allow it); in replay, events already reflected are
+        idempotent and those that cannot apply are skipped.
+        """
         if isinstance(event, ev.Enqueue | ev.Job):
             self._create(event, loc, now)
         elif isinstance(event, ev.Claim):
@@ -323,7 +314,7 @@ class QueueState:
                 self._claimed(jid, attempt)
         elif isinstance(event, ev.Ack):
             for jid in event.ids:
-                self._remove(jid, None)
+                self._remove(jid, "ack", None)
         elif isinstance(event, ev.Fail):
             self._failed(event, loc, now)
         elif isinstance(event, ev.Release):
@@ -331,18 +322,33 @@ class QueueState:
                 self._released(jid, attempts)
         elif isinstance(event, ev.Cancel):
             for jid in event.ids:
-                if jid in self._jobs and self._jobs[jid] & _M3 != DEAD:
-                    self._remove(jid, ev.CANCELLED)
+                if not self._loading or self._is(jid, PENDING, SCHEDULED, RUNNING):
+                    self._remove(jid, "cancel", ev.CANCELLED)
         elif isinstance(event, ev.Requeue):
             for jid in event.ids:
                 self._requeued(jid)
         elif isinstance(event, ev.Purge):
             for jid in event.ids:
-                if jid in self._jobs and self._jobs[jid] & _M3 == DEAD:
-                    self._remove(jid, ev.PURGED)
+                if not self._loading or self._is(jid, DEAD):
+                    self._remove(jid, "purge", ev.PURGED)
         else:
             self.next_id = max(self.next_id, event.next_id)
             self._tombstones.update(event.tombstones)
+
+    def _is(self, jid: int, *states: int) -> bool:
+        p = self._jobs.get(jid)
+        return p is not None and p & _M3 in states
+
+    def _step(self, jid: int, p: int, event: str, to: int) -> int:
+        """`p` moved to state `to` by `event`: checked against TRANSITIONS unless replaying."""
+        if not self._loading:
+            check(jid, STATE_NAMES[p & _M3], event, STATE_NAMES[to])
+        return self._move(p, to)
+
+    def _absent(self, jid: int, event: str) -> None:
+        """An event for a job that is not live: skipped in replay, StateError live."""
+        if not self._loading:
+            next_states(jid, self.status(jid), event)  # no pair from done/cancelled: raises
 
     def load(
         self,
@@ -480,6 +486,8 @@ class QueueState:
         whose ids are all new (from next_id on), with the bookkeeping done once.
         """
         assert not self._loading and first >= self.next_id
+        enqueue = TRANSITIONS[("new", "enqueue")]
+        may_pend, may_schedule = "pending" in enqueue, "scheduled" in enqueue
         wall = now.wall
         table = self._jobs
         seg_bytes = self._seg_bytes
@@ -512,10 +520,14 @@ class QueueState:
                 self._key_of[jid] = job.key
                 self._keys[job.key] = jid
             if due > wall:
+                if not may_schedule:
+                    check(jid, "new", "enqueue", "scheduled")
                 table[jid] = p | SCHEDULED
                 self._count_new(t, SCHEDULED)
                 self._schedule(jid, now.mono_at(due))
             else:
+                if not may_pend:
+                    check(jid, "new", "enqueue", "pending")
                 table[jid] = p | PENDING
                 if t != counted_t:
                     if counted:
@@ -566,6 +578,8 @@ class QueueState:
             self._errors[jid] = loc
         elif due > now.wall:
             state = SCHEDULED
+        if not self._loading:
+            check(jid, "new", "enqueue", STATE_NAMES[state])
         p = _pack(state, attempts, max_attempts, priority, self.task_index(task), loc)
         self._jobs[jid] = p
         if not self._loading:
@@ -584,45 +598,54 @@ class QueueState:
     def _claimed(self, jid: int, attempt: int) -> None:
         p = self._jobs.get(jid)
         if p is None:
+            self._absent(jid, "claim")
             return
-        p = _with(self._move(p, RUNNING), _ATTEMPTS, _M16, min(attempt, _M16))
+        p = _with(self._step(jid, p, "claim", RUNNING), _ATTEMPTS, _M16, min(attempt, _M16))
         self._jobs[jid] = p
         self._due.pop(jid, None)
 
     def _failed(self, e: ev.Fail, loc: Loc, now: Now) -> None:
         p = self._jobs.get(e.id)
         if p is None:
+            self._absent(e.id, "fail")
             return
+        # A Fail of a pending job is a claim that settled it without running it
+        # (out of attempts, a damaged record, deferred by the claimer).
+        event = "claim" if p & _M3 == PENDING else "fail"
         p = _with(p, _ATTEMPTS, _M16, min(e.attempt, _M16))
         self._leases.pop(e.id, None)
         if e.dead:
-            self._jobs[e.id] = self._move(p, DEAD)
+            self._jobs[e.id] = self._step(e.id, p, event, DEAD)
             self._errors[e.id] = loc
             self._release_key(e.id)
         elif e.due > now.wall:
-            self._jobs[e.id] = self._move(p, SCHEDULED)
+            self._jobs[e.id] = self._step(e.id, p, event, SCHEDULED)
             self._schedule(e.id, now.mono_at(e.due))
         else:
-            self._jobs[e.id] = p = self._move(p, PENDING)
+            self._jobs[e.id] = p = self._step(e.id, p, event, PENDING)
             if not self._loading:
                 self._push_ready(e.id, p)
 
     def _released(self, jid: int, attempts: int) -> None:
         p = self._jobs.get(jid)
-        if p is None or p & _M3 == DEAD:
+        if p is None or (self._loading and p & _M3 == DEAD):
+            if p is None:
+                self._absent(jid, "release")
             return
         self._leases.pop(jid, None)
-        p = _with(self._move(p, PENDING), _ATTEMPTS, _M16, min(attempts, _M16))
+        p = _with(self._step(jid, p, "release", PENDING), _ATTEMPTS, _M16, min(attempts, _M16))
         self._jobs[jid] = p
         if not self._loading:
             self._push_ready(jid, p)
 
     def _requeued(self, jid: int) -> None:
         p = self._jobs.get(jid)
-        if p is None or p & _M3 != DEAD:
+        if p is None or (self._loading and p & _M3 != DEAD):
+            if p is None:
+                self._absent(jid, "requeue")
             return
         self._errors.pop(jid, None)
-        p = _with(self._move(p, PENDING), _ATTEMPTS, _M16, 0)
+        p = _with(self._step(jid, p, "requeue", PENDING), _ATTEMPTS, _M16, 0)
         self._jobs[jid] = p
         key = self._key_of.get(jid)
         if key is not None and key not in self._keys:
@@ -630,15 +653,18 @@ class QueueState:
         if not self._loading:
             self._push_ready(jid, p)
 
-    def _remove(self, jid: int, tombstone: int | None) -> None:
-        p = self._jobs.pop(jid, None)
+    def _remove(self, jid: int, event: str, tombstone: int | None) -> None:
+        p = self._jobs.get(jid)
         if p is None:
+            self._absent(jid, event)
             return
         if not self._loading:
+            check(jid, STATE_NAMES[p & _M3], event, _GONE[tombstone])
             self._count(p, -1)
             size = (p >> _SIZE) & _M32
             self.live_bytes -= size
             self._seg_bytes[p >> _SEG] -= size
+        del self._jobs[jid]
         self._release_key(jid)
         self._key_of.pop(jid, None)
         self._errors.pop(jid, None)
@@ -699,7 +725,7 @@ class QueueState:
             if p is None or p & _M3 != SCHEDULED or self._due.get(jid) != due:
                 continue
             del self._due[jid]
-            self._jobs[jid] = p = self._move(p, PENDING)
+            self._jobs[jid] = p = self._step(jid, p, "due", PENDING)
             self._push_ready(jid, p)
         expired = []
         leases = self._lease_heap
@@ -710,7 +736,7 @@ class QueueState:
                 continue
             del self._leases[jid]
             p = self._jobs[jid]
-            self._jobs[jid] = p = self._move(p, PENDING)
+            self._jobs[jid] = p = self._step(jid, p, "expire", PENDING)
             self._push_ready(jid, p)
             expired.append(jid)
         return expired
@@ -780,8 +806,14 @@ class QueueState:
         return None
 
     def start(self, jid: int, attempt: int, deadline: float) -> None:
-        """Mark a taken job running with a lease until monotonic `deadline`."""
-        self._claimed(jid, attempt)
+        """Mark a taken job running with a lease until monotonic `deadline`.
+
+        The job's Claim record may already have been applied (then it is
+        running that attempt, and only the lease is new).
+        """
+        p = self._jobs.get(jid)
+        if p is None or p & _M3 != RUNNING or (p >> _ATTEMPTS) & _M16 != min(attempt, _M16):
+            self._claimed(jid, attempt)
         self._leases[jid] = (deadline, attempt)
         heapq.heappush(self._lease_heap, (deadline, jid))
 
