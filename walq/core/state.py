@@ -16,10 +16,9 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeAlias
 
 import attrs
-from crc32c import crc32c
 
 from walq.core import events as ev
 from walq.core import format as fmt
@@ -28,12 +27,14 @@ from walq.core.jobspec import MAX_ATTEMPTS, MIN_PRIORITY
 from walq.core.transitions import TRANSITIONS, check, next_states
 from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
 
+# A record handed on by replay: (segment seq, type, offset, size, body).
+Sink: TypeAlias = Callable[[int, int, int, int, memoryview], None]
+
 PENDING, SCHEDULED, RUNNING, DEAD = ev.PENDING, ev.SCHEDULED, ev.RUNNING, ev.DEAD
 STATE_NAMES = {PENDING: "pending", SCHEDULED: "scheduled", RUNNING: "running", DEAD: "dead"}
 # What a job that leaves the table became, by its tombstone (None: acked).
 _GONE: dict[int | None, str] = {None: "done", ev.CANCELLED: "cancelled", ev.PURGED: "purged"}
 
-_RECORD = fmt.RECORD_HEADER
 
 # A live job is one packed int (about 130 bytes of RAM with its dict slot,
 # against 210 for a slotted object): the fields below, then its record's
@@ -356,80 +357,65 @@ class QueueState:
         seq: int,
         offset: int,
         now: Now,
-        other: Callable[[int, int, int, int, memoryview], None],
+        other: Sink,
+        *,
+        check: framing.RecordCheck = framing.crc_matches,
     ) -> tuple[int, int]:
         """Replay segment `seq`'s records from `offset` until the first non-record.
 
-        The open path, fused for speed: framing checks as in framing.decode,
-        enqueue records turned straight into packed entries (payloads are not
-        even sliced), every other record handed to `other(seq, type, offset,
-        size, body)`. Returns where it stopped (framing.classify judges the rest)
-        and the sync watermark of the last record replayed (0: none).
+        framing.scan_fast checks the records and feeds them to `replay_sink`.
+        Returns where it stopped (framing.classify judges the rest) and the
+        sync watermark of the last record replayed (0: none).
+        """
+        return framing.scan_fast(buf, offset, seq, self.replay_sink(now, other), check=check)
+
+    def replay_sink(self, now: Now, other: Sink) -> Sink:
+        """A sink for valid records (framing.scan_fast) that replays the common ones fast.
+
+        The open path: a plain enqueue record becomes a packed entry straight
+        from its bytes (its payload is not even sliced); every other record
+        is handed to `other(seq, type, offset, size, body)`.
         """
         assert self._loading
-        view = memoryview(buf)
-        size = len(buf)
-        unpack_header = _RECORD.unpack_from
         unpack_enq = ev.ENQUEUE_HEAD.unpack_from
         enq_size = ev.ENQUEUE_HEAD.size
+        enqueue = fmt.ENQUEUE
         jobs, tombs = self._jobs, self._tombstones
-        task_ids: dict[bytes, int] = {}
+        task_ids: dict[bytes | memoryview, int] = {}
         wall = now.wall
-        accept_bad = framing.PLANTED_ACCEPT_BAD_CRC
-        header = fmt.RECORD_HEADER_SIZE
-        watermark = 0
-        while offset + header <= size:
-            crc, length, rtype, flags, reserved, synced = unpack_header(buf, offset)
-            end = offset + header + length
-            if (
-                rtype == 0
-                or rtype > fmt.MAX_TYPE
-                or flags
-                or reserved
-                or length > fmt.MAX_BODY
-                or end > size
-                or synced > offset
-            ):
-                break
-            if crc32c(view[offset + 4 : end]) != crc and not accept_bad:
-                break
-            watermark = synced
-            if rtype != fmt.ENQUEUE or length < enq_size:
-                other(seq, rtype, offset, end - offset, view[offset + header : end])
-                offset = end
-                continue
-            at = offset + header
-            jid, prio, maxa, kind, due, _created, tlen, klen, olen = unpack_enq(buf, at)
-            at += enq_size
-            raw_task = buf[at : at + tlen]
+
+        def sink(seq: int, rtype: int, offset: int, size: int, body: memoryview) -> None:
+            if rtype != enqueue or len(body) < enq_size:
+                other(seq, rtype, offset, size, body)
+                return
+            jid, prio, maxa, kind, due, _created, tlen, klen, olen = unpack_enq(body)
+            raw_task = body[enq_size : enq_size + tlen]  # hashes and compares as bytes
             task = task_ids.get(raw_task)
-            if task is None and tlen > 0 and at + tlen <= end:
+            if task is None and tlen > 0 and enq_size + tlen <= len(body):
                 try:
-                    task = task_ids[raw_task] = self.task_index(raw_task.decode())
+                    task = task_ids[bytes(raw_task)] = self.task_index(str(raw_task, "utf-8"))
                 except UnicodeDecodeError:
                     task = None
             if task is None or klen != 0xFFFF or olen or due > wall or kind > 1:
                 # Keys, origins, schedules, anything odd: the general path (which
                 # also raises BadEvent for a malformed body).
-                other(seq, rtype, offset, end - offset, view[offset + header : end])
-                offset = end
-                continue
+                other(seq, rtype, offset, size, body)
+                return
             if jid >= self.next_id:
                 self.next_id = jid + 1
             elif jid in jobs or jid in tombs:
-                offset = end
-                continue
+                return
             jobs[jid] = (
                 PENDING
                 | maxa << _MAXA
                 | (prio - MIN_PRIORITY) << _PRIO
                 | task << _TASK
-                | (end - offset) << _SIZE
+                | size << _SIZE
                 | offset << _OFFSET
                 | seq << _SEG
             )
-            offset = end
-        return offset, watermark
+
+        return sink
 
     def finish_replay(self, now: Now) -> None:
         """End of replay: jobs that were running have lost their worker; index the rest.

@@ -345,7 +345,8 @@ class Compactor:
             if len(readers) >= READERS:  # jobs come in id order: mostly segment by segment
                 readers.pop(next(iter(readers))).close()
             f = readers[loc.seg] = self.queue.fs.open(self._path(loc.seg))
-        record = framing.decode(f.pread(loc.size, loc.offset), 0, origin=loc.offset)
+        data = f.pread(loc.size, loc.offset)
+        record = framing.decode(data, 0, origin=loc.offset, check=self.queue._log.record_check)
         if not isinstance(record, framing.Record):
             raise CorruptionError(self._path(loc.seg), loc.offset, getattr(record, "reason", "?"))
         return record

@@ -301,8 +301,7 @@ class Queue:
                 self.done_seen += len(event.ids)  # type: ignore[union-attr]
             apply(event, Loc(seq, offset, size), now)
 
-        def load(buf: bytes, seq: int, start: int) -> tuple[int, int]:
-            return state.load(buf, seq, start, now, sink)
+        load = state.replay_sink(now, sink)
 
         if not skip_damage:
             self.damage = wal.recover(skip_damage=False, sink=sink, load=load)
@@ -1155,7 +1154,7 @@ class Queue:
         data = self._log.unwritten(loc.seg, loc.offset, loc.size)  # still in the buffer?
         if data is None:
             data = self._reader(loc.seg).pread(loc.size, loc.offset)
-        record = framing.decode(data, 0, origin=loc.offset)
+        record = framing.decode(data, 0, origin=loc.offset, check=self._log.record_check)
         if not isinstance(record, framing.Record):
             reason = getattr(record, "reason", "no record")
             raise CorruptionError(self._segment_path(loc.seg), loc.offset, reason)

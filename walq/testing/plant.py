@@ -54,6 +54,11 @@ def worker_class(names: list[str]) -> type[Worker]:
     return chosen[0] if chosen else Worker
 
 
+def accept_any_record(crc: int, covered: bytes | memoryview) -> bool:
+    """A record check that passes every checksum (the accept-bad-crc bug)."""
+    return True
+
+
 def plant(name: str, on: bool = True) -> None:
     """Plant (or remove) the named bug in this process."""
     if name == "skip-fsync":
@@ -61,7 +66,7 @@ def plant(name: str, on: bool = True) -> None:
     elif name == "forget-ack":
         queue.PLANTED_FORGET_ACK = on
     elif name == "accept-bad-crc":
-        framing.PLANTED_ACCEPT_BAD_CRC = on
+        log.Log.record_check = staticmethod(accept_any_record if on else framing.crc_matches)
     elif name == "ignore-missing-segments":
         format.PLANTED_IGNORE_MISSING = on
     elif name == "heartbeat-off":
