@@ -14,137 +14,51 @@ every job's payload stays on disk -- the state holds its location only.
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple, Protocol, TypeAlias
-
-import attrs
 
 from walq.core import events as ev
-from walq.core import format as fmt
-from walq.core import framing
+from walq.core import framing, replay
 from walq.core.jobspec import MAX_ATTEMPTS, MIN_PRIORITY
+from walq.core.packed import ATTEMPTS as _ATTEMPTS
+from walq.core.packed import (
+    DEAD,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    SEQ_BITS,
+    STATE_NAMES,
+    JobInfo,
+    Loc,
+    NewJob,
+    Now,
+    TaskCounts,
+    seq_of,
+)
+from walq.core.packed import M3 as _M3
+from walq.core.packed import M16 as _M16
+from walq.core.packed import M32 as _M32
+from walq.core.packed import MAXA as _MAXA
+from walq.core.packed import MT as _MT
+from walq.core.packed import OFFSET as _OFFSET
+from walq.core.packed import PRIO as _PRIO
+from walq.core.packed import SEG as _SEG
+from walq.core.packed import SIZE as _SIZE
+from walq.core.packed import TASK as _TASK
+from walq.core.packed import pack as _pack
+from walq.core.packed import with_field as _with
+from walq.core.ready import ReadyIndex
+from walq.core.replay import Sink
 from walq.core.transitions import TRANSITIONS, check, next_states
 from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
 
-# A record handed on by replay: (segment seq, type, offset, size, body).
-Sink: TypeAlias = Callable[[int, int, int, int, memoryview], None]
+# The values callers use with the state (defined beside the packed layout).
+__all__ = [
+    "DEAD", "PENDING", "RUNNING", "SCHEDULED", "SEQ_BITS", "STATE_NAMES",
+    "JobInfo", "Loc", "NewJob", "Now", "QueueState", "Sink", "TaskCounts", "seq_of",
+]  # fmt: skip
 
-PENDING, SCHEDULED, RUNNING, DEAD = ev.PENDING, ev.SCHEDULED, ev.RUNNING, ev.DEAD
-STATE_NAMES = {PENDING: "pending", SCHEDULED: "scheduled", RUNNING: "running", DEAD: "dead"}
 # What a job that leaves the table became, by its tombstone (None: acked).
 _GONE: dict[int | None, str] = {None: "done", ev.CANCELLED: "cancelled", ev.PURGED: "purged"}
-
-
-# A live job is one packed int (about 130 bytes of RAM with its dict slot,
-# against 210 for a slotted object): the fields below, then its record's
-# location (segment, offset, size) so the payload can be read back from disk.
-# The task is an index into the names seen (the log stores names, not indexes):
-# 32 bits, so the number of distinct task names has no limit that matters --
-# 2**32 names would need hundreds of GiB of RAM first. (It was 16 bits, and
-# the 65,537th name was refused after its record was written: see task_index.)
-_STATE, _ATTEMPTS, _MAXA, _PRIO, _TASK, _SIZE, _OFFSET, _SEG = 0, 3, 19, 35, 51, 83, 115, 147
-_M3, _M16, _M32 = 0x7, 0xFFFF, 0xFFFFFFFF
-_MT = _M32  # the task index's mask
-
-
-def _pack(state: int, attempts: int, maxa: int, prio: int, task: int, loc: Loc) -> int:
-    return (
-        state
-        | attempts << _ATTEMPTS
-        | maxa << _MAXA
-        | (prio - MIN_PRIORITY) << _PRIO
-        | task << _TASK
-        | loc.size << _SIZE
-        | loc.offset << _OFFSET
-        | loc.seg << _SEG
-    )
-
-
-def _with(packed: int, shift: int, mask: int, value: int) -> int:
-    return (packed & ~(mask << shift)) | (value << shift)
-
-
-@attrs.frozen
-class Now:
-    """The current time in both clocks: wall (survives restarts) and monotonic."""
-
-    wall: float
-    mono: float
-
-    def mono_at(self, wall: float) -> float:
-        """The monotonic time that corresponds to wall-clock time `wall`."""
-        return self.mono + (wall - self.wall)
-
-
-SEQ_BITS = 48
-_SEQ_MASK = (1 << SEQ_BITS) - 1
-
-
-def seq_of(seg: int) -> int:
-    """The segment sequence number in a Loc.seg (see Loc)."""
-    return seg & _SEQ_MASK
-
-
-class Loc(NamedTuple):
-    """Where a job's defining record lives: segment, offset, record size in bytes.
-
-    (A NamedTuple rather than an attrs class: one is made per job on the hot
-    paths, and this is four times cheaper to build.)
-
-    `seg` is the segment's sequence number -- plus, for a segment a compaction
-    installed while this process runs, a generation in the bits above
-    SEQ_BITS: the compacted file replaces the old one under the same number,
-    and until every job has moved, both files' records are live.
-    """
-
-    seg: int
-    offset: int
-    size: int
-
-
-class NewJob(Protocol):
-    """What `QueueState.add_new` reads of a job being enqueued."""
-
-    @property
-    def task(self) -> str: ...
-    @property
-    def key(self) -> str | None: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def max_attempts(self) -> int: ...
-
-
-class JobInfo(NamedTuple):
-    """A snapshot of one live job's fields, as the state holds them (a NamedTuple: hot path)."""
-
-    id: int
-    task: str
-    state: int
-    attempts: int
-    max_attempts: int
-    priority: int
-    loc: Loc
-
-    @property
-    def state_name(self) -> str:
-        return STATE_NAMES[self.state]
-
-
-@attrs.frozen
-class TaskCounts:
-    """Live jobs (of one task, or all) by state."""
-
-    pending: int = 0
-    scheduled: int = 0
-    running: int = 0
-    dead: int = 0
-
-    @classmethod
-    def of(cls, n: list[int]) -> TaskCounts:
-        """From a list indexed by state code."""
-        return cls(n[PENDING], n[SCHEDULED], n[RUNNING], n[DEAD])
 
 
 class QueueState:
@@ -163,7 +77,7 @@ class QueueState:
         self._key_of: dict[int, str] = {}
         self._errors: dict[int, Loc] = {}
         self._tombstones: dict[int, int] = {}
-        self._ready: dict[int, dict[int, deque[int]]] = {}
+        self._ready = ReadyIndex()
         self._scheduled: list[tuple[float, int]] = []
         self._due: dict[int, float] = {}
         self._leases: dict[int, tuple[float, int]] = {}
@@ -172,7 +86,7 @@ class QueueState:
         self._by_task: dict[int, list[int]] = {}  # the same, per task
         self.live_bytes = 0
         self._seg_bytes: dict[int, int] = {}  # live record bytes per segment
-        self._loading = True
+        self.loading = True  # replaying: events are facts, nothing indexed until finish_replay
 
     # -- queries -------------------------------------------------------------
 
@@ -323,14 +237,14 @@ class QueueState:
                 self._released(jid, attempts)
         elif isinstance(event, ev.Cancel):
             for jid in event.ids:
-                if not self._loading or self._is(jid, PENDING, SCHEDULED, RUNNING):
+                if not self.loading or self._is(jid, PENDING, SCHEDULED, RUNNING):
                     self._remove(jid, "cancel", ev.CANCELLED)
         elif isinstance(event, ev.Requeue):
             for jid in event.ids:
                 self._requeued(jid)
         elif isinstance(event, ev.Purge):
             for jid in event.ids:
-                if not self._loading or self._is(jid, DEAD):
+                if not self.loading or self._is(jid, DEAD):
                     self._remove(jid, "purge", ev.PURGED)
         else:
             self.next_id = max(self.next_id, event.next_id)
@@ -342,13 +256,13 @@ class QueueState:
 
     def _step(self, jid: int, p: int, event: str, to: int) -> int:
         """`p` moved to state `to` by `event`: checked against TRANSITIONS unless replaying."""
-        if not self._loading:
+        if not self.loading:
             check(jid, STATE_NAMES[p & _M3], event, STATE_NAMES[to])
         return self._move(p, to)
 
     def _absent(self, jid: int, event: str) -> None:
         """An event for a job that is not live: skipped in replay, StateError live."""
-        if not self._loading:
+        if not self.loading:
             next_states(jid, self.status(jid), event)  # no pair from done/cancelled: raises
 
     def load(
@@ -370,52 +284,9 @@ class QueueState:
         return framing.scan_fast(buf, offset, seq, self.replay_sink(now, other), check=check)
 
     def replay_sink(self, now: Now, other: Sink) -> Sink:
-        """A sink for valid records (framing.scan_fast) that replays the common ones fast.
-
-        The open path: a plain enqueue record becomes a packed entry straight
-        from its bytes (its payload is not even sliced); every other record
-        is handed to `other(seq, type, offset, size, body)`.
-        """
-        assert self._loading
-        unpack_enq = ev.ENQUEUE_HEAD.unpack_from
-        enq_size = ev.ENQUEUE_HEAD.size
-        enqueue = fmt.ENQUEUE
-        jobs, tombs = self._jobs, self._tombstones
-        task_ids: dict[bytes | memoryview, int] = {}
-        wall = now.wall
-
-        def sink(seq: int, rtype: int, offset: int, size: int, body: memoryview) -> None:
-            if rtype != enqueue or len(body) < enq_size:
-                other(seq, rtype, offset, size, body)
-                return
-            jid, prio, maxa, kind, due, _created, tlen, klen, olen = unpack_enq(body)
-            raw_task = body[enq_size : enq_size + tlen]  # hashes and compares as bytes
-            task = task_ids.get(raw_task)
-            if task is None and tlen > 0 and enq_size + tlen <= len(body):
-                try:
-                    task = task_ids[bytes(raw_task)] = self.task_index(str(raw_task, "utf-8"))
-                except UnicodeDecodeError:
-                    task = None
-            if task is None or klen != 0xFFFF or olen or due > wall or kind > 1:
-                # Keys, origins, schedules, anything odd: the general path (which
-                # also raises BadEvent for a malformed body).
-                other(seq, rtype, offset, size, body)
-                return
-            if jid >= self.next_id:
-                self.next_id = jid + 1
-            elif jid in jobs or jid in tombs:
-                return
-            jobs[jid] = (
-                PENDING
-                | maxa << _MAXA
-                | (prio - MIN_PRIORITY) << _PRIO
-                | task << _TASK
-                | size << _SIZE
-                | offset << _OFFSET
-                | seq << _SEG
-            )
-
-        return sink
+        """A sink for framing.scan_fast that replays plain enqueue records fast (see
+        walq.core.replay); every other record goes to `other(seq, type, offset, size, body)`."""
+        return replay.replay_sink(self, now, other)
 
     def finish_replay(self, now: Now) -> None:
         """End of replay: jobs that were running have lost their worker; index the rest.
@@ -423,33 +294,7 @@ class QueueState:
         A running job goes back to pending with its attempt counted: its start
         was durable, so a job that kills the owner is charged every time.
         """
-        # While loading, counts and byte totals were not kept: count them now, once.
-        jobs = self._jobs
-        seg_bytes: dict[int, int] = {}
-        by_task: dict[int, list[int]] = {}
-        total = [0] * 5
-        live = 0
-        for jid, packed in jobs.items():
-            state = packed & _M3
-            if state == RUNNING:
-                packed = (packed & ~_M3) | PENDING  # noqa: PLW2901
-                jobs[jid] = packed
-                state = PENDING
-            if state == PENDING:
-                self._push_ready(jid, packed)
-            size = (packed >> _SIZE) & _M32
-            live += size
-            seg = packed >> _SEG
-            seg_bytes[seg] = seg_bytes.get(seg, 0) + size
-            task = (packed >> _TASK) & _MT
-            counts = by_task.get(task)
-            if counts is None:
-                counts = by_task[task] = [0] * 5
-            counts[state] += 1
-            total[state] += 1
-        self._n, self._by_task, self._seg_bytes, self.live_bytes = total, by_task, seg_bytes, live
-        heapq.heapify(self._scheduled)
-        self._loading = False
+        replay.finish_replay(self)
 
     def _create(self, e: ev.Enqueue | ev.Job, loc: Loc, now: Now) -> None:
         if isinstance(e, ev.Job):
@@ -471,7 +316,7 @@ class QueueState:
         The enqueue hot path: what `add` does for a job, for a batch of jobs
         whose ids are all new (from next_id on), with the bookkeeping done once.
         """
-        assert not self._loading and first >= self.next_id
+        assert not self.loading and first >= self.next_id
         enqueue = TRANSITIONS[("new", "enqueue")]
         may_pend, may_schedule = "pending" in enqueue, "scheduled" in enqueue
         wall = now.wall
@@ -522,7 +367,7 @@ class QueueState:
                 counted += 1
                 if (prio, t) != pt:
                     pt = (prio, t)
-                    q = self._ready.setdefault(prio, {}).setdefault(t, deque())
+                    q = self._ready.queue(prio, t)
                 assert q is not None
                 q.append(jid)
             jid += 1
@@ -564,11 +409,11 @@ class QueueState:
             self._errors[jid] = loc
         elif due > now.wall:
             state = SCHEDULED
-        if not self._loading:
+        if not self.loading:
             check(jid, "new", "enqueue", STATE_NAMES[state])
         p = _pack(state, attempts, max_attempts, priority, self.task_index(task), loc)
         self._jobs[jid] = p
-        if not self._loading:
+        if not self.loading:
             self._count(p, +1)
             self.live_bytes += loc.size
             self._seg_bytes[loc.seg] = self._seg_bytes.get(loc.seg, 0) + loc.size
@@ -578,7 +423,7 @@ class QueueState:
                 self._keys[key] = jid
         if state == SCHEDULED:
             self._schedule(jid, now.mono_at(due))
-        elif state == PENDING and not self._loading:
+        elif state == PENDING and not self.loading:
             self._push_ready(jid, p)
 
     def _claimed(self, jid: int, attempt: int) -> None:
@@ -609,24 +454,24 @@ class QueueState:
             self._schedule(e.id, now.mono_at(e.due))
         else:
             self._jobs[e.id] = p = self._step(e.id, p, event, PENDING)
-            if not self._loading:
+            if not self.loading:
                 self._push_ready(e.id, p)
 
     def _released(self, jid: int, attempts: int) -> None:
         p = self._jobs.get(jid)
-        if p is None or (self._loading and p & _M3 == DEAD):
+        if p is None or (self.loading and p & _M3 == DEAD):
             if p is None:
                 self._absent(jid, "release")
             return
         self._leases.pop(jid, None)
         p = _with(self._step(jid, p, "release", PENDING), _ATTEMPTS, _M16, min(attempts, _M16))
         self._jobs[jid] = p
-        if not self._loading:
+        if not self.loading:
             self._push_ready(jid, p)
 
     def _requeued(self, jid: int) -> None:
         p = self._jobs.get(jid)
-        if p is None or (self._loading and p & _M3 != DEAD):
+        if p is None or (self.loading and p & _M3 != DEAD):
             if p is None:
                 self._absent(jid, "requeue")
             return
@@ -636,7 +481,7 @@ class QueueState:
         key = self._key_of.get(jid)
         if key is not None and key not in self._keys:
             self._keys[key] = jid
-        if not self._loading:
+        if not self.loading:
             self._push_ready(jid, p)
 
     def _remove(self, jid: int, event: str, tombstone: int | None) -> None:
@@ -644,7 +489,7 @@ class QueueState:
         if p is None:
             self._absent(jid, event)
             return
-        if not self._loading:
+        if not self.loading:
             check(jid, STATE_NAMES[p & _M3], event, _GONE[tombstone])
             self._count(p, -1)
             size = (p >> _SIZE) & _M32
@@ -665,7 +510,7 @@ class QueueState:
             del self._keys[key]
 
     def _move(self, p: int, state: int) -> int:
-        if self._loading:
+        if self.loading:
             return (p & ~_M3) | state
         self._count(p, -1)
         p = (p & ~_M3) | state
@@ -684,21 +529,13 @@ class QueueState:
 
     def _schedule(self, jid: int, due: float) -> None:
         self._due[jid] = due
-        if self._loading:
+        if self.loading:
             self._scheduled.append((due, jid))
         else:
             heapq.heappush(self._scheduled, (due, jid))
 
     def _push_ready(self, jid: int, p: int) -> None:
-        prio = (p >> _PRIO) & _M16
-        by_task = self._ready.get(prio)
-        if by_task is None:
-            by_task = self._ready[prio] = {}
-        task = (p >> _TASK) & _MT
-        q = by_task.get(task)
-        if q is None:
-            q = by_task[task] = deque()
-        q.append(jid)
+        self._ready.queue((p >> _PRIO) & _M16, (p >> _TASK) & _MT).append(jid)
 
     # -- the owner's operations ------------------------------------------------------
 
@@ -742,54 +579,7 @@ class QueueState:
         Claim for the jobs it takes (a Fail for those out of attempts) and a
         deferral for the deferred.
         """
-        taken: list[JobInfo] = []
-        refused: set[int] = set()
-        for prio in sorted(self._ready, reverse=True):
-            by_task = self._ready[prio]
-            # The oldest pending job of each task, oldest first: a heap, so that
-            # many tasks refused one after another cost T log T, not T squared.
-            heads: list[tuple[int, int]] = []
-            for task, q in list(by_task.items()):
-                jid = self._head(q)
-                if jid is None:
-                    del by_task[task]
-                elif task not in refused:
-                    heads.append((jid, task))
-            heapq.heapify(heads)
-            while len(taken) < limit and heads:
-                best_id, best_task = heapq.heappop(heads)
-                info = self._info(best_id, self._jobs[best_id])
-                verdict = True if accept is None else accept(info)
-                if verdict is False:
-                    refused.add(best_task)
-                    continue
-                q = by_task[best_task]
-                q.popleft()
-                if verdict is True:
-                    taken.append(info)
-                elif deferred is not None:
-                    deferred.append((info, float(verdict)))
-                jid = self._head(q)
-                if jid is None:
-                    del by_task[best_task]
-                else:
-                    heapq.heappush(heads, (jid, best_task))
-            if not by_task:
-                del self._ready[prio]
-            if len(taken) >= limit:
-                break
-        return taken
-
-    def _head(self, q: deque[int]) -> int | None:
-        """The first id in `q` that is still pending (drops stale entries)."""
-        jobs = self._jobs
-        while q:
-            jid = q[0]
-            p = jobs.get(jid)
-            if p is not None and p & _M3 == PENDING:
-                return jid
-            q.popleft()
-        return None
+        return self._ready.take(limit, self._jobs, self._info, accept, deferred)
 
     def start(self, jid: int, attempt: int, deadline: float) -> None:
         """Mark a taken job running with a lease until monotonic `deadline`.
@@ -811,7 +601,7 @@ class QueueState:
                 continue
             prio = (p >> _PRIO) & _M16
             task = (p >> _TASK) & _MT
-            self._ready.setdefault(prio, {}).setdefault(task, deque()).appendleft(info.id)
+            self._ready.queue(prio, task).appendleft(info.id)
 
     def extend(self, jid: int, attempt: int | None, deadline: float) -> None:
         """Move the lease of running job `jid` to monotonic `deadline` (a heartbeat)."""
