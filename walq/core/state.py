@@ -16,8 +16,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+from walq.core import enqueue, framing, replay
 from walq.core import events as ev
-from walq.core import framing, replay
 from walq.core.jobspec import MAX_ATTEMPTS, MIN_PRIORITY
 from walq.core.packed import ATTEMPTS as _ATTEMPTS
 from walq.core.packed import (
@@ -48,7 +48,7 @@ from walq.core.packed import pack as _pack
 from walq.core.packed import with_field as _with
 from walq.core.ready import ReadyIndex
 from walq.core.replay import Sink
-from walq.core.transitions import TRANSITIONS, check, next_states
+from walq.core.transitions import check, next_states
 from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
 
 # The values callers use with the state (defined beside the packed layout).
@@ -313,78 +313,10 @@ class QueueState:
     ) -> None:
         """Jobs just enqueued, with ids first, first + 1, ...: their due times and records.
 
-        The enqueue hot path: what `add` does for a job, for a batch of jobs
-        whose ids are all new (from next_id on), with the bookkeeping done once.
+        The enqueue hot path (walq.core.enqueue): what `add` does for a job, for
+        a batch of jobs whose ids are all new (from next_id on).
         """
-        assert not self.loading and first >= self.next_id
-        enqueue = TRANSITIONS[("new", "enqueue")]
-        may_pend, may_schedule = "pending" in enqueue, "scheduled" in enqueue
-        wall = now.wall
-        table = self._jobs
-        seg_bytes = self._seg_bytes
-        # One-entry caches: a batch is usually one task at one priority.
-        task, t, pt, q = None, 0, (-1, -1), None
-        counted_t, counted = -1, 0
-        seg, seg_added, added = -1, 0, 0
-        jid = first
-        for job, due, loc in zip(jobs, dues, locs, strict=True):
-            if job.task != task:
-                task = job.task
-                t = self.task_index(task)
-            prio = job.priority - MIN_PRIORITY
-            size = loc.size
-            if loc.seg != seg:
-                if seg_added:
-                    seg_bytes[seg] = seg_bytes.get(seg, 0) + seg_added
-                seg, seg_added = loc.seg, 0
-            seg_added += size
-            added += size
-            p = (
-                job.max_attempts << _MAXA
-                | prio << _PRIO
-                | t << _TASK
-                | size << _SIZE
-                | loc.offset << _OFFSET
-                | seg << _SEG
-            )
-            if job.key is not None:
-                self._key_of[jid] = job.key
-                self._keys[job.key] = jid
-            if due > wall:
-                if not may_schedule:
-                    check(jid, "new", "enqueue", "scheduled")
-                table[jid] = p | SCHEDULED
-                self._count_new(t, SCHEDULED)
-                self._schedule(jid, now.mono_at(due))
-            else:
-                if not may_pend:
-                    check(jid, "new", "enqueue", "pending")
-                table[jid] = p | PENDING
-                if t != counted_t:
-                    if counted:
-                        self._count_new(counted_t, PENDING, counted)
-                    counted_t, counted = t, 0
-                counted += 1
-                if (prio, t) != pt:
-                    pt = (prio, t)
-                    q = self._ready.queue(prio, t)
-                assert q is not None
-                q.append(jid)
-            jid += 1
-        if seg_added:
-            seg_bytes[seg] = seg_bytes.get(seg, 0) + seg_added
-        if counted:
-            self._count_new(counted_t, PENDING, counted)
-        self.next_id = max(self.next_id, jid)
-        self.live_bytes += added
-
-    def _count_new(self, t: int, state: int, k: int = 1) -> None:
-        """Count `k` new jobs of task index `t` in `state`."""
-        self._n[state] += k
-        counts = self._by_task.get(t)
-        if counts is None:
-            counts = self._by_task[t] = [0] * 5
-        counts[state] += k
+        enqueue.add_new(self, first, jobs, dues, locs, now)
 
     def add(
         self,
