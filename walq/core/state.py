@@ -375,19 +375,17 @@ class QueueState:
         # A Fail of a pending job is a claim that settled it without running it
         # (out of attempts, a damaged record, deferred by the claimer).
         event = "claim" if p & _M3 == PENDING else "fail"
-        p = _with(p, _ATTEMPTS, _M16, min(e.attempt, _M16))
+        to = DEAD if e.dead else SCHEDULED if e.due > now.wall else PENDING
+        p = self._step(e.id, _with(p, _ATTEMPTS, _M16, min(e.attempt, _M16)), event, to)
         self._leases.pop(e.id, None)
-        if e.dead:
-            self._jobs[e.id] = self._step(e.id, p, event, DEAD)
+        self._jobs[e.id] = p
+        if to == DEAD:
             self._errors[e.id] = loc
             self._release_key(e.id)
-        elif e.due > now.wall:
-            self._jobs[e.id] = self._step(e.id, p, event, SCHEDULED)
+        elif to == SCHEDULED:
             self._schedule(e.id, now.mono_at(e.due))
-        else:
-            self._jobs[e.id] = p = self._step(e.id, p, event, PENDING)
-            if not self.loading:
-                self._push_ready(e.id, p)
+        elif not self.loading:
+            self._push_ready(e.id, p)
 
     def _released(self, jid: int, attempts: int) -> None:
         p = self._jobs.get(jid)
@@ -395,8 +393,8 @@ class QueueState:
             if p is None:
                 self._absent(jid, "release")
             return
-        self._leases.pop(jid, None)
         p = _with(self._step(jid, p, "release", PENDING), _ATTEMPTS, _M16, min(attempts, _M16))
+        self._leases.pop(jid, None)
         self._jobs[jid] = p
         if not self.loading:
             self._push_ready(jid, p)
@@ -407,8 +405,8 @@ class QueueState:
             if p is None:
                 self._absent(jid, "requeue")
             return
-        self._errors.pop(jid, None)
         p = _with(self._step(jid, p, "requeue", PENDING), _ATTEMPTS, _M16, 0)
+        self._errors.pop(jid, None)
         self._jobs[jid] = p
         key = self._key_of.get(jid)
         if key is not None and key not in self._keys:
