@@ -74,7 +74,7 @@ def replay_sink(state: QueueState, now: Now, other: Sink) -> Sink:
     return sink
 
 
-def finish_replay(state: QueueState) -> None:
+def finish_replay(state: QueueState, now: Now) -> None:
     """End of replay: jobs that were running have lost their worker; index the rest.
 
     A running job goes back to pending with its attempt counted: its start

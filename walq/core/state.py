@@ -14,7 +14,7 @@ every job's payload stays on disk -- the state holds its location only.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 from walq.core import enqueue, framing, replay
 from walq.core import events as ev
@@ -283,18 +283,9 @@ class QueueState:
         """
         return framing.scan_fast(buf, offset, seq, self.replay_sink(now, other), check=check)
 
-    def replay_sink(self, now: Now, other: Sink) -> Sink:
-        """A sink for framing.scan_fast that replays plain enqueue records fast (see
-        walq.core.replay); every other record goes to `other(seq, type, offset, size, body)`."""
-        return replay.replay_sink(self, now, other)
-
-    def finish_replay(self, now: Now) -> None:
-        """End of replay: jobs that were running have lost their worker; index the rest.
-
-        A running job goes back to pending with its attempt counted: its start
-        was durable, so a job that kills the owner is charged every time.
-        """
-        replay.finish_replay(self)
+    # Replay's fast path (walq.core.replay): a sink for framing.scan_fast, and its end.
+    replay_sink = replay.replay_sink
+    finish_replay = replay.finish_replay
 
     def _create(self, e: ev.Enqueue | ev.Job, loc: Loc, now: Now) -> None:
         if isinstance(e, ev.Job):
@@ -303,20 +294,8 @@ class QueueState:
         else:
             self.add(e.id, e.task, e.key, e.priority, e.max_attempts, e.due, loc, now)
 
-    def add_new(
-        self,
-        first: int,
-        jobs: Sequence[NewJob],
-        dues: Sequence[float],
-        locs: Sequence[Loc],
-        now: Now,
-    ) -> None:
-        """Jobs just enqueued, with ids first, first + 1, ...: their due times and records.
-
-        The enqueue hot path (walq.core.enqueue): what `add` does for a job, for
-        a batch of jobs whose ids are all new (from next_id on).
-        """
-        enqueue.add_new(self, first, jobs, dues, locs, now)
+    # The enqueue hot path: what `add` does for one job, for a batch of new ids.
+    add_new = enqueue.add_new
 
     def add(
         self,
