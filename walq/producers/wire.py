@@ -116,15 +116,9 @@ def make_item(
         max_attempts=max_attempts,
         max_payload=max_payload,
     )
-    return Item(
-        task=spec.task,
-        kind=spec.kind,
-        data=spec.data,
-        key=spec.key,
-        delay=spec.delay,
-        priority=spec.priority,
-        max_attempts=spec.max_attempts,
-    )
+    fields = spec._asdict()
+    del fields["origin"]  # a producer's job has none: the owner names its spool file
+    return Item(**fields)
 
 
 def item_from(entry: object, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Item:
