@@ -26,7 +26,7 @@ from click.testing import CliRunner
 import walq
 from walq.cli.app import main
 from walq.core import format as fmt
-from walq.core.job import MAX_DELAY, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_LIMIT
+from walq.core.jobspec import MAX_DELAY, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_LIMIT
 from walq.directory.fs import File
 from walq.directory.queue import Queue
 from walq.ops import inspect as insp

@@ -32,7 +32,7 @@ MAX_BODY = 1 << 28  # 256 MiB
 # Segments are addressed with 32-bit offsets.
 MAX_SEGMENT_SIZE = (1 << 32) - 1
 # The longest delay a job (or a retry) may have, so the furthest a due time lies
-# ahead: 10 years. walq.core.job.check_delay enforces it for every way in.
+# ahead: 10 years. walq.core.jobspec.check_delay enforces it for every way in.
 MAX_DELAY = 10 * 365 * 86400.0
 
 # Record types. Type 0 is reserved: zeroed or preallocated space reads as

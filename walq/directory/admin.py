@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from walq.core import events as ev
-from walq.core.job import DeadJob, check_task
+from walq.core.job import DeadJob
+from walq.core.jobspec import check_task
 from walq.core.state import DEAD
 from walq.directory.base import QueueBase, chunks
 from walq.directory.compactor import CompactionResult

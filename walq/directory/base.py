@@ -19,7 +19,8 @@ from walq import forks
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.job import COUNTERS, Job, check_seconds
+from walq.core.job import COUNTERS, Job
+from walq.core.jobspec import check_seconds
 from walq.core.ledger import Lost
 from walq.core.state import DEAD, SCHEDULED, Loc, Now, QueueState, seq_of
 from walq.directory.compactor import Compactor, Snapshot
@@ -31,7 +32,7 @@ from walq.errors import ClosedError, QueueFull
 from walq.producers.server import ProducerServer
 
 if TYPE_CHECKING:
-    from walq.directory.queue import _Item
+    from walq.core.jobspec import JobSpec
 
 log = logging.getLogger("walq.queue")
 
@@ -111,7 +112,7 @@ class QueueBase:
 
     # -- adding jobs -------------------------------------------------------------------
 
-    def _add(self, items: Sequence[_Item], sync: bool | None, timeout: float) -> list[int]:
+    def _add(self, items: Sequence[JobSpec], sync: bool | None, timeout: float) -> list[int]:
         """Assign ids (or coalesce by key), check the caps, write, apply; then commit."""
         if timeout:
             timeout = check_seconds("timeout", timeout)
@@ -139,7 +140,7 @@ class QueueBase:
             self._wake()
         return ids
 
-    def _assign(self, items: Sequence[_Item]) -> tuple[list[int], Sequence[_Item]]:
+    def _assign(self, items: Sequence[JobSpec]) -> tuple[list[int], Sequence[JobSpec]]:
         """Ids for each item -- a coalesced existing job, or the next new id -- and the new items.
 
         New items get consecutive ids from the state's next_id on.
@@ -151,7 +152,7 @@ class QueueBase:
         else:
             return list(range(next_id, next_id + len(items))), items
         ids: list[int] = []
-        fresh: list[_Item] = []
+        fresh: list[JobSpec] = []
         batch_keys: dict[str, int] = {}
         for item in items:
             key = item.key
@@ -166,7 +167,7 @@ class QueueBase:
             next_id += 1
         return ids, fresh
 
-    def _room_for(self, fresh: Sequence[_Item]) -> str | None:
+    def _room_for(self, fresh: Sequence[JobSpec]) -> str | None:
         """Why `fresh` does not fit under the caps, or None if it does."""
         if not fresh:
             return None
@@ -211,7 +212,7 @@ class QueueBase:
             self._state.apply(event, loc, now)
         return lsn
 
-    def _write_enqueues(self, fresh: Sequence[_Item], now: Now) -> int:
+    def _write_enqueues(self, fresh: Sequence[JobSpec], now: Now) -> int:
         """Append enqueue records for new jobs and add them to the state (lock held)."""
         wall = now.wall
         encode = ev.encode_enqueue

@@ -31,7 +31,7 @@ import attrs
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.job import clip_error
+from walq.core.jobspec import clip_error
 from walq.core.state import DEAD, SEQ_BITS, Loc, seq_of
 from walq.directory.fs import File, FileSystem
 from walq.directory.segment import Segment
@@ -64,6 +64,7 @@ class SegmentLog(Protocol):
 
     spare_error: str | None
 
+    def record_check(self, crc: int, covered: bytes | memoryview) -> bool: ...
     def spare_wanted(self) -> bool: ...
     def prepare_spare(self) -> bool: ...
     def sealed(self) -> list[Segment]: ...
@@ -414,7 +415,8 @@ class Compactor:
             if len(readers) >= READERS:  # jobs come in id order: mostly segment by segment
                 readers.pop(next(iter(readers))).close()
             f = readers[loc.seg] = self.queue.fs.open(self._path(loc.seg))
-        record = framing.decode(f.pread(loc.size, loc.offset), 0, origin=loc.offset)
+        data = f.pread(loc.size, loc.offset)
+        record = framing.decode(data, 0, origin=loc.offset, check=self.queue.wal.record_check)
         if not isinstance(record, framing.Record):
             raise CorruptionError(self._path(loc.seg), loc.offset, getattr(record, "reason", "?"))
         return record

@@ -35,7 +35,7 @@ from walq.core.format import (
 )
 from walq.core.state import Loc
 from walq.directory.fs import FileSystem, file_size
-from walq.directory.recovery import CUT_DIR, Damage, Loader, Recovery, Sink
+from walq.directory.recovery import CUT_DIR, Damage, Recovery, Sink
 from walq.directory.segment import SPARE_SUFFIX, Segment, remove_segments, replace_segment
 from walq.errors import (
     ArgumentError,
@@ -61,6 +61,9 @@ class Log:
 
     # How the log is read on open (a seam: walq.testing.plant plants a bug in it).
     recovery_class: type[Recovery] = Recovery
+    # How a valid record is told (its checksum test): a seam for a subclass or
+    # the `record_check` argument; walq.testing.plant swaps it.
+    record_check: framing.RecordCheck = staticmethod(framing.crc_matches)
 
     def __init__(
         self,
@@ -70,6 +73,7 @@ class Log:
         segment_size: int,
         sync: str,
         sync_interval: float,
+        record_check: framing.RecordCheck | None = None,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ArgumentError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
@@ -79,6 +83,8 @@ class Log:
             raise ArgumentError("sync_interval must be positive")
         self.fs = fs
         self.directory = directory
+        if record_check is not None:
+            self.record_check = record_check
         self.segment_size = segment_size
         self.sync_mode = sync
         self.sync_interval = sync_interval
@@ -141,14 +147,14 @@ class Log:
 
     # -- recovery --------------------------------------------------------------
 
-    def recover(self, *, skip_damage: bool, sink: Sink, load: Loader | None = None) -> list[Damage]:
+    def recover(self, *, skip_damage: bool, sink: Sink, load: Sink | None = None) -> list[Damage]:
         """Replay every segment into `sink` (walq.directory.recovery); return the damage handled.
 
         Leaves the newest segment open for appending (creating segment 1 in
         an empty directory).
         """
         fs, d = self.fs, self.directory
-        recovery = self.recovery_class(fs, d, getattr(self, "owner_uid", None))
+        recovery = self.recovery_class(fs, d, getattr(self, "owner_uid", None), self.record_check)
         found = recovery.run(skip_damage=skip_damage, sink=sink, load=load)
         opened = found.segments
         if opened:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 
 from walq.core import format as fmt
-from walq.core.job import MAX_PAYLOAD_LIMIT
+from walq.core.jobspec import MAX_PAYLOAD_LIMIT
 from walq.directory.fs import FileSystem, Lock, queue_dir_owner
 from walq.directory.recovery import CUT_DIR
 from walq.directory.segment import SPARE_SUFFIX, TMP_SUFFIX

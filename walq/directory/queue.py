@@ -12,25 +12,23 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from walq.backends import backend_class, scheme_of
 from walq.core import events as ev
 from walq.core import format as fmt
-from walq.core.job import (
+from walq.core.job import Job, build_job
+from walq.core.jobspec import (
     DEFAULT_MAX_PAYLOAD,
-    Job,
+    JobSpec,
     check_delay,
-    check_key,
     check_seconds,
-    check_task,
     clip_error,
-    decode_payload,
-    encode_payload,
-    split_item,
+    make_spec,
+    spec_from,
 )
 from walq.core.retry import Backoff
-from walq.core.state import MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY, JobInfo, Now
+from walq.core.state import JobInfo, Now
 from walq.core.text import excerpt
 from walq.directory.admin import Administration
 from walq.directory.base import IDS_PER_RECORD, chunks, log
@@ -61,19 +59,6 @@ INTERRUPTED = (
     "attempt {n} was interrupted (the owner stopped or the lease expired) and no attempts remain"
 )
 RETRY_BACKOFF = Backoff()  # a failed attempt's retry delay when fail() is given none
-
-
-class _Item(NamedTuple):
-    """One job to add, validated, with its payload encoded."""
-
-    task: str
-    kind: int
-    data: bytes
-    key: str | None
-    delay: float
-    priority: int
-    max_attempts: int
-    origin: str
 
 
 def wall_now() -> Now:
@@ -239,27 +224,8 @@ class Queue(Administration):
     ) -> list[int]:
         return self._add([self._item_from(raw) for raw in items], sync, timeout)
 
-    def _item_from(self, raw: Any) -> _Item:
-        if type(raw) is tuple and len(raw) == 2:
-            task, payload = raw
-            # The common bulk case, validated inline.
-            if (
-                type(payload) is bytes
-                and len(payload) <= self.max_payload
-                and check_task(task) is task
-            ):
-                # tuple.__new__ skips the NamedTuple's Python-level __new__: half the cost.
-                return tuple.__new__(_Item, (task, ev.PAYLOAD_BYTES, payload, None, 0.0, 0, 0, ""))
-        task, payload, opts = split_item(raw)
-        return self._item(
-            task,
-            payload,
-            opts.get("key"),
-            opts.get("delay", 0.0),
-            opts.get("priority", 0),
-            opts.get("max_attempts"),
-            opts.get("origin") or "",
-        )
+    def _item_from(self, raw: Any) -> JobSpec:
+        return spec_from(raw, self.max_payload)
 
     def _item(
         self,
@@ -270,23 +236,18 @@ class Queue(Administration):
         priority: Any,
         max_attempts: Any,
         origin: str,
-    ) -> _Item:
+    ) -> JobSpec:
         """Validate one job's arguments (ArgumentError/PayloadError) and encode its payload."""
-        check_task(task)
-        if key is not None:
-            check_key(key)
-        if delay != 0.0 or type(delay) is not float:
-            delay = check_delay(delay)
-        if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-            raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
-        maxa = max_attempts or 0
-        if type(maxa) is not int or not 0 <= maxa <= MAX_ATTEMPTS:
-            raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
-        if type(payload) is bytes and len(payload) <= self.max_payload:
-            kind, data = ev.PAYLOAD_BYTES, payload
-        else:
-            kind, data = encode_payload(payload, self.max_payload)
-        return _Item(task, kind, data, key, delay, priority, maxa, origin)
+        return make_spec(
+            task,
+            payload,
+            key=key,
+            delay=delay,
+            priority=priority,
+            max_attempts=max_attempts,
+            origin=origin,
+            max_payload=self.max_payload,
+        )
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -427,20 +388,20 @@ class Queue(Administration):
             e = ev.decode(record.rtype, record.body)
             if not isinstance(e, ev.Enqueue | ev.Job):
                 raise ev.BadEvent(f"job {jid}'s record is a {fmt.TYPE_NAMES.get(record.rtype)}")
-            payload = decode_payload(e.kind, e.payload)
+            return build_job(
+                id=jid,
+                task=e.task,
+                kind=e.kind,
+                data=e.payload,
+                attempt=attempt,
+                key=e.key,
+                priority=e.priority,
+                max_attempts=info.max_attempts,
+                enqueued_at=e.created,
+            )
         except (ev.BadEvent, ValueError, RecursionError) as exc:
             path = self._segment_path(info.loc.seg)
             raise CorruptionError(path, info.loc.offset, f"job {jid}: {exc}") from None
-        return Job(
-            id=jid,
-            task=e.task,
-            payload=payload,
-            attempt=attempt,
-            key=e.key,
-            priority=e.priority,
-            max_attempts=info.max_attempts,
-            enqueued_at=e.created,
-        )
 
     def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
         self.ack_many([job_id], attempts=None if attempt is None else [attempt], sync=sync)

@@ -42,7 +42,7 @@ class Readers:
         data = self._log.unwritten(loc.seg, loc.offset, loc.size)  # still in the buffer?
         if data is None:
             data = self.handle(loc.seg).pread(loc.size, loc.offset)
-        record = framing.decode(data, 0, origin=loc.offset)
+        record = framing.decode(data, 0, origin=loc.offset, check=self._log.record_check)
         if not isinstance(record, framing.Record):
             reason = getattr(record, "reason", "no record")
             raise CorruptionError(self.path(loc.seg), loc.offset, reason)

@@ -36,9 +36,6 @@ CUT_DIR = "cut"
 
 # Receives each valid record during recovery: (segment seq, type, offset, size, body).
 Sink = Callable[[int, int, int, int, memoryview], None]
-# Replays a segment's leading valid records itself: (buf, seq, start) -> (where it
-# stopped, the sync watermark of the last record it replayed, or 0).
-Loader = Callable[[bytes, int, int], tuple[int, int]]
 
 
 @attrs.frozen
@@ -70,21 +67,29 @@ class Recovered:
 class Recovery:
     """One recovery of the log in `directory` (see `run`)."""
 
-    def __init__(self, fs: FileSystem, directory: str, owner_uid: int | None) -> None:
+    def __init__(
+        self,
+        fs: FileSystem,
+        directory: str,
+        owner_uid: int | None,
+        record_check: framing.RecordCheck = framing.crc_matches,
+    ) -> None:
+        self.record_check = record_check
         self.fs = fs
         self.directory = directory
         self.owner_uid = owner_uid  # the uid cut/ must have (None: not checked)
         self.found = Recovered()
 
-    def run(self, *, skip_damage: bool, sink: Sink, load: Loader | None = None) -> Recovered:
+    def run(self, *, skip_damage: bool, sink: Sink, load: Sink | None = None) -> Recovered:
         """Replay every segment into `sink`; cut a torn tail; raise on other damage.
 
         Segments are read one at a time, so recovery holds one segment in
         memory, not the log. `sink(seq, rtype, offset, size, body)` is called
         for every valid record in log order. With `skip_damage`, damaged
         ranges are skipped and reported instead of raising CorruptionError.
-        `load(buf, seq, start) -> stop`, if given, replays a segment's leading
-        run of valid records itself (a fused fast path) instead of `sink`.
+        `load`, if given, receives each segment's leading run of valid records
+        instead of `sink` (a replay's fast path). Records are checked with
+        `self.record_check` (framing.check_record's checksum seam).
         """
         found = self.found
         fs, d = self.fs, self.directory
@@ -214,22 +219,22 @@ class Recovery:
         newest: bool,
         skip_damage: bool,
         sink: Sink,
-        load: Loader | None,
+        load: Sink | None,
         damage: list[Damage],
     ) -> int:
         """Feed one segment's records to `sink`; handle its damage; return where it ends."""
         data = seg.read_all()
         seq = seg.seq
-        if load is not None:
-            stop, watermark = load(data, seq, SEGMENT_HEADER_SIZE)
-        else:
-            stop, watermark = framing.scan_fast(data, SEGMENT_HEADER_SIZE, seq, sink)
+        check = self.record_check
+        stop, watermark = framing.scan_fast(
+            data, SEGMENT_HEADER_SIZE, seq, load or sink, check=check
+        )
         if newest:
             self._note_vouched(data, watermark, stop)
         if framing.all_zero(data, stop):
             return stop
         # Something other than zeros follows: classify the rest precisely.
-        scan = framing.classify(data, stop, newest=newest)
+        scan = framing.classify(data, stop, newest=newest, check=check)
         view = memoryview(data)
         for rec in scan.records:
             sink(

@@ -62,8 +62,7 @@ def replay(state: QueueState, wal: Log, path: str, now: Now, skip_damage: bool) 
             found.done_seen += len(event.ids)  # type: ignore[union-attr]
         apply(event, Loc(seq, offset, size), now)
 
-    def load(buf: bytes, seq: int, start: int) -> tuple[int, int]:
-        return state.load(buf, seq, start, now, sink)
+    load = state.replay_sink(now, sink)
 
     if not skip_damage:
         found.damage = wal.recover(skip_damage=False, sink=sink, load=load)

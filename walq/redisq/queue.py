@@ -25,26 +25,25 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from walq import forks
 from walq.backends import is_url
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
-from walq.core.job import (
-    COUNTERS,
+from walq.core.job import COUNTERS, DeadJob, Job, build_job
+from walq.core.jobspec import (
     DEFAULT_MAX_PAYLOAD,
-    DeadJob,
-    Job,
+    MAX_ATTEMPTS,
+    JobSpec,
     check_delay,
-    check_key,
     check_seconds,
     check_task,
     decode_payload,
-    encode_payload,
-    split_item,
+    make_spec,
+    spec_from,
 )
-from walq.core.state import MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY, PENDING, JobInfo, Loc
+from walq.core.state import PENDING, JobInfo, Loc
 from walq.core.text import excerpt, shown
 from walq.errors import (
     ArgumentError,
@@ -799,18 +798,6 @@ _ERRORS: dict[bytes, type[WalqError]] = {b"unknown": UnknownJobError, **_STATE_E
 # -- helpers ---------------------------------------------------------------------------------
 
 
-class _Item(NamedTuple):
-    """One job to add, validated, its payload encoded."""
-
-    task: str
-    kind: int
-    data: bytes
-    key: str | None
-    delay_ms: int
-    priority: int
-    max_attempts: int
-
-
 class _Listeners(list[_T]):
     """A list of callbacks that starts the queue's pub/sub listener when one is added."""
 
@@ -1125,33 +1112,17 @@ class RedisQueue:
         """Add many jobs in one atomic step; items are (task, payload[, options])."""
         return self._add([self._item_from(raw) for raw in items], timeout)
 
-    def _item_from(self, raw: Any) -> _Item:
-        task, payload, opts = split_item(raw)
-        return self._item(
-            task,
-            payload,
-            opts.get("key"),
-            opts.get("delay", 0.0),
-            opts.get("priority", 0),
-            opts.get("max_attempts"),
-        )
+    def _item_from(self, raw: Any) -> JobSpec:
+        return spec_from(raw, self.max_payload)
 
     def _item(
         self, task: Any, payload: Any, key: Any, delay: Any, priority: Any, max_attempts: Any
-    ) -> _Item:
+    ) -> JobSpec:
         """Validate one job's arguments (as the file queue does) and encode its payload."""
-        check_task(task)
-        check_key(key)
-        delay = check_delay(delay)
-        if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-            raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
-        maxa = max_attempts or 0
-        if type(maxa) is not int or not 0 <= maxa <= MAX_ATTEMPTS:
-            raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
-        kind, data = encode_payload(payload, self.max_payload)
-        return _Item(task, kind, data, key, _ms(delay), priority, maxa)
+        return make_spec(task, payload, key=key, delay=delay, priority=priority,
+                         max_attempts=max_attempts, max_payload=self.max_payload)  # fmt: skip
 
-    def _add(self, items: list[_Item], timeout: float) -> list[int]:
+    def _add(self, items: list[JobSpec], timeout: float) -> list[int]:
         timeout = check_seconds("timeout", timeout)
         if not items:
             self._check_open()
@@ -1163,7 +1134,7 @@ class RedisQueue:
         ]
         for it in items:
             args += [it.task, it.kind, it.data, "1" if it.key is not None else "0", it.key or ""]
-            args += [it.delay_ms, it.priority, it.max_attempts]
+            args += [_ms(it.delay), it.priority, it.max_attempts]
         deadline = time.monotonic() + timeout
         pause = 0.01
         while True:
@@ -1333,22 +1304,22 @@ class RedisQueue:
             if len(self._held) > _HELD_CAP:
                 self._held.pop(next(iter(self._held)))
         try:
-            payload = decode_payload(int(kind), bytes(data))
+            return build_job(
+                id=int(jid),
+                task=_text(task),
+                kind=int(kind),
+                data=bytes(data),
+                attempt=int(attempt),
+                key=None if key is None else _text(key),
+                priority=int(priority),
+                max_attempts=int(maxa),
+                enqueued_at=int(created) / 1000.0,
+            )
         except ValueError as exc:  # written by something other than walq
             why = f"payload is not valid JSON ({exc}): damage is never delivered as data"
             log.error("job %s: %s", jid, why)
             self.fail(int(jid), why, permanent=True, attempt=int(attempt))
             return None
-        return Job(
-            id=int(jid),
-            task=_text(task),
-            payload=payload,
-            attempt=int(attempt),
-            key=None if key is None else _text(key),
-            priority=int(priority),
-            max_attempts=int(maxa),
-            enqueued_at=int(created) / 1000.0,
-        )
 
     def _claims_args(
         self, head: list[Any], job_ids: Sequence[int], attempts: Sequence[int] | None

@@ -15,7 +15,6 @@ import os
 from collections.abc import Iterable
 from typing import Any, TypeVar, cast
 
-from walq.core import framing
 from walq.directory.log import Log
 from walq.directory.queue import Queue
 from walq.directory.recovery import Recovery
@@ -33,7 +32,7 @@ BUGS = {
 
 
 # The storage bugs `queue_class` plants; `plant` adds to (or takes from) this set.
-QUEUE_BUGS = frozenset({"skip-fsync", "forget-ack", "ignore-missing-segments"})
+QUEUE_BUGS = frozenset({"skip-fsync", "forget-ack", "ignore-missing-segments", "accept-bad-crc"})
 _planted: set[str] = set()
 
 Q = TypeVar("Q", bound=Queue)
@@ -60,6 +59,11 @@ class ForgetsAck:
         return None
 
 
+def accept_any_record(crc: int, covered: bytes | memoryview) -> bool:
+    """A record check that passes every checksum (the accept-bad-crc bug)."""
+    return True
+
+
 def queue_class(base: type[Q] = Queue, names: Iterable[str] | None = None) -> type[Q]:  # type: ignore[assignment]
     """`base` (a Queue class) with the named storage bugs planted, else `base` itself.
 
@@ -69,6 +73,10 @@ def queue_class(base: type[Q] = Queue, names: Iterable[str] | None = None) -> ty
     if not chosen:
         return base
     log_class: type[Log] = SkipsFsync if "skip-fsync" in chosen else Log
+    if "accept-bad-crc" in chosen:
+        log_class = type(
+            "PlantedLog", (log_class,), {"record_check": staticmethod(accept_any_record)}
+        )
     if "ignore-missing-segments" in chosen:
         log_class = type("PlantedLog", (log_class,), {"recovery_class": IgnoresMissingSegments})
     bases: tuple[type, ...] = (ForgetsAck, base) if "forget-ack" in chosen else (base,)
@@ -110,8 +118,6 @@ def plant(name: str, on: bool = True) -> None:
             _planted.add(name)
         else:
             _planted.discard(name)
-    elif name == "accept-bad-crc":
-        framing.PLANTED_ACCEPT_BAD_CRC = on
     elif name == "heartbeat-off":
         heartbeat.PLANTED_HEARTBEAT_OFF = on
     else:

@@ -33,7 +33,8 @@ from typing import Any
 import attrs
 
 from walq.backend import QueueBackend
-from walq.core.job import Job, check_seconds
+from walq.core.job import Job
+from walq.core.jobspec import check_seconds
 from walq.core.retry import Permanent, RetryAfter, RetryBudget
 from walq.core.state import JobInfo
 from walq.core.text import excerpt

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-from walq.core.job import Job, check_seconds, check_task
+from walq.core.job import Job
+from walq.core.jobspec import check_seconds, check_task
 from walq.core.retry import Backoff, CircuitBreaker, RateLimit, TaskPolicy
 from walq.core.text import excerpt
 from walq.errors import ArgumentError, TaskModuleError
