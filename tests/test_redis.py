@@ -136,7 +136,7 @@ def check_counts(url: str) -> None:
     """The counts in P:n and P:tn agree with the jobs' hashes and the indexes."""
     import redis
 
-    from walq.redisq.queue import parse_url
+    from walq.redisq.url import parse_url
 
     client_url, prefix, _, _ = parse_url(url)
     c = redis.Redis.from_url(client_url, decode_responses=True)
@@ -231,7 +231,7 @@ def lease_of(url: str, jid: int) -> float:
     """Seconds left on a running job's lease, read from the server."""
     import redis
 
-    from walq.redisq.queue import parse_url
+    from walq.redisq.url import parse_url
 
     client_url, prefix, _, _ = parse_url(url)
     c = redis.Redis.from_url(client_url)
@@ -579,7 +579,7 @@ def test_durable_server_is_recognised(url: str) -> None:
     """The CI server (appendonly yes, appendfsync always) opens without a warning."""
     import warnings
 
-    from walq.redisq.queue import DurabilityWarning
+    from walq.errors import DurabilityWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", DurabilityWarning)
@@ -632,7 +632,8 @@ def _pings(client: Any) -> bool:
 
 def test_weak_persistence_warns_or_refuses(weak_server: str) -> None:
     """appendonly no: a DurabilityWarning, or DurabilityError when durability is required."""
-    from walq.redisq.queue import DurabilityError, DurabilityWarning, RedisQueue
+    from walq.errors import DurabilityError, DurabilityWarning
+    from walq.redisq.queue import RedisQueue
 
     with (
         pytest.warns(DurabilityWarning, match="appendonly is 'no'"),
@@ -648,7 +649,8 @@ def test_weak_persistence_warns_or_refuses(weak_server: str) -> None:
 
 def test_url_options(url: str) -> None:
     """The password never shows; file-only options are accepted, unknown ones refused."""
-    from walq.redisq.queue import RedisQueue, parse_url
+    from walq.redisq.queue import RedisQueue
+    from walq.redisq.url import parse_url
 
     client_url, prefix, durable, shown = parse_url(
         "redis://:s3cret@127.0.0.1:6390/2?prefix=jobs&require_durable=yes&socket_keepalive=1"
@@ -703,7 +705,7 @@ def test_a_payload_damaged_on_the_server_is_dead_lettered_not_delivered(url: str
     """A job hash overwritten with bad JSON (a foreign write) is dead, never handed out."""
     import redis
 
-    from walq.redisq.queue import parse_url
+    from walq.redisq.url import parse_url
 
     client_url, prefix, _, _ = parse_url(url)
     with open_q(url) as q:
@@ -721,17 +723,17 @@ def test_a_payload_damaged_on_the_server_is_dead_lettered_not_delivered(url: str
 
 def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-py: MissingDependency, an ImportError naming the extra to install."""
-    from walq.redisq.queue import queue as redisq
+    from walq.redisq.queue import RedisQueue
 
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"walq\[redis\]") as info:
-        redisq.RedisQueue.open("redis://127.0.0.1:1/0")
+        RedisQueue.open("redis://127.0.0.1:1/0")
     assert isinstance(info.value, walq.WalqError)
 
 
 def test_cli_functions(url: str) -> None:
     """What `walq stats|dead|enqueue URL` call: read-only stats, dead jobs, enqueue."""
-    from walq.redisq.queue import queue as redisq
+    from walq.redisq import admin as redisq
 
     with pytest.raises(walq.NotAQueueError):
         redisq.inspect_stats(url)  # nothing there yet, and nothing created
@@ -748,8 +750,7 @@ def test_cli_functions(url: str) -> None:
     st = redisq.inspect_stats(url)
     assert (st["running"], st["dead"], st["expired_leases"]) == (1, 1, 1)  # not moved
     assert st["durable"] is True and st["workers"][0]["pid"] == 1234
-    text = "\n".join(redisq.stats_lines(st))
-    assert "1 running" in text and "leases have expired" in text and "pid 1234" in text
+    assert st["workers"][0]["counters"] == {"ok": 5} and st["due_now"] == 0
     (dead,) = redisq.dead_jobs(url)
     assert (dead.id, dead.payload_kind, dead.payload) == (blob, "bytes", b"\x01\x02")
     assert dead.summary()["error"] == "Traceback ..."
