@@ -5,12 +5,12 @@ local seq = tonumber(redis.call('GET', P .. ':seq') or '0')
 local ids, fresh, batch = {}, {}, {}
 for i = 0, m - 1 do
   local b = 5 + i * 8
-  local holder = false
+  local owner = false
   if ARGV[b + 3] == '1' then
-    holder = batch[ARGV[b + 4]] or redis.call('HGET', P .. ':keys', ARGV[b + 4])
+    owner = batch[ARGV[b + 4]] or redis.call('HGET', P .. ':keys', ARGV[b + 4])
   end
-  if holder then
-    ids[i + 1] = tonumber(holder)
+  if owner then
+    ids[i + 1] = tonumber(owner)
   else
     seq = seq + 1
     ids[i + 1] = seq
