@@ -21,14 +21,7 @@ for _, d in ipairs(cjson.decode(ARGV[7])) do
   if task then
     redis.call('HSET', jk(id), 'e',
       'deferred, not charged: the retry budget could not pay for this retry yet')
-    if ms > 0 then
-      move(id, task, 'reserved', 'scheduled')
-      redis.call('HSET', jk(id), 'due', NOW + ms)
-      redis.call('ZADD', P .. ':sch', NOW + ms, id)
-    else
-      move(id, task, 'reserved', 'pending')
-      push_ready(id, task, redis.call('HGET', jk(id), 'rs'))
-    end
+    schedule(id, task, 'reserved', ms)
   end
 end
 for _, id in ipairs(cjson.decode(ARGV[8])) do

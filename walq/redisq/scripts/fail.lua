@@ -23,14 +23,6 @@ else
   delay = math.floor(tonumber(ARGV[8]) * ceiling * 1000)
 end
 redis.call('HSET', jk(id), 'e', ARGV[5])
-if delay > 0 then
-  move(id, task, 'running', 'scheduled')
-  redis.call('HSET', jk(id), 'due', NOW + delay)
-  redis.call('ZADD', P .. ':sch', NOW + delay, id)
-else
-  move(id, task, 'running', 'pending')
-  push_ready(id, task, redis.call('HGET', jk(id), 'rs'))
-  redis.call('PUBLISH', P .. ':events', 'r')
-end
+if schedule(id, task, 'running', delay) then redis.call('PUBLISH', P .. ':events', 'r') end
 bump('retried')
 return {'ok', 'scheduled'}

@@ -129,41 +129,43 @@ local function holder(id, attempt, gen)
   end
   return nil, j
 end
+-- Jobs in index K (P:sch, P:run or P:res) whose time has come, and that are
+-- still in STATE by their hash (not only by the index they came from), back
+-- to pending, their FIELD (due, dl or rv) dropped. How many.
+local function back_to_pending(k, state, field, limit)
+  local n = 0
+  k = P .. k
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k, '-inf', NOW, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', k, id)
+    local j = redis.call('HMGET', jk(id), 's', 't', 'rs')
+    if j[1] == state then
+      move(id, j[2], state, 'pending')
+      redis.call('HDEL', jk(id), field)
+      push_ready(id, j[2], j[3])
+      n = n + 1
+    end
+  end
+  return n
+end
 -- Due scheduled jobs to pending; expired leases and reservations back to pending
--- (an expired lease keeps its attempt counted). Each checks the job's state in
--- its hash, not only the index it came from.
+-- (an expired lease keeps its attempt counted).
 local function tick(limit)
-  local k = P .. ':sch'
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k, '-inf', NOW, 'LIMIT', 0, limit)) do
-    redis.call('ZREM', k, id)
-    local j = redis.call('HMGET', jk(id), 's', 't', 'rs')
-    if j[1] == 'scheduled' then
-      move(id, j[2], 'scheduled', 'pending')
-      redis.call('HDEL', jk(id), 'due')
-      push_ready(id, j[2], j[3])
-    end
+  back_to_pending(':sch', 'scheduled', 'due', limit)
+  bump('expired', back_to_pending(':run', 'running', 'dl', limit))
+  back_to_pending(':res', 'reserved', 'rv', limit)
+end
+-- Job ID of TASK, in state FROM, is scheduled MS milliseconds from now, or pending
+-- now if MS is 0. True if it is pending.
+local function schedule(id, task, from, ms)
+  if ms > 0 then
+    move(id, task, from, 'scheduled')
+    redis.call('HSET', jk(id), 'due', NOW + ms)
+    redis.call('ZADD', P .. ':sch', NOW + ms, id)
+    return false
   end
-  k = P .. ':run'
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k, '-inf', NOW, 'LIMIT', 0, limit)) do
-    redis.call('ZREM', k, id)
-    local j = redis.call('HMGET', jk(id), 's', 't', 'rs')
-    if j[1] == 'running' then
-      move(id, j[2], 'running', 'pending')
-      redis.call('HDEL', jk(id), 'dl')
-      push_ready(id, j[2], j[3])
-      bump('expired')
-    end
-  end
-  k = P .. ':res'
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k, '-inf', NOW, 'LIMIT', 0, limit)) do
-    redis.call('ZREM', k, id)
-    local j = redis.call('HMGET', jk(id), 's', 't', 'rs')
-    if j[1] == 'reserved' then
-      move(id, j[2], 'reserved', 'pending')
-      redis.call('HDEL', jk(id), 'rv')
-      push_ready(id, j[2], j[3])
-    end
-  end
+  move(id, task, from, 'pending')
+  push_ready(id, task, redis.call('HGET', jk(id), 'rs'))
+  return true
 end
 local function bury(id, task, from, err, attempts)
   redis.call('HSET', jk(id), 'e', err, 'a', attempts)
