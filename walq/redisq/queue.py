@@ -54,7 +54,8 @@ from walq.redisq import connection, lua
 from walq.redisq.claims import RESERVATION, Held, claim_accepted
 from walq.redisq.connection import text as _text
 from walq.redisq.events import Events
-from walq.redisq.lua import check_job_id, ms
+from walq.redisq.lua import check_job_id
+from walq.redisq.lua import ms as _ms
 from walq.redisq.records import dead_rows, decode_or_raw, pairs, shape_stats
 from walq.redisq.server import check_server
 from walq.redisq.url import parse_url
@@ -295,7 +296,7 @@ class RedisQueue:
         if type(maxa) is not int or not 0 <= maxa <= MAX_ATTEMPTS:
             raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
         kind, data = encode_payload(payload, self.max_payload)
-        return _Item(task, kind, data, key, ms(delay), priority, maxa)
+        return _Item(task, kind, data, key, _ms(delay), priority, maxa)
 
     def _add(self, items: list[_Item], timeout: float) -> list[int]:
         timeout = check_seconds("timeout", timeout)
@@ -342,7 +343,7 @@ class RedisQueue:
         """With `accept`, candidates are reserved on the server while it is asked about them."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ArgumentError(f"n must be a positive integer, not {excerpt(n)}")
-        lease_ms = max(1, ms(check_seconds("lease", lease, positive=True)))
+        lease_ms = max(1, _ms(check_seconds("lease", lease, positive=True)))
         timeout = check_seconds("timeout", timeout)
         only = None if tasks is None else json.dumps(sorted({check_task(t) for t in tasks}))
         self._check_open()
@@ -448,7 +449,7 @@ class RedisQueue:
             *self._held.token(jid, attempt),
             str(error),
             "1" if permanent else "0",
-            "" if delay is None else ms(delay),
+            "" if delay is None else _ms(delay),
             repr(self._rng.random()),
             self._defaults_json,
             self.default_max_attempts,
@@ -468,7 +469,7 @@ class RedisQueue:
         self._forget([jid])
 
     def extend(self, job_id: int, lease: float, *, attempt: int | None = None) -> None:
-        lease_ms = max(1, ms(check_seconds("lease", lease, positive=True)))
+        lease_ms = max(1, _ms(check_seconds("lease", lease, positive=True)))
         jid = check_job_id(job_id)
         reply = self._run("extend", jid, *self._held.token(jid, attempt), lease_ms)
         if reply[0] != b"ok":
@@ -477,7 +478,7 @@ class RedisQueue:
     def extend_many(
         self, job_ids: Sequence[int], lease: float, *, attempts: Sequence[int] | None = None
     ) -> list[tuple[int, WalqError]]:
-        lease_ms = max(1, ms(check_seconds("lease", lease, positive=True)))
+        lease_ms = max(1, _ms(check_seconds("lease", lease, positive=True)))
         args = self._claims_args([lease_ms], job_ids, attempts)
         if len(args) == 1:
             self._check_open()
@@ -583,7 +584,7 @@ class RedisQueue:
         """A key P:w:HOST:PID that expires after `ttl` seconds."""
         name = f"{self.prefix}:w:{socket.gethostname()}:{os.getpid()}"
         body = json.dumps({"host": socket.gethostname(), **status}, default=str)
-        self._write(lambda c: c.set(name, body, px=ms(ttl)))
+        self._write(lambda c: c.set(name, body, px=_ms(ttl)))
 
     def close(self) -> None:
         """In a fork() child, only forget: the connections are the parent's."""
