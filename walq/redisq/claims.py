@@ -37,15 +37,18 @@ class Held:
         self._lock = threading.Lock()
 
     def after_fork_in_child(self) -> None:
+        """A fresh lock: the parent's may have been held by its other threads."""
         self._lock = threading.Lock()
 
     def add(self, job_id: int, attempt: int, gen: int) -> None:
+        """This handle claimed `job_id` as `attempt`, with claim token `gen`."""
         with self._lock:
             self._held[job_id] = (attempt, gen)
             if len(self._held) > _HELD_CAP:
                 self._held.pop(next(iter(self._held)))
 
     def forget(self, job_ids: Iterable[int]) -> None:
+        """These jobs are finished, handed back or cancelled: no claim of ours is left."""
         with self._lock:
             for jid in job_ids:
                 self._held.pop(jid, None)
