@@ -23,7 +23,8 @@ import click
 import pytest
 
 import walq
-from walq.cli.app import main, usage_line
+from walq.cli import main
+from walq.cli.app import usage_line
 from walq.directory.lock import ProcessLock
 from walq.directory.queue import LOCK_FILE
 from walq.producers import wire

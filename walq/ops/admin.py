@@ -18,9 +18,21 @@ from walq import backends
 from walq.backend import QueueBackend
 from walq.core import format as fmt
 from walq.directory.fs import FileSystem, OsFileSystem
+from walq.directory.queue import RECOVERY_MODES
 from walq.errors import DurabilityWarning, LockedError, StateError
 from walq.ops.owner import owner_running
 from walq.ops.scan import Progress, check_queue_dir, segment_seqs
+
+__all__ = [  # RECOVERY_MODES: how a directory's owner may open past damage (`walq worker`)
+    "RECOVERY_MODES",
+    "Compacted",
+    "Enqueued",
+    "compact",
+    "enqueue",
+    "open_server",
+    "purge",
+    "requeue",
+]
 
 
 def _open_owned(path: str, fs: FileSystem | None) -> Any:

@@ -77,12 +77,8 @@ def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if isinstance(e, ev.Enqueue | ev.Job):
         out.update(job=e.id, task=e.task, key=e.key, priority=e.priority)
-        if e.max_attempts:
-            out["max_attempts"] = e.max_attempts
-        if e.due:
-            out["due"] = e.due
-        if e.created:
-            out["created"] = e.created
+        given = {"max_attempts": e.max_attempts, "due": e.due, "created": e.created}
+        out.update((name, value) for name, value in given.items() if value)
         if isinstance(e, ev.Job):
             out.update(state=ev_state_name(e.state), attempt=e.attempts)
             if e.error:

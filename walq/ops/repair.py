@@ -6,6 +6,7 @@ changes in cut/.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 
 import attrs
@@ -184,19 +185,18 @@ def _decodes(rec: framing.Record) -> bool:
 
 
 def _copy(fs: FileSystem, src: str, dst: str) -> None:
-    f = fs.open(src)
-    try:
+    with contextlib.closing(fs.open(src)) as f:
         data = f.pread(f.size(), 0)
-    finally:
-        f.close()
-    if fs.exists(dst):
-        fs.remove(dst)
-    out = fs.open(dst, create=True)
-    try:
+    _write_new(fs, dst, data)
+
+
+def _write_new(fs: FileSystem, path: str, data: bytes) -> None:
+    """Make `path` a new file holding `data`, fsynced (any file there before is replaced)."""
+    if fs.exists(path):
+        fs.remove(path)
+    with contextlib.closing(fs.open(path, create=True)) as out:
         out.pwrite(data, 0)
         out.sync()
-    finally:
-        out.close()
 
 
 def _rewrite(fs: FileSystem, directory: str, scan: SegmentScan, keep: list[framing.Record]) -> None:
@@ -211,13 +211,6 @@ def _rewrite(fs: FileSystem, directory: str, scan: SegmentScan, keep: list[frami
         parts.append(data)
         offset += len(data)
     tmp = scan.path + ".tmp"
-    if fs.exists(tmp):
-        fs.remove(tmp)
-    f = fs.open(tmp, create=True)
-    try:
-        f.pwrite(b"".join(parts), 0)
-        f.sync()
-    finally:
-        f.close()
+    _write_new(fs, tmp, b"".join(parts))
     fs.rename(tmp, scan.path)
     fs.sync_dir(directory)

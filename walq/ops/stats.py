@@ -46,6 +46,7 @@ class LogStats:
 class ServerStats:
     """A server's own facts: its version and durability, and work due that is not moved yet."""
 
+    name: str  # the server software, as people call it ("Redis")
     version: str
     durable: bool
     persistence: Mapping[str, Any]
@@ -138,6 +139,7 @@ def _server_stats(st: Mapping[str, Any]) -> ServerStats | None:
     if "server_version" not in st:
         return None
     return ServerStats(
+        name=str(st.get("backend", "server")).capitalize(),
         version=str(st["server_version"]),
         durable=bool(st.get("durable")),
         persistence=st.get("persistence") or {},
