@@ -17,6 +17,7 @@ import pytest
 import walq
 from walq.core import format as fmt
 from walq.directory.fs import File, OsFileSystem
+from walq.directory.queue import STATUS_FILE
 from walq.ops import admin as ops_admin
 from walq.ops import dead as ops_dead
 from walq.ops import dump as ops_dump
@@ -390,7 +391,7 @@ class TestWorkerStatus:
             "stopped": False,
         }
         status.update(fields)
-        Path(qdir, ops_owner.STATUS_FILE).write_text(json.dumps(status))
+        Path(qdir, STATUS_FILE).write_text(json.dumps(status))
 
     def test_recent_status_gives_breaker_states(self, qdir: str) -> None:
         """A fresh file: breaker states per task, and the worker's age."""
@@ -412,7 +413,7 @@ class TestWorkerStatus:
     def test_unreadable_status_is_unknown(self, qdir: str) -> None:
         """A status file that is not JSON is ignored."""
         varied(qdir)
-        Path(qdir, ops_owner.STATUS_FILE).write_text("{not json")
+        Path(qdir, STATUS_FILE).write_text("{not json")
         assert ops_owner.worker_status(qdir) is None
 
 

@@ -67,14 +67,16 @@ def worker(
         fail(f"--log-level: {exc}")
     sys.path.insert(0, ".")
     tasks = load_tasks(tasks_spec)
-    if not create and not backends.is_url(directory) and not os.path.isdir(directory):
-        fail(f"{directory}: no such queue directory (--create makes a new queue)")
+    # --sync, --recovery, --create and --trust-dir are about a directory; a server has its own.
+    options: dict[str, object] = {}
+    if not backends.is_url(directory):
+        if not create and not os.path.isdir(directory):
+            fail(f"{directory}: no such queue directory (--create makes a new queue)")
+        options = {"sync": sync, "recovery": recovery, "create": create, "trust_dir": trust_dir}
     if metrics_port is not None:
         # Bound before anything is opened or made: a busy port leaves no queue behind.
         serve_metrics(metrics_host, metrics_port)
-    with backends.open(
-        directory, sync=sync, recovery=recovery, create=create, trust_dir=trust_dir
-    ) as q:
+    with backends.open(directory, **options) as q:
         w = Worker(
             q,
             tasks,
