@@ -19,6 +19,7 @@ import click
 from walq.core.text import quoted, shown, shown_lines
 from walq.ops.admin import Compacted
 from walq.ops.dead import DeadInfo
+from walq.ops.owner import Owner
 from walq.ops.repair import FsckReport
 from walq.ops.scan import Progress
 from walq.ops.stats import QueueStats
@@ -157,7 +158,7 @@ def stats_lines(st: QueueStats) -> list[str]:
     server = st.server
     lines = [f"queue     {st.where}" + (f" ({server.name} {server.version})" if server else "")]
     if st.owner is not None:
-        lines.append(f"owner     {_owner(st)}")
+        lines.append(f"owner     {_owner(st.owner)}")
     if server is not None:
         lines.append(f"durable   {_durable(server.durable, server.persistence)}")
     jobs = st.jobs
@@ -207,12 +208,11 @@ def stats_lines(st: QueueStats) -> list[str]:
     return lines
 
 
-def _owner(st: QueueStats) -> str:
-    assert st.owner is not None
-    if st.owner.running is None:
+def _owner(own: Owner) -> str:
+    if own.running is None:
         return "unknown (cannot read /proc/locks)"
-    if st.owner.running:
-        pid = f" (pid {st.owner.pid})" if st.owner.pid else ""
+    if own.running:
+        pid = f" (pid {own.pid})" if own.pid else ""
         return click.style("running", fg="green") + pid
     return "none"
 
