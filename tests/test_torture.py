@@ -3,38 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from tests import procs
 from tools import torture
 from tools.torture import Options, audit_ledger
 
 
-def strays(marker: str) -> list[str]:
-    """Live processes whose command line names `marker` (a run's own directory)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker in cmd and state != "Z":
-            found.append(f"{entry}: {cmd}")
-    return found
-
-
 def assert_no_strays(marker: str) -> None:
     deadline = time.monotonic() + 5
-    while strays(marker) and time.monotonic() < deadline:
+    while procs.naming(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not strays(marker)
+    assert not procs.naming(marker)
 
 
 # -- the audit ------------------------------------------------------------------------------

@@ -14,45 +14,10 @@ from pathlib import Path
 import pytest
 
 import walq
-from tests import worker_tasks
+from tests import procs, worker_tasks
 from walq.worker.pool import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live (non-zombie) descendant of `pid`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def zombies_or_strays(marker: str) -> list[str]:
-    """Processes whose command line mentions `marker` (a test's own directory)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if marker in cmd:
-                out.append(f"{entry}: {cmd}")
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +26,8 @@ def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
     yield
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        left = [p for p in descendants(os.getpid()) if _alive(p)]
-        strays = zombies_or_strays(str(tmp_path))
+        left = [p for p in procs.descendants(os.getpid()) if _alive(p)]
+        strays = procs.naming(str(tmp_path), zombies=True)
         if not left and not strays:
             return
         time.sleep(0.1)
@@ -71,13 +36,10 @@ def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
 
 def _alive(pid: int) -> bool:
     """A live process other than multiprocessing's resource tracker (one per owner, by design)."""
-    try:
-        if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return False
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+    proc = procs.read(pid)
+    if proc is None or "resource_tracker" in proc.cmd:
         return False
-    if state == "Z":
+    if proc.state == "Z":
         # A zombie is a leak only if nobody reaps it; the test process reaps its own.
         os.waitpid(pid, os.WNOHANG)
         return Path(f"/proc/{pid}").exists()
