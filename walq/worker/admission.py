@@ -11,6 +11,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from walq.core.retry import RetryBudget
 from walq.core.state import JobInfo
 from walq.worker.outcomes import TaskRuntime
@@ -24,23 +26,16 @@ def gated(task: Task) -> bool:
     return task.policy.rate is not None or task.policy.concurrency is not None
 
 
+@attrs.define
 class Admission:
     """The tasks' policies as a claim's gate; `runtime` and `counters` are the Worker's."""
 
-    def __init__(
-        self,
-        tasks: Tasks,
-        runtime: dict[str, TaskRuntime],
-        counters: dict[str, int],
-        budget: RetryBudget,
-        rng: random.Random,
-    ) -> None:
-        self.tasks = tasks
-        self.runtime = runtime
-        self.counters = counters
-        self.budget = budget
-        self.rng = rng
-        self._unknown_warned: set[str] = set()
+    tasks: Tasks
+    runtime: dict[str, TaskRuntime]
+    counters: dict[str, int]
+    budget: RetryBudget
+    rng: random.Random
+    _unknown_warned: set[str] = attrs.field(factory=set, init=False)
 
     def accept(self, now: float, idle: int) -> Callable[[JobInfo], bool | float]:
         """The per-job gate of claim_many, for one claim with `idle` idle workers.

@@ -41,6 +41,7 @@ class TaskRuntime:
     running: int = 0
 
 
+@attrs.define
 class Recorder:
     """Writes outcomes to the queue through the link, and tells each task's policy.
 
@@ -49,25 +50,14 @@ class Recorder:
     is written (a breaker it opened pauses the task's queued jobs).
     """
 
-    def __init__(
-        self,
-        queue: QueueBackend,
-        link: Link,
-        heartbeat: Heartbeat,
-        runtime: dict[str, TaskRuntime],
-        counters: dict[str, int],
-        budget: RetryBudget,
-        rng: random.Random,
-        on_decided: Callable[[Task, float], None],
-    ) -> None:
-        self.queue = queue
-        self.link = link
-        self.heartbeat = heartbeat
-        self.runtime = runtime
-        self.counters = counters
-        self.budget = budget
-        self.rng = rng
-        self.on_decided = on_decided
+    queue: QueueBackend
+    link: Link
+    heartbeat: Heartbeat
+    runtime: dict[str, TaskRuntime]
+    counters: dict[str, int]
+    budget: RetryBudget
+    rng: random.Random
+    on_decided: Callable[[Task, float], None]
 
     def record(self, outcomes: list[Outcome]) -> None:
         """Ack and fail finished attempts; results for lost leases are dropped."""

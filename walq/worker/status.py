@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from walq.backend import QueueBackend
 from walq.errors import WalqError
 from walq.worker.heartbeat import Link
@@ -46,21 +48,15 @@ def worker_status(
     }
 
 
+@attrs.define
 class StatusWriter:
     """Records `status()` through the backend at most every `interval` seconds."""
 
-    def __init__(
-        self,
-        queue: QueueBackend,
-        link: Link,
-        status: Callable[[], dict[str, Any]],
-        interval: float,
-    ) -> None:
-        self.queue = queue
-        self.link = link
-        self.status = status
-        self.interval = interval
-        self._written = 0.0
+    queue: QueueBackend
+    link: Link
+    status: Callable[[], dict[str, Any]]
+    interval: float
+    _written: float = attrs.field(default=0.0, init=False)
 
     def maybe_write(self) -> None:
         if time.monotonic() - self._written >= self.interval:
