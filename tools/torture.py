@@ -316,9 +316,11 @@ def owner_main(argv: list[str]) -> int:
     class LedgerQueue(walq.Queue):
         """A Queue that writes `acked` lines once an ack is known to be durable."""
 
-        def setup(self) -> None:
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            # Set before Queue.open returns it: no call may find them missing.
             self._ack_mu = threading.Lock()
             self._unconfirmed: list[tuple[int, int]] = []
+            super().__init__(*args, **kw)
 
         def ack_many(self, job_ids: Sequence[int], **kw: Any) -> Any:
             refused = super().ack_many(job_ids, **kw)
@@ -367,7 +369,6 @@ def owner_main(argv: list[str]) -> int:
         max_pending=args.backlog,
         min_free_bytes=0,
     )
-    q.setup()
     stop = threading.Event()
     args.task = task_of(args.mode)
     worker = worker_class(planted)(
