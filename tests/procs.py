@@ -1,4 +1,5 @@
-"""Processes as /proc shows them, for tests that check a run leaves none behind.
+"""Processes as /proc shows them, for tests that check a run leaves none behind;
+and waiting, with a generous deadline, for what other processes do.
 
 /proc text is decoded with errors="replace": any process on the machine may
 have a command line that is not UTF-8, and it must not fail another's test.
@@ -7,6 +8,8 @@ have a command line that is not UTF-8, and it must not fail another's test.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -59,3 +62,12 @@ def naming(marker: str, *, zombies: bool = False) -> list[str]:
         for p in processes()
         if marker in p.cmd and p.pid != os.getpid() and (zombies or p.state != "Z")
     ]
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 60.0) -> None:
+    """Poll `cond` until it is true; fail after `timeout` seconds (generous: a loaded
+    2-core machine must not make a test flake)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s"
+        time.sleep(0.02)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import walq
+from tests.procs import wait_for
 from tests.test_producer import run_py as run_snippet
 from walq.ops import inspect
 from walq.producers import wire
@@ -31,14 +32,6 @@ def run_py(code: str, *args: str, timeout: float = 60.0) -> dict[str, object]:
     proc = run_snippet(code, *args, timeout=timeout)
     result: dict[str, object] = json.loads(proc.stdout.splitlines()[-1])
     return result
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll `cond` until true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # -- fork() ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import walq
+from tests.procs import wait_for
 from walq.cli.app import main
 from walq.producers import spool, wire
 from walq.producers.client import Producer, connect
@@ -92,14 +93,6 @@ def run_py(code: str, *args: str, timeout: float = 20.0) -> subprocess.Completed
     )
     assert proc.returncode == 0, proc.stderr
     return proc
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `cond` until true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def raw_request(address: str, data: bytes, *, close_write: bool = False) -> dict[str, Any] | None:

@@ -172,6 +172,20 @@ def mode_options(mode: str, **kw: object) -> Options:
     return Options(mode=mode, **{**torture.mode_defaults(mode), **kw})  # type: ignore[arg-type]
 
 
+def planted_run(
+    tmp_path: Path, mode: str, plant: str, *, duration: float, seed: int
+) -> torture.Audit:
+    """A run of `mode` with `plant`ed: it ends within its duration, give or take a
+    loaded machine (not a drain's grace period), and leaves no process behind."""
+    work = tmp_path / "torture"
+    started = time.monotonic()
+    options = mode_options(mode, duration=duration, seed=seed, plant=plant, directory=str(work))
+    audit = torture.torture(options)
+    assert time.monotonic() - started < duration + 15.0
+    assert_no_strays(str(work))
+    return audit
+
+
 def test_group_sigterm_mode_drains_every_cycle(tmp_path: Path) -> None:
     """Each cycle ends with SIGTERM to the owner's process group: every handler finishes,
     every owner exits 0, nothing is lost."""
@@ -185,20 +199,8 @@ def test_group_sigterm_mode_drains_every_cycle(tmp_path: Path) -> None:
 
 
 def test_group_sigterm_mode_reports_workers_that_die_of_it(tmp_path: Path) -> None:
-    work = tmp_path / "torture"
-    started = time.monotonic()
-    audit = torture.torture(
-        mode_options(
-            "group-sigterm",
-            duration=25.0,
-            seed=12,
-            plant="die-on-group-sigterm",
-            directory=str(work),
-        )
-    )
+    audit = planted_run(tmp_path, "group-sigterm", "die-on-group-sigterm", duration=25.0, seed=12)
     assert audit.killed_in_drain > 0, audit.examples
-    assert time.monotonic() - started < 25.0 + 15.0
-    assert_no_strays(str(work))
 
 
 def test_slow_import_mode_records_no_timeout(tmp_path: Path) -> None:
@@ -213,20 +215,8 @@ def test_slow_import_mode_records_no_timeout(tmp_path: Path) -> None:
 
 
 def test_slow_import_mode_reports_a_timeout_clock_started_at_dispatch(tmp_path: Path) -> None:
-    work = tmp_path / "torture"
-    started = time.monotonic()
-    audit = torture.torture(
-        mode_options(
-            "slow-import",
-            duration=30.0,
-            seed=14,
-            plant="timeout-from-dispatch",
-            directory=str(work),
-        )
-    )
+    audit = planted_run(tmp_path, "slow-import", "timeout-from-dispatch", duration=30.0, seed=14)
     assert audit.timeouts > 0, audit.examples
-    assert time.monotonic() - started < 30.0 + 15.0
-    assert_no_strays(str(work))
 
 
 @pytest.mark.slow

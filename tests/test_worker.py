@@ -15,6 +15,7 @@ import pytest
 
 import walq
 from tests import procs, worker_tasks
+from tests.procs import wait_for
 from walq.worker.pool import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,13 +216,15 @@ def owner(qdir: str, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(predicate: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
+def owner_running_a_job(
+    qdir: str, ledger: Path, *, seconds: float
+) -> tuple[int, subprocess.Popen[str]]:
+    """A job sleeping `seconds`, and an owner (`walq worker`) that has started it."""
+    with walq.Queue.open(qdir) as q:
+        jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": seconds})
+    proc = owner(qdir)
+    wait_for(lambda: ledger_lines(ledger))
+    return jid, proc
 
 
 def test_sigterm_drains_the_job_in_flight_then_exits_zero(qdir: str, tmp_path: Path) -> None:
@@ -267,11 +270,7 @@ def test_sigterm_gives_back_prefetched_jobs_unstarted(qdir: str, tmp_path: Path)
 
 def test_second_signal_skips_the_wait_and_releases_the_job(qdir: str, tmp_path: Path) -> None:
     """A second SIGTERM stops at once; the unfinished job is released uncharged, not lost."""
-    ledger = tmp_path / "ledger"
-    with walq.Queue.open(qdir) as q:
-        jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 20})
-    proc = owner(qdir)
-    wait_for(lambda: ledger_lines(ledger))
+    jid, proc = owner_running_a_job(qdir, tmp_path / "ledger", seconds=20)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
@@ -286,10 +285,7 @@ def test_second_signal_skips_the_wait_and_releases_the_job(qdir: str, tmp_path: 
 def test_kill_9_of_the_owner_mid_job_then_restart_completes_it(qdir: str, tmp_path: Path) -> None:
     """The owner dies with kill -9 mid-job; its workers die too; a restart finishes the job."""
     ledger = tmp_path / "ledger"
-    with walq.Queue.open(qdir) as q:
-        jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 0.8})
-    proc = owner(qdir)
-    wait_for(lambda: ledger_lines(ledger))
+    jid, proc = owner_running_a_job(qdir, ledger, seconds=0.8)
     proc.kill()
     proc.communicate(timeout=10)
     proc = owner(qdir)
