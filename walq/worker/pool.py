@@ -38,13 +38,12 @@ from walq.worker.admission import Admission, gated
 from walq.worker.child import GROUP_SIGNALS, lost_report
 from walq.worker.heartbeat import DEFAULT_LEASE, Heartbeat, Link
 from walq.worker.outcomes import Outcome, Recorder, TaskRuntime
-from walq.worker.slots import DEATH_COUNTERS, Slot, death_cause
+from walq.worker.slots import DEATH_COUNTERS, Depth, Slot, death_cause
 from walq.worker.status import StatusWriter, worker_status
 from walq.worker.tasks import Task, Tasks
 
 log = logging.getLogger("walq.worker")
 
-SHORT_JOB = 0.01  # seconds: jobs that typically run shorter than this are prefetched
 DEFAULT_PREFETCH = 8  # jobs a worker process may hold (Worker, `walq worker --prefetch`)
 
 
@@ -84,8 +83,6 @@ class Worker:
         self.tasks = tasks
         self.processes = processes
         self.prefetch = prefetch
-        self._typical_run = 0.0  # a moving average of how long attempts run (seconds)
-        self._finished = 0  # attempts whose outcome came back
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory = max_memory
         self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
@@ -116,6 +113,7 @@ class Worker:
             self._lease = check_seconds("lease", lease, positive=True)
         self._link = Link(str(getattr(queue, "path", queue)), self._rng)
         self._heartbeat = Heartbeat(queue, self._lease, self._link, self._on_lease_lost)
+        self._depth = Depth(prefetch, self._lease, max_tasks_per_child)
         self._unsynced = False
         # Called per finished attempt with (task, seconds it ran, ok): metrics.
         self.on_job_done: Callable[[str, float, bool], None] | None = None
@@ -299,7 +297,7 @@ class Worker:
         durable: one fsync per round, however many jobs finished and started.
         """
         free = [s for s in self._slots if self._takes_jobs(s)]
-        space = {id(s): self._space(s) for s in free}
+        space = {id(s): self._depth.space(s) for s in free}
         free = [s for s in free if space[id(s)] > 0]
         room = sum(space.values())
         if room <= 0:
@@ -335,27 +333,6 @@ class Worker:
         imports are done: a job's timeout starts when it is handed over), and
         neither retiring nor being killed."""
         return slot.ready and not slot.retiring and slot.kill_reason is None
-
-    def _space(self, slot: Slot) -> int:
-        """How many more jobs a worker may be handed: its prefetch, and what its
-        max_tasks_per_child leaves (so it is recycled after exactly that many)."""
-        # Prefetch pays for short jobs (it hides the round trip to the owner);
-        # for jobs that take a while it only delays others behind a busy worker.
-        depth = self.prefetch if self._typical_run < SHORT_JOB else 1
-        space = min(depth, self._lease_depth()) - len(slot.jobs)
-        if self.max_tasks_per_child is not None:
-            space = min(space, self.max_tasks_per_child - slot.completed - len(slot.jobs))
-        return max(0, space)
-
-    def _lease_depth(self) -> int:
-        """How many jobs one worker may hold: what it will start within half a lease.
-
-        Until an attempt has finished, how long jobs run is unknown: one each
-        (a rescued job would otherwise wait behind long ones, held from others).
-        """
-        if not self._finished:
-            return 1
-        return max(1, int(self._lease / 2 / max(self._typical_run, 1e-3)))
 
     def _claim_round(self) -> int:
         """_dispatch, unless the server is unreachable: then nothing is claimed, and
@@ -585,8 +562,7 @@ class Worker:
         for out in outcomes:
             if self.on_job_done is not None:
                 self.on_job_done(out.task.name, out.seconds, out.ok)
-            self._finished += 1
-            self._typical_run += (out.seconds - self._typical_run) * 0.05
+            self._depth.learn(out.seconds)
         self._recorder.record(outcomes)
         self._unsynced = True
 

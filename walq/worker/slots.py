@@ -1,4 +1,5 @@
-"""The worker processes as the owner sees them: starting one, killing one, why one died."""
+"""The worker processes as the owner sees them: starting one, how many jobs it may
+hold, killing one, why one died."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import attrs
 from walq.core.job import Job
 from walq.worker.child import GROUP_SIGNALS, child_main
 from walq.worker.tasks import Task, Tasks
+
+SHORT_JOB = 0.01  # seconds: jobs that typically run shorter than this are prefetched
 
 # The Worker counter each cause of a lost attempt counts in (a cancellation: none).
 DEATH_COUNTERS = {"timeout": "timeouts", "memory": "memory", "signal": "crashes", "exit": "crashes"}
@@ -78,6 +81,43 @@ class Slot:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
             return None
+
+
+@attrs.define
+class Depth:
+    """How many jobs to hand each worker process, learnt from how long attempts run."""
+
+    prefetch: int
+    lease: float
+    max_tasks_per_child: int | None
+    typical_run: float = 0.0  # a moving average of how long attempts run (seconds)
+    finished: int = 0  # attempts whose outcome came back
+
+    def learn(self, seconds: float) -> None:
+        """An attempt finished after running `seconds`."""
+        self.finished += 1
+        self.typical_run += (seconds - self.typical_run) * 0.05
+
+    def space(self, slot: Slot) -> int:
+        """How many more jobs a worker may be handed: its prefetch, and what its
+        max_tasks_per_child leaves (so it is recycled after exactly that many)."""
+        # Prefetch pays for short jobs (it hides the round trip to the owner);
+        # for jobs that take a while it only delays others behind a busy worker.
+        depth = self.prefetch if self.typical_run < SHORT_JOB else 1
+        space = min(depth, self._lease_depth()) - len(slot.jobs)
+        if self.max_tasks_per_child is not None:
+            space = min(space, self.max_tasks_per_child - slot.completed - len(slot.jobs))
+        return max(0, space)
+
+    def _lease_depth(self) -> int:
+        """How many jobs one worker may hold: what it will start within half a lease.
+
+        Until an attempt has finished, how long jobs run is unknown: one each
+        (a rescued job would otherwise wait behind long ones, held from others).
+        """
+        if not self.finished:
+            return 1
+        return max(1, int(self.lease / 2 / max(self.typical_run, 1e-3)))
 
 
 def death_cause(
