@@ -337,3 +337,22 @@ def test_file_queue_leases_are_renewed_while_a_long_job_runs(q: walq.Queue, tmp_
     assert [(int(x[0]), int(x[1])) for x in starts] == [(jid, 1)]
     assert q.status(jid) == "done" and q.stats()["expired"] == 0
     assert w.counters["ok"] == 1 and w.counters["lease_lost"] == 0 and w.counters["stale"] == 0
+
+
+def test_the_leftover_check_reads_command_lines_that_are_not_utf8(tmp_path: Path) -> None:
+    """Any process on the host may have a non-UTF-8 command line: it is read, not fatal."""
+    marker = str(tmp_path)
+    cmd = [
+        sys.executable.encode(),
+        b"-c",
+        b"import time; time.sleep(60)",
+        os.fsencode(marker) + b"\xff",
+    ]
+    proc = subprocess.Popen(cmd)
+    try:
+        wait_for(lambda: procs.naming(marker))
+        assert all("\ufffd" in line for line in procs.naming(marker))
+        assert proc.pid in procs.descendants(os.getpid())
+    finally:
+        proc.kill()
+        proc.wait()
