@@ -216,7 +216,7 @@ class Worker:
                 signal.signal(signum, old)
             with contextlib.suppress(WalqError):
                 self.queue.sync()
-            self._status.write(final=True)
+            self._write_status(final=True)
         if self._start_error is not None:
             raise self._start_error
         return 0 if clean else 1
@@ -599,3 +599,7 @@ class Worker:
     def status(self) -> dict[str, Any]:
         """Breaker states, running counts and counters: what `walq stats` shows."""
         return worker_status(self.queue, self.tasks, self._runtime, len(self._slots), self.counters)
+
+    def _write_status(self, final: bool = False) -> None:
+        """Record the status now (the StatusWriter), not waiting for its interval."""
+        self._status.write(final)
