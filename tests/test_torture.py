@@ -161,8 +161,8 @@ def test_a_handler_that_began_and_never_ended_is_killed_in_a_drain() -> None:
 def test_recorded_timeouts_are_counted_from_the_owner_log() -> None:
     audit = torture.Audit()
     torture.count_timeouts(
-        "x walq.worker.pool WARNING job 9 (work_timed) attempt 2 failed (timeout): handler exceeded"
-        "\nx walq.worker.pool WARNING job 8 (work) attempt 1 failed (exception): boom\n",
+        "x walq.worker WARNING job 9 (work_timed) attempt 2 failed (timeout): handler exceeded"
+        "\nx walq.worker WARNING job 8 (work) attempt 1 failed (exception): boom\n",
         audit,
     )
     assert audit.timeouts == 1 and audit.violations == 1 and "job 9" in audit.examples[0]

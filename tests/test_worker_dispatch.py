@@ -182,7 +182,7 @@ def test_a_task_module_failing_at_import_stops_with_one_clear_error(
     jid = q.enqueue("noop", {})
     w = Worker(q, slow_tasks.tasks, processes=3)
     with (
-        caplog.at_level(logging.ERROR, logger="walq.worker.pool"),
+        caplog.at_level(logging.ERROR, logger="walq.worker"),
         pytest.raises(walq.WorkerStartError, match="RuntimeError: boom at import"),
     ):
         w.run()
