@@ -852,17 +852,23 @@ def test_cli_enqueue_in_a_real_process(qdir: str) -> None:
 # -- the producer object --------------------------------------------------------------------------
 
 
+def fork_enqueuing(prod: Producer) -> int:
+    """fork(); the child enqueues ("t", "child") through `prod` and exits 0 if its id is 2."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            code = 0 if prod.enqueue("t", "child") == 2 else 3
+        finally:
+            os._exit(code)
+    return pid
+
+
 def test_a_forked_child_opens_its_own_connection(qdir: str) -> None:
     """A producer inherited through fork() never shares its parent's socket."""
     with owner(qdir) as q, connect(qdir) as prod:
         assert prod.enqueue("t", "parent") == 1
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                code = 0 if prod.enqueue("t", "child") == 2 else 3
-            finally:
-                os._exit(code)
+        pid = fork_enqueuing(prod)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert prod.enqueue("t", "parent again") == 3
