@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from walq import forks
+from walq.backend import QueueBackend
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
@@ -41,7 +42,7 @@ log = logging.getLogger("walq.queue")
 IDS_PER_RECORD = 1 << 20
 
 
-class QueueBase:
+class QueueBase(QueueBackend):
     """The in-memory side of one owner of a queue directory (see walq.directory.queue.Queue)."""
 
     def __init__(self, path: str, fs: FileSystem, lock: Lock, wal: Log, **opts: Any) -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from walq.backends import backend_class, scheme_of
 from walq.core import events as ev
@@ -20,16 +19,11 @@ from walq.core import format as fmt
 from walq.core.job import Job, build_job
 from walq.core.jobspec import (
     DEFAULT_MAX_PAYLOAD,
-    JobSpec,
-    check_delay,
     check_seconds,
     clip_error,
-    make_spec,
-    spec_from,
 )
 from walq.core.retry import Backoff
 from walq.core.state import JobInfo, Now
-from walq.core.text import excerpt
 from walq.directory.admin import Administration
 from walq.directory.base import IDS_PER_RECORD, chunks, log
 from walq.directory.compactor import Policy
@@ -44,7 +38,6 @@ from walq.directory.opening import (
 )
 from walq.directory.replay import replay
 from walq.errors import (
-    ArgumentError,
     CorruptionError,
     StateError,
     UnknownJobError,
@@ -192,87 +185,17 @@ class Queue(Administration):
             self._readers.close()
             self._lock_handle.release()
 
-    def __enter__(self) -> Queue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- producing -----------------------------------------------------------------
-
-    def enqueue(
-        self,
-        task: str,
-        payload: Any = None,
-        *,
-        key: str | None = None,
-        delay: float = 0.0,
-        priority: int = 0,
-        max_attempts: int | None = None,
-        sync: bool | None = None,
-        timeout: float = 0.0,
-    ) -> int:
-        item = self._item(task, payload, key, delay, priority, max_attempts, "")
-        return self._add((item,), sync, timeout)[0]
-
-    def enqueue_many(
-        self,
-        items: Iterable[tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]],
-        *,
-        sync: bool | None = None,
-        timeout: float = 0.0,
-    ) -> list[int]:
-        return self._add([self._item_from(raw) for raw in items], sync, timeout)
-
-    def _item_from(self, raw: Any) -> JobSpec:
-        return spec_from(raw, self.max_payload)
-
-    def _item(
-        self,
-        task: Any,
-        payload: Any,
-        key: Any,
-        delay: Any,
-        priority: Any,
-        max_attempts: Any,
-        origin: str,
-    ) -> JobSpec:
-        """Validate one job's arguments (ArgumentError/PayloadError) and encode its payload."""
-        return make_spec(
-            task,
-            payload,
-            key=key,
-            delay=delay,
-            priority=priority,
-            max_attempts=max_attempts,
-            origin=origin,
-            max_payload=self.max_payload,
-        )
 
     # -- consuming ---------------------------------------------------------------------
 
-    def claim(
-        self, lease: float = 60.0, timeout: float = 0.0, *, tasks: Iterable[str] | None = None
-    ) -> Job | None:
-        jobs = self.claim_many(1, lease=lease, timeout=timeout, tasks=tasks)
-        return jobs[0] if jobs else None
-
-    def claim_many(
-        self,
-        n: int,
-        *,
-        lease: float = 60.0,
-        timeout: float = 0.0,
-        accept: Callable[[JobInfo], bool | float] | None = None,
-        tasks: Iterable[str] | None = None,
-    ) -> list[Job]:
-        if not isinstance(n, int) or n < 1:
-            raise ArgumentError(f"n must be a positive integer, not {excerpt(n)}")
+    def _claim_many(
+        self, n: int, lease: float, timeout: float,
+        accept: Callable[[JobInfo], bool | float] | None, tasks: frozenset[str] | None,
+    ) -> list[Job]:  # fmt: skip
         n = min(n, IDS_PER_RECORD)  # "up to n": one claim record holds this many
         if tasks is not None:
-            accept = _only_tasks(set(tasks), accept)
-        lease = check_seconds("lease", lease, positive=True)
-        timeout = check_seconds("timeout", timeout)
+            accept = _only_tasks(tasks, accept)
         with self._mu:
             now = self._open_now()
             deadline = now.mono + timeout
@@ -403,16 +326,12 @@ class Queue(Administration):
             path = self._segment_path(info.loc.seg)
             raise CorruptionError(path, info.loc.offset, f"job {jid}: {exc}") from None
 
-    def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
-        self.ack_many([job_id], attempts=None if attempt is None else [attempt], sync=sync)
-
-    def ack_many(
+    def _ack_many(
         self,
         job_ids: Sequence[int],
-        *,
-        attempts: Sequence[int] | None = None,
-        sync: bool | None = None,
-        strict: bool = True,
+        attempts: Sequence[int] | None,
+        sync: bool | None,
+        strict: bool,
     ) -> list[tuple[int, StateError]]:
         refused: list[tuple[int, StateError]] = []
         with self._mu:
@@ -444,18 +363,10 @@ class Queue(Administration):
         self._changed.notify_all()
         return lsn
 
-    def fail(
-        self,
-        job_id: int,
-        error: str = "",
-        permanent: bool = False,
-        *,
-        attempt: int | None = None,
-        delay: float | None = None,
-        sync: bool | None = None,
-    ) -> str:
-        if delay is not None:
-            delay = check_delay(delay)
+    def _fail(
+        self, job_id: int, error: str, permanent: bool,
+        attempt: int | None, delay: float | None, sync: bool | None,
+    ) -> str:  # fmt: skip
         with self._mu:
             self._check_open()
             info = self._state.check_holder(job_id, self._own(job_id, attempt))
@@ -497,10 +408,9 @@ class Queue(Administration):
             self._check_open()
             self._state.extend(job_id, self._own(job_id, attempt), self._clock().mono + lease)
 
-    def extend_many(
-        self, job_ids: Sequence[int], lease: float, *, attempts: Sequence[int] | None = None
+    def _extend_many(
+        self, job_ids: Sequence[int], lease: float, attempts: Sequence[int] | None
     ) -> list[tuple[int, WalqError]]:
-        lease = check_seconds("lease", lease, positive=True)
         held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
         refused: list[tuple[int, WalqError]] = []
         with self._mu:
@@ -515,7 +425,7 @@ class Queue(Administration):
 
 
 def _only_tasks(
-    allowed: set[str], accept: Callable[[JobInfo], bool | float] | None
+    allowed: frozenset[str], accept: Callable[[JobInfo], bool | float] | None
 ) -> Callable[[JobInfo], bool | float]:
     """An accept filter that refuses jobs of other tasks, then asks `accept`."""
 

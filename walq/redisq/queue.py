@@ -25,21 +25,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from walq import forks
+from walq.backend import QueueBackend
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
 from walq.core.job import DeadJob, Job, build_job
 from walq.core.jobspec import (
     DEFAULT_MAX_PAYLOAD,
     MAX_ATTEMPTS,
     JobSpec,
-    check_delay,
     check_seconds,
     check_task,
-    make_spec,
-    spec_from,
 )
 from walq.core.retry import Backoff
 from walq.core.state import JobInfo
-from walq.core.text import excerpt
 from walq.errors import (
     ArgumentError,
     ClosedError,
@@ -82,7 +79,7 @@ _STATE_ERRORS: dict[bytes, type[StateError]] = {b"state": StateError, b"lease": 
 _ERRORS: dict[bytes, type[WalqError]] = {b"unknown": UnknownJobError, **_STATE_ERRORS}
 
 
-class RedisQueue:
+class RedisQueue(QueueBackend):
     """The queue API on a Redis server: many processes on many hosts share one queue."""
 
     def __init__(
@@ -234,42 +231,8 @@ class RedisQueue:
 
     # -- producing ---------------------------------------------------------------------------
 
-    def enqueue(
-        self,
-        task: str,
-        payload: Any = None,
-        *,
-        key: str | None = None,
-        delay: float = 0.0,
-        priority: int = 0,
-        max_attempts: int | None = None,
-        sync: bool | None = None,
-        timeout: float = 0.0,
-    ) -> int:
+    def _add(self, items: Sequence[JobSpec], sync: bool | None, timeout: float) -> list[int]:
         """`sync` means nothing here: the server's appendfsync decides; a full queue is polled."""
-        item = self._item(task, payload, key, delay, priority, max_attempts)
-        return self._add([item], timeout)[0]
-
-    def enqueue_many(
-        self,
-        items: Iterable[tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]],
-        *,
-        sync: bool | None = None,
-        timeout: float = 0.0,
-    ) -> list[int]:
-        return self._add([self._item_from(raw) for raw in items], timeout)
-
-    def _item_from(self, raw: Any) -> JobSpec:
-        return spec_from(raw, self.max_payload)
-
-    def _item(
-        self, task: Any, payload: Any, key: Any, delay: Any, priority: Any, max_attempts: Any
-    ) -> JobSpec:
-        """Validate one job's arguments (as the file queue does) and encode its payload."""
-        return make_spec(task, payload, key=key, delay=delay, priority=priority,
-                         max_attempts=max_attempts, max_payload=self.max_payload)  # fmt: skip
-
-    def _add(self, items: list[JobSpec], timeout: float) -> list[int]:
         timeout = check_seconds("timeout", timeout)
         if not items:
             self._check_open()
@@ -296,27 +259,13 @@ class RedisQueue:
 
     # -- consuming -------------------------------------------------------------------------------
 
-    def claim(
-        self, lease: float = 60.0, timeout: float = 0.0, *, tasks: Iterable[str] | None = None
-    ) -> Job | None:
-        jobs = self.claim_many(1, lease=lease, timeout=timeout, tasks=tasks)
-        return jobs[0] if jobs else None
-
-    def claim_many(
-        self,
-        n: int,
-        *,
-        lease: float = 60.0,
-        timeout: float = 0.0,
-        accept: Callable[[JobInfo], bool | float] | None = None,
-        tasks: Iterable[str] | None = None,
-    ) -> list[Job]:
+    def _claim_many(
+        self, n: int, lease: float, timeout: float,
+        accept: Callable[[JobInfo], bool | float] | None, tasks: frozenset[str] | None,
+    ) -> list[Job]:  # fmt: skip
         """With `accept`, candidates are reserved on the server while it is asked about them."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ArgumentError(f"n must be a positive integer, not {excerpt(n)}")
-        lease_ms = max(1, _ms(check_seconds("lease", lease, positive=True)))
-        timeout = check_seconds("timeout", timeout)
-        only = None if tasks is None else json.dumps(sorted({check_task(t) for t in tasks}))
+        lease_ms = max(1, _ms(lease))
+        only = None if tasks is None else json.dumps(sorted(tasks))
         self._check_open()
         deadline = time.monotonic() + timeout
         while True:
@@ -379,16 +328,12 @@ class RedisQueue:
     def _forget(self, job_ids: Iterable[int]) -> None:
         self._held.forget(job_ids)
 
-    def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
-        self.ack_many([job_id], attempts=None if attempt is None else [attempt], sync=sync)
-
-    def ack_many(
+    def _ack_many(
         self,
         job_ids: Sequence[int],
-        *,
-        attempts: Sequence[int] | None = None,
-        sync: bool | None = None,
-        strict: bool = True,
+        attempts: Sequence[int] | None,
+        sync: bool | None,
+        strict: bool,
     ) -> list[tuple[int, StateError]]:
         args = self._claims_args(["1" if strict else "0"], job_ids, attempts)
         if len(args) == 1:
@@ -400,19 +345,11 @@ class RedisQueue:
         self._forget(job_ids)
         return [(int(jid), _STATE_ERRORS[kind](_text(msg))) for jid, kind, msg in reply[1]]
 
-    def fail(
-        self,
-        job_id: int,
-        error: str = "",
-        permanent: bool = False,
-        *,
-        attempt: int | None = None,
-        delay: float | None = None,
-        sync: bool | None = None,
-    ) -> str:
+    def _fail(
+        self, job_id: int, error: str, permanent: bool,
+        attempt: int | None, delay: float | None, sync: bool | None,
+    ) -> str:  # fmt: skip
         """The default delay is `Backoff`'s, drawn here and applied by fail.lua."""
-        if delay is not None:
-            delay = check_delay(delay)
         jid = check_job_id(job_id)
         reply = self._run(
             "fail",
@@ -446,10 +383,10 @@ class RedisQueue:
         if reply[0] != b"ok":
             self._raise(reply)
 
-    def extend_many(
-        self, job_ids: Sequence[int], lease: float, *, attempts: Sequence[int] | None = None
+    def _extend_many(
+        self, job_ids: Sequence[int], lease: float, attempts: Sequence[int] | None
     ) -> list[tuple[int, WalqError]]:
-        lease_ms = max(1, _ms(check_seconds("lease", lease, positive=True)))
+        lease_ms = max(1, _ms(lease))
         args = self._claims_args([lease_ms], job_ids, attempts)
         if len(args) == 1:
             self._check_open()
@@ -568,12 +505,6 @@ class RedisQueue:
         self._events.close()
         with contextlib.suppress(Exception):
             self._client.close()
-
-    def __enter__(self) -> RedisQueue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<RedisQueue {self.path}>"
