@@ -24,9 +24,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 import walq
-from walq.cli.app import main
+from walq.cli import main
 from walq.core import format as fmt
-from walq.ops import inspect as insp
+from walq.ops import dead as ops_dead
+from walq.ops import dump as ops_dump
+from walq.ops import stats as ops_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = 4096
@@ -118,7 +120,7 @@ class TestDump:
         varied(qdir)
         r = cli("dump", qdir, "--json")
         rows = [json.loads(line) for line in r.stdout.splitlines()]
-        assert rows == json.loads(json.dumps(list(insp.dump(qdir))))
+        assert rows == json.loads(json.dumps(list(ops_dump.dump(qdir))))
         assert {"segment", "seq", "offset", "type", "job", "task"} <= set(rows[0])
 
     def test_filters(self, qdir: str) -> None:
@@ -136,7 +138,7 @@ class TestDump:
             types("--type", "ack", "--type", "fail")
         )
         assert sorted(types("--type", "ack,fail")) == ["ack", "fail", "fail"]
-        rows = list(insp.dump(qdir))
+        rows = list(ops_dump.dump(qdir))
         second, fourth = rows[1]["offset"], rows[3]["offset"]
         assert len(types("--from", f"1:{second}", "--to", f"1:{fourth}")) == 2
         assert len(types("--segment", "1", "--start", str(second), "--end", str(fourth))) == 2
@@ -327,7 +329,7 @@ class TestDead:
             line = one_line_error(cli("dead", "requeue", qdir, str(ids["dead"])), 2)
             assert f"an owner is running (pid {os.getpid()})" in line
             one_line_error(cli("dead", "purge", qdir, "--yes"), 2)
-        assert [d.id for d in insp.dead_jobs(qdir)] == [ids["dead"]]
+        assert [d.id for d in ops_dead.dead_jobs(qdir)] == [ids["dead"]]
 
 
 # -- compact, enqueue, worker ---------------------------------------------------------------
@@ -466,7 +468,7 @@ def test_an_internal_error_is_one_line_unless_asked(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("no such luck")
 
-    monkeypatch.setattr(insp, "stats", broken)
+    monkeypatch.setattr(ops_stats, "directory_stats", broken)
     assert "internal error: RuntimeError: no such luck" in one_line_error(cli("stats", qdir), 1)
     monkeypatch.setenv("WALQ_TRACEBACK", "1")
     with pytest.raises(RuntimeError):

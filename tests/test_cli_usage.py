@@ -23,7 +23,8 @@ import click
 import pytest
 
 import walq
-from walq.cli.app import main, usage_line
+from walq.cli import main
+from walq.cli.app import usage_line
 from walq.directory.lock import ProcessLock
 from walq.directory.queue import LOCK_FILE
 from walq.producers import wire
@@ -106,7 +107,8 @@ def _unparsed(ctx: click.Context) -> list[str]:
 def _parse(args: list[str]) -> None:
     """Parse `walq ARGS` with the CLI's own click parser (no command is run)."""
     with main.make_context("walq", list(args)) as top:
-        ctx, group, rest = top, main, _unparsed(top)
+        group: click.Command = main
+        ctx, rest = top, _unparsed(top)
         while isinstance(group, click.Group):
             assert rest, f"no command after {ctx.command_path}"
             _, cmd, rest = group.resolve_command(ctx, rest)
@@ -148,7 +150,7 @@ def _check(where: str, line: str, payload_file: str, shown: str | None = None) -
     tokens = _tokens(line)
     assert tokens[0] == "walq", (where, line)
     if len(tokens) == 2 and not tokens[1].startswith("-"):  # `walq stats`: a command named
-        assert tokens[1] in main.commands, (where, line)  # type: ignore[attr-defined]
+        assert tokens[1] in main.commands, (where, line)
         return
     for words in _expand(tokens[1:]):
         args = _concrete(words, payload_file)

@@ -643,6 +643,20 @@ def test_both_backends_implement_the_one_interface(q: Any) -> None:
             ], name
 
 
+def test_the_interface_checks_arguments_once_for_every_backend(q: Any) -> None:
+    """claim_many, fail and extend_many refuse bad arguments the same way on each backend."""
+    for n in (True, 0, -1, 1.5, "2"):
+        with pytest.raises(walq.ArgumentError, match="n must be a positive integer"):
+            q.claim_many(n)
+    for lease in (0, -1.0, float("nan")):
+        with pytest.raises(walq.ArgumentError, match="lease"):
+            q.claim_many(1, lease=lease)
+        with pytest.raises(walq.ArgumentError, match="lease"):
+            q.extend_many([1], lease)
+    with pytest.raises(walq.ArgumentError, match="delay"):
+        q.fail(1, "x", delay=-1)
+
+
 def test_walq_open_dispatches_by_scheme_and_refuses_unknown_ones(tmp_path: Path) -> None:
     """A path opens the directory backend; an unknown scheme is refused, not made a folder."""
     with walq.open(str(tmp_path / "q")) as q:

@@ -174,3 +174,39 @@ def test_crc_is_crc32c_of_header_tail_and_body() -> None:
     """The documented checksum: CRC32C over bytes 4..16 of the header, then the body."""
     rec = framing.encode(fmt.ACK, b"xyz", 40)
     assert int.from_bytes(rec[:4], "little") == crc32c(rec[4:])
+
+
+# -- one validity check, with an injectable checksum test ---------------------------------------
+
+
+@given(st.binary(max_size=400), st.integers(0, 120))
+def test_scan_fast_and_decode_agree_on_every_record(data: bytes, offset: int) -> None:
+    """The fast scan feeds exactly the records decode finds, and stops where decode does."""
+    seg = segment([data[:40], data[40:90], data[90:]])
+    mangled = bytearray(seg)
+    if offset < len(mangled) - H:
+        mangled[H + offset] ^= 0xFF
+    fed: list[tuple[int, int, bytes]] = []
+    stop, _ = framing.scan_fast(
+        bytes(mangled), H, 7, lambda seq, t, o, n, body: fed.append((o, n, bytes(body)))
+    )
+    decoded = list(framing.records(bytes(mangled), H))
+    assert fed == [(r.offset, r.end - r.offset, r.body) for r in decoded]
+    assert stop == (decoded[-1].end if decoded else H)
+
+
+def test_the_record_check_is_a_seam() -> None:
+    """A caller's check decides which checksums pass: the default refuses a flipped bit."""
+    seg = bytearray(segment([b"first", b"second"]))
+    seg[-1] ^= 0x01  # the second record's body
+    data = bytes(seg)
+    second = framing.records(data, H).__next__().end
+    assert framing.decode(data, second) == framing.Damaged(second, "checksum mismatch")
+    anything = framing.decode(data, second, check=lambda crc, covered: True)
+    assert isinstance(anything, framing.Record)
+    stop, _ = framing.scan_fast(data, H, 1, lambda *a: None)
+    assert stop == second
+    stop, _ = framing.scan_fast(data, H, 1, lambda *a: None, check=lambda crc, covered: True)
+    assert stop == len(data)
+    assert framing.classify(data, H, newest=True).tail is not None
+    assert framing.classify(data, H, newest=True, check=lambda c, b: True).tail is None

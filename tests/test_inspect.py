@@ -17,7 +17,15 @@ import pytest
 import walq
 from walq.core import format as fmt
 from walq.directory.fs import File, OsFileSystem
-from walq.ops import inspect as insp
+from walq.directory.queue import STATUS_FILE
+from walq.ops import admin as ops_admin
+from walq.ops import dead as ops_dead
+from walq.ops import dump as ops_dump
+from walq.ops import follow as ops_follow
+from walq.ops import owner as ops_owner
+from walq.ops import repair as ops_repair
+from walq.ops import scan as ops_scan
+from walq.ops import stats as ops_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = 4096  # the smallest segment: a few dozen records each
@@ -124,7 +132,7 @@ class TestDump:
     def test_every_record_names_its_job_task_attempt_and_payload(self, qdir: str) -> None:
         """Each row has segment, offset, type, job, task, attempt, key and a payload preview."""
         ids = varied(qdir)
-        rows = list(insp.dump(qdir))
+        rows = list(ops_dump.dump(qdir))
         assert [r["type"] for r in rows][:5] == ["enqueue"] * 5
         first = rows[0]
         assert first["segment"] == fmt.segment_name(1) and first["offset"] == 40
@@ -142,31 +150,31 @@ class TestDump:
     def test_filters_select_by_job_task_type_and_range(self, qdir: str) -> None:
         """--job, --task, --type and a SEG:OFF range each narrow the rows."""
         ids = varied(qdir)
-        by_job = list(insp.dump(qdir, insp.DumpFilter(job=ids["dead"])))
+        by_job = list(ops_dump.dump(qdir, ops_dump.DumpFilter(job=ids["dead"])))
         assert [r["type"] for r in by_job] == ["enqueue", "claim", "fail"]
-        by_task = list(insp.dump(qdir, insp.DumpFilter(task="resize")))
+        by_task = list(ops_dump.dump(qdir, ops_dump.DumpFilter(task="resize")))
         assert {r["job"] for r in by_task} == {ids["dead"], ids["running"]}
         assert {r["type"] for r in by_task} == {"enqueue", "claim", "fail"}
-        acks = list(insp.dump(qdir, insp.DumpFilter(types=frozenset({"ack", "fail"}))))
+        acks = list(ops_dump.dump(qdir, ops_dump.DumpFilter(types=frozenset({"ack", "fail"}))))
         assert sorted(r["type"] for r in acks) == ["ack", "fail", "fail"]
-        rows = list(insp.dump(qdir))
+        rows = list(ops_dump.dump(qdir))
         lo, hi = (1, rows[1]["offset"]), (1, rows[3]["offset"])
-        window = list(insp.dump(qdir, insp.DumpFilter(start=lo, end=hi)))
+        window = list(ops_dump.dump(qdir, ops_dump.DumpFilter(start=lo, end=hi)))
         assert [r["offset"] for r in window] == [rows[1]["offset"], rows[2]["offset"]]
 
     def test_a_filter_refuses_an_unknown_type(self) -> None:
         """A misspelt --type is an ArgumentError naming the valid ones."""
         with pytest.raises(walq.ArgumentError, match="unknown record type akc"):
-            insp.DumpFilter(types=frozenset({"akc"}))
+            ops_dump.DumpFilter(types=frozenset({"akc"}))
 
     def test_positions_take_numbers_or_file_names(self) -> None:
         """SEG:OFF, a bare SEG, and a segment file name all parse; junk does not."""
-        assert insp.parse_position("3:4096") == (3, 4096)
-        assert insp.parse_position("7") == (7, 0)
-        assert insp.parse_position("000000000000000a.wal:0x10") == (10, 16)
+        assert ops_dump.parse_position("3:4096") == (3, 4096)
+        assert ops_dump.parse_position("7") == (7, 0)
+        assert ops_dump.parse_position("000000000000000a.wal:0x10") == (10, 16)
         for bad in ("x:1", "1:y", "-1:0", ""):
             with pytest.raises(walq.ArgumentError):
-                insp.parse_position(bad)
+                ops_dump.parse_position(bad)
 
     def test_damage_is_a_row_and_the_dump_goes_on(self, qdir: str) -> None:
         """A damaged record in a sealed segment is reported with offset, length and hex."""
@@ -175,7 +183,7 @@ class TestDump:
         first = segments(qdir)[0]
         offset = record_offsets(first)[3]
         flip(first, offset + 20)
-        rows = list(insp.dump(qdir))
+        rows = list(ops_dump.dump(qdir))
         damage = [r for r in rows if r["type"] == "damage"]
         assert len(damage) == 1 and damage[0]["offset"] == offset
         assert damage[0]["length"] > 0 and damage[0]["reason"] == "checksum mismatch"
@@ -191,7 +199,7 @@ class TestDump:
         data = bytearray(seg.read_bytes())
         data[end : end + 30] = b"\x07" * 30
         seg.write_bytes(bytes(data))
-        rows = list(insp.dump(qdir))
+        rows = list(ops_dump.dump(qdir))
         assert rows[-1]["type"] == "torn-tail" and rows[-1]["length"] >= 30
         assert not [r for r in rows if r["type"] == "damage"]
 
@@ -200,7 +208,7 @@ class TestDump:
         with walq.Queue.open(qdir, segment_size=SMALL, compaction=False) as q:
             q.enqueue_many([("mail", {"i": i}) for i in range(150)])
         flip(segments(qdir)[0], 3)
-        rows = list(insp.dump(qdir))
+        rows = list(ops_dump.dump(qdir))
         assert rows[0]["type"] == "damage" and rows[0]["offset"] == 0
         assert "bad magic" in rows[0]["reason"]
         assert any(r["type"] == "enqueue" for r in rows[1:])
@@ -208,10 +216,10 @@ class TestDump:
     def test_reading_a_directory_that_is_not_a_queue_says_so(self, tmp_path: Path) -> None:
         """A missing directory and one without segments are NotAQueueError."""
         with pytest.raises(walq.NotAQueueError, match="no such directory"):
-            list(insp.dump(str(tmp_path / "nope")))
+            list(ops_dump.dump(str(tmp_path / "nope")))
         (tmp_path / "other.txt").write_text("x")
         with pytest.raises(walq.NotAQueueError, match="not a walq queue"):
-            list(insp.dump(str(tmp_path)))
+            list(ops_dump.dump(str(tmp_path)))
 
 
 # -- follow --------------------------------------------------------------------------------
@@ -238,7 +246,7 @@ class TestFollow:
         q = walq.Queue.open(qdir, segment_size=SMALL, compaction=False)
         try:
             q.enqueue("mail", {"i": -1})
-            dumper = insp.Dumper()
+            dumper = ops_dump.Dumper()
             list(dumper.rows(qdir))
             done = threading.Event()
 
@@ -249,7 +257,7 @@ class TestFollow:
 
             threading.Thread(target=produce, daemon=True).start()
             stop = threading.Event()
-            rows = insp.follow(qdir, dumper.end, dumper=dumper, poll=0.005, stop=stop.is_set)
+            rows = ops_follow.follow(qdir, dumper.end, dumper=dumper, poll=0.005, stop=stop.is_set)
             got = take(rows, lambda got: len(got) >= 300)
             stop.set()
         finally:
@@ -261,7 +269,7 @@ class TestFollow:
     def test_stop_ends_the_follow(self, qdir: str) -> None:
         """With nothing new, follow polls until stop() is true and then returns."""
         varied(qdir)
-        dumper = insp.Dumper()
+        dumper = ops_dump.Dumper()
         list(dumper.rows(qdir))
         polls: list[float] = []
 
@@ -269,7 +277,7 @@ class TestFollow:
             polls.append(seconds)
 
         rows = list(
-            insp.follow(qdir, dumper.end, poll=0.5, stop=lambda: len(polls) >= 3, sleep=sleep)
+            ops_follow.follow(qdir, dumper.end, poll=0.5, stop=lambda: len(polls) >= 3, sleep=sleep)
         )
         assert rows == [] and polls == [0.5, 0.5, 0.5]
 
@@ -282,8 +290,8 @@ class TestFollow:
                 q.ack(jid)
             q.compact()
         assert not (Path(qdir) / fmt.segment_name(1)).exists()
-        start = insp.LogEnd(1, fmt.SEGMENT_HEADER_SIZE, 1)
-        got = take(insp.follow(qdir, start, poll=0.01), lambda got: len(got) >= 2)
+        start = ops_dump.LogEnd(1, fmt.SEGMENT_HEADER_SIZE, 1)
+        got = take(ops_follow.follow(qdir, start, poll=0.01), lambda got: len(got) >= 2)
         assert got[0]["type"] == "notice" and "compacted" in got[0]["text"]
         assert got[1]["type"] in ("job", "meta")
 
@@ -301,7 +309,7 @@ class TestStats:
             job = q.claim()
             assert job is not None
             own = q.stats()
-            read = insp.stats(qdir)
+            read = ops_stats.directory_stats(qdir)
         for key in ("pending", "scheduled", "running", "dead", "unfinished", "next_id", "bytes"):
             assert read[key] == own[key], key
         assert read["tasks"] == own["tasks"]
@@ -310,7 +318,7 @@ class TestStats:
     def test_without_an_owner_running_jobs_count_as_interrupted_pending(self, qdir: str) -> None:
         """No owner: a job left running is pending (its attempt counted), and says so."""
         ids = varied(qdir)
-        st = insp.stats(qdir)
+        st = ops_stats.directory_stats(qdir)
         assert st["owner"]["running"] is False
         assert (st["pending"], st["scheduled"], st["running"], st["dead"]) == (2, 1, 0, 1)
         assert st["interrupted"] == 1
@@ -324,11 +332,11 @@ class TestStats:
         """All acked: nearly everything is garbage; nothing acked: little is."""
         with walq.Queue.open(qdir, compaction=False) as q:
             q.enqueue_many([("mail", {"i": i}) for i in range(50)])
-        assert insp.stats(qdir)["garbage_ratio"] == 0.0
+        assert ops_stats.directory_stats(qdir)["garbage_ratio"] == 0.0
         with walq.Queue.open(qdir, compaction=False) as q:
             while (job := q.claim()) is not None:
                 q.ack(job.id)
-        st = insp.stats(qdir)
+        st = ops_stats.directory_stats(qdir)
         assert st["garbage_ratio"] == 1.0 and st["bytes"] == 0
         assert st["log_bytes"] > st["segments"] * fmt.SEGMENT_HEADER_SIZE
 
@@ -337,11 +345,11 @@ class TestStats:
         with LiveOwner(qdir, segment_size=SMALL) as owner:
             start = owner.rounds
             for _ in range(20):
-                st = insp.stats(qdir)
+                st = ops_stats.directory_stats(qdir)
                 assert st["owner"]["running"] is True and st["damaged"] == 0
                 assert st["running"] <= 1
                 assert st["pending"] + st["scheduled"] + st["running"] == st["unfinished"]
-                rows = list(insp.dump(qdir))
+                rows = list(ops_dump.dump(qdir))
                 assert not [r for r in rows if r["type"] == "damage"]
             deadline = time.monotonic() + 10
             while owner.rounds == start and time.monotonic() < deadline:
@@ -352,10 +360,10 @@ class TestStats:
         """stats, dump, fsck and dead list leave every file as it was."""
         varied(qdir)
         before = tree(qdir)
-        insp.stats(qdir)
-        list(insp.dump(qdir))
-        insp.fsck(qdir)
-        insp.dead_jobs(qdir)
+        ops_stats.directory_stats(qdir)
+        list(ops_dump.dump(qdir))
+        ops_repair.fsck(qdir)
+        ops_dead.dead_jobs(qdir)
         assert tree(qdir) == before
 
     def test_spool_and_cut_files_are_counted(self, qdir: str) -> None:
@@ -366,7 +374,7 @@ class TestStats:
         (Path(qdir) / "spool" / ".lock").write_bytes(b"")
         (Path(qdir) / "cut").mkdir()
         (Path(qdir) / "cut" / "0000000000000001.wal.100.0.torn").write_bytes(b"x")
-        st = insp.stats(qdir)
+        st = ops_stats.directory_stats(qdir)
         assert st["spooled"] == 1 and st["cut_files"] == 1
 
 
@@ -383,13 +391,13 @@ class TestWorkerStatus:
             "stopped": False,
         }
         status.update(fields)
-        Path(qdir, insp.STATUS_FILE).write_text(json.dumps(status))
+        Path(qdir, STATUS_FILE).write_text(json.dumps(status))
 
     def test_recent_status_gives_breaker_states(self, qdir: str) -> None:
         """A fresh file: breaker states per task, and the worker's age."""
         varied(qdir)
         self.write(qdir)
-        st = insp.stats(qdir)
+        st = ops_stats.directory_stats(qdir)
         assert st["breakers"] == {"mail": "open"}
         assert st["worker"]["processes"] == 2 and st["worker"]["age"] < 5
 
@@ -400,13 +408,13 @@ class TestWorkerStatus:
         """An old, final or malformed status file says nothing about breakers now."""
         varied(qdir)
         self.write(qdir, **fields)
-        assert insp.stats(qdir)["breakers"] == "unknown"
+        assert ops_stats.directory_stats(qdir)["breakers"] == "unknown"
 
     def test_unreadable_status_is_unknown(self, qdir: str) -> None:
         """A status file that is not JSON is ignored."""
         varied(qdir)
-        Path(qdir, insp.STATUS_FILE).write_text("{not json")
-        assert insp.worker_status(qdir) is None
+        Path(qdir, STATUS_FILE).write_text("{not json")
+        assert ops_owner.worker_status(qdir) is None
 
 
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
@@ -417,13 +425,13 @@ def test_an_owner_in_another_process_is_found_without_taking_the_lock(qdir: str)
     proc = subprocess.Popen([sys.executable, "-c", code, qdir], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        assert insp.owner(qdir) == insp.Owner(True, proc.pid)
-        st = insp.stats(qdir)
+        assert ops_owner.owner(qdir) == ops_owner.Owner(True, proc.pid)
+        st = ops_stats.directory_stats(qdir)
         assert st["running"] == 1 and st["interrupted"] == 0  # its job is running, not lost
     finally:
         proc.kill()
         proc.wait()
-    assert insp.owner(qdir) == insp.Owner(False)
+    assert ops_owner.owner(qdir) == ops_owner.Owner(False)
 
 
 # -- a compaction racing the reader -------------------------------------------------------------
@@ -454,9 +462,9 @@ def test_a_compaction_racing_the_reader_is_detected_and_retried(qdir: str) -> No
             q.claim()
             q.ack(jid)
         own = q.stats()
-        raced = list(insp.iter_scans(qdir, CompactsOnOpen(q, 2)))
+        raced = list(ops_scan.iter_scans(qdir, CompactsOnOpen(q, 2)))
         assert raced[-2].raced or any(s.raced for s in raced)
-        st = insp.stats(qdir, CompactsOnOpen(q, 3))
+        st = ops_stats.directory_stats(qdir, CompactsOnOpen(q, 3))
         assert (st["pending"], st["next_id"]) == (own["pending"], own["next_id"])
     finally:
         q.close()
@@ -471,7 +479,7 @@ class TestDeadJobs:
     def test_dead_jobs_carry_the_error_traceback_and_payload(self, qdir: str) -> None:
         """The stored error (with its traceback) and the payload, read-only."""
         ids = varied(qdir)
-        (d,) = insp.dead_jobs(qdir)
+        (d,) = ops_dead.dead_jobs(qdir)
         assert d.id == ids["dead"] and d.task == "resize" and d.attempts == 1
         assert d.error.startswith("ValueError: bad\nTraceback")
         assert d.payload == b"\x00\x01\x02" and d.payload_text() == "000102"
@@ -482,9 +490,9 @@ class TestDeadJobs:
         """An unknown id is UnknownJobError; a live one is StateError naming its state."""
         ids = varied(qdir)
         with pytest.raises(walq.UnknownJobError):
-            insp.dead_jobs(qdir, ids=[999])
+            ops_dead.dead_jobs(qdir, ids=[999])
         with pytest.raises(walq.StateError, match="scheduled, not dead"):
-            insp.dead_jobs(qdir, ids=[ids["scheduled"]])
+            ops_dead.dead_jobs(qdir, ids=[ids["scheduled"]])
 
     def test_dead_jobs_survive_a_compaction(self, qdir: str) -> None:
         """After compaction the error lives in the job record; it still reads the same."""
@@ -494,14 +502,14 @@ class TestDeadJobs:
             q.fail(ids[0], "it broke\ntrace", permanent=True)
             q.enqueue_many([("mail", {"i": i}) for i in range(120)])
             assert q.compact().segments_in >= 1
-        (d,) = insp.dead_jobs(qdir)
+        (d,) = ops_dead.dead_jobs(qdir)
         assert d.id == ids[0] and d.error == "it broke\ntrace"
 
     def test_requeue_and_purge_without_an_owner(self, qdir: str) -> None:
         """No owner: requeue revives a dead job; purge deletes the rest."""
         ids = varied(qdir)
-        assert insp.requeue(qdir, [ids["dead"]]) == [ids["dead"]]
-        assert insp.dead_jobs(qdir) == []
+        assert ops_admin.requeue(qdir, [ids["dead"]]) == [ids["dead"]]
+        assert ops_dead.dead_jobs(qdir) == []
         with walq.Queue.open(qdir) as q:
             assert q.status(ids["dead"]) == "pending"
             job = q.claim()
@@ -509,39 +517,39 @@ class TestDeadJobs:
                 job = q.claim()
             assert job is not None
             q.fail(job.id, "again", permanent=True)
-        assert insp.purge(qdir) == 1
-        assert insp.dead_jobs(qdir) == []
+        assert ops_admin.purge(qdir) == 1
+        assert ops_dead.dead_jobs(qdir) == []
 
     def test_requeue_of_a_live_job_changes_nothing(self, qdir: str) -> None:
         """All or nothing: one id that is not dead refuses the whole requeue."""
         ids = varied(qdir)
         with pytest.raises(walq.StateError):
-            insp.requeue(qdir, [ids["dead"], ids["pending"]])
-        assert [d.id for d in insp.dead_jobs(qdir)] == [ids["dead"]]
+            ops_admin.requeue(qdir, [ids["dead"], ids["pending"]])
+        assert [d.id for d in ops_dead.dead_jobs(qdir)] == [ids["dead"]]
 
     def test_administration_beside_an_owner_is_locked_out(self, qdir: str) -> None:
         """requeue, purge, compact and repair name the running owner and change nothing."""
         ids = varied(qdir)
         with walq.Queue.open(qdir, compaction=False):
             for step in (
-                lambda: insp.requeue(qdir, [ids["dead"]]),
-                lambda: insp.purge(qdir),
-                lambda: insp.compact(qdir),
-                lambda: insp.repair(qdir),
+                lambda: ops_admin.requeue(qdir, [ids["dead"]]),
+                lambda: ops_admin.purge(qdir),
+                lambda: ops_admin.compact(qdir),
+                lambda: ops_repair.repair(qdir),
             ):
                 with pytest.raises(
                     walq.LockedError, match=f"an owner is running \\(pid {os.getpid()}\\)"
                 ):
                     step()
-        assert [d.id for d in insp.dead_jobs(qdir)] == [ids["dead"]]
+        assert [d.id for d in ops_dead.dead_jobs(qdir)] == [ids["dead"]]
 
     def test_administration_never_creates_a_queue(self, tmp_path: Path) -> None:
         """Queue.open would create a missing directory; the tools refuse instead."""
         missing = str(tmp_path / "typo")
         with pytest.raises(walq.NotAQueueError):
-            insp.requeue(missing, [1])
+            ops_admin.requeue(missing, [1])
         with pytest.raises(walq.NotAQueueError):
-            insp.compact(missing)
+            ops_admin.compact(missing)
         assert not os.path.exists(missing)
 
     def test_compact_reports_the_sizes_around_it(self, qdir: str) -> None:
@@ -552,11 +560,11 @@ class TestDeadJobs:
                 q.claim()
                 q.ack(jid)
         steps: list[tuple[int, int]] = []
-        r = insp.compact(qdir, progress=lambda done, total: steps.append((done, total)))
+        r = ops_admin.compact(qdir, progress=lambda done, total: steps.append((done, total)))
         assert r.segments_in > 1 and r.bytes_out < r.bytes_in
         assert r.segments_after < r.segments_before and r.disk_after < r.disk_before
         assert steps and steps[-1][0] == steps[-1][1]
-        assert insp.stats(qdir)["pending"] == 20
+        assert ops_stats.directory_stats(qdir)["pending"] == 20
 
 
 # -- fsck ---------------------------------------------------------------------------------------
@@ -569,7 +577,7 @@ class TestFsck:
         """A .tmp file is an unfinished segment or compaction: deleted on open, not damage."""
         varied(qdir)
         Path(qdir, fmt.segment_name(9) + ".tmp").write_bytes(b"x")
-        report = insp.fsck(qdir)
+        report = ops_repair.fsck(qdir)
         assert report.clean and any(".tmp" in w for w in report.warnings)
 
     def test_a_header_naming_another_segment_is_a_problem(self, qdir: str) -> None:
@@ -577,7 +585,7 @@ class TestFsck:
         varied(qdir)
         seg = segments(qdir)[0]
         seg.rename(seg.with_name(fmt.segment_name(5)))
-        report = insp.fsck(qdir)
+        report = ops_repair.fsck(qdir)
         assert not report.clean and "header says segment 1" in report.problems[0]
 
     def test_progress_is_reported_per_segment(self, qdir: str) -> None:
@@ -585,6 +593,6 @@ class TestFsck:
         with walq.Queue.open(qdir, segment_size=SMALL, compaction=False) as q:
             q.enqueue_many([("mail", {"i": i}) for i in range(200)])
         steps: list[tuple[int, int]] = []
-        insp.fsck(qdir, progress=lambda done, total: steps.append((done, total)))
+        ops_repair.fsck(qdir, progress=lambda done, total: steps.append((done, total)))
         n = len(segments(qdir))
         assert steps == [(i, n) for i in range(1, n + 1)]

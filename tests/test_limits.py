@@ -26,7 +26,7 @@ from click.testing import CliRunner
 import walq
 from walq.cli.app import main
 from walq.core import format as fmt
-from walq.core.job import MAX_DELAY, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_LIMIT
+from walq.core.jobspec import MAX_DELAY, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_LIMIT
 from walq.directory.fs import File
 from walq.directory.queue import Queue
 from walq.ops import inspect as insp
@@ -303,7 +303,7 @@ def test_a_claim_whose_read_fails_writes_nothing_and_returns_the_jobs(qdir: str)
                 raise OSError(errno.EMFILE, "Too many open files", path)
             return real_open(path, **kw)
 
-        q._drop_readers(1 << 40, keep=-1)  # nothing cached: every read opens a file
+        q._readers.drop(1 << 40, keep=-1)  # nothing cached: every read opens a file
         q.fs.open = no_descriptors  # type: ignore[method-assign]
         before = log_bytes(qdir)
         with pytest.raises(OSError) as exc:

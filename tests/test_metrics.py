@@ -15,7 +15,7 @@ import pytest
 import walq
 from walq import metrics
 from walq.metrics import Histogram, HistogramValue, JobContext, JsonFormatter, QueueCollector
-from walq.ops import inspect as insp
+from walq.ops import stats as ops_stats
 
 
 def by_name(fams: list[metrics.Family]) -> dict[str, metrics.Family]:
@@ -81,7 +81,7 @@ class TestFamilies:
         """The offline numbers: no counters since open, but ages, garbage and the owner."""
         with walq.Queue.open(qdir, compaction=False) as q:
             q.enqueue("mail", {})
-        fams = by_name(metrics.families(insp.stats(qdir)))
+        fams = by_name(metrics.families(ops_stats.directory_stats(qdir)))
         assert "walq_jobs_enqueued" not in fams
         assert fams["walq_owner_running"].samples[0][1] == 0.0
         assert "walq_oldest_pending_age_seconds" in fams and "walq_log_garbage_ratio" in fams

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 import walq
+from tests.procs import wait_for
+from tests.test_producer import fork_enqueuing
 from tests.test_producer import run_py as run_snippet
 from walq.ops import inspect
 from walq.producers import wire
@@ -31,14 +33,6 @@ def run_py(code: str, *args: str, timeout: float = 60.0) -> dict[str, object]:
     proc = run_snippet(code, *args, timeout=timeout)
     result: dict[str, object] = json.loads(proc.stdout.splitlines()[-1])
     return result
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll `cond` until true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # -- fork() ----------------------------------------------------------------------------------
@@ -393,13 +387,7 @@ def test_a_producer_shared_across_fork_works_in_the_child_even_mid_request(qdir:
     with walq.Queue.open(qdir) as q, walq.connect(qdir) as prod:
         assert prod.enqueue("t", "parent") == 1
         with prod._mu:  # what a parent's thread in the middle of a request holds
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child
-                code = 1
-                try:
-                    code = 0 if prod.enqueue("t", "child") == 2 else 3
-                finally:
-                    os._exit(code)
+            pid = fork_enqueuing(prod)
             _, status = os.waitpid(pid, 0) if _exited_within(pid, 60.0) else (pid, -1)
         assert status != -1, "the child hung on the producer's lock"
         assert os.waitstatus_to_exitcode(status) == 0

@@ -234,7 +234,7 @@ def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -
     writer.put(items)  # durable on return: the producer's promise
     q = open_sim(fs)
     server = ProducerServer(q, listen=False, poll_interval=None)
-    unlink = server._unlink
+    unlink = server.spool._unlink
 
     compactor_ran = threading.Event()
 
@@ -249,7 +249,7 @@ def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -
         assert not compactor_ran.wait(0.3)  # it waits for the ingestion to be durable
         unlink(names)
 
-    server._unlink = compact_then_unlink  # type: ignore[method-assign]
+    server.spool._unlink = compact_then_unlink  # type: ignore[method-assign]
     fs.crash_on("sync_dir", path=QDIR + "/spool")  # power is cut before the unlink is durable
     with pytest.raises(SimulatedCrash):
         server.start()

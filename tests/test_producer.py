@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import walq
+from tests.procs import wait_for
 from walq.cli.app import main
 from walq.producers import spool, wire
 from walq.producers.client import Producer, connect
@@ -92,14 +93,6 @@ def run_py(code: str, *args: str, timeout: float = 20.0) -> subprocess.Completed
     )
     assert proc.returncode == 0, proc.stderr
     return proc
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `cond` until true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def raw_request(address: str, data: bytes, *, close_write: bool = False) -> dict[str, Any] | None:
@@ -859,17 +852,23 @@ def test_cli_enqueue_in_a_real_process(qdir: str) -> None:
 # -- the producer object --------------------------------------------------------------------------
 
 
+def fork_enqueuing(prod: Producer) -> int:
+    """fork(); the child enqueues ("t", "child") through `prod` and exits 0 if its id is 2."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            code = 0 if prod.enqueue("t", "child") == 2 else 3
+        finally:
+            os._exit(code)
+    return pid
+
+
 def test_a_forked_child_opens_its_own_connection(qdir: str) -> None:
     """A producer inherited through fork() never shares its parent's socket."""
     with owner(qdir) as q, connect(qdir) as prod:
         assert prod.enqueue("t", "parent") == 1
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                code = 0 if prod.enqueue("t", "child") == 2 else 3
-            finally:
-                os._exit(code)
+        pid = fork_enqueuing(prod)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert prod.enqueue("t", "parent again") == 3

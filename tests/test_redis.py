@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ import pytest
 import walq
 from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
 from walq import backends
+from walq.core.retry import Backoff
 
 pytestmark = [
     pytest.mark.redis,
@@ -136,7 +138,7 @@ def check_counts(url: str) -> None:
     """The counts in P:n and P:tn agree with the jobs' hashes and the indexes."""
     import redis
 
-    from walq.redisq.queue import parse_url
+    from walq.redisq.url import parse_url
 
     client_url, prefix, _, _ = parse_url(url)
     c = redis.Redis.from_url(client_url, decode_responses=True)
@@ -231,7 +233,7 @@ def lease_of(url: str, jid: int) -> float:
     """Seconds left on a running job's lease, read from the server."""
     import redis
 
-    from walq.redisq.queue import parse_url
+    from walq.redisq.url import parse_url
 
     client_url, prefix, _, _ = parse_url(url)
     c = redis.Redis.from_url(client_url)
@@ -579,7 +581,7 @@ def test_durable_server_is_recognised(url: str) -> None:
     """The CI server (appendonly yes, appendfsync always) opens without a warning."""
     import warnings
 
-    from walq.redisq.queue import DurabilityWarning
+    from walq.errors import DurabilityWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", DurabilityWarning)
@@ -632,7 +634,8 @@ def _pings(client: Any) -> bool:
 
 def test_weak_persistence_warns_or_refuses(weak_server: str) -> None:
     """appendonly no: a DurabilityWarning, or DurabilityError when durability is required."""
-    from walq.redisq.queue import DurabilityError, DurabilityWarning, RedisQueue
+    from walq.errors import DurabilityError, DurabilityWarning
+    from walq.redisq.queue import RedisQueue
 
     with (
         pytest.warns(DurabilityWarning, match="appendonly is 'no'"),
@@ -648,7 +651,8 @@ def test_weak_persistence_warns_or_refuses(weak_server: str) -> None:
 
 def test_url_options(url: str) -> None:
     """The password never shows; file-only options are accepted, unknown ones refused."""
-    from walq.redisq.queue import RedisQueue, parse_url
+    from walq.redisq.queue import RedisQueue
+    from walq.redisq.url import parse_url
 
     client_url, prefix, durable, shown = parse_url(
         "redis://:s3cret@127.0.0.1:6390/2?prefix=jobs&require_durable=yes&socket_keepalive=1"
@@ -703,7 +707,7 @@ def test_a_payload_damaged_on_the_server_is_dead_lettered_not_delivered(url: str
     """A job hash overwritten with bad JSON (a foreign write) is dead, never handed out."""
     import redis
 
-    from walq.redisq.queue import parse_url
+    from walq.redisq.url import parse_url
 
     client_url, prefix, _, _ = parse_url(url)
     with open_q(url) as q:
@@ -721,17 +725,17 @@ def test_a_payload_damaged_on_the_server_is_dead_lettered_not_delivered(url: str
 
 def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis-py: MissingDependency, an ImportError naming the extra to install."""
-    from walq.redisq import queue as redisq
+    from walq.redisq.queue import RedisQueue
 
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"walq\[redis\]") as info:
-        redisq.RedisQueue.open("redis://127.0.0.1:1/0")
+        RedisQueue.open("redis://127.0.0.1:1/0")
     assert isinstance(info.value, walq.WalqError)
 
 
 def test_cli_functions(url: str) -> None:
     """What `walq stats|dead|enqueue URL` call: read-only stats, dead jobs, enqueue."""
-    from walq.redisq import queue as redisq
+    from walq.redisq import admin as redisq
 
     with pytest.raises(walq.NotAQueueError):
         redisq.inspect_stats(url)  # nothing there yet, and nothing created
@@ -748,8 +752,7 @@ def test_cli_functions(url: str) -> None:
     st = redisq.inspect_stats(url)
     assert (st["running"], st["dead"], st["expired_leases"]) == (1, 1, 1)  # not moved
     assert st["durable"] is True and st["workers"][0]["pid"] == 1234
-    text = "\n".join(redisq.stats_lines(st))
-    assert "1 running" in text and "leases have expired" in text and "pid 1234" in text
+    assert st["workers"][0]["counters"] == {"ok": 5} and st["due_now"] == 0
     (dead,) = redisq.dead_jobs(url)
     assert (dead.id, dead.payload_kind, dead.payload) == (blob, "bytes", b"\x01\x02")
     assert dead.summary()["error"] == "Traceback ..."
@@ -777,3 +780,89 @@ def test_a_delay_out_of_bounds_is_refused_as_on_the_file_queue(url: str, delay: 
         with pytest.raises(walq.ArgumentError, match="delay"):
             q.fail(job.id, "e", delay=delay)
         assert q.status(job.id) == "running" and q.stats()["unfinished"] == 1
+
+
+def test_every_script_compiles_on_the_server_and_is_registered(url: str) -> None:
+    """SCRIPT LOAD compiles each script as the queue runs it; a wrong ARGV count is refused."""
+    import redis
+
+    from walq.redisq import lua
+    from walq.redisq.url import parse_url
+
+    client = redis.Redis.from_url(parse_url(url)[0])
+    try:
+        for name in lua.SCRIPTS:
+            client.script_load(lua.source(name))  # a syntax error raises ResponseError
+    finally:
+        client.close()
+    with open_q(url) as q:
+        assert set(q._scripts) == set(lua.SCRIPTS)
+        with pytest.raises(AssertionError, match="script ack called with 1 arguments"):
+            q._run("ack")
+
+
+class _Fixed(random.Random):
+    """random() always `u`: the drawn fraction of a backoff delay."""
+
+    def __init__(self, u: float) -> None:
+        super().__init__()
+        self.u = u
+
+    def random(self) -> float:
+        return self.u
+
+
+def _retry_delays(url: str, backoff: Backoff | None, attempts: int, u: float) -> list[tuple]:
+    """Fail one job `attempts` times without a delay: per attempt, (expected, low, high)
+    seconds, where the scheduled delay is known to lie in [low, high] (server time)."""
+    import redis
+
+    from walq.redisq.url import parse_url
+
+    client_url, prefix, _, _ = parse_url(url)
+    c = redis.Redis.from_url(client_url)
+
+    def now() -> float:
+        s, us = c.time()
+        return s + us / 1e6
+
+    out = []
+    try:
+        with open_q(url, rng=_Fixed(u)) as q:
+            if backoff is not None:
+                q._backoff = backoff
+            jid = q.enqueue("t", None, max_attempts=attempts + 1)
+            for attempt in range(1, attempts + 1):
+                job = q.claim()
+                assert job is not None and (job.id, job.attempt) == (jid, attempt)
+                before = now()
+                assert q.fail(jid, "boom") == "scheduled"
+                after = now()
+                expected = u * (backoff or Backoff()).ceiling(attempt)
+                raw = c.hget(f"{prefix}:j:{jid}", "due")
+                if raw is None:  # no delay: pending again at once
+                    out.append((expected, 0.0, 0.0))
+                    continue
+                due = int(raw) / 1000.0
+                out.append((expected, due - after - 0.001, due - before + 0.001))
+                c.zadd(f"{prefix}:sch", {str(jid): 0})  # due now: the next claim takes it
+    finally:
+        c.close()
+    return out
+
+
+@pytest.mark.parametrize("u", [0.0, 0.5, 0.999])
+def test_the_default_retry_delay_is_backoffs(url: str, u: float) -> None:
+    """fail() without a delay: u * min(cap, base * 2^attempt), as walq.core.retry.Backoff."""
+    for expected, low, high in _retry_delays(url, None, 4, u):
+        assert low <= expected <= high
+        assert 0.0 <= expected <= Backoff().ceiling(4)
+
+
+def test_the_retry_delay_follows_backoffs_parameters(url: str) -> None:
+    """The script applies the base and cap it is given, not constants of its own."""
+    backoff = Backoff(base=0.125, cap=0.75)
+    delays = _retry_delays(url, backoff, 4, 0.5)
+    for expected, low, high in delays:
+        assert low <= expected <= high
+    assert [e for e, _, _ in delays] == [0.125, 0.25, 0.375, 0.375]

@@ -3,38 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from tests import procs
 from tools import torture
 from tools.torture import Options, audit_ledger
 
 
-def strays(marker: str) -> list[str]:
-    """Live processes whose command line names `marker` (a run's own directory)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker in cmd and state != "Z":
-            found.append(f"{entry}: {cmd}")
-    return found
-
-
 def assert_no_strays(marker: str) -> None:
     deadline = time.monotonic() + 5
-    while strays(marker) and time.monotonic() < deadline:
+    while procs.naming(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not strays(marker)
+    assert not procs.naming(marker)
 
 
 # -- the audit ------------------------------------------------------------------------------
@@ -177,8 +161,8 @@ def test_a_handler_that_began_and_never_ended_is_killed_in_a_drain() -> None:
 def test_recorded_timeouts_are_counted_from_the_owner_log() -> None:
     audit = torture.Audit()
     torture.count_timeouts(
-        "x walq.worker.pool WARNING job 9 (work_timed) attempt 2 failed (timeout): handler exceeded"
-        "\nx walq.worker.pool WARNING job 8 (work) attempt 1 failed (exception): boom\n",
+        "x walq.worker WARNING job 9 (work_timed) attempt 2 failed (timeout): handler exceeded"
+        "\nx walq.worker WARNING job 8 (work) attempt 1 failed (exception): boom\n",
         audit,
     )
     assert audit.timeouts == 1 and audit.violations == 1 and "job 9" in audit.examples[0]
@@ -186,6 +170,20 @@ def test_recorded_timeouts_are_counted_from_the_owner_log() -> None:
 
 def mode_options(mode: str, **kw: object) -> Options:
     return Options(mode=mode, **{**torture.mode_defaults(mode), **kw})  # type: ignore[arg-type]
+
+
+def planted_run(
+    tmp_path: Path, mode: str, plant: str, *, duration: float, seed: int
+) -> torture.Audit:
+    """A run of `mode` with `plant`ed: it ends within its duration, give or take a
+    loaded machine (not a drain's grace period), and leaves no process behind."""
+    work = tmp_path / "torture"
+    started = time.monotonic()
+    options = mode_options(mode, duration=duration, seed=seed, plant=plant, directory=str(work))
+    audit = torture.torture(options)
+    assert time.monotonic() - started < duration + 15.0
+    assert_no_strays(str(work))
+    return audit
 
 
 def test_group_sigterm_mode_drains_every_cycle(tmp_path: Path) -> None:
@@ -201,20 +199,8 @@ def test_group_sigterm_mode_drains_every_cycle(tmp_path: Path) -> None:
 
 
 def test_group_sigterm_mode_reports_workers_that_die_of_it(tmp_path: Path) -> None:
-    work = tmp_path / "torture"
-    started = time.monotonic()
-    audit = torture.torture(
-        mode_options(
-            "group-sigterm",
-            duration=25.0,
-            seed=12,
-            plant="die-on-group-sigterm",
-            directory=str(work),
-        )
-    )
+    audit = planted_run(tmp_path, "group-sigterm", "die-on-group-sigterm", duration=25.0, seed=12)
     assert audit.killed_in_drain > 0, audit.examples
-    assert time.monotonic() - started < 25.0 + 15.0
-    assert_no_strays(str(work))
 
 
 def test_slow_import_mode_records_no_timeout(tmp_path: Path) -> None:
@@ -229,20 +215,8 @@ def test_slow_import_mode_records_no_timeout(tmp_path: Path) -> None:
 
 
 def test_slow_import_mode_reports_a_timeout_clock_started_at_dispatch(tmp_path: Path) -> None:
-    work = tmp_path / "torture"
-    started = time.monotonic()
-    audit = torture.torture(
-        mode_options(
-            "slow-import",
-            duration=30.0,
-            seed=14,
-            plant="timeout-from-dispatch",
-            directory=str(work),
-        )
-    )
+    audit = planted_run(tmp_path, "slow-import", "timeout-from-dispatch", duration=30.0, seed=14)
     assert audit.timeouts > 0, audit.examples
-    assert time.monotonic() - started < 30.0 + 15.0
-    assert_no_strays(str(work))
 
 
 @pytest.mark.slow

@@ -14,45 +14,11 @@ from pathlib import Path
 import pytest
 
 import walq
-from tests import worker_tasks
+from tests import procs, worker_tasks
+from tests.procs import wait_for
 from walq.worker.pool import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live (non-zombie) descendant of `pid`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def zombies_or_strays(marker: str) -> list[str]:
-    """Processes whose command line mentions `marker` (a test's own directory)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if marker in cmd:
-                out.append(f"{entry}: {cmd}")
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +27,8 @@ def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
     yield
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        left = [p for p in descendants(os.getpid()) if _alive(p)]
-        strays = zombies_or_strays(str(tmp_path))
+        left = [p for p in procs.descendants(os.getpid()) if _alive(p)]
+        strays = procs.naming(str(tmp_path), zombies=True)
         if not left and not strays:
             return
         time.sleep(0.1)
@@ -71,13 +37,10 @@ def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
 
 def _alive(pid: int) -> bool:
     """A live process other than multiprocessing's resource tracker (one per owner, by design)."""
-    try:
-        if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return False
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+    proc = procs.read(pid)
+    if proc is None or "resource_tracker" in proc.cmd:
         return False
-    if state == "Z":
+    if proc.state == "Z":
         # A zombie is a leak only if nobody reaps it; the test process reaps its own.
         os.waitpid(pid, os.WNOHANG)
         return Path(f"/proc/{pid}").exists()
@@ -231,7 +194,7 @@ def test_cancelling_a_running_job_kills_its_process(q: walq.Queue, tmp_path: Pat
 def test_stale_result_is_dropped_not_applied(q: walq.Queue) -> None:
     """A result for an attempt that lost its lease never flips the job's state."""
     from walq.core.job import Job
-    from walq.worker.pool import Outcome
+    from walq.worker.outcomes import Outcome
 
     jid = q.enqueue("ok", {})
     w = Worker(q, worker_tasks.tasks, processes=1)
@@ -253,13 +216,15 @@ def owner(qdir: str, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(predicate: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
+def owner_running_a_job(
+    qdir: str, ledger: Path, *, seconds: float
+) -> tuple[int, subprocess.Popen[str]]:
+    """A job sleeping `seconds`, and an owner (`walq worker`) that has started it."""
+    with walq.Queue.open(qdir) as q:
+        jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": seconds})
+    proc = owner(qdir)
+    wait_for(lambda: ledger_lines(ledger))
+    return jid, proc
 
 
 def test_sigterm_drains_the_job_in_flight_then_exits_zero(qdir: str, tmp_path: Path) -> None:
@@ -287,10 +252,11 @@ def test_sigterm_gives_back_prefetched_jobs_unstarted(qdir: str, tmp_path: Path)
     # Short jobs finished first: the worker now prefetches behind a running job.
     wait_for(lambda: len(ledger_lines(ledger)) >= len(warm))
     with walq.connect(qdir) as producer:
-        slow, queued = producer.enqueue_many(
+        ids = producer.enqueue_many(
             [("sleeps", {"ledger": str(ledger), "seconds": 2.0}), ("ok", {"ledger": str(ledger)})]
         )
-    assert slow is not None and queued is not None
+    assert ids is not None  # the owner answered: not spooled
+    slow, queued = ids
     wait_for(lambda: any(line[3] == "start" for line in ledger_lines(ledger)))
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
@@ -304,11 +270,7 @@ def test_sigterm_gives_back_prefetched_jobs_unstarted(qdir: str, tmp_path: Path)
 
 def test_second_signal_skips_the_wait_and_releases_the_job(qdir: str, tmp_path: Path) -> None:
     """A second SIGTERM stops at once; the unfinished job is released uncharged, not lost."""
-    ledger = tmp_path / "ledger"
-    with walq.Queue.open(qdir) as q:
-        jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 20})
-    proc = owner(qdir)
-    wait_for(lambda: ledger_lines(ledger))
+    jid, proc = owner_running_a_job(qdir, tmp_path / "ledger", seconds=20)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
@@ -323,10 +285,7 @@ def test_second_signal_skips_the_wait_and_releases_the_job(qdir: str, tmp_path: 
 def test_kill_9_of_the_owner_mid_job_then_restart_completes_it(qdir: str, tmp_path: Path) -> None:
     """The owner dies with kill -9 mid-job; its workers die too; a restart finishes the job."""
     ledger = tmp_path / "ledger"
-    with walq.Queue.open(qdir) as q:
-        jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 0.8})
-    proc = owner(qdir)
-    wait_for(lambda: ledger_lines(ledger))
+    jid, proc = owner_running_a_job(qdir, ledger, seconds=0.8)
     proc.kill()
     proc.communicate(timeout=10)
     proc = owner(qdir)
@@ -378,3 +337,22 @@ def test_file_queue_leases_are_renewed_while_a_long_job_runs(q: walq.Queue, tmp_
     assert [(int(x[0]), int(x[1])) for x in starts] == [(jid, 1)]
     assert q.status(jid) == "done" and q.stats()["expired"] == 0
     assert w.counters["ok"] == 1 and w.counters["lease_lost"] == 0 and w.counters["stale"] == 0
+
+
+def test_the_leftover_check_reads_command_lines_that_are_not_utf8(tmp_path: Path) -> None:
+    """Any process on the host may have a non-UTF-8 command line: it is read, not fatal."""
+    marker = str(tmp_path)
+    cmd = [
+        sys.executable.encode(),
+        b"-c",
+        b"import time; time.sleep(60)",
+        os.fsencode(marker) + b"\xff",
+    ]
+    proc = subprocess.Popen(cmd)
+    try:
+        wait_for(lambda: procs.naming(marker))
+        assert all("\ufffd" in line for line in procs.naming(marker))
+        assert proc.pid in procs.descendants(os.getpid())
+    finally:
+        proc.kill()
+        proc.wait()

@@ -24,7 +24,8 @@ import pytest
 
 import walq
 from tests import slow_tasks
-from tests.test_worker import ROOT, ledger_lines, no_leftover_processes, run_until_done, wait_for
+from tests.procs import wait_for
+from tests.test_worker import ROOT, ledger_lines, no_leftover_processes, run_until_done
 from walq.worker.pool import Worker
 
 __all__ = ["no_leftover_processes"]  # the autouse fixture applies here too

@@ -76,7 +76,7 @@ def test_spent_budget_defers_retries_without_charging(qdir: str) -> None:
     """A retry the budget cannot pay for is rescheduled, its attempt not charged."""
     from walq.core.job import Job
     from walq.core.retry import RetryBudget
-    from walq.worker.pool import Outcome
+    from walq.worker.outcomes import Outcome
 
     with walq.Queue.open(qdir) as q:
         budget = RetryBudget(ratio=0.0, floor=0.001, window=10.0)

@@ -105,12 +105,12 @@ class Corpus:
     live: frozenset[int] = frozenset()  # ids of the jobs still in the queue (not done)
 
 
-def build_corpus() -> Corpus:
-    """Every record type over several segments, one of them compacted; the newest busy."""
-    fs = SimFileSystem()
-    q = walq.Queue.open(
+def open_queue(cls: type[walq.Queue], fs: SimFileSystem, recovery: str) -> walq.Queue:
+    """The queue on `fs`, opened as the fuzzer does: no compaction, socket or real clock."""
+    return cls.open(
         QDIR,
         fs=fs,
+        recovery=recovery,
         segment_size=SEGMENT_SIZE,
         compaction=False,
         clock=Clock(),
@@ -118,6 +118,12 @@ def build_corpus() -> Corpus:
         min_free_bytes=0,
         serve=False,
     )
+
+
+def build_corpus() -> Corpus:
+    """Every record type over several segments, one of them compacted; the newest busy."""
+    fs = SimFileSystem()
+    q = open_queue(walq.Queue, fs, "strict")
     jobs: dict[int, tuple[str, Any]] = {}
 
     def add(task: str, payload: Any, **kw: Any) -> int:
@@ -578,17 +584,7 @@ class Checker:
             self.delivered("inspect.dead_jobs", dead.id, dead.task, payload)
 
     def use(self, fs: SimFileSystem, recovery: str, *, repaired: bool = False) -> walq.Queue | None:
-        q = walq.Queue.open(
-            QDIR,
-            fs=fs,
-            recovery=recovery,
-            segment_size=SEGMENT_SIZE,
-            compaction=False,
-            clock=Clock(),
-            rng=random.Random(0),
-            min_free_bytes=0,
-            serve=False,
-        )
+        q = open_queue(planting.queue_class(), fs, recovery)
         target = f"open {recovery}"
         try:
             q.stats()

@@ -351,7 +351,7 @@ class Run:
             self.q = None
 
     def open(self, fs: SimFileSystem) -> walq.Queue:
-        return walq.Queue.open(
+        return planting.queue_class().open(
             QDIR,
             fs=fs,
             sync=self.sync,

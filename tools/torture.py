@@ -1,6 +1,6 @@
 """Kill -9 torture: a real owner process is killed at random moments, restarted, and audited.
 
-Each cycle starts an owner (`python -m tools.torture _owner ...`): it opens the
+Each cycle starts an owner (`python -m tools.torture_owner _owner ...`): it opens the
 queue, runs a producer thread and a `walq.Worker` pool whose handler is
 `tools/torture_tasks.py:work`, and is SIGKILLed after a random interval. Beside
 it, outside producer processes (`walq.connect`, `--producers`) live through all
@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import random
 import re
@@ -68,7 +67,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -270,231 +268,12 @@ def early_violations(work: Path, mode: str, *, owner_running: bool = False) -> A
     return audit
 
 
-# -- the owner process ----------------------------------------------------------------
-
-
-def owner_main(argv: list[str]) -> int:
-    """One owner: a producer thread (unless draining) and a worker pool, until killed."""
-    # slow-import: the delay is for the worker processes' imports, not this one.
-    delay = os.environ.pop("WALQ_TORTURE_IMPORT_DELAY", None)
-    import walq
-    from tools import torture_tasks
-
-    if delay is not None:
-        os.environ[torture_tasks.IMPORT_DELAY_ENV] = delay
-    from walq.directory.compactor import Policy
-    from walq.testing.plant import plant_from_env, worker_class
-
-    parser = argparse.ArgumentParser(prog="torture _owner")
-    parser.add_argument("directory")
-    parser.add_argument("ledger")
-    parser.add_argument("--cycle", type=int, default=0)
-    parser.add_argument("--drain", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sync", default="always")
-    parser.add_argument("--compaction", default="aggressive")
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--payload-min", type=int, default=0)
-    parser.add_argument("--payload-max", type=int, default=2000)
-    parser.add_argument("--rate", type=float, default=300.0)
-    parser.add_argument("--backlog", type=int, default=300)
-    parser.add_argument("--fail-percent", type=float, default=5.0)
-    parser.add_argument("--mode", choices=MODES, default="kill9")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    planted = plant_from_env()
-    if planted:
-        logging.getLogger("torture").warning("planted bugs: %s", ", ".join(planted))
-    os.environ[torture_tasks.LEDGER_ENV] = args.ledger
-    compaction: Any = {
-        "aggressive": Policy(garbage_ratio=0.2, max_sealed=2, interval=0.05),
-        "default": True,
-        "off": False,
-    }[args.compaction]
-    segment_size = 64 << 10 if args.compaction == "aggressive" else 4 << 20
-
-    class LedgerQueue(walq.Queue):
-        """A Queue that writes `acked` lines once an ack is known to be durable."""
-
-        def setup(self) -> None:
-            self._ack_mu = threading.Lock()
-            self._unconfirmed: list[tuple[int, int]] = []
-
-        def ack_many(self, job_ids: Sequence[int], **kw: Any) -> Any:
-            refused = super().ack_many(job_ids, **kw)
-            no = {jid for jid, _ in refused or ()}
-            held = kw.get("attempts") or [0] * len(job_ids)
-            done = [(j, a) for j, a in zip(job_ids, held, strict=True) if j not in no]
-            sync = kw.get("sync")
-            if sync or self._log.sync_mode != "always":
-                # Committed, or (sync "never"/"interval") written to the kernel before
-                # returning: either way it survives a kill -9, all this tool tests.
-                self._confirm(done)
-            else:
-                with self._ack_mu:
-                    self._unconfirmed += done
-            return refused
-
-        def claim_many(self, n: int, **kw: Any) -> list[walq.Job]:
-            with self._ack_mu:
-                covered = list(self._unconfirmed)
-            jobs = super().claim_many(n, **kw)
-            if jobs:  # the claim's fsync covered every ack written before it
-                self._confirm(covered)
-            return jobs
-
-        def sync(self) -> None:
-            with self._ack_mu:
-                covered = list(self._unconfirmed)
-            super().sync()
-            self._confirm(covered)
-
-        def _confirm(self, pairs: list[tuple[int, int]]) -> None:
-            if not pairs:
-                return
-            with self._ack_mu:
-                done = set(pairs)
-                self._unconfirmed = [p for p in self._unconfirmed if p not in done]
-            torture_tasks.append(args.ledger, [f"acked {j} {a}" for j, a in pairs])
-
-    torture_tasks.append(args.ledger, [f"start {args.cycle} {os.getpid()} {int(args.drain)}"])
-    q = LedgerQueue.open(
-        args.directory,
-        sync=args.sync,
-        segment_size=segment_size,
-        compaction=compaction,
-        lock_timeout=10.0,
-        max_pending=args.backlog,
-        min_free_bytes=0,
-    )
-    q.setup()
-    stop = threading.Event()
-    args.task = task_of(args.mode)
-    worker = worker_class(planted)(
-        q, torture_tasks.tasks, processes=args.processes, shutdown_grace=OWNER_GRACE,
-        # slow-import: workers are recycled often, so starts happen mid-run too
-        max_tasks_per_child=10 if args.mode == "slow-import" else None,
-        # Jobs a killed owner left running come back when their lease expires: a short
-        # one (every handler here is far shorter) makes a planted bug show within the run.
-        lease=OWNER_LEASE,
-    )  # fmt: skip
-    threads = []
-    if args.drain:
-        threads.append(threading.Thread(target=_until_empty, args=(q, worker, stop), daemon=True))
-    else:
-        rng = random.Random(f"{args.seed}:{args.cycle}")
-        threads.append(threading.Thread(target=_produce, args=(q, args, rng, stop), daemon=True))
-    for t in threads:
-        t.start()
-    try:
-        code = worker.run()
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=5)
-        q.close()
-    return code
+# -- the driver -----------------------------------------------------------------------------
 
 
 def task_of(mode: str) -> str:
     """The task producers enqueue in this mode."""
     return "work_timed" if mode == "slow-import" else "work"
-
-
-def _produce(q: Any, args: argparse.Namespace, rng: random.Random, stop: threading.Event) -> None:
-    """Enqueue payloads, each between an `intent` line and an `enqueued` line."""
-    import walq
-    from tools import torture_tasks
-
-    n = 0
-    while not stop.is_set():
-        items, nonces = [], []
-        for _ in range(1 if rng.random() < 0.8 else rng.randint(2, 5)):
-            nonce = f"c{args.cycle}n{n}"
-            n += 1
-            payload = torture_tasks.make_payload(
-                nonce,
-                rng.randint(args.payload_min, args.payload_max),
-                fail=rng.random() * 100 < args.fail_percent,
-                as_bytes=rng.random() < 0.3,
-            )
-            items.append((args.task, payload))
-            nonces.append(nonce)
-        torture_tasks.append(args.ledger, [f"intent {nonce}" for nonce in nonces])
-        try:
-            ids = q.enqueue_many(items, timeout=0.5)
-        except walq.QueueFull:
-            continue
-        except walq.WalqError:
-            return  # closing
-        torture_tasks.append(
-            args.ledger, [f"enqueued {jid} {nonce}" for jid, nonce in zip(ids, nonces, strict=True)]
-        )
-        stop.wait(rng.expovariate(args.rate))
-
-
-def _until_empty(q: Any, worker: Any, stop: threading.Event) -> None:
-    """Drain mode: stop the worker once nothing is unfinished and the spool is empty.
-
-    The spool counts too: ingestion pauses while the queue is at its cap, so
-    the queue can be empty for a moment while producers' files still wait.
-    """
-    from walq.producers import spool
-
-    while not stop.wait(0.1):
-        if q.stats()["unfinished"] == 0 and spool.backlog(q.fs, q.path)["files"] == 0:
-            worker.stop()
-            return
-
-
-def producer_main(argv: list[str]) -> int:
-    """An outside producer (walq.connect): socket to the owner when one answers, else the spool.
-
-    It lives through every kill of the owner and stops on SIGTERM.
-    """
-    import walq
-    from tools import torture_tasks
-
-    parser = argparse.ArgumentParser(prog="torture _producer")
-    parser.add_argument("directory")
-    parser.add_argument("ledger")
-    parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rate", type=float, default=50.0)
-    parser.add_argument("--payload-min", type=int, default=0)
-    parser.add_argument("--payload-max", type=int, default=2000)
-    parser.add_argument("--fail-percent", type=float, default=5.0)
-    parser.add_argument("--task", default="work")
-    args = parser.parse_args(argv)
-    # A plain flag, not a threading.Event: a signal handler that takes the Event's
-    # lock can deadlock against the main thread holding it inside Event.wait.
-    stopping: list[bool] = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(True))
-    rng = random.Random(f"{args.seed}:producer:{args.index}")
-    n = 0
-    with walq.connect(args.directory, timeout=10.0) as producer:
-        while not stopping:
-            nonce = f"p{args.index}n{n}"
-            n += 1
-            payload = torture_tasks.make_payload(
-                nonce,
-                rng.randint(args.payload_min, args.payload_max),
-                fail=rng.random() * 100 < args.fail_percent,
-                as_bytes=rng.random() < 0.3,
-            )
-            torture_tasks.append(args.ledger, [f"intent {nonce}"])
-            try:
-                jid = producer.enqueue(args.task, payload)
-            except walq.QueueFull:
-                time.sleep(0.05)
-                continue
-            line = f"enqueued {'-' if jid is None else jid} {nonce}"
-            torture_tasks.append(args.ledger, [line])
-            time.sleep(min(rng.expovariate(args.rate), 0.5))
-    return 0
-
-
-# -- the driver -----------------------------------------------------------------------------
 
 
 @attrs.define
@@ -539,7 +318,7 @@ def mode_defaults(mode: str) -> dict[str, float]:
 
 def start_owner(opts: Options, qdir: Path, ledger: Path, log: Any, cycle: int, drain: bool) -> Any:
     cmd = [
-        sys.executable, "-m", "tools.torture", "_owner", str(qdir), str(ledger),
+        sys.executable, "-m", "tools.torture_owner", "_owner", str(qdir), str(ledger),
         "--cycle", str(cycle), "--seed", str(opts.seed), "--sync", opts.sync,
         "--compaction", opts.compaction, "--processes", str(opts.processes),
         "--payload-min", str(opts.payload_min), "--payload-max", str(opts.payload_max),
@@ -733,7 +512,7 @@ def final_drain(
 
 def start_producer(opts: Options, qdir: Path, ledger: Path, log: Any, index: int) -> Any:
     cmd = [
-        sys.executable, "-m", "tools.torture", "_producer", str(qdir), str(ledger),
+        sys.executable, "-m", "tools.torture_owner", "_producer", str(qdir), str(ledger),
         "--index", str(index), "--seed", str(opts.seed), "--rate", str(opts.producer_rate),
         "--payload-min", str(opts.payload_min), "--payload-max", str(opts.payload_max),
         "--fail-percent", str(opts.fail_percent), "--task", task_of(opts.mode),
@@ -774,10 +553,6 @@ def _mode(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_owner"]:
-        return owner_main(argv[1:])
-    if argv[:1] == ["_producer"]:
-        return producer_main(argv[1:])
     if _mode(argv) == "redis":  # two Worker hosts on one redis-server: tools/torture_redis.py
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))  # run as a script: tools/ is not a package then

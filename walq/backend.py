@@ -1,5 +1,9 @@
 """The queue API every backend offers, stated once (with its docstrings).
 
+A backend subclasses QueueBackend: the public calls check their arguments
+here, once, and call the backend's hooks (`_add`, `_claim_many`, ...); the
+one-job calls are their batch calls.
+
 The worker, the CLI, metrics and the producer server depend on this
 interface, never on a concrete backend: `walq.open` (walq.backends) returns
 one. A new backend is a module implementing it, a registry entry, and the
@@ -9,13 +13,16 @@ contract suite (tests/test_contract.py) run against it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from walq.core.job import DeadJob, Job
+from walq.core.jobspec import JobSpec, check_delay, check_seconds, check_task, make_spec, spec_from
 from walq.core.state import JobInfo
-from walq.errors import StateError, WalqError
+from walq.core.text import excerpt
+from walq.errors import ArgumentError, StateError, WalqError
 
 EnqueueItem = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
+B = TypeVar("B", bound="QueueBackend")
 
 
 @runtime_checkable
@@ -53,7 +60,9 @@ class QueueBackend(Protocol):
         With `key`, an unfinished job holding the same key is returned instead
         of a new one. A full queue raises QueueFull, after waiting up to `timeout`.
         """
-        ...
+        spec = make_spec(task, payload, key=key, delay=delay, priority=priority,
+                         max_attempts=max_attempts, max_payload=self.max_payload)  # fmt: skip
+        return self._add((spec,), sync, timeout)[0]
 
     def enqueue_many(
         self,
@@ -66,7 +75,7 @@ class QueueBackend(Protocol):
 
         options: key, delay, priority, max_attempts (as for `enqueue`).
         """
-        ...
+        return self._add([spec_from(raw, self.max_payload) for raw in items], sync, timeout)
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -78,7 +87,8 @@ class QueueBackend(Protocol):
         The attempt is durable before the job is returned, so a job that
         crashes the process is still counted.
         """
-        ...
+        jobs = self.claim_many(1, lease=lease, timeout=timeout, tasks=tasks)
+        return jobs[0] if jobs else None
 
     def claim_many(
         self,
@@ -96,7 +106,12 @@ class QueueBackend(Protocol):
         uses it for per-task limits. `tasks`, if given, takes only jobs of
         those tasks (before `accept`).
         """
-        ...
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ArgumentError(f"n must be a positive integer, not {excerpt(n)}")
+        lease = check_seconds("lease", lease, positive=True)
+        timeout = check_seconds("timeout", timeout)
+        only = None if tasks is None else frozenset(check_task(t) for t in tasks)
+        return self._claim_many(n, lease, timeout, accept, only)
 
     def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
         """Finish a running job held by `attempt`, or by this handle's own claim.
@@ -105,7 +120,7 @@ class QueueBackend(Protocol):
         LeaseLost if it no longer holds the job (its lease expired, the job was
         claimed again or cancelled). Only cancel and requeue act without a claim.
         """
-        ...
+        self.ack_many([job_id], attempts=None if attempt is None else [attempt], sync=sync)
 
     def ack_many(
         self,
@@ -120,7 +135,7 @@ class QueueBackend(Protocol):
         strict: if one job is not held (by its attempt), raise and ack none.
         Otherwise ack those that are held and return the others with why.
         """
-        ...
+        return self._ack_many(job_ids, attempts, sync, strict)
 
     def fail(
         self,
@@ -136,7 +151,8 @@ class QueueBackend(Protocol):
 
         Returns the job's new status, "scheduled" or "dead".
         """
-        ...
+        return self._fail(job_id, error, permanent, attempt,
+                          None if delay is None else check_delay(delay), sync)  # fmt: skip
 
     def release(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
         """Hand a running job back to pending without charging its attempt."""
@@ -154,7 +170,7 @@ class QueueBackend(Protocol):
         Each job's attempt (or this handle's claim) is checked as by `extend`;
         the jobs no longer held are returned with why, the others extended.
         """
-        ...
+        return self._extend_many(job_ids, check_seconds("lease", lease, positive=True), attempts)
 
     def next_due_in(self) -> float | None:
         """Seconds until the next scheduled job falls due or a lease expires (None: none)."""
@@ -206,6 +222,44 @@ class QueueBackend(Protocol):
         """Release the queue (idempotent; in a fork() child, only the child's copies)."""
         ...
 
-    def __enter__(self) -> QueueBackend: ...
+    def __enter__(self: B) -> B:
+        return self
 
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what each backend implements behind the calls above (arguments checked) ----------
+
+    def _add(self, specs: Sequence[JobSpec], sync: bool | None, timeout: float) -> list[int]:
+        """Add validated jobs (coalescing keys, waiting up to `timeout` for room); their ids."""
+        ...
+
+    def _claim_many(
+        self, n: int, lease: float, timeout: float,
+        accept: Callable[[JobInfo], bool | float] | None, tasks: frozenset[str] | None,
+    ) -> list[Job]:  # fmt: skip
+        """claim_many with its arguments checked (`tasks`: the task names, or None for all)."""
+        ...
+
+    def _ack_many(
+        self,
+        job_ids: Sequence[int],
+        attempts: Sequence[int] | None,
+        sync: bool | None,
+        strict: bool,
+    ) -> list[tuple[int, StateError]]:
+        """ack_many's durable write."""
+        ...
+
+    def _fail(
+        self, job_id: int, error: str, permanent: bool,
+        attempt: int | None, delay: float | None, sync: bool | None,
+    ) -> str:  # fmt: skip
+        """fail with its delay checked (None: the backend draws Backoff's)."""
+        ...
+
+    def _extend_many(
+        self, job_ids: Sequence[int], lease: float, attempts: Sequence[int] | None
+    ) -> list[tuple[int, WalqError]]:
+        """extend_many with its lease checked."""
+        ...

@@ -6,13 +6,14 @@
     QueueCollector(q, worker).register()     # the default registry
     start_http_server(9108)
 
-The metric values are computed here as plain data (`families`), from
-`Queue.stats()` or from what `walq stats` reads off the files, so they are the
-same numbers the CLI prints; `prometheus_client` only renders them and is
-imported when first needed. Histograms of fsync latency and of job run time
-are filled by hooks of the log and the worker when those exist (see
-docs/OPERATIONS.md); without the fsync hook the fsync histogram still has its
-count and sum, from the log's own counters.
+The metric values are computed here as plain data (`families`), from the one
+stats model (walq.ops.stats.QueueStats) of `Queue.stats()` or of what
+`walq stats` reads, so they are the same numbers the CLI prints;
+`prometheus_client` only renders them and is imported when first needed.
+Histograms of fsync latency and of job run time are filled by hooks of the
+log and the worker when those exist (see docs/OPERATIONS.md); without the
+fsync hook the fsync histogram still has its count and sum, from the log's
+own counters.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import attrs
 
 from walq.errors import WalqError
+from walq.ops.stats import QueueStats
 
 FSYNC_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -131,28 +133,30 @@ def _one(name: str, kind: str, text: str, value: float) -> Family:
 
 
 def families(
-    stats: Mapping[str, Any],
+    stats: QueueStats | Mapping[str, Any],
     *,
     worker: Mapping[str, Any] | None = None,
     fsync: HistogramValue | None = None,
     runs: Mapping[tuple[str, str], HistogramValue] | None = None,
     namespace: str = "walq",
 ) -> list[Family]:
-    """The metrics for one queue: from `Queue.stats()` or `walq.ops.inspect.stats()`.
+    """The metrics for one queue, from its stats model (walq.ops.stats.QueueStats).
 
-    `worker` is `Worker.status()` (or the worker's status file); `fsync` and
-    `runs` ((task, outcome) -> histogram) come from the hooks.
+    A backend's stats dict (`Queue.stats()`, `walq stats --json`) is read
+    into the model first. `worker` is `Worker.status()` (or the worker's
+    status file); `fsync` and `runs` ((task, outcome) -> histogram) come
+    from the hooks.
     """
+    st = stats if isinstance(stats, QueueStats) else QueueStats.of(stats)
     p = namespace + "_"
+    log = st.log
     out = [
         Family(
             p + "jobs",
             "gauge",
             "Live jobs by state.",
             ("state",),
-            tuple(
-                ((s,), float(stats.get(s, 0))) for s in ("pending", "scheduled", "running", "dead")
-            ),
+            tuple(((s,), float(n)) for s, n in st.jobs.items()),
         ),
         Family(
             p + "task_jobs",
@@ -161,29 +165,37 @@ def families(
             ("task", "state"),
             tuple(
                 ((task, s), float(n))
-                for task, counts in sorted(stats.get("tasks", {}).items())
+                for task, counts in st.tasks.items()
                 for s, n in sorted(counts.items())
             ),
         ),
-        _one(p + "log_segments", "gauge", "Segment files.", stats.get("segments", 0)),
-        _one(p + "log_disk_bytes", "gauge", "Bytes of segment files.", stats.get("disk_bytes", 0)),
-        _one(p + "live_bytes", "gauge", "Bytes of the live jobs' records.", stats.get("bytes", 0)),
-        _one(p + "damaged_ranges", "gauge", "Damaged ranges found.", stats.get("damaged", 0)),
+        _one(p + "log_segments", "gauge", "Segment files.", log.segments if log else 0),
+        _one(
+            p + "log_disk_bytes", "gauge", "Bytes of segment files.", log.disk_bytes if log else 0
+        ),
+        _one(p + "live_bytes", "gauge", "Bytes of the live jobs' records.", st.live_bytes),
+        _one(p + "damaged_ranges", "gauge", "Damaged ranges found.", st.damaged),
     ]
     for key, (name, text) in QUEUE_COUNTERS.items():
-        if key in stats:
-            out.append(_one(p + name, "counter", text, stats[key]))
+        if key in st.counters:
+            out.append(_one(p + name, "counter", text, st.counters[key]))
     optional_gauges = {
-        "garbage_ratio": ("log_garbage_ratio", "Share of record bytes a compaction would drop."),
-        "oldest_pending_age": ("oldest_pending_age_seconds", "Age of the oldest pending job."),
-        "spooled": ("spooled_requests", "Producer requests in the spool awaiting an owner."),
-        "tail_bytes": ("tail_bytes", "Bytes of an unfinished or torn tail."),
+        "log_garbage_ratio": (
+            log.garbage_ratio if log else None,
+            "Share of record bytes a compaction would drop.",
+        ),
+        "oldest_pending_age_seconds": (
+            st.oldest_pending[1] if st.oldest_pending else None,
+            "Age of the oldest pending job.",
+        ),
+        "spooled_requests": (st.spooled, "Producer requests in the spool awaiting an owner."),
+        "tail_bytes": (log.tail_bytes if log else None, "Bytes of an unfinished or torn tail."),
     }
-    for key, (name, text) in optional_gauges.items():
-        if stats.get(key) is not None:
-            out.append(_one(p + name, "gauge", text, stats[key]))
-    if "compactor" in stats:  # None: working; else failing since, with how many failures
-        failing = stats["compactor"] if isinstance(stats["compactor"], Mapping) else {}
+    for name, (value, text) in optional_gauges.items():
+        if value is not None:
+            out.append(_one(p + name, "gauge", text, value))
+    if st.has_compactor:  # None: working; else failing since, with how many failures
+        failing = st.compactor or {}
         out.append(
             _one(
                 p + "compactor_failing",
@@ -200,8 +212,8 @@ def families(
                 failing.get("failures", 0),
             )
         )
-    if isinstance(stats.get("owner"), Mapping) and stats["owner"].get("running") is not None:
-        running = float(bool(stats["owner"]["running"]))
+    if st.owner is not None and st.owner.running is not None:
+        running = float(bool(st.owner.running))
         out.append(_one(p + "owner_running", "gauge", "Whether an owner holds the lock.", running))
     if fsync is not None:
         out.append(
@@ -337,7 +349,7 @@ class QueueCollector:
         """The current values as plain data."""
         stats = self.queue.stats()
         return families(
-            stats,
+            QueueStats.of(stats),
             worker=self.worker.status() if self.worker is not None else None,
             fsync=self._fsync_value(stats),
             runs={k: h.snapshot() for k, h in list(self.runs.items())},

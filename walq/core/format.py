@@ -24,9 +24,6 @@ RECORD_HEADER = struct.Struct("<IIBBHI")
 RECORD_HEADER_SIZE = RECORD_HEADER.size  # 16
 assert RECORD_HEADER_SIZE == 16
 
-# Set only by walq.testing.plant, to prove the fuzzer catches a removed segment.
-PLANTED_IGNORE_MISSING = False
-
 # Segment numbers fit in 48 bits (a job's location packs the number with a
 # compaction generation above it: walq.core.state.SEQ_BITS).
 MAX_SEQ = (1 << 48) - 1
@@ -35,7 +32,7 @@ MAX_BODY = 1 << 28  # 256 MiB
 # Segments are addressed with 32-bit offsets.
 MAX_SEGMENT_SIZE = (1 << 32) - 1
 # The longest delay a job (or a retry) may have, so the furthest a due time lies
-# ahead: 10 years. walq.core.job.check_delay enforces it for every way in.
+# ahead: 10 years. walq.core.jobspec.check_delay enforces it for every way in.
 MAX_DELAY = 10 * 365 * 86400.0
 
 # Record types. Type 0 is reserved: zeroed or preallocated space reads as
@@ -161,8 +158,6 @@ def missing_segments(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     else is a segment that was removed.
     """
     missing: list[tuple[int, int]] = []
-    if PLANTED_IGNORE_MISSING:
-        return missing
     expected = 1
     for first, seq in spans:
         if first > expected:

@@ -5,6 +5,11 @@ record, the end of the log (zeroed space), a record that runs past the data
 (`Incomplete`: a torn tail, or a writer still writing), or `Damaged` bytes.
 Deciding whether damage is a torn tail or corruption needs the whole segment
 and is the job of `classify` (see docs/FORMAT.md, "Recovery").
+
+`check_record` is the one test of whether bytes are a valid record; `decode`,
+the fast scan (`scan_fast`, which replay feeds a sink) and `classify` all ask
+it. Its checksum test is a seam (`RecordCheck`, default `crc_matches`) that a
+caller such as the directory's Log passes in.
 """
 
 from __future__ import annotations
@@ -12,14 +17,12 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Iterator
+from typing import TypeAlias
 
 import attrs
 from crc32c import crc32c
 
 from walq.core.format import MAX_BODY, MAX_TYPE, RECORD_HEADER, RECORD_HEADER_SIZE
-
-# Set only by walq.testing.plant, to prove the torture tools catch a bad decoder.
-PLANTED_ACCEPT_BAD_CRC = False
 
 _pack_header = RECORD_HEADER.pack
 _unpack_header = RECORD_HEADER.unpack_from
@@ -77,12 +80,27 @@ class Damaged:
 Decoded = Record | End | Incomplete | Damaged
 
 
-def decode(
-    buf: bytes | memoryview, offset: int, *, max_body: int = MAX_BODY, origin: int = 0
-) -> Decoded:
-    """Decode the record at `offset` of `buf`; never raises for any input bytes.
+RecordCheck: TypeAlias = Callable[[int, bytes | memoryview], bool]
+"""Whether the bytes a record's checksum covers (header bytes 4..16, then the body) match it."""
 
-    `origin` is the file offset of `buf[0]` when `buf` is a piece of a segment.
+
+def crc_matches(crc: int, covered: bytes | memoryview) -> bool:
+    """The record check walq uses: CRC-32C of `covered` equals `crc`."""
+    return crc32c(covered) == crc
+
+
+def check_record(
+    buf: bytes | memoryview,
+    offset: int,
+    max_body: int = MAX_BODY,
+    origin: int = 0,
+    check: RecordCheck = crc_matches,
+) -> tuple[int, int, int] | End | Incomplete | Damaged:
+    """(type, synced watermark, end) of the valid record at `offset`, or what is there instead.
+
+    The one home of the record-validity rules; never raises for any input
+    bytes. `origin` is the file offset of `buf[0]` when `buf` is a piece of a
+    segment.
     """
     size = len(buf)
     remaining = size - offset
@@ -106,13 +124,29 @@ def decode(
         return Incomplete(offset, f"record of {length} bytes runs past the end of the data")
     if synced > origin + offset:
         return Damaged(offset, f"sync watermark {synced} lies beyond the record")
-    body = bytes(buf[offset + RECORD_HEADER_SIZE : end])
-    if (
-        crc32c(body, crc32c(buf[offset + 4 : offset + RECORD_HEADER_SIZE])) != crc
-        and not PLANTED_ACCEPT_BAD_CRC
-    ):
+    view = buf if isinstance(buf, memoryview) else memoryview(buf)
+    if not check(crc, view[offset + 4 : end]):
         return Damaged(offset, "checksum mismatch")
-    return Record(offset, rtype, synced, body, end)
+    return rtype, synced, end
+
+
+def decode(
+    buf: bytes | memoryview,
+    offset: int,
+    *,
+    max_body: int = MAX_BODY,
+    origin: int = 0,
+    check: RecordCheck = crc_matches,
+) -> Decoded:
+    """Decode the record at `offset` of `buf`; never raises for any input bytes.
+
+    `origin` is the file offset of `buf[0]` when `buf` is a piece of a segment.
+    """
+    found = check_record(buf, offset, max_body, origin, check)
+    if not isinstance(found, tuple):
+        return found
+    rtype, synced, end = found
+    return Record(offset, rtype, synced, bytes(buf[offset + RECORD_HEADER_SIZE : end]), end)
 
 
 # A cheap pre-filter for resynchronising after damage: a plausible header has
@@ -122,11 +156,17 @@ _CANDIDATE = re.compile(rb"[\x01-" + bytes([MAX_TYPE]) + rb"]\x00\x00\x00")
 _TYPE_AT = 8
 
 
-def resync(buf: bytes | memoryview, start: int, *, max_body: int = MAX_BODY) -> Record | None:
+def resync(
+    buf: bytes | memoryview,
+    start: int,
+    *,
+    max_body: int = MAX_BODY,
+    check: RecordCheck = crc_matches,
+) -> Record | None:
     """The first valid record that starts after `start`, or None."""
     data = buf if isinstance(buf, bytes) else bytes(buf)
     for match in _CANDIDATE.finditer(data, start + 1 + _TYPE_AT):
-        found = decode(data, match.start() - _TYPE_AT, max_body=max_body)
+        found = decode(data, match.start() - _TYPE_AT, max_body=max_body, check=check)
         if isinstance(found, Record):
             return found
     return None
@@ -139,48 +179,39 @@ def all_zero(buf: bytes | memoryview, start: int) -> bool:
 
 
 def scan_fast(
-    buf: bytes, offset: int, seq: int, sink: Callable[[int, int, int, int, memoryview], None]
+    buf: bytes,
+    offset: int,
+    seq: int,
+    sink: Callable[[int, int, int, int, memoryview], None],
+    *,
+    check: RecordCheck = crc_matches,
 ) -> tuple[int, int]:
     """Feed valid records from `offset` to `sink` until the first non-record.
 
     Returns where it stopped and the sync watermark of the last record fed (0: none).
 
     The replay fast path: no Record objects, no copies (bodies are memoryview
-    slices). Whatever stops it -- zeros, a torn tail, damage -- is for
-    `classify` to judge.
+    slices; `sink(seq, type, offset, size, body)`). Whatever stops it --
+    zeros, a torn tail, damage -- is for `classify` to judge.
     """
     view = memoryview(buf)
-    size = len(buf)
-    unpack = _unpack_header
+    header = RECORD_HEADER_SIZE
     watermark = 0
-    while offset + RECORD_HEADER_SIZE <= size:
-        crc, length, rtype, flags, reserved, synced = unpack(buf, offset)
-        end = offset + RECORD_HEADER_SIZE + length
-        if (
-            rtype == 0
-            or rtype > MAX_TYPE
-            or flags
-            or reserved
-            or length > MAX_BODY
-            or end > size
-            or synced > offset
-        ):
-            break
-        body = view[offset + RECORD_HEADER_SIZE : end]
-        if crc32c(body, crc32c(view[offset + 4 : offset + RECORD_HEADER_SIZE])) != crc and not (
-            PLANTED_ACCEPT_BAD_CRC
-        ):
-            break
-        sink(seq, rtype, offset, end - offset, body)
-        watermark = synced
+    while True:
+        found = check_record(view, offset, MAX_BODY, 0, check)
+        if not isinstance(found, tuple):
+            return offset, watermark
+        rtype, watermark, end = found
+        sink(seq, rtype, offset, end - offset, view[offset + header : end])
         offset = end
-    return offset, watermark
 
 
-def records(buf: bytes | memoryview, offset: int) -> Iterator[Record]:
+def records(
+    buf: bytes | memoryview, offset: int, *, check: RecordCheck = crc_matches
+) -> Iterator[Record]:
     """Valid records from `offset` until the first non-record; for trusted data."""
     while True:
-        found = decode(buf, offset)
+        found = decode(buf, offset, check=check)
         if not isinstance(found, Record):
             return
         yield found
@@ -212,7 +243,9 @@ class Scan:
     end: int
 
 
-def classify(buf: bytes | memoryview, start: int, *, newest: bool) -> Scan:
+def classify(
+    buf: bytes | memoryview, start: int, *, newest: bool, check: RecordCheck = crc_matches
+) -> Scan:
     """Scan a whole segment's bytes from `start` and classify every damaged range.
 
     In the newest segment, damage is a torn tail unless a later valid record
@@ -226,7 +259,7 @@ def classify(buf: bytes | memoryview, start: int, *, newest: bool) -> Scan:
     offset = start
     size = len(buf)
     while True:
-        item = decode(buf, offset)
+        item = decode(buf, offset, check=check)
         if isinstance(item, Record):
             found.append(item)
             offset = item.end
@@ -234,27 +267,27 @@ def classify(buf: bytes | memoryview, start: int, *, newest: bool) -> Scan:
         reason = item.reason if not isinstance(item, End) else "zeroed space before more records"
         if all_zero(buf, offset):
             return Scan(found, gaps, None, offset)
-        later = resync(buf, offset)
+        later = resync(buf, offset, check=check)
         if later is None:
             gap = Gap(offset, _trim_zeros(buf, offset, size), reason)
             if newest:
                 return Scan(found, gaps, gap, offset)
             gaps.append(gap)
             return Scan(found, gaps, None, offset)
-        if newest and not _synced_after(buf, later, offset):
+        if newest and not _synced_after(buf, later, offset, check):
             return Scan(found, gaps, Gap(offset, _trim_zeros(buf, offset, size), reason), offset)
         gaps.append(Gap(offset, later.offset, reason))
         offset = later.offset
 
 
-def _synced_after(buf: bytes | memoryview, first: Record, damage: int) -> bool:
+def _synced_after(buf: bytes | memoryview, first: Record, damage: int, check: RecordCheck) -> bool:
     """Whether `first` or a valid record after it claims `damage` was already synced."""
     item: Record | None = first
     while item is not None:
         if item.synced > damage:
             return True
-        nxt = decode(buf, item.end)
-        item = nxt if isinstance(nxt, Record) else resync(buf, item.end)
+        nxt = decode(buf, item.end, check=check)
+        item = nxt if isinstance(nxt, Record) else resync(buf, item.end, check=check)
     return False
 
 

@@ -1,13 +1,10 @@
 """The queue state machine: what every job is doing, rebuilt by replaying events.
 
-Rules (the transition table below is the whole of them):
-
-- a job is created pending (or scheduled, if it is due later);
-- claim moves pending -> running and records the attempt number;
-- ack removes a running job (done); fail makes it scheduled (a retry) or dead;
-- release hands a running job back to pending without charging the attempt;
-- a lease that expires moves running -> pending, the attempt already counted;
-- cancel removes any unfinished job; requeue revives a dead one; purge deletes it.
+The rules are the table in walq.core.transitions, which a live queue's state
+reads for every event it applies: an event the table does not allow from a
+job's state raises StateError. Replay applies recorded events as the facts
+they are (a compacted snapshot may already reflect the events that follow it:
+see walq.directory.compactor), skipping only those that cannot apply.
 
 Pure: no IO and no clock. Time comes in as `Now` (wall time for what must
 survive a restart, monotonic time for everything within this process), and
@@ -17,148 +14,51 @@ every job's payload stays on disk -- the state holds its location only.
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Iterable, Iterator
 
-import attrs
-from crc32c import crc32c
-
+from walq.core import enqueue, framing, replay
 from walq.core import events as ev
-from walq.core import format as fmt
-from walq.core import framing
+from walq.core.jobspec import MAX_ATTEMPTS, MIN_PRIORITY
+from walq.core.packed import ATTEMPTS as _ATTEMPTS
+from walq.core.packed import (
+    DEAD,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    SEQ_BITS,
+    STATE_NAMES,
+    JobInfo,
+    Loc,
+    NewJob,
+    Now,
+    TaskCounts,
+    seq_of,
+)
+from walq.core.packed import M3 as _M3
+from walq.core.packed import M16 as _M16
+from walq.core.packed import M32 as _M32
+from walq.core.packed import MAXA as _MAXA
+from walq.core.packed import MT as _MT
+from walq.core.packed import OFFSET as _OFFSET
+from walq.core.packed import PRIO as _PRIO
+from walq.core.packed import SEG as _SEG
+from walq.core.packed import SIZE as _SIZE
+from walq.core.packed import TASK as _TASK
+from walq.core.packed import pack as _pack
+from walq.core.packed import with_field as _with
+from walq.core.ready import ReadyIndex
+from walq.core.replay import Sink
+from walq.core.transitions import check, next_states
 from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
 
-PENDING, SCHEDULED, RUNNING, DEAD = ev.PENDING, ev.SCHEDULED, ev.RUNNING, ev.DEAD
-STATE_NAMES = {PENDING: "pending", SCHEDULED: "scheduled", RUNNING: "running", DEAD: "dead"}
+# The values callers use with the state (defined beside the packed layout).
+__all__ = [
+    "DEAD", "PENDING", "RUNNING", "SCHEDULED", "SEQ_BITS", "STATE_NAMES",
+    "JobInfo", "Loc", "NewJob", "Now", "QueueState", "Sink", "TaskCounts", "seq_of",
+]  # fmt: skip
 
-# (from, event) -> to. "-" means the job leaves the table (done, cancelled, purged).
-TRANSITIONS: dict[tuple[str, str], str] = {
-    ("new", "enqueue"): "pending | scheduled",
-    ("scheduled", "due"): "pending",
-    ("pending", "claim"): "running",
-    ("running", "ack"): "- (done)",
-    ("running", "fail"): "scheduled | dead",
-    ("running", "release"): "pending",
-    ("running", "lease expiry"): "pending",
-    ("pending | scheduled | running", "cancel"): "- (cancelled)",
-    ("dead", "requeue"): "pending",
-    ("dead", "purge"): "- (purged)",
-}
-
-MIN_PRIORITY, MAX_PRIORITY = -(1 << 15), (1 << 15) - 1
-_RECORD = fmt.RECORD_HEADER
-MAX_ATTEMPTS = 0xFFFF
-
-# A live job is one packed int (about 130 bytes of RAM with its dict slot,
-# against 210 for a slotted object): the fields below, then its record's
-# location (segment, offset, size) so the payload can be read back from disk.
-# The task is an index into the names seen (the log stores names, not indexes):
-# 32 bits, so the number of distinct task names has no limit that matters --
-# 2**32 names would need hundreds of GiB of RAM first. (It was 16 bits, and
-# the 65,537th name was refused after its record was written: see task_index.)
-_STATE, _ATTEMPTS, _MAXA, _PRIO, _TASK, _SIZE, _OFFSET, _SEG = 0, 3, 19, 35, 51, 83, 115, 147
-_M3, _M16, _M32 = 0x7, 0xFFFF, 0xFFFFFFFF
-_MT = _M32  # the task index's mask
-
-
-def _pack(state: int, attempts: int, maxa: int, prio: int, task: int, loc: Loc) -> int:
-    return (
-        state
-        | attempts << _ATTEMPTS
-        | maxa << _MAXA
-        | (prio - MIN_PRIORITY) << _PRIO
-        | task << _TASK
-        | loc.size << _SIZE
-        | loc.offset << _OFFSET
-        | loc.seg << _SEG
-    )
-
-
-def _with(packed: int, shift: int, mask: int, value: int) -> int:
-    return (packed & ~(mask << shift)) | (value << shift)
-
-
-@attrs.frozen
-class Now:
-    """The current time in both clocks: wall (survives restarts) and monotonic."""
-
-    wall: float
-    mono: float
-
-    def mono_at(self, wall: float) -> float:
-        """The monotonic time that corresponds to wall-clock time `wall`."""
-        return self.mono + (wall - self.wall)
-
-
-SEQ_BITS = 48
-_SEQ_MASK = (1 << SEQ_BITS) - 1
-
-
-def seq_of(seg: int) -> int:
-    """The segment sequence number in a Loc.seg (see Loc)."""
-    return seg & _SEQ_MASK
-
-
-class Loc(NamedTuple):
-    """Where a job's defining record lives: segment, offset, record size in bytes.
-
-    (A NamedTuple rather than an attrs class: one is made per job on the hot
-    paths, and this is four times cheaper to build.)
-
-    `seg` is the segment's sequence number -- plus, for a segment a compaction
-    installed while this process runs, a generation in the bits above
-    SEQ_BITS: the compacted file replaces the old one under the same number,
-    and until every job has moved, both files' records are live.
-    """
-
-    seg: int
-    offset: int
-    size: int
-
-
-class NewJob(Protocol):
-    """What `QueueState.add_new` reads of a job being enqueued."""
-
-    @property
-    def task(self) -> str: ...
-    @property
-    def key(self) -> str | None: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def max_attempts(self) -> int: ...
-
-
-class JobInfo(NamedTuple):
-    """A snapshot of one live job's fields, as the state holds them (a NamedTuple: hot path)."""
-
-    id: int
-    task: str
-    state: int
-    attempts: int
-    max_attempts: int
-    priority: int
-    loc: Loc
-
-    @property
-    def state_name(self) -> str:
-        return STATE_NAMES[self.state]
-
-
-@attrs.frozen
-class TaskCounts:
-    """Live jobs (of one task, or all) by state."""
-
-    pending: int = 0
-    scheduled: int = 0
-    running: int = 0
-    dead: int = 0
-
-    @classmethod
-    def of(cls, n: list[int]) -> TaskCounts:
-        """From a list indexed by state code."""
-        return cls(n[PENDING], n[SCHEDULED], n[RUNNING], n[DEAD])
+# What a job that leaves the table became, by its tombstone (None: acked).
+_GONE: dict[int | None, str] = {None: "done", ev.CANCELLED: "cancelled", ev.PURGED: "purged"}
 
 
 class QueueState:
@@ -177,7 +77,7 @@ class QueueState:
         self._key_of: dict[int, str] = {}
         self._errors: dict[int, Loc] = {}
         self._tombstones: dict[int, int] = {}
-        self._ready: dict[int, dict[int, deque[int]]] = {}
+        self._ready = ReadyIndex()
         self._scheduled: list[tuple[float, int]] = []
         self._due: dict[int, float] = {}
         self._leases: dict[int, tuple[float, int]] = {}
@@ -186,7 +86,7 @@ class QueueState:
         self._by_task: dict[int, list[int]] = {}  # the same, per task
         self.live_bytes = 0
         self._seg_bytes: dict[int, int] = {}  # live record bytes per segment
-        self._loading = True
+        self.loading = True  # replaying: events are facts, nothing indexed until finish_replay
 
     # -- queries -------------------------------------------------------------
 
@@ -316,7 +216,12 @@ class QueueState:
     # -- replay ------------------------------------------------------------------
 
     def apply(self, event: ev.Event, loc: Loc, now: Now) -> None:
-        """Apply one event recorded at `loc`. Idempotent for events already reflected."""
+        """Apply one event recorded at `loc`.
+
+        Live, each job's move is checked against TRANSITIONS (StateError if the
+        table does not allow it); in replay, events already reflected are
+        idempotent and those that cannot apply are skipped.
+        """
         if isinstance(event, ev.Enqueue | ev.Job):
             self._create(event, loc, now)
         elif isinstance(event, ev.Claim):
@@ -324,7 +229,7 @@ class QueueState:
                 self._claimed(jid, attempt)
         elif isinstance(event, ev.Ack):
             for jid in event.ids:
-                self._remove(jid, None)
+                self._remove(jid, "ack", None)
         elif isinstance(event, ev.Fail):
             self._failed(event, loc, now)
         elif isinstance(event, ev.Release):
@@ -332,18 +237,33 @@ class QueueState:
                 self._released(jid, attempts)
         elif isinstance(event, ev.Cancel):
             for jid in event.ids:
-                if jid in self._jobs and self._jobs[jid] & _M3 != DEAD:
-                    self._remove(jid, ev.CANCELLED)
+                if not self.loading or self._is(jid, PENDING, SCHEDULED, RUNNING):
+                    self._remove(jid, "cancel", ev.CANCELLED)
         elif isinstance(event, ev.Requeue):
             for jid in event.ids:
                 self._requeued(jid)
         elif isinstance(event, ev.Purge):
             for jid in event.ids:
-                if jid in self._jobs and self._jobs[jid] & _M3 == DEAD:
-                    self._remove(jid, ev.PURGED)
+                if not self.loading or self._is(jid, DEAD):
+                    self._remove(jid, "purge", ev.PURGED)
         else:
             self.next_id = max(self.next_id, event.next_id)
             self._tombstones.update(event.tombstones)
+
+    def _is(self, jid: int, *states: int) -> bool:
+        p = self._jobs.get(jid)
+        return p is not None and p & _M3 in states
+
+    def _step(self, jid: int, p: int, event: str, to: int) -> int:
+        """`p` moved to state `to` by `event`: checked against TRANSITIONS unless replaying."""
+        if not self.loading:
+            check(jid, STATE_NAMES[p & _M3], event, STATE_NAMES[to])
+        return self._move(p, to)
+
+    def _absent(self, jid: int, event: str) -> None:
+        """An event for a job that is not live: skipped in replay, StateError live."""
+        if not self.loading:
+            next_states(jid, self.status(jid), event)  # no pair from done/cancelled: raises
 
     def load(
         self,
@@ -351,114 +271,21 @@ class QueueState:
         seq: int,
         offset: int,
         now: Now,
-        other: Callable[[int, int, int, int, memoryview], None],
+        other: Sink,
+        *,
+        check: framing.RecordCheck = framing.crc_matches,
     ) -> tuple[int, int]:
         """Replay segment `seq`'s records from `offset` until the first non-record.
 
-        The open path, fused for speed: framing checks as in framing.decode,
-        enqueue records turned straight into packed entries (payloads are not
-        even sliced), every other record handed to `other(seq, type, offset,
-        size, body)`. Returns where it stopped (framing.classify judges the rest)
-        and the sync watermark of the last record replayed (0: none).
+        framing.scan_fast checks the records and feeds them to `replay_sink`.
+        Returns where it stopped (framing.classify judges the rest) and the
+        sync watermark of the last record replayed (0: none).
         """
-        assert self._loading
-        view = memoryview(buf)
-        size = len(buf)
-        unpack_header = _RECORD.unpack_from
-        unpack_enq = ev.ENQUEUE_HEAD.unpack_from
-        enq_size = ev.ENQUEUE_HEAD.size
-        jobs, tombs = self._jobs, self._tombstones
-        task_ids: dict[bytes, int] = {}
-        wall = now.wall
-        accept_bad = framing.PLANTED_ACCEPT_BAD_CRC
-        header = fmt.RECORD_HEADER_SIZE
-        watermark = 0
-        while offset + header <= size:
-            crc, length, rtype, flags, reserved, synced = unpack_header(buf, offset)
-            end = offset + header + length
-            if (
-                rtype == 0
-                or rtype > fmt.MAX_TYPE
-                or flags
-                or reserved
-                or length > fmt.MAX_BODY
-                or end > size
-                or synced > offset
-            ):
-                break
-            if crc32c(view[offset + 4 : end]) != crc and not accept_bad:
-                break
-            watermark = synced
-            if rtype != fmt.ENQUEUE or length < enq_size:
-                other(seq, rtype, offset, end - offset, view[offset + header : end])
-                offset = end
-                continue
-            at = offset + header
-            jid, prio, maxa, kind, due, _created, tlen, klen, olen = unpack_enq(buf, at)
-            at += enq_size
-            raw_task = buf[at : at + tlen]
-            task = task_ids.get(raw_task)
-            if task is None and tlen > 0 and at + tlen <= end:
-                try:
-                    task = task_ids[raw_task] = self.task_index(raw_task.decode())
-                except UnicodeDecodeError:
-                    task = None
-            if task is None or klen != 0xFFFF or olen or due > wall or kind > 1:
-                # Keys, origins, schedules, anything odd: the general path (which
-                # also raises BadEvent for a malformed body).
-                other(seq, rtype, offset, end - offset, view[offset + header : end])
-                offset = end
-                continue
-            if jid >= self.next_id:
-                self.next_id = jid + 1
-            elif jid in jobs or jid in tombs:
-                offset = end
-                continue
-            jobs[jid] = (
-                PENDING
-                | maxa << _MAXA
-                | (prio - MIN_PRIORITY) << _PRIO
-                | task << _TASK
-                | (end - offset) << _SIZE
-                | offset << _OFFSET
-                | seq << _SEG
-            )
-            offset = end
-        return offset, watermark
+        return framing.scan_fast(buf, offset, seq, self.replay_sink(now, other), check=check)
 
-    def finish_replay(self, now: Now) -> None:
-        """End of replay: jobs that were running have lost their worker; index the rest.
-
-        A running job goes back to pending with its attempt counted: its start
-        was durable, so a job that kills the owner is charged every time.
-        """
-        # While loading, counts and byte totals were not kept: count them now, once.
-        jobs = self._jobs
-        seg_bytes: dict[int, int] = {}
-        by_task: dict[int, list[int]] = {}
-        total = [0] * 5
-        live = 0
-        for jid, packed in jobs.items():
-            state = packed & _M3
-            if state == RUNNING:
-                packed = (packed & ~_M3) | PENDING  # noqa: PLW2901
-                jobs[jid] = packed
-                state = PENDING
-            if state == PENDING:
-                self._push_ready(jid, packed)
-            size = (packed >> _SIZE) & _M32
-            live += size
-            seg = packed >> _SEG
-            seg_bytes[seg] = seg_bytes.get(seg, 0) + size
-            task = (packed >> _TASK) & _MT
-            counts = by_task.get(task)
-            if counts is None:
-                counts = by_task[task] = [0] * 5
-            counts[state] += 1
-            total[state] += 1
-        self._n, self._by_task, self._seg_bytes, self.live_bytes = total, by_task, seg_bytes, live
-        heapq.heapify(self._scheduled)
-        self._loading = False
+    # Replay's fast path (walq.core.replay): a sink for framing.scan_fast, and its end.
+    replay_sink = replay.replay_sink
+    finish_replay = replay.finish_replay
 
     def _create(self, e: ev.Enqueue | ev.Job, loc: Loc, now: Now) -> None:
         if isinstance(e, ev.Job):
@@ -467,82 +294,8 @@ class QueueState:
         else:
             self.add(e.id, e.task, e.key, e.priority, e.max_attempts, e.due, loc, now)
 
-    def add_new(
-        self,
-        first: int,
-        jobs: Sequence[NewJob],
-        dues: Sequence[float],
-        locs: Sequence[Loc],
-        now: Now,
-    ) -> None:
-        """Jobs just enqueued, with ids first, first + 1, ...: their due times and records.
-
-        The enqueue hot path: what `add` does for a job, for a batch of jobs
-        whose ids are all new (from next_id on), with the bookkeeping done once.
-        """
-        assert not self._loading and first >= self.next_id
-        wall = now.wall
-        table = self._jobs
-        seg_bytes = self._seg_bytes
-        # One-entry caches: a batch is usually one task at one priority.
-        task, t, pt, q = None, 0, (-1, -1), None
-        counted_t, counted = -1, 0
-        seg, seg_added, added = -1, 0, 0
-        jid = first
-        for job, due, loc in zip(jobs, dues, locs, strict=True):
-            if job.task != task:
-                task = job.task
-                t = self.task_index(task)
-            prio = job.priority - MIN_PRIORITY
-            size = loc.size
-            if loc.seg != seg:
-                if seg_added:
-                    seg_bytes[seg] = seg_bytes.get(seg, 0) + seg_added
-                seg, seg_added = loc.seg, 0
-            seg_added += size
-            added += size
-            p = (
-                job.max_attempts << _MAXA
-                | prio << _PRIO
-                | t << _TASK
-                | size << _SIZE
-                | loc.offset << _OFFSET
-                | seg << _SEG
-            )
-            if job.key is not None:
-                self._key_of[jid] = job.key
-                self._keys[job.key] = jid
-            if due > wall:
-                table[jid] = p | SCHEDULED
-                self._count_new(t, SCHEDULED)
-                self._schedule(jid, now.mono_at(due))
-            else:
-                table[jid] = p | PENDING
-                if t != counted_t:
-                    if counted:
-                        self._count_new(counted_t, PENDING, counted)
-                    counted_t, counted = t, 0
-                counted += 1
-                if (prio, t) != pt:
-                    pt = (prio, t)
-                    q = self._ready.setdefault(prio, {}).setdefault(t, deque())
-                assert q is not None
-                q.append(jid)
-            jid += 1
-        if seg_added:
-            seg_bytes[seg] = seg_bytes.get(seg, 0) + seg_added
-        if counted:
-            self._count_new(counted_t, PENDING, counted)
-        self.next_id = max(self.next_id, jid)
-        self.live_bytes += added
-
-    def _count_new(self, t: int, state: int, k: int = 1) -> None:
-        """Count `k` new jobs of task index `t` in `state`."""
-        self._n[state] += k
-        counts = self._by_task.get(t)
-        if counts is None:
-            counts = self._by_task[t] = [0] * 5
-        counts[state] += k
+    # The enqueue hot path: what `add` does for one job, for a batch of new ids.
+    add_new = enqueue.add_new
 
     def add(
         self,
@@ -567,9 +320,11 @@ class QueueState:
             self._errors[jid] = loc
         elif due > now.wall:
             state = SCHEDULED
+        if not self.loading:
+            check(jid, "new", "enqueue", STATE_NAMES[state])
         p = _pack(state, attempts, max_attempts, priority, self.task_index(task), loc)
         self._jobs[jid] = p
-        if not self._loading:
+        if not self.loading:
             self._count(p, +1)
             self.live_bytes += loc.size
             self._seg_bytes[loc.seg] = self._seg_bytes.get(loc.seg, 0) + loc.size
@@ -579,67 +334,77 @@ class QueueState:
                 self._keys[key] = jid
         if state == SCHEDULED:
             self._schedule(jid, now.mono_at(due))
-        elif state == PENDING and not self._loading:
+        elif state == PENDING and not self.loading:
             self._push_ready(jid, p)
 
     def _claimed(self, jid: int, attempt: int) -> None:
         p = self._jobs.get(jid)
         if p is None:
+            self._absent(jid, "claim")
             return
-        p = _with(self._move(p, RUNNING), _ATTEMPTS, _M16, min(attempt, _M16))
+        p = _with(self._step(jid, p, "claim", RUNNING), _ATTEMPTS, _M16, min(attempt, _M16))
         self._jobs[jid] = p
         self._due.pop(jid, None)
 
     def _failed(self, e: ev.Fail, loc: Loc, now: Now) -> None:
         p = self._jobs.get(e.id)
         if p is None:
+            self._absent(e.id, "fail")
             return
-        p = _with(p, _ATTEMPTS, _M16, min(e.attempt, _M16))
+        # A Fail of a pending job is a claim that settled it without running it
+        # (out of attempts, a damaged record, deferred by the claimer).
+        event = "claim" if p & _M3 == PENDING else "fail"
+        to = DEAD if e.dead else SCHEDULED if e.due > now.wall else PENDING
+        p = self._step(e.id, _with(p, _ATTEMPTS, _M16, min(e.attempt, _M16)), event, to)
         self._leases.pop(e.id, None)
-        if e.dead:
-            self._jobs[e.id] = self._move(p, DEAD)
+        self._jobs[e.id] = p
+        if to == DEAD:
             self._errors[e.id] = loc
             self._release_key(e.id)
-        elif e.due > now.wall:
-            self._jobs[e.id] = self._move(p, SCHEDULED)
+        elif to == SCHEDULED:
             self._schedule(e.id, now.mono_at(e.due))
-        else:
-            self._jobs[e.id] = p = self._move(p, PENDING)
-            if not self._loading:
-                self._push_ready(e.id, p)
+        elif not self.loading:
+            self._push_ready(e.id, p)
 
     def _released(self, jid: int, attempts: int) -> None:
         p = self._jobs.get(jid)
-        if p is None or p & _M3 == DEAD:
+        if p is None or (self.loading and p & _M3 == DEAD):
+            if p is None:
+                self._absent(jid, "release")
             return
+        p = _with(self._step(jid, p, "release", PENDING), _ATTEMPTS, _M16, min(attempts, _M16))
         self._leases.pop(jid, None)
-        p = _with(self._move(p, PENDING), _ATTEMPTS, _M16, min(attempts, _M16))
         self._jobs[jid] = p
-        if not self._loading:
+        if not self.loading:
             self._push_ready(jid, p)
 
     def _requeued(self, jid: int) -> None:
         p = self._jobs.get(jid)
-        if p is None or p & _M3 != DEAD:
+        if p is None or (self.loading and p & _M3 != DEAD):
+            if p is None:
+                self._absent(jid, "requeue")
             return
+        p = _with(self._step(jid, p, "requeue", PENDING), _ATTEMPTS, _M16, 0)
         self._errors.pop(jid, None)
-        p = _with(self._move(p, PENDING), _ATTEMPTS, _M16, 0)
         self._jobs[jid] = p
         key = self._key_of.get(jid)
         if key is not None and key not in self._keys:
             self._keys[key] = jid
-        if not self._loading:
+        if not self.loading:
             self._push_ready(jid, p)
 
-    def _remove(self, jid: int, tombstone: int | None) -> None:
-        p = self._jobs.pop(jid, None)
+    def _remove(self, jid: int, event: str, tombstone: int | None) -> None:
+        p = self._jobs.get(jid)
         if p is None:
+            self._absent(jid, event)
             return
-        if not self._loading:
+        if not self.loading:
+            check(jid, STATE_NAMES[p & _M3], event, _GONE[tombstone])
             self._count(p, -1)
             size = (p >> _SIZE) & _M32
             self.live_bytes -= size
             self._seg_bytes[p >> _SEG] -= size
+        del self._jobs[jid]
         self._release_key(jid)
         self._key_of.pop(jid, None)
         self._errors.pop(jid, None)
@@ -654,7 +419,7 @@ class QueueState:
             del self._keys[key]
 
     def _move(self, p: int, state: int) -> int:
-        if self._loading:
+        if self.loading:
             return (p & ~_M3) | state
         self._count(p, -1)
         p = (p & ~_M3) | state
@@ -673,21 +438,13 @@ class QueueState:
 
     def _schedule(self, jid: int, due: float) -> None:
         self._due[jid] = due
-        if self._loading:
+        if self.loading:
             self._scheduled.append((due, jid))
         else:
             heapq.heappush(self._scheduled, (due, jid))
 
     def _push_ready(self, jid: int, p: int) -> None:
-        prio = (p >> _PRIO) & _M16
-        by_task = self._ready.get(prio)
-        if by_task is None:
-            by_task = self._ready[prio] = {}
-        task = (p >> _TASK) & _MT
-        q = by_task.get(task)
-        if q is None:
-            q = by_task[task] = deque()
-        q.append(jid)
+        self._ready.queue((p >> _PRIO) & _M16, (p >> _TASK) & _MT).append(jid)
 
     # -- the owner's operations ------------------------------------------------------
 
@@ -700,7 +457,7 @@ class QueueState:
             if p is None or p & _M3 != SCHEDULED or self._due.get(jid) != due:
                 continue
             del self._due[jid]
-            self._jobs[jid] = p = self._move(p, PENDING)
+            self._jobs[jid] = p = self._step(jid, p, "due", PENDING)
             self._push_ready(jid, p)
         expired = []
         leases = self._lease_heap
@@ -711,7 +468,7 @@ class QueueState:
                 continue
             del self._leases[jid]
             p = self._jobs[jid]
-            self._jobs[jid] = p = self._move(p, PENDING)
+            self._jobs[jid] = p = self._step(jid, p, "expire", PENDING)
             self._push_ready(jid, p)
             expired.append(jid)
         return expired
@@ -731,58 +488,17 @@ class QueueState:
         Claim for the jobs it takes (a Fail for those out of attempts) and a
         deferral for the deferred.
         """
-        taken: list[JobInfo] = []
-        refused: set[int] = set()
-        for prio in sorted(self._ready, reverse=True):
-            by_task = self._ready[prio]
-            # The oldest pending job of each task, oldest first: a heap, so that
-            # many tasks refused one after another cost T log T, not T squared.
-            heads: list[tuple[int, int]] = []
-            for task, q in list(by_task.items()):
-                jid = self._head(q)
-                if jid is None:
-                    del by_task[task]
-                elif task not in refused:
-                    heads.append((jid, task))
-            heapq.heapify(heads)
-            while len(taken) < limit and heads:
-                best_id, best_task = heapq.heappop(heads)
-                info = self._info(best_id, self._jobs[best_id])
-                verdict = True if accept is None else accept(info)
-                if verdict is False:
-                    refused.add(best_task)
-                    continue
-                q = by_task[best_task]
-                q.popleft()
-                if verdict is True:
-                    taken.append(info)
-                elif deferred is not None:
-                    deferred.append((info, float(verdict)))
-                jid = self._head(q)
-                if jid is None:
-                    del by_task[best_task]
-                else:
-                    heapq.heappush(heads, (jid, best_task))
-            if not by_task:
-                del self._ready[prio]
-            if len(taken) >= limit:
-                break
-        return taken
-
-    def _head(self, q: deque[int]) -> int | None:
-        """The first id in `q` that is still pending (drops stale entries)."""
-        jobs = self._jobs
-        while q:
-            jid = q[0]
-            p = jobs.get(jid)
-            if p is not None and p & _M3 == PENDING:
-                return jid
-            q.popleft()
-        return None
+        return self._ready.take(limit, self._jobs, self._info, accept, deferred)
 
     def start(self, jid: int, attempt: int, deadline: float) -> None:
-        """Mark a taken job running with a lease until monotonic `deadline`."""
-        self._claimed(jid, attempt)
+        """Mark a taken job running with a lease until monotonic `deadline`.
+
+        The job's Claim record may already have been applied (then it is
+        running that attempt, and only the lease is new).
+        """
+        p = self._jobs.get(jid)
+        if p is None or p & _M3 != RUNNING or (p >> _ATTEMPTS) & _M16 != min(attempt, _M16):
+            self._claimed(jid, attempt)
         self._leases[jid] = (deadline, attempt)
         heapq.heappush(self._lease_heap, (deadline, jid))
 
@@ -794,7 +510,7 @@ class QueueState:
                 continue
             prio = (p >> _PRIO) & _M16
             task = (p >> _TASK) & _MT
-            self._ready.setdefault(prio, {}).setdefault(task, deque()).appendleft(info.id)
+            self._ready.queue(prio, task).appendleft(info.id)
 
     def extend(self, jid: int, attempt: int | None, deadline: float) -> None:
         """Move the lease of running job `jid` to monotonic `deadline` (a heartbeat)."""

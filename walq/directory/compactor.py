@@ -23,20 +23,19 @@ import posixpath
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import attrs
 
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.job import clip_error
+from walq.core.jobspec import clip_error
 from walq.core.state import DEAD, SEQ_BITS, Loc, seq_of
-from walq.directory.fs import File
+from walq.directory.fs import File, FileSystem
+from walq.directory.segment import Segment
 from walq.errors import ClosedError, CompactionError, CorruptionError, WalqError
-
-if TYPE_CHECKING:
-    from walq.directory.queue import Queue
 
 log = logging.getLogger("walq.compactor")
 
@@ -46,6 +45,82 @@ SYNC_EVERY = 512 << 10
 RELOCATE_CHUNK = 200
 YIELD_EVERY = 8
 READERS = 8  # segment files the copy keeps open at once (opened again if needed)
+
+
+@attrs.frozen
+class Snapshot:
+    """One live job as a compaction copies it."""
+
+    id: int
+    loc: Loc
+    error_loc: Loc | None
+    dead: bool
+    attempts: int
+    due_wall: float
+
+
+class SegmentLog(Protocol):
+    """What the compactor does with a queue's log (walq.directory.log.Log)."""
+
+    spare_error: str | None
+
+    def record_check(self, crc: int, covered: bytes | memoryview) -> bool: ...
+    def spare_wanted(self) -> bool: ...
+    def prepare_spare(self) -> bool: ...
+    def sealed(self) -> list[Segment]: ...
+    def segment_bytes(self) -> tuple[int, int]: ...
+    def written_end(self, seq: int) -> int: ...
+    def flush(self) -> None: ...
+    def install(self, tmp_path: str, header: fmt.SegmentHeader) -> list[str] | None: ...
+    def remove_superseded(self, paths: list[str]) -> None: ...
+
+
+class Compactable(Protocol):
+    """What the compactor needs of a queue (walq.directory.base.CompactionView).
+
+    Each call takes the queue's lock itself; `ingest_lock` is held while
+    choosing the segments to rewrite (no spool ingestion is then half done).
+    """
+
+    @property
+    def path(self) -> str:
+        """The queue directory."""
+
+    @property
+    def fs(self) -> FileSystem:
+        """The file system the queue lives on."""
+
+    @property
+    def wal(self) -> SegmentLog:
+        """The queue's log."""
+
+    @property
+    def ingest_lock(self) -> AbstractContextManager[Any]:
+        """Held by spool ingestion from an enqueue until its file's unlink is durable."""
+
+    def sync(self) -> None:
+        """Make everything appended so far durable."""
+
+    def live_bytes_upto(self, seq: int) -> int:
+        """Bytes of live jobs' records in segments <= `seq`."""
+
+    def live_ids(self) -> list[int]:
+        """The ids of every live job, in id order."""
+
+    def snapshot(self, ids: list[int], upto: int) -> list[Snapshot]:
+        """The live jobs among `ids` whose record lies in segments <= `upto`."""
+
+    def meta_event(self) -> ev.Meta:
+        """The id counter and cancelled/purged markers, as a meta record says them."""
+
+    def pin_readers(self, upto: int) -> None:
+        """Keep the file that the rename over segment `upto` replaces readable."""
+
+    def relocate(self, upto: int, moves: dict[int, tuple[Loc, bool]]) -> None:
+        """Point jobs at their records in the compacted segment `upto`."""
+
+    def drop_readers(self, upto: int, keep: int) -> None:
+        """Close the handles on files the compaction replaced (but Loc.seg `keep`)."""
 
 
 @attrs.frozen
@@ -116,7 +191,7 @@ def should_compact(policy: Policy, sealed: int, sealed_bytes: int, live_sealed: 
 class Compactor:
     """Compacts one queue's sealed segments, on demand or from a background thread."""
 
-    def __init__(self, queue: Queue, policy: Policy | None = None) -> None:
+    def __init__(self, queue: Compactable, policy: Policy | None = None) -> None:
         self.queue = queue
         self.policy = policy or Policy()
         self._running = threading.Lock()
@@ -178,7 +253,7 @@ class Compactor:
 
     def _step(self) -> None:
         """One background round: make the next segment's spare, compact if due."""
-        wal = self.queue._log
+        wal = self.queue.wal
         spare_failed = wal.spare_wanted() and not wal.prepare_spare() and wal.spare_error
         if self.due():
             self.compact()  # even when the spare failed: compacting may free the space it lacked
@@ -209,12 +284,12 @@ class Compactor:
 
     def due(self) -> bool:
         """Whether the policy says to compact now."""
-        sealed = self.queue._log.sealed()
+        sealed = self.queue.wal.sealed()
         if not sealed:
             return False
-        sealed_bytes, _ = self.queue._log.segment_bytes()
+        sealed_bytes, _ = self.queue.wal.segment_bytes()
         last = sealed[-1].seq
-        live = self.queue._live_bytes_upto(last)
+        live = self.queue.live_bytes_upto(last)
         return should_compact(self.policy, len(sealed), sealed_bytes, live)
 
     # -- one compaction ------------------------------------------------------------------
@@ -227,13 +302,13 @@ class Compactor:
             # No spool ingestion is half done (enqueued, unlink not yet durable)
             # in what we choose: we must not drop its enqueue record's origin.
             with q.ingest_lock:
-                sealed = q._log.sealed()
+                sealed = q.wal.sealed()
             if not sealed:
                 return CompactionResult(0, 0, 0, 0, 0.0)
             # The output starts the log: it covers from segment 1 (docs/FORMAT.md), which
             # also accepts the loss of segments that recovery="skip" found missing.
             header = fmt.SegmentHeader(seq=sealed[-1].seq, first=1)
-            bytes_in, _ = q._log.segment_bytes()
+            bytes_in, _ = q.wal.segment_bytes()
             tmp = posixpath.join(q.path, fmt.segment_name(header.seq)) + ".tmp"
             # The output's records get a Loc.seg of their own (see Loc): the old
             # segment under the same number stays readable until all jobs move.
@@ -241,7 +316,7 @@ class Compactor:
             readers: dict[int, File] = {}
             try:
                 jobs = self._copy_live(header.seq, out, readers, progress)
-                meta = q._meta_event()
+                meta = q.meta_event()
                 out.add(meta.rtype, meta.encode())
                 out.finish()
             except OSError as exc:
@@ -260,22 +335,19 @@ class Compactor:
             q.sync()
             # Readers keep the old files open across the swap, so a claim reading
             # a payload between the rename and the relocation still reads it right.
-            with q._mu:
-                q._pin_readers(header.seq)
-            old = q._log.install(tmp, header)
+            q.pin_readers(header.seq)
+            old = q.wal.install(tmp, header)
             # Move the jobs over a chunk at a time, so producers never wait long.
             moves = list(out.moves.items())
             for start in range(0, len(moves), RELOCATE_CHUNK):
-                with q._mu:
-                    q._relocate(header.seq, dict(moves[start : start + RELOCATE_CHUNK]))
-            with q._mu:
-                q._drop_readers(header.seq, keep=out.seg_id)
+                q.relocate(header.seq, dict(moves[start : start + RELOCATE_CHUNK]))
+            q.drop_readers(header.seq, keep=out.seg_id)
             if old is None:
                 raise CompactionError(
                     f"{q.path}: compacted, but the directory fsync failed: the replaced "
                     "segments are kept until the next open sorts them out"
                 )
-            q._log.remove_superseded(old)
+            q.wal.remove_superseded(old)
             result = CompactionResult(
                 segments_in=len(sealed),
                 bytes_in=bytes_in,
@@ -300,12 +372,10 @@ class Compactor:
         progress: Callable[[int, int], None] | None,
     ) -> int:
         q = self.queue
-        with q._mu:
-            ids = q._state.live_ids()
+        ids = q.live_ids()
         copied = 0
         for start in range(0, len(ids), CHUNK):
-            with q._mu:
-                chunk = q._snapshot(ids[start : start + CHUNK], upto)
+            chunk = q.snapshot(ids[start : start + CHUNK], upto)
             for snap in chunk:
                 record = self._read(readers, snap.loc)
                 e = ev.decode(record.rtype, record.body)
@@ -338,14 +408,15 @@ class Compactor:
         return posixpath.join(self.queue.path, fmt.segment_name(seq_of(seg)))
 
     def _read(self, readers: dict[int, File], loc: Loc) -> framing.Record:
-        if loc.offset + loc.size > self.queue._log.written_end(seq_of(loc.seg)):
-            self.queue._log.flush()  # still in the group-commit buffer, not yet in the file
+        if loc.offset + loc.size > self.queue.wal.written_end(seq_of(loc.seg)):
+            self.queue.wal.flush()  # still in the group-commit buffer, not yet in the file
         f = readers.get(loc.seg)
         if f is None:
             if len(readers) >= READERS:  # jobs come in id order: mostly segment by segment
                 readers.pop(next(iter(readers))).close()
             f = readers[loc.seg] = self.queue.fs.open(self._path(loc.seg))
-        record = framing.decode(f.pread(loc.size, loc.offset), 0, origin=loc.offset)
+        data = f.pread(loc.size, loc.offset)
+        record = framing.decode(data, 0, origin=loc.offset, check=self.queue.wal.record_check)
         if not isinstance(record, framing.Record):
             raise CorruptionError(self._path(loc.seg), loc.offset, getattr(record, "reason", "?"))
         return record

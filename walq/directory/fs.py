@@ -163,6 +163,15 @@ class OsFile:
             self._fd = -1
 
 
+def file_size(fs: FileSystem, path: str) -> int:
+    """The size of the file at `path` (OSError if it cannot be opened)."""
+    f = fs.open(path)
+    try:
+        return f.size()
+    finally:
+        f.close()
+
+
 def _datasync(fd: int) -> None:
     if sys.platform == "darwin":  # pragma: no cover - exercised on macOS only
         # fsync on macOS only reaches the drive's cache; F_FULLFSYNC reaches the platter.

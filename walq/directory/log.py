@@ -1,4 +1,4 @@
-"""The segmented log: recovery on open, appends, and group commit.
+"""The segmented log: appends, group commit, sealing, spares and compaction installs.
 
 Appends go to an in-memory buffer under a short lock. Under sync="always" a
 caller then waits in `commit`: the first waiter becomes the leader, writes
@@ -11,6 +11,7 @@ every `sync_interval` seconds or only when segments are sealed and on close.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -21,8 +22,6 @@ from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
-
 from walq import forks
 from walq.core import framing
 from walq.core.format import (
@@ -32,57 +31,39 @@ from walq.core.format import (
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     SegmentHeader,
-    describe_missing,
-    first_type,
-    missing_segments,
-    parse_segment_name,
-    rebuildable,
     segment_name,
 )
 from walq.core.state import Loc
-from walq.directory.fs import FileSystem, own_dir
-from walq.directory.segment import SPARE_SUFFIX, TMP_SUFFIX, Segment
+from walq.directory.fs import FileSystem, file_size
+from walq.directory.recovery import CUT_DIR, Damage, Recovery, Sink
+from walq.directory.segment import SPARE_SUFFIX, Segment, remove_segments, replace_segment
 from walq.errors import (
     ArgumentError,
     ClosedError,
-    CompactionError,
-    CorruptionError,
     LockedError,
     LogFailedError,
 )
 
+__all__ = ["CUT_DIR", "SYNC_MODES", "Damage", "Log"]  # CUT_DIR, Damage: recovery's
+
 log = logging.getLogger("walq.log")
 
 SYNC_MODES = ("always", "interval", "never")
-CUT_DIR = "cut"
 SLOW_SYNC = 1.0  # seconds: an fdatasync slower than this is logged
-# Set only by walq.testing.plant, to prove the torture tools catch a missing fsync.
-PLANTED_SKIP_FSYNC = False
-
-
-@attrs.frozen
-class Damage:
-    """A damaged range that recovery skipped (recovery="skip") or cut (a torn tail)."""
-
-    path: str
-    start: int
-    end: int
-    reason: str
-    torn_tail: bool
 
 
 # The largest record replay accepts (framing refuses a longer body as damage).
 _MAX_RECORD = RECORD_HEADER_SIZE + MAX_BODY
 
-# Receives each valid record during recovery: (segment seq, type, offset, size, body).
-Sink = Callable[[int, int, int, int, memoryview], None]
-# Replays a segment's leading valid records itself: (buf, seq, start) -> (where it
-# stopped, the sync watermark of the last record it replayed, or 0).
-Loader = Callable[[bytes, int, int], tuple[int, int]]
-
 
 class Log:
     """An append-only log of records in numbered segment files in one directory."""
+
+    # How the log is read on open (a seam: walq.testing.plant plants a bug in it).
+    recovery_class: type[Recovery] = Recovery
+    # How a valid record is told (its checksum test): a seam for a subclass or
+    # the `record_check` argument; walq.testing.plant swaps it.
+    record_check: framing.RecordCheck = staticmethod(framing.crc_matches)
 
     def __init__(
         self,
@@ -92,6 +73,7 @@ class Log:
         segment_size: int,
         sync: str,
         sync_interval: float,
+        record_check: framing.RecordCheck | None = None,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ArgumentError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
@@ -101,6 +83,8 @@ class Log:
             raise ArgumentError("sync_interval must be positive")
         self.fs = fs
         self.directory = directory
+        if record_check is not None:
+            self.record_check = record_check
         self.segment_size = segment_size
         self.sync_mode = sync
         self.sync_interval = sync_interval
@@ -117,8 +101,6 @@ class Log:
         self._appended = 0  # lsn: bytes appended since open
         self._synced = 0  # lsn up to which everything is durable
         self._seg_lsn = 0  # the lsn that offset SEGMENT_HEADER_SIZE of the active segment has
-        self._vouched = SEGMENT_HEADER_SIZE
-        self._unvouched = b""
         self._leader = False
         # [lsn, parked lock, the next parked lock to release, made leader] behind the leader
         self._waiters: list[list[Any]] = []
@@ -138,8 +120,6 @@ class Log:
         self.on_sync: Callable[[float], None] | None = None
         self.fsyncs = 0
         self.sync_seconds = 0.0
-        self._rebuilt: set[int] = set()  # segments read with a header rebuilt from the name
-        self._left_out: list[int] = []  # segment files recovery="skip" could not read at all
         # Checks that this process still owns the directory (the lock's verify):
         # called once per commit batch and at each roll; LockedError fails the log.
         self.guard: Callable[[], None] | None = None
@@ -167,85 +147,21 @@ class Log:
 
     # -- recovery --------------------------------------------------------------
 
-    def recover(self, *, skip_damage: bool, sink: Sink, load: Loader | None = None) -> list[Damage]:
-        """Replay every segment into `sink`; cut a torn tail; raise on other damage.
+    def recover(self, *, skip_damage: bool, sink: Sink, load: Sink | None = None) -> list[Damage]:
+        """Replay every segment into `sink` (walq.directory.recovery); return the damage handled.
 
-        Segments are read one at a time, so recovery holds one segment in
-        memory, not the log. `sink(seq, rtype, offset, size, body)` is called
-        for every valid record in log order. With `skip_damage`, damaged
-        ranges are skipped and reported instead of raising CorruptionError.
-        `load(buf, seq, start) -> stop`, if given, replays a segment's leading
-        run of valid records itself (a fused fast path) instead of `sink`.
         Leaves the newest segment open for appending (creating segment 1 in
-        an empty directory). Returns the damage handled.
+        an empty directory).
         """
         fs, d = self.fs, self.directory
-        names = fs.listdir(d)
-        for name in names:
-            # An interrupted segment creation or compaction, or an unused spare segment.
-            if name.endswith((TMP_SUFFIX, SPARE_SUFFIX)):
-                fs.remove(posixpath.join(d, name))
-        seqs = sorted(s for s in (parse_segment_name(n) for n in names) if s is not None)
-        opened: list[Segment] = []
-        bad: dict[int, CorruptionError] = {}
-        for seq in seqs:
-            try:
-                seg = Segment.open(fs, posixpath.join(d, segment_name(seq)), write=True)
-            except CorruptionError as exc:
-                bad[seq] = exc  # an error only if no compacted segment supersedes it
-                continue
-            # Only the header is kept: each file is opened again for its replay,
-            # so a queue of many segments never needs a descriptor for each.
-            seg.close()
-            opened.append(seg)
-            if seg.seq != seq:
-                opened.pop()
-                bad[seq] = CorruptionError(seg.path, 0, f"header says segment {seg.seq}")
-        # A compacted segment covering first..seq supersedes those segments: they
-        # are leftovers of a compaction that crashed before removing them.
-        covers = [(s.header.first, s.seq) for s in opened if s.header.first < s.seq]
-
-        def superseded(seq: int) -> bool:
-            return any(first <= seq < last for first, last in covers)
-
-        for seq in seqs:
-            if superseded(seq):
-                for seg in [s for s in opened if s.seq == seq]:
-                    seg.close()
-                    opened.remove(seg)
-                bad.pop(seq, None)
-                fs.remove(posixpath.join(d, segment_name(seq)))
-                log.info("removed segment %d: superseded by a compacted segment", seq)
-        damage: list[Damage] = []
-        try:
-            opened = self._check_chain(opened, bad, skip_damage, damage)
-        except BaseException:
-            for seg in opened:
-                seg.close()
-            raise
-        # Always: the previous owner may have died between renaming a new segment
-        # into place and syncing the directory; what we build on must be durable.
-        fs.sync_dir(d)
-
-        try:
-            for i, seg in enumerate(opened):
-                newest = i == len(opened) - 1
-                seg.file = fs.open(seg.path, write=True)
-                try:
-                    end = self._replay_segment(seg, newest, skip_damage, sink, load, damage)
-                finally:
-                    if not newest:
-                        seg.file.close()
-                if newest:
-                    self._end = end
-                    # lsn 0 is the recovered end, so the next record's watermark says
-                    # everything before it is durable (it is: see the sync below).
-                    self._seg_lsn = SEGMENT_HEADER_SIZE - end
-        except BaseException:
-            for seg in opened:
-                seg.close()
-            raise
+        recovery = self.recovery_class(fs, d, getattr(self, "owner_uid", None), self.record_check)
+        found = recovery.run(skip_damage=skip_damage, sink=sink, load=load)
+        opened = found.segments
         if opened:
+            self._end = found.end
+            # lsn 0 is the recovered end, so the next record's watermark says
+            # everything before it is durable (it is: see the sync below).
+            self._seg_lsn = SEGMENT_HEADER_SIZE - found.end
             *sealed, active = opened
             self._sealed = sealed
             for s in self._sealed:
@@ -255,16 +171,15 @@ class Log:
             # the disk -- or, if its fsync failed, may sit in the page cache marked
             # clean, so that a plain fsync now would "succeed" without writing them.
             # Rewrite what no watermark vouches for, then sync: only then build on it.
-            active.file.pwrite(self._unvouched, self._vouched)
+            active.file.pwrite(found.unvouched, found.vouched)
             active.file.sync()
-            self._unvouched = b""  # up to a segment's worth: not kept for the queue's life
         else:
             self._active = Segment.create(fs, d, SegmentHeader(1, 1), self.segment_size)
             self._end = SEGMENT_HEADER_SIZE
         self._buf_start = self._end
         # (A number past MAX_SEQ is never reached: that file is simply never read.)
-        past = max([s for s in self._left_out if self._active.seq < s < MAX_SEQ], default=None)
-        if self._active.seq in self._rebuilt or past is not None:
+        past = max([s for s in found.left_out if self._active.seq < s < MAX_SEQ], default=None)
+        if self._active.seq in found.rebuilt or past is not None:
             # Nothing is appended behind a damaged header (it stays as found, for
             # repair), nor under the number of a segment that was left out.
             with self._mu:
@@ -272,143 +187,7 @@ class Log:
         if self.sync_mode == "interval":
             self._syncer = threading.Thread(target=self._sync_loop, name="walq-sync", daemon=True)
             self._syncer.start()
-        return damage
-
-    def _check_chain(
-        self,
-        opened: list[Segment],
-        bad: dict[int, CorruptionError],
-        skip_damage: bool,
-        damage: list[Damage],
-    ) -> list[Segment]:
-        """Find segments that are missing or have a damaged header; return the log's segments.
-
-        A missing segment (see `missing_segments`) or a damaged header raises
-        CorruptionError naming the file. With `skip_damage`, a segment whose
-        header is damaged is read with the header its name implies (its records
-        are checked as usual); one whose header names another segment is left
-        out; and either, like a missing segment, is reported as damage.
-        """
-        d = self.directory
-        left_out = self._left_out
-        if bad and skip_damage:
-            for seq, exc in sorted(bad.items()):
-                path = posixpath.join(d, segment_name(seq))
-                f = self.fs.open(path, write=True)
-                head = f.pread(SEGMENT_HEADER_SIZE + RECORD_HEADER_SIZE, 0)
-                if not rebuildable(exc.reason, len(head), seq):
-                    f.close()  # another segment's copy, or no segment at all: nothing to read
-                    size = len(head) if len(head) < SEGMENT_HEADER_SIZE else 0
-                    damage.append(Damage(path, 0, size, f"{exc.reason}: segment left out", False))
-                    left_out.append(seq)
-                    continue
-                oldest = not any(s.seq < seq for s in opened)
-                header = SegmentHeader.rebuild(seq, oldest=oldest, first_type=first_type(head))
-                self._rebuilt.add(seq)
-                opened.append(Segment(path, header, f))
-                reason = f"{exc.reason}; {header.describe()}"
-                damage.append(Damage(path, 0, SEGMENT_HEADER_SIZE, reason, False))
-            opened.sort(key=lambda s: s.seq)
-            bad = {}
-        spans = [(s.header.first, s.seq) for s in opened]
-        for seq in [*bad, *left_out]:
-            spans.append((seq, seq))  # reported as damaged, not also as missing
-        spans.sort(key=lambda span: span[1])
-        missing = missing_segments(spans)
-        problems: dict[int, CorruptionError] = dict(bad)
-        for lo, hi in missing:
-            path = posixpath.join(d, segment_name(lo))
-            if skip_damage:
-                damage.append(Damage(path, 0, 0, describe_missing(lo, hi), False))
-            else:
-                problems[lo] = CorruptionError(path, 0, describe_missing(lo, hi))
-        if problems:
-            raise problems[min(problems)]
-        return opened
-
-    def _replay_segment(
-        self,
-        seg: Segment,
-        newest: bool,
-        skip_damage: bool,
-        sink: Sink,
-        load: Loader | None,
-        damage: list[Damage],
-    ) -> int:
-        """Feed one segment's records to `sink`; handle its damage; return where it ends."""
-        data = seg.read_all()
-        seq = seg.seq
-        if load is not None:
-            stop, watermark = load(data, seq, SEGMENT_HEADER_SIZE)
-        else:
-            stop, watermark = framing.scan_fast(data, SEGMENT_HEADER_SIZE, seq, sink)
-        if newest:
-            self._note_vouched(data, watermark, stop)
-        if framing.all_zero(data, stop):
-            return stop
-        # Something other than zeros follows: classify the rest precisely.
-        scan = framing.classify(data, stop, newest=newest)
-        view = memoryview(data)
-        for rec in scan.records:
-            sink(
-                seq,
-                rec.rtype,
-                rec.offset,
-                rec.end - rec.offset,
-                view[rec.end - len(rec.body) : rec.end],
-            )
-        for gap in scan.gaps:
-            if not skip_damage:
-                raise CorruptionError(seg.path, gap.start, gap.reason)
-            log.warning("%s: skipped damaged bytes %d..%d (%s)", seg.path, *attrs.astuple(gap))
-            damage.append(Damage(seg.path, gap.start, gap.end, gap.reason, False))
-        if scan.tail is not None:
-            self._cut_tail(seg, data, scan.tail)
-            damage.append(Damage(seg.path, scan.tail.start, scan.tail.end, scan.tail.reason, True))
-        if newest:
-            if scan.records:
-                watermark = scan.records[-1].synced
-            self._note_vouched(data, watermark, scan.end)
-        return scan.end
-
-    def _note_vouched(self, data: bytes, watermark: int, end: int) -> None:
-        """Remember which bytes of the newest segment no sync watermark vouches for.
-
-        The last record's watermark says everything before it was durable when
-        it was written; the bytes from there to the end of the log may be only
-        in the page cache (recover rewrites them before syncing).
-        """
-        self._vouched = min(max(watermark, SEGMENT_HEADER_SIZE), end)
-        self._unvouched = data[self._vouched : end]
-
-    def _cut_tail(self, seg: Segment, data: bytes, tail: framing.Gap) -> None:
-        """Keep a torn tail's bytes aside, then zero them in place and fsync."""
-        cut = data[tail.start : tail.end]
-        if cut:
-            aside = posixpath.join(self.directory, CUT_DIR)
-            own_dir(self.fs, aside, self.owner_uid, create=True)
-            name = f"{posixpath.basename(seg.path)}.{tail.start}"
-            taken = set(self.fs.listdir(aside))
-            n = 0
-            while f"{name}.{n}.torn" in taken:  # the same offset may tear again after a later crash
-                n += 1
-            f = self.fs.open(posixpath.join(aside, f"{name}.{n}.torn"), create=True)
-            try:
-                f.pwrite(cut, 0)
-                f.sync()
-            finally:
-                f.close()
-            self.fs.sync_dir(aside)
-            seg.file.pwrite(bytes(len(cut)), tail.start)
-            seg.file.sync()
-        log.warning(
-            "%s: cut a torn tail at offset %d (%d bytes kept in %s/): %s",
-            seg.path,
-            tail.start,
-            len(cut),
-            CUT_DIR,
-            tail.reason,
-        )
+        return found.damage
 
     # -- appending ---------------------------------------------------------------
 
@@ -653,8 +432,6 @@ class Log:
 
     def _timed_sync(self, seg: Segment) -> None:
         started = time.monotonic()
-        if PLANTED_SKIP_FSYNC:
-            return
         try:
             seg.file.sync()
         except OSError as exc:
@@ -790,19 +567,7 @@ class Log:
             covered = [s for s in self._sealed if header.first <= s.seq <= header.seq]
         if not covered or covered[-1].seq != header.seq:
             raise ArgumentError(f"segment {header.seq} is not a sealed segment of {d}")
-        try:
-            self.fs.rename(tmp_path, final)
-        except OSError as exc:  # nothing changed
-            raise CompactionError(f"{final}: renaming the compacted segment failed: {exc}") from exc
-        durable = True
-        try:
-            self.fs.sync_dir(d)
-        except OSError as exc:
-            # The rename happened but may not survive a crash: the caller must
-            # switch to the new file (it is the one on disk now) but keep the
-            # segments it supersedes, which recovery sorts out either way.
-            durable = False
-            log.error("%s: fsync of the directory after a compaction failed: %s", d, exc)
+        durable = replace_segment(self.fs, tmp_path, final)
         with self._mu:
             rest = [s for s in self._sealed if s.seq > header.seq]
             self._sealed = [Segment(final, header, covered[-1].file), *rest]
@@ -813,27 +578,15 @@ class Log:
 
         A failure leaves them for the next open to delete (they are superseded).
         """
-        try:
-            for path in paths:
-                self.fs.remove(path)
-            if paths:
-                self.fs.sync_dir(self.directory)
-        except OSError as exc:
-            raise CompactionError(f"{self.directory}: removing replaced segments: {exc}") from exc
+        remove_segments(self.fs, self.directory, paths)
 
     def segment_bytes(self) -> tuple[int, int]:
         """(bytes used in sealed segments, bytes appended to the active one)."""
         with self._mu:
             sealed = 0
             for seg in self._sealed:
-                try:
-                    f = self.fs.open(seg.path)
-                except OSError:
-                    continue
-                try:
-                    sealed += f.size()
-                finally:
-                    f.close()
+                with contextlib.suppress(OSError):
+                    sealed += file_size(self.fs, seg.path)
             return sealed, self._end
 
     # -- reading and closing ---------------------------------------------------------

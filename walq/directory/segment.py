@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import posixpath
 
 import attrs
 
 from walq.core.format import SEGMENT_HEADER_SIZE, SegmentHeader, segment_name
 from walq.directory.fs import File, FileSystem
+from walq.errors import CompactionError
+
+log = logging.getLogger("walq.log")
 
 _ZEROS = bytes(1 << 20)
 TMP_SUFFIX = ".tmp"  # a segment being created; recovery deletes leftovers
@@ -96,3 +100,35 @@ class Segment:
     def close(self) -> None:
         """Close the file handle."""
         self.file.close()
+
+
+def replace_segment(fs: FileSystem, tmp_path: str, final: str) -> bool:
+    """Rename a complete, fsynced file over segment `final`; whether the directory fsync held.
+
+    CompactionError if the rename fails (nothing changed). If only the fsync
+    fails, the rename happened but may not survive a crash: the caller
+    switches to the new file (it is the one on disk now) but keeps the
+    segments it supersedes, which recovery sorts out either way.
+    """
+    directory = posixpath.dirname(final)
+    try:
+        fs.rename(tmp_path, final)
+    except OSError as exc:  # nothing changed
+        raise CompactionError(f"{final}: renaming the compacted segment failed: {exc}") from exc
+    try:
+        fs.sync_dir(directory)
+    except OSError as exc:
+        log.error("%s: fsync of the directory after a compaction failed: %s", directory, exc)
+        return False
+    return True
+
+
+def remove_segments(fs: FileSystem, directory: str, paths: list[str]) -> None:
+    """Delete segments a compacted one supersedes, then sync the directory."""
+    try:
+        for path in paths:
+            fs.remove(path)
+        if paths:
+            fs.sync_dir(directory)
+    except OSError as exc:
+        raise CompactionError(f"{directory}: removing replaced segments: {exc}") from exc

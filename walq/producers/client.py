@@ -20,15 +20,18 @@ import threading
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from walq import errors
 from walq.backends import check_not_url
-from walq.core.job import DEFAULT_MAX_PAYLOAD
+from walq.core.jobspec import DEFAULT_MAX_PAYLOAD
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.errors import ArgumentError, ClosedError, PayloadError, ProtocolError, WalqError
 from walq.producers import wire
 from walq.producers.spool import SpoolWriter
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 log = logging.getLogger("walq.producer")
 
@@ -58,12 +61,28 @@ _NO_OWNER = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR})
 BACKLOG_WAIT = 2.0
 
 
+class EnqueueOptions(TypedDict, total=False):
+    """The options of one enqueue, as QueueBackend.enqueue takes them."""
+
+    key: str | None
+    delay: float
+    priority: int
+    max_attempts: int | None
+
+
 class Producer:
-    """Adds jobs to the queue in one directory from any process; see `connect`."""
+    """A producer for the queue in directory `path`, usable from any process (walq.connect).
+
+    Nothing is opened until the first enqueue. `max_spool_files` and
+    `max_spool_bytes` cap the spool (QueueFull beyond them); `timeout` bounds
+    the wait for the owner's reply; `use_socket=False` always spools.
+    The spool is written only into a queue directory that Queue.open would
+    accept: the caller's, writable by it alone, unless `trust_dir`.
+    """
 
     def __init__(
         self,
-        path: str,
+        path: str | os.PathLike[str],
         *,
         fs: FileSystem | None = None,
         use_socket: bool = True,
@@ -74,6 +93,7 @@ class Producer:
         lock_timeout: float = 30.0,
         trust_dir: bool = False,
     ) -> None:
+        check_not_url(os.fspath(path))
         for name, cap in (
             ("max_spool_files", max_spool_files),
             ("max_spool_bytes", max_spool_bytes),
@@ -82,7 +102,7 @@ class Producer:
                 raise ArgumentError(f"{name} must be a positive integer")
         if not timeout > 0 or not lock_timeout >= 0:
             raise ArgumentError("timeout must be positive and lock_timeout non-negative")
-        self.path = str(path)
+        self.path = os.fspath(path)
         self.max_payload = max_payload
         self.timeout = timeout
         self.address = wire.socket_address(self.path) if use_socket else None
@@ -103,40 +123,24 @@ class Producer:
     # -- the public API ----------------------------------------------------------------
 
     def enqueue(
-        self,
-        task: str,
-        payload: Any = None,
-        *,
-        key: str | None = None,
-        delay: float = 0.0,
-        priority: int = 0,
-        max_attempts: int | None = None,
+        self, task: str, payload: Any = None, **options: Unpack[EnqueueOptions]
     ) -> int | None:
-        """Add a job; return once it is durable: its id from the owner, or None if spooled.
+        """QueueBackend.enqueue (walq/backend.py) from any process, without sync or timeout.
 
-        With `key`, an unfinished job (or spooled request) holding the same
-        key is reused instead of adding one. QueueFull if the owner's caps or
-        the spool's refuse it.
+        Returns the owner's id, or None if the request was spooled (no id exists
+        yet): a key then also matches a spooled request, and the spool's caps
+        may raise QueueFull.
         """
-        item = wire.make_item(
-            task,
-            payload,
-            key=key,
-            delay=delay,
-            priority=priority,
-            max_attempts=max_attempts,
-            max_payload=self.max_payload,
-        )
+        item = wire.make_item(task, payload, max_payload=self.max_payload, **options)
         ids = self._send([item])
         return None if ids is None else ids[0]
 
     def enqueue_many(
         self, items: Iterable[tuple[str, Any] | tuple[str, Any, dict[str, Any]]]
     ) -> list[int] | None:
-        """Add many jobs, items (task, payload[, options]); ids, or None if spooled.
+        """QueueBackend.enqueue_many (walq/backend.py) from any process; None if spooled.
 
-        Through the owner the batch is one durable write; spooled, the
-        unkeyed items share one file and each new key gets its own.
+        Spooled, the unkeyed items share one file and each new key gets its own.
         """
         prepared = [wire.item_from(entry, self.max_payload) for entry in items]
         if not prepared:
@@ -366,35 +370,4 @@ def _alive(conn: socket.socket) -> bool:
     return False  # end of stream, or bytes nobody asked for
 
 
-def connect(
-    path: str | os.PathLike[str],
-    *,
-    max_spool_files: int = DEFAULT_MAX_SPOOL_FILES,
-    max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
-    max_payload: int = DEFAULT_MAX_PAYLOAD,
-    timeout: float = 60.0,
-    lock_timeout: float = 30.0,
-    use_socket: bool = True,
-    trust_dir: bool = False,
-    fs: FileSystem | None = None,
-) -> Producer:
-    """A producer for the queue in directory `path`, usable from any process.
-
-    Nothing is opened until the first enqueue. `max_spool_files` and
-    `max_spool_bytes` cap the spool (QueueFull beyond them); `timeout` bounds
-    the wait for the owner's reply; `use_socket=False` always spools.
-    The spool is written only into a queue directory that Queue.open would
-    accept: the caller's, writable by it alone, unless `trust_dir`.
-    """
-    check_not_url(os.fspath(path))
-    return Producer(
-        os.fspath(path),
-        fs=fs,
-        use_socket=use_socket,
-        max_spool_files=max_spool_files,
-        max_spool_bytes=max_spool_bytes,
-        max_payload=max_payload,
-        timeout=timeout,
-        lock_timeout=lock_timeout,
-        trust_dir=trust_dir,
-    )
+connect = Producer  # walq.connect(path, ...): a Producer for the queue in directory `path`

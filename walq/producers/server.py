@@ -9,14 +9,8 @@ not a thread; a connection with a request goes to a pool of at most
 so concurrent producers share the queue's group commit. A handler keeps a busy
 connection for `linger` seconds after each reply, then hands it back.
 
-Ingestion is exactly-once across crashes: each spooled item is enqueued with
-origin `<time_ns>-<pid>-<random>#<index>` (the file's unique stem and the
-item's place in it, recorded in its ENQUEUE record); the file is
-unlinked and the spool directory fsynced only after the enqueue is durable,
-and on open `queue.replayed_origins` names the items already in the log, so a
-file that survived a crash is unlinked without enqueueing those items again.
-A compactor that drops ENQUEUE records must hold `ingest_lock`, which
-ingestion holds from the enqueue through the unlink and the directory fsync.
+Ingestion, exactly-once across crashes, is walq.producers.ingest's; the server
+needs of its queue only what `IngestTarget` names (an open Queue is one).
 """
 
 from __future__ import annotations
@@ -25,32 +19,20 @@ import contextlib
 import errno
 import logging
 import os
-import posixpath
 import queue as queue_mod
 import select
 import selectors
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from walq.core.text import excerpt
-from walq.directory.fs import check_owner, own_dir
-from walq.errors import (
-    ClosedError,
-    CorruptionError,
-    LogFailedError,
-    ProtocolError,
-    QueueFull,
-    UnsafeDirectoryError,
-    WalqError,
-)
-from walq.producers import spool, wire
-
-if TYPE_CHECKING:
-    from walq.directory.queue import Queue
+from walq.errors import ProtocolError, WalqError
+from walq.producers import wire
+from walq.producers.ingest import IngestTarget, SpoolIngester
 
 log = logging.getLogger("walq.server")
 
@@ -62,22 +44,12 @@ class _Conn:
     since: float = 0.0  # time.monotonic() when it last went idle
 
 
-@attrs.define
-class _File:
-    """A spool file read for ingestion: the items not yet in the log, by index."""
-
-    name: str
-    stem: str
-    wall: float
-    todo: list[tuple[int, wire.Item]]
-
-
 class ProducerServer:
-    """Serves producers for an open Queue: the socket, and the spool's ingestion."""
+    """Serves producers for an open queue: the socket, and the spool's ingestion."""
 
     def __init__(
         self,
-        queue: Queue,
+        queue: IngestTarget,
         *,
         listen: bool = True,
         poll_interval: float | None = 0.5,
@@ -91,8 +63,6 @@ class ProducerServer:
         batch_bytes: int = 8 << 20,
     ) -> None:
         self.queue = queue
-        self.fs = queue.fs
-        self.spool_dir = posixpath.join(queue.path, spool.SPOOL_DIR)
         self.address = wire.socket_address(queue.path) if listen else None
         self.poll_interval = poll_interval
         self.max_connections = max_connections
@@ -101,12 +71,6 @@ class ProducerServer:
         self.max_message = max_message
         self.io_timeout = io_timeout
         self.idle_timeout = idle_timeout
-        self.batch_items = batch_items
-        self.batch_bytes = batch_bytes
-        # Held from an ingestion's enqueue through its unlinks and the spool-dir fsync.
-        # It is the queue's: its compactor takes it too (see Compactor.compact).
-        self.ingest_lock = queue.ingest_lock
-        self._ingest_mu = threading.Lock()  # one ingestion at a time
         self._stop = threading.Event()
         self._poked = threading.Event()
         self._conns_mu = threading.Lock()
@@ -128,9 +92,6 @@ class ProducerServer:
         self._busy_logged = 0.0
         self._idle_checked = 0.0
         self._squatter: tuple[int, int] | None = None  # (pid, uid) holding our socket name
-        self._unlink_pending: set[str] = set()  # ingested, but the unlink failed
-        self._stuck: set[str] = set()  # damaged or refused, and could not be set aside
-        self._waiting_logged = False
         self._started = False
         self._uid = os.geteuid()
         self.counters = dict.fromkeys(
@@ -141,13 +102,11 @@ class ProducerServer:
                 "squatted",
                 "requests",
                 "errors",
-                "ingested_jobs",
-                "ingested_files",
-                "rejected_files",
-                "damaged_files",
-                "tmp_removed",
             ),
             0,
+        )
+        self.spool = SpoolIngester(
+            queue, self.counters, self._stop, batch_items=batch_items, batch_bytes=batch_bytes
         )
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -161,12 +120,12 @@ class ProducerServer:
         if self._started:
             return
         self._started = True
-        own_dir(self.fs, self.spool_dir, self.queue.owner_uid, create=True)
+        self.spool.prepare()
         self.reconcile()
         try:
             self.ingest()
         except Exception:  # the poll retries; the owner need not stay down for it
-            log.exception("%s: spool ingestion failed; trying again later", self.spool_dir)
+            log.exception("%s: spool ingestion failed; trying again later", self.spool.spool_dir)
         if self.address is not None:
             self._listen(self.address)
         if self.poll_interval is not None:
@@ -532,210 +491,20 @@ class ProducerServer:
                 self.ingest()
             except Exception:
                 wait = min(max(wait * 2, 1.0), 60.0)  # back off while it keeps failing
-                log.exception("%s: spool ingestion failed; next try in %.0fs", self.spool_dir, wait)
+                log.exception(
+                    "%s: spool ingestion failed; next try in %.0fs", self.spool.spool_dir, wait
+                )
             else:
                 wait = interval
 
     def reconcile(self) -> int:
-        """Settle the spool files a crashed owner had enqueued but not removed; how many.
-
-        A file whose items are all in the log (queue.replayed_origins) is
-        removed; one the crash cut in the middle of has the rest of its items
-        moved to a file of their own first. Done before anything else (and
-        under `ingest_lock`), so that afterwards no spool file has items in the
-        log, and a compaction that drops ENQUEUE records loses no origin that
-        matters.
-        """
-        seen = self.queue.replayed_origins
-        stems = {o.rpartition("#")[0] for o in seen}
-        if not stems:
-            return 0
-        try:
-            names = self.fs.listdir(self.spool_dir)
-        except FileNotFoundError:
-            return 0
-        settled: list[str] = []
-        with self._ingest_mu, self.ingest_lock:
-            for entry in spool.live_entries(names):
-                if entry.stem not in stems:
-                    continue
-                loaded = self._load(entry)
-                if loaded is None:
-                    continue
-                if loaded.todo:
-                    moved = spool.write_remainder(
-                        self.fs, self.spool_dir, entry, loaded.wall, loaded.todo
-                    )
-                    log.info(
-                        "%s/%s: partly ingested before a crash; the rest moved to %s",
-                        self.spool_dir,
-                        entry.name,
-                        moved,
-                    )
-                settled.append(entry.name)
-            if settled:
-                self.fs.sync_dir(self.spool_dir)  # the moved items are durable first
-                for name in settled:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.fs.remove(posixpath.join(self.spool_dir, name))
-                self.fs.sync_dir(self.spool_dir)
-        return len(settled)
+        """Settle the spool files a crashed owner had enqueued but not removed; how many
+        (SpoolIngester.reconcile)."""
+        return self.spool.reconcile()
 
     def ingest(self) -> int:
         """Ingest every whole spool file now; return how many items were enqueued."""
-        with self._ingest_mu:
-            return self._ingest()
-
-    def _ingest(self) -> int:
-        # Checked at every poll: a spool/ swapped for a link to a directory others
-        # can write would hand their files to this owner to run.
-        if not own_dir(self.fs, self.spool_dir, self.queue.owner_uid, create=False):
-            return 0
-        names = self.fs.listdir(self.spool_dir)
-        self._sweep_tmp(names)
-        added = 0
-        batch: list[_File] = []
-        size = count = 0
-        for entry in spool.live_entries(names):
-            if self._stop.is_set():
-                break
-            if entry.name in self._unlink_pending:
-                with self.ingest_lock:
-                    self._unlink([entry.name])
-                continue
-            if entry.name in self._stuck:
-                continue
-            loaded = self._load(entry)
-            if loaded is None:
-                continue
-            batch.append(loaded)
-            size += entry.size
-            count += len(loaded.todo)
-            if size >= self.batch_bytes or count >= self.batch_items:
-                n, go_on = self._flush(batch)
-                added += n
-                if not go_on:
-                    return added
-                batch, size, count = [], 0, 0
-        if batch:
-            added += self._flush(batch)[0]
-        return added
-
-    def _sweep_tmp(self, names: list[str]) -> None:
-        """Remove the .tmp files of producers that died mid-write (older than a minute)."""
-        now = time.time_ns()
-        for name in names:
-            started = spool.tmp_time_ns(name)
-            if started is not None and now - started > spool.TMP_MAX_AGE_NS:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.remove(posixpath.join(self.spool_dir, name))
-                    self.counters["tmp_removed"] += 1
-                    log.info("%s/%s: removed a producer's unfinished file", self.spool_dir, name)
-
-    def _load(self, entry: spool.Entry) -> _File | None:
-        """A spool file's items not yet in the log; None if gone or damaged (set aside)."""
-        name = entry.name
-        path = posixpath.join(self.spool_dir, name)
-        try:
-            check_owner(self.fs, path, self.queue.owner_uid)
-            spooled = spool.read(self.fs, path)
-        except FileNotFoundError:
-            return None
-        except (CorruptionError, UnsafeDirectoryError, OSError) as exc:
-            self.counters["damaged_files"] += 1
-            log.error("%s: cannot ingest (%s); set aside as %s", path, exc, name + spool.DAMAGED)
-            self._set_aside(name, spool.DAMAGED, str(exc))
-            return None
-        seen = self.queue.replayed_origins
-        todo = [
-            (i, item)
-            for i, item in enumerate(spooled.items)
-            if spool.origin(entry.stem, i) not in seen
-        ]
-        return _File(name, entry.stem, spooled.wall, todo)
-
-    def _flush(self, batch: list[_File]) -> tuple[int, bool]:
-        """Enqueue a batch of files durably, then unlink them; (items added, go on?)."""
-        with self.ingest_lock:
-            try:
-                added = self._enqueue(batch)
-                done, go_on = batch, True
-            except (ClosedError, LogFailedError):
-                return 0, False
-            except WalqError:
-                added, done, go_on = self._one_by_one(batch)
-            self._unlink([f.name for f in done])
-        self.counters["ingested_jobs"] += added
-        self.counters["ingested_files"] += len(done)
-        if done and self._waiting_logged:
-            self._waiting_logged = False
-            log.info("%s: ingesting again", self.spool_dir)
-        return added, go_on
-
-    def _one_by_one(self, batch: list[_File]) -> tuple[int, list[_File], bool]:
-        """After a batch failed: each file alone; set aside those the queue refuses."""
-        added = 0
-        done: list[_File] = []
-        for f in batch:
-            try:
-                added += self._enqueue([f])
-            except (ClosedError, LogFailedError):
-                return added, done, False
-            except QueueFull as exc:
-                if not self._waiting_logged:
-                    self._waiting_logged = True
-                    log.warning("%s: ingestion waits: %s", self.spool_dir, exc)
-                return added, done, False
-            except WalqError as exc:
-                self.counters["rejected_files"] += 1
-                log.error(
-                    "%s/%s: refused by the queue (%s); set aside as %s",
-                    self.spool_dir,
-                    f.name,
-                    exc,
-                    f.name + spool.REJECTED,
-                )
-                self._set_aside(f.name, spool.REJECTED, f"refused by the queue: {exc}")
-                continue
-            done.append(f)
-        return added, done, True
-
-    def _enqueue(self, files: list[_File]) -> int:
-        now = time.time()
-        items = []
-        for f in files:
-            for i, item in f.todo:
-                delay = max(0.0, f.wall + item.delay - now) if item.delay else 0.0
-                items.append(item.for_queue(delay=delay, origin=spool.origin(f.stem, i)))
-        if items:
-            self.queue.enqueue_many(items, sync=True)
-        return len(items)
-
-    def _unlink(self, names: list[str]) -> None:
-        """Remove ingested files and make that durable; remember the ones that resist."""
-        for name in names:
-            try:
-                self.fs.remove(posixpath.join(self.spool_dir, name))
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if name not in self._unlink_pending:
-                    log.error(
-                        "%s/%s: ingested, but cannot remove it: %s", self.spool_dir, name, exc
-                    )
-                self._unlink_pending.add(name)
-                continue
-            self._unlink_pending.discard(name)
-        if names:
-            self.fs.sync_dir(self.spool_dir)
-
-    def _set_aside(self, name: str, suffix: str, reason: str) -> None:
-        path = posixpath.join(self.spool_dir, name)
-        try:
-            spool.set_aside(self.fs, self.spool_dir, name, suffix, reason)
-        except OSError as exc:
-            log.error("%s: cannot set it aside (%s); skipping it", path, exc)
-            self._stuck.add(name)
+        return self.spool.ingest()
 
     # -- helpers ---------------------------------------------------------------------------
 

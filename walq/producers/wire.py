@@ -31,15 +31,7 @@ from typing import Any, TypeGuard
 import attrs
 
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
-from walq.core.job import (
-    DEFAULT_MAX_PAYLOAD,
-    check_delay,
-    check_key,
-    check_task,
-    decode_payload,
-    encode_payload,
-)
-from walq.core.state import MAX_ATTEMPTS, MAX_PRIORITY, MIN_PRIORITY
+from walq.core.jobspec import DEFAULT_MAX_PAYLOAD, decode_payload, make_spec
 from walq.core.text import excerpt
 from walq.errors import ArgumentError, ProtocolError
 
@@ -114,27 +106,19 @@ def make_item(
     max_attempts: object = None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
 ) -> Item:
-    """A checked Item, with the rules of Queue.enqueue; ArgumentError/PayloadError if not."""
-    name = check_task(task)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
-    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        raise ArgumentError(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}")
-    attempts = max_attempts or 0
-    if isinstance(attempts, bool) or not isinstance(attempts, int):
-        raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
-    if not 0 <= attempts <= MAX_ATTEMPTS:
-        raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS} or None")
-    kind, data = encode_payload(payload, max_payload)
-    return Item(
-        task=name,
-        kind=kind,
-        data=data,
-        key=check_key(key),
-        delay=check_delay(delay),
+    """A checked Item, with the rules of Queue.enqueue (walq.core.jobspec.make_spec)."""
+    spec = make_spec(
+        task,
+        payload,
+        key=key,
+        delay=delay,
         priority=priority,
-        max_attempts=attempts,
+        max_attempts=max_attempts,
+        max_payload=max_payload,
     )
+    fields = spec._asdict()
+    del fields["origin"]  # a producer's job has none: the owner names its spool file
+    return Item(**fields)
 
 
 def item_from(entry: object, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Item:

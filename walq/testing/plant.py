@@ -1,19 +1,24 @@
 """Known bugs to plant on purpose, so a torture tool can prove it would catch them.
 
-The storage bugs flip one flag in walq's own code; the worker bugs are
-subclasses of walq.Worker that undo one promise through a seam (take the class
-from `worker_class`). Nothing here is reachable unless a test or a torture tool
+The directory's storage bugs are subclasses of walq.Queue and of its log
+(take the class from `queue_class`); the worker bugs are subclasses of
+walq.Worker that undo one promise through a seam (take the class from
+`worker_class`). Nothing here is reachable unless a test or a torture tool
 asks. `WALQ_PLANT_BUG` (comma-separated names) lets a tool plant them in an
-owner subprocess: call `plant_from_env()` and `worker_class()` there.
+owner subprocess: call `plant_from_env()`, then `queue_class()` and
+`worker_class()` there.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar, cast
 
-from walq.core import format, framing
-from walq.directory import log, queue
+from walq.directory.log import Log
+from walq.directory.queue import Queue
+from walq.directory.recovery import Recovery
+from walq.directory.segment import Segment
 from walq.worker import heartbeat
 from walq.worker.pool import Worker
 
@@ -24,6 +29,58 @@ BUGS = {
     "ignore-missing-segments": "a removed segment goes unnoticed (its jobs vanish silently)",
     "heartbeat-off": "the Worker never renews its leases (long jobs run twice at once)",
 }
+
+
+# The storage bugs `queue_class` plants; `plant` adds to (or takes from) this set.
+QUEUE_BUGS = frozenset({"skip-fsync", "forget-ack", "ignore-missing-segments", "accept-bad-crc"})
+_planted: set[str] = set()
+
+Q = TypeVar("Q", bound=Queue)
+
+
+class SkipsFsync(Log):
+    """A log that never calls fdatasync on its segments."""
+
+    def _timed_sync(self, seg: Segment) -> None:
+        pass
+
+
+class IgnoresMissingSegments(Recovery):
+    """A recovery that never notices a removed segment (walq as it was before the check)."""
+
+    def missing(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        return []
+
+
+class ForgetsAck:
+    """A Queue mixin: ack returns without writing the ack record (the job stays running)."""
+
+    def _record_acks(self, ids: list[int]) -> int | None:
+        return None
+
+
+def accept_any_record(crc: int, covered: bytes | memoryview) -> bool:
+    """A record check that passes every checksum (the accept-bad-crc bug)."""
+    return True
+
+
+def queue_class(base: type[Q] = Queue, names: Iterable[str] | None = None) -> type[Q]:  # type: ignore[assignment]
+    """`base` (a Queue class) with the named storage bugs planted, else `base` itself.
+
+    names: default, the storage bugs `plant` planted in this process.
+    """
+    chosen = QUEUE_BUGS & set(_planted if names is None else names)
+    if not chosen:
+        return base
+    log_class: type[Log] = SkipsFsync if "skip-fsync" in chosen else Log
+    if "accept-bad-crc" in chosen:
+        log_class = type(
+            "PlantedLog", (log_class,), {"record_check": staticmethod(accept_any_record)}
+        )
+    if "ignore-missing-segments" in chosen:
+        log_class = type("PlantedLog", (log_class,), {"recovery_class": IgnoresMissingSegments})
+    bases: tuple[type, ...] = (ForgetsAck, base) if "forget-ack" in chosen else (base,)
+    return cast("type[Q]", type(f"Planted{base.__name__}", bases, {"_log_class": log_class}))
 
 
 class DiesOnGroupSigterm(Worker):
@@ -56,14 +113,11 @@ def worker_class(names: list[str]) -> type[Worker]:
 
 def plant(name: str, on: bool = True) -> None:
     """Plant (or remove) the named bug in this process."""
-    if name == "skip-fsync":
-        log.PLANTED_SKIP_FSYNC = on
-    elif name == "forget-ack":
-        queue.PLANTED_FORGET_ACK = on
-    elif name == "accept-bad-crc":
-        framing.PLANTED_ACCEPT_BAD_CRC = on
-    elif name == "ignore-missing-segments":
-        format.PLANTED_IGNORE_MISSING = on
+    if name in QUEUE_BUGS:  # takes effect in the queues opened through `queue_class`
+        if on:
+            _planted.add(name)
+        else:
+            _planted.discard(name)
     elif name == "heartbeat-off":
         heartbeat.PLANTED_HEARTBEAT_OFF = on
     else:
@@ -71,8 +125,8 @@ def plant(name: str, on: bool = True) -> None:
 
 
 def plant_from_env() -> list[str]:
-    """Plant every storage bug named in WALQ_PLANT_BUG; return every name (the worker
-    bugs among them are planted by using `worker_class(names)`)."""
+    """Plant every storage bug named in WALQ_PLANT_BUG; return every name (the queue and
+    worker bugs among them are planted by using `queue_class()` and `worker_class(names)`)."""
     names = [n for n in os.environ.get("WALQ_PLANT_BUG", "").split(",") if n]
     for name in names:
         if name not in WORKER_BUGS:

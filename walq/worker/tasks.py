@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-from walq.core.job import Job, check_seconds, check_task
+from walq.core.job import Job
+from walq.core.jobspec import check_seconds, check_task
 from walq.core.retry import Backoff, CircuitBreaker, RateLimit, TaskPolicy
 from walq.core.text import excerpt
 from walq.errors import ArgumentError, TaskModuleError
@@ -36,6 +37,20 @@ class Task:
         return self.policy.max_attempts
 
 
+# (test, name) for functions whose call only builds an object whose body never runs...
+_DEFERRED_FUNCTIONS: tuple[tuple[Callable[[Any], bool], str], ...] = (
+    (inspect.iscoroutinefunction, "an async def function"),
+    (inspect.isasyncgenfunction, "an async generator function"),
+    (inspect.isgeneratorfunction, "a generator function"),
+)
+# ...and for what such a call returns: work not yet done.
+_DEFERRED_RESULTS: tuple[tuple[Callable[[Any], bool], str], ...] = (
+    (inspect.iscoroutine, "a coroutine"),
+    (inspect.isasyncgen, "an async generator"),
+    (inspect.isgenerator, "a generator"),
+)
+
+
 def deferred_kind(fn: object) -> str | None:
     """What kind of not-yet-run work calling `fn` returns ("an async def function"...), or None.
 
@@ -44,28 +59,17 @@ def deferred_kind(fn: object) -> str | None:
     """
     # Not unwrapped: a plain wrapper around an async function may well run it
     # (asyncio.run); what it returns is checked in the worker all the same.
-    if inspect.iscoroutinefunction(fn):
-        return "an async def function"
-    if inspect.isasyncgenfunction(fn):
-        return "an async generator function"
-    if inspect.isgeneratorfunction(fn):
-        return "a generator function"
-    return None
+    return next((kind for test, kind in _DEFERRED_FUNCTIONS if test(fn)), None)
 
 
 def deferred_result(value: object) -> str | None:
     """What kind of not-yet-done work a handler returned (a coroutine...), or None."""
-    if inspect.iscoroutine(value):
-        return "a coroutine"
-    if inspect.isasyncgen(value):
-        return "an async generator"
-    if inspect.isgenerator(value):
-        return "a generator"
-    if inspect.isawaitable(value):
-        return f"an awaitable ({type(value).__qualname__})"
-    if isinstance(value, concurrent.futures.Future):
-        return "a concurrent.futures.Future"
-    return None
+    kind = next((kind for test, kind in _DEFERRED_RESULTS if test(value)), None)
+    if kind is None and inspect.isawaitable(value):
+        kind = f"an awaitable ({type(value).__qualname__})"
+    if kind is None and isinstance(value, concurrent.futures.Future):
+        kind = "a concurrent.futures.Future"
+    return kind
 
 
 class Tasks:

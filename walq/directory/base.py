@@ -1,0 +1,354 @@
+"""A directory queue's state, log and lock, and the steps every call takes under the lock.
+
+QueueBase holds what one owner keeps in memory and the internal steps the
+queue's calls share (checks, writes and commits, lease expiry, reads);
+CompactionView is what the compactor may touch (walq.directory.compactor.Compactable).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from walq import forks
+from walq.backend import QueueBackend
+from walq.core import events as ev
+from walq.core import format as fmt
+from walq.core import framing
+from walq.core.job import COUNTERS, Job
+from walq.core.jobspec import check_seconds
+from walq.core.ledger import Lost
+from walq.core.state import DEAD, SCHEDULED, Loc, Now, QueueState, seq_of
+from walq.directory.compactor import Compactor, Snapshot
+from walq.directory.fs import FileSystem, Lock
+from walq.directory.log import Log
+from walq.directory.readers import Readers
+from walq.directory.recovery import Damage
+from walq.errors import ClosedError, QueueFull
+from walq.producers.server import ProducerServer
+
+if TYPE_CHECKING:
+    from walq.core.jobspec import JobSpec
+
+log = logging.getLogger("walq.queue")
+
+# Ids per ack or purge record (a record body must stay under fmt.MAX_BODY), and
+# so the most jobs one claim_many takes.
+IDS_PER_RECORD = 1 << 20
+
+
+class QueueBase(QueueBackend):
+    """The in-memory side of one owner of a queue directory (see walq.directory.queue.Queue)."""
+
+    def __init__(self, path: str, fs: FileSystem, lock: Lock, wal: Log, **opts: Any) -> None:
+        self.path = path
+        self.fs = fs
+        self._lock_handle = lock
+        self._log = wal
+        self._clock: Callable[[], Now] = opts["clock"]
+        self._rng: random.Random = opts["rng"]
+        self.max_pending: int | None = opts["max_pending"]
+        self.max_bytes: int | None = opts["max_bytes"]
+        self.min_free_bytes: int = opts["min_free_bytes"]
+        self.max_payload: int = opts["max_payload"]
+        self._state = QueueState(default_max_attempts=opts["max_attempts"])
+        # job -> the newest attempt this handle claimed: whose result an ack without
+        # attempt= is (a lease that expired under it is then refused, LeaseLost).
+        self._claims: dict[int, int] = {}
+        self._mu = threading.Lock()
+        self._changed = threading.Condition(self._mu)
+        self._waiting_claims = 0  # claims blocked in _changed.wait: enqueue must wake them
+        self._readers = Readers(fs, path, wal)
+        self._closed = False
+        self._free_checked = (-1.0, 0)
+        self.damage: list[Damage] = []
+        self.lost = Lost([], [], [], None)  # the job ids the damage took (recovery="skip")
+        # Spool files already ingested, as the log tells (for reconciling the spool on open).
+        self.replayed_origins: set[str] = set()
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.done_seen = 0
+        self.cancel_listeners: list[Callable[[int], None]] = []
+        # Called (outside the lock) when a job may have become ready: a worker's wakeup.
+        self.ready_listeners: list[Callable[[], None]] = []
+        # Spool ingestion holds this from an enqueue until the spool file's unlink
+        # is durable; the compactor takes it before choosing what to rewrite, so
+        # it never drops the enqueue record that says a spool file was ingested.
+        self.ingest_lock = threading.Lock()
+        self._server: ProducerServer | None = None
+        # The uid of the queue directory, which walq's files in it must have (spool
+        # files included); None under trust_dir=True (walq.directory.fs.queue_dir_owner).
+        self.owner_uid: int | None = None
+        self._compactor = Compactor(CompactionView(self))
+        self._forked = False  # set in a fork() child: every call refuses (walq.forks)
+        self._pid = forks.track(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._forked = True
+        self._mu = threading.Lock()  # a parent's thread may have held it at the fork
+        self._changed = threading.Condition(self._mu)
+
+    def _job(self, jid: int, attempt: int) -> Job:
+        """The job as a handler sees it, read back from its record (lock held)."""
+        raise NotImplementedError  # walq.directory.queue.Queue reads it
+
+    # -- checks --------------------------------------------------------------------------
+
+    def _check_not_closed(self) -> None:
+        """For what only reads the state: it stays readable after a failed write."""
+        if self._forked:
+            raise forks.error(self.path, self._pid)
+        if self._closed:
+            raise ClosedError(f"{self.path}: the queue is closed")
+
+    def _check_open(self) -> None:
+        self._check_not_closed()
+        failed = self._log.failed
+        if failed is not None:
+            raise failed
+
+    # -- adding jobs -------------------------------------------------------------------
+
+    def _add(self, items: Sequence[JobSpec], sync: bool | None, timeout: float) -> list[int]:
+        """Assign ids (or coalesce by key), check the caps, write, apply; then commit."""
+        if timeout:
+            timeout = check_seconds("timeout", timeout)
+        with self._mu:
+            now = self._open_now()
+            deadline = now.mono + timeout
+            while True:
+                ids, fresh = self._assign(items)
+                problem = self._room_for(fresh)
+                if problem is None:
+                    break
+                left = deadline - self._clock().mono
+                if left <= 0:
+                    raise QueueFull(f"{self.path}: {problem}")
+                now = self._wait_changed(min(left, 1.0))
+            lsn = self._write_enqueues(fresh, now) if fresh else self._log_lsn()
+            counters = self.counters
+            counters["enqueued"] += len(fresh)
+            if len(ids) != len(fresh):
+                counters["coalesced"] += len(ids) - len(fresh)
+            if fresh and self._waiting_claims:
+                self._changed.notify_all()
+        self._commit(lsn, sync)
+        if fresh and self.ready_listeners:
+            self._wake()
+        return ids
+
+    def _assign(self, items: Sequence[JobSpec]) -> tuple[list[int], Sequence[JobSpec]]:
+        """Ids for each item -- a coalesced existing job, or the next new id -- and the new items.
+
+        New items get consecutive ids from the state's next_id on.
+        """
+        next_id = self._state.next_id
+        for item in items:
+            if item.key is not None:
+                break
+        else:
+            return list(range(next_id, next_id + len(items))), items
+        ids: list[int] = []
+        fresh: list[JobSpec] = []
+        batch_keys: dict[str, int] = {}
+        for item in items:
+            key = item.key
+            if key is not None:
+                holder = batch_keys.get(key) or self._state.key_holder(key)
+                if holder is not None:
+                    ids.append(holder)
+                    continue
+                batch_keys[key] = next_id
+            fresh.append(item)
+            ids.append(next_id)
+            next_id += 1
+        return ids, fresh
+
+    def _room_for(self, fresh: Sequence[JobSpec]) -> str | None:
+        """Why `fresh` does not fit under the caps, or None if it does."""
+        if not fresh:
+            return None
+        state = self._state
+        if self.max_pending is not None and state.unfinished + len(fresh) > self.max_pending:
+            return f"max_pending ({self.max_pending}) reached"
+        if self.max_bytes is not None:
+            size = sum(len(item.data) + 64 + len(item.task) for item in fresh)
+            if state.live_bytes + size > self.max_bytes:
+                return f"max_bytes ({self.max_bytes}) reached"
+        if self.min_free_bytes:
+            free = self._free_bytes()
+            if free < self.min_free_bytes:
+                return f"only {free} bytes free on disk (min_free_bytes={self.min_free_bytes})"
+        return None
+
+    def _free_bytes(self) -> int:
+        # statvfs at most every half second: a floor, not a ledger.
+        checked, free = self._free_checked
+        now = time.monotonic()
+        if now - checked > 0.5:
+            free = self.fs.free_bytes(self.path)
+            self._free_checked = (now, free)
+        return free
+
+    def _wait_changed(self, seconds: float) -> Now:
+        """Wait (lock held) until a change is signalled or `seconds` pass; the clock then."""
+        self._changed.wait(seconds)
+        return self._open_now()
+
+    def _open_now(self) -> Now:
+        """The clock, once the queue is known to be open (lock held)."""
+        self._check_open()
+        return self._clock()
+
+    # -- the log, under the queue's lock -----------------------------------------------
+
+    def _write(self, events: Sequence[ev.Event], now: Now) -> int:
+        """Append events and apply them to the state (lock held); return the lsn."""
+        locs, lsn = self._log.append([(e.rtype, e.encode()) for e in events])
+        for event, loc in zip(events, locs, strict=True):
+            self._state.apply(event, loc, now)
+        return lsn
+
+    def _write_enqueues(self, fresh: Sequence[JobSpec], now: Now) -> int:
+        """Append enqueue records for new jobs and add them to the state (lock held)."""
+        wall = now.wall
+        encode = ev.encode_enqueue
+        enqueue = fmt.ENQUEUE
+        first = self._state.next_id
+        if len(fresh) == 1:  # enqueue(): skipping the comprehensions saves ~0.6 us of ~8
+            it = fresh[0]
+            due = wall + it.delay if it.delay else 0.0
+            body = encode(first, it.task, it.data, it.kind, it.key, it.priority,
+                          it.max_attempts, due, wall, it.origin)  # fmt: skip
+            locs, lsn = self._log.append(((enqueue, body),))
+            self._state.add_new(first, fresh, (due,), locs, now)
+            return lsn
+        dues = [wall + it.delay if it.delay else 0.0 for it in fresh]
+        records = [
+            (enqueue, encode(jid, it.task, it.data, it.kind, it.key, it.priority,
+                             it.max_attempts, due, wall, it.origin))
+            for jid, it, due in zip(itertools.count(first), fresh, dues)
+        ]  # fmt: skip
+        locs, lsn = self._log.append(records)
+        self._state.add_new(first, fresh, dues, locs, now)
+        return lsn
+
+    def _log_lsn(self) -> int:
+        return self._log.append([])[1]
+
+    def _commit(self, lsn: int, sync: bool | None) -> None:
+        if sync or (sync is None and self._log.sync_mode == "always"):
+            self._log.commit(lsn)
+
+    # -- the state, under the queue's lock ---------------------------------------------
+
+    def _wake(self) -> None:
+        for listener in list(self.ready_listeners):
+            listener()
+
+    def _tick(self, now: Now) -> None:
+        expired = self._state.tick(now)
+        if expired:
+            self.counters["expired"] += len(expired)
+            for jid in expired:
+                log.warning("job %d: lease expired; back to pending", jid, extra={"job_id": jid})
+
+    def _own(self, jid: int, attempt: int | None) -> int | None:
+        """The attempt a result or heartbeat speaks for: `attempt`, else this handle's claim."""
+        return attempt if attempt is not None else self._claims.get(jid)
+
+    def _forget(self, jids: Iterable[int]) -> None:
+        for jid in jids:
+            self._claims.pop(jid, None)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _segment_path(self, seg: int) -> str:
+        return self._readers.path(seg)
+
+    def _read(self, loc: Loc) -> framing.Record:
+        """The record at `loc`, checked against its CRC (lock held)."""
+        return self._readers.read(loc)
+
+    def _read_raw(self, loc: Loc) -> tuple[int, bytes]:
+        record = self._readers.read(loc)
+        return record.rtype, record.body
+
+
+def chunks(ids: Sequence[int]) -> list[tuple[int, ...]]:
+    """`ids` in runs short enough for one record each (see IDS_PER_RECORD)."""
+    return [tuple(ids[i : i + IDS_PER_RECORD]) for i in range(0, len(ids), IDS_PER_RECORD)]
+
+
+class CompactionView:
+    """What the compactor may do to a queue (walq.directory.compactor.Compactable).
+
+    Each call takes the queue's lock itself, for as long as it needs it.
+    """
+
+    def __init__(self, queue: QueueBase) -> None:
+        self._q = queue
+        self.path = queue.path
+        self.fs = queue.fs
+        self.wal = queue._log
+        self.ingest_lock = queue.ingest_lock
+
+    def sync(self) -> None:
+        self.wal.flush()
+
+    def live_bytes_upto(self, seq: int) -> int:
+        with self._q._mu:
+            return self._q._state.live_bytes_upto(seq)
+
+    def live_ids(self) -> list[int]:
+        with self._q._mu:
+            return self._q._state.live_ids()
+
+    def snapshot(self, ids: list[int], upto: int) -> list[Snapshot]:
+        q = self._q
+        with q._mu:
+            q._check_open()
+            state = q._state
+            now = q._clock()
+            out = []
+            for jid in ids:
+                if jid not in state:
+                    continue
+                info = state.info(jid)
+                if seq_of(info.loc.seg) > upto:
+                    continue
+                due = state.due_of(jid) if info.state == SCHEDULED else None
+                out.append(
+                    Snapshot(
+                        id=jid,
+                        loc=info.loc,
+                        error_loc=state.error_loc(jid) if info.state == DEAD else None,
+                        dead=info.state == DEAD,
+                        attempts=info.attempts,
+                        due_wall=0.0 if due is None else now.wall + (due - now.mono),
+                    )
+                )
+            return out
+
+    def meta_event(self) -> ev.Meta:
+        with self._q._mu:
+            state = self._q._state
+            return ev.Meta(
+                next_id=state.next_id, tombstones=tuple(sorted(state.tombstones().items()))
+            )
+
+    def pin_readers(self, upto: int) -> None:
+        with self._q._mu:
+            self._q._readers.pin(self._q._state.segments_in_use(), upto)
+
+    def relocate(self, upto: int, moves: dict[int, tuple[Loc, bool]]) -> None:
+        with self._q._mu:
+            self._q._state.relocate(moves, upto)
+
+    def drop_readers(self, upto: int, keep: int) -> None:
+        with self._q._mu:
+            self._q._readers.drop(upto, keep)

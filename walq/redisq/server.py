@@ -1,0 +1,91 @@
+"""What a queue checks of its server on opening: version, format, persistence."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, NamedTuple
+
+from walq.errors import BackendError, DurabilityError, DurabilityWarning, NotAQueueError, WalqError
+from walq.redisq.connection import read, redis_module, text, write
+
+log = logging.getLogger("walq.redisq")
+
+FORMAT_VERSION = "1"
+MIN_SERVER = (6, 2)
+
+
+class Server(NamedTuple):
+    """What opening learned of the server."""
+
+    version: str
+    durable: bool
+    persistence: dict[str, str]
+
+
+def check_server(
+    client: Any, path: str, prefix: str, *, require_durable: bool, create: bool
+) -> Server:
+    """Server version, format marker, and whether its persistence meets the guarantees.
+
+    Weaker than `appendonly yes` and `appendfsync always` warns (DurabilityWarning),
+    or raises DurabilityError if `require_durable`. create=False: NotAQueueError if
+    no queue lives under `prefix` yet.
+    """
+    info = read(client, path, lambda c: c.info("server"))
+    server_version = str(info.get("redis_version", "?"))
+    version = tuple(int(x) for x in server_version.split(".")[:2] if x.isdigit())
+    if version < MIN_SERVER:
+        raise BackendError(
+            f"{path}: Redis {server_version} is too old "
+            f"(walq needs {MIN_SERVER[0]}.{MIN_SERVER[1]} or newer)"
+        )
+    meta = f"{prefix}:meta"
+    if create:
+        write(client, path, lambda c: c.hsetnx(meta, "format", FORMAT_VERSION))
+    found_raw = read(client, path, lambda c: c.hget(meta, "format"))
+    if found_raw is None:
+        raise NotAQueueError(f"{path}: no walq queue under prefix {prefix!r}")
+    found = text(found_raw)
+    if found != FORMAT_VERSION:
+        raise WalqError(
+            f"{path}: data under prefix {prefix!r} has format {found}, "
+            f"this walq reads format {FORMAT_VERSION}"
+        )
+    persistence, problem = _persistence(client, path)
+    server = Server(server_version, problem is None, persistence)
+    if problem is None:
+        return server
+    message = (
+        f"{path}: {problem}; guarantees 1-3 (a returned enqueue or ack survives "
+        "a crash of the server) need `appendonly yes` and `appendfsync always`"
+    )
+    if require_durable:
+        raise DurabilityError(message)
+    log.warning("%s", message)
+    warnings.warn(message, DurabilityWarning, stacklevel=3)
+    return server
+
+
+def _persistence(client: Any, path: str) -> tuple[dict[str, str], str | None]:
+    """The server's persistence settings, and what about them falls short (or None)."""
+    redis = redis_module()
+    try:
+        conf: dict[Any, Any] = {}
+        for name in ("appendonly", "appendfsync", "maxmemory", "maxmemory-policy"):
+            conf.update(client.config_get(name))
+    except redis.ResponseError as exc:
+        return {}, f"cannot read the server's persistence settings (CONFIG GET: {exc})"
+    except redis.RedisError as exc:
+        raise BackendError(f"{path}: {exc}") from None
+    got = {text(k): text(v) for k, v in conf.items()}
+    problems = []
+    if got.get("appendonly") != "yes":
+        problems.append(f"appendonly is {got.get('appendonly')!r}")
+    if got.get("appendfsync") != "always":
+        problems.append(f"appendfsync is {got.get('appendfsync')!r}")
+    if got.get("maxmemory", "0") != "0" and got.get("maxmemory-policy") != "noeviction":
+        problems.append(
+            f"maxmemory-policy is {got.get('maxmemory-policy')!r} (jobs may be evicted)"
+        )
+    return got, "; ".join(problems) or None

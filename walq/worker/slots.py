@@ -1,0 +1,139 @@
+"""The worker processes as the owner sees them: starting one, how many jobs it may
+hold, killing one, why one died."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+import attrs
+
+from walq.core.job import Job
+from walq.worker.child import GROUP_SIGNALS, child_main
+from walq.worker.tasks import Task, Tasks
+
+SHORT_JOB = 0.01  # seconds: jobs that typically run shorter than this are prefetched
+
+# The Worker counter each cause of a lost attempt counts in (a cancellation: none).
+DEATH_COUNTERS = {"timeout": "timeouts", "memory": "memory", "signal": "crashes", "exit": "crashes"}
+
+
+@attrs.define
+class Slot:
+    """One worker process as the owner sees it."""
+
+    proc: Any
+    conn: Connection
+    jobs: deque[tuple[Job, Task]] = attrs.field(factory=deque)
+    head_started: float = 0.0
+    completed: int = 0
+    kill_reason: str | None = None
+    kill_sent: float = 0.0
+    retiring: bool = False
+    spawned: float = 0.0  # when the process was started (monotonic)
+    ready: bool = False  # it imported its tasks: jobs may be handed to it
+
+    @classmethod
+    def start(
+        cls, ctx: Any, tasks_arg: Tasks | bytes, group_signals: tuple[signal.Signals, ...]
+    ) -> Slot:
+        """Start a worker process (child_main) with a pipe to it."""
+        parent_conn, child_conn = ctx.Pipe()
+        proc = ctx.Process(
+            target=child_main,
+            args=(child_conn, tasks_arg, os.getpid(), group_signals),
+            name="walq-worker",
+            daemon=True,
+        )
+        # The child inherits this mask: a group SIGTERM during its start-up stays
+        # pending until child_main has made it harmless.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        child_conn.close()
+        return cls(proc=proc, conn=parent_conn, spawned=time.monotonic())
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL: worker processes ignore SIGTERM (the group's signal is the owner's)."""
+        self.kill_reason = reason
+        self.kill_sent = time.monotonic()
+        self.signal(signal.SIGKILL)
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            os.kill(self.pid, sig)
+
+    def rss(self) -> int | None:
+        """The process's resident memory in bytes (None: unknown)."""
+        try:
+            with open(f"/proc/{self.pid}/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+@attrs.define
+class Depth:
+    """How many jobs to hand each worker process, learnt from how long attempts run."""
+
+    prefetch: int
+    lease: float
+    max_tasks_per_child: int | None
+    typical_run: float = 0.0  # a moving average of how long attempts run (seconds)
+    finished: int = 0  # attempts whose outcome came back
+
+    def learn(self, seconds: float) -> None:
+        """An attempt finished after running `seconds`."""
+        self.finished += 1
+        self.typical_run += (seconds - self.typical_run) * 0.05
+
+    def space(self, slot: Slot) -> int:
+        """How many more jobs a worker may be handed: its prefetch, and what its
+        max_tasks_per_child leaves (so it is recycled after exactly that many)."""
+        # Prefetch pays for short jobs (it hides the round trip to the owner);
+        # for jobs that take a while it only delays others behind a busy worker.
+        depth = self.prefetch if self.typical_run < SHORT_JOB else 1
+        space = min(depth, self._lease_depth()) - len(slot.jobs)
+        if self.max_tasks_per_child is not None:
+            space = min(space, self.max_tasks_per_child - slot.completed - len(slot.jobs))
+        return max(0, space)
+
+    def _lease_depth(self) -> int:
+        """How many jobs one worker may hold: what it will start within half a lease.
+
+        Until an attempt has finished, how long jobs run is unknown: one each
+        (a rescued job would otherwise wait behind long ones, held from others).
+        """
+        if not self.finished:
+            return 1
+        return max(1, int(self.lease / 2 / max(self.typical_run, 1e-3)))
+
+
+def death_cause(
+    slot: Slot, code: int | None, task: Task, max_memory: int | None
+) -> tuple[str, str]:
+    """Why a worker process ended during `task`'s job: (cause, message)."""
+    if slot.kill_reason == "timeout":
+        return "timeout", f"handler exceeded its timeout of {task.timeout:g} s; worker killed"
+    if slot.kill_reason == "memory":
+        return "memory", f"worker exceeded max_memory ({max_memory} bytes); killed"
+    if slot.kill_reason == "cancelled":
+        return "cancelled", "job cancelled; worker killed"
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return "signal", f"worker process killed by {name} (signal {-code})"
+    return "exit", f"worker process exited with code {code} during the job"

@@ -1,0 +1,73 @@
+"""The worker's status for `walq stats` and metrics: breakers, running counts, counters.
+
+The backend keeps it where operators read it (`record_worker_status`: the
+directory's status file, a Redis key), every few seconds and once at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from walq.backend import QueueBackend
+from walq.errors import WalqError
+from walq.worker.heartbeat import Link
+from walq.worker.outcomes import TaskRuntime
+from walq.worker.tasks import Tasks
+
+
+def worker_status(
+    queue: QueueBackend,
+    tasks: Tasks,
+    runtime: dict[str, TaskRuntime],
+    processes: int,
+    counters: dict[str, int],
+) -> dict[str, Any]:
+    """Breaker states, running counts and counters: what `walq stats` shows."""
+    now = time.monotonic()
+    by_task = {}
+    for task in tasks:
+        breaker = task.policy.breaker
+        by_task[task.name] = {
+            "running": runtime[task.name].running,
+            "breaker": breaker.state(now) if breaker is not None else "off",
+        }
+    health = getattr(queue, "compactor_health", None)  # a file queue's, not Redis's
+    return {
+        "pid": os.getpid(),
+        "processes": processes,
+        "updated": time.time(),
+        "tasks": by_task,
+        "counters": dict(counters),
+        "compactor": health() if health is not None else None,
+    }
+
+
+@attrs.define
+class StatusWriter:
+    """Records `status()` through the backend at most every `interval` seconds."""
+
+    queue: QueueBackend
+    link: Link
+    status: Callable[[], dict[str, Any]]
+    interval: float
+    _written: float = attrs.field(default=0.0, init=False)
+
+    def maybe_write(self) -> None:
+        if time.monotonic() - self._written >= self.interval:
+            self.write()
+
+    def write(self, final: bool = False) -> None:
+        """Record the status now; `final` marks the worker stopped."""
+        self._written = time.monotonic()
+        status = self.status()
+        status["stopped"] = final
+        if self.link.down:
+            return  # the server is unreachable: the next status after it is back
+        with contextlib.suppress(WalqError):
+            self.queue.record_worker_status(status)
