@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any, cast
 
 from walq.backends import check_not_url
-from walq.core.job import DEFAULT_MAX_PAYLOAD
+from walq.core.jobspec import DEFAULT_MAX_PAYLOAD
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.errors import ArgumentError, ClosedError, PayloadError, ProtocolError, WalqError
 from walq.producers import wire

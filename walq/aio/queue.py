@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 from walq.aio.commit import GroupCommitter
 from walq.backend import EnqueueItem, QueueBackend
 from walq.backends import open as open_backend
-from walq.core.job import DeadJob, Job, check_seconds
+from walq.core.job import DeadJob, Job
+from walq.core.jobspec import check_seconds
 from walq.core.state import JobInfo
 from walq.errors import ArgumentError, ClosedError, StateError, WalqError
 
