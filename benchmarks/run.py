@@ -179,6 +179,16 @@ def walq_benches(s: Settings) -> Iterator[Bench]:
     spec = walq_rows.WALQ_NEVER
     collect = single(row.key, lambda p: peers.threaded_enqueue_rate(spec, p, s))
     yield Bench(frozenset({WALQ}), [row], collect, s.repeats, s.timeout)
+    n_co = f"{walq_rows.ASYNC_COROUTINES:,}"
+    row = Row(
+        "walq.enqueue_async",
+        WALQ,
+        f"walq.AsyncQueue: durable enqueue, {n_co} coroutines",
+        "jobs/s",
+        note='sync="always"; one loop, one committer thread',
+    )
+    collect = single(row.key, partial(walq_rows.async_enqueue_rate, s=s))
+    yield Bench(frozenset({WALQ, "async"}), [row], collect, s.repeats, s.timeout)
     row = Row("walq.claim_many", WALQ, f"walq: claim_many({s.batch}) + ack_many", "jobs/s")
     collect = single(row.key, partial(walq_rows.claim_many_rate, s=s))
     yield Bench(frozenset({WALQ}), [row], collect, s.repeats, s.timeout)
@@ -263,6 +273,10 @@ TARGET_LIST = [
            "best:enqueue_1t", 1.0, strict=True),
     Target("enqueue, 16 threads / best durable peer: {best}", "walq.enqueue_16t",
            "best:enqueue_16t", 10),
+    Target("async enqueue, 1,000 coroutines / best durable peer, 16 threads: {best}",
+           "walq.enqueue_async", "best:enqueue_16t", 10),
+    Target("async enqueue, 1,000 coroutines / walq enqueue, 16 threads", "walq.enqueue_async",
+           "walq.enqueue_16t", 3),
     Target("enqueue_many / frame+write 512 per fdatasync", "walq.batch",
            "disk.frame_group_commit", 0.4),
     # The issue measures claim+ack "through the pool or a batched claim": the batched

@@ -80,6 +80,39 @@ WALQ_NEVER = PeerSpec(
 )
 
 
+ASYNC_COROUTINES = 1000
+
+
+def async_enqueue_rate(path: Path, s: Settings, coroutines: int = ASYNC_COROUTINES) -> float:
+    """Durable enqueues/s from `coroutines` coroutines on one loop (walq.AsyncQueue).
+
+    Each awaits its own durable enqueue (sync="always") in a loop for
+    s.duration seconds; the group committer resolves them a batch at a time.
+    """
+    import asyncio
+
+    import walq
+
+    async def run() -> float:
+        async with await walq.AsyncQueue.open(str(path / "queue"), sync="always") as q:
+            counts = [0] * coroutines
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            deadline = start + s.duration
+
+            async def producer(i: int) -> None:
+                n = 0
+                while loop.time() < deadline:
+                    await q.enqueue("noop", PAYLOAD)
+                    n += 1
+                counts[i] = n
+
+            await asyncio.gather(*(producer(i) for i in range(coroutines)))
+            return sum(counts) / (loop.time() - start)
+
+    return asyncio.run(run())
+
+
 def claim_many_rate(path: Path, s: Settings) -> float:
     """Jobs/s through claim_many(batch) + ack_many(ids); refills are not timed."""
     import walq
