@@ -160,8 +160,12 @@ def child(mode: str, path: str, duration: float) -> None:
     modes: "producer" (one walq.connect producer, its connection kept),
     "batch100" (the same, enqueue_many of 100 jobs per call),
     "reconnect" (a new producer, so a new connection, per enqueue), "lockopen"
-    (the alternative to a spool: take the lock, replay, enqueue, close).
+    (the alternative to a spool: take the lock, replay, enqueue, close),
+    "aconnect" (walq.aconnect from ACONNECT_COROUTINES coroutines on one loop).
     """
+    if mode == "aconnect":
+        async_child(path, duration)
+        return
     prod = connect(path)
     sent = {"socket": 0, "spool": 0}
 
@@ -200,6 +204,44 @@ def child(mode: str, path: str, duration: float) -> None:
         n += 1  # the warm-up job is in the queue too; counted so that the totals check holds
     print(json.dumps([n, elapsed, sent]), flush=True)
     prod.close()
+
+
+ACONNECT_COROUTINES = 250
+
+
+def async_child(path: str, duration: float) -> None:
+    """A uvicorn-like producer process: ACONNECT_COROUTINES coroutines share one aconnect."""
+    import asyncio
+
+    async def run() -> tuple[int, float, dict[str, int]]:
+        loop = asyncio.get_running_loop()
+        async with await walq.aconnect(path) as prod:
+            await prod.enqueue("bench", PAYLOAD)  # connected before the clock starts
+            print("ready", flush=True)
+            await loop.run_in_executor(None, sys.stdin.readline)
+            counts = [0] * ACONNECT_COROUTINES
+            start = time.perf_counter()
+            stop = start + duration
+
+            async def one(i: int) -> None:
+                n = 0
+                while time.perf_counter() < stop:
+                    await prod.enqueue("bench", PAYLOAD)
+                    n += 1
+                counts[i] = n
+
+            await asyncio.gather(*(one(i) for i in range(ACONNECT_COROUTINES)))
+            elapsed = time.perf_counter() - start
+            n = sum(counts) + 1  # the warm-up job is in the queue too
+            # prod.sent counts requests (shared by many calls): every job went one way?
+            if prod.sent["spool"] == 0:
+                return n, elapsed, {"socket": n, "spool": 0}
+            if prod.sent["socket"] == 0:
+                return n, elapsed, {"socket": 0, "spool": n}
+            return n, elapsed, dict(prod.sent)
+
+    n, elapsed, sent = asyncio.run(run())
+    print(json.dumps([n, elapsed, sent]), flush=True)
 
 
 def fdatasync_loop(path: str, duration: float) -> float:
@@ -248,6 +290,10 @@ ROWS: list[tuple[str, Callable[[str, float], float]]] = [
     ("in-process Queue.enqueue, 4 threads", lambda p, d: in_process(p, 4, d)),
     ("producer via socket, 1 process", lambda p, d: producers(p, 1, d, owner=True)),
     ("producer via socket, 4 processes", lambda p, d: producers(p, 4, d, owner=True)),
+    (
+        f"aconnect via socket, 4 processes x {ACONNECT_COROUTINES} coroutines",
+        lambda p, d: producers(p, 4, d, owner=True, mode="aconnect"),
+    ),
     ("producer via spool (no owner), 1 process", lambda p, d: producers(p, 1, d, owner=False)),
     ("producer via spool (no owner), 4 processes", lambda p, d: producers(p, 4, d, owner=False)),
     ("disk: 1 KiB write + fdatasync loop", fdatasync_loop),
@@ -281,6 +327,10 @@ RATIOS = [
     ("producer via socket, 1 process", "in-process Queue.enqueue, 1 thread"),
     ("producer via socket, 4 processes", "in-process Queue.enqueue, 4 threads"),
     ("producer via socket, 4 processes", "producer via socket, 1 process"),
+    (
+        f"aconnect via socket, 4 processes x {ACONNECT_COROUTINES} coroutines",
+        "producer via socket, 4 processes",
+    ),
     ("producer via spool (no owner), 1 process", "in-process Queue.enqueue, 1 thread"),
     ("in-process Queue.enqueue, 1 thread", "disk: 1 KiB write + fdatasync loop"),
     ("alt: socket, new connection per enqueue, 1 proc", "producer via socket, 1 process"),
