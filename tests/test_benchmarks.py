@@ -32,6 +32,7 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         "walq.enqueue_1t",
         "walq.enqueue_16t",
         "walq.enqueue_16t_never",
+        "walq.enqueue_async",
         "walq.batch",
         "walq.claim_many",
         "walq.replay_rate",
@@ -45,7 +46,7 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         assert rows[key]["median"] is not None and rows[key]["median"] > 0, rows[key]
     # Every target whose baseline ran has a ratio, marked met or missed.
     targets = [r for k, r in rows.items() if k.startswith("target.") and "huey" not in r["label"]]
-    assert len(targets) == 7
+    assert len(targets) == 9
     for row in targets:
         assert row["median"] is not None, row
         assert row["note"].endswith((": MET", ": missed")), row
