@@ -66,6 +66,7 @@ RULES: tuple[Rule, ...] = (
             "walq.directory.lock",
             "walq.directory.segment",
             "walq.directory.log",
+            "walq.directory.spare",
         ),
         forbidden=("walq.directory.queue", "walq.directory.compactor"),
     ),
