@@ -49,7 +49,7 @@ def test_queue_enqueue_refuses_bools(q: Any, option: str, value: bool, message: 
 @pytest.mark.parametrize(("option", "value", "message"), BOOLS)
 def test_producer_item_refuses_bools(option: str, value: bool, message: str) -> None:
     with pytest.raises(ArgumentError, match=message):
-        wire.make_item("t", 1, **{option: value})
+        wire.make_item("t", 1, **{option: value})  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match=message):
         wire.item_from(("t", 1, {option: value}))
 
