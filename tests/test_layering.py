@@ -67,6 +67,7 @@ RULES: tuple[Rule, ...] = (
             "walq.directory.segment",
             "walq.directory.log",
             "walq.directory.spare",
+            "walq.directory.recovery",
         ),
         forbidden=("walq.directory.queue", "walq.directory.compactor"),
     ),
