@@ -116,7 +116,7 @@ class TestDump:
         assert "\x1b[" not in r.stdout  # no colours when not on a terminal
 
     def test_json_lines_parse_back_to_the_rows(self, qdir: str) -> None:
-        """--json: one object per line, the same rows walq.ops.inspect.dump gives."""
+        """--json: one object per line, the same rows walq.ops.dump.dump gives."""
         varied(qdir)
         r = cli("dump", qdir, "--json")
         rows = [json.loads(line) for line in r.stdout.splitlines()]

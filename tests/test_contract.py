@@ -118,7 +118,7 @@ def q(backend: Backend) -> Iterator[Any]:
 
 
 def claimed(q: Any, **kw: Any) -> walq.Job:
-    job = q.claim(**kw)
+    job: walq.Job | None = q.claim(**kw)
     assert job is not None
     return job
 
@@ -286,12 +286,13 @@ class TestContract:
         claimed(q, lease=LEASE)
         time.sleep(LEASE + 0.1)
         assert q.status(jid) == "pending"
-        for step in (
+        steps: tuple[Callable[[], object], ...] = (
             lambda: q.ack(jid),
             lambda: q.fail(jid, "late"),
             lambda: q.release(jid),
             lambda: q.extend(jid, 30),
-        ):
+        )
+        for step in steps:
             with pytest.raises(walq.LeaseLost, match=f"job {jid}"):
                 step()
         assert q.ack_many([jid], strict=False)[0][0] == jid

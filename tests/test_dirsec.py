@@ -16,7 +16,7 @@ from tests import worker_tasks
 from walq.cli.app import main
 from walq.core import format as fmt
 from walq.directory.queue import STATUS_FILE
-from walq.ops import inspect as insp
+from walq.ops import repair as ops_repair
 from walq.worker.pool import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +153,7 @@ class TestLinksPlanted:
             walq.Queue.open(mine, recovery="skip")
         assert their_segment.read_bytes() == before
         # The read-only tools report it as damage; they read nothing through it.
-        report = insp.fsck(mine)
+        report = ops_repair.fsck(mine)
         assert not report.clean
         result = CliRunner().invoke(main, ["fsck", mine])
         assert result.exit_code != 0 and "symbolic link" in result.output

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from walq.directory.fs import OsFileSystem
 from walq.errors import LockedError
-from walq.testing import OP_KINDS, CrashMode, SimFileSystem, SimulatedCrash, draw_crash
+from walq.testing.faultfs import OP_KINDS, CrashMode, SimFileSystem, SimulatedCrash, draw_crash
 
 SECTOR = 512
 

@@ -29,6 +29,7 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
 from walq.errors import WalqError
+from walq.ops import repair as ops_repair
 from walq.testing import plant as planting
 from walq.testing.faultfs import SimFileSystem
 
@@ -260,7 +261,7 @@ def test_a_damaged_leftover_of_a_compaction_does_not_stop_open() -> None:
     leftover = bytearray(fmt.SegmentHeader(seq=1, first=1).encode()) + bytes(100)
     leftover[20] ^= 0x10  # bit rot in its header
     put(fs, fmt.segment_name(1), bytes(leftover))
-    assert walq.ops.inspect.fsck(fuzz.QDIR, fs).clean
+    assert ops_repair.fsck(fuzz.QDIR, fs).clean
     q = sim_queue(fs)  # CorruptionError today: segment 1's header
     assert q.stats()["pending"] == 3
     q.close()
@@ -339,7 +340,7 @@ def test_fsck_and_open_agree_on_an_enqueue_with_an_empty_task_name() -> None:
     end = body + int.from_bytes(data[at + 4 : at + 8], "little")
     data[at : at + 4] = crc32c(bytes(data[at + 4 : end])).to_bytes(4, "little")
     put(fs, fmt.segment_name(1), bytes(data))
-    clean = walq.ops.inspect.fsck(fuzz.QDIR, fs).clean
+    clean = ops_repair.fsck(fuzz.QDIR, fs).clean
     try:
         sim_queue(fs).close()
         opened = True

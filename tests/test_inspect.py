@@ -1,4 +1,4 @@
-"""walq.ops.inspect: the operator's tools as plain functions, on quiet, live and damaged queues."""
+"""walq.ops: the operator's tools as plain functions, on quiet, live and damaged queues."""
 
 from __future__ import annotations
 

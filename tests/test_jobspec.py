@@ -49,7 +49,7 @@ def test_queue_enqueue_refuses_bools(q: Any, option: str, value: bool, message: 
 @pytest.mark.parametrize(("option", "value", "message"), BOOLS)
 def test_producer_item_refuses_bools(option: str, value: bool, message: str) -> None:
     with pytest.raises(ArgumentError, match=message):
-        wire.make_item("t", 1, **{option: value})
+        wire.make_item("t", 1, **{option: value})  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match=message):
         wire.item_from(("t", 1, {option: value}))
 
@@ -57,7 +57,7 @@ def test_producer_item_refuses_bools(option: str, value: bool, message: str) -> 
 @pytest.mark.parametrize(("option", "value", "message"), BOOLS)
 def test_make_spec_refuses_bools(option: str, value: bool, message: str) -> None:
     with pytest.raises(ArgumentError, match=message):
-        make_spec("t", 1, **{option: value})
+        make_spec("t", 1, **{option: value})  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match=message):
         spec_from(("t", 1, {option: value}))
 
@@ -96,5 +96,6 @@ def test_spec_refusals(call: Callable[[], object], error: type[Exception], messa
 
 def test_non_mapping_options_are_refused_by_the_queue(tmp_path: Path) -> None:
     """A list where the options belong is a user's mistake, not an AttributeError."""
-    with walq.Queue.open(tmp_path / "q") as queue, pytest.raises(ArgumentError, match="mapping"):
-        queue.enqueue_many([("t", 1, ["key", "k"])])
+    path = str(tmp_path / "q")
+    with walq.Queue.open(path) as queue, pytest.raises(ArgumentError, match="mapping"):
+        queue.enqueue_many([("t", 1, ["key", "k"])])  # type: ignore[list-item]

@@ -25,11 +25,14 @@ from click.testing import CliRunner
 
 import walq
 from walq.cli.app import main
+from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.jobspec import MAX_DELAY, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_LIMIT
 from walq.directory.fs import File
 from walq.directory.queue import Queue
-from walq.ops import inspect as insp
+from walq.ops import repair as ops_repair
+from walq.ops import scan as ops_scan
+from walq.ops import stats as ops_stats
 from walq.producers import wire
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +47,7 @@ def open_q(qdir: str, **kw: Any) -> Queue:
 def log_bytes(qdir: str) -> int:
     """Bytes of records in the queue's segments (the zero-filled space not counted)."""
     total = 0
-    for seq in insp.segment_seqs(qdir):
+    for seq in ops_scan.segment_seqs(qdir):
         data = Path(qdir, fmt.segment_name(seq)).read_bytes()
         total += len(data.rstrip(b"\0"))
     return total
@@ -63,7 +66,7 @@ def test_any_number_of_distinct_task_names_is_accepted_and_replays(qdir: str) ->
         ids.append(q.enqueue(f"t{n - 1}", b""))
         again = q.enqueue("t0", b"")
     assert ids == list(range(1, n + 1)) and again == n + 1
-    assert insp.fsck(qdir).clean
+    assert ops_repair.fsck(qdir).clean
     for mode in ("strict", "skip"):
         with open_q(qdir, recovery=mode) as q:
             st = q.stats()
@@ -341,7 +344,7 @@ def test_open_and_claim_need_few_descriptors_however_many_segments(qdir: str) ->
     n = 1500
     with open_q(qdir, segment_size=4096, sync="never") as q:
         q.enqueue_many([("t", b"x" * 600) for _ in range(n)])
-    segments = len(insp.segment_seqs(qdir))
+    segments = len(ops_scan.segment_seqs(qdir))
     limit = 48
     assert segments > 4 * limit
     p = subprocess.run(
@@ -371,14 +374,14 @@ def test_stats_replays_plain_enqueues_without_decoding_them(
         jobs = q.claim_many(10)
         q.ack_many([j.id for j in jobs[:4]])
     decoded: list[int] = []
-    real = insp.ev.decode
+    real = ev.decode
 
     def counting(rtype: int, body: bytes) -> Any:
         decoded.append(rtype)
         return real(rtype, body)
 
-    monkeypatch.setattr(insp.ev, "decode", counting)
-    st = insp.stats(qdir)
+    monkeypatch.setattr(ev, "decode", counting)
+    st = ops_stats.directory_stats(qdir)
     assert fmt.ENQUEUE not in decoded[:-1]  # (the last: the oldest pending job's created time)
     assert len(decoded) < 10
     assert st["pending"] == n - 4 and st["interrupted"] == 6 and st["done_in_log"] == 4

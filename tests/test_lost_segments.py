@@ -19,7 +19,8 @@ import pytest
 
 import walq
 from walq.core import format as fmt
-from walq.ops import inspect as insp
+from walq.ops import repair as ops_repair
+from walq.ops import stats as ops_stats
 
 SMALL = 4096
 
@@ -65,9 +66,9 @@ def test_a_removed_sealed_segment_is_damage_everywhere(qdir: str, which: str) ->
     with pytest.raises(walq.CorruptionError, match=gone.name) as err:
         open_queue(qdir)
     assert err.value.path == str(gone)
-    report = insp.fsck(qdir)
+    report = ops_repair.fsck(qdir)
     assert not report.clean and gone.name in report.problems[0]
-    assert any(gone.name in d for d in insp.stats(qdir)["damage"])
+    assert any(gone.name in d for d in ops_stats.directory_stats(qdir)["damage"])
 
     fsck = walq_cli("fsck", qdir)
     assert fsck.returncode == 1 and gone.name in fsck.stdout
@@ -88,7 +89,7 @@ def test_removing_the_compacted_segment_that_starts_the_log_is_noticed(qdir: str
     segs[0].unlink()
     with pytest.raises(walq.CorruptionError, match="missing"):
         open_queue(qdir)
-    assert not insp.fsck(qdir).clean
+    assert not ops_repair.fsck(qdir).clean
 
 
 def test_repair_accepts_the_loss_and_the_queue_opens_strictly_again(qdir: str) -> None:
@@ -102,7 +103,7 @@ def test_repair_accepts_the_loss_and_the_queue_opens_strictly_again(qdir: str) -
     out = json.loads(repair.stdout.splitlines()[-1])
     assert out["clean_after_repair"] is True
     assert any("accepted as lost" in line for line in out["repaired"])
-    assert insp.fsck(qdir).clean
+    assert ops_repair.fsck(qdir).clean
     with open_queue(qdir) as q:
         assert q.stats()["pending"] == survivors
         q.enqueue("t", {"after": "repair"})
@@ -132,7 +133,7 @@ def test_an_intact_queue_with_many_compactions_stays_clean(qdir: str) -> None:
                 assert job is not None
                 q.ack(job.id)
             q.compact()
-    assert insp.fsck(qdir).clean
+    assert ops_repair.fsck(qdir).clean
     with open_queue(qdir) as q:
         assert q.stats()["pending"] == 25
 
@@ -159,12 +160,12 @@ def test_a_damaged_header_is_rebuilt_by_repair_and_read_past_by_skip(qdir: str, 
     with open_queue(qdir, recovery="skip") as q:
         assert q.stats()["damaged"] == 1
         assert q.stats()["pending"] == len(ids)  # the records behind the header were read
-    report = insp.fsck(qdir)
+    report = ops_repair.fsck(qdir)
     assert any("rebuilt from the file name" in p for p in report.problems)
 
-    repaired = insp.repair(qdir)
+    repaired = ops_repair.repair(qdir)
     assert any("rebuilt from the file name" in line for line in repaired), repaired
-    assert insp.fsck(qdir).clean
+    assert ops_repair.fsck(qdir).clean
     with open_queue(qdir) as q:
         assert q.stats()["pending"] == len(ids)
         assert sorted(j.id for j in (q.claim() for _ in ids) if j) == ids
@@ -183,10 +184,10 @@ def test_a_header_naming_another_segment_is_left_out_by_skip_and_moved_aside_by_
     with open_queue(qdir, recovery="skip") as q:
         assert q.stats()["damaged"] == 1
         assert q.stats()["lost"] is not None
-    repaired = insp.repair(qdir)
+    repaired = ops_repair.repair(qdir)
     assert any("moved to" in line and "cut" in line for line in repaired), repaired
     assert (Path(qdir) / "cut" / (segs[2].name + ".damaged")).exists()
-    assert insp.fsck(qdir).clean
+    assert ops_repair.fsck(qdir).clean
     open_queue(qdir).close()
 
 
@@ -243,7 +244,7 @@ def test_a_missing_segment_whose_ids_follow_the_last_enqueue_says_they_are_unkno
             q.ack(job.id)
     segs = segments(qdir)
     segs[-2].unlink()  # the last sealed segment: the newest enqueues
-    report = insp.fsck(qdir)
+    report = ops_repair.fsck(qdir)
     assert report.lost is not None
     lines = " ".join(report.lost.lines())
     assert "cannot be accounted for" in lines

@@ -21,7 +21,8 @@ import walq
 from tests.procs import wait_for
 from tests.test_producer import fork_enqueuing
 from tests.test_producer import run_py as run_snippet
-from walq.ops import inspect
+from walq.ops import owner as ops_owner
+from walq.ops import repair as ops_repair
 from walq.producers import wire
 
 PY = sys.executable
@@ -100,7 +101,7 @@ def test_a_forked_child_refuses_to_use_the_queue_and_releases_nothing(tmp_path: 
     assert out["via_socket"] is True
     with walq.Queue.open(path, serve=False) as q:
         assert q.stats()["pending"] == 401  # every acknowledged job, none of the child's
-    report = inspect.fsck(path)
+    report = ops_repair.fsck(path)
     assert not report.problems
 
 
@@ -205,13 +206,13 @@ def test_deleting_lock_under_a_running_owner_lets_no_second_owner_in(tmp_path: P
     try:
         wait_for(ready.exists)
         os.remove(os.path.join(path, "LOCK"))  # an operator "cleaning up a stale lock"
-        who = inspect.owner(path)
+        who = ops_owner.owner(path)
         assert who.running is True and who.pid == proc.pid
         for _ in range(3):
             with pytest.raises(walq.LockedError):
                 walq.Queue.open(path, serve=False, compaction=False)
         with pytest.raises(walq.LockedError):
-            inspect.repair(path)
+            ops_repair.repair(path)
         # The owner notices at its next commit and locks a fresh LOCK again.
         wait_for(lambda: os.path.exists(os.path.join(path, "LOCK")))
         os.remove(os.path.join(path, "LOCK"))
@@ -225,7 +226,7 @@ def test_deleting_lock_under_a_running_owner_lets_no_second_owner_in(tmp_path: P
     assert "locked it again" in stderr
     acked = json.loads(stdout.splitlines()[-1])["acked"]
     assert acked > 0
-    assert not inspect.fsck(path).problems
+    assert not ops_repair.fsck(path).problems
     with walq.Queue.open(path, serve=False) as q:
         assert q.stats()["pending"] == acked
 

@@ -13,6 +13,7 @@ import walq
 from walq.cli.app import main
 from walq.core import format as fmt
 from walq.directory.fs import File, OsFileSystem
+from walq.ops import repair as ops_repair
 
 
 def segments(qdir: str) -> list[Path]:
@@ -47,7 +48,7 @@ def test_tail_truncated_at_every_byte_of_the_last_record(qdir: str) -> None:
         seg.write_bytes(original[:cut] + bytes(len(original) - cut))
         assert pending_ids(qdir) == ids[:-1], cut
         # the open cut the tail and zeroed it: a second open finds a clean log
-        assert walq.ops.inspect.fsck(qdir).clean
+        assert ops_repair.fsck(qdir).clean
 
 
 def test_tail_truncated_file_shorter_than_preallocation(qdir: str) -> None:

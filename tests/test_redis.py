@@ -7,6 +7,7 @@ skipped with the reason otherwise. (The contract itself: tests/test_contract.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import walq
 from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
 from walq import backends
 from walq.core.retry import Backoff
+from walq.core.state import JobInfo
 
 pytestmark = [
     pytest.mark.redis,
@@ -147,6 +149,7 @@ def check_counts(url: str) -> None:
         per_task: dict[str, int] = {}
         for name in c.scan_iter(match=f"{prefix}:j:*", count=1000):
             s, t = c.hmget(name, "s", "t")
+            assert isinstance(s, str) and isinstance(t, str), (name, s, t)  # decode_responses
             s = "pending" if s == "reserved" else s
             states[s] = states.get(s, 0) + 1
             per_task[f"{s}:{t}"] = per_task.get(f"{s}:{t}", 0) + 1
@@ -155,7 +158,7 @@ def check_counts(url: str) -> None:
             assert counts.get(state, 0) == states.get(state, 0), (state, counts, states)
         tn = {k: int(v) for k, v in c.hgetall(f"{prefix}:tn").items() if int(v)}
         assert tn == per_task
-        ready = sum(c.zcard(f"{prefix}:r:{t}") for t in c.smembers(f"{prefix}:rt"))
+        ready = sum(c.zcard(f"{prefix}:r:{t!s}") for t in c.smembers(f"{prefix}:rt"))
         assert ready + c.zcard(f"{prefix}:res") == states.get("pending", 0)
         assert c.zcard(f"{prefix}:sch") == states.get("scheduled", 0)
         assert c.zcard(f"{prefix}:run") == states.get("running", 0)
@@ -217,7 +220,8 @@ def test_two_workers_never_run_the_same_attempt_twice(url: str, tmp_path: Path) 
 
 def overlaps(lines: list[list[str]]) -> list[tuple[int, list[str]]]:
     """Runs of one job that overlapped in time, from a ledger of `ID ATTEMPT PID start|end`."""
-    found, running = [], {}
+    found: list[tuple[int, list[str]]] = []
+    running: dict[tuple[str, str, str], bool] = {}
     for x in lines:
         jid, key = int(x[0]), (x[0], x[1], x[2])
         if x[3] == "start":
@@ -383,12 +387,13 @@ def test_stale_ack_after_rescue_is_refused(url: str) -> None:
         time.sleep(0.4)
         theirs = b.claim(lease=30)  # the claim rescues the expired lease first
         assert theirs is not None and theirs.id == jid and theirs.attempt == 2
-        for step in (
+        steps: tuple[Callable[[], object], ...] = (
             lambda: a.ack(jid, attempt=mine.attempt),
             lambda: a.fail(jid, "late", attempt=mine.attempt),
             lambda: a.release(jid, attempt=mine.attempt),
             lambda: a.extend(jid, 10, attempt=mine.attempt),
-        ):
+        )
+        for step in steps:
             with pytest.raises(walq.LeaseLost):
                 step()
         assert a.ack_many([jid], attempts=[mine.attempt], strict=False)[0][0] == jid
@@ -410,12 +415,13 @@ def test_a_stale_holder_without_attempt_cannot_finish_the_rescuers_job(url: str)
         theirs = b.claim(lease=30)
         assert theirs is not None and theirs.id == jid and theirs.attempt == 2
         for who in (a, admin):  # a stale claim, and a handle that never claimed it
-            for step in (
-                lambda q=who: q.ack(jid),
-                lambda q=who: q.fail(jid, "late"),
-                lambda q=who: q.release(jid),
-                lambda q=who: q.extend(jid, 10),
-            ):
+            steps: tuple[Callable[[], object], ...] = (
+                functools.partial(who.ack, jid),
+                functools.partial(who.fail, jid, "late"),
+                functools.partial(who.release, jid),
+                functools.partial(who.extend, jid, 10),
+            )
+            for step in steps:
                 with pytest.raises(walq.LeaseLost, match=f"job {jid}"):
                     step()
             assert who.ack_many([jid], strict=False)[0][0] == jid
@@ -698,7 +704,12 @@ def test_claim_many_with_accept_and_a_task_filter(url: str) -> None:
         q.enqueue("a", 1)
         b = q.enqueue("b", 2)
         asked: list[str] = []
-        jobs = q.claim_many(5, tasks=["b"], accept=lambda info: asked.append(info.task) or True)
+
+        def accept(info: JobInfo) -> bool:
+            asked.append(info.task)
+            return True
+
+        jobs = q.claim_many(5, tasks=["b"], accept=accept)
         assert [j.id for j in jobs] == [b] and asked == ["b"]
         assert q.stats()["pending"] == 1
 
@@ -735,6 +746,7 @@ def test_missing_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_cli_functions(url: str) -> None:
     """What `walq stats|dead|enqueue URL` call: read-only stats, dead jobs, enqueue."""
+    from walq.ops import dead as ops_dead
     from walq.redisq import admin as redisq
 
     with pytest.raises(walq.NotAQueueError):
@@ -753,11 +765,11 @@ def test_cli_functions(url: str) -> None:
     assert (st["running"], st["dead"], st["expired_leases"]) == (1, 1, 1)  # not moved
     assert st["durable"] is True and st["workers"][0]["pid"] == 1234
     assert st["workers"][0]["counters"] == {"ok": 5} and st["due_now"] == 0
-    (dead,) = redisq.dead_jobs(url)
+    (dead,) = ops_dead.dead_jobs(url)
     assert (dead.id, dead.payload_kind, dead.payload) == (blob, "bytes", b"\x01\x02")
     assert dead.summary()["error"] == "Traceback ..."
     with pytest.raises(walq.StateError):
-        redisq.dead_jobs(url, ids=[jid])
+        ops_dead.dead_jobs(url, ids=[jid])
     assert redisq.requeue(url, [blob]) == [blob]
     with open_q(url) as q:
         assert q.status(blob) == "pending"
@@ -812,7 +824,9 @@ class _Fixed(random.Random):
         return self.u
 
 
-def _retry_delays(url: str, backoff: Backoff | None, attempts: int, u: float) -> list[tuple]:
+def _retry_delays(
+    url: str, backoff: Backoff | None, attempts: int, u: float
+) -> list[tuple[float, float, float]]:
     """Fail one job `attempts` times without a delay: per attempt, (expected, low, high)
     seconds, where the scheduled delay is known to lie in [low, high] (server time)."""
     import redis
@@ -826,7 +840,7 @@ def _retry_delays(url: str, backoff: Backoff | None, attempts: int, u: float) ->
         s, us = c.time()
         return s + us / 1e6
 
-    out = []
+    out: list[tuple[float, float, float]] = []
     try:
         with open_q(url, rng=_Fixed(u)) as q:
             if backoff is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -39,10 +40,11 @@ def build(seed: int, n: int) -> SimFileSystem:
         if rng.random() < 0.5:
             job = q.claim()
             if job is not None:
-                rng.choice([
+                actions: list[Callable[[walq.Job], object]] = [
                     lambda j: q.ack(j.id), lambda j: q.fail(j.id, "e", delay=rng.choice([0, 50])),
                     lambda j: q.release(j.id), lambda j: q.cancel(j.id), lambda j: None,
-                ])(job)  # fmt: skip
+                ]  # fmt: skip
+                rng.choice(actions)(job)
     return fs.crash(mode="clean")
 
 

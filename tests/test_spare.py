@@ -69,12 +69,12 @@ def test_a_spare_made_for_a_roll_that_came_first_is_replaced() -> None:
     fs = SimFileSystem()
     with open_sim(fs) as q:
         assert q._log.prepare_spare()  # for segment 2
-        q._log._spare, stale = None, q._log._spare  # a roll that did not see it
+        q._log.spare.segment, stale = None, q._log.spare.segment  # a roll that did not see it
         ids = fill_past_roll(q)
-        q._log._spare = stale  # now stale: segment 2 is the active one
+        q._log.spare.segment = stale  # now stale: segment 2 is the active one
         assert q._log.prepare_spare()  # for segment 3, discarding the stale one
         assert spares(fs) == [fmt.segment_name(3) + ".spare"]
-        assert q._log._spare is not None and q._log._spare.seq == 3
+        assert q._log.spare.segment is not None and q._log.spare.segment.seq == 3
     with open_sim(fs) as q2:
         assert {q2.status(i) for i in ids} == {"pending"}
 

@@ -22,7 +22,8 @@ import pytest
 from crc32c import crc32c
 
 import walq
-from walq.ops import inspect as insp
+from walq.ops import repair as ops_repair
+from walq.ops import stats as ops_stats
 from walq.producers import spool
 
 BAD = json.loads('"\\udcff"')
@@ -50,7 +51,7 @@ def test_queue_enqueue_refuses_invalid_unicode(
             q.enqueue_many([("fine", b"x"), (*args, kw)])
         assert q.stats()["pending"] == 0
         assert q.enqueue("fine", {"ok": 1}) == 1  # no id was used up
-    assert insp.fsck(qdir).clean
+    assert ops_repair.fsck(qdir).clean
 
 
 def test_the_bulk_fast_path_checks_the_task_too(qdir: str) -> None:
@@ -137,7 +138,7 @@ def test_a_spool_file_the_owner_refuses_is_set_aside_and_the_rest_ingested(qdir:
     assert aside.exists() and not bad.exists()
     reason = Path(str(aside) + spool.REASON).read_text()
     assert "task is not valid Unicode" in reason
-    stats = insp.stats(qdir)
+    stats = ops_stats.directory_stats(qdir)
     assert stats["spooled"] == 0
     assert stats["spool_set_aside"] == [{"file": aside.name, "reason": reason.strip()}]
     text = subprocess.run(

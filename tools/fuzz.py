@@ -11,7 +11,7 @@ file -- and runs every reader on the result:
 
 - the decoder: framing.decode at every offset of interest, framing.classify,
   framing.scan_fast, events.decode of every record body;
-- the read-only tools: inspect.scan_dir, dump, fsck, stats, replay, dead_jobs;
+- the read-only tools: scan_dir, dump, fsck, stats, replay, dead_jobs;
 - Queue.open in "strict" and "skip" recovery, then what a user does: stats,
   status of every job, dead_jobs, claim and ack everything, compact, close;
 - fsck --repair, then a strict open.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import posixpath
@@ -60,7 +61,12 @@ from walq.core import format as fmt
 from walq.core import framing
 from walq.core.state import Now
 from walq.errors import CorruptionError, WalqError
-from walq.ops import inspect as insp
+from walq.ops.dead import dead_jobs
+from walq.ops.dump import dump
+from walq.ops.repair import FsckReport, fsck, repair
+from walq.ops.replay import replay
+from walq.ops.scan import scan_dir
+from walq.ops.stats import directory_stats
 from walq.testing import plant as planting
 from walq.testing.faultfs import SimFileSystem
 
@@ -549,7 +555,7 @@ class Checker:
         image = self.mutated.image
         self.decoder(image)
         self.guard("inspect", lambda: self.inspect(to_fs(image)))
-        fsck_report = self.guard("fsck", lambda: insp.fsck(QDIR, to_fs(image)))
+        fsck_report = self.guard("fsck", lambda: fsck(QDIR, to_fs(image)))
         strict = self.guard("open strict", lambda: self.use(to_fs(image), "strict"))
         self.guard("open skip", lambda: self.use(to_fs(image), "skip"))
         self.agree(fsck_report, strict)
@@ -561,20 +567,22 @@ class Checker:
         for i, path in enumerate(names):
             data = image[path]
             newest = i == len(names) - 1
-            self.guard("classify", lambda d=data, n=newest: framing.classify(d, 40, newest=n))
-            self.guard("scan_fast", lambda d=data: framing.scan_fast(d, 40, 1, lambda *a: None))
+            self.guard("classify", functools.partial(framing.classify, data, 40, newest=newest))
+            self.guard(
+                "scan_fast", functools.partial(framing.scan_fast, data, 40, 1, lambda *a: None)
+            )
             for at in range(0, min(len(data), 4096), 4):
-                self.guard("decode", lambda d=data, o=at: framing.decode(d, o))
+                self.guard("decode", functools.partial(framing.decode, data, at))
             for rec in framing.records(data, 40) if len(data) >= 40 else ():
-                self.guard("events.decode", lambda r=rec: ev.decode(r.rtype, r.body))
+                self.guard("events.decode", functools.partial(ev.decode, rec.rtype, rec.body))
 
     def inspect(self, fs: SimFileSystem) -> None:
-        insp.scan_dir(QDIR, fs)
-        list(insp.dump(QDIR, fs=fs))
-        list(insp.dump(QDIR, fs=fs, full=True, payload=False))
-        insp.replay(QDIR, fs, now=Clock()())
-        insp.stats(QDIR, fs, now=Clock()())
-        for dead in insp.dead_jobs(QDIR, fs):
+        scan_dir(QDIR, fs)
+        list(dump(QDIR, fs=fs))
+        list(dump(QDIR, fs=fs, full=True, payload=False))
+        replay(QDIR, fs, now=Clock()())
+        directory_stats(QDIR, fs, now=Clock()())
+        for dead in dead_jobs(QDIR, fs):
             if dead is None:
                 continue
             payload: Any = dead.payload
@@ -591,7 +599,7 @@ class Checker:
             if recovery == "strict" and self.mutated.whole_files and not (q.damage or repaired):
                 self.accounted(q)
             for jid in [*self.corpus.jobs, 0, 10_000]:
-                self.guard(target + ": status", lambda j=jid: q.status(j))
+                self.guard(target + ": status", functools.partial(q.status, jid))
             dead = self.guard(target + ": dead_jobs", q.dead_jobs)
             for d in dead if isinstance(dead, list) else []:
                 self.delivered(target + ": dead_jobs", d.id, d.task, d.payload)
@@ -600,7 +608,7 @@ class Checker:
                 if not isinstance(job, walq.Job):
                     break
                 self.delivered(target + ": claim", job.id, job.task, job.payload)
-                self.guard(target + ": ack", lambda j=job: q.ack(j.id))
+                self.guard(target + ": ack", functools.partial(q.ack, job.id))
             self.guard(target + ": compact", q.compact)
         finally:
             q.close()
@@ -617,7 +625,7 @@ class Checker:
 
     def agree(self, fsck_report: Any, strict: Any) -> None:
         """A clean fsck means a strict open works; damage a strict open finds, fsck reports."""
-        if not isinstance(fsck_report, insp.FsckReport):
+        if not isinstance(fsck_report, FsckReport):
             return
         if fsck_report.clean and isinstance(strict, CorruptionError):
             self.problems.append(
@@ -630,11 +638,11 @@ class Checker:
             )
 
     def repaired(self, fs: SimFileSystem) -> None:
-        report = insp.fsck(QDIR, fs)
+        report = fsck(QDIR, fs)
         if report.clean:
             return
-        insp.repair(QDIR, fs)
-        after = insp.fsck(QDIR, fs)
+        repair(QDIR, fs)
+        after = fsck(QDIR, fs)
         if after.clean:
             result = self.guard("open after repair", lambda: self.use(fs, "strict", repaired=True))
             if isinstance(result, CorruptionError):

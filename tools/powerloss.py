@@ -351,7 +351,7 @@ class Run:
             self.q = None
 
     def open(self, fs: SimFileSystem) -> walq.Queue:
-        return planting.queue_class().open(
+        return planting.queue_class(walq.Queue).open(
             QDIR,
             fs=fs,
             sync=self.sync,
@@ -422,10 +422,11 @@ class Run:
         """After a failed write or fsync the queue must take no more writes."""
         assert self.q is not None
         self.fs.clear_faults()
-        for name, call in (
+        calls: tuple[tuple[str, Callable[[walq.Queue], object]], ...] = (
             ("enqueue", lambda q: q.enqueue("t", {"after": "failure"})),
             ("claim", lambda q: q.claim()),
-        ):
+        )
+        for name, call in calls:
             try:
                 call(self.q)
             except LogFailedError:
@@ -446,7 +447,8 @@ class Run:
             try:
                 q = self.open(disk)
             except SimulatedCrash:
-                mode = choose.pick(["any", "clean", "durable"])
+                modes: list[CrashMode] = ["any", "clean", "durable"]
+                mode = choose.pick(modes)
                 self.history.append(f"# crashed again while reopening; crash: mode {mode}")
                 disk = choose.crash(disk, mode)
                 continue
@@ -940,25 +942,27 @@ def op_reopen(run: Run) -> bool:
     return True
 
 
-OPS: list[Op] = (
-    [op_enqueue] * 18
-    + [op_enqueue_many] * 6
-    + [op_claim] * 16
-    + [op_claim_many] * 4
-    + [op_ack] * 14
-    + [op_fail] * 6
-    + [op_release] * 4
-    + [op_cancel] * 4
-    + [op_requeue] * 2
-    + [op_purge]
-    + [op_compact] * 5
-    + [op_spare] * 3
-    + [op_sync] * 2
-    + [op_tick] * 3
-    + [op_reopen] * 2
-    + [op_spool] * 4
-    + [op_ingest] * 3
+# How often each operation is drawn: OPS holds each one that many times.
+OP_WEIGHTS: tuple[tuple[Op, int], ...] = (
+    (op_enqueue, 18),
+    (op_enqueue_many, 6),
+    (op_claim, 16),
+    (op_claim_many, 4),
+    (op_ack, 14),
+    (op_fail, 6),
+    (op_release, 4),
+    (op_cancel, 4),
+    (op_requeue, 2),
+    (op_purge, 1),
+    (op_compact, 5),
+    (op_spare, 3),
+    (op_sync, 2),
+    (op_tick, 3),
+    (op_reopen, 2),
+    (op_spool, 4),
+    (op_ingest, 3),
 )
+OPS: list[Op] = [op for op, weight in OP_WEIGHTS for _ in range(weight)]
 
 
 # -- exploring from the command line ----------------------------------------------------

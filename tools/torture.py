@@ -400,7 +400,7 @@ def _state(pid: int) -> str | None:
 def torture(opts: Options) -> Audit:
     """Run the cycles, drain, audit; return the audit (violations counted in it)."""
     import walq
-    from walq.ops.inspect import fsck
+    from walq.ops.repair import fsck
 
     made = opts.directory is None
     work = Path(opts.directory or tempfile.mkdtemp(prefix="walq-torture-"))

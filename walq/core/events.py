@@ -9,8 +9,8 @@ events that followed it.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import attrs
 
@@ -130,10 +130,8 @@ class Job:
 
 
 @attrs.frozen(kw_only=True)
-class Claim:
-    """Attempts started: (job id, attempt number) pairs, durable before the jobs run."""
-
-    rtype: ClassVar[int] = fmt.CLAIM
+class _Pairs:
+    rtype: ClassVar[int] = 0
     items: tuple[tuple[int, int], ...]
 
     def encode(self) -> bytes:
@@ -141,14 +139,17 @@ class Claim:
 
 
 @attrs.frozen(kw_only=True)
-class Release:
+class Claim(_Pairs):
+    """Attempts started: (job id, attempt number) pairs, durable before the jobs run."""
+
+    rtype: ClassVar[int] = fmt.CLAIM
+
+
+@attrs.frozen(kw_only=True)
+class Release(_Pairs):
     """Jobs handed back uncharged: (job id, attempts counted so far) pairs."""
 
     rtype: ClassVar[int] = fmt.RELEASE
-    items: tuple[tuple[int, int], ...]
-
-    def encode(self) -> bytes:
-        return _COUNT.pack(len(self.items)) + b"".join(_ID_ATTEMPT.pack(*i) for i in self.items)
 
 
 @attrs.frozen(kw_only=True)
@@ -314,18 +315,20 @@ def _decode_job(body: bytes) -> Job:
     )
 
 
-def _pairs(body: bytes) -> tuple[tuple[int, int], ...]:
+def _counted(body: bytes, item: struct.Struct, what: str) -> Iterator[tuple[Any, ...]]:
+    """The items of a body that is a count, then that many `item`s (ValueError if not)."""
     (n,) = _COUNT.unpack_from(body)
-    if _COUNT.size + n * _ID_ATTEMPT.size != len(body):
-        raise ValueError(f"{n} entries do not fill {len(body)} bytes")
-    return tuple(_ID_ATTEMPT.iter_unpack(body[_COUNT.size :]))
+    if _COUNT.size + n * item.size != len(body):
+        raise ValueError(f"{n} {what} do not fill {len(body)} bytes")
+    return item.iter_unpack(body[_COUNT.size :])
+
+
+def _pairs(body: bytes) -> tuple[tuple[int, int], ...]:
+    return tuple(_counted(body, _ID_ATTEMPT, "entries"))
 
 
 def _ids(body: bytes) -> tuple[int, ...]:
-    (n,) = _COUNT.unpack_from(body)
-    if _COUNT.size + n * _ID.size != len(body):
-        raise ValueError(f"{n} ids do not fill {len(body)} bytes")
-    return tuple(i for (i,) in _ID.iter_unpack(body[_COUNT.size :]))
+    return tuple(i for (i,) in _counted(body, _ID, "ids"))
 
 
 def _decode_fail(body: bytes) -> Fail:

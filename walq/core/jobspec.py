@@ -137,8 +137,13 @@ def decode_payload(kind: int, data: bytes) -> Any:
 ENQUEUE_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin"})
 
 
-def split_item(raw: Any) -> tuple[Any, Any, Mapping[str, Any]]:
-    """(task, payload, options) of an enqueue_many item; ArgumentError if malformed."""
+def split_item(
+    raw: Any, options: frozenset[str] = ENQUEUE_OPTIONS
+) -> tuple[Any, Any, Mapping[str, Any]]:
+    """(task, payload, options) of an enqueue_many item; ArgumentError if malformed.
+
+    `options`: the option names this caller takes (a producer's items have no origin).
+    """
     if not isinstance(raw, tuple | list) or len(raw) not in (2, 3):
         raise ArgumentError(
             f"enqueue_many items are (task, payload[, options]), not {excerpt(raw)}"
@@ -146,7 +151,7 @@ def split_item(raw: Any) -> tuple[Any, Any, Mapping[str, Any]]:
     opts = raw[2] if len(raw) == 3 and raw[2] else {}
     if not isinstance(opts, Mapping):
         raise ArgumentError(f"enqueue_many options must be a mapping, not {excerpt(opts)}")
-    unknown = set(opts) - ENQUEUE_OPTIONS
+    unknown = set(opts) - options
     if unknown:
         raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(map(str, unknown)))}")
     return raw[0], raw[1], opts

@@ -1,4 +1,4 @@
-"""The segmented log: appends, group commit, sealing, spares and compaction installs.
+"""The segmented log: appends, group commit, sealing and compaction installs.
 
 Appends go to an in-memory buffer under a short lock. Under sync="always" a
 caller then waits in `commit`: the first waiter becomes the leader, writes
@@ -36,7 +36,8 @@ from walq.core.format import (
 from walq.core.state import Loc
 from walq.directory.fs import FileSystem, file_size
 from walq.directory.recovery import CUT_DIR, Damage, Recovery, Sink
-from walq.directory.segment import SPARE_SUFFIX, Segment, remove_segments, replace_segment
+from walq.directory.segment import Segment, remove_segments, replace_segment
+from walq.directory.spare import Spare
 from walq.errors import (
     ArgumentError,
     ClosedError,
@@ -111,11 +112,8 @@ class Log:
         # The active segment is half full: time to prepare the next (the compactor's thread).
         self.on_half: Callable[[], None] | None = None
         self._half_at = segment_size // 2
-        # The next segment's file, made ahead of the roll by `prepare_spare` so that a
-        # roll only renames it: writing and fsyncing a segment of zeros takes tens of ms.
-        self._spare: Segment | None = None
-        self._spare_mu = threading.Lock()  # held while a spare is made; never under _mu
-        self.spare_error: str | None = None  # why the last spare could not be made
+        # The next segment's file, made ahead of the roll by `prepare_spare`.
+        self.spare = Spare(fs, directory, segment_size)
         # Each fdatasync's duration (metrics); may be called with the lock held.
         self.on_sync: Callable[[float], None] | None = None
         self.fsyncs = 0
@@ -130,7 +128,7 @@ class Log:
         self._forked = True
         self._mu = threading.Lock()  # a parent's thread may have held them at the fork
         self._cond = threading.Condition(self._mu)
-        self._spare_mu = threading.Lock()
+        self.spare.after_fork_in_child()
 
     def _check_process(self) -> None:
         """ForkedError unless this process opened the log (a syscall: not per record)."""
@@ -287,20 +285,8 @@ class Log:
         self._synced = self._appended
         seq = old.seq + 1 if seq is None else seq
         header = SegmentHeader(seq, seq)
-        with self._spare_mu:  # waits for a spare being made now: it is nearly done
-            spare, self._spare = self._spare, None
         try:
-            if spare is not None and spare.header == header:
-                try:
-                    spare.install(self.fs, self.directory)
-                except BaseException:
-                    spare.close()
-                    raise
-                new = spare
-            else:
-                if spare is not None:
-                    self._discard(spare)
-                new = Segment.create(self.fs, self.directory, header, self.segment_size)
+            new = self.spare.next_segment(header)
         except OSError as exc:
             self._fail(f"creating segment {header.seq} in {self.directory} failed: {exc}")
         old.close()
@@ -487,7 +473,7 @@ class Log:
                 return False
             passed_half = self._half_at > MAX_SEGMENT_SIZE  # append disarmed it
             seq = self._active.seq + 1
-        spare = self._spare
+        spare = self.spare.segment
         return passed_half and (spare is None or spare.seq != seq)
 
     def prepare_spare(self) -> bool:
@@ -495,40 +481,18 @@ class Log:
 
         Called from a background thread (the compactor's): the zeros are
         written and fsynced with no lock of the log held, so appends and
-        commits go on. The file is named `<seq>.wal.spare` until the roll
-        renames it; a crash leaves it for recovery to delete. Returns whether
-        it made one.
+        commits go on. Returns whether it made one.
         """
         with self._mu:
             if self._closed or self._failed is not None or self._active is None:
                 return False
             header = SegmentHeader(self._active.seq + 1, self._active.seq + 1)
-        with self._spare_mu:
-            if self._spare is not None:
-                if self._spare.header == header:
-                    return False
-                self._discard(self._spare)  # the roll it was made for came first
-                self._spare = None
-            if self._closed:
-                return False
-            try:
-                self._spare = Segment.prepare(
-                    self.fs, self.directory, header, self.segment_size, SPARE_SUFFIX
-                )
-            except OSError as exc:  # the roll will try again, synchronously, and say so
-                self.spare_error = f"preparing segment {header.seq} failed: {exc}"
-                log.warning("%s: %s", self.directory, self.spare_error)
-                return False
-            self.spare_error = None
-        return True
+        return self.spare.prepare(header, closed=lambda: self._closed)
 
-    def _discard(self, spare: Segment) -> None:
-        """Close and delete a spare segment (best effort: recovery deletes leftovers)."""
-        spare.close()
-        try:
-            self.fs.remove(spare.path)
-        except OSError as exc:
-            log.warning("%s: removing the unused %s failed: %s", self.directory, spare.path, exc)
+    @property
+    def spare_error(self) -> str | None:
+        """Why the last spare segment could not be made (None: it was, or none was tried)."""
+        return self.spare.error
 
     # -- compaction support ---------------------------------------------------------------
 
@@ -604,7 +568,7 @@ class Log:
         """
         if self._forked or os.getpid() != self._pid:
             self._forked = self._closed = True
-            for seg in (self._active, self._spare):
+            for seg in (self._active, self.spare.segment):
                 if seg is not None:
                     seg.close()
             return
@@ -621,7 +585,4 @@ class Log:
                 self._syncer.join(timeout=5)
             if self._active is not None:
                 self._active.close()
-            with self._spare_mu:
-                if self._spare is not None:
-                    self._discard(self._spare)
-                    self._spare = None
+            self.spare.close()

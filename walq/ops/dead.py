@@ -57,6 +57,11 @@ class DeadInfo:
         return self.payload.decode("utf-8", "replace")
 
 
+def payload_kind(kind: int) -> str:
+    """How a record's payload kind is shown: "bytes" or "json"."""
+    return "bytes" if kind == ev.PAYLOAD_BYTES else "json"
+
+
 def dead_jobs(
     path: str,
     fs: FileSystem | None = None,
@@ -71,7 +76,19 @@ def dead_jobs(
     if backends.is_url(path):
         from walq.redisq import admin  # noqa: PLC0415 - only a server's queue needs it
 
-        return list(admin.dead_jobs(path, ids=ids))
+        return [
+            DeadInfo(
+                id=row["id"],
+                task=row["task"],
+                attempts=row["attempts"],
+                error=row["error"],
+                key=row["key"],
+                payload_kind=payload_kind(row["kind"]),
+                payload=row["payload"],
+                created=row["created"],
+            )
+            for row in admin.dead_jobs(path, ids=ids)
+        ]
     fs = fs or OsFileSystem()
     for _ in range(RACE_RETRIES):
         r = replay(path, fs, owner_running=owner(path).running, progress=progress)
@@ -108,7 +125,7 @@ def _dead_info(path: str, state: QueueState, jid: int, fs: FileSystem) -> DeadIn
         attempts=info.attempts,
         error=error,
         key=e.key,
-        payload_kind="bytes" if e.kind == ev.PAYLOAD_BYTES else "json",
+        payload_kind=payload_kind(e.kind),
         payload=e.payload,
         created=e.created,
     )

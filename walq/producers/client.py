@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 from walq import errors
 from walq.backends import check_not_url
@@ -29,6 +29,7 @@ from walq.directory.fs import FileSystem, OsFileSystem
 from walq.errors import ArgumentError, ClosedError, PayloadError, ProtocolError, WalqError
 from walq.producers import wire
 from walq.producers.spool import SpoolWriter
+from walq.producers.wire import EnqueueOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
@@ -59,15 +60,6 @@ _ERRORS: dict[str, type[WalqError]] = {
 _NO_OWNER = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR})
 # Seconds a producer waits for room in a busy owner's listen backlog before spooling.
 BACKLOG_WAIT = 2.0
-
-
-class EnqueueOptions(TypedDict, total=False):
-    """The options of one enqueue, as QueueBackend.enqueue takes them."""
-
-    key: str | None
-    delay: float
-    priority: int
-    max_attempts: int | None
 
 
 class Producer:

@@ -26,14 +26,23 @@ import socket
 import struct
 import sys
 from collections.abc import Mapping
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypedDict, TypeGuard
 
 import attrs
 
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
-from walq.core.jobspec import DEFAULT_MAX_PAYLOAD, decode_payload, make_spec
+from walq.core.jobspec import (
+    DEFAULT_MAX_PAYLOAD,
+    ENQUEUE_OPTIONS,
+    decode_payload,
+    make_spec,
+    split_item,
+)
 from walq.core.text import excerpt
-from walq.errors import ArgumentError, ProtocolError
+from walq.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 SOCKET_NAME = "walq.sock"
 MAX_MESSAGE = 64 << 20  # bytes of one request body
@@ -43,7 +52,8 @@ MAX_ITEMS = 1 << 20  # items in one request
 # name (16 bytes), which it binds first and then renames to SOCKET_NAME.
 _SUN_PATH = 107
 _TMP_NAME_ROOM = 16
-OPTIONS = frozenset({"key", "delay", "priority", "max_attempts"})
+# A producer's job has no origin: the owner names the spool file it came from.
+OPTIONS = ENQUEUE_OPTIONS - {"origin"}
 _ITEM_FIELDS = frozenset({"task", "kind", "size", "key", "delay", "priority", "max_attempts"})
 _U32 = struct.Struct("<I")
 
@@ -96,26 +106,24 @@ class Item:
         return self.task, self.payload(), opts
 
 
+class EnqueueOptions(TypedDict, total=False):
+    """The options of one enqueue, as QueueBackend.enqueue takes them (no origin)."""
+
+    key: str | None
+    delay: float
+    priority: int
+    max_attempts: int | None
+
+
 def make_item(
     task: object,
     payload: object,
     *,
-    key: object = None,
-    delay: object = 0.0,
-    priority: object = 0,
-    max_attempts: object = None,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
+    **options: Unpack[EnqueueOptions],
 ) -> Item:
     """A checked Item, with the rules of Queue.enqueue (walq.core.jobspec.make_spec)."""
-    spec = make_spec(
-        task,
-        payload,
-        key=key,
-        delay=delay,
-        priority=priority,
-        max_attempts=max_attempts,
-        max_payload=max_payload,
-    )
+    spec = make_spec(task, payload, max_payload=max_payload, **options)
     fields = spec._asdict()
     del fields["origin"]  # a producer's job has none: the owner names its spool file
     return Item(**fields)
@@ -123,17 +131,8 @@ def make_item(
 
 def item_from(entry: object, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Item:
     """An Item from an enqueue_many entry: (task, payload[, options])."""
-    if not isinstance(entry, tuple | list) or len(entry) not in (2, 3):
-        raise ArgumentError(
-            f"enqueue_many items are (task, payload[, options]), not {excerpt(entry)}"
-        )
-    opts = entry[2] if len(entry) == 3 and entry[2] else {}
-    if not isinstance(opts, Mapping):
-        raise ArgumentError(f"enqueue_many options must be a mapping, not {excerpt(opts)}")
-    unknown = set(opts) - OPTIONS
-    if unknown:
-        raise ArgumentError(f"unknown enqueue options: {', '.join(sorted(map(str, unknown)))}")
-    return make_item(entry[0], entry[1], max_payload=max_payload, **opts)
+    task, payload, opts = split_item(entry, OPTIONS)
+    return make_item(task, payload, max_payload=max_payload, **opts)
 
 
 # -- bodies --------------------------------------------------------------------------

@@ -10,15 +10,11 @@ import contextlib
 import json
 import warnings
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from walq.core.events import PAYLOAD_BYTES
 from walq.errors import DurabilityWarning
 from walq.redisq.queue import RedisQueue
 from walq.redisq.records import dead_rows, pairs, shape_stats
-
-if TYPE_CHECKING:
-    from walq.ops.inspect import DeadInfo
 
 
 def _open_quiet(url: str) -> RedisQueue:
@@ -81,24 +77,14 @@ def inspect_stats(url: str) -> dict[str, Any]:
         return st
 
 
-def dead_jobs(url: str, ids: Iterable[int] | None = None) -> list[DeadInfo]:
-    """`walq dead list|show URL`: dead jobs as the CLI shows them (read-only)."""
-    from walq.ops.inspect import DeadInfo  # noqa: PLC0415 - the CLI's record type
+def dead_jobs(url: str, ids: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    """`walq dead list|show URL`: dead jobs' fields as plain rows (read-only).
 
+    Each row: id, task, kind (the payload's), payload (bytes), attempts,
+    error, key, created; walq.ops.dead turns them into what the CLI shows.
+    """
     with _open_quiet(url) as q:
-        return [
-            DeadInfo(
-                id=d["id"],
-                task=d["task"],
-                attempts=d["attempts"],
-                error=d["error"],
-                key=d["key"],
-                payload_kind="bytes" if d["kind"] == PAYLOAD_BYTES else "json",
-                payload=d["payload"],
-                created=d["created"],
-            )
-            for d in dead_rows(q, ids)
-        ]
+        return dead_rows(q, ids)
 
 
 def requeue(url: str, ids: Iterable[int]) -> list[int]:

@@ -1,25 +1,5 @@
-"""Test support: a simulated file system that crashes, tears writes and fails fsync."""
+"""Test support, kept out of production code.
 
-from __future__ import annotations
-
-from walq.testing.faultfs import (
-    OP_KINDS,
-    Choices,
-    CrashMode,
-    Fault,
-    SimFile,
-    SimFileSystem,
-    SimulatedCrash,
-    draw_crash,
-)
-
-__all__ = [
-    "OP_KINDS",
-    "Choices",
-    "CrashMode",
-    "Fault",
-    "SimFile",
-    "SimFileSystem",
-    "SimulatedCrash",
-    "draw_crash",
-]
+faultfs: a simulated file system that crashes, tears writes and fails fsync.
+plant: the storage bugs the torture tools plant, through the queue's seams.
+"""
