@@ -20,7 +20,7 @@ import walq
 from tests import test_contract
 from tests.test_contract import REDIS_SKIP, SKIP_REDIS, TestContract, need_redis
 from walq.aio import AsyncQueue
-from walq.testing import SimFile, SimFileSystem
+from walq.testing.faultfs import SimFile, SimFileSystem
 
 __all__ = ["TestContract"]  # collected here too, with this module's fixtures
 
