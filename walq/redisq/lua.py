@@ -57,6 +57,10 @@ SCRIPTS: Final[Mapping[str, Spec]] = {
     "status": Spec(2),
     "stats": Spec(1),
     "next_due": Spec(1),
+    "gate_admit": Spec(13, libs=("gates_lib",)),
+    "gate_breaker": Spec(5, libs=("gates_lib",)),
+    "gate_budget": Spec(5, libs=("gates_lib",)),
+    "gate_release": Spec(4),
 }
 
 
