@@ -16,6 +16,7 @@ import pytest
 
 import walq
 from walq.core import format as fmt
+from walq.core.state import Now
 from walq.directory.fs import File, OsFileSystem
 from walq.directory.queue import STATUS_FILE
 from walq.ops import admin as ops_admin
@@ -400,6 +401,23 @@ class TestWorkerStatus:
         st = ops_stats.directory_stats(qdir)
         assert st["breakers"] == {"mail": "open"}
         assert st["worker"]["processes"] == 2 and st["worker"]["age"] < 5
+
+    def test_a_status_written_during_a_long_read_is_fresh(
+        self, qdir: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The worker writes its status while stats replays the log: it is the worker's."""
+        varied(qdir)
+        real = ops_stats.replay
+
+        def slow_replay(*args: Any, **kwargs: Any) -> Any:
+            out = real(*args, **kwargs)
+            self.write(qdir)  # written while the (long) replay ran
+            return out
+
+        monkeypatch.setattr(ops_stats, "replay", slow_replay)
+        began = time.time() - 60.0  # the read began a minute ago
+        st = ops_stats.directory_stats(qdir, now=Now(wall=began, mono=time.monotonic() - 60.0))
+        assert st["worker"] is not None and st["breakers"] == {"mail": "open"}
 
     @pytest.mark.parametrize(
         "fields", [{"updated": 0.0}, {"stopped": True}, {"updated": "soon"}], ids=str

@@ -205,7 +205,7 @@ def directory_stats(
     records = log_bytes - fmt.SEGMENT_HEADER_SIZE * len(r.seqs)
     sealed_records = sum(r.ends[:-1]) - fmt.SEGMENT_HEADER_SIZE * max(0, len(r.seqs) - 1)
     sealed_live = state.live_bytes_upto(r.seqs[-2]) if len(r.seqs) > 1 else 0
-    status = worker_status(path, now.wall)
+    status = worker_status(path)  # judged by the time it is read, not `now`
     out: dict[str, Any] = {
         "path": path,
         "read_at": now.wall,
