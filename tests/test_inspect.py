@@ -25,6 +25,7 @@ from walq.ops import dump as ops_dump
 from walq.ops import follow as ops_follow
 from walq.ops import owner as ops_owner
 from walq.ops import repair as ops_repair
+from walq.ops import replay as ops_replay
 from walq.ops import scan as ops_scan
 from walq.ops import stats as ops_stats
 
@@ -407,7 +408,7 @@ class TestWorkerStatus:
     ) -> None:
         """The worker writes its status while stats replays the log: it is the worker's."""
         varied(qdir)
-        real = ops_stats.replay
+        real = ops_replay.replay
 
         def slow_replay(*args: Any, **kwargs: Any) -> Any:
             out = real(*args, **kwargs)
