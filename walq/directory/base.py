@@ -341,6 +341,10 @@ class CompactionView:
                 next_id=state.next_id, tombstones=tuple(sorted(state.tombstones().items()))
             )
 
+    def paused_events(self) -> list[ev.Pause]:
+        with self._q._mu:
+            return [ev.Pause(task=t) for t in sorted(self._q._state.paused)]
+
     def pin_readers(self, upto: int) -> None:
         with self._q._mu:
             self._q._readers.pin(self._q._state.segments_in_use(), upto)
