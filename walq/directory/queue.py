@@ -148,7 +148,7 @@ class Queue(Administration):
             raise
         try:
             if serve:  # first: settling the spool needs origins a compaction may drop
-                q._server = ProducerServer(q, listen=isinstance(fs, OsFileSystem))
+                q._server = ProducerServer(q, admin=q, listen=isinstance(fs, OsFileSystem))
                 q._server.start()
             if isinstance(compaction, Policy):
                 q._compactor.policy = compaction
