@@ -176,3 +176,23 @@ class TestWithoutAnOwner:
         with pytest.raises(walq.NotAQueueError):
             Admin(str(tmp_path / "none")).stats()
         assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.redis
+def test_admin_on_a_redis_url_acts_on_the_server() -> None:
+    from tests.test_contract import REDIS_SKIP, Backend, redis_url
+
+    if REDIS_SKIP is not None:
+        pytest.skip(REDIS_SKIP)
+    b = Backend("redis", Path("/nonexistent"))
+    try:
+        with b.open() as q:
+            a = q.enqueue("mail", 1, key="k")
+        url = f"{redis_url()}{'&' if '?' in (redis_url() or '') else '?'}prefix={b.prefix}"
+        admin = Admin(url)
+        assert admin.status(a)["status"] == "pending" and admin.find("k") == a
+        assert admin.pause("mail") is True and admin.paused() == ["mail"]
+        assert admin.cancel(a) is True
+        assert admin.stats()["paused"] == ["mail"]
+    finally:
+        b.cleanup()

@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -198,6 +199,8 @@ class Admin:
     answers in milliseconds, and a cancel stops a running handler); with no
     owner running it takes the queue's lock for the call and acts on the
     files. `require_owner=True` raises NoOwnerError instead of taking the lock.
+    `path` may also be a server's URL (Redis): each call then acts on the
+    server at once, as any worker's queue handle would.
     """
 
     def __init__(
@@ -210,7 +213,8 @@ class Admin:
         self.path = os.fspath(path)
         self.timeout = timeout
         self.require_owner = require_owner
-        self.address = wire.socket_address(self.path)
+        # A server's queue has no single owner: every call goes to the backend itself.
+        self.address = None if backends.is_url(self.path) else wire.socket_address(self.path)
         self.last_route = ""  # "owner" or "lock": how the last call was answered
 
     # -- the actions -------------------------------------------------------------------
@@ -286,7 +290,7 @@ class Admin:
             if answered:
                 self.last_route = "owner"
                 return result
-            if self.require_owner:
+            if self.require_owner and self.address is not None:
                 raise NoOwnerError(f"{self._where()}: no owner is running")
             try:
                 result = self._with_lock(action, args)
@@ -300,7 +304,13 @@ class Admin:
         )
 
     def _with_lock(self, action: str, args: dict[str, Any]) -> Any:
-        with backends.open(self.path, create=False, compaction=False, serve=False) as q:
+        options: dict[str, Any] = {"create": False}
+        if not backends.is_url(self.path):
+            options.update(compaction=False, serve=False)
+        with warnings.catch_warnings():  # weak durability is for `walq stats` to report
+            warnings.simplefilter("ignore", errors.DurabilityWarning)
+            q = backends.open(self.path, **options)
+        with q:
             return Control(q).handle(action, args, uid=os.geteuid(), pid=os.getpid())
 
     def _ask(self, action: str, args: dict[str, Any]) -> tuple[bool, Any]:
