@@ -17,7 +17,7 @@ import pytest
 import walq
 from walq.core import format as fmt
 from walq.core.state import Now
-from walq.directory.fs import File, OsFileSystem
+from walq.directory.fs import File, OsFile, OsFileSystem, open_fd
 from walq.directory.queue import STATUS_FILE
 from walq.ops import admin as ops_admin
 from walq.ops import dead as ops_dead
@@ -282,6 +282,48 @@ class TestFollow:
             ops_follow.follow(qdir, dumper.end, poll=0.5, stop=lambda: len(polls) >= 3, sleep=sleep)
         )
         assert rows == [] and polls == [0.5, 0.5, 0.5]
+
+    def test_an_idle_queue_is_watched_with_stat_not_reread(self, qdir: str) -> None:
+        """Nothing new: follow stats the active segment instead of reading it again."""
+        read: list[int] = []
+
+        class CountingFile(OsFile):
+            __slots__ = ()
+
+            def pread(self, size: int, offset: int) -> bytes:
+                data = super().pread(size, offset)
+                read.append(len(data))
+                return data
+
+        class Counting(OsFileSystem):
+            def open(self, path: str, *, write: bool = False, create: bool = False) -> File:
+                assert not write and not create
+                return CountingFile(path, open_fd(path, os.O_RDONLY))
+
+        q = walq.Queue.open(qdir, segment_size=8 << 20, compaction=False)
+        try:
+            q.enqueue("mail", {"i": 0})
+            active = segments(qdir)[-1]
+            assert active.stat().st_size == 8 << 20  # preallocated: mostly zeros
+            os.utime(active, ns=(time.time_ns() - 10**10,) * 2)  # last written 10 s ago
+            dumper = ops_dump.Dumper()
+            list(dumper.rows(qdir))
+            polls: list[float] = []
+            rows = ops_follow.follow(
+                qdir, dumper.end, dumper=dumper, fs=Counting(), poll=0.25,
+                stop=lambda: len(polls) >= 50, sleep=polls.append,
+            )  # fmt: skip
+            assert list(rows) == []
+            assert sum(read) <= 2 * ops_follow.CHUNK + 4096  # not 50 x 8 MiB
+            polls.clear()
+            q.enqueue("mail", {"i": 1})  # the file changes: the new record is read
+            rows = ops_follow.follow(
+                qdir, dumper.end, dumper=dumper, fs=Counting(), poll=0.25,
+                stop=lambda: len(polls) >= 3, sleep=polls.append,
+            )  # fmt: skip
+            assert [r["payload"] for r in rows if r["type"] == "enqueue"] == ['{"i":1}']
+        finally:
+            q.close()
 
     def test_a_compaction_behind_the_follower_is_announced(self, qdir: str) -> None:
         """Segments compacted before the follower reached them: a notice, then their jobs."""
