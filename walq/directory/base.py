@@ -72,6 +72,8 @@ class QueueBase(QueueBackend):
         self.replayed_origins: set[str] = set()
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.done_seen = 0
+        # How opening replayed the log: seconds, live jobs, segments (the worker's banner).
+        self.replayed: dict[str, Any] = {}
         self.cancel_listeners: list[Callable[[int], None]] = []
         # Called (outside the lock) when a job may have become ready: a worker's wakeup.
         self.ready_listeners: list[Callable[[], None]] = []
@@ -340,6 +342,10 @@ class CompactionView:
             return ev.Meta(
                 next_id=state.next_id, tombstones=tuple(sorted(state.tombstones().items()))
             )
+
+    def paused_events(self) -> list[ev.Pause]:
+        with self._q._mu:
+            return [ev.Pause(task=t) for t in sorted(self._q._state.paused)]
 
     def pin_readers(self, upto: int) -> None:
         with self._q._mu:

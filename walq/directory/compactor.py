@@ -113,6 +113,9 @@ class Compactable(Protocol):
     def meta_event(self) -> ev.Meta:
         """The id counter and cancelled/purged markers, as a meta record says them."""
 
+    def paused_events(self) -> list[ev.Pause]:
+        """A pause record for each paused task: the snapshot carries them too."""
+
     def pin_readers(self, upto: int) -> None:
         """Keep the file that the rename over segment `upto` replaces readable."""
 
@@ -318,6 +321,8 @@ class Compactor:
                 jobs = self._copy_live(header.seq, out, readers, progress)
                 meta = q.meta_event()
                 out.add(meta.rtype, meta.encode())
+                for pause in q.paused_events():
+                    out.add(pause.rtype, pause.encode())
                 out.finish()
             except OSError as exc:
                 out.abandon()

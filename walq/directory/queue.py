@@ -140,7 +140,17 @@ class Queue(Administration):
                 max_attempts=max_attempts,
             )
             q.owner_uid = owner_uid
+            began = time.monotonic()
             found = replay(q._state, wal, path, q._clock(), recovery == "skip")
+            q.replayed = {
+                "seconds": time.monotonic() - began,
+                "jobs": len(q._state),
+                "segments": len(wal.segment_paths()),
+            }
+            log.info(
+                "%s: replayed %d segments in %.2f s: %d live jobs",
+                path, q.replayed["segments"], q.replayed["seconds"], q.replayed["jobs"],
+            )  # fmt: skip
             q.damage, q.lost = found.damage, found.lost
             q.replayed_origins, q.done_seen = found.origins, found.done_seen
         except BaseException:
@@ -148,7 +158,7 @@ class Queue(Administration):
             raise
         try:
             if serve:  # first: settling the spool needs origins a compaction may drop
-                q._server = ProducerServer(q, listen=isinstance(fs, OsFileSystem))
+                q._server = ProducerServer(q, admin=q, listen=isinstance(fs, OsFileSystem))
                 q._server.start()
             if isinstance(compaction, Policy):
                 q._compactor.policy = compaction

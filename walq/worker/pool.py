@@ -74,6 +74,7 @@ class Worker:
         status_interval: float = 2.0,
         lease: float | None = None,
         start_timeout: float = 120.0,
+        job_log_level: int = logging.INFO,
     ) -> None:
         if not isinstance(tasks, Tasks) or not len(tasks):
             raise ArgumentError("Worker needs a walq.Tasks with at least one task")
@@ -84,6 +85,8 @@ class Worker:
             raise ArgumentError("max_tasks_per_child must be at least 1")
         self.queue = queue
         self.tasks = tasks
+        # The level of the one line per finished attempt (logging.DEBUG turns it down).
+        self.job_log_level = job_log_level
         self.processes = processes
         self.prefetch = prefetch
         self.max_tasks_per_child = max_tasks_per_child
@@ -172,6 +175,7 @@ class Worker:
         self.queue.ready_listeners.append(self._poke)
         self.queue.cancel_listeners.append(self._on_cancel)
         clean = True
+        self._log_banner()
         try:
             self._heartbeat.start()
             drain_deadline: float | None = None
@@ -179,6 +183,10 @@ class Worker:
                 now = time.monotonic()
                 if self._stop.is_set() and drain_deadline is None:
                     drain_deadline = now + self.shutdown_grace
+                    log.info(
+                        "draining: %d jobs in flight, up to %.0f s",
+                        self._in_flight(), self.shutdown_grace,
+                    )  # fmt: skip
                     self._hold_queued()
                 if drain_deadline is None:
                     self._top_up()
@@ -220,9 +228,29 @@ class Worker:
             with contextlib.suppress(WalqError):
                 self.queue.sync()
             self._write_status(final=True)
+            done = ", ".join(f"{k} {v}" for k, v in self.counters.items() if v) or "no jobs"
+            log.info(
+                "worker pid %d stopped%s: %s",
+                os.getpid(), "" if clean else " (in-flight jobs abandoned)", done,
+            )  # fmt: skip
         if self._start_error is not None:
             raise self._start_error
         return 0 if clean else 1
+
+    def _log_banner(self) -> None:
+        """The start banner: who, where, what, and how long opening the queue took."""
+        replayed = getattr(self.queue, "replayed", None) or {}  # a directory's, not Redis's
+        opened = ""
+        if replayed:
+            opened = (
+                f"; replayed {replayed['jobs']} live jobs in {replayed['seconds']:.2f} s"
+                f" ({replayed['segments']} segments)"
+            )
+        log.info(
+            "worker pid %d on %s: tasks %s; %d processes%s",
+            os.getpid(), self.queue.path, ", ".join(t.name for t in self.tasks),
+            self.processes, opened,
+        )  # fmt: skip
 
     def _in_flight(self) -> int:
         # Results kept for a server that is unreachable count too: a drain waits for them.
@@ -309,6 +337,11 @@ class Worker:
         idle = [s for s in free if not s.jobs]
         jobs = self.queue.claim_many(room, lease=self._lease, accept=self._admit(now, len(idle)))
         self._link.ok()
+        if jobs and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "claimed %d jobs: %s", len(jobs),
+                ", ".join(f"{j.id} ({j.task}, attempt {j.attempt})" for j in jobs),
+            )  # fmt: skip
         self._heartbeat.hold(jobs)
         batches: dict[int, list[dict[str, Any]]] = {}
         # Gated jobs first, each onto an idle worker (their admission promised one).
@@ -562,10 +595,18 @@ class Worker:
         """Ack and fail finished attempts (the Recorder); learn how long attempts run."""
         if not outcomes:
             return
+        job_log = log.isEnabledFor(self.job_log_level)
         for out in outcomes:
             if self.on_job_done is not None:
                 self.on_job_done(out.task.name, out.seconds, out.ok)
             self._depth.learn(out.seconds)
+            if job_log:
+                how = "ok" if out.ok else f"failed ({(out.report or {}).get('cause', 'error')})"
+                log.log(
+                    self.job_log_level, "job %d (%s) attempt %d: %s in %.3f s",
+                    out.job.id, out.task.name, out.job.attempt, how, out.seconds,
+                    extra={"job_id": out.job.id, "task": out.task.name, "outcome": how},
+                )  # fmt: skip
         self._recorder.record(outcomes)
         self._unsynced = True
 
