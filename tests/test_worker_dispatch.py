@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 
 import walq
-from tests import slow_tasks
+from tests import slow_tasks, worker_tasks
 from tests.procs import wait_for
-from tests.test_worker import ROOT, ledger_lines, no_leftover_processes, run_until_done
+from tests.test_worker import ROOT, kind, ledger_lines, no_leftover_processes, run_until_done
 from walq.worker.pool import Worker
 
-__all__ = ["no_leftover_processes"]  # the autouse fixture applies here too
+__all__ = ["kind", "no_leftover_processes"]  # the autouse fixture applies here too
 
 
 @pytest.fixture
@@ -74,20 +74,24 @@ def test_a_handler_returning_a_coroutine_fails_and_is_never_done(
 
 
 def test_group_sigterm_lets_the_running_handler_finish_then_exits_zero(
-    qdir: str, tmp_path: Path
+    qdir: str, tmp_path: Path, kind: str
 ) -> None:
-    """`kill -TERM -- -PGID` reaches the workers too: they survive it, the owner drains."""
+    """`kill -TERM -- -PGID` reaches the workers too: they survive it, the owner drains
+    (two plain handlers on two processes, or twenty coroutines on their event loops)."""
     ledger = tmp_path / "ledger"
+    count = 2 if kind == "def" else 20
     with walq.Queue.open(qdir) as q:
-        jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 2.0})
-    cmd = [sys.executable, "-m", "walq", "worker", qdir, "--tasks", "tests.worker_tasks:tasks",
+        ids = q.enqueue_many(
+            [("sleeps", {"ledger": str(ledger), "seconds": 2.0}) for _ in range(count)]
+        )
+    cmd = [sys.executable, "-m", "walq", "worker", qdir, "--tasks", worker_tasks.SPECS[kind],
            "--processes", "2", "--shutdown-grace", "60"]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # setsid: its own process group, as under systemd
     )  # fmt: skip
     try:
-        wait_for(lambda: ledger_lines(ledger), timeout=60)
+        wait_for(lambda: len(ledger_lines(ledger)) >= count, timeout=60)
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)
     finally:
@@ -95,10 +99,11 @@ def test_group_sigterm_lets_the_running_handler_finish_then_exits_zero(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     assert proc.returncode == 0, out
-    # The handler ran to its end, once, on its first attempt.
-    assert [(line[1], line[3]) for line in ledger_lines(ledger)] == [("1", "start"), ("1", "end")]
+    # Each handler ran to its end, once, on its first attempt.
+    lines = sorted((int(line[0]), line[1], line[3]) for line in ledger_lines(ledger))
+    assert lines == sorted((i, "1", what) for i in ids for what in ("start", "end"))
     with walq.Queue.open(qdir) as q:
-        assert q.status(jid) == "done" and q.dead_jobs() == []
+        assert all(q.status(i) == "done" for i in ids) and q.dead_jobs() == []
         assert q.stats()["failed"] == 0  # nothing charged
 
 

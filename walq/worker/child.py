@@ -46,12 +46,14 @@ def _watch_parent(parent: int) -> None:
             os._exit(3)
 
 
-def lost_report(cause: str, message: str) -> dict[str, Any]:
+def lost_report(cause: str, message: str, *, shared: bool = False) -> dict[str, Any]:
     """The report of an attempt that ended without an exception (a timeout, a dead
-    worker process): the same fields a handler's failure report has."""
+    worker process): the same fields a handler's failure report has. `shared`:
+    other jobs ran in the process too, so the loss may not be this job's doing
+    (charged, but its task's breaker leaves it out)."""
     return {"cause": cause, "type": cause, "message": message, "traceback": "",
             "permanent": False, "retry_after": None, "no_retry": -1,
-            "retry_on": -1}  # fmt: skip
+            "retry_on": -1, "shared": shared}  # fmt: skip
 
 
 def failure_report(exc: BaseException, task: Task | None) -> dict[str, Any]:

@@ -545,9 +545,14 @@ class Worker:
                 if cause == "cancelled":
                     self._heartbeat.drop(job.id)
                     self._runtime[task.name].running -= 1
-                else:
-                    ran = time.monotonic() - started
-                    outcomes.append(Outcome(job, task, False, lost_report(cause, message), ran))
+                    continue
+                # Not the kill's own job, or one of several a crash took down.
+                shared = len(running) > 1 and slot.kill_job != job.id
+                if shared and slot.kill_job is None:
+                    message += f" ({len(running)} jobs were running in it)"
+                report = lost_report(cause, message, shared=shared)
+                ran = time.monotonic() - started
+                outcomes.append(Outcome(job, task, False, report, ran))
         if slot.jobs:
             for rest, rest_task in slot.jobs.values():
                 self._release(rest, rest_task, "its worker process ended before it started")
