@@ -135,7 +135,12 @@ class Depth:
         # Prefetch pays for short jobs (it hides the round trip to the owner);
         # for jobs that take a while it only delays others behind a busy worker.
         depth = self.prefetch if self.typical_run < SHORT_JOB else 1
-        space = min(depth, self._lease_depth()) * self.runs - len(slot.jobs)
+        held = min(depth, self._lease_depth()) * self.runs
+        if self.runs > 1 and self.finished:
+            # An event loop starts a waiting job the moment one ends: half as many
+            # again hide the round trip to the owner (a sync worker's prefetch).
+            held += self.runs // 2
+        space = held - len(slot.jobs)
         if self.max_tasks_per_child is not None:
             space = min(space, self.max_tasks_per_child - slot.completed - len(slot.jobs))
         return max(0, space)
