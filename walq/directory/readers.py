@@ -62,8 +62,10 @@ class Readers:
         out: list[framing.Record | CorruptionError] = [None] * len(locs)  # type: ignore[list-item]
         tails: dict[int, tuple[int, bytes] | None] = {}
         check = self._log.record_check
-        decode = framing.decode
-        record_type = framing.Record
+        check_record = framing.check_record
+        max_body = fmt.MAX_BODY
+        record_class = framing.Record
+        header = fmt.RECORD_HEADER_SIZE
         i, n = 0, len(order)
         while i < n:
             seg, start, size = locs[order[i]]
@@ -81,11 +83,13 @@ class Readers:
             for k in order[i:j]:
                 loc = locs[k]
                 at = loc.offset - start
-                record = decode(data[: at + loc.size], at, origin=start, check=check)
-                if isinstance(record, record_type):
-                    out[k] = record
+                found = check_record(data[: at + loc.size], at, max_body, start, check)
+                if isinstance(found, tuple):
+                    rtype, synced, end = found
+                    body = bytes(data[at + header : end])
+                    out[k] = record_class(at, rtype, synced, body, end)
                 else:
-                    reason = getattr(record, "reason", "no record")
+                    reason = getattr(found, "reason", "no record")
                     out[k] = CorruptionError(self.path(seg), loc.offset, reason)
             i = j
         return out
