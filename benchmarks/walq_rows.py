@@ -184,11 +184,13 @@ def replay(path: Path, s: Settings) -> dict[str, list[float]]:
     return out
 
 
-def walq_pool_rate(path: Path, s: Settings, processes: int) -> float:
-    """No-op jobs/s through walq.Worker(q, tasks, processes=N), in a fresh process."""
+def walq_pool(path: Path, s: Settings, processes: int) -> dict[str, float]:
+    """No-op jobs/s through walq.Worker(q, tasks, processes=N), in a fresh process,
+    and the owner process's CPU per job (µs): {"rate": ..., "cpu": ...}."""
     env = child_env({"WALQ_BENCH_MARKER": str(path / "marker")})
     args = ["walq-pool", str(path / "queue"), str(s.pool_jobs), str(processes), str(s.timeout)]
-    return float(run_child(args, s.timeout + 30, env)["rate"])
+    out = run_child(args, s.timeout + 30, env)
+    return {"rate": float(out["rate"]), "cpu": float(out["owner_cpu_us"])}
 
 
 def huey_pool_rate(path: Path, s: Settings, workers: int) -> float:

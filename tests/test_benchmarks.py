@@ -28,6 +28,7 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         "disk.fdatasync_prealloc",
         "disk.frame_group_commit",
         "disk.handoff",
+        "disk.park_wake",
         "disk.read_loop",
         "walq.enqueue_1t",
         "walq.enqueue_16t",
@@ -38,6 +39,7 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         "walq.replay_rate",
         "walq.replay_rss_per_job",
         "peer.sqlite3.enqueue_16t",
+        "peer.sqlite3.claim_many",
     }
     assert expected <= set(measured)
     for key in measured:
@@ -46,7 +48,7 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         assert rows[key]["median"] is not None and rows[key]["median"] > 0, rows[key]
     # Every target whose baseline ran has a ratio, marked met or missed.
     targets = [r for k, r in rows.items() if k.startswith("target.") and "huey" not in r["label"]]
-    assert len(targets) == 9
+    assert len(targets) == 11
     for row in targets:
         assert row["median"] is not None, row
         assert row["note"].endswith((": MET", ": missed")), row
