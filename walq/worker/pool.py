@@ -38,7 +38,7 @@ from walq.worker.admission import Admission, gated
 from walq.worker.child import GROUP_SIGNALS, lost_report
 from walq.worker.heartbeat import DEFAULT_LEASE, Heartbeat, Link
 from walq.worker.outcomes import Outcome, Recorder, TaskRuntime
-from walq.worker.slots import DEATH_COUNTERS, Depth, Slot, death_cause
+from walq.worker.slots import DEATH_COUNTERS, Depth, Slot, Waiter, death_cause
 from walq.worker.status import StatusWriter, worker_status
 from walq.worker.tasks import Task, Tasks
 
@@ -112,6 +112,7 @@ class Worker:
         self._ctx: Any = multiprocessing.get_context(start_method)
         self._rng = rng or random.Random()
         self._slots: list[Slot] = []
+        self._waiter = Waiter()
         self._runtime = {t.name: TaskRuntime() for t in tasks}
         self._stop = threading.Event()
         self._stop_now = threading.Event()
@@ -445,18 +446,16 @@ class Worker:
 
     def _wait(self, timeout: float) -> list[Outcome]:
         """Wait for results, worker deaths or a wakeup; return finished attempts."""
-        waitables: list[Any] = [self._wake_r]
-        for slot in self._slots:
-            waitables += [slot.conn, slot.proc.sentinel]
-        ready = multiprocessing.connection.wait(waitables, timeout)
+        ready = self._waiter.wait(self._wake_r, self._slots, timeout)
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._wake_r, 4096)
         outcomes: list[Outcome] = []
         for slot in list(self._slots):
-            if slot.conn in ready or slot.proc.sentinel in ready:
+            died = slot.proc.sentinel in ready
+            if slot.conn.fileno() in ready or died:
                 outcomes += self._drain(slot)
-            if slot.proc.sentinel in ready:
+            if died:
                 outcomes += self._reap(slot)
         return outcomes
 
@@ -464,7 +463,7 @@ class Worker:
         """Every result waiting in a worker's pipe."""
         outcomes: list[Outcome] = []
         try:
-            while slot.conn.poll():
+            while slot.has_message():
                 msg = slot.conn.recv()
                 if msg[0] in ("ready", "start-failed"):
                     self._start_report(slot, msg)
