@@ -157,8 +157,10 @@ def image(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> Image:
         if p >> SEG > _SEQ_MASK:
             p = jobs[jid] = p & ~strip  # noqa: PLW2901
         code = p & M3
-        if code in (RUNNING, PENDING):
+        if code == RUNNING:  # its worker is gone after a restart: pending, attempt charged
+            p = jobs[jid] = (p & ~M3) | PENDING  # noqa: PLW2901
             code = PENDING
+        if code == PENDING:
             key = ((p >> PRIO) & M16, (p >> TASK) & MT)
             ids = ready.get(key)
             if ids is None:
@@ -328,10 +330,11 @@ def restore(state: QueueState, img: Image, now: Now) -> Restored:
     assert state.loading and not state._jobs and not state._tasks
     for name in img.tasks:
         state.task_index(name)
-    state._jobs = dict(img.jobs)
-    state._key_of = dict(img.key_of)
-    state._keys = dict(img.keys)
-    state._errors = {jid: Loc(*loc) for jid, loc in img.errors.items()}
+    # Filled in place: replay's sinks hold on to these dicts (walq.core.replay).
+    state._jobs.update(img.jobs)
+    state._key_of.update(img.key_of)
+    state._keys.update(img.keys)
+    state._errors.update({jid: Loc(*loc) for jid, loc in img.errors.items()})
     jobs = state._jobs
     for jid, due in img.due.items():
         p = jobs.get(jid)

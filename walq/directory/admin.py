@@ -15,6 +15,7 @@ from walq.core.job import DeadJob
 from walq.core.jobspec import check_task
 from walq.core.state import DEAD
 from walq.directory.base import QueueBase, chunks
+from walq.directory.checkpoint import Written
 from walq.directory.compactor import CompactionResult
 from walq.directory.fs import file_size, open_fd
 from walq.directory.opening import STATUS_FILE
@@ -183,6 +184,14 @@ class Administration(QueueBase):
             with self._mu:
                 self._log.seal()
         return self._compactor.compact(progress)
+
+    def write_checkpoint(self) -> Written | None:
+        """Write the queue's checkpoint now (the background writes one when due; docs/FORMAT.md).
+
+        None when no checkpointer runs (walq.directory.compactor.Compactor.checkpointer).
+        """
+        self._check_open()
+        return self._compactor.checkpoint()
 
     @property
     def sync_mode(self) -> str:

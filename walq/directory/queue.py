@@ -23,7 +23,8 @@ from walq.core.jobspec import (
     clip_error,
 )
 from walq.core.retry import Backoff
-from walq.core.state import JobInfo, Now
+from walq.core.state import JobInfo, Now, QueueState
+from walq.directory import checkpoint as checkpoints
 from walq.directory.admin import Administration
 from walq.directory.base import IDS_PER_RECORD, chunks, log
 from walq.directory.compactor import Policy
@@ -36,7 +37,7 @@ from walq.directory.opening import (
     check_options,
     take_directory,
 )
-from walq.directory.replay import replay
+from walq.directory.replay import Replayed, replay
 from walq.errors import (
     CorruptionError,
     StateError,
@@ -140,7 +141,7 @@ class Queue(Administration):
                 max_attempts=max_attempts,
             )
             q.owner_uid = owner_uid
-            found = replay(q._state, wal, path, q._clock(), recovery == "skip")
+            found = q._replay(wal, recovery == "skip")
             q.damage, q.lost = found.damage, found.lost
             q.replayed_origins, q.done_seen = found.origins, found.done_seen
         except BaseException:
@@ -159,6 +160,19 @@ class Queue(Administration):
             q.close()  # stops what did start, closes the log, releases the lock
             raise
         return q
+
+    def _replay(self, wal: Log, skip: bool) -> Replayed:
+        """Rebuild the state from the log -- from the checkpoint on, if there is a sound one."""
+        found = None
+        checkpoint = None if skip else checkpoints.read(self.fs, self.path)
+        try:
+            found = replay(self._state, wal, self.path, self._clock(), skip, checkpoint)
+        except checkpoints.CheckpointRejected as exc:
+            log.warning("%s: checkpoint ignored, replaying the whole log: %s", self.path, exc)
+            self._state = QueueState(default_max_attempts=self._state.default_max_attempts)
+            found = replay(self._state, wal, self.path, self._clock(), skip)
+        self.checkpoint_opened = found.checkpoint
+        return found
 
     def close(self) -> None:
         """Flush, close the files and release the directory (idempotent).
