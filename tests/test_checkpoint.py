@@ -310,3 +310,29 @@ def test_the_background_writes_one_when_due(tmp_path: Any) -> None:
     assert q.checkpoint_opened is not None
     assert q.stats()["pending"] == 100
     q.close()
+
+
+def test_fsck_and_stats_describe_it(tmp_path: Any) -> None:
+    """fsck says whether an open would use it; stats show its age and position."""
+    from walq.ops import repair
+    from walq.ops import stats as ops_stats
+
+    path = str(tmp_path / "q")
+    q = walq.Queue.open(path, compaction=False, serve=False)
+    q.enqueue_many([("t", {"i": i}) for i in range(10)])
+    written = q.write_checkpoint()
+    assert written is not None
+    live = q.stats()["checkpoint"]
+    assert (live["seq"], live["offset"], live["jobs"]) == (written.seq, written.offset, 10)
+    q.close()
+    report = repair.fsck(path)
+    assert report.clean and report.checkpoint is not None
+    assert "agrees with the log" in report.checkpoint
+    st = ops_stats.read(path)
+    assert st.checkpoint is not None and st.checkpoint["jobs"] == 10
+    with open(checkpoints.path_of(path), "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+    report = repair.fsck(path)
+    assert report.clean  # not damage: the whole log is replayed instead
+    assert report.checkpoint is not None and "ignored on open" in report.checkpoint

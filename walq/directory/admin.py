@@ -14,6 +14,7 @@ from walq.core import events as ev
 from walq.core.job import DeadJob
 from walq.core.jobspec import check_task
 from walq.core.state import DEAD
+from walq.directory import checkpoint as checkpoints
 from walq.directory.base import QueueBase, chunks
 from walq.directory.checkpoint import Written
 from walq.directory.compactor import CompactionResult
@@ -147,6 +148,7 @@ class Administration(QueueBase):
                 "torn_tails_cut": sum(1 for d in self.damage if d.torn_tail),
                 "fsyncs": self._log.fsyncs,
                 "compactor": self._compactor.health(),
+                "checkpoint": checkpoints.info(self.fs, self.path, self._clock().wall),
                 # Which jobs skipped damage took (recovery="skip"); None if nothing.
                 "lost": self.lost.as_dict() if self.lost.any else None,
                 "tasks": {

@@ -77,6 +77,52 @@ def read_summary(fs: FileSystem, directory: str) -> tuple[ckpt.Summary | None, s
         return None, str(exc)
 
 
+def info(fs: FileSystem, directory: str, now: float) -> dict[str, Any] | None:
+    """The checkpoint as `stats` shows it (header only); None if there is none.
+
+    {"written", "age", "seq", "offset", "jobs"}, or {"error"} if its header is damaged.
+    """
+    head, error = read_summary(fs, directory)
+    if head is None:
+        return None if error is None else {"error": error}
+    return {
+        "written": head.written,
+        "age": max(0.0, now - head.written),
+        "seq": head.seq,
+        "offset": head.offset,
+        "jobs": head.jobs,
+    }
+
+
+def check(fs: FileSystem, directory: str) -> tuple[ckpt.Summary | None, str | None]:
+    """fsck's full check: (summary, None) if an open would use it, else (summary or None, why).
+
+    Reads the whole file and the segment bytes it covers; changes nothing.
+    """
+    path = path_of(directory)
+    if not fs.exists(path):
+        return None, None
+    try:
+        f = fs.open(path)
+        try:
+            data = f.pread(f.size(), 0)
+        finally:
+            f.close()
+        cp = ckpt.decode(data, path)
+    except (OSError, CorruptionError) as exc:
+        return None, str(exc)
+    segments = []
+    try:
+        for m in cp.image.marks:
+            seg = Segment.open(fs, posixpath.join(directory, fmt.segment_name(m.seq)), write=False)
+            seg.close()
+            segments.append(seg)
+    except (OSError, CorruptionError) as exc:
+        return cp.summary, f"a segment it names cannot be read: {exc}"
+    why = Resume(fs, directory, cp, QueueState(), Now(0.0, 0.0)).disagreement(segments)
+    return cp.summary, why
+
+
 def mark(fs: FileSystem, seg_path: str, header: fmt.SegmentHeader, end: int) -> ckpt.SegmentMark:
     """A segment's mark: the CRC32C of its bytes from the header's end to `end`."""
     f = fs.open(seg_path)

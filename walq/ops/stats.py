@@ -20,6 +20,7 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.job import COUNTERS
 from walq.core.state import PENDING, Now
+from walq.directory import checkpoint as checkpoints
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.directory.log import CUT_DIR
 from walq.errors import NotAQueueError
@@ -80,6 +81,9 @@ class QueueStats:
     breakers: Mapping[str, str] | None  # task -> circuit breaker state (None: unknown)
     compactor: Mapping[str, Any] | None  # None while the background compactor works
     has_compactor: bool
+    checkpoint: (
+        Mapping[str, Any] | None
+    )  # a directory's checkpoint (walq.directory.checkpoint.info)
     data: Mapping[str, Any]  # the backend's dict, as `walq stats --json` prints it
 
     @property
@@ -117,6 +121,7 @@ class QueueStats:
             breakers=known if isinstance(known, Mapping) else breakers(workers),
             compactor=st.get("compactor") or None,
             has_compactor="compactor" in st,
+            checkpoint=st.get("checkpoint"),
             data=st,
         )
 
@@ -239,6 +244,7 @@ def directory_stats(
         "breakers": breakers([] if status is None else [status]) or "unknown",
         # The owner's background compactor, as its worker last reported it.
         "compactor": status.get("compactor") if status is not None else None,
+        "checkpoint": checkpoints.info(fs, path, now.wall),
     }
     if oldest is not None:
         out["oldest_pending_job"], created = oldest
