@@ -308,11 +308,55 @@ def _image(fields: Any) -> Image:
 # -- restoring -----------------------------------------------------------------------------
 
 
+class Tracked(dict[int, int]):
+    """A state's jobs while the records after a checkpoint are replayed onto it.
+
+    Remembers the value each changed entry had in the checkpoint (None: it
+    had none), so that `finish` visits only those, not every job.
+    """
+
+    def __init__(self, jobs: dict[int, int]) -> None:
+        super().__init__(jobs)
+        self.old: dict[int, int | None] = {}
+
+    def _note(self, jid: int) -> None:
+        if jid not in self.old:
+            self.old[jid] = self.get(jid)
+
+    def __setitem__(self, jid: int, packed: int) -> None:
+        self._note(jid)
+        super().__setitem__(jid, packed)
+
+    def __delitem__(self, jid: int) -> None:
+        self._note(jid)
+        super().__delitem__(jid)
+
+    def pop(self, jid: int, *default: Any) -> Any:
+        self._note(jid)
+        return super().pop(jid, *default)
+
+    def setdefault(self, jid: int, packed: int = 0) -> int:
+        self._note(jid)
+        return super().setdefault(jid, packed)
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        for jid, packed in dict(*args, **kw).items():
+            self[jid] = packed
+
+    def popitem(self) -> tuple[int, int]:
+        jid, packed = super().popitem()
+        self.old.setdefault(jid, packed)
+        return jid, packed
+
+    def clear(self) -> None:
+        for jid in list(self):
+            del self[jid]
+
+
 @attrs.define
 class Restored:
-    """What `restore` keeps for `finish`: the entries as the checkpoint had them."""
+    """What `restore` keeps for `finish`: the checkpoint's counts."""
 
-    base: dict[int, int]
     counts: list[int]
     by_task: dict[int, list[int]]
     seg_bytes: dict[int, int]
@@ -323,19 +367,18 @@ def restore(state: QueueState, img: Image, now: Now) -> Restored:
     """Make a fresh, loading `state` what replaying the log up to the checkpoint made it.
 
     The records that follow the checkpoint are then replayed onto it as
-    usual, and `finish` ends the replay (instead of finish_replay).
-    CorruptionError-free: the image was checked by `decode`; a task index or
-    record it holds that does not fit raises ValueError or ev.BadEvent.
+    usual (through a replay sink made after this: `state._jobs` is a new
+    dict), and `finish` ends the replay (instead of finish_replay). The
+    image was checked by `decode`; a record it holds that does not fit
+    raises ev.BadEvent.
     """
     assert state.loading and not state._jobs and not state._tasks
     for name in img.tasks:
         state.task_index(name)
-    # Filled in place: replay's sinks hold on to these dicts (walq.core.replay).
-    state._jobs.update(img.jobs)
+    state._jobs = jobs = Tracked(img.jobs)
     state._key_of.update(img.key_of)
     state._keys.update(img.keys)
     state._errors.update({jid: Loc(*loc) for jid, loc in img.errors.items()})
-    jobs = state._jobs
     for jid, due in img.due.items():
         p = jobs.get(jid)
         if p is None or p & M3 != SCHEDULED:
@@ -350,7 +393,7 @@ def restore(state: QueueState, img: Image, now: Now) -> Restored:
         state._ready.queue(prio, task).extend(ids)
     for rtype, body in img.records:
         state.apply(ev.decode(rtype, body), Loc(0, 0, 0), now)
-    return Restored(img.jobs, list(img.counts), img.by_task, img.seg_bytes, img.live_bytes)
+    return Restored(list(img.counts), img.by_task, img.seg_bytes, img.live_bytes)
 
 
 def finish(state: QueueState, restored: Restored, now: Now) -> None:
@@ -361,12 +404,11 @@ def finish(state: QueueState, restored: Restored, now: Now) -> None:
     records after it changed, and jobs that became pending are queued behind
     those already queued.
     """
-    jobs, base = state._jobs, restored.base
+    tracked = state._jobs
+    assert isinstance(tracked, Tracked)
+    jobs = state._jobs = dict(tracked)  # a plain dict again: the live paths are hot
     total, seg_bytes, live = restored.counts, restored.seg_bytes, restored.live_bytes
     by_task = {t: list(n) for t, n in restored.by_task.items()}
-    changed = [jid for jid, p in jobs.items() if base.get(jid) is not p]
-    added = sum(1 for jid in changed if jid not in base)
-    gone = base.keys() - jobs.keys() if len(base) + added != len(jobs) else set()
 
     def count(p: int, delta: int) -> int:
         code = p & M3
@@ -383,13 +425,12 @@ def finish(state: QueueState, restored: Restored, now: Now) -> None:
         seg_bytes[seg] = seg_bytes.get(seg, 0) + delta * size
         return delta * size
 
-    for jid in gone:
-        live += count(base[jid], -1)
-    for jid in changed:
-        old = base.get(jid)
+    for jid, old in tracked.old.items():
         if old is not None:
             live += count(old, -1)
-        p = jobs[jid]
+        p = jobs.get(jid)
+        if p is None:
+            continue
         if p & M3 == RUNNING:
             p = jobs[jid] = (p & ~M3) | PENDING
         live += count(p, +1)

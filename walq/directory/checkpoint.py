@@ -27,6 +27,7 @@ from walq.core import checkpoint as ckpt
 from walq.core import format as fmt
 from walq.core.state import Now, QueueState
 from walq.directory.fs import FileSystem
+from walq.directory.recovery import Sink
 from walq.directory.segment import TMP_SUFFIX, Segment
 from walq.errors import CorruptionError
 
@@ -176,7 +177,9 @@ class Resume:
     checkpoint: ckpt.Checkpoint
     state: QueueState
     now: Now
+    sink: Sink | None = None  # the replay's sink for records the fast path hands on
     restored: ckpt.Restored | None = None
+    load: Sink | None = None  # the fast path's sink, made for the restored state
 
     def accept(self, segments: Sequence[Segment]) -> tuple[int, int] | None:
         """(seq, offset) to replay from, the state restored; None (logged) to replay it all."""
@@ -193,6 +196,8 @@ class Resume:
         except Exception as exc:
             # restore changed the state: the caller must start again from a fresh one.
             raise CheckpointRejected(str(exc)) from exc
+        if self.sink is not None:
+            self.load = self.state.replay_sink(self.now, self.sink)
         s = self.checkpoint.summary
         return s.seq, s.offset
 

@@ -40,7 +40,13 @@ Sink = Callable[[int, int, int, int, memoryview], None]
 
 
 class Resume(Protocol):
-    """A start other than the log's beginning (walq.directory.checkpoint.Resume)."""
+    """A start other than the log's beginning (walq.directory.checkpoint.Resume).
+
+    Once it accepted, its `load` (if set) replaces the fast path's sink.
+    """
+
+    @property
+    def load(self) -> Sink | None: ...
 
     def accept(self, segments: Sequence[Segment]) -> tuple[int, int] | None:
         """(seq, offset) to replay from, given the log's segments; None: from the start."""
@@ -159,6 +165,8 @@ class Recovery:
         found.segments = opened
         try:
             start = resume.accept(opened) if resume is not None and opened else None
+            if start is not None and resume is not None and load is not None:
+                load = resume.load or load
             for i, seg in enumerate(opened):
                 newest = i == len(opened) - 1
                 offset = SEGMENT_HEADER_SIZE

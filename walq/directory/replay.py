@@ -80,7 +80,7 @@ def replay(
 
     resume = None
     if checkpoint is not None and not skip_damage:
-        resume = Resume(wal.fs, path, checkpoint, state, now)
+        resume = Resume(wal.fs, path, checkpoint, state, now, sink)
     if not skip_damage:
         found.damage = wal.recover(skip_damage=False, sink=sink, load=load, resume=resume)
     else:
