@@ -12,6 +12,7 @@ import pytest
 import walq
 from tests.test_compactor import logical, workload
 from walq.core import checkpoint as ckpt
+from walq.core.state import PENDING
 from walq.directory import checkpoint as checkpoints
 from walq.directory.compactor import Policy
 from walq.errors import CorruptionError
@@ -41,8 +42,10 @@ def index(q: walq.Queue) -> dict[str, Any]:
         "tasks": s.task_counts(),
         "live_bytes": s.live_bytes,
         "segments": sorted(s.segments_in_use()),
-        "ready": sorted(j.id for j in s.jobs() if j.state == walq.core.state.PENDING),
+        "ready": sorted(j.id for j in s.jobs() if j.state == PENDING),
         "done": q.stats()["done"],
+        # What claims would take (each pending job exactly once), taken from the ready index.
+        "claimable": sorted(j.id for j in s.take_ready(1 << 30)),
     }
 
 
@@ -134,6 +137,37 @@ class TestFile:
             ckpt.decode(data, "cp")
 
 
+def test_the_quick_image_equals_one_made_by_visiting_every_job() -> None:
+    """The image built from the live indexes equals the one built by visiting every job."""
+    fs = SimFileSystem()
+    q = busy_queue(fs, 8)
+    q.claim()
+    s = q._state
+    now = q._clock()
+
+    def built(visit: bool) -> ckpt.Image:
+        taken = ckpt.take(s, now, 0, [])
+        return (ckpt._image_by_visiting if visit else ckpt.image)(taken, [])
+
+    quick, slow = built(False), built(True)
+    assert quick.jobs == slow.jobs
+    assert quick.counts == slow.counts and quick.live_bytes == slow.live_bytes
+    assert {t: n for t, n in quick.by_task.items() if any(n)} == slow.by_task
+    assert {k: v for k, v in quick.seg_bytes.items() if v} == slow.seg_bytes
+
+    def ids(img: ckpt.Image) -> list[int]:
+        out = []
+        for _, _, raw in img.ready:
+            for j in memoryview(raw).cast("Q"):
+                p = img.jobs.get(j)
+                if p is not None and p & 7 == PENDING:
+                    out.append(j)
+        return sorted(out)
+
+    assert ids(quick) == ids(slow)
+    q.close()
+
+
 class TestOpen:
     """Opening from a checkpoint builds exactly what a full replay builds."""
 
@@ -161,6 +195,23 @@ class TestOpen:
         assert {"index": index(q2), "logical": logical(q2)} == want
         q2.close()
         del q
+
+    def test_after_compactions_before_and_after_it(self) -> None:
+        """Locations of a compaction in the old process stay readable; new ones compact again."""
+        fs = SimFileSystem()
+        q = busy_queue(fs, 12)
+        q.compact(seal=True)
+        q.write_checkpoint()
+        workload(q, random.Random(3), 15)
+        q.close()
+        want = full_replay(fs)
+        q2, got = reopened(fs)
+        assert q2.checkpoint_opened is not None
+        assert got["logical"] == want["logical"]
+        before = logical(q2)
+        q2.compact(seal=True)
+        assert logical(q2) == before
+        q2.close()
 
     def test_first_claim_comes_from_the_checkpoint(self) -> None:
         """The oldest pending job is claimed first, as after a full replay."""

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from walq.backends import backend_class, scheme_of
+from walq.core import checkpoint as ckpt
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.job import Job, build_job
@@ -172,6 +173,8 @@ class Queue(Administration):
             self._state = QueueState(default_max_attempts=self._state.default_max_attempts)
             found = replay(self._state, wal, self.path, self._clock(), skip)
         self.checkpoint_opened = found.checkpoint
+        if found.checkpoint is not None:  # its locations may carry compaction generations
+            self._compactor.runs = max(self._compactor.runs, ckpt.generations(self._state))
         return found
 
     def close(self) -> None:
