@@ -398,6 +398,8 @@ class Restored:
 def restore(state: QueueState, img: Image, now: Now) -> Restored:
     """Make a fresh, loading `state` what replaying the log up to the checkpoint made it.
 
+    Consumes the image: its jobs and ready queues are emptied (moved into the state).
+
     The records that follow the checkpoint are then replayed onto it as
     usual (through a replay sink made after this: `state._jobs` is a new
     dict), and `finish` ends the replay (instead of finish_replay). The
@@ -425,6 +427,9 @@ def restore(state: QueueState, img: Image, now: Now) -> Restored:
         state._ready.queue(prio, task).extend(ids)
     for rtype, body in img.records:
         state.apply(ev.decode(rtype, body), Loc(0, 0, 0), now)
+    # The state has its own copies now: let the image's go (a million jobs' worth of memory).
+    img.jobs.clear()
+    img.ready.clear()
     return Restored(list(img.counts), img.by_task, img.seg_bytes, img.live_bytes)
 
 

@@ -276,6 +276,7 @@ class Checkpointer:
         self.sync = sync
         self.appended = appended
         self.policy = policy or Policy()
+        self.background = True  # False: only `write` on demand, never `due`
         self.last: Written | None = None
         self._last_at = 0.0  # monotonic
         self._last_bytes = 0  # appended() at the last one
@@ -284,7 +285,7 @@ class Checkpointer:
     def due(self) -> bool:
         """Whether the policy says to write one now."""
         p = self.policy
-        if self.appended() - self._last_bytes < p.min_bytes:
+        if not self.background or self.appended() - self._last_bytes < p.min_bytes:
             return False
         wait = max(p.min_interval, p.cost_factor * self._last_cost)
         return time.monotonic() - self._last_at >= wait

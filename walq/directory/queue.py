@@ -28,6 +28,7 @@ from walq.core.state import JobInfo, Now, QueueState
 from walq.directory import checkpoint as checkpoints
 from walq.directory.admin import Administration
 from walq.directory.base import IDS_PER_RECORD, chunks, log
+from walq.directory.checkpoint import Policy as CheckpointPolicy
 from walq.directory.compactor import Policy
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.directory.log import Log
@@ -85,6 +86,7 @@ class Queue(Administration):
         lock_timeout: float = 0.0,
         recovery: str = "strict",
         compaction: Policy | bool | None = True,
+        checkpoint: CheckpointPolicy | bool = True,
         serve: bool = True,
         create: bool = True,
         trust_dir: bool = False,
@@ -106,6 +108,9 @@ class Queue(Administration):
         or "skip" (damaged records are skipped, logged and counted).
         compaction: True (the default policy), a compactor.Policy, or False
         (compact only when `compact()` is called).
+        checkpoint: True (the default policy), a checkpoint.Policy, or False:
+        when the compactor's thread writes the checkpoint open starts from
+        (docs/FORMAT.md; `write_checkpoint()` writes one whatever this says).
         serve: answer walq.connect() producers on the queue's socket and ingest
         their spool (docs/PRODUCERS.md).
         A "redis://..." path opens a RedisQueue instead (docs/REDIS.md).
@@ -152,6 +157,11 @@ class Queue(Administration):
             if serve:  # first: settling the spool needs origins a compaction may drop
                 q._server = ProducerServer(q, listen=isinstance(fs, OsFileSystem))
                 q._server.start()
+            cp = q._compactor.checkpointer
+            if cp is not None:
+                cp.background = checkpoint is not False
+                if isinstance(checkpoint, CheckpointPolicy):
+                    cp.policy = checkpoint
             if isinstance(compaction, Policy):
                 q._compactor.policy = compaction
             if compaction is not False:
