@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from walq.core.gates import CircuitBreaker, RateLimit, RetryBudget
-from walq.core.retry import Admission, RandomSource, TaskPolicy
+from walq.core.retry import Admission, Decision, RandomSource, TaskPolicy
 from walq.errors import BackendError
 from walq.redisq.connection import text
 from walq.redisq.lua import ms
@@ -257,9 +257,10 @@ class SharedTaskPolicy(TaskPolicy):
         attempt: int,
         rng: RandomSource,
         max_attempts: int | None = None,
-    ) -> Any:
+        counts: bool = True,
+    ) -> Decision:
         decision = super().on_failure(
-            error, now, attempt=attempt, rng=rng, max_attempts=max_attempts
+            error, now, attempt=attempt, rng=rng, max_attempts=max_attempts, counts=counts
         )
         self._release()
         return decision

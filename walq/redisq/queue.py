@@ -34,6 +34,7 @@ from walq.core.jobspec import (
     JobSpec,
     check_seconds,
     check_task,
+    state_code,
 )
 from walq.core.retry import Backoff
 from walq.core.state import JobInfo
@@ -519,6 +520,72 @@ class RedisQueue(QueueBackend):
             total += n
             if n < 1000:
                 return total
+
+    def pause(self, task: str, *, sync: bool | None = None) -> bool:
+        """Kept in the server's set of paused tasks, which every claim script reads."""
+        return bool(int(self._run("pause", check_task(task), "1")[1]))
+
+    def resume(self, task: str, *, sync: bool | None = None) -> bool:
+        return bool(int(self._run("pause", check_task(task), "0")[1]))
+
+    def paused(self) -> list[str]:
+        return sorted(_text(t) for t in self._run("paused", write=False))
+
+    def job_detail(self, job_id: int) -> dict[str, Any]:
+        jid = check_job_id(job_id)
+        reply = self._run("detail", jid, write=False)
+        if reply[0] == b"err":
+            self._raise(reply)
+        if reply[0] == b"gone":
+            return {"id": jid, "status": _text(reply[1])}
+        s, task, attempts, own_max, prio, key, error, due, deadline = reply[1]
+        now = int(reply[2])
+        out: dict[str, Any] = {
+            "id": jid,
+            "status": _text(s),
+            "task": _text(task),
+            "attempts": int(attempts or 0),
+            "max_attempts": int(own_max or 0) or self._max_for(_text(task)),
+            "priority": int(prio or 0),
+            "key": None if key is None else _text(key),
+            "error": None if error is None or _text(s) != "dead" else _text(error),
+        }
+        if due is not None and _text(s) == "scheduled":
+            out["due_in"] = max(0.0, (int(due) - now) / 1000)
+        if deadline is not None and _text(s) == "running":
+            out["lease_left"] = max(0.0, (int(deadline) - now) / 1000)
+        return out
+
+    def find(self, key: str) -> int | None:
+        held = self._run("find", key, write=False)
+        return None if held is None else int(held)
+
+    def jobs(
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        *,
+        limit: int = 100,
+        after: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Read from the sets of the states asked for, in one script (an operator's listing)."""
+        if state is not None:
+            state_code(state)
+        rows = self._run(
+            "jobs", state or "", "" if task is None else check_task(task), int(after), int(limit),
+            write=False,
+        )  # fmt: skip
+        return [
+            {
+                "id": int(jid),
+                "task": _text(t),
+                "status": _text(s),
+                "attempts": int(a or 0),
+                "priority": int(pr or 0),
+                "key": None if not key else _text(key),
+            }
+            for jid, s, t, a, pr, key in rows
+        ]
 
     def set_task_defaults(self, task: str, *, max_attempts: int) -> None:
         """Known to this process only: sent with each claim and fail."""
