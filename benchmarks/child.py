@@ -61,6 +61,12 @@ def current_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def owner_cpu() -> float:
+    """CPU seconds this process has used so far (user + system, every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def drained(q: Any) -> bool:
     stats = q.stats()
     return stats.get("pending", 0) == 0 and stats.get("running", 0) == 0
@@ -85,9 +91,12 @@ def walq_pool(
         deadline = time.monotonic() + timeout
         try:
             first_done = wait_for(lambda: marks(marker) >= 1, deadline)
+            cpu = owner_cpu()
             wait_for(lambda: marks(marker) >= n, deadline)
             all_done = wait_for(lambda: drained(q), deadline)
             result["rate"] = (n - 1) / (all_done - first_done)
+            # The owner process's CPU (all its threads, not the workers'), per job.
+            result["owner_cpu_us"] = (owner_cpu() - cpu) / (n - 1) * 1e6
         except BaseException as exc:
             result["error"] = reason(exc)
         finally:

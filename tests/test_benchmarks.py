@@ -28,6 +28,7 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         "disk.fdatasync_prealloc",
         "disk.frame_group_commit",
         "disk.handoff",
+        "disk.park_wake",
         "disk.read_loop",
         "walq.enqueue_1t",
         "walq.enqueue_16t",
@@ -43,6 +44,7 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         "pool.walq_async_1",
         "pool.walq_async_2",
         "pool.walq_async_sleep_2",
+        "peer.sqlite3.claim_many",
     }
     assert expected <= set(measured)
     for key in measured:
@@ -51,7 +53,7 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         assert rows[key]["median"] is not None and rows[key]["median"] > 0, rows[key]
     # Every target whose baseline ran has a ratio, marked met or missed.
     targets = [r for k, r in rows.items() if k.startswith("target.") and "huey" not in r["label"]]
-    assert len(targets) == 12
+    assert len(targets) == 14
     for row in targets:
         assert row["median"] is not None, row
         assert row["note"].endswith((": MET", ": missed")), row

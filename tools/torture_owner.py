@@ -33,6 +33,7 @@ def owner_main(argv: list[str]) -> int:
 
     if delay is not None:
         os.environ[torture_tasks.IMPORT_DELAY_ENV] = delay
+    from walq.directory.checkpoint import Policy as CheckpointPolicy
     from walq.directory.compactor import Policy
     from walq.testing.plant import plant_from_env, queue_class, worker_class
 
@@ -63,6 +64,12 @@ def owner_main(argv: list[str]) -> int:
         "off": False,
     }[args.compaction]
     segment_size = 64 << 10 if args.compaction == "aggressive" else 4 << 20
+    # Aggressive: a checkpoint whenever 16 KiB were appended, so kill -9 lands in them too.
+    checkpoint: Any = (
+        CheckpointPolicy(min_bytes=16 << 10, min_interval=0.05, cost_factor=2.0)
+        if args.compaction == "aggressive"
+        else args.compaction != "off"
+    )
 
     class LedgerQueue(walq.Queue):
         """A Queue that writes `acked` lines once an ack is known to be durable."""
@@ -116,6 +123,7 @@ def owner_main(argv: list[str]) -> int:
         sync=args.sync,
         segment_size=segment_size,
         compaction=compaction,
+        checkpoint=checkpoint,
         lock_timeout=10.0,
         max_pending=args.backlog,
         min_free_bytes=0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -29,6 +30,8 @@ from walq.worker.pool import DEFAULT_ASYNC_CONCURRENCY, DEFAULT_PREFETCH
 @click.option("--sync", type=click.Choice(["always", "interval", "never"]), default="always",
               help="When the log is fsynced (README: durability modes).")  # fmt: skip
 @click.option("--log-level", default="INFO", help="Python logging level.")
+@click.option("--job-log-level", default="INFO",
+              help="Level of the line per finished job (DEBUG: hidden at INFO).")  # fmt: skip
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", help="Log lines."
 )
@@ -52,6 +55,7 @@ def worker(
     shutdown_grace: float,
     sync: str,
     log_level: str,
+    job_log_level: str,
     log_format: str,
     metrics_port: int | None,
     metrics_host: str,
@@ -68,6 +72,9 @@ def worker(
         metrics.configure_logging(log_level, json_lines=log_format == "json")
     except ValueError as exc:
         fail(f"--log-level: {exc}")
+    job_level = logging.getLevelName(job_log_level.upper())
+    if not isinstance(job_level, int):
+        fail(f"--job-log-level: unknown level {job_log_level!r}")
     sys.path.insert(0, ".")
     tasks = load_tasks(tasks_spec)
     # --sync, --recovery, --create and --trust-dir are about a directory; a server has its own.
@@ -89,6 +96,7 @@ def worker(
             max_tasks_per_child=max_tasks_per_child,
             max_memory=max_memory,
             shutdown_grace=shutdown_grace,
+            job_log_level=job_level,
         )
         if metrics_port is not None:
             metrics.QueueCollector(q, w).register()

@@ -34,6 +34,7 @@ from walq.core.jobspec import (
     JobSpec,
     check_seconds,
     check_task,
+    state_code,
 )
 from walq.core.retry import Backoff
 from walq.core.state import JobInfo
@@ -54,7 +55,7 @@ from walq.redisq.lua import check_job_id
 from walq.redisq.lua import ms as _ms
 from walq.redisq.records import dead_rows, decode_or_raw, pairs, shape_stats
 from walq.redisq.server import check_server
-from walq.redisq.url import parse_url
+from walq.redisq.url import key_prefix, parse_url
 
 log = logging.getLogger("walq.redisq")
 
@@ -86,7 +87,7 @@ class RedisQueue(QueueBackend):
         self,
         client: Any,
         *,
-        prefix: str,
+        prefix: str,  # P: key_prefix(the queue's name)
         path: str,
         max_pending: int | None,
         max_bytes: int | None,
@@ -144,7 +145,9 @@ class RedisQueue(QueueBackend):
         create: bool = True,
         **file_options: Any,
     ) -> RedisQueue:
-        """Connect to the queue at `url` (redis://[:password@]host:port/db?prefix=NAME).
+        """Connect to the queue at `url` (redis://[:password@]host:port/db?prefix=NAME,
+        redis+cluster://host:port,host:port/?prefix=NAME, or
+        redis+sentinel://host:port,host:port/SERVICE?prefix=NAME: docs/REDIS.md).
 
         The server's persistence is read (CONFIG GET): weaker than `appendonly
         yes` and `appendfsync always` warns (DurabilityWarning), or raises
@@ -164,12 +167,12 @@ class RedisQueue(QueueBackend):
             raise ArgumentError("max_payload must be 1 byte .. 512 MiB")
         if isinstance(max_attempts, bool) or not 1 <= max_attempts <= MAX_ATTEMPTS:
             raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS}")
-        client_url, prefix, url_durable, shown = parse_url(url)
-        client = connection.connect(client_url, socket_timeout)
+        target = parse_url(url)
+        client = connection.connect(target, socket_timeout)
         q = cls(
             client,
-            prefix=prefix,
-            path=shown,
+            prefix=key_prefix(target.prefix),
+            path=target.shown,
             max_pending=max_pending,
             max_bytes=max_bytes,
             max_payload=max_payload,
@@ -179,9 +182,11 @@ class RedisQueue(QueueBackend):
         try:
             server = check_server(
                 client,
-                shown,
-                prefix,
-                require_durable=url_durable if require_durable is None else require_durable,
+                target.shown,
+                target.prefix,
+                require_durable=target.require_durable
+                if require_durable is None
+                else require_durable,
                 create=create,
             )
         except BaseException:
@@ -199,16 +204,20 @@ class RedisQueue(QueueBackend):
             raise ClosedError(f"{self.path}: the queue is closed")
 
     def _run(self, name: str, *args: Any, write: bool = True) -> Any:
-        """Run one script (a write is never retried: its outcome may be unknown)."""
+        """Run one script (a write is never retried: its outcome may be unknown).
+
+        Its one declared key is P, the queue's hash tag: every key it touches
+        is P:..., in P's Cluster slot. ARGV[1] repeats P.
+        """
         self._check_open()
         script = self._scripts[name]
-        argv = [self.prefix, *args]
+        keys, argv = [self.prefix], [self.prefix, *args]
         if not lua.SCRIPTS[name].fits(len(argv)):
             raise AssertionError(f"script {name} called with {len(argv)} arguments")
         return (
-            self._write(lambda c: script(args=argv))
+            self._write(lambda c: script(keys=keys, args=argv))
             if write
-            else self._read(lambda c: script(args=argv))
+            else self._read(lambda c: script(keys=keys, args=argv))
         )
 
     def _write(self, step: Callable[[Any], _T]) -> _T:
@@ -456,6 +465,72 @@ class RedisQueue(QueueBackend):
             total += n
             if n < 1000:
                 return total
+
+    def pause(self, task: str, *, sync: bool | None = None) -> bool:
+        """Kept in the server's set of paused tasks, which every claim script reads."""
+        return bool(int(self._run("pause", check_task(task), "1")[1]))
+
+    def resume(self, task: str, *, sync: bool | None = None) -> bool:
+        return bool(int(self._run("pause", check_task(task), "0")[1]))
+
+    def paused(self) -> list[str]:
+        return sorted(_text(t) for t in self._run("paused", write=False))
+
+    def job_detail(self, job_id: int) -> dict[str, Any]:
+        jid = check_job_id(job_id)
+        reply = self._run("detail", jid, write=False)
+        if reply[0] == b"err":
+            self._raise(reply)
+        if reply[0] == b"gone":
+            return {"id": jid, "status": _text(reply[1])}
+        s, task, attempts, own_max, prio, key, error, due, deadline = reply[1]
+        now = int(reply[2])
+        out: dict[str, Any] = {
+            "id": jid,
+            "status": _text(s),
+            "task": _text(task),
+            "attempts": int(attempts or 0),
+            "max_attempts": int(own_max or 0) or self._max_for(_text(task)),
+            "priority": int(prio or 0),
+            "key": None if key is None else _text(key),
+            "error": None if error is None or _text(s) != "dead" else _text(error),
+        }
+        if due is not None and _text(s) == "scheduled":
+            out["due_in"] = max(0.0, (int(due) - now) / 1000)
+        if deadline is not None and _text(s) == "running":
+            out["lease_left"] = max(0.0, (int(deadline) - now) / 1000)
+        return out
+
+    def find(self, key: str) -> int | None:
+        held = self._run("find", key, write=False)
+        return None if held is None else int(held)
+
+    def jobs(
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        *,
+        limit: int = 100,
+        after: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Read from the sets of the states asked for, in one script (an operator's listing)."""
+        if state is not None:
+            state_code(state)
+        rows = self._run(
+            "jobs", state or "", "" if task is None else check_task(task), int(after), int(limit),
+            write=False,
+        )  # fmt: skip
+        return [
+            {
+                "id": int(jid),
+                "task": _text(t),
+                "status": _text(s),
+                "attempts": int(a or 0),
+                "priority": int(pr or 0),
+                "key": None if not key else _text(key),
+            }
+            for jid, s, t, a, pr, key in rows
+        ]
 
     def set_task_defaults(self, task: str, *, max_attempts: int) -> None:
         """Known to this process only: sent with each claim and fail."""

@@ -38,7 +38,7 @@ from walq.worker.admission import Admission, gated
 from walq.worker.child import GROUP_SIGNALS, lost_report
 from walq.worker.heartbeat import DEFAULT_LEASE, Heartbeat, Link
 from walq.worker.outcomes import Outcome, Recorder, TaskRuntime
-from walq.worker.slots import DEATH_COUNTERS, Depth, Slot, death_cause
+from walq.worker.slots import DEATH_COUNTERS, Depth, Slot, Waiter, death_cause
 from walq.worker.status import StatusWriter, worker_status
 from walq.worker.tasks import Task, Tasks
 
@@ -74,6 +74,7 @@ class Worker:
         status_interval: float = 2.0,
         lease: float | None = None,
         start_timeout: float = 120.0,
+        job_log_level: int = logging.INFO,
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         if not isinstance(tasks, Tasks) or not len(tasks):
@@ -89,6 +90,8 @@ class Worker:
             raise ArgumentError(f"async_concurrency must be at least 1, not {async_concurrency}")
         self.queue = queue
         self.tasks = tasks
+        # The level of the one line per finished attempt (logging.DEBUG turns it down).
+        self.job_log_level = job_log_level
         self.processes = processes
         self.prefetch = prefetch
         self.max_tasks_per_child = max_tasks_per_child
@@ -109,6 +112,7 @@ class Worker:
         self._ctx: Any = multiprocessing.get_context(start_method)
         self._rng = rng or random.Random()
         self._slots: list[Slot] = []
+        self._waiter = Waiter()
         self._runtime = {t.name: TaskRuntime() for t in tasks}
         self._stop = threading.Event()
         self._stop_now = threading.Event()
@@ -180,6 +184,7 @@ class Worker:
         self.queue.ready_listeners.append(self._poke)
         self.queue.cancel_listeners.append(self._on_cancel)
         clean = True
+        self._log_banner()
         try:
             self._heartbeat.start()
             drain_deadline: float | None = None
@@ -187,6 +192,10 @@ class Worker:
                 now = time.monotonic()
                 if self._stop.is_set() and drain_deadline is None:
                     drain_deadline = now + self.shutdown_grace
+                    log.info(
+                        "draining: %d jobs in flight, up to %.0f s",
+                        self._in_flight(), self.shutdown_grace,
+                    )  # fmt: skip
                     self._hold_queued()
                 if drain_deadline is None:
                     self._top_up()
@@ -228,9 +237,29 @@ class Worker:
             with contextlib.suppress(WalqError):
                 self.queue.sync()
             self._write_status(final=True)
+            done = ", ".join(f"{k} {v}" for k, v in self.counters.items() if v) or "no jobs"
+            log.info(
+                "worker pid %d stopped%s: %s",
+                os.getpid(), "" if clean else " (in-flight jobs abandoned)", done,
+            )  # fmt: skip
         if self._start_error is not None:
             raise self._start_error
         return 0 if clean else 1
+
+    def _log_banner(self) -> None:
+        """The start banner: who, where, what, and how long opening the queue took."""
+        replayed = getattr(self.queue, "replayed", None) or {}  # a directory's, not Redis's
+        opened = ""
+        if replayed:
+            opened = (
+                f"; replayed {replayed['jobs']} live jobs in {replayed['seconds']:.2f} s"
+                f" ({replayed['segments']} segments)"
+            )
+        log.info(
+            "worker pid %d on %s: tasks %s; %d processes%s",
+            os.getpid(), self.queue.path, ", ".join(t.name for t in self.tasks),
+            self.processes, opened,
+        )  # fmt: skip
 
     def _in_flight(self) -> int:
         # Results kept for a server that is unreachable count too: a drain waits for them.
@@ -319,6 +348,11 @@ class Worker:
         idle = [s for s in free for _ in range(self._runs - len(s.jobs))]
         jobs = self.queue.claim_many(room, lease=self._lease, accept=self._admit(now, len(idle)))
         self._link.ok()
+        if jobs and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "claimed %d jobs: %s", len(jobs),
+                ", ".join(f"{j.id} ({j.task}, attempt {j.attempt})" for j in jobs),
+            )  # fmt: skip
         self._heartbeat.hold(jobs)
         batches: dict[int, list[dict[str, Any]]] = {}
         # Gated jobs first, each onto an idle worker (their admission promised one).
@@ -412,18 +446,16 @@ class Worker:
 
     def _wait(self, timeout: float) -> list[Outcome]:
         """Wait for results, worker deaths or a wakeup; return finished attempts."""
-        waitables: list[Any] = [self._wake_r]
-        for slot in self._slots:
-            waitables += [slot.conn, slot.proc.sentinel]
-        ready = multiprocessing.connection.wait(waitables, timeout)
+        ready = self._waiter.wait(self._wake_r, self._slots, timeout)
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._wake_r, 4096)
         outcomes: list[Outcome] = []
         for slot in list(self._slots):
-            if slot.conn in ready or slot.proc.sentinel in ready:
+            died = slot.proc.sentinel in ready
+            if slot.conn.fileno() in ready or died:
                 outcomes += self._drain(slot)
-            if slot.proc.sentinel in ready:
+            if died:
                 outcomes += self._reap(slot)
         return outcomes
 
@@ -431,7 +463,7 @@ class Worker:
         """Every result waiting in a worker's pipe."""
         outcomes: list[Outcome] = []
         try:
-            while slot.conn.poll():
+            while slot.has_message():
                 msg = slot.conn.recv()
                 if msg[0] in ("ready", "start-failed"):
                     self._start_report(slot, msg)
@@ -611,10 +643,18 @@ class Worker:
         """Ack and fail finished attempts (the Recorder); learn how long attempts run."""
         if not outcomes:
             return
+        job_log = log.isEnabledFor(self.job_log_level)
         for out in outcomes:
             if self.on_job_done is not None:
                 self.on_job_done(out.task.name, out.seconds, out.ok)
             self._depth.learn(out.seconds)
+            if job_log:
+                how = "ok" if out.ok else f"failed ({(out.report or {}).get('cause', 'error')})"
+                log.log(
+                    self.job_log_level, "job %d (%s) attempt %d: %s in %.3f s",
+                    out.job.id, out.task.name, out.job.attempt, how, out.seconds,
+                    extra={"job_id": out.job.id, "task": out.task.name, "outcome": how},
+                )  # fmt: skip
         self._recorder.record(outcomes)
         self._unsynced = True
 

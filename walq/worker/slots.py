@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from multiprocessing.connection import Connection
@@ -41,6 +42,17 @@ class Slot:
     retiring: bool = False
     spawned: float = 0.0  # when the process was started (monotonic)
     ready: bool = False  # it imported its tasks: jobs may be handed to it
+
+    # A poll object on the pipe, made once: Connection.poll() builds a selector
+    # per call, and the owner asks before every message.
+    _arrived: Any = None
+
+    def has_message(self) -> bool:
+        """Whether a message (or the pipe's end) is waiting in the pipe from the worker."""
+        if self._arrived is None:
+            self._arrived = select.poll()
+            self._arrived.register(self.conn.fileno(), select.POLLIN)
+        return bool(self._arrived.poll(0))
 
     @classmethod
     def start(
@@ -154,6 +166,34 @@ class Depth:
         if not self.finished:
             return 1
         return max(1, int(self.lease / 2 / max(self.typical_run, 1e-3)))
+
+
+class Waiter:
+    """Waits on the owner's wakeup pipe and every worker's pipe and exit sentinel.
+
+    The poll object is made again only when the set of workers changes
+    (multiprocessing.connection.wait builds a selector on every call, and the
+    owner waits once per round).
+    """
+
+    def __init__(self) -> None:
+        self._poll: Any = None
+        self._fds: tuple[int, ...] = ()
+
+    def wait(self, wake_fd: int, slots: list[Slot], timeout: float | None) -> set[int]:
+        """The file descriptors ready within `timeout` seconds (None: no limit)."""
+        fds = (wake_fd, *[fd for s in slots for fd in (s.conn.fileno(), s.proc.sentinel)])
+        if fds != self._fds:
+            self._poll = select.poll()
+            for fd in fds:
+                self._poll.register(fd, select.POLLIN)
+            self._fds = fds
+        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        while True:
+            try:
+                return {fd for fd, _ in self._poll.poll(ms)}
+            except InterruptedError:  # pragma: no cover -- PEP 475 retries poll
+                continue
 
 
 def death_cause(
