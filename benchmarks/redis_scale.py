@@ -1,9 +1,10 @@
 """Scale on Redis: no-op jobs drained by 1, 2 and 4 owner processes, beside RQ and huey.
 
 Run through `python benchmarks/redis_bench.py --scale --url URL [--cluster URL]
-[--sentinel URL]`. Each row prefills the jobs, then starts N processes at one
-instant; each takes and finishes jobs until none are left. The figure is all
-jobs over the time from that instant to the last process's end, in jobs/s.
+[--sentinel URL]`. Each row prefills the jobs and starts N processes; once all
+have imported and connected, they start at one instant, and each takes and
+finishes jobs until none are left. The figure is all jobs over the time from
+that instant to the last process's end, in jobs/s.
 
 - walq claim + ack: one job per call each (every state change a script);
 - walq claim_many(100) + ack_many;
@@ -58,14 +59,21 @@ def _huey_task(url: str) -> Any:
 # -- one process's part -----------------------------------------------------------------
 
 
-def drain(kind: str, url: str, t0: float) -> int:
-    """Take and finish jobs of `kind` at `url` from wall time t0 until none is left."""
+def wait_go(ready: Path) -> None:
+    """Say this process is ready (imported, connected), then wait for the driver's go."""
+    ready.write_text("")
+    go = ready.parent / "go"
+    while not go.exists():
+        time.sleep(0.001)
+
+
+def drain(kind: str, url: str, ready: Path) -> int:
+    """Take and finish jobs of `kind` at `url`, once every process is ready, until none is left."""
     if kind.startswith("walq"):
         from walq.redisq.queue import RedisQueue
 
         q = RedisQueue.open(url)
-        while time.time() < t0:
-            time.sleep(0.001)
+        wait_go(ready)
         n = 0
         while True:
             if kind == "walq-one":
@@ -88,14 +96,12 @@ def drain(kind: str, url: str, t0: float) -> int:
 
         conn = Redis.from_url(url)
         worker = SimpleWorker([Queue("walq-bench-scale", connection=conn)], connection=conn)
-        while time.time() < t0:
-            time.sleep(0.001)
+        wait_go(ready)
         worker.work(burst=True, logging_level="WARNING")
         return -1  # RQ 3 keeps no count here: run() checks the queue is empty instead
     if kind == "huey":
         huey, _ = _huey_task(url)
-        while time.time() < t0:
-            time.sleep(0.001)
+        wait_go(ready)
         n = 0
         while (task := huey.dequeue()) is not None:
             huey.execute(task)
@@ -132,7 +138,6 @@ def run(kind: str, urls: list[str], jobs: int) -> float:
     """Jobs/s of len(urls) processes (process i drains urls[i]) over `jobs` in all."""
     for url in sorted(set(urls)):
         prefill(kind, url, jobs // len(set(urls)))
-    t0 = time.time() + 2.0
     with tempfile.TemporaryDirectory() as tmp:
         outs = [Path(tmp) / f"{i}.json" for i in range(len(urls))]
         procs = [
@@ -143,13 +148,19 @@ def run(kind: str, urls: list[str], jobs: int) -> float:
                     "import sys, redis_scale; redis_scale.drain_main(sys.argv[1:])",
                     kind,
                     url,
-                    repr(t0),
                     str(out),
                 ],
                 env=dict(os.environ, PYTHONPATH=f"{HERE.parent}{os.pathsep}{HERE}"),
             )
             for url, out in zip(urls, outs, strict=True)
         ]
+        readies = [out.with_suffix(".ready") for out in outs]
+        while not all(r.exists() for r in readies):  # every process imported and connected
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.01)
+        t0 = time.time()
+        (Path(tmp) / "go").write_text("")
         for p in procs:
             if p.wait(timeout=600) != 0:
                 raise RuntimeError(f"{kind}: a process failed ({p.returncode})")
@@ -260,9 +271,9 @@ def scale(url: str, cluster: str | None, sentinel: str | None, jobs: int) -> Non
 
 
 def drain_main(argv: list[str]) -> None:
-    """One owner process: drain(kind, url, t0), its count and end time written to `out`."""
-    kind, url, t0, out = argv[0], argv[1], float(argv[2]), argv[3]
-    n = drain(kind, url, t0)
+    """One owner process: drain(kind, url), its count and end time written to `out`."""
+    kind, url, out = argv[0], argv[1], argv[2]
+    n = drain(kind, url, Path(out).with_suffix(".ready"))
     Path(out).write_text(json.dumps({"n": n, "end": time.time()}))
 
 

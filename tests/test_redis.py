@@ -359,10 +359,11 @@ def test_a_worker_rides_out_a_server_restart(tmp_path: Path) -> None:
     notes = tmp_path / "ledger"
     try:
         with open_q(url) as q:
-            ids = q.enqueue_many([("sleeps", {"ledger": str(notes), "seconds": 1.5})] * 2)
+            ids = q.enqueue_many([("sleeps", {"ledger": str(notes), "seconds": 4.0})] * 2)
         proc = start_worker(url, tmp_path / "result", lease=10.0, processes=2)
         try:
-            wait_for(lambda: len(ledger(notes)) >= 2, timeout=30)  # both handlers started
+            # Both handlers started (a busy host may start the second process late).
+            wait_for(lambda: sum(x[3] == "start" for x in ledger(notes)) >= 2, timeout=60)
             server.kill()
             wait_for(lambda: len(ledger(notes)) >= 4, timeout=30)  # both ended, server down
             time.sleep(1.0)  # the worker meets the outage: retries, backs off
