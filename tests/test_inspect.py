@@ -410,6 +410,15 @@ class TestWorkerStatus:
         self.write(qdir, **fields)
         assert ops_stats.directory_stats(qdir)["breakers"] == "unknown"
 
+    def test_a_status_written_while_the_log_was_read_counts(self, qdir: str) -> None:
+        """A status written after the read began (during its replay) is fresh, not stale."""
+        varied(qdir)
+        began = time.time()
+        self.write(qdir, updated=began + 0.5)
+        status = ops_owner.worker_status(qdir, began)
+        assert status is not None
+        assert status["age"] == 0.0
+
     def test_unreadable_status_is_unknown(self, qdir: str) -> None:
         """A status file that is not JSON is ignored."""
         varied(qdir)

@@ -16,6 +16,8 @@ from walq.directory.queue import LOCK_FILE, STATUS_FILE
 from walq.errors import CorruptionError, LockedError
 
 STATUS_FRESH = 30.0  # seconds: an older worker status is stale
+# seconds a status may be newer than the reader's clock: written while the reader replayed
+STATUS_AHEAD = 5.0
 
 
 @attrs.frozen
@@ -78,7 +80,7 @@ def worker_status(path: str, now: float | None = None) -> dict[str, Any] | None:
     if not isinstance(status, dict) or status.get("stopped"):
         return None
     updated = status.get("updated")
-    if not isinstance(updated, int | float) or not 0 <= now - updated <= STATUS_FRESH:
+    if not isinstance(updated, int | float) or not -STATUS_AHEAD <= now - updated <= STATUS_FRESH:
         return None
     status["age"] = max(0.0, now - float(updated))
     return status
