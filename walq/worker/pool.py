@@ -599,7 +599,9 @@ class Worker:
 
     def status(self) -> dict[str, Any]:
         """Breaker states, running counts and counters: what `walq stats` shows."""
-        return worker_status(self.queue, self.tasks, self._runtime, len(self._slots), self.counters)
+        return worker_status(
+            self.queue, self.tasks, self._runtime, len(self._slots), self.counters, self.budget
+        )
 
     def _write_status(self, final: bool = False) -> None:
         """Record the status now (the StatusWriter), not waiting for its interval."""
