@@ -196,7 +196,7 @@ def create_app(
         from starlette.concurrency import run_in_threadpool  # noqa: PLC0415
 
         done = await run_in_threadpool(ledger.run, "ui", name, body)
-        sampler.poke()
+        await run_in_threadpool(sampler.sample)  # the page's next look shows the result
         status = 200 if done.ok else (403 if read_only else 409)
         return JSONResponse(
             {"ok": done.ok, "result": done.result, "action": name, "target": done.target},
