@@ -165,8 +165,7 @@ class DirectorySource:
             "id": jid,
             "task": info.task,
             "state": state,
-            "attempts": info.attempts,
-            "max_attempts": info.max_attempts,
+            "attempts": info.attempts,  # (its limit may be the worker's task default: not shown)
         }
         row.update(_record_fields(read_record(self.target, info.loc)))
         if state == "scheduled":

@@ -167,17 +167,21 @@ function renderOverview() {
   renderBudget();
 }
 
+let chartMinutes = 60;
+
 function renderCharts() {
   const s = snap.series;
+  const keep = Math.round((chartMinutes * 60) / s.step);
   const names = { enqueued: "Enqueued", completed: "Completed", failed: "Failed" };
   const colours = { enqueued: "var(--pending)", completed: "var(--running)", failed: "var(--dead)" };
   const charts = Object.keys(names).map((name) => {
-    const values = s.rates[name];
+    const values = s.rates[name].slice(-keep);
     const last = values.length > 1 ? values[values.length - 2] : 0;  // the newest whole bin
     return h("div", { class: "chart", "data-chart": name },
       h("h3", {}, names[name], h("span", {}, `${last.toFixed(1)}/s`)), svgChart(values, colours[name], s.step));
   });
   fill($("charts"), charts);
+  for (const b of document.querySelectorAll("#chart-span button")) b.classList.toggle("on", Number(b.dataset.minutes) === chartMinutes);
 }
 
 function svgChart(values, colour, step) {
@@ -288,8 +292,12 @@ function renderStorage() {
   }
   fill($("storage"), dl);
   const c = snap.compactor;
-  fill($("compaction"), c ? Object.entries(c).map(([k, v]) => [h("dt", {}, k.replace(/_/g, " ")), h("dd", {}, typeof v === "object" ? JSON.stringify(v) : String(v))])
-    : [h("dt", {}, "Compactor"), h("dd", {}, snap.backend === "redis" ? "a server needs none" : "no owner is reporting one")]);
+  const owned = snap.owner && snap.owner.running;
+  const quiet = snap.backend === "redis" ? "a server's queue needs none"
+    : owned && (snap.workers || []).length ? "working: the owner compacts sealed segments in the background once half their bytes are garbage or 8 are sealed"
+    : owned ? "an owner runs but reports no status" : "no owner runs: `walq compact DIR` compacts now";
+  fill($("compaction"), c ? Object.entries(c).map(([k, v]) => [h("dt", {}, k.replace(/_/g, " ")), h("dd", { class: "err" }, typeof v === "object" ? JSON.stringify(v) : String(v))])
+    : [h("dt", {}, "Compactor"), h("dd", { "data-compactor": "ok" }, quiet)]);
   const damage = snap.damage || [];
   fill($("damage"), snap.damage === null ? h("p", { class: "muted" }, "not read for this backend")
     : damage.length ? h("ul", { class: "mono" }, damage.map((d) => h("li", {}, d))) : h("p", { "data-damage": "none" }, "None: every record read back whole."));
@@ -306,7 +314,7 @@ function renderActions() {
 
 function listColumns(state) {
   const cols = [["", (r) => state === "dead" ? h("input", { type: "checkbox", "aria-label": `select job ${r.id}`, checked: selected.has(r.id), onclick: (e) => { e.stopPropagation(); e.target.checked ? selected.add(r.id) : selected.delete(r.id); } }) : null],
-    ["Id", (r) => r.id, "num mono"], ["Task", (r) => r.task, "mono"], ["Attempts", (r) => `${r.attempts}${r.max_attempts ? ` / ${r.max_attempts}` : ""}`, "num"]];
+    ["Id", (r) => r.id, "num mono"], ["Task", (r) => r.task, "mono"], ["Attempts", (r) => r.attempts, "num"]];
   if (state === "scheduled") cols.push(["Due", (r) => r.due ? `${when(r.due)} (in ${ago(r.due - Date.now() / 1000)})` : "–"]);
   if (state === "running") cols.push(["Worker", (r) => (snap && snap.owner && snap.owner.pid) || "–", "mono"], ["Running for", (r) => r.elapsed_at_least !== undefined ? `≥ ${ago(r.elapsed_at_least)}` : "–"]);
   if (state === "dead") cols.push(["Last error", (r) => (r.error || "").split("\n").filter(Boolean).pop() || "", "err"]);
@@ -359,7 +367,7 @@ async function loadJob(id) {
     return;
   }
   $("job-title").textContent = `Job ${job.id}`;
-  const fields = [["Status", pill(job.status)], ["Task", job.task], ["Attempts", job.attempts !== undefined ? `${job.attempts}${job.max_attempts ? ` of ${job.max_attempts}` : ""}` : null],
+  const fields = [["Status", pill(job.status)], ["Task", job.task], ["Attempts", job.attempts],
     ["Key", job.key], ["Priority", job.priority], ["Created", job.created ? when(job.created) : null], ["Due", job.due ? when(job.due) : null],
     ["Worker", job.worker], ["Payload", job.payload !== undefined ? h("span", { class: "mono" }, job.payload) : null]];
   fill($("job-fields"), fields.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => [h("dt", {}, k), h("dd", { "data-field": k.toLowerCase() }, v)]));
@@ -388,7 +396,7 @@ async function loadHistory(id, after) {
     const detail = [];
     if (r.task) detail.push(r.task);
     if (r.state) detail.push(`state ${r.state}`);
-    if (r.due) detail.push(`due ${r.due.toFixed ? r.due.toFixed(1) : r.due}`);
+    if (r.due) detail.push(`${r.type === "fail" ? "retry" : "due"} at ${when(r.due)}`);
     if (r.dead) detail.push("dead");
     if (r.error) detail.push((r.error.split("\n").filter(Boolean).pop() || ""));
     if (r.created) detail.push(`created ${when(r.created)}`);
@@ -423,6 +431,9 @@ async function route() {
   }
 }
 
+for (const b of document.querySelectorAll("#chart-span button")) {
+  b.addEventListener("click", () => { chartMinutes = Number(b.dataset.minutes); if (snap && !snap.error) renderCharts(); });
+}
 $("prev").addEventListener("click", () => { listOffset = Math.max(0, listOffset - PAGE); loadList(); });
 $("next").addEventListener("click", () => { listOffset += PAGE; loadList(); });
 $("history-more").addEventListener("click", () => { if (historyNext) loadHistory(jobId, historyNext); });
