@@ -5,10 +5,12 @@
 One queue directory, one owner (`walq worker`, 2 processes, running every job
 it is given), producers enqueueing through the owner's socket as fast as
 they can (4 processes, each `walq.connect(...).enqueue` of a small payload,
-durable). Rounds alternate: without a dashboard, then with `walq ui` running
-and N chromium pages open on its overview, refreshing every second (the
-page's own polling). The figure is the median of each kind's rounds, in the
-same run, and their ratio. Needs walq[ui], Playwright and /usr/bin/chromium.
+durable). Each round measures both, without a dashboard and with `walq ui`
+running and N chromium pages open on its overview, refreshing every second
+(the page's own polling), in alternating order. The queue holds 20,000
+scheduled jobs, so each dashboard read replays a log of some size. The
+figure is the median of each kind's rounds, in the same run, and their
+ratio. Needs walq[ui], Playwright and /usr/bin/chromium.
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ def main() -> None:
 
     path = os.path.join(tempfile.mkdtemp(prefix="walq-ui-cost-"), "queue")
     with walq.Queue.open(path) as q:
-        q.enqueue_many([("resize", {"n": i, "work": 0.0}) for i in range(20_000)])
+        # A queue with 20,000 jobs in its log that stay put (due in an hour): each of
+        # the dashboard's reads replays them all, and the worker has no backlog to drain.
+        q.enqueue_many([("resize", {"n": i}, {"delay": 3600}) for i in range(20_000)])
     worker = start_worker(path)
     rates: dict[str, list[float]] = {"without": [], "with": []}
     reads: list[float] = []
@@ -83,16 +87,20 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for r in range(args.rounds):
-                rates["without"].append(enqueue_rate(path, args.duration))
-                with dashboard(path, "--interval", "1") as ui:
-                    pages = [browser.new_page() for _ in range(args.pages)]
-                    for page in pages:
-                        page.goto(ui.url)
-                        page.locator(".card [data-count=pending]").wait_for()
-                    rates["with"].append(enqueue_rate(path, args.duration))
-                    reads.append(float(ui.get("/api/snapshot")[1]["read_seconds"]))
-                    for page in pages:
-                        page.close()
+                # A B, then B A: neither kind always runs first in its round.
+                for kind in ("without", "with") if r % 2 == 0 else ("with", "without"):
+                    if kind == "without":
+                        rates[kind].append(enqueue_rate(path, args.duration))
+                        continue
+                    with dashboard(path, "--interval", "1") as ui:
+                        pages = [browser.new_page() for _ in range(args.pages)]
+                        for page in pages:
+                            page.goto(ui.url)
+                            page.locator(".card [data-count=pending]").wait_for()
+                        rates[kind].append(enqueue_rate(path, args.duration))
+                        reads.append(float(ui.get("/api/snapshot")[1]["read_seconds"]))
+                        for page in pages:
+                            page.close()
                 print(
                     f"round {r + 1}: without {rates['without'][-1]:,.0f}/s, "
                     f"with {rates['with'][-1]:,.0f}/s",
