@@ -24,7 +24,7 @@ from walq.ops import stats as ops_stats
 from walq.ui.actions import Ledger, OfflineActions
 from walq.ui.series import Series
 from walq.ui.server import address, choose_token, is_loopback
-from walq.ui.source import DirectorySource, Sampler, iter_pages, totals
+from walq.ui.source import DirectorySource, Sampler, iter_pages, running_by_workers, totals
 
 
 def seeded(path: str, dead: int = 3) -> dict[str, list[int]]:
@@ -132,6 +132,21 @@ def test_the_sampler_keeps_one_snapshot_with_rates(qdir: str) -> None:
     second = sampler.sample()
     assert second["series"]["rates"]["enqueued"][-1] == 5.0  # 50 in a 10 s bin
     assert totals(ops_stats.read(qdir))["enqueued"] == 127 + 50
+
+
+def test_running_jobs_are_placed_by_the_workers_reports() -> None:
+    """Each worker process's job, and how long it has run by the time it is read."""
+    workers = [
+        {"pid": 10, "age": 1.5, "children": [
+            {"pid": 11, "job": 7, "task": "resize", "attempt": 1, "running_for": 2.0},
+            {"pid": 12, "job": None, "task": None, "attempt": None, "running_for": None},
+        ]},
+        {"pid": 20, "children": [{"pid": 21, "job": 9, "task": "email", "running_for": 0.25}]},
+    ]  # fmt: skip
+    assert running_by_workers(workers) == {
+        7: {"worker": 10, "process": 11, "task": "resize", "attempt": 1, "running_for": 3.5},
+        9: {"worker": 20, "process": 21, "task": "email", "attempt": None, "running_for": 0.2},
+    }
 
 
 # -- acting -----------------------------------------------------------------------------------

@@ -153,6 +153,12 @@ def test_a_live_queue_in_the_browser(page: Any, qdir: str) -> None:
             assert "closed" in row.inner_text()
             assert "20/s" in page.locator("tr[data-task=email]").inner_text()
             page.locator("[data-budget=balance]").wait_for()
+            # The worker and its two processes.
+            page.click("nav a[data-view=workers]")
+            owner_row = page.locator(f"#workers tr[data-worker='{worker.pid}']")
+            owner_row.wait_for()
+            assert len(re.findall(r"\d+: (?:idle|job \d+)", owner_row.inner_text())) == 2
+            assert f"pid {worker.pid}" in page.locator("#owner-line").inner_text()
 
             # A dead job: its last error with the traceback, its history from the log.
             page.click("nav a[data-view=dead]")

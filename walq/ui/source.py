@@ -360,8 +360,13 @@ class Sampler:
 
     def _snapshot(self, st: QueueStats, now: float, took: float) -> dict[str, Any]:
         running_page = self.source.jobs("running", 0, PAGE)
+        known = running_by_workers(st.workers)
+        if running_page.note is not None and known:  # a server's: its workers say what runs
+            rows = [{"id": jid, "state": "running", **info} for jid, info in sorted(known.items())]
+            running_page = Page(rows[:PAGE], 0, len(rows))
         seen = {}
         for row in running_page.rows:
+            row.update(known.get(row["id"], {}))
             first = self._seen_running.get(row["id"], now)
             seen[row["id"]] = first
             row["elapsed_at_least"] = round(now - first, 1)
@@ -398,9 +403,28 @@ class Sampler:
         }
 
 
+def running_by_workers(workers: Sequence[Any]) -> dict[int, dict[str, Any]]:
+    """Job id -> the worker and process running it, and for how long, as the workers report."""
+    out: dict[int, dict[str, Any]] = {}
+    for status in workers:
+        age = float(status.get("age") or 0.0)
+        for child in status.get("children") or ():
+            if not isinstance(child, dict) or child.get("job") is None:
+                continue
+            ran = child.get("running_for")
+            out[int(child["job"])] = {
+                "worker": status.get("pid"),
+                "process": child.get("pid"),
+                "task": child.get("task"),
+                "attempt": child.get("attempt"),
+                "running_for": None if ran is None else round(float(ran) + age, 1),
+            }
+    return out
+
+
 def _worker(status: Any) -> dict[str, Any]:
     """A worker's status as the page shows it."""
-    keys = ("pid", "processes", "updated", "age", "counters", "host")
+    keys = ("pid", "processes", "updated", "age", "counters", "host", "children")
     return {k: status.get(k) for k in keys if k in status}
 
 

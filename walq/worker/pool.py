@@ -600,8 +600,9 @@ class Worker:
     def status(self) -> dict[str, Any]:
         """Breaker states, running counts and counters: what `walq stats` shows."""
         return worker_status(
-            self.queue, self.tasks, self._runtime, len(self._slots), self.counters, self.budget
-        )
+            self.queue, self.tasks, self._runtime, len(self._slots), self.counters, self.budget,
+            self._slots,
+        )  # fmt: skip
 
     def _write_status(self, final: bool = False) -> None:
         """Record the status now (the StatusWriter), not waiting for its interval."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -19,6 +19,7 @@ from walq.core.gates import RetryBudget
 from walq.errors import WalqError
 from walq.worker.heartbeat import Link
 from walq.worker.outcomes import TaskRuntime
+from walq.worker.slots import Slot
 from walq.worker.tasks import Tasks
 
 
@@ -29,6 +30,7 @@ def worker_status(
     processes: int,
     counters: dict[str, int],
     budget: RetryBudget | None = None,
+    slots: Sequence[Slot] = (),
 ) -> dict[str, Any]:
     """Breaker states, limits, running counts, the retry budget and counters: what
     `walq stats` and `walq ui` show."""
@@ -57,6 +59,18 @@ def worker_status(
         "updated": time.time(),
         "tasks": by_task,
         "counters": dict(counters),
+        # Each worker process: the job it runs now and for how long (`walq ui` shows them).
+        "children": [
+            {
+                "pid": slot.proc.pid,
+                "job": slot.jobs[0][0].id if slot.jobs else None,
+                "attempt": slot.jobs[0][0].attempt if slot.jobs else None,
+                "task": slot.jobs[0][1].name if slot.jobs else None,
+                "running_for": round(now - slot.head_started, 3) if slot.jobs else None,
+                "completed": slot.completed,
+            }
+            for slot in slots
+        ],
         "retry_budget": None
         if budget is None
         else {

@@ -259,7 +259,9 @@ function renderWorkers() {
     h("th", { class: "num" }, "Crashes"), h("th", { class: "num" }, "Timeouts"));
   const rows = (snap.workers || []).map((w) => {
     const c = w.counters || {};
-    return h("tr", {}, h("td", { class: "mono" }, w.pid), h("td", {}, w.host || "this machine"), h("td", { class: "num" }, w.processes),
+    const kids = (w.children || []).map((k) => `${k.pid}: ${k.job ? `job ${k.job} (${k.task}, ${ago(k.running_for)})` : "idle"}`);
+    return h("tr", { "data-worker": w.pid }, h("td", { class: "mono" }, w.pid), h("td", {}, w.host || "this machine"),
+      h("td", { class: "num" }, w.processes, kids.length ? h("div", { class: "muted mono" }, kids.map((k) => h("div", {}, k))) : null),
       h("td", {}, w.age !== undefined ? `${ago(w.age)} ago` : when(w.updated)), h("td", { class: "num" }, num(c.ok)),
       h("td", { class: "num" }, num(c.failed)), h("td", { class: "num" }, num(c.crashes)), h("td", { class: "num" }, num(c.timeouts)));
   });
@@ -316,7 +318,10 @@ function listColumns(state) {
   const cols = [["", (r) => state === "dead" ? h("input", { type: "checkbox", "aria-label": `select job ${r.id}`, checked: selected.has(r.id), onclick: (e) => { e.stopPropagation(); e.target.checked ? selected.add(r.id) : selected.delete(r.id); } }) : null],
     ["Id", (r) => r.id, "num mono"], ["Task", (r) => r.task, "mono"], ["Attempts", (r) => r.attempts, "num"]];
   if (state === "scheduled") cols.push(["Due", (r) => r.due ? `${when(r.due)} (in ${ago(r.due - Date.now() / 1000)})` : "–"]);
-  if (state === "running") cols.push(["Worker", (r) => (snap && snap.owner && snap.owner.pid) || "–", "mono"], ["Running for", (r) => r.elapsed_at_least !== undefined ? `≥ ${ago(r.elapsed_at_least)}` : "–"]);
+  if (state === "running") {
+    cols.push(["Worker / process", (r) => r.process ? `${r.worker} / ${r.process}` : (snap && snap.owner && snap.owner.pid) || "–", "mono"],
+      ["Running for", (r) => r.running_for !== undefined && r.running_for !== null ? ago(r.running_for) : r.elapsed_at_least !== undefined ? `≥ ${ago(r.elapsed_at_least)}` : "–"]);
+  }
   if (state === "dead") cols.push(["Last error", (r) => (r.error || "").split("\n").filter(Boolean).pop() || "", "err"]);
   cols.push(["Key", (r) => r.key || "", "mono"], ["Created", (r) => when(r.created)], ["Payload", (r) => r.payload || "", "mono"]);
   return cols;
