@@ -267,3 +267,29 @@ def test_the_readme_snippet_runs_as_a_script(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in out, out
+
+
+def test_the_status_names_each_process_and_the_job_it_runs(q: walq.Queue) -> None:
+    """`children`: each worker process's pid, its job, and how long that job has run."""
+    import threading
+
+    from tests import worker_tasks
+
+    jid = q.enqueue("sleeps", {"seconds": 3.0})
+    w = Worker(q, worker_tasks.tasks, processes=2)
+    t = threading.Thread(target=w.run)
+    t.start()
+    try:
+
+        def busy() -> list[dict[str, Any]]:
+            return [c for c in w.status()["children"] if c["job"] is not None]
+
+        wait_for(lambda: busy() and busy()[0]["running_for"] > 0.5, timeout=60)
+        (child,) = busy()
+        assert child["job"] == jid and child["task"] == "sleeps" and child["attempt"] == 1
+        pids = {c["pid"] for c in w.status()["children"]}
+        assert len(pids) == 2 and os.getpid() not in pids
+    finally:
+        w.stop()
+        t.join(timeout=60)
+    assert w.status()["children"] == [] or all(c["job"] is None for c in w.status()["children"])
