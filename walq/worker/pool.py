@@ -54,6 +54,8 @@ class Worker:
     # The signals worker processes leave to the owner (a seam: walq.testing.plant
     # plants a pool whose workers die of the group's SIGTERM).
     _group_signals: tuple[signal.Signals, ...] = GROUP_SIGNALS
+    # What renews the leases of held jobs (a seam: walq.testing.plant plants one that does not).
+    heartbeat_class: type[Heartbeat] = Heartbeat
 
     def __init__(
         self,
@@ -113,7 +115,7 @@ class Worker:
         if lease is not None:
             self._lease = check_seconds("lease", lease, positive=True)
         self._link = Link(str(getattr(queue, "path", queue)), self._rng)
-        self._heartbeat = Heartbeat(queue, self._lease, self._link, self._on_lease_lost)
+        self._heartbeat = self.heartbeat_class(queue, self._lease, self._link, self._on_lease_lost)
         self._depth = Depth(prefetch, self._lease, max_tasks_per_child)
         self._unsynced = False
         # Called per finished attempt with (task, seconds it ran, ok): metrics.
