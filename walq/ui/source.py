@@ -23,10 +23,10 @@ from walq.core.state import DEAD, PENDING, SCHEDULED
 from walq.errors import StateError, UnknownJobError, WalqError
 from walq.ops import stats as ops_stats
 from walq.ops.dead import dead_jobs, payload_kind
-from walq.ops.dump import Dumper, DumpFilter, Position, payload_fields
+from walq.ops.dump import Dumper, Position, payload_fields
 from walq.ops.owner import owner
 from walq.ops.replay import STATES, Replayed, now_clock
-from walq.ops.scan import read_record, segment_seqs
+from walq.ops.scan import iter_scans, read_record, segment_seqs
 from walq.ops.stats import QueueStats
 from walq.ui.series import Series
 
@@ -206,20 +206,30 @@ class DirectorySource:
         return None if r is None else r.state.key_holder(key)
 
     def history(self, jid: int, after: Position | None, limit: int) -> dict[str, Any]:
+        """One pass over the log from `after`, decoding only the records that may name the job."""
         rows: list[dict[str, Any]] = []
-        more = False
-        flt = DumpFilter(job=jid, start=after)
-        for row in Dumper(full=True).rows(self.target, flt):
-            if row["type"] in ("damage", "torn-tail", "notice"):
-                continue  # the job's own records only (damage has its own view)
-            if len(rows) == limit:
-                more = True
-                break
-            rows.append(row)
-        following = None
-        if more and rows:
-            following = f"{rows[-1]['seq']}:{rows[-1]['offset'] + 1}"
-        return {"rows": rows, "next": following}
+        dumper = Dumper(full=True)
+        with self._lock:
+            r = self._replayed
+        if after is None and r is not None and jid in r.state:
+            loc = r.state.info(jid).loc  # a live job's records start at its own
+            after = (loc.seg, loc.offset)
+        for scan in iter_scans(self.target):
+            if after is not None and scan.seq < after[0]:
+                continue
+            for rec in scan.records:
+                if after is not None and (scan.seq, rec.offset) < after:
+                    continue
+                if not ev.may_name(rec.body, jid):
+                    continue
+                row = dumper.record_row(scan.seq, rec)
+                if jid not in (row.get("jobs") or [row.get("job")]):
+                    continue  # its 8 bytes were in the body by chance
+                if len(rows) == limit:
+                    last = rows[-1]
+                    return {"rows": rows, "next": f"{last['seq']}:{last['offset'] + 1}"}
+                rows.append(row)
+        return {"rows": rows, "next": None}
 
 
 class ServerSource:
