@@ -7,7 +7,6 @@ tests/test_ui_browser.py.
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +17,7 @@ pytest.importorskip("uvicorn")
 import walq
 from tests.procs import wait_for
 from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
-from tests.ui_procs import dashboard
+from tests.ui_procs import dashboard, fresh_redis_queue
 from walq.errors import ArgumentError
 from walq.ops import stats as ops_stats
 from walq.ui.actions import Ledger, OfflineActions
@@ -250,17 +249,10 @@ def test_read_only_dashboard_refuses_actions(qdir: str) -> None:
 @pytest.fixture
 def url() -> Iterator[str]:
     """A Redis queue URL with a fresh prefix, its keys deleted afterwards."""
-    import redis
-
     base = redis_url()
     assert base is not None
-    prefix = f"walqtest-{uuid.uuid4().hex[:12]}"
-    yield f"{base}{'&' if '?' in base else '?'}prefix={prefix}"
-    client = redis.Redis.from_url(base)
-    names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if names:
-        client.delete(*names)
-    client.close()
+    with fresh_redis_queue(base) as queue_url:
+        yield queue_url
 
 
 @pytest.mark.redis

@@ -16,7 +16,8 @@ import pytest
 
 import walq
 from tests.procs import wait_for
-from tests.ui_procs import dashboard, start_worker, stop
+from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
+from tests.ui_procs import dashboard, fresh_redis_queue, start_worker, stop
 from walq.errors import UnknownJobError
 from walq.ops import stats as ops_stats
 from walq.ops.replay import replay
@@ -73,7 +74,7 @@ def page(browser: Any) -> Iterator[Any]:
     pg = context.new_page()
     pg.set_default_timeout(60_000)
     errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("pageerror", lambda e: errors.append(f"{e} {e.stack}"))
     # A refused action answers 409 and a stopped dashboard refuses connections: the
     # browser logs both; anything else logged as an error (a CSP refusal...) fails.
     pg.on(
@@ -279,3 +280,41 @@ def test_read_only_turns_the_buttons_off(page: Any, qdir: str) -> None:
         assert button.is_disabled()
         assert button.get_attribute("title") == "read-only dashboard"
         assert walq_status(qdir, ids["monthly"]) == "scheduled"
+
+
+@pytest.fixture
+def redis_queue() -> Iterator[str]:
+    base = redis_url()
+    assert base is not None
+    with fresh_redis_queue(base) as url:
+        yield url
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(SKIP_REDIS, reason=str(REDIS_SKIP))
+def test_a_redis_queue_in_the_browser(page: Any, redis_queue: str) -> None:
+    """The same page over a Redis URL, a real worker on it: counts match stats(), and a
+    dead job is requeued at once (a server has no lock to wait for)."""
+    need_redis()
+    with walq.open(redis_queue) as q:
+        q.enqueue_many([("resize", {"n": i, "work": 0.02}) for i in range(60)])
+        failing = q.enqueue("report", {"n": 1, "fail": True}, max_attempts=1)
+    worker = start_worker(redis_queue)
+    try:
+        with dashboard(redis_queue) as ui:
+            page.goto(ui.url)
+            page.locator(".card [data-count=pending]").wait_for()
+            wait_for(lambda: stats_counts(redis_queue)["dead"] == 1, timeout=120)
+            wait_for(lambda: stats_counts(redis_queue)["pending"] == 0, timeout=120)
+            wait_for(lambda: cards(page) == stats_counts(redis_queue))
+            page.goto(f"{ui.base}/#job/{failing}")
+            page.locator("#job-error").filter(has_text="the source table is missing").wait_for()
+            page.click("#job-tools button[data-action=requeue]")
+            assert toast(page, "requeued") == f"requeue: requeued job {failing}"
+            # Requeued beside the running worker, which runs it (and it dies again).
+            wait_for(lambda: stats_counts(redis_queue)["dead"] == 1, timeout=120)
+            with walq.open(redis_queue) as q:
+                assert q.status(failing) == "dead"
+                assert "the source table is missing" in q.dead_jobs()[0].error
+    finally:
+        stop(worker)

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -113,3 +114,19 @@ def stop(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
     if proc.stdout is not None:
         proc.stdout.close()
     return proc.returncode
+
+
+@contextmanager
+def fresh_redis_queue(base: str) -> Iterator[str]:
+    """A queue URL on the server at `base` with a fresh prefix, its keys deleted afterwards."""
+    import redis
+
+    prefix = f"walqtest-{uuid.uuid4().hex[:12]}"
+    try:
+        yield f"{base}{'&' if '?' in base else '?'}prefix={prefix}"
+    finally:
+        client = redis.Redis.from_url(base)
+        names = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+        if names:
+            client.delete(*names)
+        client.close()

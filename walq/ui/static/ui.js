@@ -99,7 +99,10 @@ async function act(action, args, question) {
   if (question && !(await confirmFirst(question))) return null;
   const body = JSON.stringify({ action, ...args });
   const headers = { "Content-Type": "application/json", "X-Walq-Token": settings.token };
-  const result = await api("/api/action", { method: "POST", body, headers });
+  let result;
+  try {
+    result = await api("/api/action", { method: "POST", body, headers });
+  } catch (e) { toast(`${action}: ${e.message}`, true); return null; }
   toast(`${action}: ${result.result}`, !result.ok);
   if (result.ok) selected.clear();
   await refresh();
@@ -392,7 +395,10 @@ async function loadJob(id) {
 }
 
 async function loadHistory(id, after) {
-  const page = await api(`/api/job/${id}/history${after ? `?after=${encodeURIComponent(after)}` : ""}`);
+  let page;
+  try {
+    page = await api(`/api/job/${id}/history${after ? `?after=${encodeURIComponent(after)}` : ""}`);
+  } catch (e) { toast(`history: ${e.message}`, true); return; }
   const table = $("job-history");
   if (!after) {
     table.append(h("tr", {}, ["Position", "Record", "Attempt", "Details"].map((t) => h("th", {}, t))));
@@ -452,12 +458,15 @@ window.addEventListener("hashchange", route);
 
 let ticks = 0;
 async function tick() {
-  if (!document.hidden) {
-    await refresh();
-    ticks += 1;
-    if (view === "list" && listState !== "running" && ticks % 3 === 0) await loadList();
+  try {
+    if (!document.hidden) {
+      await refresh();
+      ticks += 1;
+      if (view === "list" && listState !== "running" && ticks % 3 === 0) await loadList();
+    }
+  } finally {
+    setTimeout(tick, POLL_MS);  // a failed look must not stop the next
   }
-  setTimeout(tick, POLL_MS);
 }
 
 refresh().then(route).then(() => setTimeout(tick, POLL_MS));
