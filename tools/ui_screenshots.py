@@ -80,6 +80,7 @@ def main() -> None:
             shot("job", f"#job/{first}", "#job-history tr td")
             shot("scheduled", "#scheduled", "#list tr[data-job]")
             shot("storage", "#storage", "#storage dd")
+            shot("workers", "#workers", "#workers tr[data-worker]")
             browser.close()
     finally:
         stop(worker)

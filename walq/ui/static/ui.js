@@ -405,7 +405,10 @@ async function loadHistory(id, after) {
   }
   for (const r of page.rows) {
     const detail = [];
-    if (r.task) detail.push(r.task);
+    const at = r.jobs ? r.jobs.indexOf(id) : -1;  // a record about several jobs: this one's place
+    const task = r.task || (at >= 0 && r.tasks ? r.tasks[at] : null);
+    const attempt = r.attempt ?? r.counted ?? (at >= 0 ? (r.attempts || r.counts || [])[at] : undefined);
+    if (task) detail.push(task);
     if (r.state) detail.push(`state ${r.state}`);
     if (r.due) detail.push(`${r.type === "fail" ? "retry" : "due"} at ${when(r.due)}`);
     if (r.dead) detail.push("dead");
@@ -413,7 +416,7 @@ async function loadHistory(id, after) {
     if (r.created) detail.push(`created ${when(r.created)}`);
     if (r.jobs && r.jobs.length > 1) detail.push(`with ${r.jobs.length - 1} other job(s)`);
     table.append(h("tr", {}, h("td", { class: "mono" }, `${r.seq}:${r.offset}`), h("td", {}, r.type),
-      h("td", { class: "num" }, r.attempt ?? r.counted ?? ""), h("td", { class: r.error ? "err" : "" }, detail.join(" · "))));
+      h("td", { class: "num" }, attempt ?? ""), h("td", { class: r.error ? "err" : "" }, detail.join(" · "))));
   }
   if (!page.rows.length && !after) table.append(h("tr", {}, h("td", { colspan: 4, class: "muted" }, page.note || "no records (a compaction keeps only live jobs' records)")));
   historyNext = page.next;
