@@ -95,7 +95,10 @@ class Backend:
         """This backend's queue URL (a Redis kind only)."""
         url = redis_url(self.kind)
         assert url is not None
-        return f"{url}{'&' if '?' in url else '?'}prefix={self.prefix}"
+        url = f"{url}{'&' if '?' in url else '?'}prefix={self.prefix}"
+        if self.kind == "redis-sentinel":
+            url += "&min_replicas=1"  # every change waits for the replica (WAIT)
+        return url
 
     def open(self, **opts: Any) -> Any:
         if self.kind == "file":
@@ -703,3 +706,68 @@ def test_both_backends_take_the_same_calls_with_the_same_parameters() -> None:
             for f in (a, b)
         ]
         assert params[0] == params[1], name
+
+
+class TestOperating:
+    """Pause and resume, a job's detail, find by key, and listing jobs: the same on each backend."""
+
+    def test_a_paused_task_is_not_claimed_and_resume_lets_it_run(self, q: Any) -> None:
+        a = q.enqueue("mail", 1)
+        b = q.enqueue("resize", 2)
+        running = claimed(q, tasks=["mail"])
+        assert running.id == a
+        q.enqueue("mail", 3)
+        assert q.pause("mail") is True and q.pause("mail") is False
+        assert q.paused() == ["mail"]
+        job = claimed(q)
+        assert job.id == b  # the other task's job
+        assert q.claim() is None  # mail's pending job stays pending
+        q.ack(running.id)  # a running job of a paused task still finishes
+        assert q.status(a) == "done"
+        assert q.resume("mail") is True and q.resume("mail") is False
+        assert claimed(q).task == "mail" and q.paused() == []
+
+    def test_a_pause_survives_reopening(self, backend: Backend) -> None:
+        with backend.open() as q:
+            q.enqueue("mail", 1)
+            q.pause("mail")
+        with backend.open() as q:
+            assert q.paused() == ["mail"] and q.claim() is None
+            q.resume("mail")
+        with backend.open() as q:
+            assert q.paused() == [] and claimed(q).task == "mail"
+
+    def test_job_detail_find_and_jobs(self, q: Any) -> None:
+        a = q.enqueue("mail", 1, key="k1")
+        b = q.enqueue("mail", 2, delay=60)
+        c = q.enqueue("resize", 3, max_attempts=1)
+        job = claimed(q, tasks=["resize"])
+        q.fail(job.id, "boom")
+        d = q.enqueue("mail", 4)
+        run = claimed(q)
+        assert run.id == a
+        detail = q.job_detail(a)
+        assert detail["status"] == "running" and detail["key"] == "k1"
+        assert detail["attempts"] == 1 and detail["task"] == "mail"
+        assert 0 < detail["lease_left"] <= 60
+        assert 0 < q.job_detail(b)["due_in"] <= 60
+        dead = q.job_detail(c)
+        assert dead["status"] == "dead" and dead["error"] == "boom" and dead["max_attempts"] == 1
+        q.ack(a)
+        assert q.job_detail(a) == {"id": a, "status": "done"}
+        with pytest.raises(walq.UnknownJobError):
+            q.job_detail(10_000)
+        assert q.find("k1") is None  # its job finished
+        assert q.find("nope") is None
+        e = q.enqueue("mail", 5, key="k2")
+        assert q.find("k2") == e
+        assert [j["id"] for j in q.jobs()] == [b, c, d, e]
+        assert [j["id"] for j in q.jobs(state="dead")] == [c]
+        assert [j["id"] for j in q.jobs(task="mail", limit=2)] == [b, d]
+        assert [j["id"] for j in q.jobs(task="mail", after=d)] == [e]
+        assert q.jobs(state="pending")[0] == {
+            "id": d, "task": "mail", "status": "pending", "attempts": 0, "priority": 0,
+            "key": None,
+        }  # fmt: skip
+        with pytest.raises(walq.ArgumentError, match="state must be one of"):
+            q.jobs(state="done")

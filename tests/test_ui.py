@@ -137,14 +137,18 @@ def test_running_jobs_are_placed_by_the_workers_reports() -> None:
     """Each worker process's job, and how long it has run by the time it is read."""
     workers = [
         {"pid": 10, "age": 1.5, "children": [
-            {"pid": 11, "job": 7, "task": "resize", "attempt": 1, "running_for": 2.0},
-            {"pid": 12, "job": None, "task": None, "attempt": None, "running_for": None},
+            {"pid": 11, "jobs": [{"job": 7, "task": "resize", "attempt": 1, "running_for": 2.0}]},
+            {"pid": 12, "jobs": []},
         ]},
-        {"pid": 20, "children": [{"pid": 21, "job": 9, "task": "email", "running_for": 0.25}]},
+        {"pid": 20, "children": [{"pid": 21, "jobs": [
+            {"job": 9, "task": "email", "attempt": 3, "running_for": 0.25},
+            {"job": 8, "task": "email", "attempt": 1, "running_for": 1.0},
+        ]}]},
     ]  # fmt: skip
     assert running_by_workers(workers) == {
         7: {"worker": 10, "process": 11, "task": "resize", "attempt": 1, "running_for": 3.5},
-        9: {"worker": 20, "process": 21, "task": "email", "attempt": None, "running_for": 0.2},
+        9: {"worker": 20, "process": 21, "task": "email", "attempt": 3, "running_for": 0.2},
+        8: {"worker": 20, "process": 21, "task": "email", "attempt": 1, "running_for": 1.0},
     }
 
 

@@ -158,7 +158,7 @@ def test_a_live_queue_in_the_browser(page: Any, qdir: str) -> None:
             page.click("nav a[data-view=workers]")
             owner_row = page.locator(f"#workers tr[data-worker='{worker.pid}']")
             owner_row.wait_for()
-            assert len(re.findall(r"\d+: (?:idle|job \d+)", owner_row.inner_text())) == 2
+            assert len(re.findall(r"(?m)^\d+: (?:idle|job \d+)", owner_row.inner_text())) == 2
             assert f"pid {worker.pid}" in page.locator("#owner-line").inner_text()
 
             # A dead job: its last error with the traceback, its history from the log.

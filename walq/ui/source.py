@@ -419,16 +419,17 @@ def running_by_workers(workers: Sequence[Any]) -> dict[int, dict[str, Any]]:
     for status in workers:
         age = float(status.get("age") or 0.0)
         for child in status.get("children") or ():
-            if not isinstance(child, dict) or child.get("job") is None:
+            if not isinstance(child, dict):
                 continue
-            ran = child.get("running_for")
-            out[int(child["job"])] = {
-                "worker": status.get("pid"),
-                "process": child.get("pid"),
-                "task": child.get("task"),
-                "attempt": child.get("attempt"),
-                "running_for": None if ran is None else round(float(ran) + age, 1),
-            }
+            for running in child.get("jobs") or ():
+                ran = running.get("running_for")
+                out[int(running["job"])] = {
+                    "worker": status.get("pid"),
+                    "process": child.get("pid"),
+                    "task": running.get("task"),
+                    "attempt": running.get("attempt"),
+                    "running_for": None if ran is None else round(float(ran) + age, 1),
+                }
     return out
 
 

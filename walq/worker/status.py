@@ -59,14 +59,20 @@ def worker_status(
         "updated": time.time(),
         "tasks": by_task,
         "counters": dict(counters),
-        # Each worker process: the job it runs now and for how long (`walq ui` shows them).
+        # Each worker process: the jobs it runs now and for how long (`walq ui` shows them).
         "children": [
             {
                 "pid": slot.proc.pid,
-                "job": slot.jobs[0][0].id if slot.jobs else None,
-                "attempt": slot.jobs[0][0].attempt if slot.jobs else None,
-                "task": slot.jobs[0][1].name if slot.jobs else None,
-                "running_for": round(now - slot.head_started, 3) if slot.jobs else None,
+                "jobs": [
+                    {
+                        "job": jid,
+                        "task": slot.jobs[jid][1].name,
+                        "attempt": slot.jobs[jid][0].attempt,
+                        "running_for": round(now - began, 3),
+                    }
+                    for jid, began in slot.started.items()
+                    if jid in slot.jobs
+                ],
                 "completed": slot.completed,
             }
             for slot in slots

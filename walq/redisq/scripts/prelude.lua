@@ -25,6 +25,7 @@
 --   P:tomb  hash   id -> c (cancelled) | p (purged); other ids <= P:seq not live are done
 --   P:n     hash   counts by state, live bytes, and counters
 --   P:tn    hash   "state:task" -> count
+--   P:paused set   paused tasks: claims leave their pending jobs (q.pause, q.resume)
 --   P:events       pub/sub channel: "r" (a job is ready), "c ID ORIGIN" (cancelled while running)
 local P = KEYS[1]
 local t0 = redis.call('TIME')
@@ -188,7 +189,9 @@ local function best_ready(n, tasks, excluded, fn)
     local h = redis.call('ZRANGE', P .. ':r:' .. t, 0, 0, 'WITHSCORES')
     if h[1] then heads[t] = {h[1], tonumber(h[2])} else heads[t] = nil end
   end
-  for _, t in ipairs(tasks) do if not excluded[t] then head(t) end end
+  for _, t in ipairs(tasks) do
+    if not excluded[t] and redis.call('SISMEMBER', P .. ':paused', t) == 0 then head(t) end
+  end
   local got, looked = 0, 0
   while got < n and looked < n + 1000 do
     local bt, best = nil, nil

@@ -262,7 +262,7 @@ function renderWorkers() {
     h("th", { class: "num" }, "Crashes"), h("th", { class: "num" }, "Timeouts"));
   const rows = (snap.workers || []).map((w) => {
     const c = w.counters || {};
-    const kids = (w.children || []).map((k) => `${k.pid}: ${k.job ? `job ${k.job} (${k.task}, ${ago(k.running_for)})` : "idle"}`);
+    const kids = (w.children || []).map((k) => `${k.pid}: ${(k.jobs || []).length ? k.jobs.map((j) => `job ${j.job} (${j.task}, ${ago(j.running_for)})`).join(", ") : "idle"}`);
     return h("tr", { "data-worker": w.pid }, h("td", { class: "mono" }, w.pid), h("td", {}, w.host || "this machine"),
       h("td", { class: "num" }, w.processes, kids.length ? h("div", { class: "muted mono" }, kids.map((k) => h("div", {}, k))) : null),
       h("td", {}, w.age !== undefined ? `${ago(w.age)} ago` : when(w.updated)), h("td", { class: "num" }, num(c.ok)),
