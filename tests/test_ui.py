@@ -20,7 +20,7 @@ from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
 from tests.ui_procs import dashboard, fresh_redis_queue
 from walq.errors import ArgumentError
 from walq.ops import stats as ops_stats
-from walq.ui.actions import Ledger, OfflineActions
+from walq.ui.actions import Ledger, OfflineActions, make_actions
 from walq.ui.series import Series
 from walq.ui.server import address, choose_token, is_loopback
 from walq.ui.source import DirectorySource, Sampler, iter_pages, running_by_workers, totals
@@ -178,6 +178,26 @@ def test_actions_act_on_the_queue_and_are_logged(qdir: str) -> None:
         assert q.status(ids["scheduled"][0]) == "cancelled"
         assert q.status(ids["dead"][2]) == "dead"
         assert len(q.dead_jobs()) == 1
+
+
+def test_control_actions_take_the_lock_when_no_owner_runs(qdir: str) -> None:
+    """The dashboard's own actions: the owner's control channel, or the lock with none."""
+    ids = seeded(qdir)
+    ledger = Ledger(make_actions(qdir))
+    assert ledger.actions.can_pause
+    done = ledger.run("ui", "pause", {"task": "resize"})
+    assert done.ok and done.result == "paused resize (the queue's lock taken)"
+    done = ledger.run("ui", "pause", {"task": "resize"})
+    assert done.ok and done.result == "was already paused: resize (the queue's lock taken)"
+    done = ledger.run("ui", "requeue", {"ids": ids["dead"][:2]})
+    assert done.ok and done.result.startswith(f"requeued jobs {ids['dead'][0]}, {ids['dead'][1]}")
+    done = ledger.run("ui", "cancel", {"ids": [ids["dead"][2]]})
+    assert not done.ok and "dead" in done.result
+    with walq.Queue.open(qdir) as q:
+        assert q.paused() == ["resize"]
+        assert q.status(ids["dead"][0]) == "pending"
+    done = ledger.run("ui", "resume", {"task": "resize"})
+    assert done.ok and done.result == "resumed resize (the queue's lock taken)"
 
 
 def test_read_only_refuses_every_action(qdir: str) -> None:

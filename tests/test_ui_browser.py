@@ -20,6 +20,7 @@ from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
 from tests.ui_procs import dashboard, fresh_redis_queue, start_worker, stop
 from walq.errors import UnknownJobError
 from walq.ops import stats as ops_stats
+from walq.ops.dump import DumpFilter, dump
 from walq.ops.replay import replay
 
 CHROMIUM = "/usr/bin/chromium"
@@ -183,46 +184,58 @@ def test_a_live_queue_in_the_browser(page: Any, qdir: str) -> None:
                 ("fail", "2"),
             ]
 
-            # While the owner runs, the lock cannot be taken: the refusal is the result.
+            # The running owner requeues it at once, through its control channel.
+            x = ids["failing"][0]
             page.click("#job-tools button[data-action=requeue]")
-            assert "an owner is running" in toast(page, "owner is running")
-            assert walq_status(qdir, ids["failing"][0]) == "dead"
+            assert toast(page, "requeued") == f"requeue: requeued job {x} (by the running owner)"
+            wait_for(lambda: "requeue" in record_types(qdir, x))
+            wait_for(lambda: walq_status(qdir, x) == "dead", timeout=120)  # it fails again
+
+            # Purge asks first: "Keep them" keeps it; "Yes" purges it.
+            page.goto(f"{ui.base}/#job/{ids['failing'][1]}")
+            page.click("#job-tools button[data-action=purge]")
+            page.locator("#confirm").filter(has_text="cannot be undone").wait_for()
+            page.click("#confirm-no")
+            assert walq_status(qdir, ids["failing"][1]) == "dead"
+            page.click("#job-tools button[data-action=purge]")
+            page.click("#confirm-yes")
+            assert toast(page, "purged") == "purge: purged 1 dead job (by the running owner)"
+            assert walq_status(qdir, ids["failing"][1]) == "purged"
+
+            # A job found by its key, cancelled (after the question).
+            page.fill("#find-q", "monthly-report")
+            page.click("#find button")
+            page.locator("#job-title").filter(has_text=f"Job {ids['monthly']}").wait_for()
+            page.click("#job-tools button[data-action=cancel]")
+            page.click("#confirm-yes")
+            assert toast(page, "cancelled") == (
+                f"cancel: cancelled job {ids['monthly']} (by the running owner)"
+            )
+            assert walq_status(qdir, ids["monthly"]) == "cancelled"
         finally:
             assert stop(worker) == 0
 
+        # No owner now: the dashboard takes the queue's lock for the call.
+        page.goto(f"{ui.base}/#job/{x}")
+        page.locator("#job-fields [data-field=status]").filter(has_text="dead").wait_for()
         page.click("#job-tools button[data-action=requeue]")
-        assert toast(page, "requeued") == f"requeue: requeued job {ids['failing'][0]}"
-        assert walq_status(qdir, ids["failing"][0]) == "pending"
-        page.locator("#job-fields [data-field=status]").filter(has_text="pending").wait_for()
-
-        # Purge asks first: "Keep them" keeps it; "Yes" purges it.
-        page.goto(f"{ui.base}/#job/{ids['failing'][1]}")
-        page.click("#job-tools button[data-action=purge]")
-        page.locator("#confirm").filter(has_text="cannot be undone").wait_for()
-        page.click("#confirm-no")
-        assert walq_status(qdir, ids["failing"][1]) == "dead"
-        page.click("#job-tools button[data-action=purge]")
-        page.click("#confirm-yes")
-        assert toast(page, "purged") == "purge: purged 1 dead job"
-        assert walq_status(qdir, ids["failing"][1]) == "purged"
-
-        # A job found by its key, cancelled (after the question).
-        page.fill("#find-q", "monthly-report")
-        page.click("#find button")
-        page.locator("#job-title").filter(has_text=f"Job {ids['monthly']}").wait_for()
-        page.click("#job-tools button[data-action=cancel]")
-        page.click("#confirm-yes")
-        toast(page, "cancelled")
-        assert walq_status(qdir, ids["monthly"]) == "cancelled"
+        assert toast(page, "lock taken") == f"requeue: requeued job {x} (the queue's lock taken)"
+        assert walq_status(qdir, x) == "pending"
 
         # Every action is in the log, asked by "ui", with its result.
         page.click("nav a[data-view=actions]")
         log = page.locator("#action-log")
-        log.filter(has_text="cancelled job").wait_for()
-        who = log.locator("tr td:nth-child(2)").all_inner_texts()
-        assert who == ["ui"] * 4
-        rows = log.locator("tr").all_inner_texts()[1:]
-        assert "refused" in rows[-1] and "an owner is running" in rows[-1]
+        log.filter(has_text="lock taken").wait_for()
+        assert log.locator("tr td:nth-child(2)").all_inner_texts() == ["ui"] * 4
+        assert log.locator("tr td:nth-child(3)").all_inner_texts() == [
+            "requeue", "cancel", "purge", "requeue",
+        ]  # fmt: skip
+        assert "refused" not in log.inner_text()
+
+
+def record_types(path: str, jid: int) -> list[str]:
+    """The types of the job's records in the queue's log."""
+    return [row["type"] for row in dump(path, DumpFilter(job=jid))]
 
 
 def walq_status(path: str, jid: int) -> str:
@@ -236,27 +249,31 @@ def walq_status(path: str, jid: int) -> str:
         return "purged" if "purged" in str(exc) else "unknown"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pausing a task needs the owner's control channel, which is not on main yet",
-)
+def pending_of(path: str, task: str) -> int:
+    return int(ops_stats.read(path).tasks.get(task, {}).get("pending", 0))
+
+
 def test_pause_and_resume_a_task(page: Any, qdir: str) -> None:
-    """Pause stops a task's jobs from being claimed; resume lets them run again."""
+    """Paused with no owner (the lock), the task's jobs wait while a worker runs the others;
+    resumed through the running owner, they run."""
     seed(qdir)
-    worker = start_worker(qdir)
-    try:
-        with dashboard(qdir) as ui:
-            page.goto(ui.url)
-            pause = page.locator("tr[data-task=email] button[data-action=pause]")
-            pause.click(timeout=5_000)  # disabled today: no control channel to ask
-            toast(page, "paused")
-            held = card(page, "pending")
-            wait_for(lambda: stats_counts(qdir)["pending"] == held)
+    with dashboard(qdir) as ui:
+        page.goto(ui.url)
+        page.locator("tr[data-task=email] button[data-action=pause]").click()
+        assert toast(page, "paused") == "pause: paused email (the queue's lock taken)"
+        page.locator("tr[data-task=email][data-paused=yes]").wait_for()
+        assert ops_stats.read(qdir).paused == ("email",)
+        worker = start_worker(qdir)
+        try:
+            wait_for(lambda: pending_of(qdir, "resize") == 0, timeout=180)
+            assert pending_of(qdir, "email") == 100  # held while the rest ran
             page.locator("tr[data-task=email] button[data-action=resume]").click()
-            toast(page, "resumed")
-            wait_for(lambda: stats_counts(qdir)["pending"] == 0, timeout=120)
-    finally:
-        stop(worker)
+            assert toast(page, "resumed") == "resume: resumed email (by the running owner)"
+            wait_for(lambda: pending_of(qdir, "email") == 0, timeout=180)
+            page.locator("tr[data-task=email][data-paused=no]").wait_for(state="attached")
+            assert ops_stats.read(qdir).paused == ()
+        finally:
+            assert stop(worker) == 0
 
 
 def test_no_token_no_page(browser: Any, qdir: str) -> None:

@@ -24,8 +24,8 @@ def ui(
     """Serve a live dashboard of the queue in DIRECTORY (or at a URL) in a web browser.
 
     Prints the address to open, with its access token. Actions (requeue,
-    cancel, purge, pause) are logged as asked by "ui"; on a directory they
-    take the queue's lock, so they act only while no owner runs.
+    cancel, purge, pause, resume) go through the running owner, or take the
+    queue's lock when none runs; each is logged as asked by "ui".
     """
     from walq.ui.server import serve  # noqa: PLC0415 - Starlette is an optional extra
 

@@ -1,12 +1,11 @@
 """What the dashboard's buttons do: one small interface, and the log of who asked what.
 
-`Actions` is all the web layer knows. `OfflineActions` implements it with
-walq.ops.admin: on a directory it takes the queue's lock, so it acts only
-while no owner runs (a running owner's refusal is shown as the result); on a
-server it acts at once. Pausing a task needs a running owner's control
-channel, which `OfflineActions` does not have: it says so. An implementation
-over that channel replaces `OfflineActions` in `make_actions`, the one place
-that chooses.
+`Actions` is all the web layer knows. `make_actions` chooses its
+implementation: `ControlActions`, through the owner's control channel
+(walq.producers.control.Admin: a running owner acts at once and a cancel
+stops its handler; with no owner the call takes the queue's lock; a server
+acts at once). `OfflineActions` (walq.ops.admin, the lock only, no pause)
+stays for queues whose owner predates the control channel.
 """
 
 from __future__ import annotations
@@ -20,8 +19,10 @@ from typing import Any, Protocol
 
 import attrs
 
+from walq import backends
 from walq.errors import ArgumentError, StateError, WalqError
 from walq.ops import admin
+from walq.producers.control import Admin
 
 log = logging.getLogger("walq.ui")
 
@@ -79,9 +80,50 @@ def _jobs(ids: Sequence[int]) -> str:
     return f"job{'' if len(ids) == 1 else 's'} {shown}"
 
 
+class ControlActions:
+    """Actions through the owner's control channel, or the lock when no owner runs."""
+
+    can_pause = True
+
+    def __init__(self, target: str) -> None:
+        self.admin = Admin(target)
+        self.server = backends.is_url(target)  # a server acts at once: no owner, no lock
+
+    def _how(self) -> str:
+        """How the last call was carried out, as the result says it."""
+        route = "" if self.server else self.admin.last_route
+        return {"owner": " (by the running owner)", "lock": " (the queue's lock taken)"}.get(
+            route, ""
+        )
+
+    def requeue(self, ids: Sequence[int]) -> str:
+        done = self.admin.requeue(ids)
+        return f"requeued {_jobs(done)}{self._how()}"
+
+    def cancel(self, ids: Sequence[int]) -> str:
+        done = [jid for jid in ids if self.admin.cancel(jid)]
+        left = [jid for jid in ids if jid not in done]
+        tail = f"; {_jobs(left)} had already finished" if left and done else ""
+        if not done:
+            return f"{_jobs(left)} had already finished{self._how()}"
+        return f"cancelled {_jobs(done)}{tail}{self._how()}"
+
+    def purge(self, ids: Sequence[int] | None) -> str:
+        n = self.admin.purge(ids)
+        return f"purged {n} dead job{'' if n == 1 else 's'}{self._how()}"
+
+    def pause(self, task: str) -> str:
+        changed = self.admin.pause(task)
+        return f"{'paused' if changed else 'was already paused:'} {task}{self._how()}"
+
+    def resume(self, task: str) -> str:
+        changed = self.admin.resume(task)
+        return f"{'resumed' if changed else 'was not paused:'} {task}{self._how()}"
+
+
 def make_actions(target: str) -> Actions:
     """The actions for the queue at `target` (the one place an implementation is chosen)."""
-    return OfflineActions(target)
+    return ControlActions(target)
 
 
 @attrs.frozen

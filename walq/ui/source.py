@@ -393,6 +393,7 @@ class Sampler:
             "done_since": st.done_since,
             "tasks": {t: dict(c) for t, c in st.tasks.items()},
             "task_limits": task_limits(st.workers),
+            "paused": list(st.paused),
             "breakers": None if st.breakers is None else dict(st.breakers),
             "retry_budget": next(
                 (w["retry_budget"] for w in st.workers if w.get("retry_budget")), None

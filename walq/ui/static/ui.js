@@ -114,7 +114,7 @@ async function act(action, args, question) {
 // A button for `action`; `args` may be a function (called on click; null: do nothing).
 function actionButton(label, action, args, question, danger) {
   const off = settings.readOnly || ((action === "pause" || action === "resume") && !(snap && snap.can_pause));
-  const why = settings.readOnly ? "read-only dashboard" : off ? "needs a running owner's control channel" : null;
+  const why = settings.readOnly ? "read-only dashboard" : off ? "this queue cannot pause a task" : null;
   return h("button", {
     type: "button", class: danger ? "danger" : null, disabled: off, title: why,
     "data-action": action, onclick: () => act(action, args, question),
@@ -235,8 +235,9 @@ function renderTasks() {
     const breaker = l.breaker || breakers[name];
     const rate = l.rate ? `${l.rate.per_second}/s (burst ${l.rate.burst}, ${l.rate.tokens} free)` : "unlimited";
     const conc = l.concurrency ? `${l.running || 0} of ${l.concurrency}` : `${l.running || 0} running, no limit`;
-    return h("tr", { "data-task": name },
-      h("td", { class: "mono" }, name),
+    const paused = (snap.paused || []).includes(name);
+    return h("tr", { "data-task": name, "data-paused": paused ? "yes" : "no" },
+      h("td", { class: "mono" }, name, paused ? [" ", pill("paused", "open")] : null),
       STATES.map((s) => h("td", { class: "num", "data-count": s }, num(c[s] || 0))),
       h("td", {}, breaker ? pill(breaker) : h("span", { class: "muted" }, "no worker")),
       h("td", {}, limits[name] ? conc : "–"),
@@ -270,7 +271,7 @@ function renderWorkers() {
   });
   const owner = snap.owner;
   $("owner-line").textContent = !owner ? "A server's queue has no owner: its workers are listed below."
-    : owner.running ? `Owner running: pid ${owner.pid ?? "?"}. Actions that need the queue's lock wait for it to stop.`
+    : owner.running ? `Owner running: pid ${owner.pid ?? "?"}. Actions go through it.`
     : owner.running === false ? "No owner is running: actions take the queue's lock for a moment." : "Cannot tell whether an owner runs.";
   fill($("workers"), head, rows.length ? rows : h("tr", {}, h("td", { colspan: 8, class: "muted" }, "no worker has reported in the last 30 s")));
   $("workers").dataset.owner = owner ? String(owner.running) : "";
