@@ -29,6 +29,7 @@ class Dashboard:
     proc: subprocess.Popen[str]
     base: str  # http://127.0.0.1:PORT
     token: str
+    output: list[str] = attrs.field(factory=list)  # what it printed, once it has stopped
 
     @property
     def url(self) -> str:
@@ -95,14 +96,17 @@ def dashboard(target: str, *extra: str) -> Iterator[Dashboard]:
             lines.append(line)
             found = re.search(r"open (http://[^/]+)/(?:\?token=(\S+))?", line)
             if found:
-                yield Dashboard(proc, found.group(1), found.group(2) or "")
+                ui = Dashboard(proc, found.group(1), found.group(2) or "", lines)
+                yield ui
                 return
         raise AssertionError(f"walq ui did not start: {''.join(lines)}")
     finally:
-        stop(proc)
+        stop(proc, output=lines)
 
 
-def stop(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
+def stop(
+    proc: subprocess.Popen[str], timeout: float = 60.0, *, output: list[str] | None = None
+) -> int:
     """SIGTERM to the process group, as a service manager does; SIGKILL if it lingers."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -112,6 +116,8 @@ def stop(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     if proc.stdout is not None:
+        if output is not None:
+            output.extend(proc.stdout.read().splitlines())
         proc.stdout.close()
     return proc.returncode
 

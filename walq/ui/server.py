@@ -8,6 +8,7 @@ may do: anyone who can reach a wider address could otherwise act on the queue.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import secrets
 import socket
 from collections.abc import Callable
@@ -85,6 +86,7 @@ def serve(
     from walq.ui.source import Sampler, open_source  # noqa: PLC0415
 
     chosen = choose_token(host, token)
+    _log_actions()
     source = open_source(target)
     sampler = Sampler(source, min_interval=interval)
     ledger = Ledger(make_actions(target), read_only=read_only)
@@ -116,3 +118,14 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
+
+
+def _log_actions() -> None:
+    """Every action (and a failed read) on stderr, with the time, unless logging is set up."""
+    log = logging.getLogger("walq.ui")
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
