@@ -56,6 +56,15 @@ SLOW_SYNC = 1.0  # seconds: an fdatasync slower than this is logged
 # The largest record replay accepts (framing refuses a longer body as damage).
 _MAX_RECORD = RECORD_HEADER_SIZE + MAX_BODY
 
+# Segments start small and grow with the write rate, up to `segment_size`: an
+# idle or small queue holds a few MiB, a busy one keeps large preallocated
+# segments (an fdatasync never persists a new file size, and rolls are rare).
+# The next segment doubles if the active one fills faster than GROW_BELOW
+# seconds and halves if it takes longer than SHRINK_ABOVE.
+MIN_SEGMENT = 1 << 20
+GROW_BELOW = 2.0
+SHRINK_ABOVE = 60.0
+
 
 class Log:
     """An append-only log of records in numbered segment files in one directory."""
@@ -111,7 +120,12 @@ class Log:
         self.on_roll: Callable[[], None] | None = None  # a segment was sealed (the compactor)
         # The active segment is half full: time to prepare the next (the compactor's thread).
         self.on_half: Callable[[], None] | None = None
-        self._half_at = segment_size // 2
+        # The active segment's size: it rolls when full (see MIN_SEGMENT), and when
+        # it was started (monotonic), which tells how fast it fills.
+        self._floor = min(MIN_SEGMENT, segment_size)
+        self._capacity = self._floor
+        self._started = time.monotonic()
+        self._half_at = self._capacity // 2
         # The next segment's file, made ahead of the roll by `prepare_spare`.
         self.spare = Spare(fs, directory, segment_size)
         # Each fdatasync's duration (metrics); may be called with the lock held.
@@ -165,6 +179,12 @@ class Log:
             for s in self._sealed:
                 s.close()  # sealed segments are read through the reader's handles
             self._active = active
+            try:
+                size = active.file.size()
+            except OSError:
+                size = self.segment_size
+            self._capacity = max(self._floor, min(self.segment_size, size))
+            self._half_at = self._capacity // 2
             # The previous owner's last writes may have reached the kernel but not
             # the disk -- or, if its fsync failed, may sit in the page cache marked
             # clean, so that a plain fsync now would "succeed" without writing them.
@@ -172,7 +192,7 @@ class Log:
             active.file.pwrite(found.unvouched, found.vouched)
             active.file.sync()
         else:
-            self._active = Segment.create(fs, d, SegmentHeader(1, 1), self.segment_size)
+            self._active = Segment.create(fs, d, SegmentHeader(1, 1), self._capacity)
             self._end = SEGMENT_HEADER_SIZE
         self._buf_start = self._end
         # (A number past MAX_SEQ is never reached: that file is simply never read.)
@@ -207,7 +227,7 @@ class Log:
             assert self._active is not None
             buf = self._buf
             seq = self._active.seq
-            limit = self.segment_size
+            limit = self._capacity
             # Locals for the loop; written back before a roll and at the end. The
             # watermark only moves under this lock, so it holds for the whole call.
             end = start = self._end
@@ -233,6 +253,7 @@ class Log:
                                 self._check_open()
                                 continue
                             self._roll()
+                            limit = self._capacity
                         buf = self._buf
                         seq = self._active.seq
                         end = start = self._end
@@ -285,8 +306,10 @@ class Log:
         self._synced = self._appended
         seq = old.seq + 1 if seq is None else seq
         header = SegmentHeader(seq, seq)
+        size = self._next_capacity()
         try:
-            new = self.spare.next_segment(header)
+            new = self.spare.next_segment(header, size)
+            size = new.file.size()  # a spare made earlier may have another size
         except OSError as exc:
             self._fail(f"creating segment {header.seq} in {self.directory} failed: {exc}")
         old.close()
@@ -294,9 +317,25 @@ class Log:
         self._active = new
         self._end = self._buf_start = SEGMENT_HEADER_SIZE
         self._seg_lsn = self._appended
-        self._half_at = self.segment_size // 2
+        self._capacity = max(self._floor, min(self.segment_size, size))
+        self._started = time.monotonic()
+        self._half_at = self._capacity // 2
         if self.on_roll is not None:
             self.on_roll()
+
+    def _next_capacity(self) -> int:
+        """The size for the next segment (lock held): the active one's, doubled if it
+        fills (at its rate so far) in under GROW_BELOW seconds, halved if it takes
+        over SHRINK_ABOVE, within MIN_SEGMENT..segment_size."""
+        used = max(1, self._end - SEGMENT_HEADER_SIZE)
+        room = max(1, self._capacity - SEGMENT_HEADER_SIZE)
+        fills_in = (time.monotonic() - self._started) * room / used
+        size = self._capacity
+        if fills_in < GROW_BELOW:
+            size *= 2
+        elif fills_in > SHRINK_ABOVE:
+            size //= 2
+        return max(self._floor, min(self.segment_size, size))
 
     def commit(self, lsn: int) -> None:
         """Return once everything up to `lsn` is durable (group commit).
@@ -505,7 +544,8 @@ class Log:
             if self._closed or self._failed is not None or self._active is None:
                 return False
             header = SegmentHeader(self._active.seq + 1, self._active.seq + 1)
-        return self.spare.prepare(header, closed=lambda: self._closed)
+            size = self._next_capacity()
+        return self.spare.prepare(header, closed=lambda: self._closed, size=size)
 
     @property
     def spare_error(self) -> str | None:
