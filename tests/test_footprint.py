@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import time
 
 import walq
 from walq.core import format as fmt
@@ -35,14 +36,14 @@ def test_a_new_queue_preallocates_one_small_segment_not_segment_size() -> None:
     q.close()
 
 
-def test_segments_that_fill_fast_double_up_to_segment_size() -> None:
+def test_segments_that_fill_fast_grow_to_segment_size() -> None:
     fs = SimFileSystem()
     q = open_sim(fs, segment_size=4 * MIB, sync="never")
     payload = b"x" * 60_000
     while q._log.active_seq < 5:
         q.enqueue_many([("t", payload)] * 8)
-    # 1 MiB, 2 MiB, 4 MiB, then 4 MiB: each filled in well under GROW_BELOW seconds.
-    for seq, size in zip((1, 2, 3, 4), (MIB, 2 * MIB, 4 * MIB, 4 * MIB), strict=True):
+    # 1 MiB, then segment_size: the first filled in far less than SEGMENT_SECONDS.
+    for seq, size in zip((1, 2, 3, 4), (MIB, 4 * MIB, 4 * MIB, 4 * MIB), strict=True):
         assert size - 61_000 <= file_size(fs, seq) <= size  # sealed: cut at its last record
     assert file_size(fs, 5) == 4 * MIB  # the active one, preallocated whole
     assert q._log._capacity == 4 * MIB
@@ -56,11 +57,13 @@ def test_a_segment_that_fills_slowly_makes_the_next_one_smaller() -> None:
     with log._mu:
         log._capacity = 4 * MIB
         log._end = 2 * MIB
-        log._started -= 10 * wal.SHRINK_ABOVE  # half full after a long while
+        log._started -= 600  # half full after ten minutes: at most half the size
         assert log._next_capacity() == 2 * MIB
         log._started -= 10**6
         log._capacity = wal.MIN_SEGMENT
         assert log._next_capacity() == wal.MIN_SEGMENT  # never below the floor
+        log._capacity, log._started = MIB, time.monotonic() - 1.0  # 2 MiB in one second
+        assert log._next_capacity() == 8 * MIB  # lasts SEGMENT_SECONDS at that rate
         log._capacity, log._end = 4 * MIB, fmt.SEGMENT_HEADER_SIZE
     q.close()
 

@@ -59,11 +59,11 @@ _MAX_RECORD = RECORD_HEADER_SIZE + MAX_BODY
 # Segments start small and grow with the write rate, up to `segment_size`: an
 # idle or small queue holds a few MiB, a busy one keeps large preallocated
 # segments (an fdatasync never persists a new file size, and rolls are rare).
-# The next segment doubles if the active one fills faster than GROW_BELOW
-# seconds and halves if it takes longer than SHRINK_ABOVE.
+# The next segment is sized (a power of two times MIN_SEGMENT) to last at least
+# SEGMENT_SECONDS at the rate the active one is filling, and shrinks by at
+# most half per segment when the rate drops.
 MIN_SEGMENT = 1 << 20
-GROW_BELOW = 2.0
-SHRINK_ABOVE = 60.0
+SEGMENT_SECONDS = 4.0
 
 
 class Log:
@@ -324,17 +324,15 @@ class Log:
             self.on_roll()
 
     def _next_capacity(self) -> int:
-        """The size for the next segment (lock held): the active one's, doubled if it
-        fills (at its rate so far) in under GROW_BELOW seconds, halved if it takes
-        over SHRINK_ABOVE, within MIN_SEGMENT..segment_size."""
-        used = max(1, self._end - SEGMENT_HEADER_SIZE)
-        room = max(1, self._capacity - SEGMENT_HEADER_SIZE)
-        fills_in = (time.monotonic() - self._started) * room / used
-        size = self._capacity
-        if fills_in < GROW_BELOW:
+        """The size for the next segment (lock held): what lasts SEGMENT_SECONDS at the
+        rate the active one is filling, at least half the active one's size, within
+        MIN_SEGMENT..segment_size (see SEGMENT_SECONDS)."""
+        elapsed = max(1e-3, time.monotonic() - self._started)
+        want = (self._end - SEGMENT_HEADER_SIZE) / elapsed * SEGMENT_SECONDS
+        size = self._floor
+        while size < want and size < self.segment_size:
             size *= 2
-        elif fills_in > SHRINK_ABOVE:
-            size //= 2
+        size = max(size, self._capacity // 2)
         return max(self._floor, min(self.segment_size, size))
 
     def commit(self, lsn: int) -> None:
