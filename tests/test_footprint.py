@@ -42,8 +42,8 @@ def test_segments_that_fill_fast_grow_to_segment_size() -> None:
     payload = b"x" * 60_000
     while q._log.active_seq < 5:
         q.enqueue_many([("t", payload)] * 8)
-    # 1 MiB, then segment_size: the first filled in far less than SEGMENT_SECONDS.
-    for seq, size in zip((1, 2, 3, 4), (MIB, 4 * MIB, 4 * MIB, 4 * MIB), strict=True):
+    # 1, 2, 4, 4 MiB: each filled in far less than SEGMENT_SECONDS, and grows at most 2x.
+    for seq, size in zip((1, 2, 3, 4), (MIB, 2 * MIB, 4 * MIB, 4 * MIB), strict=True):
         assert size - 61_000 <= file_size(fs, seq) <= size  # sealed: cut at its last record
     assert file_size(fs, 5) == 4 * MIB  # the active one, preallocated whole
     assert q._log._capacity == 4 * MIB
@@ -62,8 +62,10 @@ def test_a_segment_that_fills_slowly_makes_the_next_one_smaller() -> None:
         log._started -= 10**6
         log._capacity = wal.MIN_SEGMENT
         assert log._next_capacity() == wal.MIN_SEGMENT  # never below the floor
-        log._capacity, log._started = MIB, time.monotonic() - 1.0  # 2 MiB in one second
-        assert log._next_capacity() == 8 * MIB  # lasts SEGMENT_SECONDS at that rate
+        log._capacity, log._started = 2 * MIB, time.monotonic() - 1.0  # 2 MiB in one second
+        assert log._next_capacity() == 4 * MIB  # 8 MiB would last SEGMENT_SECONDS: 2x at most
+        log._end, log._started = 1024 + fmt.SEGMENT_HEADER_SIZE, time.monotonic() - 1.0
+        assert log._next_capacity() == MIB  # 1 KiB/s: half
         log._capacity, log._end = 4 * MIB, fmt.SEGMENT_HEADER_SIZE
     q.close()
 

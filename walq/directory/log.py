@@ -60,8 +60,8 @@ _MAX_RECORD = RECORD_HEADER_SIZE + MAX_BODY
 # idle or small queue holds a few MiB, a busy one keeps large preallocated
 # segments (an fdatasync never persists a new file size, and rolls are rare).
 # The next segment is sized (a power of two times MIN_SEGMENT) to last at least
-# SEGMENT_SECONDS at the rate the active one is filling, and shrinks by at
-# most half per segment when the rate drops.
+# SEGMENT_SECONDS at the rate the active one is filling, but grows by at most
+# double (a burst is not a rate) and shrinks by at most half per segment.
 MIN_SEGMENT = 1 << 20
 SEGMENT_SECONDS = 4.0
 
@@ -325,14 +325,14 @@ class Log:
 
     def _next_capacity(self) -> int:
         """The size for the next segment (lock held): what lasts SEGMENT_SECONDS at the
-        rate the active one is filling, at least half the active one's size, within
-        MIN_SEGMENT..segment_size (see SEGMENT_SECONDS)."""
+        rate the active one is filling, from half to twice the active one's size,
+        within MIN_SEGMENT..segment_size (see SEGMENT_SECONDS)."""
         elapsed = max(1e-3, time.monotonic() - self._started)
         want = (self._end - SEGMENT_HEADER_SIZE) / elapsed * SEGMENT_SECONDS
         size = self._floor
         while size < want and size < self.segment_size:
             size *= 2
-        size = max(size, self._capacity // 2)
+        size = min(max(size, self._capacity // 2), 2 * self._capacity)
         return max(self._floor, min(self.segment_size, size))
 
     def commit(self, lsn: int) -> None:
