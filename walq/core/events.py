@@ -218,7 +218,31 @@ class Meta:
         return head + b"".join(_TOMB.pack(*t) for t in self.tombstones)
 
 
-Event = Enqueue | Job | Claim | Release | Fail | Ack | Cancel | Requeue | Purge | Meta
+@attrs.frozen(kw_only=True)
+class Pause:
+    """A task paused: its pending jobs stay pending (running ones finish) until resumed."""
+
+    rtype: ClassVar[int] = fmt.PAUSE
+    task: str
+
+    def encode(self) -> bytes:
+        return self.task.encode()
+
+
+@attrs.frozen(kw_only=True)
+class Resume:
+    """A paused task's pending jobs may be claimed again."""
+
+    rtype: ClassVar[int] = fmt.RESUME
+    task: str
+
+    def encode(self) -> bytes:
+        return self.task.encode()
+
+
+Event = (
+    Enqueue | Job | Claim | Release | Fail | Ack | Cancel | Requeue | Purge | Meta | Pause | Resume
+)
 
 
 def decode(rtype: int, body: bytes) -> Event:
@@ -378,6 +402,12 @@ def _decode_meta(body: bytes) -> Meta:
     return Meta(next_id=next_id, tombstones=tuple(_TOMB.iter_unpack(body[_META.size :])))
 
 
+def _task_name(body: bytes) -> str:
+    if not body:
+        raise ValueError("empty task name")
+    return body.decode()
+
+
 _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.ENQUEUE: _decode_enqueue,
     fmt.JOB: _decode_job,
@@ -389,4 +419,6 @@ _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.REQUEUE: lambda b: Requeue(ids=_ids(b)),
     fmt.PURGE: lambda b: Purge(ids=_ids(b)),
     fmt.META: _decode_meta,
+    fmt.PAUSE: lambda b: Pause(task=_task_name(b)),
+    fmt.RESUME: lambda b: Resume(task=_task_name(b)),
 }

@@ -86,6 +86,8 @@ class QueueState:
         self._by_task: dict[int, list[int]] = {}  # the same, per task
         self.live_bytes = 0
         self._seg_bytes: dict[int, int] = {}  # live record bytes per segment
+        self.paused: set[str] = set()  # tasks whose pending jobs are not claimed
+        self._paused_ids: set[int] = set()  # their task indexes
         self.loading = True  # replaying: events are facts, nothing indexed until finish_replay
 
     # -- queries -------------------------------------------------------------
@@ -167,6 +169,18 @@ class QueueState:
             if state is None or p & _M3 == state:
                 yield self._info(jid, p)
 
+    def jobs_after(
+        self, after: int, state: int | None = None, task: str | None = None
+    ) -> Iterator[JobInfo]:
+        """Live jobs with ids above `after`, in id order, optionally of one state and task."""
+        want_task = None if task is None else self._task_ids.get(task, -1)
+        for jid, p in list(self._jobs.items()):
+            if jid <= after or (state is not None and p & _M3 != state):
+                continue
+            if want_task is not None and (p >> _TASK) & _MT != want_task:
+                continue
+            yield self._info(jid, p)
+
     def ids_in(self, state: int) -> list[int]:
         """The ids of live jobs in `state` (cheaper than jobs(): no JobInfo built)."""
         return [jid for jid, p in self._jobs.items() if p & _M3 == state]
@@ -246,6 +260,12 @@ class QueueState:
             for jid in event.ids:
                 if not self.loading or self._is(jid, DEAD):
                     self._remove(jid, "purge", ev.PURGED)
+        elif isinstance(event, ev.Pause):
+            self.paused.add(event.task)
+            self._paused_ids.add(self.task_index(event.task))
+        elif isinstance(event, ev.Resume):
+            self.paused.discard(event.task)
+            self._paused_ids.discard(self.task_index(event.task))
         else:
             self.next_id = max(self.next_id, event.next_id)
             self._tombstones.update(event.tombstones)
@@ -488,7 +508,7 @@ class QueueState:
         Claim for the jobs it takes (a Fail for those out of attempts) and a
         deferral for the deferred.
         """
-        return self._ready.take(limit, self._jobs, self._info, accept, deferred)
+        return self._ready.take(limit, self._jobs, self._info, accept, deferred, self._paused_ids)
 
     def start(self, jid: int, attempt: int, deadline: float) -> None:
         """Mark a taken job running with a lease until monotonic `deadline`.

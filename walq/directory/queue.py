@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from walq.backends import backend_class, scheme_of
+from walq.core import checkpoint as ckpt
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.job import Job, build_job
@@ -23,9 +24,11 @@ from walq.core.jobspec import (
     clip_error,
 )
 from walq.core.retry import Backoff
-from walq.core.state import JobInfo, Now
+from walq.core.state import JobInfo, Now, QueueState
+from walq.directory import checkpoint as checkpoints
 from walq.directory.admin import Administration
 from walq.directory.base import IDS_PER_RECORD, chunks, log
+from walq.directory.checkpoint import Policy as CheckpointPolicy
 from walq.directory.compactor import Policy
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.directory.log import Log
@@ -36,7 +39,7 @@ from walq.directory.opening import (
     check_options,
     take_directory,
 )
-from walq.directory.replay import replay
+from walq.directory.replay import Replayed, replay
 from walq.errors import (
     CorruptionError,
     StateError,
@@ -83,6 +86,7 @@ class Queue(Administration):
         lock_timeout: float = 0.0,
         recovery: str = "strict",
         compaction: Policy | bool | None = True,
+        checkpoint: CheckpointPolicy | bool = True,
         serve: bool = True,
         create: bool = True,
         trust_dir: bool = False,
@@ -104,6 +108,9 @@ class Queue(Administration):
         or "skip" (damaged records are skipped, logged and counted).
         compaction: True (the default policy), a compactor.Policy, or False
         (compact only when `compact()` is called).
+        checkpoint: True (the default policy), a checkpoint.Policy, or False:
+        when the compactor's thread writes the checkpoint open starts from
+        (docs/FORMAT.md; `write_checkpoint()` writes one whatever this says).
         serve: answer walq.connect() producers on the queue's socket and ingest
         their spool (docs/PRODUCERS.md).
         A "redis://..." path opens a RedisQueue instead (docs/REDIS.md).
@@ -140,7 +147,17 @@ class Queue(Administration):
                 max_attempts=max_attempts,
             )
             q.owner_uid = owner_uid
-            found = replay(q._state, wal, path, q._clock(), recovery == "skip")
+            began = time.monotonic()
+            found = q._replay(wal, recovery == "skip")
+            q.replayed = {
+                "seconds": time.monotonic() - began,
+                "jobs": len(q._state),
+                "segments": len(wal.segment_paths()),
+            }
+            log.info(
+                "%s: replayed %d segments in %.2f s: %d live jobs",
+                path, q.replayed["segments"], q.replayed["seconds"], q.replayed["jobs"],
+            )  # fmt: skip
             q.damage, q.lost = found.damage, found.lost
             q.replayed_origins, q.done_seen = found.origins, found.done_seen
         except BaseException:
@@ -148,8 +165,13 @@ class Queue(Administration):
             raise
         try:
             if serve:  # first: settling the spool needs origins a compaction may drop
-                q._server = ProducerServer(q, listen=isinstance(fs, OsFileSystem))
+                q._server = ProducerServer(q, admin=q, listen=isinstance(fs, OsFileSystem))
                 q._server.start()
+            cp = q._compactor.checkpointer
+            if cp is not None:
+                cp.background = checkpoint is not False
+                if isinstance(checkpoint, CheckpointPolicy):
+                    cp.policy = checkpoint
             if isinstance(compaction, Policy):
                 q._compactor.policy = compaction
             if compaction is not False:
@@ -159,6 +181,21 @@ class Queue(Administration):
             q.close()  # stops what did start, closes the log, releases the lock
             raise
         return q
+
+    def _replay(self, wal: Log, skip: bool) -> Replayed:
+        """Rebuild the state from the log -- from the checkpoint on, if there is a sound one."""
+        found = None
+        checkpoint = None if skip else checkpoints.read(self.fs, self.path)
+        try:
+            found = replay(self._state, wal, self.path, self._clock(), skip, checkpoint)
+        except checkpoints.CheckpointRejected as exc:
+            log.warning("%s: checkpoint ignored, replaying the whole log: %s", self.path, exc)
+            self._state = QueueState(default_max_attempts=self._state.default_max_attempts)
+            found = replay(self._state, wal, self.path, self._clock(), skip)
+        self.checkpoint_opened = found.checkpoint
+        if found.checkpoint is not None:  # its locations may carry compaction generations
+            self._compactor.runs = max(self._compactor.runs, ckpt.generations(self._state))
+        return found
 
     def close(self) -> None:
         """Flush, close the files and release the directory (idempotent).
