@@ -312,7 +312,6 @@ class TestDistrust:
         assert "does not hold the bytes it covered" in caplog.text
         q.close()
 
-
     def test_damage_in_a_covered_sealed_segment_still_stops_open(self) -> None:
         """Guarantee 4 holds with a checkpoint: damage it covers is found by the full replay."""
         fs = SimFileSystem()
