@@ -327,6 +327,20 @@ class TestDistrust:
         with pytest.raises(CorruptionError):
             open_sim(fs.crash(mode="clean"), segment_size=64 << 10)
 
+    def test_bytes_added_after_a_covered_sealed_segment_stop_open(self) -> None:
+        """Noise appended to a sealed segment it covers: ignored; the full replay reports it."""
+        fs = SimFileSystem()
+        q = open_sim(fs)
+        q.enqueue_many([("t", {"i": i, "pad": "p" * 200}) for i in range(60)])
+        q.write_checkpoint()
+        sealed = q._log.sealed()[0].path
+        q.close()
+        f = fs.open(sealed, write=True)
+        f.pwrite(bytes(range(7, 250)), f.size())
+        f.close()
+        with pytest.raises(CorruptionError):
+            open_sim(fs.crash(mode="clean"))
+
 
 def test_a_crash_at_every_call_of_a_checkpoint_loses_nothing() -> None:
     """kill -9 or power loss at each file-system call of writing one: reopen equals replay."""

@@ -217,14 +217,16 @@ class Resume:
         marks = self.checkpoint.image.marks
         if len(segments) < len(marks):
             return f"it names {len(marks)} segments, the log has {len(segments)}"
-        for m, seg in zip(marks, segments, strict=False):
+        for i, (m, seg) in enumerate(zip(marks, segments, strict=False)):
             if (seg.header.seq, seg.header.first) != (m.seq, m.first):
                 return (
                     f"it names segment {m.seq} (from {m.first}), the log has "
                     f"{seg.header.seq} (from {seg.header.first}): stale or another queue's"
                 )
             try:
-                now = mark(self.fs, seg.path, seg.header, m.end)
+                # A sealed segment whole (bytes added after its end are damage too);
+                # the checkpoint's own segment up to its position (the rest is replayed).
+                now = mark(self.fs, seg.path, seg.header, m.end if i == len(marks) - 1 else None)
             except OSError as exc:
                 return f"reading {seg.path}: {exc}"
             if now != m:
