@@ -38,6 +38,7 @@ def index(q: walq.Queue) -> dict[str, Any]:
         "scheduled": sorted(s._due),
         "tombstones": s.tombstones(),
         "next_id": s.next_id,
+        "paused": sorted(s.paused),
         "counts": s.counts,
         "tasks": s.task_counts(),
         "live_bytes": s.live_bytes,
@@ -72,7 +73,10 @@ def busy_queue(fs: SimFileSystem, seed: int) -> walq.Queue:
     q = open_sim(fs)
     workload(q, rng, 40)
     q.enqueue("later", {"x": 1}, delay=3600)
+    q.pause("later")  # paused tasks are in the checkpoint's snapshot records
+    q.pause("resumed-after")
     assert q.write_checkpoint() is not None
+    q.resume("resumed-after")
     workload(q, rng, 30)
     for _ in range(5):
         job = q.claim()

@@ -48,7 +48,9 @@ REQUEUE = 7
 PURGE = 8
 JOB = 9
 META = 10
-MAX_TYPE = META
+PAUSE = 11  # a task's pending jobs are not claimed until its RESUME
+RESUME = 12
+MAX_TYPE = RESUME
 
 TYPE_NAMES = {
     ENQUEUE: "enqueue",
@@ -61,6 +63,8 @@ TYPE_NAMES = {
     PURGE: "purge",
     JOB: "job",
     META: "meta",
+    PAUSE: "pause",
+    RESUME: "resume",
 }
 
 

@@ -75,6 +75,8 @@ class QueueBase(QueueBackend):
         self.replayed_origins: set[str] = set()
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.done_seen = 0
+        # How opening replayed the log: seconds, live jobs, segments (the worker's banner).
+        self.replayed: dict[str, Any] = {}
         self.cancel_listeners: list[Callable[[int], None]] = []
         # Called (outside the lock) when a job may have become ready: a worker's wakeup.
         self.ready_listeners: list[Callable[[], None]] = []
@@ -358,7 +360,8 @@ class CompactionView:
         """The snapshot's records besides the jobs' (lock held): a compaction and a checkpoint
         both carry them, so state added here survives both."""
         meta = self._meta()
-        return [(meta.rtype, meta.encode())]
+        paused = [ev.Pause(task=t) for t in sorted(self._q._state.paused)]
+        return [(meta.rtype, meta.encode())] + [(p.rtype, p.encode()) for p in paused]
 
     def checkpoint_capture(self) -> tuple[dict[str, Any], int, int, list[Segment]]:
         """The state's copies for a checkpoint and the log position and segments they reflect.

@@ -423,6 +423,24 @@ class Log:
                 return self._inflight[1][at : at + size]
             return None
 
+    def memory_tail(self, seq: int) -> tuple[int, bytes] | None:
+        """(file offset, bytes) of segment `seq` held in memory and maybe not in the file yet.
+
+        The batch a commit's leader is writing, then the buffer: every byte
+        from that offset on. Bytes before it are in the file. None: `seq` is
+        not the active segment, or nothing is held (read the file). One call
+        serves a whole run of records (`unwritten` serves one).
+        """
+        with self._mu:
+            if self._active is None or seq != self._active.seq:
+                return None
+            inflight = self._inflight
+            if inflight is None:
+                if not self._buf:
+                    return None
+                return self._buf_start, b"".join(self._buf)
+            return inflight[0], b"".join((inflight[1], *self._buf))
+
     def _timed_sync(self, seg: Segment) -> None:
         started = time.monotonic()
         try:

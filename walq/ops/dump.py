@@ -99,6 +99,8 @@ def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
             out["due"] = e.due
     elif isinstance(e, ev.Meta):
         out.update(next_id=e.next_id, tombstones=len(e.tombstones))
+    elif isinstance(e, ev.Pause | ev.Resume):
+        out["task"] = e.task
     else:
         out["jobs"] = list(e.ids)
         if len(e.ids) == 1:
