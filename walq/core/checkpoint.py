@@ -157,7 +157,9 @@ def image(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> Image:
     jobs: dict[int, int] = taken["jobs"]
     running: list[int] = taken["running"]
     total: list[int] = taken["counts"]
-    if len(running) != total[RUNNING] or not all(jid in jobs for jid in running):
+    if len(running) != total[RUNNING] or not all(
+        jobs.get(jid, 0) & M3 == RUNNING for jid in running
+    ):
         return _image_by_visiting(taken, marks)  # not expected: every running job has a lease
     by_task: dict[int, list[int]] = taken["by_task"]
     front: dict[tuple[int, int], list[int]] = {}
