@@ -87,6 +87,12 @@ class Worker:
         if async_concurrency < 1:
             raise ArgumentError(f"async_concurrency must be at least 1, not {async_concurrency}")
         self.queue = queue
+        self._child_tasks = tasks  # what the worker processes import (policies stay here)
+        self.budget = retry_budget if retry_budget is not None else RetryBudget()
+        gates = queue.shared_gates()
+        if gates is not None:  # every host shares them (a server's queue)
+            tasks = tasks.with_policies(lambda t: gates.share(t.name, t.policy, t.timeout))
+            self.budget = gates.budget(self.budget)
         self.tasks = tasks
         # The level of the one line per finished attempt (logging.DEBUG turns it down).
         self.job_log_level = job_log_level
@@ -106,7 +112,6 @@ class Worker:
         self._start_error: WorkerStartError | None = None
         self._started_once = False  # a worker process once reported ready
         self._tasks_arg: Tasks | bytes | None = None
-        self.budget = retry_budget if retry_budget is not None else RetryBudget()
         self._ctx: Any = multiprocessing.get_context(start_method)
         self._rng = rng or random.Random()
         self._slots: list[Slot] = []
@@ -277,7 +282,7 @@ class Worker:
             # spawn/forkserver: the child unpickles (imports) the tasks itself, inside
             # child_main, so an import error reaches the owner as a report.
             fork = self._ctx.get_start_method() == "fork"
-            self._tasks_arg = self.tasks if fork else pickle.dumps(self.tasks)
+            self._tasks_arg = self._child_tasks if fork else pickle.dumps(self._child_tasks)
         self._slots.append(Slot.start(self._ctx, self._tasks_arg, self._group_signals, self._runs))
         self.counters["spawned"] += 1
 

@@ -85,6 +85,12 @@ class Tasks:
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
 
+    def with_policies(self, policy: Callable[[Task], TaskPolicy]) -> Tasks:
+        """A copy whose every task has the policy `policy(task)` (the shared gates of a server)."""
+        out = Tasks()
+        out._tasks = {name: attrs.evolve(t, policy=policy(t)) for name, t in self._tasks.items()}
+        return out
+
     def task(
         self,
         name: str | None = None,
