@@ -338,14 +338,13 @@ def owner_main(argv: list[str]) -> int:
         level=logging.INFO, format=f"%(asctime)s {args.host} %(name)s %(levelname)s %(message)s"
     )
     from walq.redisq.queue import RedisQueue
-    from walq.testing.plant import plant_from_env
-    from walq.worker.pool import Worker
+    from walq.testing.plant import plant_from_env, worker_class
 
-    plant_from_env()
+    worker = worker_class(plant_from_env())
     tasks = __import__(TASKS_MODULE, fromlist=["tasks"]).tasks
     os.environ["WALQ_TORTURE_HOST"] = args.host  # the worker processes inherit it
     q = RedisQueue.open(args.url, require_durable=True)
-    w = Worker(
+    w = worker(
         q, tasks, processes=args.processes, prefetch=args.prefetch, lease=args.lease,
         shutdown_grace=60.0, kill_grace=1.0,
     )  # fmt: skip

@@ -197,6 +197,8 @@ def stats_lines(st: QueueStats) -> list[str]:
     if st.counters:
         lines.append("counters  " + ", ".join(f"{c} {st.counters[c]}" for c in st.counters))
     lines += _file_lines(st)
+    if st.checkpoint is not None:
+        lines.append(_checkpoint_line(st.checkpoint))
     if st.compactor:
         lines.append(click.style(f"compactor {st.compactor['text']}", fg="red", bold=True))
     if not st.workers:
@@ -283,6 +285,16 @@ def _file_lines(st: QueueStats) -> list[str]:
 # -- fsck, compact, dead ----------------------------------------------------------------
 
 
+def _checkpoint_line(cp: Mapping[str, Any]) -> str:
+    """`checkpoint 12 s old, covers the log to segment 3 offset 4096 (1000 jobs)`, or why not."""
+    if "error" in cp:
+        return f"checkpoint unreadable ({cp['error']}): open replays the whole log"
+    return (
+        f"checkpoint {age(cp['age'])} old, covers the log to segment {cp['seq']} "
+        f"offset {cp['offset']} ({cp['jobs']} jobs); `walq fsck` checks it agrees with the log"
+    )
+
+
 def fsck_lines(
     directory: str,
     report: FsckReport,
@@ -297,6 +309,8 @@ def fsck_lines(
     if report.lost is not None and not repaired:  # a repair lists them itself
         lines += [click.style("LOST    ", fg="red", bold=True) + x for x in report.lost.lines()]
     lines += [click.style("repaired ", fg="green") + r for r in repaired]
+    if report.checkpoint is not None:
+        lines.append("checkpoint " + report.checkpoint)
     verdict = (
         click.style("clean", fg="green")
         if report.clean

@@ -11,7 +11,7 @@ import click
 from walq import backends
 from walq.cli.app import fail, main, queue_command
 from walq.ops.admin import RECOVERY_MODES
-from walq.worker.pool import DEFAULT_PREFETCH
+from walq.worker.pool import DEFAULT_ASYNC_CONCURRENCY, DEFAULT_PREFETCH
 
 
 @queue_command()
@@ -20,6 +20,8 @@ from walq.worker.pool import DEFAULT_PREFETCH
               help="Worker processes.  [default: the number of CPUs]")  # fmt: skip
 @click.option("--prefetch", type=click.IntRange(1), default=DEFAULT_PREFETCH,
               help="Jobs a worker process may hold while jobs are short (WORKER.md).")  # fmt: skip
+@click.option("--async-concurrency", type=click.IntRange(1), default=DEFAULT_ASYNC_CONCURRENCY,
+              help="Coroutine (async def) jobs a worker process runs at once.")  # fmt: skip
 @click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
               help="Replace a worker process after this many jobs.  [default: never]")  # fmt: skip
 @click.option("--max-memory", type=click.IntRange(1), default=None,
@@ -47,6 +49,7 @@ def worker(
     tasks_spec: str,
     processes: int | None,
     prefetch: int,
+    async_concurrency: int,
     max_tasks_per_child: int | None,
     max_memory: int | None,
     shutdown_grace: float,
@@ -89,6 +92,7 @@ def worker(
             tasks,
             processes=processes,
             prefetch=prefetch,
+            async_concurrency=async_concurrency,
             max_tasks_per_child=max_tasks_per_child,
             max_memory=max_memory,
             shutdown_grace=shutdown_grace,

@@ -289,6 +289,37 @@ def _decode_enqueue(body: bytes) -> Enqueue:
     )
 
 
+def claim_fields(rtype: int, body: bytes) -> tuple[str, int, bytes, str | None, int, float]:
+    """(task, kind, payload, key, priority, created) of a job's enqueue or job record.
+
+    What a claim hands out, without building the event: the claim path reads
+    one per job. The same checks as `decode`; BadEvent for anything else.
+    """
+    if rtype != fmt.ENQUEUE:
+        e = decode(rtype, body)
+        if not isinstance(e, Enqueue | Job):
+            raise BadEvent(f"a {fmt.TYPE_NAMES.get(rtype, rtype)} record is not a job's")
+        return e.task, e.kind, e.payload, e.key, e.priority, e.created
+    try:
+        _jid, prio, _maxa, kind, _due, created, tlen, klen, olen = _ENQ.unpack_from(body)
+        at = _ENQ.size + tlen
+        task = body[_ENQ.size : at].decode()
+        key = None
+        if klen != 0xFFFF:
+            key = body[at : at + klen].decode()
+            at += klen
+        if olen and olen != 0xFFFF:
+            body[at : at + olen].decode()  # checked, as decode does; not handed out
+            at += olen
+        if at > len(body):
+            raise ValueError("string runs past the body")
+        if not task or tlen == 0xFFFF or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
+            raise ValueError("invalid task or payload kind")
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise BadEvent(f"malformed enqueue body: {exc}") from None
+    return task, kind, body[at:], key, prio, created
+
+
 def enqueue_fields(
     body: bytes | memoryview,
 ) -> tuple[int, int, int, float, bytes, str | None, str]:

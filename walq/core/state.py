@@ -14,7 +14,7 @@ every job's payload stays on disk -- the state holds its location only.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from walq.core import enqueue, framing, replay
 from walq.core import events as ev
@@ -521,6 +521,109 @@ class QueueState:
             self._claimed(jid, attempt)
         self._leases[jid] = (deadline, attempt)
         heapq.heappush(self._lease_heap, (deadline, jid))
+
+    def start_taken(self, items: Sequence[tuple[int, int]], deadline: float) -> None:
+        """Mark jobs just taken by `take_ready` running, leased until monotonic `deadline`.
+
+        `items`: (job id, attempt) pairs, as their Claim record says (which the
+        caller writes and does not apply: this is that record's effect and
+        `start`'s, in one pass). The pending -> running move is checked against
+        TRANSITIONS once; a job that is no longer pending takes the general path.
+        """
+        if not items:
+            return
+        check(items[0][0], "pending", "claim", "running")
+        jobs, leases, heap, due = self._jobs, self._leases, self._lease_heap, self._due
+        moved: dict[int, int] = {}  # task index -> jobs moved
+        for jid, attempt in items:
+            p = jobs.get(jid)
+            if p is None or p & _M3 != PENDING:
+                self._claimed(jid, attempt)  # checked one by one (StateError if it may not)
+            else:
+                task = (p >> _TASK) & _MT
+                moved[task] = moved.get(task, 0) + 1
+                p = (p & ~(_M3 | _M16 << _ATTEMPTS)) | RUNNING | min(attempt, _M16) << _ATTEMPTS
+                jobs[jid] = p
+                if due:
+                    due.pop(jid, None)
+            leases[jid] = (deadline, attempt)
+            heapq.heappush(heap, (deadline, jid))
+        for task, k in moved.items():
+            self._shift(task, PENDING, RUNNING, k)
+
+    def _shift(self, task: int, old: int, new: int | None, k: int) -> None:
+        """Count `k` jobs of task index `task` moved from state `old` to `new` (None: gone)."""
+        counts = self._by_task.get(task)
+        if counts is None:
+            counts = self._by_task[task] = [0] * 5
+        self._n[old] -= k
+        counts[old] -= k
+        if new is not None:
+            self._n[new] += k
+            counts[new] += k
+
+    def held(
+        self, items: Iterable[tuple[int, int | None]]
+    ) -> tuple[list[int], list[tuple[int, StateError]]]:
+        """Which of (job id, attempt or None) are running that attempt: (held ids, refused).
+
+        `check_holder` for many jobs, without building a JobInfo for each.
+        """
+        ok: list[int] = []
+        refused: list[tuple[int, StateError]] = []
+        jobs = self._jobs
+        for jid, attempt in items:
+            p = jobs.get(jid)
+            if (
+                p is not None
+                and p & _M3 == RUNNING
+                and (attempt is None or (p >> _ATTEMPTS) & _M16 == attempt)
+            ):
+                ok.append(jid)
+                continue
+            try:
+                self.check_holder(jid, attempt)  # raises, saying why
+            except StateError as exc:
+                refused.append((jid, exc))
+            else:  # pragma: no cover -- the fast test above accepts every holder
+                ok.append(jid)
+        return ok, refused
+
+    def finish(self, ids: Sequence[int]) -> None:
+        """Remove running jobs `ids` (held: see `held`) as their Ack record says.
+
+        The batch form of applying the Ack: the running -> done move is checked
+        once; a job that is not running takes the general path.
+        """
+        if not ids:
+            return
+        check(ids[0], "running", "ack", "done")
+        jobs, seg_bytes = self._jobs, self._seg_bytes
+        key_of, errors, leases, due = self._key_of, self._errors, self._leases, self._due
+        gone: dict[int, int] = {}  # task index -> jobs finished
+        freed = 0
+        for jid in ids:
+            p = jobs.get(jid)
+            if p is None or p & _M3 != RUNNING:
+                self._remove(jid, "ack", None)  # checked one by one
+                continue
+            task = (p >> _TASK) & _MT
+            gone[task] = gone.get(task, 0) + 1
+            size = (p >> _SIZE) & _M32
+            freed += size
+            seg_bytes[p >> _SEG] -= size
+            del jobs[jid]
+            if key_of:
+                self._release_key(jid)
+                key_of.pop(jid, None)
+            if errors:
+                errors.pop(jid, None)
+            leases.pop(jid, None)
+            if due:
+                due.pop(jid, None)
+        self.live_bytes -= freed
+        for task, k in gone.items():
+            self._shift(task, RUNNING, None, k)
 
     def untake(self, jobs: Iterable[JobInfo]) -> None:
         """Put jobs taken by `take_ready` back at the head of their queues (nothing recorded)."""

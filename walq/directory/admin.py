@@ -14,7 +14,9 @@ from walq.core import events as ev
 from walq.core.job import DeadJob
 from walq.core.jobspec import check_task, state_code
 from walq.core.state import DEAD, STATE_NAMES
+from walq.directory import checkpoint as checkpoints
 from walq.directory.base import QueueBase, chunks
+from walq.directory.checkpoint import Written
 from walq.directory.compactor import CompactionResult
 from walq.directory.fs import file_size, open_fd
 from walq.directory.opening import STATUS_FILE
@@ -243,6 +245,7 @@ class Administration(QueueBase):
                 "torn_tails_cut": sum(1 for d in self.damage if d.torn_tail),
                 "fsyncs": self._log.fsyncs,
                 "compactor": self._compactor.health(),
+                "checkpoint": checkpoints.info(self.fs, self.path, self._clock().wall),
                 # Which jobs skipped damage took (recovery="skip"); None if nothing.
                 "lost": self.lost.as_dict() if self.lost.any else None,
                 "tasks": {
@@ -280,6 +283,14 @@ class Administration(QueueBase):
             with self._mu:
                 self._log.seal()
         return self._compactor.compact(progress)
+
+    def write_checkpoint(self) -> Written | None:
+        """Write the queue's checkpoint now (the background writes one when due; docs/FORMAT.md).
+
+        None when no checkpointer runs (walq.directory.compactor.Compactor.checkpointer).
+        """
+        self._check_open()
+        return self._compactor.checkpoint()
 
     @property
     def sync_mode(self) -> str:

@@ -20,6 +20,7 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.job import COUNTERS
 from walq.core.state import PENDING, Now
+from walq.directory import checkpoint as checkpoints
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.directory.log import CUT_DIR
 from walq.errors import NotAQueueError
@@ -81,6 +82,7 @@ class QueueStats:
     compactor: Mapping[str, Any] | None  # None while the background compactor works
     has_compactor: bool
     paused: tuple[str, ...]  # tasks whose pending jobs are not claimed
+    checkpoint: Mapping[str, Any] | None  # a directory's checkpoint (checkpoint.info)
     data: Mapping[str, Any]  # the backend's dict, as `walq stats --json` prints it
 
     @property
@@ -119,6 +121,7 @@ class QueueStats:
             compactor=st.get("compactor") or None,
             has_compactor="compactor" in st,
             paused=tuple(st.get("paused") or ()),
+            checkpoint=st.get("checkpoint"),
             data=st,
         )
 
@@ -268,6 +271,7 @@ def directory_stats(
         "breakers": breakers([] if status is None else [status]) or "unknown",
         # The owner's background compactor, as its worker last reported it.
         "compactor": status.get("compactor") if status is not None else None,
+        "checkpoint": checkpoints.info(fs, path, now.wall),
     }
     if oldest is not None:
         out["oldest_pending_job"], created = oldest

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from walq.errors import BackendError, MissingDependency
+from walq.errors import ArgumentError, BackendError, MissingDependency
+from walq.redisq.url import CLUSTER, SENTINEL, Target
 
 _T = TypeVar("_T")
 
@@ -26,18 +27,47 @@ def redis_module() -> Any:
     return redis
 
 
-def connect(client_url: str, socket_timeout: float) -> Any:
-    """A redis-py client for `client_url` that never resends a command by itself."""
+def connect(target: Target, socket_timeout: float) -> Any:
+    """A redis-py client for `target` (one server, a cluster, or Sentinel's primary)
+    that never resends a command by itself."""
     lib = redis_module()
     from redis.backoff import NoBackoff  # noqa: PLC0415 - optional extra
     from redis.retry import Retry  # noqa: PLC0415
 
+    common: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 10.0),
+    }
+    if target.options and target.kind != "redis":
+        raise ArgumentError(f"{target.shown}: unknown parameters: {', '.join(target.options)}")
+    if target.kind == CLUSTER:
+        from redis.cluster import ClusterNode  # noqa: PLC0415 - optional extra
+
+        return lib.RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],  # type: ignore[no-untyped-call]
+            username=target.username,
+            password=target.password,
+            retry=Retry(NoBackoff(), 0),  # a write is never resent: its outcome may be unknown
+            **common,
+        )
+    if target.kind == SENTINEL:
+        from redis.sentinel import Sentinel  # noqa: PLC0415 - optional extra
+
+        auth: dict[str, Any] = {"username": target.username, "password": target.password}
+        sentinel = Sentinel(
+            list(target.nodes),
+            sentinel_kwargs={**common, **auth},
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+            **common,
+            **auth,
+        )
+        return sentinel.master_for(target.service)
     return lib.Redis.from_url(
-        client_url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=min(socket_timeout, 10.0),
+        target.client_url,
         retry=Retry(NoBackoff(), 0),  # a write is never resent: its outcome may be unknown
         health_check_interval=30,
+        **common,
     )
 
 

@@ -55,7 +55,7 @@ from walq.redisq.lua import check_job_id
 from walq.redisq.lua import ms as _ms
 from walq.redisq.records import dead_rows, decode_or_raw, pairs, shape_stats
 from walq.redisq.server import check_server
-from walq.redisq.url import parse_url
+from walq.redisq.url import key_prefix, parse_url
 
 log = logging.getLogger("walq.redisq")
 
@@ -87,7 +87,7 @@ class RedisQueue(QueueBackend):
         self,
         client: Any,
         *,
-        prefix: str,
+        prefix: str,  # P: key_prefix(the queue's name)
         path: str,
         max_pending: int | None,
         max_bytes: int | None,
@@ -145,7 +145,9 @@ class RedisQueue(QueueBackend):
         create: bool = True,
         **file_options: Any,
     ) -> RedisQueue:
-        """Connect to the queue at `url` (redis://[:password@]host:port/db?prefix=NAME).
+        """Connect to the queue at `url` (redis://[:password@]host:port/db?prefix=NAME,
+        redis+cluster://host:port,host:port/?prefix=NAME, or
+        redis+sentinel://host:port,host:port/SERVICE?prefix=NAME: docs/REDIS.md).
 
         The server's persistence is read (CONFIG GET): weaker than `appendonly
         yes` and `appendfsync always` warns (DurabilityWarning), or raises
@@ -165,12 +167,12 @@ class RedisQueue(QueueBackend):
             raise ArgumentError("max_payload must be 1 byte .. 512 MiB")
         if isinstance(max_attempts, bool) or not 1 <= max_attempts <= MAX_ATTEMPTS:
             raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS}")
-        client_url, prefix, url_durable, shown = parse_url(url)
-        client = connection.connect(client_url, socket_timeout)
+        target = parse_url(url)
+        client = connection.connect(target, socket_timeout)
         q = cls(
             client,
-            prefix=prefix,
-            path=shown,
+            prefix=key_prefix(target.prefix),
+            path=target.shown,
             max_pending=max_pending,
             max_bytes=max_bytes,
             max_payload=max_payload,
@@ -180,9 +182,11 @@ class RedisQueue(QueueBackend):
         try:
             server = check_server(
                 client,
-                shown,
-                prefix,
-                require_durable=url_durable if require_durable is None else require_durable,
+                target.shown,
+                target.prefix,
+                require_durable=target.require_durable
+                if require_durable is None
+                else require_durable,
                 create=create,
             )
         except BaseException:
@@ -200,16 +204,20 @@ class RedisQueue(QueueBackend):
             raise ClosedError(f"{self.path}: the queue is closed")
 
     def _run(self, name: str, *args: Any, write: bool = True) -> Any:
-        """Run one script (a write is never retried: its outcome may be unknown)."""
+        """Run one script (a write is never retried: its outcome may be unknown).
+
+        Its one declared key is P, the queue's hash tag: every key it touches
+        is P:..., in P's Cluster slot. ARGV[1] repeats P.
+        """
         self._check_open()
         script = self._scripts[name]
-        argv = [self.prefix, *args]
+        keys, argv = [self.prefix], [self.prefix, *args]
         if not lua.SCRIPTS[name].fits(len(argv)):
             raise AssertionError(f"script {name} called with {len(argv)} arguments")
         return (
-            self._write(lambda c: script(args=argv))
+            self._write(lambda c: script(keys=keys, args=argv))
             if write
-            else self._read(lambda c: script(args=argv))
+            else self._read(lambda c: script(keys=keys, args=argv))
         )
 
     def _write(self, step: Callable[[Any], _T]) -> _T:

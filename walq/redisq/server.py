@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from walq.errors import BackendError, DurabilityError, DurabilityWarning, NotAQueueError, WalqError
 from walq.redisq.connection import read, redis_module, text, write
+from walq.redisq.url import key_prefix
 
 log = logging.getLogger("walq.redisq")
 
@@ -24,7 +25,7 @@ class Server(NamedTuple):
 
 
 def check_server(
-    client: Any, path: str, prefix: str, *, require_durable: bool, create: bool
+    client: Any, path: str, name: str, *, require_durable: bool, create: bool
 ) -> Server:
     """Server version, format marker, and whether its persistence meets the guarantees.
 
@@ -40,7 +41,16 @@ def check_server(
             f"{path}: Redis {server_version} is too old "
             f"(walq needs {MIN_SERVER[0]}.{MIN_SERVER[1]} or newer)"
         )
-    meta = f"{prefix}:meta"
+    prefix = name
+    meta = f"{key_prefix(name)}:meta"
+    if read(client, path, lambda c: c.exists(meta)) == 0 and read(
+        client, path, lambda c: c.exists(f"{name}:meta")
+    ):
+        raise WalqError(
+            f"{path}: the queue under prefix {name!r} is stored in the untagged layout "
+            f"({name}:*); with its workers stopped, move it to {key_prefix(name)}:* with "
+            f"`python -m walq.redisq.admin migrate URL` (docs/REDIS.md)"
+        )
     if create:
         write(client, path, lambda c: c.hsetnx(meta, "format", FORMAT_VERSION))
     found_raw = read(client, path, lambda c: c.hget(meta, "format"))

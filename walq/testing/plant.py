@@ -19,7 +19,7 @@ from walq.directory.log import Log
 from walq.directory.queue import Queue
 from walq.directory.recovery import Recovery
 from walq.directory.segment import Segment
-from walq.worker import heartbeat
+from walq.worker.heartbeat import Heartbeat
 from walq.worker.pool import Worker
 
 BUGS = {
@@ -89,6 +89,20 @@ class DiesOnGroupSigterm(Worker):
     _group_signals = ()
 
 
+class SilentHeartbeat(Heartbeat):
+    """A heartbeat that never renews a lease."""
+
+    def beat(self) -> bool:
+        return False
+
+
+class HeartbeatOff(Worker):
+    """Never renews its leases: a job longer than the lease is claimed again by
+    another worker while it still runs."""
+
+    heartbeat_class = SilentHeartbeat
+
+
 class TimeoutFromDispatch(Worker):
     """Hands jobs to worker processes still importing their tasks, as before the
     ready handshake: the handler's timeout then counts the import."""
@@ -100,6 +114,7 @@ class TimeoutFromDispatch(Worker):
 WORKER_BUGS: dict[str, type[Worker]] = {
     "die-on-group-sigterm": DiesOnGroupSigterm,
     "timeout-from-dispatch": TimeoutFromDispatch,
+    "heartbeat-off": HeartbeatOff,
 }
 
 
@@ -118,9 +133,7 @@ def plant(name: str, on: bool = True) -> None:
             _planted.add(name)
         else:
             _planted.discard(name)
-    elif name == "heartbeat-off":
-        heartbeat.PLANTED_HEARTBEAT_OFF = on
-    else:
+    elif name not in WORKER_BUGS:
         raise ValueError(f"unknown bug {name!r}; choose from {', '.join(BUGS)}")
 
 

@@ -35,8 +35,6 @@ log = logging.getLogger("walq.worker")
 DEFAULT_LEASE = 15.0  # seconds: a dead host's jobs are back within about this long
 BACKOFF_MIN = 0.1  # seconds before the first reconnection attempt
 BACKOFF_MAX = 5.0  # seconds between attempts at most
-# Set only by walq.testing.plant, to prove the Redis torture catches a missing heartbeat.
-PLANTED_HEARTBEAT_OFF = False
 
 
 class Link:
@@ -193,8 +191,6 @@ class Heartbeat:
 
         False if there was nothing to extend (no call made).
         """
-        if PLANTED_HEARTBEAT_OFF:
-            return False
         with self._lock:
             held = list(self._held.items())
         if not held:

@@ -3,6 +3,11 @@
 -- time, and the helpers the steps share. Counts change in memory and reach P:n
 -- and P:tn once, in flush(), after main() returns.
 --
+-- P, the queue's key prefix, is its one declared key KEYS[1]: the queue's name
+-- as a hash tag, "{name}", so that every key below hashes to P's Cluster slot
+-- and the script runs whole on one node. The first ARGV entry repeats it, so
+-- that each script's own arguments start at the second.
+--
 -- Keys, all under the prefix P (docs/REDIS.md draws them):
 --   P:meta  hash   format version
 --   P:seq   string the last job id issued (INCR-like; ids never repeat)
@@ -22,7 +27,7 @@
 --   P:tn    hash   "state:task" -> count
 --   P:paused set   paused tasks: claims leave their pending jobs (q.pause, q.resume)
 --   P:events       pub/sub channel: "r" (a job is ready), "c ID ORIGIN" (cancelled while running)
-local P = ARGV[1]
+local P = KEYS[1]
 local t0 = redis.call('TIME')
 local NOW = tonumber(t0[1]) * 1000 + math.floor(tonumber(t0[2]) / 1000)
 local N, TN = P .. ':n', P .. ':tn'
