@@ -102,7 +102,9 @@ def measure(qdir: str, ids: dict[str, int], repeat: int, where: str) -> list[dic
 
     job = ids["last"]
     row("status (in-process)", timed(lambda: live.job_status(qdir, job), repeat))
-    row("status, first job (in-process)", timed(lambda: live.job_status(qdir, ids["first"]), repeat))
+    row(
+        "status, first job (in-process)", timed(lambda: live.job_status(qdir, ids["first"]), repeat)
+    )
     row(
         "dump --job (in-process)",
         timed(lambda: list(ops_dump.dump(qdir, ops_dump.DumpFilter(job=job))), repeat),
