@@ -123,6 +123,14 @@ def _records(
             start = i
         elif seg.first_id is not None:
             break
+    if segments and segments[0].first_id is not None and segments[0].first_id > job_id:
+        # Older than every job in the log: it finished before a compaction, which
+        # remembers it in its meta record only if it was cancelled or purged.
+        if segments[0].first < segments[0].seq:
+            meta = _meta_record(_read(path, segments[0], fs))
+            if meta is not None and _names(meta, job_id):
+                yield segments[0].seq, meta
+        return
     pattern = _ID.pack(job_id)
     for i, seg in enumerate(segments[start:]):
         data = _read(path, seg, fs)
@@ -182,6 +190,22 @@ def _find(data: bytes, pattern: bytes, job_id: int, origin: int) -> list[framing
                     found[rec.offset] = rec
         hit = data.find(needle, hit + 1 if rec is None else max(rec.end, hit + 1))
     return [found[offset] for offset in sorted(found)]
+
+
+_META_TYPE = bytes([fmt.META, 0, 0, 0])  # a meta record header's type, flags and reserved bytes
+
+
+def _meta_record(data: bytes) -> framing.Record | None:
+    """A compacted segment's meta record: searched for from the end, where it was written."""
+    end = len(data)
+    while True:
+        at = data.rfind(_META_TYPE, fmt.SEGMENT_HEADER_SIZE + 8, end)
+        if at < 0:
+            return None
+        rec = framing.decode(data, at - 8)
+        if isinstance(rec, framing.Record) and rec.rtype == fmt.META:
+            return rec
+        end = at + len(_META_TYPE) - 1
 
 
 def _walk(data: bytes, pos: int, hit: int) -> framing.Record | None:
