@@ -241,11 +241,11 @@ def _seek(data: bytes, job_id: int) -> int:
 def _id_after(data: bytes, at: int) -> tuple[int, int] | None:
     """(offset, id) of the first enqueue or job record after offset `at`, looking a little way."""
     window = data[at : at + SEEK_SPAN]
-    rec: framing.Decoded | None = framing.resync(window, 0)
+    rec: framing.Decoded | None = framing.resync(window, 0, origin=at)
     while isinstance(rec, framing.Record):
         if rec.rtype in (fmt.ENQUEUE, fmt.JOB) and len(rec.body) >= _ID.size:
             return at + rec.offset, int(_ID.unpack_from(rec.body)[0])
-        rec = framing.decode(window, rec.end)
+        rec = framing.decode(window, rec.end, origin=at)
     return None
 
 
