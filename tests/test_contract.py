@@ -95,7 +95,10 @@ class Backend:
         """This backend's queue URL (a Redis kind only)."""
         url = redis_url(self.kind)
         assert url is not None
-        return f"{url}{'&' if '?' in url else '?'}prefix={self.prefix}"
+        url = f"{url}{'&' if '?' in url else '?'}prefix={self.prefix}"
+        if self.kind == "redis-sentinel":
+            url += "&min_replicas=1"  # every change waits for the replica (WAIT)
+        return url
 
     def open(self, **opts: Any) -> Any:
         if self.kind == "file":

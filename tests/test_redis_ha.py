@@ -9,7 +9,15 @@ from collections.abc import Iterator
 import pytest
 
 import walq
-from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
+from tests.test_contract import (
+    REDIS_REQUIRED,
+    REDIS_SKIP,
+    REDIS_SKIPS,
+    SKIP_REDIS,
+    need_redis,
+    redis_url,
+)
+from walq.errors import DurabilityWarning
 from walq.redisq.url import CLUSTER, SENTINEL, key_prefix, parse_url
 
 
@@ -104,3 +112,69 @@ def test_an_untagged_queue_is_refused_naming_its_prefix_then_migrated(
         job = q.claim()
         assert job is not None and job.id == jid and job.payload == {"n": 1}
         q.ack(job.id)
+
+
+@pytest.mark.redis
+def test_min_replicas_without_replicas_is_reported_and_every_change_fails_its_wait(
+    single: tuple[str, str],
+) -> None:
+    """The durability check names the missing replicas; require_durable refuses; a
+    change the replicas did not confirm is a BackendError, never a silent success."""
+    from walq.redisq.queue import RedisQueue
+
+    url, _ = single
+    with pytest.warns(DurabilityWarning, match="min_replicas is 1 but the primary has 0"):
+        q = RedisQueue.open(url + "&min_replicas=1&replica_timeout=0.2")
+    try:
+        assert q.persistence["replicas"] == "0" and q.persistence["min_replicas"] == "1"
+        assert q.durable is False
+        with pytest.raises(walq.BackendError, match=r"0 of 1 replicas confirmed it within 0\.2 s"):
+            q.enqueue("t", 1)
+    finally:
+        q.close()
+    with pytest.raises(walq.DurabilityError, match="min_replicas"):
+        RedisQueue.open(url, min_replicas=1, require_durable=True)
+    with pytest.raises(walq.ArgumentError, match="min_replicas"):
+        RedisQueue.open(url, min_replicas=-1)
+
+
+def test_min_replicas_on_a_cluster_is_refused() -> None:
+    from walq.redisq.queue import RedisQueue
+
+    with pytest.raises(walq.ArgumentError, match="not supported on a cluster"):
+        RedisQueue.open("redis+cluster://127.0.0.1:1/?prefix=x", min_replicas=1)
+
+
+@pytest.fixture
+def sentinel_url() -> Iterator[str]:
+    """A fresh queue on the Sentinel deployment's primary; its keys deleted after."""
+    if REDIS_SKIPS["redis-sentinel"] is not None and not REDIS_REQUIRED:
+        pytest.skip(REDIS_SKIPS["redis-sentinel"] or "")
+    need_redis("redis-sentinel")
+    base = redis_url("redis-sentinel")
+    assert base is not None
+    name = f"walqtest-{uuid.uuid4().hex[:12]}"
+    yield f"{base}{'&' if '?' in base else '?'}prefix={name}"
+    from walq.redisq.connection import connect
+
+    client = connect(parse_url(base), 10.0)
+    names = list(client.scan_iter(match=f"{{{name}}}:*", count=1000))
+    if names:
+        client.delete(*names)
+    client.close()
+
+
+@pytest.mark.redis
+def test_behind_sentinel_durable_needs_min_replicas(sentinel_url: str) -> None:
+    """A failover may promote a replica without the last changes: without WAIT that is
+    weaker than the guarantees, and require_durable says so; with min_replicas=1 it opens."""
+    from walq.redisq.queue import RedisQueue
+
+    with pytest.raises(walq.DurabilityError, match="behind Sentinel without min_replicas"):
+        RedisQueue.open(sentinel_url, require_durable=True)
+    with RedisQueue.open(sentinel_url + "&min_replicas=1", require_durable=True) as q:
+        assert q.durable is True and q.persistence["deployment"] == "sentinel"
+        jid = q.enqueue("t", 1)
+        job = q.claim()
+        assert job is not None and job.id == jid
+        q.ack(jid)

@@ -40,6 +40,7 @@ from walq.core.retry import Backoff
 from walq.core.state import JobInfo
 from walq.errors import (
     ArgumentError,
+    BackendError,
     ClosedError,
     LeaseLost,
     QueueFull,
@@ -55,7 +56,7 @@ from walq.redisq.lua import check_job_id
 from walq.redisq.lua import ms as _ms
 from walq.redisq.records import dead_rows, decode_or_raw, pairs, shape_stats
 from walq.redisq.server import check_server
-from walq.redisq.url import key_prefix, parse_url
+from walq.redisq.url import CLUSTER, SENTINEL, key_prefix, parse_url
 
 log = logging.getLogger("walq.redisq")
 
@@ -110,6 +111,9 @@ class RedisQueue(QueueBackend):
         self._held = Held()
         self._origin = uuid.uuid4().hex[:12]
         self._closed = False
+        self._min_replicas = 0  # WAIT for this many replicas after every state change
+        self._replica_timeout_ms = 5000
+        self._reconnect = connection.RECONNECT_SINGLE
         self._events = Events(
             client, f"{prefix}:events", path=path, origin=self._origin, rng=rng, forget=self._forget
         )
@@ -143,6 +147,9 @@ class RedisQueue(QueueBackend):
         rng: random.Random | None = None,
         socket_timeout: float = 30.0,
         create: bool = True,
+        min_replicas: int | None = None,
+        replica_timeout: float | None = None,
+        reconnect_timeout: float | None = None,
         **file_options: Any,
     ) -> RedisQueue:
         """Connect to the queue at `url` (redis://[:password@]host:port/db?prefix=NAME,
@@ -154,6 +161,12 @@ class RedisQueue(QueueBackend):
         DurabilityError if `require_durable` (or `?require_durable=1`).
         create=False: NotAQueueError if no queue lives under the prefix yet
         (the CLI's read-only commands change nothing).
+        min_replicas=N (or `?min_replicas=N`): every state change waits (WAIT)
+        until N replicas have it, up to replica_timeout seconds (default 5),
+        else BackendError: an acknowledged change then survives a failover.
+        reconnect_timeout: how long a read, or a write the server surely did
+        not run, is tried again (default 30 s behind Sentinel or on a cluster,
+        to ride out a failover; 0.75 s on one server).
         The file queue's options (sync, segment_size, ...) are accepted and
         have no effect: durability is the server's configuration.
         """
@@ -168,6 +181,27 @@ class RedisQueue(QueueBackend):
         if isinstance(max_attempts, bool) or not 1 <= max_attempts <= MAX_ATTEMPTS:
             raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS}")
         target = parse_url(url)
+        replicas = (target.min_replicas or 0) if min_replicas is None else min_replicas
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ArgumentError(f"min_replicas must be a whole number, not {replicas!r}")
+        if replicas and target.kind == CLUSTER:
+            raise ArgumentError(
+                f"{target.shown}: min_replicas is not supported on a cluster "
+                "(use Sentinel, or one server with replicas)"
+            )
+        wait_s = (
+            check_seconds(
+                "replica_timeout",
+                target.replica_timeout if replica_timeout is None else replica_timeout,
+                positive=True,
+            )
+            if (replica_timeout is not None or target.replica_timeout is not None)
+            else 5.0
+        )
+        ha = target.kind in (CLUSTER, SENTINEL)
+        if reconnect_timeout is None:
+            reconnect_timeout = connection.RECONNECT_HA if ha else connection.RECONNECT_SINGLE
+        reconnect = check_seconds("reconnect_timeout", reconnect_timeout)
         client = connection.connect(target, socket_timeout)
         q = cls(
             client,
@@ -179,6 +213,7 @@ class RedisQueue(QueueBackend):
             max_attempts=max_attempts,
             rng=rng or random.Random(),
         )
+        q._min_replicas, q._replica_timeout_ms, q._reconnect = replicas, _ms(wait_s), reconnect
         try:
             server = check_server(
                 client,
@@ -188,6 +223,9 @@ class RedisQueue(QueueBackend):
                 if require_durable is None
                 else require_durable,
                 create=create,
+                kind=target.kind,
+                min_replicas=replicas,
+                reconnect=reconnect,
             )
         except BaseException:
             client.close()
@@ -214,21 +252,37 @@ class RedisQueue(QueueBackend):
         keys, argv = [self.prefix], [self.prefix, *args]
         if not lua.SCRIPTS[name].fits(len(argv)):
             raise AssertionError(f"script {name} called with {len(argv)} arguments")
+        if write and self._min_replicas:
+            return self._write(lambda c: self._replicated(script, keys, argv, c))
         return (
             self._write(lambda c: script(keys=keys, args=argv))
             if write
             else self._read(lambda c: script(keys=keys, args=argv))
         )
 
+    def _replicated(self, script: Any, keys: list[str], argv: list[Any], client: Any) -> Any:
+        """Run `script`, then WAIT on the same connection until min_replicas have it."""
+        pipe = client.pipeline(transaction=False)
+        script(keys=keys, args=argv, client=pipe)
+        pipe.execute_command("WAIT", self._min_replicas, self._replica_timeout_ms)
+        reply, acked = pipe.execute()
+        if int(acked) < self._min_replicas:
+            raise BackendError(
+                f"{self.path}: made on the primary, but {acked} of {self._min_replicas} "
+                f"replicas confirmed it within {self._replica_timeout_ms / 1000:g} s "
+                "(a failover now may lose it)"
+            )
+        return reply
+
     def _write(self, step: Callable[[Any], _T]) -> _T:
         if self._forked:  # every server call: a child never uses the parent's connections
             raise forks.error(self.path, self._pid)
-        return connection.write(self._client, self.path, step)
+        return connection.write(self._client, self.path, step, self._reconnect)
 
     def _read(self, step: Callable[[Any], _T]) -> _T:
         if self._forked:  # every server call: a child never uses the parent's connections
             raise forks.error(self.path, self._pid)
-        return connection.read(self._client, self.path, step)
+        return connection.read(self._client, self.path, step, self._reconnect)
 
     @staticmethod
     def _raise(reply: Sequence[Any], prefix: str = "") -> None:

@@ -9,6 +9,7 @@ Three deployments (docs/REDIS.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from walq.backends import is_url
@@ -41,6 +42,8 @@ class Target:
     prefix: str  # the queue's name; its keys start with key_prefix(prefix)
     shown: str
     require_durable: bool = False
+    min_replicas: int | None = None
+    replica_timeout: float | None = None
     client_url: str = ""
     nodes: tuple[tuple[str, int], ...] = ()
     service: str = ""
@@ -77,8 +80,8 @@ def _safe(url: str) -> str:
 def parse_url(url: str) -> Target:
     """The Target of a walq Redis URL.
 
-    walq's own query parameters (prefix, require_durable) are taken out; the
-    rest go to redis-py. The shown URL has no password.
+    walq's own query parameters (prefix, require_durable, min_replicas,
+    replica_timeout) are taken out; the rest go to redis-py. The shown URL has no password.
     """
     if not is_url(url):
         raise ArgumentError(
@@ -92,11 +95,23 @@ def parse_url(url: str) -> Target:
     path = tail.partition("?")[0]
     query = parse_qsl(query_text.partition("#")[0], keep_blank_values=True)
     prefix, durable, rest = DEFAULT_PREFIX, False, []
+    own: dict[str, Any] = {}
     for name, value in query:
         if name == "prefix":
             prefix = value
         elif name == "require_durable":
             durable = _truth(value)
+        elif name == "min_replicas":
+            if not value.isdigit():
+                raise ArgumentError(f"min_replicas must be a whole number, not {value!r}")
+            own["min_replicas"] = int(value)
+        elif name == "replica_timeout":
+            try:
+                own["replica_timeout"] = float(value)
+            except ValueError:
+                raise ArgumentError(
+                    f"replica_timeout must be a number of seconds, not {value!r}"
+                ) from None
         else:
             rest.append((name, value))
     if not prefix or any(c.isspace() or c in "{}" for c in prefix):
@@ -120,6 +135,7 @@ def parse_url(url: str) -> Target:
             prefix=prefix,
             shown=shown,
             require_durable=durable,
+            **own,
             nodes=nodes,
             service=service,
             username=unquote(user) or None,
@@ -133,5 +149,10 @@ def parse_url(url: str) -> Target:
         host += f":{parts.port}"
     shown = urlunsplit(parts._replace(netloc=host, query=urlencode([("prefix", prefix)])))
     return Target(
-        kind="redis", prefix=prefix, shown=shown, require_durable=durable, client_url=client_url
+        kind="redis",
+        prefix=prefix,
+        shown=shown,
+        require_durable=durable,
+        client_url=client_url,
+        **own,
     )

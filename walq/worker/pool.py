@@ -365,7 +365,7 @@ class Worker:
             space[id(slot)] -= 1
             slot.jobs[job.id] = (job, self.tasks[job.task])
             slot.settle(time.monotonic())
-            batches.setdefault(id(slot), []).append(attrs.asdict(job))
+            batches.setdefault(id(slot), []).append(attrs.asdict(job, recurse=False))
         for slot in free:
             batch = batches.get(id(slot))
             if batch:
