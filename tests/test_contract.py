@@ -650,6 +650,7 @@ ONE_BACKEND_ONLY = {
     "compact",  # the file queue's compactor; Redis rewrites its AOF itself
     "compactor_health",  # whether that compactor keeps failing
     "sync_mode",  # the file queue's fsync policy
+    "write_checkpoint",  # the file queue's restart checkpoint; a server keeps its state itself
 }
 
 

@@ -259,6 +259,38 @@ class AsyncQueue:
         purged: int = await self._write(functools.partial(self.backend.purge, ids), sync)
         return purged
 
+    async def job_detail(self, job_id: int) -> dict[str, Any]:
+        detail: dict[str, Any] = await self._run(functools.partial(self.backend.job_detail, job_id))
+        return detail
+
+    async def find(self, key: str) -> int | None:
+        found: int | None = await self._run(functools.partial(self.backend.find, key))
+        return found
+
+    async def jobs(
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        *,
+        limit: int = 100,
+        after: int = 0,
+    ) -> list[dict[str, Any]]:
+        call = functools.partial(self.backend.jobs, state, task, limit=limit, after=after)
+        rows: list[dict[str, Any]] = await self._run(call)
+        return rows
+
+    async def pause(self, task: str, *, sync: bool | None = None) -> bool:
+        changed: bool = await self._write(functools.partial(self.backend.pause, task), sync)
+        return changed
+
+    async def resume(self, task: str, *, sync: bool | None = None) -> bool:
+        changed: bool = await self._write(functools.partial(self.backend.resume, task), sync)
+        return changed
+
+    async def paused(self) -> list[str]:
+        tasks: list[str] = await self._run(self.backend.paused)
+        return tasks
+
     async def set_task_defaults(self, task: str, *, max_attempts: int) -> None:
         await self._run(
             functools.partial(self.backend.set_task_defaults, task, max_attempts=max_attempts)
