@@ -48,7 +48,10 @@ REQUEUE = 7
 PURGE = 8
 JOB = 9
 META = 10
-MAX_TYPE = META
+# 11-12: control. 13-19: flow (results, follow-up jobs, dependencies).
+FINISH = 13  # an ack with its result and follow-up jobs, in one record
+AFTER = 14  # a job that waits for others (wraps an enqueue or a compacted job)
+MAX_TYPE = AFTER
 
 TYPE_NAMES = {
     ENQUEUE: "enqueue",
@@ -61,6 +64,8 @@ TYPE_NAMES = {
     PURGE: "purge",
     JOB: "job",
     META: "meta",
+    FINISH: "finish",
+    AFTER: "after",
 }
 
 

@@ -18,7 +18,11 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.job import Job, build_job
 from walq.core.jobspec import (
+    DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_RESULT,
+    JobSpec,
+    Output,
     check_seconds,
     clip_error,
 )
@@ -80,6 +84,8 @@ class Queue(Administration):
         min_free_bytes: int | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_attempts: int = 20,
+        max_result_bytes: int = DEFAULT_MAX_RESULT,
+        keep_results: float = DEFAULT_KEEP_RESULTS,
         lock_timeout: float = 0.0,
         recovery: str = "strict",
         compaction: Policy | bool | None = True,
@@ -104,6 +110,8 @@ class Queue(Administration):
         or "skip" (damaged records are skipped, logged and counted).
         compaction: True (the default policy), a compactor.Policy, or False
         (compact only when `compact()` is called).
+        max_result_bytes, keep_results: the largest result a handler may return
+        (bytes, encoded) and how many seconds it is kept once the job is done.
         serve: answer walq.connect() producers on the queue's socket and ingest
         their spool (docs/PRODUCERS.md).
         A "redis://..." path opens a RedisQueue instead (docs/REDIS.md).
@@ -111,9 +119,12 @@ class Queue(Administration):
         if scheme_of(path) is not None:  # a server's URL: that backend (walq.backends)
             return backend_class(path).open(  # type: ignore[no-any-return]
                 path, max_pending=max_pending, max_bytes=max_bytes, max_payload=max_payload,
-                max_attempts=max_attempts, rng=rng,
+                max_attempts=max_attempts, rng=rng, max_result_bytes=max_result_bytes,
+                keep_results=keep_results,
             )  # fmt: skip
         check_options(recovery, max_pending, max_bytes, max_payload)
+        keep_results = check_seconds("keep_results", keep_results)
+        check_options(recovery, None, None, max_result_bytes)
         lock_timeout = check_seconds("lock_timeout", lock_timeout)
         fs = fs or OsFileSystem()
         path = str(path)
@@ -139,6 +150,7 @@ class Queue(Administration):
                 max_payload=max_payload,
                 max_attempts=max_attempts,
             )
+            q.max_result_bytes, q.keep_results = max_result_bytes, keep_results
             q.owner_uid = owner_uid
             found = replay(q._state, wal, path, q._clock(), recovery == "skip")
             q.damage, q.lost = found.damage, found.lost
@@ -308,9 +320,15 @@ class Queue(Administration):
         info = self._state.info(jid)
         record = self._read(info.loc)
         try:
-            e = ev.decode(record.rtype, record.body)
-            if not isinstance(e, ev.Enqueue | ev.Job):
+            outer = ev.decode(record.rtype, record.body)
+            e = ev.job_event(outer, jid)
+            if e is None:
                 raise ev.BadEvent(f"job {jid}'s record is a {fmt.TYPE_NAMES.get(record.rtype)}")
+            after = self._state.after_of(jid)
+            parents = None
+            if after is not None:
+                wall = self._clock().wall
+                parents = {p: self._kept_result(p, wall) for p in after[0]}
             return build_job(
                 id=jid,
                 task=e.task,
@@ -321,6 +339,7 @@ class Queue(Administration):
                 priority=e.priority,
                 max_attempts=info.max_attempts,
                 enqueued_at=e.created,
+                parents=parents,
             )
         except (ev.BadEvent, ValueError, RecursionError) as exc:
             path = self._segment_path(info.loc.seg)
@@ -332,25 +351,72 @@ class Queue(Administration):
         attempts: Sequence[int] | None,
         sync: bool | None,
         strict: bool,
+        outputs: Sequence[Output | None] | None = None,
     ) -> list[tuple[int, StateError]]:
         refused: list[tuple[int, StateError]] = []
         with self._mu:
             self._check_open()
             held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
             ids = []
-            for jid, attempt in zip(job_ids, held, strict=True):
+            finished: list[tuple[int, Output]] = []
+            for i, (jid, attempt) in enumerate(zip(job_ids, held, strict=True)):
                 try:
-                    ids.append(self._state.check_holder(jid, self._own(jid, attempt)).id)
+                    self._state.check_holder(jid, self._own(jid, attempt))
                 except StateError as exc:
                     if strict:
                         raise
                     refused.append((jid, exc))
-            if not ids:
+                    continue
+                out = None if outputs is None else outputs[i]
+                if out is None:
+                    ids.append(jid)
+                else:
+                    finished.append((jid, out))
+            if not ids and not finished:
                 return refused
-            lsn = self._record_acks(ids)
+            readied = self._state.readied
+            lsn = self._record_acks(ids) if ids else None
+            if finished:
+                lsn = self._record_finishes(finished)
+            woke = self._state.readied != readied or bool(finished)
         if lsn is not None:
             self._commit(lsn, sync)
+        if woke:
+            self._wake()
         return refused
+
+    def _record_finishes(self, finished: list[tuple[int, Output]]) -> int:
+        """Write one finish record per job: its ack, result and follow-up jobs (lock held)."""
+        now = self._clock()
+        specs: list[JobSpec] = [spec for _, out in finished for spec in out.follow]
+        ids, fresh = self._assign(specs)
+        first = self._state.next_id
+        seen: set[int] = set()
+        events: list[ev.Event] = []
+        at = 0
+        for jid, out in finished:
+            children = []
+            for spec in out.follow:
+                cid = ids[at]
+                at += 1
+                if cid < first or cid in seen:
+                    continue  # coalesced with an unfinished job holding its key
+                seen.add(cid)
+                children.append(ev.Enqueue(
+                    id=cid, task=spec.task, payload=spec.data, kind=spec.kind, key=spec.key,
+                    priority=spec.priority, max_attempts=spec.max_attempts,
+                    due=now.wall + spec.delay if spec.delay else 0.0, created=now.wall,
+                ))  # fmt: skip
+            keep = now.wall + self.keep_results if out.kind != ev.RESULT_NONE else 0.0
+            events.append(ev.Finish(id=jid, keep_until=keep, result_kind=out.kind,
+                                    result=out.data, children=tuple(children)))  # fmt: skip
+        self._forget([jid for jid, _ in finished])
+        lsn = self._write(events, now)
+        self.counters["acked"] += len(finished)
+        self.counters["enqueued"] += len(fresh)
+        self.counters["coalesced"] += len(specs) - len(fresh)
+        self._changed.notify_all()
+        return lsn
 
     def _record_acks(self, ids: list[int]) -> int | None:
         """Write the ack records of held jobs `ids` and finish them (lock held); the lsn.
@@ -381,13 +447,14 @@ class Queue(Administration):
                 due=0.0 if dead else now.wall + delay,
                 error=clip_error(str(error)),
             )
+            readied = self._state.readied
             lsn = self._write([event], now)
             self._forget([job_id])
             self.counters["failed"] += 1
             self.counters["dead_lettered" if dead else "retried"] += 1
             self._changed.notify_all()
         self._commit(lsn, sync)
-        if not dead:
+        if not dead or self._state.readied != readied:
             self._wake()
         return "dead" if dead else "scheduled"
 

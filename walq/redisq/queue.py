@@ -29,9 +29,12 @@ from walq.backend import QueueBackend
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
 from walq.core.job import DeadJob, Job, build_job
 from walq.core.jobspec import (
+    DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_RESULT,
     MAX_ATTEMPTS,
     JobSpec,
+    Output,
     check_seconds,
     check_task,
 )
@@ -100,6 +103,8 @@ class RedisQueue(QueueBackend):
         self.max_pending = max_pending
         self.max_bytes = max_bytes
         self.max_payload = max_payload
+        self.max_result_bytes = DEFAULT_MAX_RESULT
+        self.keep_results = DEFAULT_KEEP_RESULTS
         self.default_max_attempts = max_attempts
         self._rng = rng
         self._backoff = Backoff()  # the default retry delay, applied by fail.lua
@@ -138,6 +143,8 @@ class RedisQueue(QueueBackend):
         max_bytes: int | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_attempts: int = 20,
+        max_result_bytes: int = DEFAULT_MAX_RESULT,
+        keep_results: float = DEFAULT_KEEP_RESULTS,
         require_durable: bool | None = None,
         rng: random.Random | None = None,
         socket_timeout: float = 30.0,
@@ -188,6 +195,8 @@ class RedisQueue(QueueBackend):
             client.close()
             raise
         q.server_version, q.durable, q.persistence = server
+        q.max_result_bytes = max_result_bytes
+        q.keep_results = check_seconds("keep_results", keep_results)
         return q
 
     # -- calling the server ----------------------------------------------------------------------
@@ -334,7 +343,10 @@ class RedisQueue(QueueBackend):
         attempts: Sequence[int] | None,
         sync: bool | None,
         strict: bool,
+        outputs: Sequence[Output | None] | None = None,
     ) -> list[tuple[int, StateError]]:
+        if outputs is not None:
+            raise ArgumentError(f"{self.path}: results and follow-up jobs are not on Redis yet")
         args = self._claims_args(["1" if strict else "0"], job_ids, attempts)
         if len(args) == 1:
             self._check_open()
@@ -344,6 +356,14 @@ class RedisQueue(QueueBackend):
             self._raise(reply)
         self._forget(job_ids)
         return [(int(jid), _STATE_ERRORS[kind](_text(msg))) for jid, kind, msg in reply[1]]
+
+    def _add_after(
+        self, spec: JobSpec, parents: tuple[int, ...], policy: int, sync: bool | None
+    ) -> int:
+        raise ArgumentError(f"{self.path}: after= is not on Redis yet")
+
+    def result(self, job_id: int, timeout: float | None = None) -> Any:
+        raise ArgumentError(f"{self.path}: results are not on Redis yet")
 
     def _fail(
         self, job_id: int, error: str, permanent: bool,
