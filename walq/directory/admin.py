@@ -178,6 +178,7 @@ class Administration(QueueBase):
                 "scheduled": c.scheduled,
                 "running": c.running,
                 "dead": c.dead,
+                "waiting": c.waiting,
                 "done": self.done_seen + self.counters["acked"],
                 "unfinished": self._state.unfinished,
                 "bytes": self._state.live_bytes,
@@ -196,9 +197,10 @@ class Administration(QueueBase):
                         "scheduled": n.scheduled,
                         "running": n.running,
                         "dead": n.dead,
+                        "waiting": n.waiting,
                     }
                     for t, n in self._state.task_counts().items()
-                    if n.pending or n.scheduled or n.running or n.dead
+                    if n.pending or n.scheduled or n.running or n.dead or n.waiting
                 },
                 **self.counters,
             }
