@@ -447,6 +447,17 @@ class QueueState:
             else:
                 self._create(child, loc, now)
 
+    def wait_due(self, jid: int) -> float:
+        """The wall time waiting job `jid`'s delay ends (0: none)."""
+        return self._wait_due.get(jid, 0.0)
+
+    def relocate_results(self, moves: dict[int, Loc], upto: int) -> None:
+        """Point kept results at their copies in the compacted segment `upto`."""
+        for jid, loc in moves.items():
+            kept = self._results.get(jid)
+            if kept is not None and seq_of(kept[1].seg) <= upto:
+                self._results[jid] = (kept[0], loc)
+
     def drop_expired_results(self, wall: float) -> int:
         """Forget results kept past their time; how many."""
         old = [jid for jid, (until, _) in self._results.items() if until <= wall]

@@ -28,7 +28,7 @@ from walq.core.jobspec import (
     decode_result,
 )
 from walq.core.ledger import Lost
-from walq.core.state import DEAD, SCHEDULED, Loc, Now, QueueState, seq_of
+from walq.core.state import DEAD, SCHEDULED, WAITING, Loc, Now, QueueState, seq_of
 from walq.directory.compactor import Compactor, Snapshot
 from walq.directory.fs import FileSystem, Lock
 from walq.directory.log import Log
@@ -374,6 +374,8 @@ class CompactionView:
                 if seq_of(info.loc.seg) > upto:
                     continue
                 due = state.due_of(jid) if info.state == SCHEDULED else None
+                due_wall = 0.0 if due is None else now.wall + (due - now.mono)
+                waiting = info.state == WAITING
                 out.append(
                     Snapshot(
                         id=jid,
@@ -381,10 +383,27 @@ class CompactionView:
                         error_loc=state.error_loc(jid) if info.state == DEAD else None,
                         dead=info.state == DEAD,
                         attempts=info.attempts,
-                        due_wall=0.0 if due is None else now.wall + (due - now.mono),
+                        due_wall=state.wait_due(jid) if waiting else due_wall,
+                        waiting=waiting,
+                        after=state.after_of(jid),
                     )
                 )
             return out
+
+    def results_upto(self, upto: int) -> list[tuple[int, float, Loc]]:
+        q = self._q
+        with q._mu:
+            state = q._state
+            state.drop_expired_results(q._clock().wall)
+            return [
+                (jid, until, loc)
+                for jid, (until, loc) in state.results().items()
+                if seq_of(loc.seg) <= upto
+            ]
+
+    def relocate_results(self, upto: int, moves: dict[int, Loc]) -> None:
+        with self._q._mu:
+            self._q._state.relocate_results(moves, upto)
 
     def meta_event(self) -> ev.Meta:
         with self._q._mu:
