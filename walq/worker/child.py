@@ -20,9 +20,12 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+from walq.core import events as ev
 from walq.core.job import Job
+from walq.core.jobspec import MAX_PAYLOAD_LIMIT, encode_result
 from walq.core.retry import Permanent, RetryAfter
 from walq.core.text import excerpt
+from walq.errors import WalqError
 from walq.worker.tasks import Task, Tasks, deferred_result
 
 
@@ -105,9 +108,16 @@ def _run_one(fields: dict[str, Any], tasks: Tasks) -> tuple[str, int, int, dict[
                 f"the handler of task {excerpt(job.task)} returned {kind}, not a result: "
                 "the work it stands for never ran (coroutine tasks are not supported yet)"
             )
+        try:
+            rkind, data = encode_result(returned, MAX_PAYLOAD_LIMIT, job.id)
+        except WalqError as exc:  # retrying would return the same value
+            raise Permanent(f"the handler of task {excerpt(job.task)} returned {exc}") from None
     except BaseException as exc:  # every failure is reported, none escapes
         return ("error", job.id, job.attempt, _failure_report(exc, task))
-    return ("ok", job.id, job.attempt, None)
+    if rkind == ev.RESULT_NONE and not job.outbox:
+        return ("ok", job.id, job.attempt, None)
+    # What the ack commits: the result and the follow-up jobs (walq.worker.outcomes).
+    return ("ok", job.id, job.attempt, {"result": (rkind, data), "enqueue": job.outbox})
 
 
 def child_main(
