@@ -108,3 +108,23 @@ def asks_for_delay(payload: Any, job: Job) -> None:
     _note(payload, job)
     if job.attempt == 1:
         raise RetryAfter(0.5, "come back later")
+
+
+@tasks.task(timeout=10.0)
+def double(payload: Any, job: Job) -> Any:
+    """Returns its payload doubled; with "then", enqueues that task with the result."""
+    value = payload["n"] * 2
+    if payload.get("then"):
+        job.enqueue(payload["then"], {"n": value})
+    return {"n": value}
+
+
+@tasks.task(timeout=10.0)
+def total(payload: Any, job: Job) -> Any:
+    """Sums its parents' results (a fan-in)."""
+    return sum(r["n"] for r in job.parents.values())
+
+
+@tasks.task(timeout=10.0)
+def returns_a_set(payload: Any, job: Job) -> Any:
+    return {1, 2}

@@ -1,0 +1,84 @@
+"""Results, follow-up jobs and dependencies through the worker pool and from other processes.
+
+The queue calls themselves are in the contract suite (tests/test_contract.py,
+TestFlow), on both backends; here the worker sends a handler's return value
+and its job.enqueue() calls with the ack, and walq.connect() reads results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import walq
+from tests import worker_tasks
+from tests.test_worker import run_until_done
+from walq import Worker
+
+
+@pytest.fixture
+def q(tmp_path: Path) -> Iterator[walq.Queue]:
+    queue = walq.Queue.open(str(tmp_path / "q"))
+    yield queue
+    queue.close()
+
+
+def test_a_chain_and_a_fan_in_through_the_worker(q: walq.Queue) -> None:
+    """Return values are results; job.enqueue() follow-ups run; a fan-in reads its parents."""
+    a = q.enqueue("double", {"n": 1, "then": "double"})
+    b = q.enqueue("double", {"n": 10})
+    c = q.enqueue("total", None, after=[a, b])
+    assert q.status(c) == "waiting"
+    assert run_until_done(q, Worker(q, worker_tasks.tasks, processes=2)) == 0
+    assert q.result(a) == {"n": 2} and q.result(b) == {"n": 20}
+    assert q.result(c) == 22
+    follow = c + 1  # the follow-up job a's handler enqueued: committed with a's ack
+    assert q.status(follow) == "done" and q.result(follow) == {"n": 4}
+
+
+def test_a_result_that_is_not_json_fails_the_job_for_good(q: walq.Queue) -> None:
+    """A handler returning something neither JSON nor bytes is dead at once, with why."""
+    jid = q.enqueue("returns_a_set", {})
+    run_until_done(q, Worker(q, worker_tasks.tasks, processes=1))
+    with pytest.raises(walq.JobFailed, match="neither bytes nor a JSON value"):
+        q.result(jid)
+    assert q.dead_jobs()[0].attempts == 1
+
+
+def test_a_result_over_the_queues_limit_fails_the_job(tmp_path: Path) -> None:
+    """A result over max_result_bytes is refused at the ack: the job is dead, not done."""
+    with walq.Queue.open(str(tmp_path / "q"), max_result_bytes=8) as q:
+        jid = q.enqueue("double", {"n": 10**12})
+        run_until_done(q, Worker(q, worker_tasks.tasks, processes=1))
+        with pytest.raises(walq.JobFailed, match="max_result_bytes"):
+            q.result(jid)
+
+
+def test_connect_reads_results_through_the_owner_and_from_the_files(tmp_path: Path) -> None:
+    """walq.connect(DIR).result() asks a running owner, or reads the files when none runs."""
+    path = str(tmp_path / "q")
+    with walq.Queue.open(path) as q, walq.connect(path) as producer:
+        jid = q.enqueue("t", 1)
+        with pytest.raises(walq.ResultTimeout, match="pending"):
+            producer.result(jid, timeout=0.1)
+        job = q.claim()
+        assert job is not None
+        q.ack(job.id, result=b"\x00\xffdone")
+        assert producer.result(jid, timeout=10) == b"\x00\xffdone"
+        bad = q.enqueue("t", 1, max_attempts=1)
+        dep = q.enqueue("t", 1, after=[bad])
+        failed = q.claim()
+        assert failed is not None
+        q.fail(failed.id, "it broke")
+        with pytest.raises(walq.JobFailed, match="it broke"):
+            producer.result(bad)
+        with pytest.raises(walq.UnknownJobError):
+            producer.result(10**9)
+    with walq.connect(path) as producer:  # no owner: the files answer
+        assert producer.result(jid, timeout=0) == b"\x00\xffdone"
+        with pytest.raises(walq.JobCancelled, match=f"job {bad} .* is dead"):
+            producer.result(dep)
+        with pytest.raises(walq.JobFailed, match="it broke"):
+            producer.result(bad, timeout=0)
