@@ -54,6 +54,14 @@ def make_payload(nonce: str, size: int, *, fail: bool, as_bytes: bool) -> Any:
     return {"nonce": nonce, "fail": fail, "pad": body.decode()}
 
 
+def flow_payload(nonce: str, size: int, *, fail: bool, **flow: Any) -> dict[str, Any]:
+    """A JSON payload that also asks for flow: "outbox" (enqueue a follow-up job),
+    "parent" (this is one), or "after" and "after_nonce" (its parent's id and result)."""
+    payload: dict[str, Any] = make_payload(nonce, size, fail=fail, as_bytes=False)
+    payload.update(flow)
+    return payload
+
+
 def parse_payload(payload: Any) -> tuple[str, bool, bytes]:
     """(nonce, fail-first, filler) from either payload form."""
     if isinstance(payload, bytes):
@@ -63,9 +71,9 @@ def parse_payload(payload: Any) -> tuple[str, bool, bytes]:
 
 
 @tasks.task(timeout=60.0, max_attempts=10000, retry=Backoff(base=0.01, cap=0.05), breaker=None)
-def work(payload: Any, job: Job) -> None:
+def work(payload: Any, job: Job) -> Any:
     """Check the payload, maybe fail once on purpose, work a little, record the run."""
-    _work(payload, job)
+    return _work(payload, job)
 
 
 # The slow-import mode's task: its handler takes at most a quarter of its timeout.
@@ -75,12 +83,12 @@ TIMED_TIMEOUT = 2.0
 @tasks.task(
     timeout=TIMED_TIMEOUT, max_attempts=10000, retry=Backoff(base=0.01, cap=0.05), breaker=None
 )
-def work_timed(payload: Any, job: Job) -> None:
+def work_timed(payload: Any, job: Job) -> Any:
     """`work` under a short timeout."""
-    _work(payload, job)
+    return _work(payload, job)
 
 
-def _work(payload: Any, job: Job) -> None:
+def _work(payload: Any, job: Job) -> Any:
     ledger = os.environ[LEDGER_ENV]
     try:
         nonce, fail, body = parse_payload(payload)
@@ -97,4 +105,23 @@ def _work(payload: Any, job: Job) -> None:
         raise RuntimeError("a planned first-attempt failure")
     work_ms = float(os.environ.get(WORK_MS_ENV, "5"))
     time.sleep(random.uniform(0, work_ms) / 1000)
-    append(ledger, [f"ran {job.id} {job.attempt} {nonce} {os.getpid()}"])
+    lines = _flow(payload, job, nonce) if isinstance(payload, dict) else []
+    append(ledger, [*lines, f"ran {job.id} {job.attempt} {nonce} {os.getpid()}"])
+    return nonce  # the result: a dependent checks it in job.parents
+
+
+def _flow(payload: dict[str, Any], job: Job, nonce: str) -> list[str]:
+    """The flow side of a run: a follow-up job enqueued, a dependent's parent checked."""
+    lines = []
+    if "after" in payload:
+        parent = int(payload["after"])
+        got = job.parents.get(parent)
+        if got != payload["after_nonce"]:  # the parent was not done (or its result lost)
+            lines.append(f"early {job.id} {parent} {got!r}")
+    if payload.get("outbox"):
+        child = f"{nonce}.f"
+        job.enqueue(job.task, flow_payload(child, 64, fail=False, parent=job.id))
+        lines += [f"intent {child}", f"outbox {job.id} {job.attempt} {child}"]
+    if "parent" in payload:
+        lines.append(f"child {payload['parent']} {job.id} {nonce}")
+    return lines
