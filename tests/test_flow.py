@@ -82,3 +82,17 @@ def test_connect_reads_results_through_the_owner_and_from_the_files(tmp_path: Pa
             producer.result(dep)
         with pytest.raises(walq.JobFailed, match="it broke"):
             producer.result(bad, timeout=0)
+
+
+def test_the_documented_example_runs(tmp_path: Path) -> None:
+    """docs/examples/flow.py (a fan-in and a chain, docs/FLOW.md) runs and prints its results."""
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parent.parent / "docs" / "examples" / "flow.py"
+    out = subprocess.run(
+        [sys.executable, str(example), str(tmp_path / "q")],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    assert "merge is waiting" in out
+    assert "merge -> 6000" in out and "publish -> published 6000 bytes" in out
