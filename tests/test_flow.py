@@ -96,3 +96,27 @@ def test_the_documented_example_runs(tmp_path: Path) -> None:
     ).stdout  # fmt: skip
     assert "merge is waiting" in out
     assert "merge -> 6000" in out and "publish -> published 6000 bytes" in out
+
+
+def test_an_open_from_a_checkpoint_keeps_results_and_waits(tmp_path: Path) -> None:
+    """The checkpoint carries kept results, jobs' parents and causes (a flow record)."""
+    path = str(tmp_path / "q")
+    with walq.Queue.open(path, compaction=False, checkpoint=False) as q:
+        a, b = q.enqueue("a", 1), q.enqueue("b", 2)
+        c = q.enqueue("c", 3, after=[a, b])
+        d = q.enqueue("d", 4, after=[b])
+        job = q.claim(tasks=["a"])
+        assert job is not None
+        q.ack(job.id, result={"a": 1})
+        q.write_checkpoint()
+        after_checkpoint = q.enqueue("e", 5, after=[c])
+    with walq.Queue.open(path, compaction=False, checkpoint=False) as q:
+        assert q.checkpoint_opened is not None  # the open started from the checkpoint
+        assert q.result(a, timeout=0) == {"a": 1}
+        assert [q.status(i) for i in (c, d, after_checkpoint)] == ["waiting"] * 3
+        job = q.claim(tasks=["b"])
+        assert job is not None
+        q.fail(job.id, "boom", permanent=True)
+        assert q.status(d) == "cancelled" and q.status(c) == "cancelled"
+        with pytest.raises(walq.JobCancelled, match=f"job {b} .* is dead"):
+            q.result(d)

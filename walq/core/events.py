@@ -8,6 +8,7 @@ events that followed it.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -232,6 +233,28 @@ class Meta:
 
 
 @attrs.frozen(kw_only=True)
+class Pause:
+    """A task paused: its pending jobs stay pending (running ones finish) until resumed."""
+
+    rtype: ClassVar[int] = fmt.PAUSE
+    task: str
+
+    def encode(self) -> bytes:
+        return self.task.encode()
+
+
+@attrs.frozen(kw_only=True)
+class Resume:
+    """A paused task's pending jobs may be claimed again."""
+
+    rtype: ClassVar[int] = fmt.RESUME
+    task: str
+
+    def encode(self) -> bytes:
+        return self.task.encode()
+
+
+@attrs.frozen(kw_only=True)
 class After:
     """A job that waits until every one of `parents` is done (an enqueue or a compacted job).
 
@@ -276,8 +299,41 @@ class Finish:
         return b"".join(parts)
 
 
+@attrs.frozen(kw_only=True)
+class Flow:
+    """A checkpoint's flow state (never in a segment): kept results (id, until, seg, offset,
+    size), jobs' parents (id, policy, wait due, parents) and dependents' causes (id, text)."""
+
+    rtype: ClassVar[int] = fmt.FLOW
+    results: tuple[tuple[int, float, int, int, int], ...] = ()
+    waits: tuple[tuple[int, int, float, tuple[int, ...]], ...] = ()
+    causes: tuple[tuple[int, str], ...] = ()
+
+    def encode(self) -> bytes:
+        data = (
+            [list(r) for r in self.results],
+            [[j, p, d, list(ps)] for j, p, d, ps in self.waits],
+            [list(c) for c in self.causes],
+        )
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
 Event = (
-    Enqueue | Job | Claim | Release | Fail | Ack | Cancel | Requeue | Purge | Meta | After | Finish
+    Enqueue
+    | Job
+    | Claim
+    | Release
+    | Fail
+    | Ack
+    | Cancel
+    | Requeue
+    | Purge
+    | Meta
+    | Pause
+    | Resume
+    | After
+    | Finish
+    | Flow
 )
 
 
@@ -352,6 +408,41 @@ def _decode_enqueue(body: bytes) -> Enqueue:
         created=created,
         origin=origin or "",
     )
+
+
+def claim_fields(
+    rtype: int, body: bytes, jid: int = 0
+) -> tuple[str, int, bytes, str | None, int, float]:
+    """(task, kind, payload, key, priority, created) of job `jid`'s record (see job_event).
+
+    What a claim hands out, without building the event: the claim path reads
+    one per job. The same checks as `decode`; BadEvent for anything else.
+    """
+    if rtype != fmt.ENQUEUE:
+        e: Event | None = decode(rtype, body)
+        if isinstance(e, After | Finish):
+            e = job_event(e, jid)
+        if not isinstance(e, Enqueue | Job):
+            raise BadEvent(f"a {fmt.TYPE_NAMES.get(rtype, rtype)} record is not a job's")
+        return e.task, e.kind, e.payload, e.key, e.priority, e.created
+    try:
+        _jid, prio, _maxa, kind, _due, created, tlen, klen, olen = _ENQ.unpack_from(body)
+        at = _ENQ.size + tlen
+        task = body[_ENQ.size : at].decode()
+        key = None
+        if klen != 0xFFFF:
+            key = body[at : at + klen].decode()
+            at += klen
+        if olen and olen != 0xFFFF:
+            body[at : at + olen].decode()  # checked, as decode does; not handed out
+            at += olen
+        if at > len(body):
+            raise ValueError("string runs past the body")
+        if not task or tlen == 0xFFFF or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
+            raise ValueError("invalid task or payload kind")
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise BadEvent(f"malformed enqueue body: {exc}") from None
+    return task, kind, body[at:], key, prio, created
 
 
 def enqueue_fields(
@@ -439,6 +530,20 @@ def _decode_meta(body: bytes) -> Meta:
     return Meta(next_id=next_id, tombstones=tuple(_TOMB.iter_unpack(body[_META.size :])))
 
 
+def _decode_flow(body: bytes) -> Flow:
+    try:
+        results, waits, causes = json.loads(body)
+        return Flow(
+            results=tuple((int(j), float(u), int(g), int(o), int(z)) for j, u, g, o, z in results),
+            waits=tuple(
+                (int(j), int(p), float(d), tuple(int(x) for x in ps)) for j, p, d, ps in waits
+            ),
+            causes=tuple((int(j), str(t)) for j, t in causes),
+        )
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a flow body: {exc}") from None
+
+
 def _decode_after(body: bytes) -> After:
     policy, n = _AFTER.unpack_from(body)
     at = _AFTER.size + n * _ID.size
@@ -474,6 +579,12 @@ def _decode_finish(body: bytes) -> Finish:
     )
 
 
+def _task_name(body: bytes) -> str:
+    if not body:
+        raise ValueError("empty task name")
+    return body.decode()
+
+
 _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.ENQUEUE: _decode_enqueue,
     fmt.JOB: _decode_job,
@@ -485,6 +596,9 @@ _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.REQUEUE: lambda b: Requeue(ids=_ids(b)),
     fmt.PURGE: lambda b: Purge(ids=_ids(b)),
     fmt.META: _decode_meta,
+    fmt.PAUSE: lambda b: Pause(task=_task_name(b)),
+    fmt.RESUME: lambda b: Resume(task=_task_name(b)),
     fmt.AFTER: _decode_after,
+    fmt.FLOW: _decode_flow,
     fmt.FINISH: _decode_finish,
 }

@@ -48,10 +48,13 @@ REQUEUE = 7
 PURGE = 8
 JOB = 9
 META = 10
-# 11-12: control. 13-19: flow (results, follow-up jobs, dependencies).
+PAUSE = 11  # a task's pending jobs are not claimed until its RESUME
+RESUME = 12
+# 13-19: flow (results, follow-up jobs, dependencies).
 FINISH = 13  # an ack with its result and follow-up jobs, in one record
 AFTER = 14  # a job that waits for others (wraps an enqueue or a compacted job)
-MAX_TYPE = AFTER
+FLOW = 15  # a checkpoint's flow state: kept results, jobs' parents, dependents' causes
+MAX_TYPE = FLOW
 
 TYPE_NAMES = {
     ENQUEUE: "enqueue",
@@ -64,8 +67,11 @@ TYPE_NAMES = {
     PURGE: "purge",
     JOB: "job",
     META: "meta",
+    PAUSE: "pause",
+    RESUME: "resume",
     FINISH: "finish",
     AFTER: "after",
+    FLOW: "flow",
 }
 
 

@@ -113,6 +113,10 @@ def _describe(e: ev.Event, *, full: bool) -> dict[str, Any]:
             out["due"] = e.due
     elif isinstance(e, ev.Meta):
         out.update(next_id=e.next_id, tombstones=len(e.tombstones))
+    elif isinstance(e, ev.Pause | ev.Resume):
+        out["task"] = e.task
+    elif isinstance(e, ev.Flow):
+        out.update(results=len(e.results), waits=len(e.waits))
     else:
         out["jobs"] = list(e.ids)
         if len(e.ids) == 1:
