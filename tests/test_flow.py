@@ -25,13 +25,15 @@ def q(tmp_path: Path) -> Iterator[walq.Queue]:
     queue.close()
 
 
-def test_a_chain_and_a_fan_in_through_the_worker(q: walq.Queue) -> None:
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_a_chain_and_a_fan_in_through_the_worker(q: walq.Queue, kind: str) -> None:
     """Return values are results; job.enqueue() follow-ups run; a fan-in reads its parents."""
     a = q.enqueue("double", {"n": 1, "then": "double"})
     b = q.enqueue("double", {"n": 10})
     c = q.enqueue("total", None, after=[a, b])
     assert q.status(c) == "waiting"
-    assert run_until_done(q, Worker(q, worker_tasks.tasks, processes=2)) == 0
+    tasks = worker_tasks.REGISTRIES[kind]
+    assert run_until_done(q, Worker(q, tasks, processes=2)) == 0
     assert q.result(a) == {"n": 2} and q.result(b) == {"n": 20}
     assert q.result(c) == 22
     follow = c + 1  # the follow-up job a's handler enqueued: committed with a's ack

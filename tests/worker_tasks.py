@@ -243,5 +243,16 @@ async def a_returns_coroutine(payload: Any, job: Job) -> Any:
     return asyncio.sleep(0)
 
 
+@atasks.task("double", timeout=10.0)
+async def a_double(payload: Any, job: Job) -> Any:
+    await asyncio.sleep(0)
+    return double(payload, job)
+
+
+@atasks.task("total", timeout=10.0)
+async def a_total(payload: Any, job: Job) -> Any:
+    return total(payload, job)
+
+
 REGISTRIES = {"def": tasks, "async def": atasks}  # the worker tests run for both
 SPECS = {"def": "tests.worker_tasks:tasks", "async def": "tests.worker_tasks:atasks"}
