@@ -749,6 +749,14 @@ class TestFlow:
         assert job_c.id == c and job_c.parents == {b: 30}
         q.close()
 
+    def test_a_plain_ack_releases_dependents(self, q: Any) -> None:
+        """An ack without result or follow-up jobs (the batched ack path) moves dependents on."""
+        a = q.enqueue("a", 1)
+        b = q.enqueue("b", 1, after=[a])
+        q.ack_many([claimed(q).id])
+        assert q.status(b) == "pending"
+        assert claimed(q).parents == {a: None}
+
     def test_a_failed_parent_cancels_dependents_unless_always(self, q: Any) -> None:
         """A dead or cancelled parent cancels the chain after it, with the cause; "always" runs."""
         a = q.enqueue("a", 1, max_attempts=1)

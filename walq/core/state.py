@@ -796,11 +796,12 @@ class QueueState:
                 ok.append(jid)
         return ok, refused
 
-    def finish(self, ids: Sequence[int]) -> None:
+    def finish(self, ids: Sequence[int], now: Now | None = None) -> None:
         """Remove running jobs `ids` (held: see `held`) as their Ack record says.
 
         The batch form of applying the Ack: the running -> done move is checked
-        once; a job that is not running takes the general path.
+        once; a job that is not running takes the general path. Jobs waiting
+        for them move on, as the Ack's replay would make them (`now`: when).
         """
         if not ids:
             return
@@ -831,6 +832,9 @@ class QueueState:
         self.live_bytes -= freed
         for task, k in gone.items():
             self._shift(task, RUNNING, None, k)
+        if self._held_by or self._after:
+            for jid in ids:
+                self._settled(jid, True, now or Now(0.0, 0.0))
 
     def untake(self, jobs: Iterable[JobInfo]) -> None:
         """Put jobs taken by `take_ready` back at the head of their queues (nothing recorded)."""

@@ -491,7 +491,7 @@ class Queue(Administration):
         """
         self._forget(ids)
         _, lsn = self._log.append([(fmt.ACK, ev.Ack(ids=chunk).encode()) for chunk in chunks(ids)])
-        self._state.finish(ids)  # the Ack records' effect, in one pass
+        self._state.finish(ids, self._clock())  # the Ack records' effect, in one pass
         self.counters["acked"] += len(ids)
         self._changed.notify_all()
         return lsn
