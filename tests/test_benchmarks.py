@@ -58,3 +58,19 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         assert row["median"] is not None, row
         assert row["note"].endswith((": MET", ": missed")), row
     assert "enqueue, 16 threads" in proc.stdout
+
+
+def test_restart_quick_opens_from_a_checkpoint_and_by_full_replay(tmp_path: Path) -> None:
+    """`restart.py --quick`: both opens measured, and the checkpoint's was really used."""
+    script = RUN.parent / "restart.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--dir", str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "full replay: open" in proc.stdout
+    assert "checkpoint : open" in proc.stdout
+    assert "first claim <= 100 ms" in proc.stdout
