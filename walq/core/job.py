@@ -51,6 +51,7 @@ class Job:
             "priority": self.priority,
             "max_attempts": self.max_attempts,
             "enqueued_at": self.enqueued_at,
+            "parents": self.parents,  # the outbox starts empty in the worker process
         }
 
 
