@@ -223,8 +223,11 @@ def _image_by_visiting(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> I
 
 
 def generations(state: QueueState) -> int:
-    """The highest compaction generation a restored state's locations carry (see Loc)."""
-    return max((seg >> SEQ_BITS for seg in state._seg_bytes), default=0)
+    """The highest compaction generation a restored state's locations carry (see Loc):
+    its jobs' and its kept results' (a result may sit in a compacted segment no job is in)."""
+    jobs = max((seg >> SEQ_BITS for seg in state._seg_bytes), default=0)
+    results = max((loc.seg >> SEQ_BITS for _, loc in state.results().values()), default=0)
+    return max(jobs, results)
 
 
 # -- the file ------------------------------------------------------------------------------
