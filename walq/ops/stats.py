@@ -87,8 +87,9 @@ class QueueStats:
 
     @property
     def unfinished(self) -> int:
-        """Jobs not yet finished: pending, scheduled or running."""
-        return self.jobs["pending"] + self.jobs["scheduled"] + self.jobs["running"]
+        """Jobs not yet finished: pending, scheduled, running or waiting for others."""
+        j = self.jobs
+        return j["pending"] + j["scheduled"] + j["running"] + j["waiting"]
 
     @classmethod
     def of(cls, st: Mapping[str, Any]) -> QueueStats:
@@ -256,7 +257,8 @@ def directory_snapshot(
         "scheduled": c["scheduled"],
         "running": c["running"],
         "dead": c["dead"],
-        "unfinished": c["pending"] + c["scheduled"] + c["running"],
+        "waiting": c["waiting"],
+        "unfinished": c["pending"] + c["scheduled"] + c["running"] + c["waiting"],
         "interrupted": r.interrupted,
         "done_in_log": r.done_seen,
         "next_id": state.next_id,
