@@ -537,3 +537,17 @@ def test_replaying_flow_records_reaches_the_owners_state() -> None:
         apply(twice, e)
     twice.finish_replay(T0)
     assert [twice.status(i) for i in range(1, 7)] == got
+
+
+def test_a_checkpoints_generations_count_kept_results_too() -> None:
+    """A result in a compacted segment no job is in still names its generation."""
+    from walq.core import checkpoint
+    from walq.core.state import SEQ_BITS
+
+    s = fresh()
+    (a,) = enqueue(s, spec())
+    claim(s, a)
+    s.apply(ev.Finish(id=a, keep_until=T0.wall + 60, result_kind=ev.RESULT_JSON, result=b"1"),
+            Loc(7 | 5 << SEQ_BITS, 40, 64), T0)  # fmt: skip
+    enqueue(s, spec())  # a live job in generation 0
+    assert checkpoint.generations(s) == 5
