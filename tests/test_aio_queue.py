@@ -292,3 +292,25 @@ def test_a_waiting_claim_leaves_the_loop_free_and_wakes_on_enqueue(tmp_path: Pat
             assert sorted(j.id for j in jobs if j is not None) == ids
 
     asyncio.run(main())
+
+
+def test_results_follow_ups_and_dependencies_as_coroutines(tmp_path: Path) -> None:
+    """result() waits on the loop; ack(result=, enqueue=) and enqueue(after=) work as in Queue."""
+
+    async def main() -> None:
+        async with await walq.AsyncQueue.open(str(tmp_path / "q")) as q:
+            a = await q.enqueue("a", 1)
+            b = await q.enqueue("b", 2, after=[a])
+            assert await q.status(b) == "waiting"
+            waiter = asyncio.ensure_future(q.result(a, timeout=30))
+            job = await q.claim()
+            assert job is not None and job.id == a
+            await q.ack(a, result={"n": 1}, enqueue=[("c", 3)])
+            assert await waiter == {"n": 1}
+            job = await q.claim(tasks=["b"])
+            assert job is not None and job.parents == {a: {"n": 1}}
+            with pytest.raises(walq.ResultTimeout):
+                await q.result(b, timeout=0.05)
+            assert (await q.stats())["pending"] == 1  # the follow-up job c
+
+    asyncio.run(main())

@@ -644,12 +644,157 @@ class TestContract:
         assert sorted(acked) == sorted(produced) and len(set(acked)) == 200
 
 
+class TestFlow:
+    """Results, follow-up jobs committed with the ack, and dependencies (docs/FLOW.md)."""
+
+    def test_result_is_kept_and_read_back(self, backend: Backend) -> None:
+        """A JSON or bytes result is returned by result(), from this and a later handle."""
+        q = backend.open()
+        a, b, c = q.enqueue("t", 1), q.enqueue("t", 2), q.enqueue("t", 3)
+        q.ack(claimed(q).id, result={"sum": 3})
+        q.ack(claimed(q).id, result=b"\x00raw")
+        q.ack(claimed(q).id)
+        assert q.result(a) == {"sum": 3} and q.result(b) == b"\x00raw" and q.result(c) is None
+        q.close()
+        with backend.open() as again:
+            assert again.result(a, timeout=0) == {"sum": 3}
+            assert again.result(b, timeout=0) == b"\x00raw"
+
+    def test_result_waits_times_out_and_names_failure_and_cancellation(self, q: Any) -> None:
+        """result() waits for an unfinished job; dead and cancelled jobs raise with why."""
+        jid = q.enqueue("t", 1)
+        with pytest.raises(walq.ResultTimeout, match=f"job {jid} is pending"):
+            q.result(jid, timeout=0.05)
+        got: list[Any] = []
+        waiter = threading.Thread(target=lambda: got.append(q.result(jid, timeout=30)))
+        waiter.start()
+        job = claimed(q)
+        q.ack(job.id, result=[1, 2])
+        waiter.join(30)
+        assert got == [[1, 2]]
+        bad = q.enqueue("t", 1)
+        q.fail(claimed(q).id, "it broke", permanent=True)
+        with pytest.raises(walq.JobFailed, match="it broke") as failed:
+            q.result(bad)
+        assert failed.value.error.startswith("it broke")
+        gone = q.enqueue("t", 1)
+        q.cancel(gone)
+        with pytest.raises(walq.JobCancelled):
+            q.result(gone)
+        with pytest.raises(walq.UnknownJobError):
+            q.result(10**9)
+
+    def test_results_are_bounded_and_expire(self, backend: Backend) -> None:
+        """A result over max_result_bytes is refused (the job stays running); it expires."""
+        q = backend.open(max_result_bytes=100, keep_results=0.3)
+        jid = q.enqueue("t", 1)
+        job = claimed(q)
+        with pytest.raises(walq.PayloadError, match="max_result_bytes"):
+            q.ack(job.id, result="x" * 200)
+        with pytest.raises(walq.PayloadError, match="neither bytes nor a JSON"):
+            q.ack(job.id, result={1, 2})
+        assert q.status(jid) == "running"
+        q.ack(job.id, result="short")
+        assert q.result(jid) == "short"
+        assert wait_for(lambda: q.result(jid) is None, timeout=30)
+        q.close()
+
+    def test_follow_up_jobs_exist_once_acked_never_before(self, backend: Backend) -> None:
+        """Jobs given to ack(enqueue=...) appear with the ack, coalesce by key, survive reopen."""
+        q = backend.open()
+        jid = q.enqueue("first", 1)
+        job = claimed(q)
+        assert q.stats()["unfinished"] == 1
+        q.ack(job.id, result="r", enqueue=[("second", {"n": 2}), ("third", 3, {"key": "k"}),
+                                           ("third", 4, {"key": "k"})])  # fmt: skip
+        assert q.stats()["unfinished"] == 2
+        q.close()
+        q = backend.open()
+        got = sorted((j.task, j.payload) for j in q.claim_many(10))
+        assert got == [("second", {"n": 2}), ("third", 3)]
+        assert q.result(jid) == "r"
+        q.close()
+
+    def test_a_lost_attempt_adds_no_follow_up_jobs(self, q: Any) -> None:
+        """An attempt whose lease expired cannot ack: its follow-up jobs never exist."""
+        q.enqueue("first", 1)
+        job = claimed(q, lease=LEASE)
+        assert wait_for(lambda: q.status(job.id) == "pending", timeout=30)
+        with pytest.raises(walq.LeaseLost):
+            q.ack(job.id, attempt=job.attempt, enqueue=[("second", 2)])
+        assert q.stats()["unfinished"] == 1 and q.claim(tasks=["second"]) is None
+
+    def test_chain_and_fan_in_wait_for_their_parents(self, backend: Backend) -> None:
+        """A job after others waits until all are done, then reads their results."""
+        q = backend.open()
+        a1, a2 = q.enqueue("a", 1), q.enqueue("a", 2)
+        b = q.enqueue("b", None, after=[a1, a2])
+        c = q.enqueue("c", None, after=[b])
+        assert q.status(b) == "waiting" and q.status(c) == "waiting"
+        assert q.stats()["waiting"] == 2 and q.stats()["unfinished"] == 4
+        first = claimed(q)
+        assert first.id == a1 and q.claim(tasks=["b", "c"]) is None
+        q.ack(a1, result=10)
+        assert q.status(b) == "waiting"
+        q.close()
+        q = backend.open()  # the wait survives a reopen
+        assert q.status(b) == "waiting"
+        second = claimed(q)
+        q.ack(second.id, result=20)
+        assert q.status(b) == "pending" and q.status(c) == "waiting"
+        job_b = claimed(q)
+        assert job_b.id == b and job_b.parents == {a1: 10, a2: 20}
+        q.ack(b, result=30)
+        job_c = claimed(q)
+        assert job_c.id == c and job_c.parents == {b: 30}
+        q.close()
+
+    def test_a_plain_ack_releases_dependents(self, q: Any) -> None:
+        """An ack without result or follow-up jobs (the batched ack path) moves dependents on."""
+        a = q.enqueue("a", 1)
+        b = q.enqueue("b", 1, after=[a])
+        q.ack_many([claimed(q).id])
+        assert q.status(b) == "pending"
+        assert claimed(q).parents == {a: None}
+
+    def test_a_failed_parent_cancels_dependents_unless_always(self, q: Any) -> None:
+        """A dead or cancelled parent cancels the chain after it, with the cause; "always" runs."""
+        a = q.enqueue("a", 1, max_attempts=1)
+        b = q.enqueue("b", 1, after=[a])
+        c = q.enqueue("c", 1, after=[b])
+        d = q.enqueue("d", 1, after=[a], after_policy="always")
+        q.fail(claimed(q).id, "boom")
+        assert q.status(b) == "cancelled" and q.status(c) == "cancelled"
+        assert q.status(d) == "pending"
+        with pytest.raises(walq.JobCancelled, match=f"job {a} .* is dead"):
+            q.result(b)
+        e = q.enqueue("e", 1)
+        f = q.enqueue("f", 1, after=[e])
+        q.cancel(e)
+        assert q.status(f) == "cancelled"
+        late = q.enqueue("g", 1, after=[e])
+        assert q.status(late) == "cancelled"
+
+    def test_after_refuses_unknown_ids_and_bad_arguments(self, q: Any) -> None:
+        """Unknown parents (so also cycles: a parent exists before its child) are refused."""
+        with pytest.raises(walq.UnknownJobError):
+            q.enqueue("t", 1, after=[10**9])
+        for after, match in (([], "1.."), ([0], "job ids"), (5, "job ids"), (["1"], "job ids")):
+            with pytest.raises(walq.ArgumentError, match=match):
+                q.enqueue("t", 1, after=after)
+        a = q.enqueue("t", 1)
+        with pytest.raises(walq.ArgumentError, match="after_policy"):
+            q.enqueue("t", 1, after=[a], after_policy="sometimes")
+        assert q.stats()["unfinished"] == 1
+
+
 # The calls only one backend has, as docs/REDIS.md lists them ("What differs").
 ONE_BACKEND_ONLY = {
     "open",  # each takes its own options (a directory's; a server's)
     "compact",  # the file queue's compactor; Redis rewrites its AOF itself
     "compactor_health",  # whether that compactor keeps failing
     "sync_mode",  # the file queue's fsync policy
+    "write_checkpoint",  # the file queue's restart checkpoint; a server keeps its state itself
 }
 
 

@@ -156,6 +156,13 @@ def test_every_public_method_of_a_closed_queue_raises_closed_error(qdir: str) ->
         "compact": q.compact,
         "compactor_health": q.compactor_health,
         "record_worker_status": lambda: q.record_worker_status({}),
+        "job_detail": lambda: q.job_detail(1),
+        "find": lambda: q.find("k"),
+        "jobs": q.jobs,
+        "pause": lambda: q.pause("t"),
+        "resume": lambda: q.resume("t"),
+        "paused": q.paused,
+        "write_checkpoint": q.write_checkpoint,
     }
     public = {
         name

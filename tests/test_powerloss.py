@@ -257,3 +257,72 @@ def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -
     ProducerServer(q, listen=False, poll_interval=None).start()
     assert q.stats()["pending"] == len(items)  # 18 today: 8 ingested twice
     q.close()
+
+
+# -- flow: results, follow-up jobs, dependencies (docs/FLOW.md) -----------------------------
+
+
+def _flow_script(q: walq.Queue, done: list[str]) -> None:
+    """A job with a dependent; its ack commits a result and three follow-up jobs; compactions."""
+    pad = "p" * 1500  # three jobs fill a 4 KiB segment: compactions have sealed segments
+    a = q.enqueue("a", {"pad": pad})
+    q.enqueue("b", {"pad": pad}, after=[a])
+    done.append("enqueued")
+    job = q.claim(tasks=["a"])
+    assert job is not None
+    q.ack(job.id, result={"r": 1}, enqueue=[("f", {"i": i, "pad": pad}) for i in range(3)])
+    done.append("acked")
+    q.compact()
+    child = q.claim(tasks=["b"])
+    assert child is not None and child.parents == {a: {"r": 1}}
+    q.ack(child.id, result=b"ok")
+    done.append("b-acked")
+    q.enqueue("pad", {"pad": pad})
+    q.compact()
+    done.append("compacted")
+
+
+def _check_flow(disk: SimFileSystem, done: list[str]) -> None:
+    """The reopened queue: the ack, its result and its follow-ups all there or none of them."""
+    q = open_sim(disk)
+    try:
+        if "enqueued" not in done and q.stats()["next_id"] <= 2:
+            return  # the crash came before the two enqueues were confirmed
+        a, b = 1, 2
+        follow = q.stats()["tasks"].get("f", {}).get("pending", 0)
+        if q.status(a) == "done":
+            assert follow == 3, f"job {a} done with {follow} of its 3 follow-up jobs"
+            assert q.result(a, timeout=0) == {"r": 1}
+            assert q.status(b) in ("pending", "done")
+        else:
+            assert "acked" not in done, "a confirmed ack was lost"
+            assert follow == 0, f"{follow} follow-up jobs exist without the ack of job {a}"
+            assert q.status(b) == "waiting", f"job {b} is {q.status(b)} before its parent is done"
+            assert q.claim(tasks=["b"]) is None
+        if "b-acked" in done:
+            assert q.result(b, timeout=0) == b"ok"
+        if q.status(b) == "pending":
+            job = q.claim(tasks=["b"])
+            assert job is not None and job.parents == {a: {"r": 1}}
+    finally:
+        q.close()
+
+
+def test_follow_up_jobs_and_results_are_atomic_with_the_ack_at_every_crash_point() -> None:
+    """Crash at every file-system call of the flow script, under every crash mode."""
+    probe = SimFileSystem()
+    _flow_script(open_sim(probe), [])
+    total = probe.calls
+    rng = random.Random(20261204)
+    states = 0
+    for index in range(total):
+        fs = SimFileSystem()
+        done: list[str] = []
+        fs.crash_at_call(index)
+        with contextlib.suppress(SimulatedCrash, walq.LogFailedError):
+            _flow_script(open_sim(fs), done)
+        for mode in ("clean", "durable", "prefix", "any"):
+            choices = rng if mode in ("prefix", "any") else None
+            _check_flow(fs.snapshot(choices, mode=mode), done)
+            states += 1
+    assert states >= 4 * 50

@@ -437,3 +437,117 @@ class StateMachine(RuleBasedStateMachine):
 
 TestStateMachine = StateMachine.TestCase
 TestStateMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+# -- flow: results, follow-up jobs, dependencies --------------------------------------------
+
+
+def after(jid: int, *parents: int, policy: int = ev.AFTER_CANCEL, due: float = 0.0) -> ev.After:
+    job = ev.Enqueue(id=jid, task="t", payload=b"1", due=due)
+    return ev.After(parents=parents, policy=policy, job=job)
+
+
+def test_a_waiting_job_becomes_pending_when_its_last_parent_is_done() -> None:
+    """waiting -> pending once every parent is acked (by an ack or a finish record)."""
+    s = fresh()
+    a, b = enqueue(s, spec(), spec())
+    apply(s, after(3, a, b))
+    assert s.status(3) == "waiting" and s.counts.waiting == 1 and s.unfinished == 3
+    claim(s, a)
+    apply(s, ev.Ack(ids=(a,)))
+    assert s.status(3) == "waiting"
+    claim(s, b)
+    apply(s, ev.Finish(id=b, keep_until=T0.wall + 60, result_kind=ev.RESULT_JSON, result=b"7"))
+    assert s.status(3) == "pending" and s.after_of(3) == ((a, b), ev.AFTER_CANCEL)
+    assert s.result_loc(b, T0.wall) is not None and s.result_loc(b, T0.wall + 61) is None
+    assert [i.id for i in s.take_ready(5)] == [3]
+
+
+def test_a_delayed_dependent_is_scheduled_when_its_parents_are_done() -> None:
+    s = fresh()
+    (a,) = enqueue(s, spec())
+    apply(s, after(2, a, due=T0.wall + 30))
+    claim(s, a)
+    apply(s, ev.Ack(ids=(a,)))
+    assert s.status(2) == "scheduled"
+    s.tick(at(T0, 30))
+    assert s.status(2) == "pending"
+
+
+def test_a_dead_or_cancelled_parent_cancels_the_chain_unless_always() -> None:
+    """The cause is kept; a cancelled dependent's own dependents go too; "always" goes on."""
+    s = fresh()
+    a, b = enqueue(s, spec(), spec())
+    apply(s, after(3, a))
+    apply(s, after(4, 3))
+    apply(s, after(5, a, policy=ev.AFTER_ALWAYS))
+    claim(s, a)
+    apply(s, ev.Fail(id=a, attempt=1, dead=True, error="boom"))
+    assert (s.status(3), s.status(4), s.status(5)) == ("cancelled", "cancelled", "pending")
+    assert s.causes[3] == f"job {a} it was enqueued after is dead"
+    assert s.causes[4] == "job 3 it was enqueued after is cancelled"
+    apply(s, after(6, b))
+    apply(s, ev.Cancel(ids=(b,)))
+    assert s.status(6) == "cancelled"
+    apply(s, after(7, b))  # after a parent already cancelled: cancelled at once
+    assert s.status(7) == "cancelled"
+
+
+def test_a_finish_record_acks_keeps_the_result_and_adds_its_follow_ups_at_once() -> None:
+    s = fresh()
+    (a,) = enqueue(s, spec())
+    claim(s, a)
+    kids = (ev.Enqueue(id=2, task="f", payload=b"1"), after(3, 2))
+    apply(s, ev.Finish(id=a, children=kids))
+    assert (s.status(a), s.status(2), s.status(3)) == ("done", "pending", "waiting")
+    assert s.result_loc(a, T0.wall) is None  # RESULT_NONE: nothing kept
+    assert s.next_id == 4
+
+
+def test_replaying_flow_records_reaches_the_owners_state() -> None:
+    """The same records replayed (then again, as a snapshot in front of them) agree."""
+    records: list[ev.Event] = [
+        ev.Enqueue(id=1, task="t", payload=b"1"),
+        ev.Enqueue(id=2, task="t", payload=b"1"),
+        after(3, 1, 2),
+        after(4, 3),
+        after(5, 2),
+        ev.Claim(items=((1, 1),)),
+        ev.Finish(
+            id=1,
+            keep_until=T0.wall + 60,
+            result_kind=ev.RESULT_BYTES,
+            result=b"r",
+            children=(ev.Enqueue(id=6, task="f", payload=b"1"),),
+        ),
+        ev.Cancel(ids=(2,)),
+    ]
+    live = fresh()
+    replayed = QueueState()
+    for e in records:
+        apply(live, e)
+        apply(replayed, e)
+    replayed.finish_replay(T0)
+    for s in (live, replayed):
+        got = [s.status(i) for i in range(1, 7)]
+        assert got == ["done", "cancelled", "cancelled", "cancelled", "cancelled", "pending"]
+        assert s.result_loc(1, T0.wall) is not None
+    twice = QueueState()
+    for e in records + records:
+        apply(twice, e)
+    twice.finish_replay(T0)
+    assert [twice.status(i) for i in range(1, 7)] == got
+
+
+def test_a_checkpoints_generations_count_kept_results_too() -> None:
+    """A result in a compacted segment no job is in still names its generation."""
+    from walq.core import checkpoint
+    from walq.core.state import SEQ_BITS
+
+    s = fresh()
+    (a,) = enqueue(s, spec())
+    claim(s, a)
+    s.apply(ev.Finish(id=a, keep_until=T0.wall + 60, result_kind=ev.RESULT_JSON, result=b"1"),
+            Loc(7 | 5 << SEQ_BITS, 40, 64), T0)  # fmt: skip
+    enqueue(s, spec())  # a live job in generation 0
+    assert checkpoint.generations(s) == 5

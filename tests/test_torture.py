@@ -92,6 +92,48 @@ def test_a_spooled_job_is_followed_by_its_nonce() -> None:
     assert twice.duplicates == 1 and twice.violations == 0
 
 
+FLOW = [
+    *CLEAN,
+    "intent c0n5",
+    "enqueued 5 c0n5",
+    "intent c0n5.d",
+    "enqueued 6 c0n5.d",
+    "after 6 5",
+    "intent c0n5.f",
+    "outbox 5 1 c0n5.f",
+    "ran 5 1 c0n5 7",
+    "acked 5 1",
+    "child 5 7 c0n5.f",
+    "ran 7 1 c0n5.f 7",
+    "ran 6 1 c0n5.d 7",
+]
+
+
+def test_follow_up_jobs_and_dependents_in_a_clean_ledger() -> None:
+    """A follow-up job runs after its parent's run; the dependent after its parent."""
+    audit = audit_ledger(FLOW)
+    assert audit.violations == 0, audit.examples
+    assert audit.outbox_jobs == 1 and audit.dependents == 1
+
+
+def test_a_follow_up_job_missing_after_its_parents_durable_ack_is_lost() -> None:
+    audit = audit_ledger([line for line in FLOW if "c0n5.f 7" not in line])
+    assert audit.lost == 1
+
+
+def test_a_follow_up_job_added_twice_or_before_its_parent_ran_is_reported() -> None:
+    """Exactly once: one committed ack adds the follow-up job once, never ahead of the run."""
+    assert audit_ledger([*FLOW, "child 5 8 c0n5.f", "ran 8 1 c0n5.f 7"]).outbox_duplicated == 1
+    early = [*FLOW[:12], "child 5 7 c0n5.f", "ran 7 1 c0n5.f 7", *FLOW[12:]]
+    assert audit_ledger(early).outbox_early >= 1
+
+
+def test_a_dependent_that_ran_before_its_parent_is_reported() -> None:
+    early = [*FLOW[:15], "ran 6 1 c0n5.d 7", *FLOW[15:]]
+    assert audit_ledger(early).dependent_early >= 1
+    assert audit_ledger([*FLOW, "early 6 5 None"]).dependent_early == 1
+
+
 # -- real owners, really killed ------------------------------------------------------------------
 
 
@@ -101,6 +143,7 @@ def test_a_bounded_torture_run_breaks_no_guarantee(tmp_path: Path) -> None:
     audit = torture.torture(Options(duration=25.0, seed=7, directory=str(work)))
     assert audit.violations == 0, audit.examples
     assert audit.cycles >= 10 and audit.jobs >= 100
+    assert audit.outbox_jobs >= 5 and audit.dependents >= 5  # the flow share (10 %) ran too
     assert_no_strays(str(work))
 
 

@@ -42,6 +42,7 @@ class Job:
         self.id = 10**9  # "new": no job has this id yet
         self.attempt: int | None = None
         self.purged = False
+        self.parent: int | None = None  # what a waiting job waits for
 
     def state(self) -> str:
         if self.purged:
@@ -61,6 +62,10 @@ class Job:
         delay = SHORT if event == "due" else LONG
         if state == "scheduled":
             self.id = q.enqueue("t", 1, delay=delay)
+            return
+        if state == "waiting":  # after a parent that never falls due by itself
+            self.parent = q.enqueue("p", 1, delay=LONG)
+            self.id = q.enqueue("t", 1, after=[self.parent], after_policy="always")
             return
         self.id = q.enqueue("t", 1, max_attempts=1)
         if state in ("pending", "cancelled"):
@@ -86,6 +91,9 @@ class Job:
                 self.id = q.enqueue("t", 1)
             else:  # a job that exists cannot be enqueued: an enqueue makes another one
                 assert q.enqueue("t", 1) != jid
+        elif event == "ready":  # the parent settles: the waiting job may go on
+            if self.parent is not None:
+                q.cancel(self.parent)
         elif event in {"due", "expire"}:
             time.sleep(SHORT)
             q.stats()  # a backend may move due jobs and expired leases only when asked
@@ -128,7 +136,7 @@ def test_the_backend_follows_the_table(backend: Backend, state: str, event: str)
                 assert wait_for(lambda: job.state() != state), f"still {state} after {event}"
             assert job.state() in allowed
             return
-        if event in ("due", "expire", "claim", "enqueue"):
+        if event in ("due", "expire", "claim", "enqueue", "ready"):
             job.apply(event)  # nothing to refuse: the job must simply stay as it is
         else:
             with pytest.raises((StateError, UnknownJobError)):

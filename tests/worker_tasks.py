@@ -112,6 +112,26 @@ def asks_for_delay(payload: Any, job: Job) -> None:
         raise RetryAfter(0.5, "come back later")
 
 
+@tasks.task(timeout=10.0)
+def double(payload: Any, job: Job) -> Any:
+    """Returns its payload doubled; with "then", enqueues that task with the result."""
+    value = payload["n"] * 2
+    if payload.get("then"):
+        job.enqueue(payload["then"], {"n": value})
+    return {"n": value}
+
+
+@tasks.task(timeout=10.0)
+def total(payload: Any, job: Job) -> Any:
+    """Sums its parents' results (a fan-in)."""
+    return sum(r["n"] for r in job.parents.values())
+
+
+@tasks.task(timeout=10.0)
+def returns_a_set(payload: Any, job: Job) -> Any:
+    return {1, 2}
+
+
 # -- the same tasks, as coroutines: `atasks` runs them on the worker processes' event loops -----
 
 atasks = Tasks()
@@ -221,6 +241,17 @@ async def a_asks_for_delay(payload: Any, job: Job) -> None:
 async def a_returns_coroutine(payload: Any, job: Job) -> Any:
     _note(payload, job)
     return asyncio.sleep(0)
+
+
+@atasks.task("double", timeout=10.0)
+async def a_double(payload: Any, job: Job) -> Any:
+    await asyncio.sleep(0)
+    return double(payload, job)
+
+
+@atasks.task("total", timeout=10.0)
+async def a_total(payload: Any, job: Job) -> Any:
+    return total(payload, job)
 
 
 REGISTRIES = {"def": tasks, "async def": atasks}  # the worker tests run for both

@@ -82,6 +82,9 @@ import attrs
 ROOT = Path(__file__).resolve().parent.parent
 VIOLATIONS = (
     "lost",
+    "outbox-duplicated",
+    "outbox-early",
+    "dependent-early",
     "phantoms",
     "redelivered-after-ack",
     "attempt-reused",
@@ -95,7 +98,7 @@ VIOLATIONS = (
 )
 # Facts that cannot be undone by anything later: checked as the run goes.
 MONOTONE = ("phantoms", "redelivered-after-ack", "attempt-reused", "damaged", "killed-in-drain",
-            "timeouts")  # fmt: skip
+            "timeouts", "outbox-duplicated", "outbox-early", "dependent-early")  # fmt: skip
 MODES = ("kill9", "group-sigterm", "slow-import", "async")
 ASYNC_PRODUCERS = 8  # coroutines enqueueing at once in each asyncio producer (the async mode)
 OWNER_GRACE = 5.0  # the owner's shutdown_grace (seconds)
@@ -130,6 +133,11 @@ class Audit:
     fsck_problems: int = 0
     killed_in_drain: int = 0
     timeouts: int = 0
+    outbox_jobs: int = 0  # follow-up jobs committed with an ack (their parents' acks durable)
+    outbox_duplicated: int = 0  # a follow-up job added by more than one ack
+    outbox_early: int = 0  # a follow-up job that ran before its parent's handler finished
+    dependents: int = 0
+    dependent_early: int = 0  # a dependent that ran before its parent was done
     drain_killed: bool = False
     examples: list[str] = attrs.Factory(list)
 
@@ -162,6 +170,11 @@ class Audit:
                 "fsck_problems",
                 "killed_in_drain",
                 "timeouts",
+                "outbox_jobs",
+                "outbox_duplicated",
+                "outbox_early",
+                "dependents",
+                "dependent_early",
             )
         }
         out["violations"] = self.violations
@@ -187,6 +200,10 @@ def audit_ledger(
     redelivered: set[int] = set()
     began: dict[tuple[int, int], int] = {}  # (id, attempt) -> its `begin` line
     ended: set[tuple[int, int]] = set()
+    ran_ids: set[int] = set()
+    outbox: dict[int, str] = {}  # parent id -> the nonce of the follow-up job its handler adds
+    child_ids: dict[str, set[int]] = {}  # follow-up nonce -> the job ids that ran it
+    after: dict[int, int] = {}  # dependent id -> its parent's id
     for number, line in enumerate(lines, 1):
         word, *rest = line.split() or [""]
         try:
@@ -218,7 +235,29 @@ def audit_ledger(
                     )
                 if word == "ran":
                     ran[nonce] = ran.get(nonce, 0) + 1
+                    ran_ids.add(jid)
+                    if jid in after and after[jid] not in ran_ids:
+                        audit.dependent_early += 1
+                        audit.note(f"line {number}: job {jid} ran before job {after[jid]}")
                 ended.add((jid, attempt))
+            elif word == "outbox":
+                outbox[int(rest[0])] = rest[2]
+            elif word == "child":
+                parent, jid, nonce = int(rest[0]), int(rest[1]), rest[2]
+                ids = child_ids.setdefault(nonce, set())
+                ids.add(jid)
+                if outbox.get(parent) != nonce:
+                    audit.outbox_early += 1
+                    audit.note(f"line {number}: follow-up job {jid} ran before job {parent}'s run")
+                if len(ids) == 2:
+                    audit.outbox_duplicated += 1
+                    audit.note(f"line {number}: job {parent}'s follow-up {nonce} ran as {ids}")
+            elif word == "after":
+                after[int(rest[0])] = int(rest[1])
+                audit.dependents += 1
+            elif word == "early":
+                audit.dependent_early += 1
+                audit.note(f"line {number}: {line}: its parent's result was not there")
             elif word == "begin":
                 began.setdefault((int(rest[0]), int(rest[1])), number)
             elif word == "damaged":
@@ -229,6 +268,10 @@ def audit_ledger(
             elif word == "acked":
                 jid, attempt = int(rest[0]), int(rest[1])
                 acked[jid] = max(attempt, acked.get(jid, 0))
+                child = outbox.get(jid)
+                if child is not None and child not in confirmed:
+                    confirmed.add(child)  # committed with this ack: it must run
+                    audit.outbox_jobs += 1
             elif word != "start":
                 raise ValueError(word)
         except (ValueError, IndexError):
@@ -298,6 +341,7 @@ class Options:
     payload_max: int = 2000
     rate: float = 300.0
     fail_percent: float = 5.0
+    flow_percent: float = 10.0  # jobs with a follow-up job and a dependent
     work_ms: float = 5.0
     producers: int = 1  # outside producer processes (walq.connect), alive across the kills
     producer_rate: float = 50.0
@@ -334,7 +378,7 @@ def start_owner(opts: Options, qdir: Path, ledger: Path, log: Any, cycle: int, d
         "--compaction", opts.compaction, "--processes", str(opts.processes),
         "--payload-min", str(opts.payload_min), "--payload-max", str(opts.payload_max),
         "--rate", str(opts.rate), "--fail-percent", str(opts.fail_percent),
-        "--mode", opts.mode,
+        "--flow-percent", str(opts.flow_percent), "--mode", opts.mode,
     ]  # fmt: skip
     if drain:
         cmd.append("--drain")
@@ -616,6 +660,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fail-percent", type=float, default=5.0, help="jobs failing once")
     parser.add_argument(
+        "--flow-percent",
+        type=float,
+        default=10.0,
+        help="jobs whose handler enqueues a follow-up job and that get a dependent (default 10)",
+    )
+    parser.add_argument(
         "--work-ms",
         type=float,
         default=None,
@@ -662,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         payload_max=args.payload_max,
         rate=given("rate"),
         fail_percent=args.fail_percent,
+        flow_percent=args.flow_percent,
         work_ms=given("work_ms"),
         producers=args.producers,
         producer_rate=given("producer_rate"),

@@ -51,6 +51,7 @@ def owner_main(argv: list[str]) -> int:
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--backlog", type=int, default=300)
     parser.add_argument("--fail-percent", type=float, default=5.0)
+    parser.add_argument("--flow-percent", type=float, default=0.0)
     parser.add_argument("--mode", choices=MODES, default="kill9")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -159,24 +160,32 @@ def owner_main(argv: list[str]) -> int:
 
 
 def _produce(q: Any, args: argparse.Namespace, rng: random.Random, stop: threading.Event) -> None:
-    """Enqueue payloads, each between an `intent` line and an `enqueued` line."""
+    """Enqueue payloads, each between an `intent` line and an `enqueued` line.
+
+    With --flow-percent, that share of jobs also enqueue a follow-up job from
+    their handler and get a dependent enqueued after them (`after` lines).
+    """
     import walq
     from tools import torture_tasks
 
     n = 0
     while not stop.is_set():
-        items, nonces = [], []
+        items, nonces, flows = [], [], []
         for _ in range(1 if rng.random() < 0.8 else rng.randint(2, 5)):
             nonce = f"c{args.cycle}n{n}"
             n += 1
-            payload = torture_tasks.make_payload(
-                nonce,
-                rng.randint(args.payload_min, args.payload_max),
-                fail=rng.random() * 100 < args.fail_percent,
-                as_bytes=rng.random() < 0.3,
-            )
+            size = rng.randint(args.payload_min, args.payload_max)
+            fail = rng.random() * 100 < args.fail_percent
+            flow = rng.random() * 100 < args.flow_percent
+            if flow:
+                payload = torture_tasks.flow_payload(nonce, size, fail=fail, outbox=True)
+            else:
+                payload = torture_tasks.make_payload(
+                    nonce, size, fail=fail, as_bytes=rng.random() < 0.3
+                )
             items.append((args.task, payload))
             nonces.append(nonce)
+            flows.append(flow)
         torture_tasks.append(args.ledger, [f"intent {nonce}" for nonce in nonces])
         try:
             ids = q.enqueue_many(items, timeout=0.5)
@@ -187,7 +196,27 @@ def _produce(q: Any, args: argparse.Namespace, rng: random.Random, stop: threadi
         torture_tasks.append(
             args.ledger, [f"enqueued {jid} {nonce}" for jid, nonce in zip(ids, nonces, strict=True)]
         )
+        for jid, nonce, flow in zip(ids, nonces, flows, strict=True):
+            if flow and not _dependent(q, args, jid, nonce):
+                return
         stop.wait(rng.expovariate(args.rate))
+
+
+def _dependent(q: Any, args: argparse.Namespace, parent: int, parent_nonce: str) -> bool:
+    """Enqueue a job after `parent` (it checks its parent's result); False once closing."""
+    import walq
+    from tools import torture_tasks
+
+    nonce = f"{parent_nonce}.d"
+    payload = torture_tasks.flow_payload(nonce, 64, fail=False, after=parent,
+                                         after_nonce=parent_nonce)  # fmt: skip
+    torture_tasks.append(args.ledger, [f"intent {nonce}"])
+    try:
+        jid = q.enqueue(args.task, payload, after=[parent])
+    except walq.WalqError:
+        return False
+    torture_tasks.append(args.ledger, [f"enqueued {jid} {nonce}", f"after {jid} {parent}"])
+    return True
 
 
 def _produce_async(

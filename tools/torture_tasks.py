@@ -55,6 +55,14 @@ def make_payload(nonce: str, size: int, *, fail: bool, as_bytes: bool) -> Any:
     return {"nonce": nonce, "fail": fail, "pad": body.decode()}
 
 
+def flow_payload(nonce: str, size: int, *, fail: bool, **flow: Any) -> dict[str, Any]:
+    """A JSON payload that also asks for flow: "outbox" (enqueue a follow-up job),
+    "parent" (this is one), or "after" and "after_nonce" (its parent's id and result)."""
+    payload: dict[str, Any] = make_payload(nonce, size, fail=fail, as_bytes=False)
+    payload.update(flow)
+    return payload
+
+
 def parse_payload(payload: Any) -> tuple[str, bool, bytes]:
     """(nonce, fail-first, filler) from either payload form."""
     if isinstance(payload, bytes):
@@ -64,9 +72,9 @@ def parse_payload(payload: Any) -> tuple[str, bool, bytes]:
 
 
 @tasks.task(timeout=60.0, max_attempts=10000, retry=Backoff(base=0.01, cap=0.05), breaker=None)
-def work(payload: Any, job: Job) -> None:
+def work(payload: Any, job: Job) -> Any:
     """Check the payload, maybe fail once on purpose, work a little, record the run."""
-    _work(payload, job)
+    return _work(payload, job)
 
 
 # The slow-import mode's task: its handler takes at most a quarter of its timeout.
@@ -76,15 +84,16 @@ TIMED_TIMEOUT = 2.0
 @tasks.task(
     timeout=TIMED_TIMEOUT, max_attempts=10000, retry=Backoff(base=0.01, cap=0.05), breaker=None
 )
-def work_timed(payload: Any, job: Job) -> None:
+def work_timed(payload: Any, job: Job) -> Any:
     """`work` under a short timeout."""
-    _work(payload, job)
+    return _work(payload, job)
 
 
-def _work(payload: Any, job: Job) -> None:
+def _work(payload: Any, job: Job) -> Any:
     nonce = _begin(payload, job)
     time.sleep(_work_seconds())
-    _ran(job, nonce)
+    _ran(payload, job, nonce)
+    return nonce  # the result: a dependent checks it in job.parents
 
 
 def _begin(payload: Any, job: Job) -> str:
@@ -110,8 +119,26 @@ def _work_seconds() -> float:
     return random.uniform(0, float(os.environ.get(WORK_MS_ENV, "5"))) / 1000
 
 
-def _ran(job: Job, nonce: str) -> None:
-    append(os.environ[LEDGER_ENV], [f"ran {job.id} {job.attempt} {nonce} {os.getpid()}"])
+def _ran(payload: Any, job: Job, nonce: str) -> None:
+    lines = _flow(payload, job, nonce) if isinstance(payload, dict) else []
+    append(os.environ[LEDGER_ENV], [*lines, f"ran {job.id} {job.attempt} {nonce} {os.getpid()}"])
+
+
+def _flow(payload: dict[str, Any], job: Job, nonce: str) -> list[str]:
+    """The flow side of a run: a follow-up job enqueued, a dependent's parent checked."""
+    lines = []
+    if "after" in payload:
+        parent = int(payload["after"])
+        got = job.parents.get(parent)
+        if got != payload["after_nonce"]:  # the parent was not done (or its result lost)
+            lines.append(f"early {job.id} {parent} {got!r}")
+    if payload.get("outbox"):
+        child = f"{nonce}.f"
+        job.enqueue(job.task, flow_payload(child, 64, fail=False, parent=job.id))
+        lines += [f"intent {child}", f"outbox {job.id} {job.attempt} {child}"]
+    if "parent" in payload:
+        lines.append(f"child {payload['parent']} {job.id} {nonce}")
+    return lines
 
 
 # The async mode's tasks: the same work as coroutines, many at once on each worker
@@ -121,8 +148,9 @@ atasks = Tasks()
 
 @atasks.task("work", timeout=60.0, max_attempts=10000, retry=Backoff(base=0.01, cap=0.05),
              breaker=None)  # fmt: skip
-async def awork(payload: Any, job: Job) -> None:
+async def awork(payload: Any, job: Job) -> Any:
     """`work` as a coroutine."""
     nonce = _begin(payload, job)
     await asyncio.sleep(_work_seconds())
-    _ran(job, nonce)
+    _ran(payload, job, nonce)
+    return nonce

@@ -15,8 +15,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from walq.core import events as ev
 from walq.core.job import DeadJob, Job
-from walq.core.jobspec import JobSpec, check_delay, check_seconds, check_task, make_spec, spec_from
+from walq.core.jobspec import (
+    JobSpec,
+    Output,
+    check_after,
+    check_delay,
+    check_seconds,
+    check_task,
+    encode_result,
+    make_spec,
+    spec_from,
+)
 from walq.core.state import JobInfo
 from walq.core.text import excerpt
 from walq.errors import ArgumentError, StateError, WalqError
@@ -36,6 +47,8 @@ class QueueBackend(Protocol):
 
     path: str  # where the queue lives, as shown to people (a URL without its password)
     max_payload: int  # bytes of one encoded payload
+    max_result_bytes: int  # bytes of one stored result
+    keep_results: float  # seconds a job's result is kept after it is done
     # Called (outside any lock) when a job may have become ready: a worker's wakeup.
     ready_listeners: list[Callable[[], None]]
     # Called with a job's id when it is cancelled while running (to stop its handler).
@@ -54,14 +67,23 @@ class QueueBackend(Protocol):
         max_attempts: int | None = None,
         sync: bool | None = None,
         timeout: float = 0.0,
+        after: Iterable[int] | None = None,
+        after_policy: str = "cancel",
     ) -> int:
         """Add a job; return its id once durable (per the sync mode, or `sync=True`).
 
         With `key`, an unfinished job holding the same key is returned instead
         of a new one. A full queue raises QueueFull, after waiting up to `timeout`.
+        With `after`, the job waits (status "waiting") until every job named
+        there is done, then is pending (its delay counts from now); a parent
+        that dies or is cancelled cancels it, or, with after_policy="always",
+        does not hold it up. UnknownJobError if a parent does not exist.
         """
         spec = make_spec(task, payload, key=key, delay=delay, priority=priority,
                          max_attempts=max_attempts, max_payload=self.max_payload)  # fmt: skip
+        if after is not None:
+            parents, policy = check_after(after, after_policy)
+            return self._add_after(spec, parents, policy, sync)
         return self._add((spec,), sync, timeout)[0]
 
     def enqueue_many(
@@ -113,14 +135,26 @@ class QueueBackend(Protocol):
         only = None if tasks is None else frozenset(check_task(t) for t in tasks)
         return self._claim_many(n, lease, timeout, accept, only)
 
-    def ack(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
+    def ack(
+        self,
+        job_id: int,
+        *,
+        attempt: int | None = None,
+        sync: bool | None = None,
+        result: Any = None,
+        enqueue: Iterable[EnqueueItem] = (),
+    ) -> None:
         """Finish a running job held by `attempt`, or by this handle's own claim.
 
         Without `attempt`, the claim this handle made last on the job decides:
         LeaseLost if it no longer holds the job (its lease expired, the job was
         claimed again or cancelled). Only cancel and requeue act without a claim.
+        `result` (JSON or bytes, up to max_result_bytes) is kept for
+        `keep_results` seconds (see `result`); the jobs in `enqueue` (items as
+        for enqueue_many) are added in the same durable write as the ack.
         """
-        self.ack_many([job_id], attempts=None if attempt is None else [attempt], sync=sync)
+        self.ack_many([job_id], attempts=None if attempt is None else [attempt], sync=sync,
+                      results=[result], enqueues=[enqueue])  # fmt: skip
 
     def ack_many(
         self,
@@ -129,13 +163,45 @@ class QueueBackend(Protocol):
         attempts: Sequence[int] | None = None,
         sync: bool | None = None,
         strict: bool = True,
+        results: Sequence[Any] | None = None,
+        enqueues: Sequence[Iterable[EnqueueItem]] | None = None,
     ) -> list[tuple[int, StateError]]:
         """Finish many running jobs with one durable write.
 
         strict: if one job is not held (by its attempt), raise and ack none.
         Otherwise ack those that are held and return the others with why.
+        results, enqueues: each job's result and follow-up jobs (see `ack`).
         """
-        return self._ack_many(job_ids, attempts, sync, strict)
+        outputs = None
+        if results is not None or enqueues is not None:
+            outputs = self._outputs(job_ids, results, enqueues)
+        return self._ack_many(job_ids, attempts, sync, strict, outputs)
+
+    def _outputs(
+        self,
+        job_ids: Sequence[int],
+        results: Sequence[Any] | None,
+        enqueues: Sequence[Iterable[EnqueueItem]] | None,
+    ) -> list[Output | None] | None:
+        """Each job's encoded result and checked follow-up jobs (None: a plain ack)."""
+        out: list[Output | None] = []
+        for i, jid in enumerate(job_ids):
+            kind, data = encode_result(
+                None if results is None else results[i], self.max_result_bytes, jid
+            )
+            items = () if enqueues is None else enqueues[i]
+            follow = tuple(spec_from(raw, self.max_payload) for raw in items)
+            out.append(Output(kind, data, follow) if kind != ev.RESULT_NONE or follow else None)
+        return out if any(o is not None for o in out) else None
+
+    def result(self, job_id: int, timeout: float | None = None) -> Any:
+        """The value job `job_id`'s handler returned (None if it returned none or it expired).
+
+        Waits up to `timeout` seconds (None: as long as it takes) for an
+        unfinished job, then ResultTimeout. JobFailed (with its error) if the
+        job is dead, JobCancelled (with the cause) if it was cancelled.
+        """
+        ...
 
     def fail(
         self,
@@ -295,8 +361,15 @@ class QueueBackend(Protocol):
         attempts: Sequence[int] | None,
         sync: bool | None,
         strict: bool,
+        outputs: Sequence[Output | None] | None = None,
     ) -> list[tuple[int, StateError]]:
-        """ack_many's durable write."""
+        """ack_many's durable write (with each job's result and follow-up jobs, if any)."""
+        ...
+
+    def _add_after(
+        self, spec: JobSpec, parents: tuple[int, ...], policy: int, sync: bool | None
+    ) -> int:
+        """Add a job that waits for `parents` (checked: UnknownJobError for one that never was)."""
         ...
 
     def _fail(

@@ -61,6 +61,29 @@ class UnknownJobError(WalqError, KeyError):
         return str(self.args[0]) if self.args else "unknown job"
 
 
+class JobFailed(WalqError):
+    """The job whose result was asked for is dead: `error` is its last attempt's error."""
+
+    def __init__(self, job_id: int, error: str) -> None:
+        self.job_id = job_id
+        self.error = error
+        first = error.splitlines()[0] if error else "no error recorded"
+        super().__init__(f"job {job_id} is dead: {first}")
+
+
+class JobCancelled(WalqError):
+    """The job whose result was asked for was cancelled: `cause` says why, if known."""
+
+    def __init__(self, job_id: int, cause: str = "") -> None:
+        self.job_id = job_id
+        self.cause = cause
+        super().__init__(f"job {job_id} was cancelled" + (f": {cause}" if cause else ""))
+
+
+class ResultTimeout(WalqError, TimeoutError):
+    """The job whose result was asked for did not finish within the timeout."""
+
+
 class StateError(WalqError):
     """The job is not in a state that allows the operation (e.g. ack of a done job)."""
 

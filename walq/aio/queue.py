@@ -38,7 +38,7 @@ from walq.backends import open as open_backend
 from walq.core.job import DeadJob, Job
 from walq.core.jobspec import check_seconds
 from walq.core.state import JobInfo
-from walq.errors import ArgumentError, ClosedError, StateError, WalqError
+from walq.errors import ArgumentError, ClosedError, ResultTimeout, StateError, WalqError
 
 T = TypeVar("T")
 
@@ -125,10 +125,13 @@ class AsyncQueue:
         max_attempts: int | None = None,
         sync: bool | None = None,
         timeout: float = 0.0,
+        after: Iterable[int] | None = None,
+        after_policy: str = "cancel",
     ) -> int:
         call = functools.partial(
             self.backend.enqueue, task, payload, key=key, delay=delay, priority=priority,
-            max_attempts=max_attempts,
+            max_attempts=max_attempts, after=None if after is None else list(after),
+            after_policy=after_policy,
         )  # fmt: skip
         job_id: int = await self._write(call, sync, timeout)
         return job_id
@@ -185,9 +188,18 @@ class AsyncQueue:
                 await asyncio.wait_for(asyncio.shield(news), nap)
 
     async def ack(
-        self, job_id: int, *, attempt: int | None = None, sync: bool | None = None
+        self,
+        job_id: int,
+        *,
+        attempt: int | None = None,
+        sync: bool | None = None,
+        result: Any = None,
+        enqueue: Iterable[EnqueueItem] = (),
     ) -> None:
-        await self._write(functools.partial(self.backend.ack, job_id, attempt=attempt), sync)
+        call = functools.partial(
+            self.backend.ack, job_id, attempt=attempt, result=result, enqueue=list(enqueue)
+        )
+        await self._write(call, sync)
 
     async def ack_many(
         self,
@@ -196,10 +208,28 @@ class AsyncQueue:
         attempts: Sequence[int] | None = None,
         sync: bool | None = None,
         strict: bool = True,
+        results: Sequence[Any] | None = None,
+        enqueues: Sequence[Iterable[EnqueueItem]] | None = None,
     ) -> list[tuple[int, StateError]]:
-        call = functools.partial(self.backend.ack_many, job_ids, attempts=attempts, strict=strict)
+        call = functools.partial(self.backend.ack_many, job_ids, attempts=attempts, strict=strict,
+                                 results=results, enqueues=enqueues)  # fmt: skip
         refused: list[tuple[int, StateError]] = await self._write(call, sync)
         return refused
+
+    async def result(self, job_id: int, timeout: float | None = None) -> Any:
+        """The job's result (see QueueBackend.result); the wait is on the loop, polling."""
+        wait = None if timeout is None else check_seconds("timeout", timeout)
+        deadline = None if wait is None else self._loop.time() + wait
+        pause = 0.01
+        while True:
+            try:
+                return await self._run(functools.partial(self.backend.result, job_id, 0.0))
+            except ResultTimeout:
+                left = None if deadline is None else deadline - self._loop.time()
+                if left is not None and left <= 0:
+                    raise
+            await asyncio.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 0.25)
 
     async def fail(
         self,
@@ -258,6 +288,38 @@ class AsyncQueue:
         ids = None if job_ids is None else list(job_ids)
         purged: int = await self._write(functools.partial(self.backend.purge, ids), sync)
         return purged
+
+    async def job_detail(self, job_id: int) -> dict[str, Any]:
+        detail: dict[str, Any] = await self._run(functools.partial(self.backend.job_detail, job_id))
+        return detail
+
+    async def find(self, key: str) -> int | None:
+        found: int | None = await self._run(functools.partial(self.backend.find, key))
+        return found
+
+    async def jobs(
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        *,
+        limit: int = 100,
+        after: int = 0,
+    ) -> list[dict[str, Any]]:
+        call = functools.partial(self.backend.jobs, state, task, limit=limit, after=after)
+        rows: list[dict[str, Any]] = await self._run(call)
+        return rows
+
+    async def pause(self, task: str, *, sync: bool | None = None) -> bool:
+        changed: bool = await self._write(functools.partial(self.backend.pause, task), sync)
+        return changed
+
+    async def resume(self, task: str, *, sync: bool | None = None) -> bool:
+        changed: bool = await self._write(functools.partial(self.backend.resume, task), sync)
+        return changed
+
+    async def paused(self) -> list[str]:
+        tasks: list[str] = await self._run(self.backend.paused)
+        return tasks
 
     async def set_task_defaults(self, task: str, *, max_attempts: int) -> None:
         await self._run(

@@ -34,6 +34,7 @@ from walq.core.packed import (
     M16,
     M32,
     MT,
+    N_STATES,
     PENDING,
     PRIO,
     RUNNING,
@@ -58,8 +59,6 @@ VERSION = 1
 HEADER = struct.Struct("<8sIIdQQQQII")
 HEADER_SIZE = HEADER.size  # 64
 assert HEADER_SIZE == 64
-# The records of a sealed segment whose checksum a checkpoint keeps (see SegmentMark).
-HEAD_BYTES = 4096
 _MARSHAL_VERSION = 4
 
 
@@ -68,8 +67,8 @@ class SegmentMark:
     """A segment a checkpoint covers, as it must still be found on open.
 
     `end` is where the covered bytes end: the checkpoint's offset in its own
-    segment; HEAD_BYTES past the header (or the file's end) in an older one.
-    `crc` is the CRC32C of the segment's bytes from the header's end to `end`.
+    segment; the file's end in an older (sealed) one. `crc` is the CRC32C of
+    the segment's bytes from the header's end to `end`.
     """
 
     seq: int
@@ -159,7 +158,9 @@ def image(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> Image:
     jobs: dict[int, int] = taken["jobs"]
     running: list[int] = taken["running"]
     total: list[int] = taken["counts"]
-    if len(running) != total[RUNNING] or not all(jid in jobs for jid in running):
+    if len(running) != total[RUNNING] or not all(
+        jobs.get(jid, 0) & M3 == RUNNING for jid in running
+    ):
         return _image_by_visiting(taken, marks)  # not expected: every running job has a lease
     by_task: dict[int, list[int]] = taken["by_task"]
     front: dict[tuple[int, int], list[int]] = {}
@@ -187,7 +188,7 @@ def _image_by_visiting(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> I
     """The image built by visiting every job, as finish_replay does (ready in id order)."""
     jobs: dict[int, int] = taken["jobs"]
     ready: dict[tuple[int, int], array[int]] = {}
-    total = [0] * 5
+    total = [0] * N_STATES
     by_task: dict[int, list[int]] = {}
     seg_bytes: dict[int, int] = {}
     live = 0
@@ -206,7 +207,7 @@ def _image_by_visiting(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> I
         task = (p >> TASK) & MT
         counts = by_task.get(task)
         if counts is None:
-            counts = by_task[task] = [0] * 5
+            counts = by_task[task] = [0] * N_STATES
         counts[code] += 1
         size = (p >> SIZE) & M32
         live += size
@@ -222,8 +223,11 @@ def _image_by_visiting(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> I
 
 
 def generations(state: QueueState) -> int:
-    """The highest compaction generation a restored state's locations carry (see Loc)."""
-    return max((seg >> SEQ_BITS for seg in state._seg_bytes), default=0)
+    """The highest compaction generation a restored state's locations carry (see Loc):
+    its jobs' and its kept results' (a result may sit in a compacted segment no job is in)."""
+    jobs = max((seg >> SEQ_BITS for seg in state._seg_bytes), default=0)
+    results = max((loc.seg >> SEQ_BITS for _, loc in state.results().values()), default=0)
+    return max(jobs, results)
 
 
 # -- the file ------------------------------------------------------------------------------
@@ -320,7 +324,7 @@ def _image(fields: Any) -> Image:
     for value, kind in kinds:
         if type(value) is not kind:
             raise TypeError(f"{type(value).__name__} where a {kind.__name__} belongs")
-    if len(counts) != 5 or not all(type(t) is str for t in tasks):
+    if len(counts) != N_STATES or not all(type(t) is str for t in tasks):
         raise TypeError("bad counts or task names")
     for mark in marks:
         if type(mark) is not tuple or len(mark) != 4 or not all(type(v) is int for v in mark):
@@ -455,7 +459,7 @@ def finish(state: QueueState, restored: Restored, now: Now) -> None:
         task = (p >> TASK) & MT
         n = by_task.get(task)
         if n is None:
-            n = by_task[task] = [0] * 5
+            n = by_task[task] = [0] * N_STATES
         n[code] += delta
         size = (p >> SIZE) & M32
         seg = p >> SEG

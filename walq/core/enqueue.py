@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from walq.core.jobspec import MIN_PRIORITY
 from walq.core.packed import (
     MAXA,
+    N_STATES,
     OFFSET,
     PENDING,
     PRIO,
@@ -111,5 +112,5 @@ def _count_new(state: QueueState, t: int, code: int, k: int = 1) -> None:
     state._n[code] += k
     counts = state._by_task.get(t)
     if counts is None:
-        counts = state._by_task[t] = [0] * 5
+        counts = state._by_task[t] = [0] * N_STATES
     counts[code] += k

@@ -8,6 +8,7 @@ events that followed it.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ PENDING = 1
 SCHEDULED = 2
 RUNNING = 3
 DEAD = 4
+WAITING = 5  # for the jobs it was enqueued after (see After)
 
 CANCELLED = 1
 PURGED = 2
@@ -42,6 +44,18 @@ _ID = struct.Struct("<Q")
 _ID_ATTEMPT = struct.Struct("<QI")
 _META = struct.Struct("<QI")
 _TOMB = struct.Struct("<QB")
+_FINISH = struct.Struct("<QdBII")  # id, keep until, result kind, result length, children
+_CHILD = struct.Struct("<BI")  # a child record's type and body length
+_AFTER = struct.Struct("<BI")  # policy, number of parents
+
+# What a finish record holds as the job's result.
+RESULT_NONE = 0  # the handler returned None (nothing is kept)
+RESULT_JSON = 1
+RESULT_BYTES = 2
+
+# A dependent's policy when a parent dies or is cancelled.
+AFTER_CANCEL = 0  # the dependent is cancelled too
+AFTER_ALWAYS = 1  # the dependent runs anyway
 
 
 @attrs.frozen(kw_only=True)
@@ -240,9 +254,116 @@ class Resume:
         return self.task.encode()
 
 
+@attrs.frozen(kw_only=True)
+class After:
+    """A job that waits until every one of `parents` is done (an enqueue or a compacted job).
+
+    `job` is the job itself; a compacted one in state WAITING still waits, in
+    any other state its wait is over and `parents` only say whose results it reads.
+    """
+
+    rtype: ClassVar[int] = fmt.AFTER
+    parents: tuple[int, ...]
+    policy: int = AFTER_CANCEL
+    job: Enqueue | Job
+
+    @property
+    def id(self) -> int:
+        return self.job.id
+
+    def encode(self) -> bytes:
+        head = _AFTER.pack(self.policy, len(self.parents))
+        ids = b"".join(_ID.pack(p) for p in self.parents)
+        return b"".join((head, ids, bytes((self.job.rtype,)), self.job.encode()))
+
+
+@attrs.frozen(kw_only=True)
+class Finish:
+    """Job `id` finished: its ack, its result (kept until wall time `keep_until`) and
+    the follow-up jobs its handler enqueued, all in one record -- so one checksum
+    makes them durable together or not at all."""
+
+    rtype: ClassVar[int] = fmt.FINISH
+    id: int
+    keep_until: float = 0.0
+    result_kind: int = RESULT_NONE
+    result: bytes = b""
+    children: tuple[Enqueue | After, ...] = ()
+
+    def encode(self) -> bytes:
+        parts = [_FINISH.pack(self.id, self.keep_until, self.result_kind, len(self.result),
+                              len(self.children)), self.result]  # fmt: skip
+        for child in self.children:
+            body = child.encode()
+            parts += (_CHILD.pack(child.rtype, len(body)), body)
+        return b"".join(parts)
+
+
+@attrs.frozen(kw_only=True)
+class Flow:
+    """A checkpoint's flow state (never in a segment): kept results (id, until, seg, offset,
+    size), jobs' parents (id, policy, wait due, parents) and dependents' causes (id, text)."""
+
+    rtype: ClassVar[int] = fmt.FLOW
+    results: tuple[tuple[int, float, int, int, int], ...] = ()
+    waits: tuple[tuple[int, int, float, tuple[int, ...]], ...] = ()
+    causes: tuple[tuple[int, str], ...] = ()
+
+    def encode(self) -> bytes:
+        data = (
+            [list(r) for r in self.results],
+            [[j, p, d, list(ps)] for j, p, d, ps in self.waits],
+            [list(c) for c in self.causes],
+        )
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
 Event = (
-    Enqueue | Job | Claim | Release | Fail | Ack | Cancel | Requeue | Purge | Meta | Pause | Resume
+    Enqueue
+    | Job
+    | Claim
+    | Release
+    | Fail
+    | Ack
+    | Cancel
+    | Requeue
+    | Purge
+    | Meta
+    | Pause
+    | Resume
+    | After
+    | Finish
+    | Flow
 )
+
+
+def job_event(e: Event, jid: int) -> Enqueue | Job | None:
+    """The enqueue or job record of job `jid` inside event `e` (a job's record), or None.
+
+    A job's record is an enqueue or job record, an `after` record wrapping one,
+    or a `finish` record among whose follow-up jobs it is.
+    """
+    if isinstance(e, Enqueue | Job):
+        return e if e.id == jid else None
+    if isinstance(e, After):
+        return e.job if e.job.id == jid else None
+    if isinstance(e, Finish):
+        for child in e.children:
+            found = job_event(child, jid)
+            if found is not None:
+                return found
+    return None
+
+
+def parents_of(e: Event, jid: int) -> After | None:
+    """The `after` event of job `jid` inside its record `e`, if it waits for others."""
+    if isinstance(e, After):
+        return e if e.job.id == jid else None
+    if isinstance(e, Finish):
+        for child in e.children:
+            if isinstance(child, After) and child.job.id == jid:
+                return child
+    return None
 
 
 def decode(rtype: int, body: bytes) -> Event:
@@ -289,14 +410,18 @@ def _decode_enqueue(body: bytes) -> Enqueue:
     )
 
 
-def claim_fields(rtype: int, body: bytes) -> tuple[str, int, bytes, str | None, int, float]:
-    """(task, kind, payload, key, priority, created) of a job's enqueue or job record.
+def claim_fields(
+    rtype: int, body: bytes, jid: int = 0
+) -> tuple[str, int, bytes, str | None, int, float]:
+    """(task, kind, payload, key, priority, created) of job `jid`'s record (see job_event).
 
     What a claim hands out, without building the event: the claim path reads
     one per job. The same checks as `decode`; BadEvent for anything else.
     """
     if rtype != fmt.ENQUEUE:
-        e = decode(rtype, body)
+        e: Event | None = decode(rtype, body)
+        if isinstance(e, After | Finish):
+            e = job_event(e, jid)
         if not isinstance(e, Enqueue | Job):
             raise BadEvent(f"a {fmt.TYPE_NAMES.get(rtype, rtype)} record is not a job's")
         return e.task, e.kind, e.payload, e.key, e.priority, e.created
@@ -346,13 +471,16 @@ def enqueue_fields(
     return jid, prio, maxa, due, task, key, origin
 
 
+_JOB_STATES = (PENDING, DEAD, WAITING)  # a job record's states (waiting: in an after record)
+
+
 def _decode_job(body: bytes) -> Job:
     jid, prio, maxa, kind, due, created, tlen, klen, state, attempts, elen = _JOB.unpack_from(body)
     (task, key), at = _strings(body, _JOB.size, tlen, klen)
     if at + elen > len(body):
         raise ValueError("error text runs past the body")
     error = body[at : at + elen].decode()
-    if not task or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES) or state not in (PENDING, DEAD):
+    if not task or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES) or state not in _JOB_STATES:
         raise ValueError("invalid task, payload kind or state")
     return Job(
         id=jid,
@@ -402,6 +530,55 @@ def _decode_meta(body: bytes) -> Meta:
     return Meta(next_id=next_id, tombstones=tuple(_TOMB.iter_unpack(body[_META.size :])))
 
 
+def _decode_flow(body: bytes) -> Flow:
+    try:
+        results, waits, causes = json.loads(body)
+        return Flow(
+            results=tuple((int(j), float(u), int(g), int(o), int(z)) for j, u, g, o, z in results),
+            waits=tuple(
+                (int(j), int(p), float(d), tuple(int(x) for x in ps)) for j, p, d, ps in waits
+            ),
+            causes=tuple((int(j), str(t)) for j, t in causes),
+        )
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a flow body: {exc}") from None
+
+
+def _decode_after(body: bytes) -> After:
+    policy, n = _AFTER.unpack_from(body)
+    at = _AFTER.size + n * _ID.size
+    if policy not in (AFTER_CANCEL, AFTER_ALWAYS) or not n or at + 1 > len(body):
+        raise ValueError("inconsistent after body")
+    parents = tuple(i for (i,) in _ID.iter_unpack(body[_AFTER.size : at]))
+    inner = decode(body[at], body[at + 1 :])
+    if not isinstance(inner, Enqueue | Job):
+        raise ValueError("an after record wraps an enqueue or a job record")
+    return After(parents=parents, policy=policy, job=inner)
+
+
+def _decode_finish(body: bytes) -> Finish:
+    jid, until, kind, rlen, n = _FINISH.unpack_from(body)
+    at = _FINISH.size + rlen
+    if kind not in (RESULT_NONE, RESULT_JSON, RESULT_BYTES) or at > len(body):
+        raise ValueError("inconsistent finish body")
+    children: list[Enqueue | After] = []
+    for _ in range(n):
+        rtype, blen = _CHILD.unpack_from(body, at)
+        at += _CHILD.size
+        if rtype not in (fmt.ENQUEUE, fmt.AFTER) or at + blen > len(body):
+            raise ValueError("a follow-up job is not an enqueue or runs past the body")
+        child = decode(rtype, body[at : at + blen])
+        assert isinstance(child, Enqueue | After)
+        children.append(child)
+        at += blen
+    if at != len(body):
+        raise ValueError("bytes after the last follow-up job")
+    result = body[_FINISH.size : _FINISH.size + rlen]
+    return Finish(
+        id=jid, keep_until=until, result_kind=kind, result=result, children=tuple(children)
+    )
+
+
 def _task_name(body: bytes) -> str:
     if not body:
         raise ValueError("empty task name")
@@ -421,4 +598,17 @@ _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.META: _decode_meta,
     fmt.PAUSE: lambda b: Pause(task=_task_name(b)),
     fmt.RESUME: lambda b: Resume(task=_task_name(b)),
+    fmt.AFTER: _decode_after,
+    fmt.FLOW: _decode_flow,
+    fmt.FINISH: _decode_finish,
 }
+
+
+def may_name(body: bytes, job_id: int) -> bool:
+    """Whether an event's body may be about job `job_id` (its id's 8 bytes are in it).
+
+    Every event stores ids as 8-byte little-endian integers, so a body without
+    them is not about the job: a cheap filter before decoding (`walq ui` reads
+    one job's history this way). True may be a coincidence; decode to be sure.
+    """
+    return _ID.pack(job_id) in body

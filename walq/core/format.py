@@ -50,7 +50,11 @@ JOB = 9
 META = 10
 PAUSE = 11  # a task's pending jobs are not claimed until its RESUME
 RESUME = 12
-MAX_TYPE = RESUME
+# 13-19: flow (results, follow-up jobs, dependencies).
+FINISH = 13  # an ack with its result and follow-up jobs, in one record
+AFTER = 14  # a job that waits for others (wraps an enqueue or a compacted job)
+FLOW = 15  # a checkpoint's flow state: kept results, jobs' parents, dependents' causes
+MAX_TYPE = FLOW
 
 TYPE_NAMES = {
     ENQUEUE: "enqueue",
@@ -65,6 +69,9 @@ TYPE_NAMES = {
     META: "meta",
     PAUSE: "pause",
     RESUME: "resume",
+    FINISH: "finish",
+    AFTER: "after",
+    FLOW: "flow",
 }
 
 

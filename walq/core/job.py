@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from walq.core.jobspec import decode_payload
+from walq.core.jobspec import decode_payload, spec_from
 
 
 @attrs.frozen(kw_only=True)
@@ -21,6 +22,37 @@ class Job:
     priority: int = 0
     max_attempts: int = 0
     enqueued_at: float = 0.0
+    # The results of the jobs this one was enqueued after, by id (None: none kept).
+    parents: Mapping[int, Any] = attrs.field(factory=dict)
+    # Follow-up jobs added by `enqueue`, committed with this attempt's ack.
+    outbox: list[Any] = attrs.field(factory=list, eq=False, repr=False)
+
+    def enqueue(self, task: str, payload: Any = None, **options: Any) -> None:
+        """Add a follow-up job, committed in the same durable write as this job's ack.
+
+        options as for enqueue_many (key, delay, priority, max_attempts). If
+        this attempt fails or is lost, the job is never added; once the ack
+        is durable, it is. Checked now: a bad item raises here, in the handler.
+        """
+        item = (task, payload, options) if options else (task, payload)
+        spec_from(item)
+        self.outbox.append(item)
+
+    def fields(self) -> dict[str, Any]:
+        """The fields by name, as Job(**fields) takes them back: what a worker process is
+        sent (attrs.asdict, which inspects the class on every call, costs several times more).
+        """
+        return {
+            "id": self.id,
+            "task": self.task,
+            "payload": self.payload,
+            "attempt": self.attempt,
+            "key": self.key,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+            "enqueued_at": self.enqueued_at,
+            "parents": self.parents,  # the outbox starts empty in the worker process
+        }
 
 
 def build_job(
@@ -34,6 +66,7 @@ def build_job(
     priority: int,
     max_attempts: int,
     enqueued_at: float,
+    parents: Mapping[int, Any] | None = None,
 ) -> Job:
     """The Job a claim hands out, its payload decoded from (kind, data): every backend's one way.
 
@@ -49,6 +82,7 @@ def build_job(
         priority=priority,
         max_attempts=max_attempts,
         enqueued_at=enqueued_at,
+        parents=parents or {},
     )
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
 from walq.core.text import excerpt
@@ -52,6 +53,14 @@ class JobSpec(NamedTuple):
     priority: int
     max_attempts: int
     origin: str
+
+
+class Output(NamedTuple):
+    """What an ack commits with a job: its result (ev.RESULT_* kind, bytes) and follow-up jobs."""
+
+    kind: int
+    data: bytes
+    follow: tuple[JobSpec, ...]
 
 
 _new_spec = tuple.__new__  # skips the NamedTuple's Python-level __new__: half the cost
@@ -132,6 +141,51 @@ def decode_payload(kind: int, data: bytes) -> Any:
     if kind == PAYLOAD_BYTES:
         return data
     return json.loads(data)
+
+
+DEFAULT_MAX_RESULT = 1 << 20  # bytes of one stored result (a queue's max_result_bytes)
+DEFAULT_KEEP_RESULTS = 3600.0  # seconds a result is kept (a queue's keep_results)
+
+
+def encode_result(value: Any, limit: int, job_id: int) -> tuple[int, bytes]:
+    """(result kind, bytes) of a handler's return value: JSON or bytes, at most `limit` bytes.
+
+    None is RESULT_NONE (nothing stored); anything else not JSON or bytes is a PayloadError.
+    """
+    if value is None:
+        return ev.RESULT_NONE, b""
+    try:
+        kind, data = encode_payload(value, limit)
+    except PayloadError as exc:
+        text = str(exc).replace("payload", "result").replace("max_result", "max_result_bytes")
+        raise PayloadError(f"job {job_id}: {text}") from None
+    return (ev.RESULT_BYTES if kind == PAYLOAD_BYTES else ev.RESULT_JSON), data
+
+
+def decode_result(kind: int, data: bytes) -> Any:
+    """The value a result record holds."""
+    if kind == ev.RESULT_NONE:
+        return None
+    return decode_payload(PAYLOAD_BYTES if kind == ev.RESULT_BYTES else PAYLOAD_JSON, data)
+
+
+def check_after(after: Any, policy: Any) -> tuple[tuple[int, ...], int]:
+    """(parent ids, ev.AFTER_* policy) of an enqueue's `after=` and `after_policy=`."""
+    if isinstance(after, int | str | bytes) or not isinstance(after, Iterable):
+        raise ArgumentError(f"after must be a list of job ids, not {excerpt(after)}")
+    ids = tuple(after)
+    if not ids or len(ids) > MAX_PARENTS:
+        raise ArgumentError(f"after must name 1..{MAX_PARENTS} job ids, not {len(ids)}")
+    for jid in ids:
+        if type(jid) is not int or jid < 1:
+            raise ArgumentError(f"after must be a list of job ids, not {excerpt(after)}")
+    if policy not in AFTER_POLICIES:
+        raise ArgumentError(f'after_policy must be "cancel" or "always", not {excerpt(policy)}')
+    return tuple(dict.fromkeys(ids)), AFTER_POLICIES[policy]
+
+
+MAX_PARENTS = 10_000  # jobs one job may be enqueued after
+AFTER_POLICIES = {"cancel": ev.AFTER_CANCEL, "always": ev.AFTER_ALWAYS}
 
 
 ENQUEUE_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin"})

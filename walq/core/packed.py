@@ -13,8 +13,12 @@ import attrs
 from walq.core import events as ev
 from walq.core.jobspec import MIN_PRIORITY
 
-PENDING, SCHEDULED, RUNNING, DEAD = ev.PENDING, ev.SCHEDULED, ev.RUNNING, ev.DEAD
-STATE_NAMES = {PENDING: "pending", SCHEDULED: "scheduled", RUNNING: "running", DEAD: "dead"}
+PENDING, SCHEDULED, RUNNING, DEAD, WAITING = (
+    ev.PENDING, ev.SCHEDULED, ev.RUNNING, ev.DEAD, ev.WAITING,
+)  # fmt: skip
+STATE_NAMES = {PENDING: "pending", SCHEDULED: "scheduled", RUNNING: "running", DEAD: "dead",
+               WAITING: "waiting"}  # fmt: skip
+N_STATES = 6  # state codes 0..5: the length of a list of counts indexed by state
 
 
 # A live job is one packed int (about 130 bytes of RAM with its dict slot,
@@ -123,8 +127,9 @@ class TaskCounts:
     scheduled: int = 0
     running: int = 0
     dead: int = 0
+    waiting: int = 0
 
     @classmethod
     def of(cls, n: list[int]) -> TaskCounts:
         """From a list indexed by state code."""
-        return cls(n[PENDING], n[SCHEDULED], n[RUNNING], n[DEAD])
+        return cls(n[PENDING], n[SCHEDULED], n[RUNNING], n[DEAD], n[WAITING])

@@ -16,7 +16,21 @@ from typing import TYPE_CHECKING, TypeAlias
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.jobspec import MIN_PRIORITY
-from walq.core.packed import M3, M32, MAXA, MT, OFFSET, PENDING, PRIO, RUNNING, SEG, SIZE, TASK, Now
+from walq.core.packed import (
+    M3,
+    M32,
+    MAXA,
+    MT,
+    N_STATES,
+    OFFSET,
+    PENDING,
+    PRIO,
+    RUNNING,
+    SEG,
+    SIZE,
+    TASK,
+    Now,
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from walq.core.state import QueueState
@@ -84,7 +98,7 @@ def finish_replay(state: QueueState, now: Now) -> None:
     jobs = state._jobs
     seg_bytes: dict[int, int] = {}
     by_task: dict[int, list[int]] = {}
-    total = [0] * 5
+    total = [0] * N_STATES
     live = 0
     for jid, packed in jobs.items():
         code = packed & M3
@@ -101,7 +115,7 @@ def finish_replay(state: QueueState, now: Now) -> None:
         task = (packed >> TASK) & MT
         counts = by_task.get(task)
         if counts is None:
-            counts = by_task[task] = [0] * 5
+            counts = by_task[task] = [0] * N_STATES
         counts[code] += 1
         total[code] += 1
     state._n, state._by_task, state._seg_bytes, state.live_bytes = total, by_task, seg_bytes, live

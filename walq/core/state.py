@@ -16,17 +16,21 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import attrs
+
 from walq.core import enqueue, framing, replay
 from walq.core import events as ev
 from walq.core.jobspec import MAX_ATTEMPTS, MIN_PRIORITY
 from walq.core.packed import ATTEMPTS as _ATTEMPTS
 from walq.core.packed import (
     DEAD,
+    N_STATES,
     PENDING,
     RUNNING,
     SCHEDULED,
     SEQ_BITS,
     STATE_NAMES,
+    WAITING,
     JobInfo,
     Loc,
     NewJob,
@@ -53,8 +57,21 @@ from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
 
 # The values callers use with the state (defined beside the packed layout).
 __all__ = [
-    "DEAD", "PENDING", "RUNNING", "SCHEDULED", "SEQ_BITS", "STATE_NAMES",
-    "JobInfo", "Loc", "NewJob", "Now", "QueueState", "Sink", "TaskCounts", "seq_of",
+    "DEAD",
+    "PENDING",
+    "RUNNING",
+    "SCHEDULED",
+    "SEQ_BITS",
+    "STATE_NAMES",
+    "WAITING",
+    "JobInfo",
+    "Loc",
+    "NewJob",
+    "Now",
+    "QueueState",
+    "Sink",
+    "TaskCounts",
+    "seq_of",
 ]  # fmt: skip
 
 # What a job that leaves the table became, by its tombstone (None: acked).
@@ -82,13 +99,24 @@ class QueueState:
         self._due: dict[int, float] = {}
         self._leases: dict[int, tuple[float, int]] = {}
         self._lease_heap: list[tuple[float, int]] = []
-        self._n = [0] * 5  # live jobs by state code, over all tasks
+        self._n = [0] * N_STATES  # live jobs by state code, over all tasks
         self._by_task: dict[int, list[int]] = {}  # the same, per task
         self.live_bytes = 0
         self._seg_bytes: dict[int, int] = {}  # live record bytes per segment
         self.paused: set[str] = set()  # tasks whose pending jobs are not claimed
         self._paused_ids: set[int] = set()  # their task indexes
         self.loading = True  # replaying: events are facts, nothing indexed until finish_replay
+        # Dependencies: a live job's parents and policy (ev.AFTER_*), a waiting job's
+        # parents not yet done, the waiting jobs each parent holds up, the wall
+        # time a waiting job's delay ends, and why a dependent was cancelled.
+        self._after: dict[int, tuple[tuple[int, ...], int]] = {}
+        self._outstanding: dict[int, set[int]] = {}
+        self._held_by: dict[int, list[int]] = {}
+        self._wait_due: dict[int, float] = {}
+        self.causes: dict[int, str] = {}
+        # Results kept: job id -> (wall time they expire, the finish record holding them).
+        self._results: dict[int, tuple[float, Loc]] = {}
+        self.readied = 0  # waiting jobs made ready so far (the queue wakes claims on a change)
 
     # -- queries -------------------------------------------------------------
 
@@ -111,7 +139,7 @@ class QueueState:
     def unfinished(self) -> int:
         """Pending, scheduled and running jobs."""
         n = self._n
-        return n[PENDING] + n[SCHEDULED] + n[RUNNING]
+        return n[PENDING] + n[SCHEDULED] + n[RUNNING] + n[WAITING]
 
     def info(self, jid: int) -> JobInfo:
         """The live job `jid`; UnknownJobError if it is not live."""
@@ -158,6 +186,19 @@ class QueueState:
     def key_of(self, jid: int) -> str | None:
         """The idempotency key of live job `jid`, if it has one."""
         return self._key_of.get(jid)
+
+    def after_of(self, jid: int) -> tuple[tuple[int, ...], int] | None:
+        """(parents, policy) of live job `jid` if it was enqueued after others."""
+        return self._after.get(jid)
+
+    def result_loc(self, jid: int, wall: float) -> Loc | None:
+        """Where done job `jid`'s result is recorded, unless none was kept or it expired."""
+        kept = self._results.get(jid)
+        return kept[1] if kept is not None and kept[0] > wall else None
+
+    def results(self) -> dict[int, tuple[float, Loc]]:
+        """Every result kept: id -> (wall time it expires, its record)."""
+        return dict(self._results)
 
     def error_loc(self, jid: int) -> Loc | None:
         """Where the last error of dead job `jid` is recorded."""
@@ -238,12 +279,19 @@ class QueueState:
         """
         if isinstance(event, ev.Enqueue | ev.Job):
             self._create(event, loc, now)
+        elif isinstance(event, ev.After):
+            self._create_after(event, loc, now)
+        elif isinstance(event, ev.Finish):
+            self._finished(event, loc, now)
+        elif isinstance(event, ev.Flow):
+            self._restore_flow(event, now)
         elif isinstance(event, ev.Claim):
             for jid, attempt in event.items:
                 self._claimed(jid, attempt)
         elif isinstance(event, ev.Ack):
             for jid in event.ids:
                 self._remove(jid, "ack", None)
+                self._settled(jid, True, now)
         elif isinstance(event, ev.Fail):
             self._failed(event, loc, now)
         elif isinstance(event, ev.Release):
@@ -251,8 +299,9 @@ class QueueState:
                 self._released(jid, attempts)
         elif isinstance(event, ev.Cancel):
             for jid in event.ids:
-                if not self.loading or self._is(jid, PENDING, SCHEDULED, RUNNING):
+                if not self.loading or self._is(jid, PENDING, SCHEDULED, RUNNING, WAITING):
                     self._remove(jid, "cancel", ev.CANCELLED)
+                    self._settled(jid, False, now)
         elif isinstance(event, ev.Requeue):
             for jid in event.ids:
                 self._requeued(jid)
@@ -260,6 +309,7 @@ class QueueState:
             for jid in event.ids:
                 if not self.loading or self._is(jid, DEAD):
                     self._remove(jid, "purge", ev.PURGED)
+                    self._after.pop(jid, None)
         elif isinstance(event, ev.Pause):
             self.paused.add(event.task)
             self._paused_ids.add(self.task_index(event.task))
@@ -308,11 +358,167 @@ class QueueState:
     finish_replay = replay.finish_replay
 
     def _create(self, e: ev.Enqueue | ev.Job, loc: Loc, now: Now) -> None:
+        if isinstance(e, ev.Job) and e.state == WAITING:  # not inside an after record: no wait
+            e = ev.Job(**{**attrs.asdict(e), "state": PENDING})
         if isinstance(e, ev.Job):
             self.add(e.id, e.task, e.key, e.priority, e.max_attempts, e.due, loc, now,
                      state=e.state, attempts=e.attempts)  # fmt: skip
         else:
             self.add(e.id, e.task, e.key, e.priority, e.max_attempts, e.due, loc, now)
+
+    def _create_after(self, e: ev.After, loc: Loc, now: Now) -> None:
+        """A job enqueued after others: waiting until they are done, unless its wait is over."""
+        job = e.job
+        jid = job.id
+        if jid not in self._jobs and jid in self._tombstones:
+            return  # cancelled since (replay)
+        waits = isinstance(job, ev.Enqueue) or job.state == WAITING
+        if not waits:
+            self._create(job, loc, now)
+            if jid in self._jobs:
+                self._after[jid] = (e.parents, e.policy)
+            return
+        if jid not in self._jobs:
+            attempts = job.attempts if isinstance(job, ev.Job) else 0
+            self.add(jid, job.task, job.key, job.priority, job.max_attempts, 0.0, loc, now,
+                     state=WAITING, attempts=attempts)  # fmt: skip
+        if jid not in self._jobs or self._jobs[jid] & _M3 != WAITING:
+            return
+        self._after[jid] = (e.parents, e.policy)
+        if job.due:
+            self._wait_due[jid] = job.due
+        outstanding: set[int] = set()
+        cause = None
+        for parent in e.parents:
+            p = self._jobs.get(parent)
+            if p is not None and p & _M3 != DEAD:
+                outstanding.add(parent)
+            elif p is not None or parent in self._tombstones or parent >= self.next_id:
+                cause = cause or f"job {parent} it was enqueued after is {self._gone(parent)}"
+        if cause is not None and e.policy == ev.AFTER_CANCEL:
+            self._cancel_dependent(jid, cause, now)
+            return
+        if not outstanding:
+            self._make_ready(jid, now)
+            return
+        self._outstanding[jid] = outstanding
+        for parent in outstanding:
+            self._held_by.setdefault(parent, []).append(jid)
+
+    def _gone(self, jid: int) -> str:
+        """What became of parent `jid` that did not finish done (for a dependent's cause)."""
+        if jid in self._jobs:
+            return "dead"
+        tomb = self._tombstones.get(jid)
+        if tomb is not None:
+            return _GONE[tomb]
+        return "unknown" if jid >= self.next_id else "done"
+
+    def _settled(self, jid: int, ok: bool, now: Now) -> None:
+        """Job `jid` is done (ok) or dead, cancelled or purged: its dependents move on."""
+        self._after.pop(jid, None)
+        self._wait_due.pop(jid, None)
+        self._outstanding.pop(jid, None)
+        work = [(jid, ok)]
+        while work:
+            parent, done = work.pop()
+            for child in self._held_by.pop(parent, ()):
+                left = self._outstanding.get(child)
+                if left is None or parent not in left:
+                    continue
+                left.discard(parent)
+                policy = self._after.get(child, ((), ev.AFTER_CANCEL))[1]
+                if not done and policy == ev.AFTER_CANCEL:
+                    self._cancel_dependent(child, f"job {parent} it was enqueued after is "
+                                           f"{self._gone(parent)}", now)  # fmt: skip
+                    work.append((child, False))
+                elif not left:
+                    self._make_ready(child, now)
+
+    def _cancel_dependent(self, jid: int, cause: str, now: Now) -> None:
+        """Waiting job `jid` is cancelled because a parent did not finish done."""
+        self._outstanding.pop(jid, None)
+        self.causes[jid] = cause
+        self._remove(jid, "cancel", ev.CANCELLED)
+        self._after.pop(jid, None)
+        self._wait_due.pop(jid, None)
+
+    def _make_ready(self, jid: int, now: Now) -> None:
+        """Waiting job `jid`'s parents are all settled: pending (or scheduled, if delayed)."""
+        self._outstanding.pop(jid, None)
+        p = self._jobs[jid]
+        due = self._wait_due.pop(jid, 0.0)
+        to = SCHEDULED if due > now.wall else PENDING
+        self._jobs[jid] = p = self._step(jid, p, "ready", to)
+        self.readied += 1
+        if to == SCHEDULED:
+            self._schedule(jid, now.mono_at(due))
+        elif not self.loading:
+            self._push_ready(jid, p)
+
+    def _finished(self, e: ev.Finish, loc: Loc, now: Now) -> None:
+        """An ack with its result and follow-up jobs (one record)."""
+        if e.result_kind != ev.RESULT_NONE and e.keep_until > now.wall:
+            self._results[e.id] = (e.keep_until, loc)
+        if e.id in self._jobs or not self.loading:
+            self._remove(e.id, "ack", None)
+            self._settled(e.id, True, now)
+        for child in e.children:
+            if isinstance(child, ev.After):
+                self._create_after(child, loc, now)
+            else:
+                self._create(child, loc, now)
+
+    def flow_event(self) -> ev.Flow:
+        """The flow state a checkpoint carries (a replay rebuilds it from the records)."""
+        return ev.Flow(
+            results=tuple((j, u, loc.seg, loc.offset, loc.size)
+                          for j, (u, loc) in self._results.items()),
+            waits=tuple((j, policy, self._wait_due.get(j, 0.0), parents)
+                        for j, (parents, policy) in self._after.items()),
+            causes=tuple(self.causes.items()),
+        )  # fmt: skip
+
+    def _restore_flow(self, e: ev.Flow, now: Now) -> None:
+        """A checkpoint's flow state, onto the jobs it restored."""
+        for jid, until, seg, offset, size in e.results:
+            if until > now.wall:
+                self._results[jid] = (until, Loc(seg, offset, size))
+        self.causes.update(e.causes)
+        for jid, policy, due, parents in e.waits:
+            p = self._jobs.get(jid)
+            if p is None:
+                continue
+            self._after[jid] = (parents, policy)
+            if p & _M3 != WAITING:
+                continue
+            if due:
+                self._wait_due[jid] = due
+            outstanding = {q for q in parents if self._is(q, PENDING, SCHEDULED, RUNNING, WAITING)}
+            if not outstanding:
+                self._make_ready(jid, now)
+                continue
+            self._outstanding[jid] = outstanding
+            for parent in outstanding:
+                self._held_by.setdefault(parent, []).append(jid)
+
+    def wait_due(self, jid: int) -> float:
+        """The wall time waiting job `jid`'s delay ends (0: none)."""
+        return self._wait_due.get(jid, 0.0)
+
+    def relocate_results(self, moves: dict[int, Loc], upto: int) -> None:
+        """Point kept results at their copies in the compacted segment `upto`."""
+        for jid, loc in moves.items():
+            kept = self._results.get(jid)
+            if kept is not None and seq_of(kept[1].seg) <= upto:
+                self._results[jid] = (kept[0], loc)
+
+    def drop_expired_results(self, wall: float) -> int:
+        """Forget results kept past their time; how many."""
+        old = [jid for jid, (until, _) in self._results.items() if until <= wall]
+        for jid in old:
+            del self._results[jid]
+        return len(old)
 
     # The enqueue hot path: what `add` does for one job, for a batch of new ids.
     add_new = enqueue.add_new
@@ -338,7 +544,7 @@ class QueueState:
             return
         if state == DEAD:
             self._errors[jid] = loc
-        elif due > now.wall:
+        elif due > now.wall and state != WAITING:
             state = SCHEDULED
         if not self.loading:
             check(jid, "new", "enqueue", STATE_NAMES[state])
@@ -381,6 +587,7 @@ class QueueState:
         if to == DEAD:
             self._errors[e.id] = loc
             self._release_key(e.id)
+            self._settled(e.id, False, now)
         elif to == SCHEDULED:
             self._schedule(e.id, now.mono_at(e.due))
         elif not self.loading:
@@ -453,7 +660,7 @@ class QueueState:
         task = (p >> _TASK) & _MT
         counts = self._by_task.get(task)
         if counts is None:
-            counts = self._by_task[task] = [0] * 5
+            counts = self._by_task[task] = [0] * N_STATES
         counts[state] += delta
 
     def _schedule(self, jid: int, due: float) -> None:
@@ -589,11 +796,12 @@ class QueueState:
                 ok.append(jid)
         return ok, refused
 
-    def finish(self, ids: Sequence[int]) -> None:
+    def finish(self, ids: Sequence[int], now: Now | None = None) -> None:
         """Remove running jobs `ids` (held: see `held`) as their Ack record says.
 
         The batch form of applying the Ack: the running -> done move is checked
-        once; a job that is not running takes the general path.
+        once; a job that is not running takes the general path. Jobs waiting
+        for them move on, as the Ack's replay would make them (`now`: when).
         """
         if not ids:
             return
@@ -624,6 +832,9 @@ class QueueState:
         self.live_bytes -= freed
         for task, k in gone.items():
             self._shift(task, RUNNING, None, k)
+        if self._held_by or self._after:
+            for jid in ids:
+                self._settled(jid, True, now or Now(0.0, 0.0))
 
     def untake(self, jobs: Iterable[JobInfo]) -> None:
         """Put jobs taken by `take_ready` back at the head of their queues (nothing recorded)."""

@@ -10,6 +10,9 @@ ways a job leaves the queue. A claim either starts a job (running) or settles
 it without running it: out of attempts or its record damaged (dead), or put
 off by the claimer (scheduled; pending if the time it named has passed).
 "expire" is a lease running out; "due" is a scheduled job's time coming.
+A job enqueued after others is "waiting" until they are all done ("ready":
+pending, or scheduled if its delay has not passed); a parent that dies or is
+cancelled cancels it (or makes it ready, under after_policy="always").
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from types import MappingProxyType
 
 from walq.errors import StateError
 
-STATES = ("new", "pending", "scheduled", "running", "dead", "done", "cancelled", "purged")
+STATES = (
+    "new", "waiting", "pending", "scheduled", "running", "dead", "done", "cancelled", "purged",
+)  # fmt: skip
 EVENTS = (
     "enqueue",
+    "ready",
     "due",
     "claim",
     "ack",
@@ -35,7 +41,9 @@ EVENTS = (
 
 TRANSITIONS: Mapping[tuple[str, str], frozenset[str]] = MappingProxyType(
     {
-        ("new", "enqueue"): frozenset({"pending", "scheduled"}),
+        ("new", "enqueue"): frozenset({"pending", "scheduled", "waiting"}),
+        ("waiting", "ready"): frozenset({"pending", "scheduled"}),
+        ("waiting", "cancel"): frozenset({"cancelled"}),
         ("scheduled", "due"): frozenset({"pending"}),
         ("pending", "claim"): frozenset({"running", "dead", "scheduled", "pending"}),
         ("running", "ack"): frozenset({"done"}),

@@ -12,7 +12,7 @@ from typing import Any
 
 from walq.core import events as ev
 from walq.core.job import DeadJob
-from walq.core.jobspec import check_task, state_code
+from walq.core.jobspec import check_seconds, check_task, state_code
 from walq.core.state import DEAD, STATE_NAMES
 from walq.directory import checkpoint as checkpoints
 from walq.directory.base import QueueBase, chunks
@@ -20,7 +20,13 @@ from walq.directory.checkpoint import Written
 from walq.directory.compactor import CompactionResult
 from walq.directory.fs import file_size, open_fd
 from walq.directory.opening import STATUS_FILE
-from walq.errors import CorruptionError, StateError
+from walq.errors import (
+    CorruptionError,
+    JobCancelled,
+    JobFailed,
+    ResultTimeout,
+    StateError,
+)
 
 log = logging.getLogger("walq.queue")
 
@@ -34,6 +40,38 @@ class Administration(QueueBase):
             self._tick(self._clock())
             return self._state.status(job_id)
 
+    def result(self, job_id: int, timeout: float | None = None) -> Any:
+        wait = None if timeout is None else check_seconds("timeout", timeout)
+        with self._mu:
+            now = self._clock()
+            deadline = None if wait is None else now.mono + wait
+            while True:
+                self._check_not_closed()
+                self._tick(now)
+                status = self._state.status(job_id)
+                if status == "done":
+                    return self._kept_result(job_id, now.wall)
+                if status == "dead":
+                    raise JobFailed(job_id, self._dead_error(job_id))
+                if status == "cancelled":
+                    raise JobCancelled(job_id, self._state.causes.get(job_id, ""))
+                left = None if deadline is None else deadline - now.mono
+                if left is not None and left <= 0:
+                    raise ResultTimeout(f"{self.path}: job {job_id} is {status} after {wait:g} s")
+                self._changed.wait(1.0 if left is None else min(left, 1.0))
+                now = self._clock()
+
+    def _dead_error(self, job_id: int) -> str:
+        """The last error of dead job `job_id` (lock held)."""
+        err_loc = self._state.error_loc(job_id)
+        if err_loc is None:
+            return ""
+        try:
+            e = ev.decode(*self._read_raw(err_loc))
+        except (ev.BadEvent, CorruptionError) as exc:
+            return f"(the error record at offset {err_loc.offset} is damaged: {exc})"
+        return e.error if isinstance(e, ev.Fail | ev.Job) else ""
+
     def cancel(self, job_id: int, *, sync: bool | None = None) -> bool:
         with self._mu:
             self._check_open()
@@ -42,10 +80,14 @@ class Administration(QueueBase):
                 return False
             if status == "dead":
                 raise StateError(f"job {job_id} is dead: purge or requeue it")
+            readied = self._state.readied
             lsn = self._write([ev.Cancel(ids=(job_id,))], self._clock())
             self._forget([job_id])
             self._changed.notify_all()
+            woke = self._state.readied != readied
         self._commit(lsn, sync)
+        if woke:
+            self._wake()
         if status == "running":
             for listener in list(self.cancel_listeners):
                 listener(job_id)
@@ -235,6 +277,7 @@ class Administration(QueueBase):
                 "scheduled": c.scheduled,
                 "running": c.running,
                 "dead": c.dead,
+                "waiting": c.waiting,
                 "done": self.done_seen + self.counters["acked"],
                 "unfinished": self._state.unfinished,
                 "bytes": self._state.live_bytes,
@@ -254,9 +297,10 @@ class Administration(QueueBase):
                         "scheduled": n.scheduled,
                         "running": n.running,
                         "dead": n.dead,
+                        "waiting": n.waiting,
                     }
                     for t, n in self._state.task_counts().items()
-                    if n.pending or n.scheduled or n.running or n.dead
+                    if n.pending or n.scheduled or n.running or n.dead or n.waiting
                 },
                 **self.counters,
             }

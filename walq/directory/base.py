@@ -22,9 +22,14 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
 from walq.core.job import COUNTERS, Job
-from walq.core.jobspec import check_seconds
+from walq.core.jobspec import (
+    DEFAULT_KEEP_RESULTS,
+    DEFAULT_MAX_RESULT,
+    check_seconds,
+    decode_result,
+)
 from walq.core.ledger import Lost
-from walq.core.state import DEAD, SCHEDULED, Loc, Now, QueueState, seq_of
+from walq.core.state import DEAD, SCHEDULED, WAITING, Loc, Now, QueueState, seq_of
 from walq.directory.checkpoint import Checkpointer
 from walq.directory.compactor import Compactor, Snapshot
 from walq.directory.fs import FileSystem, Lock
@@ -32,7 +37,7 @@ from walq.directory.log import Log
 from walq.directory.readers import Readers
 from walq.directory.recovery import Damage
 from walq.directory.segment import Segment
-from walq.errors import ClosedError, QueueFull
+from walq.errors import ClosedError, CorruptionError, QueueFull
 from walq.producers.server import ProducerServer
 
 if TYPE_CHECKING:
@@ -59,6 +64,8 @@ class QueueBase(QueueBackend):
         self.max_bytes: int | None = opts["max_bytes"]
         self.min_free_bytes: int = opts["min_free_bytes"]
         self.max_payload: int = opts["max_payload"]
+        self.max_result_bytes = DEFAULT_MAX_RESULT
+        self.keep_results = DEFAULT_KEEP_RESULTS
         self._state = QueueState(default_max_attempts=opts["max_attempts"])
         # job -> the newest attempt this handle claimed: whose result an ack without
         # attempt= is (a lease that expired under it is then refused, LeaseLost).
@@ -122,6 +129,37 @@ class QueueBase(QueueBackend):
             raise failed
 
     # -- adding jobs -------------------------------------------------------------------
+
+    def _add_after(
+        self, spec: JobSpec, parents: tuple[int, ...], policy: int, sync: bool | None
+    ) -> int:
+        """Add a job waiting for `parents` (one `after` record); its id, or a key holder's."""
+        with self._mu:
+            now = self._open_now()
+            state = self._state
+            for parent in parents:
+                state.status(parent)  # UnknownJobError: never enqueued, or purged
+            if spec.key is not None and state.key_holder(spec.key) is not None:
+                return state.key_holder(spec.key) or 0
+            problem = self._room_for([spec])
+            if problem is not None:
+                raise QueueFull(f"{self.path}: {problem}")
+            jid = state.next_id
+            job = ev.Enqueue(
+                id=jid, task=spec.task, payload=spec.data, kind=spec.kind, key=spec.key,
+                priority=spec.priority, max_attempts=spec.max_attempts,
+                due=now.wall + spec.delay if spec.delay else 0.0, created=now.wall,
+            )  # fmt: skip
+            readied = state.readied
+            lsn = self._write([ev.After(parents=parents, policy=policy, job=job)], now)
+            self.counters["enqueued"] += 1
+            woke = state.readied != readied
+            if woke and self._waiting_claims:
+                self._changed.notify_all()
+        self._commit(lsn, sync)
+        if woke:
+            self._wake()
+        return jid
 
     def _add(self, items: Sequence[JobSpec], sync: bool | None, timeout: float) -> list[int]:
         """Assign ids (or coalesce by key), check the caps, write, apply; then commit."""
@@ -284,6 +322,20 @@ class QueueBase(QueueBackend):
         """The record at `loc`, checked against its CRC (lock held)."""
         return self._readers.read(loc)
 
+    def _kept_result(self, jid: int, wall: float) -> Any:
+        """Done job `jid`'s kept result, or None (lock held; damage reads as None, logged)."""
+        loc = self._state.result_loc(jid, wall)
+        if loc is None:
+            return None
+        try:
+            e = ev.decode(*self._read_raw(loc))
+            if not isinstance(e, ev.Finish):
+                raise ev.BadEvent(f"job {jid}'s result record is not a finish record")
+            return decode_result(e.result_kind, e.result)
+        except (ev.BadEvent, CorruptionError, ValueError) as exc:
+            log.error("job %d: its result cannot be read: %s", jid, exc, extra={"job_id": jid})
+            return None
+
     def _read_raw(self, loc: Loc) -> tuple[int, bytes]:
         record = self._readers.read(loc)
         return record.rtype, record.body
@@ -332,6 +384,8 @@ class CompactionView:
                 if seq_of(info.loc.seg) > upto:
                     continue
                 due = state.due_of(jid) if info.state == SCHEDULED else None
+                due_wall = 0.0 if due is None else now.wall + (due - now.mono)
+                waiting = info.state == WAITING
                 out.append(
                     Snapshot(
                         id=jid,
@@ -339,10 +393,27 @@ class CompactionView:
                         error_loc=state.error_loc(jid) if info.state == DEAD else None,
                         dead=info.state == DEAD,
                         attempts=info.attempts,
-                        due_wall=0.0 if due is None else now.wall + (due - now.mono),
+                        due_wall=state.wait_due(jid) if waiting else due_wall,
+                        waiting=waiting,
+                        after=state.after_of(jid),
                     )
                 )
             return out
+
+    def results_upto(self, upto: int) -> list[tuple[int, float, Loc]]:
+        q = self._q
+        with q._mu:
+            state = q._state
+            state.drop_expired_results(q._clock().wall)
+            return [
+                (jid, until, loc)
+                for jid, (until, loc) in state.results().items()
+                if seq_of(loc.seg) <= upto
+            ]
+
+    def relocate_results(self, upto: int, moves: dict[int, Loc]) -> None:
+        with self._q._mu:
+            self._q._state.relocate_results(moves, upto)
 
     def meta_event(self) -> ev.Meta:
         with self._q._mu:
@@ -374,7 +445,9 @@ class CompactionView:
             q._check_open()
             now = q._clock()
             done = q.done_seen + q.counters["acked"]
-            taken = ckpt.take(q._state, now, done, self._snapshot_records())
+            flow = q._state.flow_event()  # a compaction copies these as records of their own
+            records = [*self._snapshot_records(), (flow.rtype, flow.encode())]
+            taken = ckpt.take(q._state, now, done, records)
             seq, offset, segments = q._log.position()
         return taken, seq, offset, segments
 

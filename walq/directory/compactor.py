@@ -58,6 +58,8 @@ class Snapshot:
     dead: bool
     attempts: int
     due_wall: float
+    waiting: bool = False  # for the jobs in `after`
+    after: tuple[tuple[int, ...], int] | None = None  # (parents, policy) if it has any
 
 
 class SegmentLog(Protocol):
@@ -113,6 +115,12 @@ class Compactable(Protocol):
 
     def meta_event(self) -> ev.Meta:
         """The id counter and cancelled/purged markers, as a meta record says them."""
+
+    def results_upto(self, upto: int) -> list[tuple[int, float, Loc]]:
+        """(job id, wall time it expires, record) of unexpired results in segments <= `upto`."""
+
+    def relocate_results(self, upto: int, moves: dict[int, Loc]) -> None:
+        """Point results at their copies in the compacted segment `upto`."""
 
     def snapshot_records(self) -> list[tuple[int, bytes]]:
         """The snapshot's records other than the jobs' (the meta record first), as
@@ -336,6 +344,7 @@ class Compactor:
             readers: dict[int, File] = {}
             try:
                 jobs = self._copy_live(header.seq, out, readers, progress)
+                self._copy_results(header.seq, out, readers)
                 for rtype, body in q.snapshot_records():
                     out.add(rtype, body)
                 out.finish()
@@ -361,6 +370,7 @@ class Compactor:
             moves = list(out.moves.items())
             for start in range(0, len(moves), RELOCATE_CHUNK):
                 q.relocate(header.seq, dict(moves[start : start + RELOCATE_CHUNK]))
+            q.relocate_results(header.seq, out.result_moves)
             q.drop_readers(header.seq, keep=out.seg_id)
             if old is None:
                 raise CompactionError(
@@ -400,8 +410,8 @@ class Compactor:
             chunk = q.snapshot(ids[start : start + CHUNK], upto)
             for snap in chunk:
                 record = self._read(readers, snap.loc)
-                e = ev.decode(record.rtype, record.body)
-                if not isinstance(e, ev.Enqueue | ev.Job):
+                e = ev.job_event(ev.decode(record.rtype, record.body), snap.id)
+                if e is None:
                     raise CorruptionError(
                         self._path(snap.loc.seg), snap.loc.offset, "job record is not a job"
                     )
@@ -413,10 +423,14 @@ class Compactor:
                 job = ev.Job(
                     id=snap.id, task=e.task, payload=e.payload, kind=e.kind, key=e.key,
                     priority=e.priority, max_attempts=e.max_attempts, due=snap.due_wall,
-                    created=e.created, state=DEAD if snap.dead else ev.PENDING,
+                    created=e.created,
+                    state=DEAD if snap.dead else ev.WAITING if snap.waiting else ev.PENDING,
                     attempts=snap.attempts, error=error,
                 )  # fmt: skip
-                out.add(job.rtype, job.encode(), job_id=snap.id, keep_error=snap.dead)
+                kept: ev.Job | ev.After = job
+                if snap.after is not None:
+                    kept = ev.After(parents=snap.after[0], policy=snap.after[1], job=job)
+                out.add(kept.rtype, kept.encode(), job_id=snap.id, keep_error=snap.dead)
                 copied += 1
                 if copied % YIELD_EVERY == 0:
                     # Let the producers' threads have the interpreter: without this
@@ -425,6 +439,17 @@ class Compactor:
             if progress is not None:
                 progress(min(start + CHUNK, len(ids)), len(ids))
         return copied
+
+    def _copy_results(self, upto: int, out: _Writer, readers: dict[int, File]) -> None:
+        """Copy every unexpired result recorded in segments <= `upto` (a finish record each)."""
+        for jid, until, loc in self.queue.results_upto(upto):
+            e = ev.decode(*_rt(self._read(readers, loc)))
+            if not isinstance(e, ev.Finish):
+                raise CorruptionError(self._path(loc.seg), loc.offset, "result is not a finish")
+            kept = ev.Finish(id=jid, keep_until=until, result_kind=e.result_kind, result=e.result)
+            at = out.offset + len(out.buf)
+            out.add(kept.rtype, kept.encode())
+            out.result_moves[jid] = Loc(out.seg_id, at, out.offset + len(out.buf) - at)
 
     def _path(self, seg: int) -> str:
         return posixpath.join(self.queue.path, fmt.segment_name(seq_of(seg)))
@@ -466,6 +491,7 @@ class _Writer:
         self.synced = 0
         self.buf = bytearray(header.encode())
         self.moves: dict[int, tuple[Loc, bool]] = {}
+        self.result_moves: dict[int, Loc] = {}
 
     def add(self, rtype: int, body: bytes, *, job_id: int = 0, keep_error: bool = False) -> None:
         at = self.offset + len(self.buf)

@@ -19,7 +19,11 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.job import Job, build_job
 from walq.core.jobspec import (
+    DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_RESULT,
+    JobSpec,
+    Output,
     check_seconds,
     clip_error,
 )
@@ -83,6 +87,8 @@ class Queue(Administration):
         min_free_bytes: int | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_attempts: int = 20,
+        max_result_bytes: int = DEFAULT_MAX_RESULT,
+        keep_results: float = DEFAULT_KEEP_RESULTS,
         lock_timeout: float = 0.0,
         recovery: str = "strict",
         compaction: Policy | bool | None = True,
@@ -108,9 +114,12 @@ class Queue(Administration):
         or "skip" (damaged records are skipped, logged and counted).
         compaction: True (the default policy), a compactor.Policy, or False
         (compact only when `compact()` is called).
+        max_result_bytes, keep_results: the largest result a handler may return
+        (bytes, encoded) and how many seconds it is kept once the job is done.
         checkpoint: True (the default policy), a checkpoint.Policy, or False:
         when the compactor's thread writes the checkpoint open starts from
-        (docs/FORMAT.md; `write_checkpoint()` writes one whatever this says).
+        (docs/FORMAT.md); with compaction=False that thread does not run.
+        `write_checkpoint()` writes one whatever these say.
         serve: answer walq.connect() producers on the queue's socket and ingest
         their spool (docs/PRODUCERS.md).
         A "redis://..." path opens a RedisQueue instead (docs/REDIS.md).
@@ -118,9 +127,12 @@ class Queue(Administration):
         if scheme_of(path) is not None:  # a server's URL: that backend (walq.backends)
             return backend_class(path).open(  # type: ignore[no-any-return]
                 path, max_pending=max_pending, max_bytes=max_bytes, max_payload=max_payload,
-                max_attempts=max_attempts, rng=rng,
+                max_attempts=max_attempts, rng=rng, max_result_bytes=max_result_bytes,
+                keep_results=keep_results,
             )  # fmt: skip
         check_options(recovery, max_pending, max_bytes, max_payload)
+        keep_results = check_seconds("keep_results", keep_results)
+        check_options(recovery, None, None, max_result_bytes)
         lock_timeout = check_seconds("lock_timeout", lock_timeout)
         fs = fs or OsFileSystem()
         path = str(path)
@@ -146,6 +158,7 @@ class Queue(Administration):
                 max_payload=max_payload,
                 max_attempts=max_attempts,
             )
+            q.max_result_bytes, q.keep_results = max_result_bytes, keep_results
             q.owner_uid = owner_uid
             began = time.monotonic()
             found = q._replay(wal, recovery == "skip")
@@ -371,7 +384,14 @@ class Queue(Administration):
                 out.append(record)
                 continue
             try:
-                task, kind, data, key, priority, created = fields(record.rtype, record.body)
+                task, kind, data, key, priority, created = fields(
+                    record.rtype, record.body, info.id
+                )
+                after = self._state.after_of(info.id)
+                parents = None
+                if after is not None:
+                    wall = self._clock().wall
+                    parents = {p: self._kept_result(p, wall) for p in after[0]}
                 out.append(
                     build_job(
                         id=info.id,
@@ -383,6 +403,7 @@ class Queue(Administration):
                         priority=priority,
                         max_attempts=info.max_attempts,
                         enqueued_at=created,
+                        parents=parents,
                     )
                 )
             except (ev.BadEvent, ValueError, RecursionError) as exc:
@@ -396,8 +417,8 @@ class Queue(Administration):
         attempts: Sequence[int] | None,
         sync: bool | None,
         strict: bool,
+        outputs: Sequence[Output | None] | None = None,
     ) -> list[tuple[int, StateError]]:
-        refused: list[tuple[int, StateError]] = []
         with self._mu:
             self._check_open()
             claims = self._claims
@@ -413,12 +434,56 @@ class Queue(Administration):
             ids, refused = self._state.held(pairs)
             if refused and strict:
                 raise refused[0][1]
-            if not ids:
+            finished: list[tuple[int, Output]] = []
+            if outputs is not None:
+                by_id = {j: o for j, o in zip(job_ids, outputs, strict=True) if o is not None}
+                finished = [(jid, by_id[jid]) for jid in ids if jid in by_id]
+                ids = [jid for jid in ids if jid not in by_id]
+            if not ids and not finished:
                 return refused
-            lsn = self._record_acks(ids)
+            readied = self._state.readied
+            lsn = self._record_acks(ids) if ids else None
+            if finished:
+                lsn = self._record_finishes(finished)
+            woke = self._state.readied != readied or bool(finished)
         if lsn is not None:
             self._commit(lsn, sync)
+        if woke:
+            self._wake()
         return refused
+
+    def _record_finishes(self, finished: list[tuple[int, Output]]) -> int:
+        """Write one finish record per job: its ack, result and follow-up jobs (lock held)."""
+        now = self._clock()
+        specs: list[JobSpec] = [spec for _, out in finished for spec in out.follow]
+        ids, fresh = self._assign(specs)
+        first = self._state.next_id
+        seen: set[int] = set()
+        events: list[ev.Event] = []
+        at = 0
+        for jid, out in finished:
+            children = []
+            for spec in out.follow:
+                cid = ids[at]
+                at += 1
+                if cid < first or cid in seen:
+                    continue  # coalesced with an unfinished job holding its key
+                seen.add(cid)
+                children.append(ev.Enqueue(
+                    id=cid, task=spec.task, payload=spec.data, kind=spec.kind, key=spec.key,
+                    priority=spec.priority, max_attempts=spec.max_attempts,
+                    due=now.wall + spec.delay if spec.delay else 0.0, created=now.wall,
+                ))  # fmt: skip
+            keep = now.wall + self.keep_results if out.kind != ev.RESULT_NONE else 0.0
+            events.append(ev.Finish(id=jid, keep_until=keep, result_kind=out.kind,
+                                    result=out.data, children=tuple(children)))  # fmt: skip
+        self._forget([jid for jid, _ in finished])
+        lsn = self._write(events, now)
+        self.counters["acked"] += len(finished)
+        self.counters["enqueued"] += len(fresh)
+        self.counters["coalesced"] += len(specs) - len(fresh)
+        self._changed.notify_all()
+        return lsn
 
     def _record_acks(self, ids: list[int]) -> int | None:
         """Write the ack records of held jobs `ids` and finish them (lock held); the lsn.
@@ -427,7 +492,7 @@ class Queue(Administration):
         """
         self._forget(ids)
         _, lsn = self._log.append([(fmt.ACK, ev.Ack(ids=chunk).encode()) for chunk in chunks(ids)])
-        self._state.finish(ids)  # the Ack records' effect, in one pass
+        self._state.finish(ids, self._clock())  # the Ack records' effect, in one pass
         self.counters["acked"] += len(ids)
         self._changed.notify_all()
         return lsn
@@ -450,13 +515,14 @@ class Queue(Administration):
                 due=0.0 if dead else now.wall + delay,
                 error=clip_error(str(error)),
             )
+            readied = self._state.readied
             lsn = self._write([event], now)
             self._forget([job_id])
             self.counters["failed"] += 1
             self.counters["dead_lettered" if dead else "retried"] += 1
             self._changed.notify_all()
         self._commit(lsn, sync)
-        if not dead:
+        if not dead or self._state.readied != readied:
             self._wake()
         return "dead" if dead else "scheduled"
 

@@ -74,8 +74,22 @@ def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
         e = ev.decode(rtype, body)
     except ev.BadEvent as exc:
         return {"error": f"undecodable body: {exc}"}
+    return _describe(e, full=full)
+
+
+def _describe(e: ev.Event, *, full: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if isinstance(e, ev.Enqueue | ev.Job):
+    if isinstance(e, ev.After):
+        out.update(_describe(e.job, full=full), after=list(e.parents))
+        if e.policy == ev.AFTER_ALWAYS:
+            out["after_policy"] = "always"
+    elif isinstance(e, ev.Finish):
+        out.update(job=e.id, result_bytes=len(e.result))
+        if e.result_kind != ev.RESULT_NONE:
+            out["keep_until"] = e.keep_until
+        if e.children:
+            out["follow"] = [_describe(c, full=full) for c in e.children]
+    elif isinstance(e, ev.Enqueue | ev.Job):
         out.update(job=e.id, task=e.task, key=e.key, priority=e.priority)
         given = {"max_attempts": e.max_attempts, "due": e.due, "created": e.created}
         out.update((name, value) for name, value in given.items() if value)
@@ -101,6 +115,8 @@ def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
         out.update(next_id=e.next_id, tombstones=len(e.tombstones))
     elif isinstance(e, ev.Pause | ev.Resume):
         out["task"] = e.task
+    elif isinstance(e, ev.Flow):
+        out.update(results=len(e.results), waits=len(e.waits))
     else:
         out["jobs"] = list(e.ids)
         if len(e.ids) == 1:
@@ -110,7 +126,7 @@ def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
 
 def ev_state_name(state: int) -> str:
     """The name of a job state code."""
-    return {ev.PENDING: "pending", ev.DEAD: "dead"}.get(state, str(state))
+    return {ev.PENDING: "pending", ev.DEAD: "dead", ev.WAITING: "waiting"}.get(state, str(state))
 
 
 class Dumper:
@@ -316,6 +332,29 @@ def dump(
 ) -> Iterator[dict[str, Any]]:
     """The rows of the queue in `path` that pass `flt`, in log order (see Dumper)."""
     return Dumper(payload=payload, full=full).rows(path, flt, fs)
+
+
+def dump_job(
+    path: str,
+    job_id: int,
+    *,
+    payload: bool = True,
+    full: bool = False,
+    fs: FileSystem | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The rows about job `job_id`, found without reading every record (walq.ops.lookup).
+
+    The same rows as `dump(path, DumpFilter(job=job_id))` but for damage
+    elsewhere in the log, which only a full read shows (`walq fsck`).
+    """
+    from walq.ops import lookup  # noqa: PLC0415 - lookup reads through walq.ops.replay
+
+    dumper = Dumper(payload=payload, full=full)
+    flt = DumpFilter(job=job_id)
+    for seq, rec in lookup.job_records(path, job_id, fs):
+        row = dumper.record_row(seq, rec)
+        if flt.matches(row):
+            yield row
 
 
 @attrs.frozen

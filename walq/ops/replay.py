@@ -14,7 +14,7 @@ from walq.directory.fs import FileSystem, OsFileSystem
 from walq.errors import NotAQueueError
 from walq.ops.scan import RACE_RETRIES, Progress, iter_scans, missing
 
-STATES = ("pending", "scheduled", "running", "dead")
+STATES = ("pending", "scheduled", "running", "dead", "waiting")
 
 
 @attrs.define

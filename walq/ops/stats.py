@@ -87,8 +87,9 @@ class QueueStats:
 
     @property
     def unfinished(self) -> int:
-        """Jobs not yet finished: pending, scheduled or running."""
-        return self.jobs["pending"] + self.jobs["scheduled"] + self.jobs["running"]
+        """Jobs not yet finished: pending, scheduled, running or waiting for others."""
+        j = self.jobs
+        return j["pending"] + j["scheduled"] + j["running"] + j["waiting"]
 
     @classmethod
     def of(cls, st: Mapping[str, Any]) -> QueueStats:
@@ -218,6 +219,17 @@ def directory_stats(
 
     Keys as in Queue.stats() where they mean the same; QueueStats.of reads them.
     """
+    return directory_snapshot(path, fs, now=now, progress=progress)[0]
+
+
+def directory_snapshot(
+    path: str,
+    fs: FileSystem | None = None,
+    *,
+    now: Now | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], Replayed]:
+    """`directory_stats` and the replayed state it was read from (`walq ui` lists jobs off it)."""
     fs = fs or OsFileSystem()
     now = now or now_clock()
     who = owner(path)
@@ -245,7 +257,8 @@ def directory_stats(
         "scheduled": c["scheduled"],
         "running": c["running"],
         "dead": c["dead"],
-        "unfinished": c["pending"] + c["scheduled"] + c["running"],
+        "waiting": c["waiting"],
+        "unfinished": c["pending"] + c["scheduled"] + c["running"] + c["waiting"],
         "interrupted": r.interrupted,
         "done_in_log": r.done_seen,
         "next_id": state.next_id,
@@ -279,7 +292,7 @@ def directory_stats(
     due = state.next_due()
     if due is not None:
         out["next_due_in"] = max(0.0, due - now.mono)
-    return out
+    return out, r
 
 
 class _Moved(Exception):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from walq import errors
 from walq.backends import check_not_url
-from walq.core.jobspec import DEFAULT_MAX_PAYLOAD
+from walq.core.jobspec import DEFAULT_MAX_PAYLOAD, check_seconds
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.errors import ArgumentError, ClosedError, PayloadError, ProtocolError, WalqError
 from walq.producers import wire
@@ -54,6 +54,7 @@ _ERRORS: dict[str, type[WalqError]] = {
         errors.ClosedError,
         errors.LogFailedError,
         errors.LockedError,
+        errors.UnknownJobError,
         errors.WalqError,
     )
 }
@@ -140,6 +141,55 @@ class Producer:
             self._check_open()
             return []
         return self._send(prepared)
+
+    def result(self, job_id: int, timeout: float | None = None) -> Any:
+        """QueueBackend.result (walq/backend.py) from any process.
+
+        Asks the owner through its socket; with no owner running, reads the
+        queue's files (polling while the job is unfinished).
+        """
+        self._check_open()
+        wait = None if timeout is None else check_seconds("timeout", timeout)
+        deadline = None if wait is None else time.monotonic() + wait
+        pause = 0.05
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out = self._ask_result(job_id, wire.MAX_RESULT_WAIT if left is None else left)
+            if out is None:
+                from walq.ops.results import outcome  # noqa: PLC0415 - only without an owner
+
+                out = outcome(self.path, job_id)
+                if out.state not in ("done", "dead", "cancelled") and left != 0:
+                    time.sleep(pause if left is None else min(pause, left))
+                    pause = min(pause * 2, 1.0)
+            if out.state in ("done", "dead", "cancelled") or left == 0:
+                return out.get(job_id, self.path, wait)
+
+    def _ask_result(self, job_id: int, wait: float) -> wire.Outcome | None:
+        """The owner's answer to a result request, or None if no owner answers."""
+        if self.address is None:
+            return None
+        body = wire.encode_body({"op": "result", "id": job_id, "wait": wait}, [])
+        for _ in range(2):
+            conn = self._take()
+            if conn is None:
+                return None
+            try:
+                conn.sendall(wire.frame(body))
+            except OSError:
+                conn.close()
+                continue
+            reply = self._exchange(conn)
+            if reply is None:
+                continue
+            self._give(conn)
+            if not reply["ok"]:
+                name, text = str(reply.get("error")), str(reply.get("message", ""))
+                if name in _SPOOL_ON:
+                    return None
+                raise _ERRORS.get(name, WalqError)(text or name)
+            return wire.Outcome.from_reply(reply)
+        return None
 
     def close(self) -> None:
         """Close the connections to the owner (idempotent)."""

@@ -64,6 +64,12 @@ class IngestTarget(Protocol):
     ) -> list[int]:
         """As QueueBackend.enqueue_many (walq/backend.py)."""
 
+    def result(self, job_id: int, timeout: float | None = None) -> Any:
+        """As QueueBackend.result (walq/backend.py)."""
+
+    def status(self, job_id: int) -> str:
+        """As QueueBackend.status (walq/backend.py)."""
+
 
 @attrs.define
 class _File:

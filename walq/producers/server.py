@@ -31,7 +31,7 @@ import attrs
 
 from walq.backend import QueueBackend
 from walq.core.text import excerpt
-from walq.errors import ProtocolError, WalqError
+from walq.errors import JobCancelled, JobFailed, ProtocolError, ResultTimeout, WalqError
 from walq.producers import wire
 from walq.producers.control import Control, args_of, result_reply
 from walq.producers.ingest import IngestTarget, SpoolIngester
@@ -462,6 +462,21 @@ class ProducerServer:
         with contextlib.suppress(OSError):
             conn.sendall(wire.reply_frame(_error(exc)))
 
+    def _result(self, header: dict[str, Any]) -> dict[str, Any]:
+        """The reply to a "result" request: the job's outcome, after waiting a little at most."""
+        jid, wait = header.get("id"), header.get("wait")
+        if type(jid) is not int or not isinstance(wait, int | float) or not 0 <= wait < 1e9:
+            raise ProtocolError("a result request needs an integer id and a wait in seconds")
+        try:
+            value = self.queue.result(jid, timeout=min(float(wait), wire.MAX_RESULT_WAIT))
+        except JobFailed as exc:
+            return wire.Outcome("dead", text=exc.error).as_reply()
+        except JobCancelled as exc:
+            return wire.Outcome("cancelled", text=exc.cause).as_reply()
+        except ResultTimeout:
+            return wire.Outcome(self.queue.status(jid)).as_reply()
+        return wire.Outcome("done", value).as_reply()
+
     def _handle(self, body: bytes | bytearray, peer: _Conn | None = None) -> dict[str, Any]:
         """The reply to one request."""
         self.counters["requests"] += 1
@@ -471,6 +486,8 @@ class ProducerServer:
             if op == "poke":
                 self.poke()
                 return {"ok": True}
+            if op == "result":
+                return self._result(header)
             if op == "admin" and self.control is not None:
                 action, args = args_of(header)
                 uid, pid = (None, 0) if peer is None else (peer.uid, peer.pid)

@@ -7,10 +7,12 @@ body layout the socket carries (docs/PRODUCERS.md, "Protocol"):
     frame   = length:u32le body                  (length <= MAX_MESSAGE)
     body    = header_length:u32le header payloads
     header  = JSON object: {"op": "enqueue" | "poke", "items": [item, ...], ...}
+              or {"op": "result", "id": job id, "wait": seconds} (no payloads)
     item    = {"task", "kind" (0 JSON, 1 bytes), "size", "key", "delay",
                "priority", "max_attempts"}
     payloads = each item's payload bytes, back to back, in item order
     reply   = length:u32le JSON: {"ok": true, "ids": [...]}
+                              or, to "result": {"ok": true, "state", "value", "kind", "text"}
                               or {"ok": false, "error": class name, "message": text}
 
 `decode_body` parses or raises ProtocolError, never any other exception.
@@ -39,12 +41,13 @@ from walq.core.jobspec import (
     split_item,
 )
 from walq.core.text import excerpt
-from walq.errors import ProtocolError
+from walq.errors import JobCancelled, JobFailed, ProtocolError, ResultTimeout
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 SOCKET_NAME = "walq.sock"
+MAX_RESULT_WAIT = 1.0  # seconds the owner waits on one "result" request (the producer asks again)
 MAX_MESSAGE = 64 << 20  # bytes of one request body
 MAX_REPLY = 16 << 20
 MAX_ITEMS = 1 << 20  # items in one request
@@ -331,3 +334,36 @@ def _peer_cred(sock: socket.socket) -> tuple[int, int] | None:
     creds = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i"))
     pid, uid, _gid = struct.unpack("3i", creds)
     return int(pid), int(uid)
+
+
+@attrs.frozen
+class Outcome:
+    """Where a job stands, as `result` reports it: state, and the value, error or cause."""
+
+    state: str  # waiting | pending | scheduled | running | done | dead | cancelled
+    value: Any = None  # done: the kept result (None: none kept)
+    text: str = ""  # dead: the last error; cancelled: the cause
+
+    def get(self, job_id: int, where: str, waited: float | None) -> Any:
+        """The result, or the exception `result` raises for this outcome."""
+        if self.state == "done":
+            return self.value
+        if self.state == "dead":
+            raise JobFailed(job_id, self.text)
+        if self.state == "cancelled":
+            raise JobCancelled(job_id, self.text)
+        raise ResultTimeout(f"{where}: job {job_id} is {self.state} after {waited or 0:g} s")
+
+    def as_reply(self) -> dict[str, Any]:
+        """The socket's JSON reply (bytes travel as latin-1 text, marked)."""
+        value, kind = self.value, "json"
+        if isinstance(value, bytes):
+            value, kind = value.decode("latin-1"), "bytes"
+        return {"ok": True, "state": self.state, "value": value, "kind": kind, "text": self.text}
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> Outcome:
+        value = reply.get("value")
+        if reply.get("kind") == "bytes" and isinstance(value, str):
+            value = value.encode("latin-1")
+        return cls(str(reply.get("state")), value, str(reply.get("text") or ""))

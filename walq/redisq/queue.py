@@ -26,14 +26,18 @@ from typing import Any, TypeVar
 
 from walq import forks
 from walq.backend import QueueBackend
-from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
+from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON, RESULT_NONE
 from walq.core.job import DeadJob, Job, build_job
 from walq.core.jobspec import (
+    DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_RESULT,
     MAX_ATTEMPTS,
     JobSpec,
+    Output,
     check_seconds,
     check_task,
+    decode_result,
     state_code,
 )
 from walq.core.retry import Backoff
@@ -42,8 +46,11 @@ from walq.errors import (
     ArgumentError,
     BackendError,
     ClosedError,
+    JobCancelled,
+    JobFailed,
     LeaseLost,
     QueueFull,
+    ResultTimeout,
     StateError,
     UnknownJobError,
     WalqError,
@@ -103,6 +110,8 @@ class RedisQueue(QueueBackend):
         self.max_pending = max_pending
         self.max_bytes = max_bytes
         self.max_payload = max_payload
+        self.max_result_bytes = DEFAULT_MAX_RESULT
+        self.keep_results = DEFAULT_KEEP_RESULTS
         self.default_max_attempts = max_attempts
         self._rng = rng
         self._backoff = Backoff()  # the default retry delay, applied by fail.lua
@@ -144,6 +153,8 @@ class RedisQueue(QueueBackend):
         max_bytes: int | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_attempts: int = 20,
+        max_result_bytes: int = DEFAULT_MAX_RESULT,
+        keep_results: float = DEFAULT_KEEP_RESULTS,
         require_durable: bool | None = None,
         rng: random.Random | None = None,
         socket_timeout: float = 30.0,
@@ -232,6 +243,8 @@ class RedisQueue(QueueBackend):
             client.close()
             raise
         q.server_version, q.durable, q.persistence = server
+        q.max_result_bytes = max_result_bytes
+        q.keep_results = check_seconds("keep_results", keep_results)
         return q
 
     # -- calling the server ----------------------------------------------------------------------
@@ -358,8 +371,15 @@ class RedisQueue(QueueBackend):
 
     def _job(self, row: Sequence[Any]) -> Job | None:
         """The claimed job; None if its payload cannot be decoded (then it is dead)."""
-        jid, task, kind, data, attempt, key, priority, created, gen, maxa = row
+        jid, task, kind, data, attempt, key, priority, created, gen, maxa, after = row
         self._held.add(int(jid), int(attempt), int(gen))
+        parents = None
+        if after:
+            ids = [int(p) for p in _text(after).split(",")]
+            parents = {
+                p: decode_result(int(r[1]), bytes(r[2])) if r[0] == b"done" else None
+                for p, r in zip(ids, self._results_of_gone(ids), strict=True)
+            }
         try:
             return build_job(
                 id=int(jid),
@@ -371,6 +391,7 @@ class RedisQueue(QueueBackend):
                 priority=int(priority),
                 max_attempts=int(maxa),
                 enqueued_at=int(created) / 1000.0,
+                parents=parents,
             )
         except ValueError as exc:  # written by something other than walq
             why = f"payload is not valid JSON ({exc}): damage is never delivered as data"
@@ -398,7 +419,11 @@ class RedisQueue(QueueBackend):
         attempts: Sequence[int] | None,
         sync: bool | None,
         strict: bool,
+        outputs: Sequence[Output | None] | None = None,
     ) -> list[tuple[int, StateError]]:
+        """Jobs with a result or follow-up jobs are finished one script each (finish.lua)."""
+        if outputs is not None and any(o is not None for o in outputs):
+            return self._finish_many(job_ids, attempts, strict, outputs)
         args = self._claims_args(["1" if strict else "0"], job_ids, attempts)
         if len(args) == 1:
             self._check_open()
@@ -408,6 +433,90 @@ class RedisQueue(QueueBackend):
             self._raise(reply)
         self._forget(job_ids)
         return [(int(jid), _STATE_ERRORS[kind](_text(msg))) for jid, kind, msg in reply[1]]
+
+    def _finish_many(
+        self,
+        job_ids: Sequence[int],
+        attempts: Sequence[int] | None,
+        strict: bool,
+        outputs: Sequence[Output | None],
+    ) -> list[tuple[int, StateError]]:
+        refused: list[tuple[int, StateError]] = []
+        for i, jid in enumerate(job_ids):
+            jid = check_job_id(jid)  # noqa: PLW2901
+            attempt = None if attempts is None else attempts[i]
+            out = outputs[i] or Output(RESULT_NONE, b"", ())
+            args: list[Any] = [jid, *self._held.token(jid, attempt), _ms(self.keep_results),
+                               out.kind, out.data]  # fmt: skip
+            for it in out.follow:
+                args += [it.task, it.kind, it.data, "1" if it.key is not None else "0"]
+                args += [it.key or "", _ms(it.delay), it.priority, it.max_attempts]
+            reply = self._run("finish", *args)
+            if reply[0] != b"ok":
+                if strict or reply[1] not in _STATE_ERRORS:
+                    self._raise(reply)
+                refused.append((jid, _STATE_ERRORS[reply[1]](_text(reply[2]))))
+                continue
+            self._forget([jid])
+        return refused
+
+    def _add_after(
+        self, spec: JobSpec, parents: tuple[int, ...], policy: int, sync: bool | None
+    ) -> int:
+        args: list[Any] = [
+            "" if self.max_pending is None else self.max_pending,
+            "" if self.max_bytes is None else self.max_bytes,
+            policy,
+            spec.task, spec.kind, spec.data, "1" if spec.key is not None else "0", spec.key or "",
+            _ms(spec.delay), spec.priority, spec.max_attempts,
+            *parents,
+        ]  # fmt: skip
+        reply = self._run("after", *args)
+        if reply[0] != b"ok":
+            self._raise(reply, f"{self.path}: ")
+        return int(reply[1])
+
+    def _results(self, job_ids: Sequence[int]) -> list[Sequence[Any]]:
+        """What result.lua says of each job (UnknownJobError for one that never was)."""
+        reply = self._run("result", *job_ids, write=False)
+        if reply[0] != b"ok":
+            self._raise(reply)
+        return list(reply[1])
+
+    def _results_of_gone(self, job_ids: Sequence[int]) -> list[Sequence[Any]]:
+        """result.lua's rows for parents; one purged since reads as no result."""
+        try:
+            return self._results(job_ids)
+        except UnknownJobError:
+            return [self._results([p])[0] if self._exists(p) else [b"gone"] for p in job_ids]
+
+    def _exists(self, job_id: int) -> bool:
+        try:
+            self._results([job_id])
+        except UnknownJobError:
+            return False
+        return True
+
+    def result(self, job_id: int, timeout: float | None = None) -> Any:
+        """Polls (every 10 ms, backing off to half a second) while the job is unfinished."""
+        jid = check_job_id(job_id)
+        wait = None if timeout is None else check_seconds("timeout", timeout)
+        deadline = None if wait is None else time.monotonic() + wait
+        pause = 0.01
+        while True:
+            (row,) = self._results([jid])
+            what = row[0]
+            if what == b"done":
+                return decode_result(int(row[1]), bytes(row[2]))
+            if what == b"dead":
+                raise JobFailed(jid, _text(row[1]))
+            if what == b"cancelled":
+                raise JobCancelled(jid, _text(row[1]))
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise ResultTimeout(f"{self.path}: job {jid} is {_text(row[1])} after {wait:g} s")
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 0.5)
 
     def _fail(
         self, job_id: int, error: str, permanent: bool,

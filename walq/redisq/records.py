@@ -23,7 +23,7 @@ def pairs(flat: Sequence[Any]) -> dict[str, int]:
 
 def shape_stats(counts: dict[str, int], per_task: dict[str, int], seq: int) -> dict[str, Any]:
     """stats() from the counts in P:n and P:tn and the last id issued."""
-    states = ("pending", "scheduled", "running", "dead")
+    states = ("pending", "scheduled", "running", "dead", "waiting")
     tasks: dict[str, dict[str, int]] = {}
     for field, n in per_task.items():
         state, _, task = field.partition(":")
@@ -31,7 +31,7 @@ def shape_stats(counts: dict[str, int], per_task: dict[str, int], seq: int) -> d
             tasks.setdefault(task, dict.fromkeys(states, 0))[state] = n
     out: dict[str, Any] = {s: counts.get(s, 0) for s in states}
     out["done"] = counts.get("done", 0)
-    out["unfinished"] = out["pending"] + out["scheduled"] + out["running"]
+    out["unfinished"] = out["pending"] + out["scheduled"] + out["running"] + out["waiting"]
     out["bytes"] = counts.get("bytes", 0)
     out["next_id"] = seq + 1
     out["tasks"] = dict(sorted(tasks.items()))

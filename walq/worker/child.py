@@ -20,9 +20,12 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+from walq.core import events as ev
 from walq.core.job import Job
+from walq.core.jobspec import MAX_PAYLOAD_LIMIT, encode_result
 from walq.core.retry import Permanent, RetryAfter
 from walq.core.text import excerpt
+from walq.errors import WalqError
 from walq.worker.tasks import Task, Tasks, deferred_result
 
 
@@ -107,9 +110,23 @@ def run_one(fields: dict[str, Any], tasks: Tasks) -> tuple[str, int, int, dict[s
                 f"the handler of task {excerpt(job.task)} returned {kind}, not a result: "
                 "the work it stands for never ran (register the async def function itself)"
             )
+        report = ok_report(job, returned)
     except BaseException as exc:  # every failure is reported, none escapes
         return ("error", job.id, job.attempt, failure_report(exc, task))
-    return ("ok", job.id, job.attempt, None)
+    return ("ok", job.id, job.attempt, report)
+
+
+def ok_report(job: Job, returned: Any) -> dict[str, Any] | None:
+    """What a finished attempt's ack commits besides itself: the encoded result and the
+    follow-up jobs (walq.worker.outcomes); None if nothing. Permanent if the value is
+    neither JSON nor bytes: retrying would return the same."""
+    try:
+        rkind, data = encode_result(returned, MAX_PAYLOAD_LIMIT, job.id)
+    except WalqError as exc:
+        raise Permanent(f"the handler of task {excerpt(job.task)} returned {exc}") from None
+    if rkind == ev.RESULT_NONE and not job.outbox:
+        return None
+    return {"result": (rkind, data), "enqueue": job.outbox}
 
 
 def child_main(

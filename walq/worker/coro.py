@@ -24,7 +24,7 @@ from typing import Any
 from walq.core.job import Job
 from walq.core.retry import Permanent
 from walq.core.text import excerpt
-from walq.worker.child import failure_report, lost_report, run_one
+from walq.worker.child import failure_report, lost_report, ok_report, run_one
 from walq.worker.tasks import Task, Tasks, deferred_result
 
 Result = tuple[str, int, int, "dict[str, Any] | None"]
@@ -153,7 +153,7 @@ class _Runner:
                     f"the handler of task {excerpt(job.task)} returned {kind}, not a result: "
                     "the work it stands for never ran (await it in the handler)"
                 )
-            result = ("ok", job.id, job.attempt, None)
+            result = ("ok", job.id, job.attempt, ok_report(job, returned))
         except asyncio.CancelledError as exc:
             if job.id in self.expired:
                 message = f"handler exceeded its timeout of {task.timeout:g} s; cancelled"

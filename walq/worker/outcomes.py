@@ -7,6 +7,7 @@ result for an attempt that no longer holds its job is dropped (docs/WORKER.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -17,8 +18,9 @@ import attrs
 
 from walq.backend import QueueBackend
 from walq.core.job import Job
+from walq.core.jobspec import decode_result
 from walq.core.retry import Permanent, RetryAfter, RetryBudget
-from walq.errors import StateError
+from walq.errors import StateError, WalqError
 from walq.worker.heartbeat import Heartbeat, Link
 from walq.worker.tasks import Task
 
@@ -71,8 +73,35 @@ class Recorder:
                 out.task.policy.on_success(now, attempt=out.job.attempt, budget=self.budget)
             else:
                 self._fail(out, now)
-        if oks:
-            self.link.call(lambda: self._ack(oks))
+        plain = [o for o in oks if not o.report]
+        if plain:
+            self.link.call(lambda: self._ack(plain))
+        for out in oks:
+            if out.report:
+                self.link.call(functools.partial(self._ack_with_output, out))
+
+    def _ack_with_output(self, out: Outcome) -> None:
+        """Ack one attempt with its result and follow-up jobs, in one durable write.
+
+        A result the queue refuses (over its max_result_bytes) fails the job
+        for good: running it again would return the same.
+        """
+        job, report = out.job, out.report or {}
+        kind, data = report["result"]
+        try:
+            self.queue.ack(
+                job.id, attempt=job.attempt, sync=False,
+                result=decode_result(kind, data), enqueue=report["enqueue"],
+            )  # fmt: skip
+        except StateError as exc:
+            self.counters["stale"] += 1
+            log.info("job %d: result dropped: %s", job.id, exc, extra={"job_id": job.id})
+            return
+        except WalqError as exc:
+            text = f"[exception] attempt {job.attempt}: the queue refused its result: {exc}"
+            self._write_fail(out, True, None, text)
+            return
+        self.counters["ok"] += 1
 
     def _ack(self, oks: list[Outcome]) -> None:
         refused = self.queue.ack_many(

@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
 from walq.backend import QueueBackend
 from walq.core.job import Job
 from walq.core.jobspec import check_seconds
@@ -370,7 +368,7 @@ class Worker:
             space[id(slot)] -= 1
             slot.jobs[job.id] = (job, self.tasks[job.task])
             slot.settle(time.monotonic())
-            batches.setdefault(id(slot), []).append(attrs.asdict(job, recurse=False))
+            batches.setdefault(id(slot), []).append(job.fields())
         for slot in free:
             batch = batches.get(id(slot))
             if batch:
@@ -696,7 +694,10 @@ class Worker:
 
     def status(self) -> dict[str, Any]:
         """Breaker states, running counts and counters: what `walq stats` shows."""
-        return worker_status(self.queue, self.tasks, self._runtime, len(self._slots), self.counters)
+        return worker_status(
+            self.queue, self.tasks, self._runtime, len(self._slots), self.counters, self.budget,
+            self._slots,
+        )  # fmt: skip
 
     def _write_status(self, final: bool = False) -> None:
         """Record the status now (the StatusWriter), not waiting for its interval."""

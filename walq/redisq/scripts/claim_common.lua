@@ -16,8 +16,9 @@ local function start(id, task, attempt, maxa)
   count('running', task, 1)
   redis.call('ZADD', P .. ':run', NOW + LEASE, id)
   bump('claimed')
-  local j = redis.call('HMGET', jk(id), 'k', 'p', 'key', 'pr', 'c')
-  return {tonumber(id), task, j[1], j[2], attempt, j[3], tonumber(j[4]), tonumber(j[5]), g, maxa}
+  local j = redis.call('HMGET', jk(id), 'k', 'p', 'key', 'pr', 'c', 'af')
+  return {tonumber(id), task, j[1], j[2], attempt, j[3], tonumber(j[4]), tonumber(j[5]), g, maxa,
+          j[6] or ''}
 end
 -- Start job ID (out of the ready set already), or dead-letter it if its
 -- attempts ran out while it was interrupted. True if it started.

@@ -27,6 +27,12 @@
 --   P:tn    hash   "state:task" -> count
 --   P:paused set   paused tasks: claims leave their pending jobs (q.pause, q.resume)
 --   P:events       pub/sub channel: "r" (a job is ready), "c ID ORIGIN" (cancelled while running)
+--   P:out:ID hash  a done job's result: k kind (1 JSON, 2 bytes), v value; expires after
+--                  keep_results (walq.core.events.RESULT_*)
+--   P:held:ID set  waiting jobs enqueued after job ID
+--   P:cause hash   id -> why a job was cancelled with the job it was enqueued after
+-- A waiting job's hash also has af (its parents, comma-separated), ap (policy: 0 cancel,
+-- 1 always), w (parents not yet settled) and wd (the ms its delay ends, 0: none).
 local P = KEYS[1]
 local t0 = redis.call('TIME')
 local NOW = tonumber(t0[1]) * 1000 + math.floor(tonumber(t0[2]) / 1000)
@@ -81,13 +87,18 @@ local function release_key(id)
     redis.call('HDEL', P .. ':keys', key)
   end
 end
-local function remove(id, task, state, tomb)
+local settled  -- defined below: a job's dependents move on when it is done, dead or cancelled
+local function drop(id, task, state, tomb)
   local sz = tonumber(redis.call('HGET', jk(id), 'sz') or '0')
   release_key(id)
   redis.call('DEL', jk(id))
   count(state, task, -1)
   bump('bytes', -sz)
   if tomb then redis.call('HSET', P .. ':tomb', id, tomb) end
+end
+local function remove(id, task, state, tomb)
+  drop(id, task, state, tomb)
+  if tomb == nil then settled(id, true) elseif tomb == 'c' then settled(id, false) end
 end
 local function gone(id)
   local t = redis.call('HGET', P .. ':tomb', id)
@@ -173,6 +184,39 @@ local function schedule(id, task, from, ms)
   push_ready(id, task, redis.call('HGET', jk(id), 'rs'))
   return true
 end
+-- What became of job ID, for a dependent's cause: its live state, or how it left.
+local function fate(id)
+  return redis.call('HGET', jk(id), 's') or gone(id)
+end
+-- Job ID is done (ok) or dead or cancelled: each waiting job enqueued after it
+-- is cancelled with the cause (policy 0, when not ok), or counts one parent
+-- fewer and, with none left, becomes pending (scheduled if its delay has not ended).
+settled = function(id, ok)
+  local work, woke = {{tostring(id), ok}}, false
+  while #work > 0 do
+    local item = table.remove(work)
+    local hk = P .. ':held:' .. item[1]
+    local kids = redis.call('SMEMBERS', hk)
+    if #kids > 0 then redis.call('DEL', hk) end
+    for _, c in ipairs(kids) do
+      local j = redis.call('HMGET', jk(c), 's', 't', 'ap', 'wd')
+      if j[1] == 'waiting' then
+        if not item[2] and j[3] == '0' then
+          drop(c, j[2], 'waiting', 'c')
+          redis.call('HSET', P .. ':cause', c,
+                     'job ' .. item[1] .. ' it was enqueued after is ' .. fate(item[1]))
+          work[#work + 1] = {c, false}
+        elseif redis.call('HINCRBY', jk(c), 'w', -1) <= 0 then
+          local wd = tonumber(j[4]) or 0
+          local delay = 0
+          if wd > NOW then delay = wd - NOW end
+          if schedule(c, j[2], 'waiting', delay) then woke = true end
+        end
+      end
+    end
+  end
+  if woke then redis.call('PUBLISH', P .. ':events', 'r') end
+end
 local function bury(id, task, from, err, attempts)
   redis.call('HSET', jk(id), 'e', err, 'a', attempts)
   redis.call('HDEL', jk(id), 'dl', 'rv', 'due')
@@ -180,6 +224,79 @@ local function bury(id, task, from, err, attempts)
   redis.call('ZADD', P .. ':dead', id, id)
   release_key(id)
   bump('dead_lettered')
+  settled(id, false)
+end
+-- Jobs not yet finished (what max_pending caps).
+local function unfinished()
+  return counted('pending') + counted('scheduled') + counted('running') + counted('waiting')
+end
+-- Add M items from ARGV[base..] (8 entries each: task, kind, payload, has key ('1'/'0'),
+-- key, delay ms, priority, max_attempts), coalescing keys; caps MAXP, MAXB ('' or nil:
+-- none). Their ids, or nil and an error reply.
+local function add_items(base, m, maxp, maxb)
+  local seq = tonumber(redis.call('GET', P .. ':seq') or '0')
+  local ids, fresh, batch = {}, {}, {}
+  for i = 0, m - 1 do
+    local b = base + i * 8
+    local owner = false
+    if ARGV[b + 3] == '1' then
+      owner = batch[ARGV[b + 4]] or redis.call('HGET', P .. ':keys', ARGV[b + 4])
+    end
+    if owner then
+      ids[i + 1] = tonumber(owner)
+    else
+      seq = seq + 1
+      ids[i + 1] = seq
+      fresh[#fresh + 1] = {b, seq}
+      if ARGV[b + 3] == '1' then batch[ARGV[b + 4]] = seq end
+    end
+  end
+  if #fresh > 0 then
+    if maxp and maxp ~= '' and unfinished() + #fresh > tonumber(maxp) then
+      return nil, {'err', 'full', 'max_pending (' .. maxp .. ') reached'}
+    end
+    if maxb and maxb ~= '' then
+      local size = 0
+      for _, f in ipairs(fresh) do size = size + #ARGV[f[1] + 2] + 64 + #ARGV[f[1]] end
+      if counted('bytes') + size > tonumber(maxb) then
+        return nil, {'err', 'full', 'max_bytes (' .. maxb .. ') reached'}
+      end
+    end
+    redis.call('SET', P .. ':seq', seq)
+  end
+  local ready = false
+  for _, f in ipairs(fresh) do
+    local b, id = f[1], f[2]
+    local task, payload, delay = ARGV[b], ARGV[b + 2], tonumber(ARGV[b + 5])
+    local rs = (32767 - tonumber(ARGV[b + 6])) * 137438953472 + id
+    local sz = #payload + 64 + #task
+    local fields = {'t', task, 'k', ARGV[b + 1], 'p', payload, 'pr', ARGV[b + 6],
+                    'ma', ARGV[b + 7], 'a', 0, 'g', 0, 'rs', rs, 'c', NOW, 'sz', sz}
+    if ARGV[b + 3] == '1' then
+      fields[#fields + 1] = 'key'
+      fields[#fields + 1] = ARGV[b + 4]
+      redis.call('HSET', P .. ':keys', ARGV[b + 4], id)
+    end
+    local state = 'pending'
+    if delay > 0 then
+      state = 'scheduled'
+      fields[#fields + 1] = 'due'
+      fields[#fields + 1] = NOW + delay
+      redis.call('ZADD', P .. ':sch', NOW + delay, id)
+    else
+      push_ready(id, task, rs)
+      ready = true
+    end
+    fields[#fields + 1] = 's'
+    fields[#fields + 1] = state
+    redis.call('HSET', jk(id), unpack(fields))
+    count(state, task, 1)
+    bump('bytes', sz)
+  end
+  bump('enqueued', #fresh)
+  bump('coalesced', m - #fresh)
+  if ready then redis.call('PUBLISH', P .. ':events', 'r') end
+  return ids
 end
 -- Call fn(id, task) for the best pending jobs (highest priority, then oldest), each
 -- taken out of its ready set first, until fn has returned true n times.
