@@ -211,7 +211,12 @@ class Compactor:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.runs = 0
+        self.runs = 0  # compactions done
+        # The last Loc.seg generation a compacted segment was given (see Loc): each
+        # installed output takes a new one, even if a later step of its compaction
+        # fails -- jobs point at it then, and a generation used twice for the same
+        # segment number would leave them at offsets into the replaced file.
+        self.generation = 0
         self.last: CompactionResult | None = None
         # Set while background steps fail (a full disk, say); cleared by the next success.
         self.failing: Failing | None = None
@@ -340,7 +345,7 @@ class Compactor:
             tmp = posixpath.join(q.path, fmt.segment_name(header.seq)) + ".tmp"
             # The output's records get a Loc.seg of their own (see Loc): the old
             # segment under the same number stays readable until all jobs move.
-            out = _Writer(q.fs, tmp, header, header.seq | ((self.runs + 1) << SEQ_BITS))
+            out = _Writer(q.fs, tmp, header, header.seq | ((self.generation + 1) << SEQ_BITS))
             readers: dict[int, File] = {}
             try:
                 jobs = self._copy_live(header.seq, out, readers, progress)
@@ -365,6 +370,7 @@ class Compactor:
             # Readers keep the old files open across the swap, so a claim reading
             # a payload between the rename and the relocation still reads it right.
             q.pin_readers(header.seq)
+            self.generation += 1  # taken for good from here on, whatever fails next
             old = q.wal.install(tmp, header)
             # Move the jobs over a chunk at a time, so producers never wait long.
             moves = list(out.moves.items())
