@@ -21,6 +21,7 @@ import itertools
 import marshal
 import struct
 from array import array
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -466,6 +467,10 @@ def finish(state: QueueState, restored: Restored, now: Now) -> None:
         seg_bytes[seg] = seg_bytes.get(seg, 0) + delta * size
         return delta * size
 
+    # Jobs queued in the checkpoint that the records after it took out of pending
+    # (claimed, then failed or scheduled): their entries would be stale ones of
+    # jobs that may be pending again, queued twice then (and claimed twice at once).
+    left: set[int] = set()
     for jid, old in tracked.old.items():
         if old is not None:
             live += count(old, -1)
@@ -477,7 +482,19 @@ def finish(state: QueueState, restored: Restored, now: Now) -> None:
         live += count(p, +1)
         if p & M3 == PENDING and (old is None or old & M3 not in (PENDING, RUNNING)):
             state._push_ready(jid, p)
+        elif old is not None and old & M3 == PENDING and p & M3 != PENDING:
+            left.add(jid)
+    if left:
+        _drop_ready(state, left)
     state._n, state._by_task, state.live_bytes = total, by_task, live
     state._seg_bytes = {seg: n for seg, n in seg_bytes.items() if n}
     heapq.heapify(state._scheduled)
     state.loading = False
+
+
+def _drop_ready(state: QueueState, ids: set[int]) -> None:
+    """Remove `ids` from the ready queues (once, at the end of a restore: a pass over them)."""
+    for queues in state._ready.values():
+        for task, q in list(queues.items()):
+            if not ids.isdisjoint(q):
+                queues[task] = deque(jid for jid in q if jid not in ids)
