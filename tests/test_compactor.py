@@ -253,3 +253,29 @@ def test_a_compaction_whose_directory_fsync_failed_does_not_reuse_its_generation
     assert got == [(jid, i) for i, jid in enumerate(ids)][6:]
     assert q.dead_jobs() == []
     q.close()
+
+
+def test_a_compaction_takes_a_generation_above_every_one_the_queue_holds() -> None:
+    """Whatever the compactor remembers (an open from a checkpoint restores locations a
+    previous process's compactions numbered), its output's generation is a new one."""
+    fs = SimFileSystem()
+    q = open_sim(fs)
+    ids = q.enqueue_many([("t", {"i": i, "pad": "x" * 300}, {}) for i in range(12)])
+    q.compact(seal=True)
+    q._compactor.generation = 0  # as a process that never saw the first compaction
+    for _ in range(6):
+        job = q.claim()
+        assert job is not None
+        q.ack(job.id)
+    assert q.compact().segments_in == 1
+    q.write_checkpoint()
+    q.close()
+    q = open_sim(fs)
+    assert q.checkpoint_opened is not None
+    got = []
+    while (job := q.claim()) is not None:
+        got.append((job.id, job.payload["i"]))
+        q.ack(job.id)
+    assert got == [(jid, i) for i, jid in enumerate(ids)][6:]
+    assert q.dead_jobs() == []
+    q.close()

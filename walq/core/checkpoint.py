@@ -224,11 +224,13 @@ def _image_by_visiting(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> I
 
 
 def generations(state: QueueState) -> int:
-    """The highest compaction generation a restored state's locations carry (see Loc):
-    its jobs' and its kept results' (a result may sit in a compacted segment no job is in)."""
+    """The highest compaction generation a state's locations carry (see Loc): its jobs',
+    its kept results' (a result may sit in a compacted segment no job is in) and its
+    errors'. A compaction gives its output a higher one (see the compactor)."""
     jobs = max((seg >> SEQ_BITS for seg in state._seg_bytes), default=0)
-    results = max((loc.seg >> SEQ_BITS for _, loc in state.results().values()), default=0)
-    return max(jobs, results)
+    results = max((loc.seg >> SEQ_BITS for _, loc in state._results.values()), default=0)
+    errors = max((loc.seg >> SEQ_BITS for loc in state._errors.values()), default=0)
+    return max(jobs, results, errors)
 
 
 # -- the file ------------------------------------------------------------------------------
