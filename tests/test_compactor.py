@@ -279,3 +279,21 @@ def test_a_compaction_takes_a_generation_above_every_one_the_queue_holds() -> No
     assert got == [(jid, i) for i, jid in enumerate(ids)][6:]
     assert q.dead_jobs() == []
     q.close()
+
+
+def test_a_location_that_points_at_another_jobs_record_is_damage_not_that_jobs_payload() -> None:
+    """A location gone wrong (as a reused compaction generation left them) may land on
+    another job's record: its checksum holds, but it must not be delivered as this job."""
+    fs = SimFileSystem()
+    q = open_sim(fs)
+    a, b = q.enqueue_many([("t", {"who": "a"}, {}), ("t", {"who": "b"}, {})])
+    state = q._state
+    pa, pb = state._jobs[a], state._jobs[b]
+    state._jobs[a] = pb & ~7 | pa & 7  # a's entry, b's location (the low bits: its state)
+    assert state.info(a).loc == state.info(b).loc
+    job = q.claim()
+    assert job is not None and (job.id, job.payload) == (b, {"who": "b"})
+    (dead,) = q.dead_jobs()
+    assert dead.id == a and "[damaged]" in (dead.error or "")
+    assert f"job {b}'s, not job {a}'s" in (dead.error or "")
+    q.close()
