@@ -227,10 +227,15 @@ def generations(state: QueueState) -> int:
     """The highest compaction generation a state's locations carry (see Loc): its jobs',
     its kept results' (a result may sit in a compacted segment no job is in) and its
     errors'. A compaction gives its output a higher one (see the compactor)."""
-    jobs = max((seg >> SEQ_BITS for seg in state._seg_bytes), default=0)
-    results = max((loc.seg >> SEQ_BITS for _, loc in state._results.values()), default=0)
-    errors = max((loc.seg >> SEQ_BITS for loc in state._errors.values()), default=0)
-    return max(jobs, results, errors)
+    return highest_generation(*state.locations())
+
+
+def highest_generation(segs: list[int], results: list[tuple[float, Loc]], errors: list[Loc]) -> int:
+    """`generations` of QueueState.locations' copies (computed without the queue's lock)."""
+    jobs = max((seg >> SEQ_BITS for seg in segs), default=0)
+    kept = max((loc.seg >> SEQ_BITS for _, loc in results), default=0)
+    failed = max((loc.seg >> SEQ_BITS for loc in errors), default=0)
+    return max(jobs, kept, failed)
 
 
 # -- the file ------------------------------------------------------------------------------

@@ -452,8 +452,9 @@ class CompactionView:
         return taken, seq, offset, segments
 
     def generation(self) -> int:
-        with self._q._mu:
-            return ckpt.generations(self._q._state)
+        with self._q._mu:  # copies only: a large queue's locations are scanned unlocked
+            where = self._q._state.locations()
+        return ckpt.highest_generation(*where)
 
     def pin_readers(self, upto: int, fresh: int) -> None:
         with self._q._mu:
