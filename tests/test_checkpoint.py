@@ -420,3 +420,28 @@ def test_fsck_and_stats_describe_it(tmp_path: Any) -> None:
     report = repair.fsck(path)
     assert report.clean  # not damage: the whole log is replayed instead
     assert report.checkpoint is not None and "ignored on open" in report.checkpoint
+
+
+def test_a_job_taken_out_of_pending_after_the_checkpoint_is_queued_once_when_pending_again() -> (
+    None
+):
+    """The checkpoint queued it; the records after it claimed and dead-lettered it.
+
+    Its entry in the restored ready queue used to stay, so a requeue queued it
+    a second time and one claim_many took it twice (StateError: claim is not
+    a transition from running).
+    """
+    fs = SimFileSystem()
+    q = open_sim(fs)
+    jid = q.enqueue("t", {"n": 1})
+    q.write_checkpoint()
+    job = q.claim()
+    assert job is not None and job.id == jid
+    q.fail(jid, "boom", permanent=True)
+    q.close()
+    q = open_sim(fs)
+    assert q.checkpoint_opened is not None
+    q.requeue(jid)
+    assert [j.id for j in q.claim_many(3)] == [jid]
+    assert q.claim_many(3) == []
+    q.close()

@@ -216,3 +216,84 @@ def test_seal_then_compact_takes_the_active_segment_too(qdir: str) -> None:
         result = q.compact(seal=True)
         assert result.segments_in == 1 and result.bytes_out < result.bytes_in
         assert logical(q) == before
+
+
+def test_a_compaction_whose_directory_fsync_failed_does_not_reuse_its_generation() -> None:
+    """The failed fsync comes after the rename: jobs already point at the new file's records.
+
+    The next compaction of the same segment number used to give its output the
+    same Loc generation, so the jobs did not move (their location looked
+    current) and kept offsets into the replaced file: a checkpoint then
+    carried them, and the reopened queue dead-lettered them as damaged.
+    """
+    fs = SimFileSystem()
+    q = open_sim(fs)
+    ids = q.enqueue_many([("t", {"i": i, "pad": "x" * 300}, {}) for i in range(12)])
+    q.compact(seal=True)
+    for _ in range(3):
+        job = q.claim()
+        assert job is not None
+        q.ack(job.id)
+    fs.inject("sync_dir", path=QDIR)
+    with pytest.raises(walq.WalqError, match="directory fsync failed"):
+        q.compact()  # only the sealed (compacted) segment: the same number again
+    for _ in range(3):
+        job = q.claim()
+        assert job is not None
+        q.ack(job.id)
+    assert q.compact().segments_in == 1
+    q.write_checkpoint()
+    q.close()
+    q = open_sim(fs)
+    assert q.checkpoint_opened is not None
+    got = []
+    while (job := q.claim()) is not None:
+        got.append((job.id, job.payload["i"]))
+        q.ack(job.id)
+    assert got == [(jid, i) for i, jid in enumerate(ids)][6:]
+    assert q.dead_jobs() == []
+    q.close()
+
+
+def test_a_compaction_takes_a_generation_above_every_one_the_queue_holds() -> None:
+    """Whatever the compactor remembers (an open from a checkpoint restores locations a
+    previous process's compactions numbered), its output's generation is a new one."""
+    fs = SimFileSystem()
+    q = open_sim(fs)
+    ids = q.enqueue_many([("t", {"i": i, "pad": "x" * 300}, {}) for i in range(12)])
+    q.compact(seal=True)
+    q._compactor.generation = 0  # as a process that never saw the first compaction
+    for _ in range(6):
+        job = q.claim()
+        assert job is not None
+        q.ack(job.id)
+    assert q.compact().segments_in == 1
+    q.write_checkpoint()
+    q.close()
+    q = open_sim(fs)
+    assert q.checkpoint_opened is not None
+    got = []
+    while (job := q.claim()) is not None:
+        got.append((job.id, job.payload["i"]))
+        q.ack(job.id)
+    assert got == [(jid, i) for i, jid in enumerate(ids)][6:]
+    assert q.dead_jobs() == []
+    q.close()
+
+
+def test_a_location_that_points_at_another_jobs_record_is_damage_not_that_jobs_payload() -> None:
+    """A location gone wrong (as a reused compaction generation left them) may land on
+    another job's record: its checksum holds, but it must not be delivered as this job."""
+    fs = SimFileSystem()
+    q = open_sim(fs)
+    a, b = q.enqueue_many([("t", {"who": "a"}, {}), ("t", {"who": "b"}, {})])
+    state = q._state
+    pa, pb = state._jobs[a], state._jobs[b]
+    state._jobs[a] = pb & ~7 | pa & 7  # a's entry, b's location (the low bits: its state)
+    assert state.info(a).loc == state.info(b).loc
+    job = q.claim()
+    assert job is not None and (job.id, job.payload) == (b, {"who": "b"})
+    (dead,) = q.dead_jobs()
+    assert dead.id == a and "[damaged]" in (dead.error or "")
+    assert f"job {b}'s, not job {a}'s" in (dead.error or "")
+    q.close()

@@ -21,6 +21,7 @@ import itertools
 import marshal
 import struct
 from array import array
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -223,11 +224,18 @@ def _image_by_visiting(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> I
 
 
 def generations(state: QueueState) -> int:
-    """The highest compaction generation a restored state's locations carry (see Loc):
-    its jobs' and its kept results' (a result may sit in a compacted segment no job is in)."""
-    jobs = max((seg >> SEQ_BITS for seg in state._seg_bytes), default=0)
-    results = max((loc.seg >> SEQ_BITS for _, loc in state.results().values()), default=0)
-    return max(jobs, results)
+    """The highest compaction generation a state's locations carry (see Loc): its jobs',
+    its kept results' (a result may sit in a compacted segment no job is in) and its
+    errors'. A compaction gives its output a higher one (see the compactor)."""
+    return highest_generation(*state.locations())
+
+
+def highest_generation(segs: list[int], results: list[tuple[float, Loc]], errors: list[Loc]) -> int:
+    """`generations` of QueueState.locations' copies (computed without the queue's lock)."""
+    jobs = max((seg >> SEQ_BITS for seg in segs), default=0)
+    kept = max((loc.seg >> SEQ_BITS for _, loc in results), default=0)
+    failed = max((loc.seg >> SEQ_BITS for loc in errors), default=0)
+    return max(jobs, kept, failed)
 
 
 # -- the file ------------------------------------------------------------------------------
@@ -466,6 +474,10 @@ def finish(state: QueueState, restored: Restored, now: Now) -> None:
         seg_bytes[seg] = seg_bytes.get(seg, 0) + delta * size
         return delta * size
 
+    # Jobs queued in the checkpoint that the records after it took out of pending
+    # (claimed, then failed or scheduled): their entries would be stale ones of
+    # jobs that may be pending again, queued twice then (and claimed twice at once).
+    left: set[int] = set()
     for jid, old in tracked.old.items():
         if old is not None:
             live += count(old, -1)
@@ -477,7 +489,19 @@ def finish(state: QueueState, restored: Restored, now: Now) -> None:
         live += count(p, +1)
         if p & M3 == PENDING and (old is None or old & M3 not in (PENDING, RUNNING)):
             state._push_ready(jid, p)
+        elif old is not None and old & M3 == PENDING and p & M3 != PENDING:
+            left.add(jid)
+    if left:
+        _drop_ready(state, left)
     state._n, state._by_task, state.live_bytes = total, by_task, live
     state._seg_bytes = {seg: n for seg, n in seg_bytes.items() if n}
     heapq.heapify(state._scheduled)
     state.loading = False
+
+
+def _drop_ready(state: QueueState, ids: set[int]) -> None:
+    """Remove `ids` from the ready queues (once, at the end of a restore: a pass over them)."""
+    for queues in state._ready.values():
+        for task, q in list(queues.items()):
+            if not ids.isdisjoint(q):
+                queues[task] = deque(jid for jid in q if jid not in ids)

@@ -416,7 +416,9 @@ def claim_fields(
     """(task, kind, payload, key, priority, created) of job `jid`'s record (see job_event).
 
     What a claim hands out, without building the event: the claim path reads
-    one per job. The same checks as `decode`; BadEvent for anything else.
+    one per job. The same checks as `decode`, and that the record is job
+    `jid`'s (a location gone wrong never hands out another job's payload);
+    BadEvent for anything else.
     """
     if rtype != fmt.ENQUEUE:
         e: Event | None = decode(rtype, body)
@@ -424,9 +426,13 @@ def claim_fields(
             e = job_event(e, jid)
         if not isinstance(e, Enqueue | Job):
             raise BadEvent(f"a {fmt.TYPE_NAMES.get(rtype, rtype)} record is not a job's")
+        if jid and e.id != jid:
+            raise BadEvent(f"the record there is job {e.id}'s, not job {jid}'s")
         return e.task, e.kind, e.payload, e.key, e.priority, e.created
     try:
-        _jid, prio, _maxa, kind, _due, created, tlen, klen, olen = _ENQ.unpack_from(body)
+        found, prio, _maxa, kind, _due, created, tlen, klen, olen = _ENQ.unpack_from(body)
+        if jid and found != jid:
+            raise BadEvent(f"the record there is job {found}'s, not job {jid}'s")
         at = _ENQ.size + tlen
         task = body[_ENQ.size : at].decode()
         key = None

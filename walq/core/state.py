@@ -200,6 +200,11 @@ class QueueState:
         """Every result kept: id -> (wall time it expires, its record)."""
         return dict(self._results)
 
+    def locations(self) -> tuple[list[int], list[tuple[float, Loc]], list[Loc]]:
+        """Copies (made at C speed) of where the state points: the Loc.seg values jobs'
+        records are in, kept results' (expiry, record) and errors' records."""
+        return list(self._seg_bytes), list(self._results.values()), list(self._errors.values())
+
     def error_loc(self, jid: int) -> Loc | None:
         """Where the last error of dead job `jid` is recorded."""
         return self._errors.get(jid)

@@ -451,9 +451,17 @@ class CompactionView:
             seq, offset, segments = q._log.position()
         return taken, seq, offset, segments
 
-    def pin_readers(self, upto: int) -> None:
+    def generation(self) -> int:
+        with self._q._mu:  # copies only: a large queue's locations are scanned unlocked
+            where = self._q._state.locations()
+        return ckpt.highest_generation(*where)
+
+    def pin_readers(self, upto: int, fresh: int) -> None:
         with self._q._mu:
-            self._q._readers.pin(self._q._state.segments_in_use(), upto)
+            state = self._q._state
+            in_use = state.segments_in_use()
+            in_use += [loc.seg for _, loc in state.results().values() if seq_of(loc.seg) == upto]
+            self._q._readers.pin(in_use, upto, fresh)
 
     def relocate(self, upto: int, moves: dict[int, tuple[Loc, bool]]) -> None:
         with self._q._mu:

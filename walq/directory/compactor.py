@@ -126,8 +126,12 @@ class Compactable(Protocol):
         """The snapshot's records other than the jobs' (the meta record first), as
         (type, body): a compacted segment and a checkpoint both carry them."""
 
-    def pin_readers(self, upto: int) -> None:
-        """Keep the file that the rename over segment `upto` replaces readable."""
+    def generation(self) -> int:
+        """The highest compaction generation any location the queue holds carries."""
+
+    def pin_readers(self, upto: int, fresh: int) -> None:
+        """Keep the file that the rename over segment `upto` replaces readable; forget any
+        handle under Loc.seg `fresh` (the output's: one opened before the rename is stale)."""
 
     def relocate(self, upto: int, moves: dict[int, tuple[Loc, bool]]) -> None:
         """Point jobs at their records in the compacted segment `upto`."""
@@ -211,7 +215,13 @@ class Compactor:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.runs = 0
+        self.runs = 0  # compactions done
+        # The last Loc.seg generation a compacted segment was given (see Loc). Each
+        # output takes one above every generation in use and above this, even if a
+        # later step of its compaction fails: a generation given twice to the same
+        # segment number would leave jobs at offsets into the file it replaced
+        # (relocation sees their location as current), read as damage.
+        self.generation = 0
         self.last: CompactionResult | None = None
         # Set while background steps fail (a full disk, say); cleared by the next success.
         self.failing: Failing | None = None
@@ -340,7 +350,8 @@ class Compactor:
             tmp = posixpath.join(q.path, fmt.segment_name(header.seq)) + ".tmp"
             # The output's records get a Loc.seg of their own (see Loc): the old
             # segment under the same number stays readable until all jobs move.
-            out = _Writer(q.fs, tmp, header, header.seq | ((self.runs + 1) << SEQ_BITS))
+            generation = max(self.generation, q.generation()) + 1
+            out = _Writer(q.fs, tmp, header, header.seq | (generation << SEQ_BITS))
             readers: dict[int, File] = {}
             try:
                 jobs = self._copy_live(header.seq, out, readers, progress)
@@ -364,7 +375,10 @@ class Compactor:
             q.sync()
             # Readers keep the old files open across the swap, so a claim reading
             # a payload between the rename and the relocation still reads it right.
-            q.pin_readers(header.seq)
+            q.pin_readers(header.seq, out.seg_id)
+            self.generation = generation  # taken for good from here on, whatever fails next
+            if self.checkpointer is not None:
+                self.checkpointer.outdated()  # its marks of the replaced segments are stale
             old = q.wal.install(tmp, header)
             # Move the jobs over a chunk at a time, so producers never wait long.
             moves = list(out.moves.items())
@@ -387,8 +401,6 @@ class Compactor:
             )
             self.runs += 1
             self.last = result
-            if self.checkpointer is not None:
-                self.checkpointer.outdated()  # it names segments this replaced
             log.info(
                 "%s: compacted %d segments (%d bytes) into %d bytes, %d live jobs, %.3f s",
                 q.path, result.segments_in, result.bytes_in, result.bytes_out, jobs,

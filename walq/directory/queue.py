@@ -207,7 +207,8 @@ class Queue(Administration):
             found = replay(self._state, wal, self.path, self._clock(), skip)
         self.checkpoint_opened = found.checkpoint
         if found.checkpoint is not None:  # its locations may carry compaction generations
-            self._compactor.runs = max(self._compactor.runs, ckpt.generations(self._state))
+            c = self._compactor
+            c.generation = max(c.generation, ckpt.generations(self._state))
         return found
 
     def close(self) -> None:

@@ -117,14 +117,20 @@ class Readers:
         handles[seg] = f  # now the most recently used
         return f
 
-    def pin(self, in_use: Iterable[int], upto: int) -> None:
+    def pin(self, in_use: Iterable[int], upto: int, fresh: int) -> None:
         """Open and pin a read handle on the file a compaction's rename replaces.
 
         Called before a compaction renames its output over segment `upto`
-        (`in_use`: the Loc.seg values jobs point at): the handle keeps the old
-        file readable until every job has moved. (The older segments it covers
-        stay in place until then: remove_superseded comes after `drop`.)
+        (`in_use`: the Loc.seg values jobs and results point at): the handle
+        keeps the old file readable until every job has moved. (The older
+        segments it covers stay in place until then: remove_superseded comes
+        after `drop`.) A handle under `fresh`, the output's Loc.seg, would be
+        on another file than the output: it is closed (`drop` keeps `fresh`).
         """
+        stale = self._handles.pop(fresh, None)
+        if stale is not None:
+            stale.close()
+        self._pinned.discard(fresh)
         for seg in in_use:
             if seq_of(seg) == upto:
                 self.handle(seg)
