@@ -304,7 +304,8 @@ class TestFollow:
         try:
             q.enqueue("mail", {"i": 0})
             active = segments(qdir)[-1]
-            assert active.stat().st_size == 8 << 20  # preallocated: mostly zeros
+            # Preallocated, mostly zeros (a new queue's first segment starts small and grows).
+            assert active.stat().st_size >= 1 << 20
             os.utime(active, ns=(time.time_ns() - 10**10,) * 2)  # last written 10 s ago
             dumper = ops_dump.Dumper()
             list(dumper.rows(qdir))
@@ -314,7 +315,7 @@ class TestFollow:
                 stop=lambda: len(polls) >= 50, sleep=polls.append,
             )  # fmt: skip
             assert list(rows) == []
-            assert sum(read) <= 2 * ops_follow.CHUNK + 4096  # not 50 x 8 MiB
+            assert sum(read) <= 2 * ops_follow.CHUNK + 4096  # not 50 x the file
             polls.clear()
             q.enqueue("mail", {"i": 1})  # the file changes: the new record is read
             rows = ops_follow.follow(

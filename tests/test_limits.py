@@ -163,6 +163,7 @@ def test_every_public_method_of_a_closed_queue_raises_closed_error(qdir: str) ->
         "resume": lambda: q.resume("t"),
         "paused": q.paused,
         "write_checkpoint": q.write_checkpoint,
+        "result": lambda: q.result(1),
     }
     public = {
         name

@@ -58,6 +58,9 @@ class ForgetsAck:
     def _record_acks(self, ids: list[int]) -> int | None:
         return None
 
+    def _record_finishes(self, finished: list[Any]) -> int | None:
+        return None
+
 
 def accept_any_record(crc: int, covered: bytes | memoryview) -> bool:
     """A record check that passes every checksum (the accept-bad-crc bug)."""
