@@ -7,14 +7,18 @@ is ever downloaded: Playwright drives the system's chromium.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import walq
+from tests import procs
 from tests.procs import wait_for
 from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
 from tests.ui_procs import dashboard, fresh_redis_queue, start_worker, stop
@@ -61,12 +65,31 @@ STATES = ("pending", "scheduled", "running", "dead", "waiting")
 def browser() -> Iterator[Any]:
     if WHY_NOT is not None:
         pytest.fail(f"WALQ_REQUIRE_BROWSER is set, but: {WHY_NOT}")
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    try:
+        with sync_playwright() as p:
+            # Chromium can die while starting on a machine under heavy load (SIGTRAP
+            # before its first page): a fresh launch then succeeds.
+            for tries_left in (2, 1, 0):
+                try:
+                    b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                    break
+                except PlaywrightError:
+                    if not tries_left:
+                        raise
+                    time.sleep(2.0)
+            yield b
+            b.close()
+    finally:
+        # Whatever the browser or its driver left behind must not outlive the module
+        # (the worker tests fail on any child of this process still alive).
+        for pid in procs.descendants(os.getpid()):
+            proc = procs.read(pid)
+            if proc is not None and ("chrom" in proc.cmd or "playwright" in proc.cmd):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
