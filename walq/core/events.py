@@ -8,6 +8,7 @@ events that followed it.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -42,6 +43,9 @@ _ID = struct.Struct("<Q")
 _ID_ATTEMPT = struct.Struct("<QI")
 _META = struct.Struct("<QI")
 _TOMB = struct.Struct("<QB")
+_SCHEDULE = struct.Struct("<dHH")
+_UNIQUE = struct.Struct("<Qd")
+_KEEP = struct.Struct("<QdH")
 
 
 @attrs.frozen(kw_only=True)
@@ -218,7 +222,53 @@ class Meta:
         return head + b"".join(_TOMB.pack(*t) for t in self.tombstones)
 
 
-Event = Enqueue | Job | Claim | Release | Fail | Ack | Cancel | Requeue | Purge | Meta
+@attrs.frozen(kw_only=True)
+class Schedule:
+    """Periodic schedule `name` has enqueued every tick up to wall time `last`.
+
+    `spec` describes the schedule (JSON: cron or every, tz, misfire) for the
+    tools that list schedules without the program that registered them.
+    """
+
+    rtype: ClassVar[int] = fmt.SCHEDULE
+    name: str
+    last: float
+    spec: str = ""
+
+    def encode(self) -> bytes:
+        name, spec = self.name.encode(), self.spec.encode()
+        return _SCHEDULE.pack(self.last, len(name), len(spec)) + name + spec
+
+
+@attrs.frozen(kw_only=True)
+class Unique:
+    """(job id, seconds) pairs: each job's key is remembered that long after it is done."""
+
+    rtype: ClassVar[int] = fmt.UNIQUE
+    items: tuple[tuple[int, float], ...]
+
+    def encode(self) -> bytes:
+        return _COUNT.pack(len(self.items)) + b"".join(_UNIQUE.pack(*i) for i in self.items)
+
+
+@attrs.frozen(kw_only=True)
+class Keep:
+    """Done job `id`'s key is remembered until wall time `until` (an enqueue with it gets `id`)."""
+
+    rtype: ClassVar[int] = fmt.KEEP
+    id: int
+    key: str
+    until: float
+
+    def encode(self) -> bytes:
+        key = self.key.encode()
+        return _KEEP.pack(self.id, self.until, len(key)) + key
+
+
+Event = (
+    Enqueue | Job | Claim | Release | Fail | Ack | Cancel | Requeue | Purge | Meta
+    | Schedule | Unique | Keep
+)  # fmt: skip
 
 
 def decode(rtype: int, body: bytes) -> Event:
@@ -347,6 +397,22 @@ def _decode_meta(body: bytes) -> Meta:
     return Meta(next_id=next_id, tombstones=tuple(_TOMB.iter_unpack(body[_META.size :])))
 
 
+def _decode_schedule(body: bytes) -> Schedule:
+    last, nlen, slen = _SCHEDULE.unpack_from(body)
+    if _SCHEDULE.size + nlen + slen != len(body) or not nlen or math.isnan(last):
+        raise ValueError("inconsistent schedule body")
+    at = _SCHEDULE.size
+    name, spec = body[at : at + nlen].decode(), body[at + nlen :].decode()
+    return Schedule(name=name, last=last, spec=spec)
+
+
+def _decode_keep(body: bytes) -> Keep:
+    jid, until, klen = _KEEP.unpack_from(body)
+    if _KEEP.size + klen != len(body):
+        raise ValueError("inconsistent keep body")
+    return Keep(id=jid, key=body[_KEEP.size :].decode(), until=until)
+
+
 _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.ENQUEUE: _decode_enqueue,
     fmt.JOB: _decode_job,
@@ -358,4 +424,7 @@ _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.REQUEUE: lambda b: Requeue(ids=_ids(b)),
     fmt.PURGE: lambda b: Purge(ids=_ids(b)),
     fmt.META: _decode_meta,
+    fmt.SCHEDULE: _decode_schedule,
+    fmt.UNIQUE: lambda b: Unique(items=tuple(_counted(b, _UNIQUE, "entries"))),
+    fmt.KEEP: _decode_keep,
 }

@@ -48,7 +48,11 @@ REQUEUE = 7
 PURGE = 8
 JOB = 9
 META = 10
-MAX_TYPE = META
+# Types 11-19 and 25-29 are set aside for other records; time's are 20-24.
+SCHEDULE = 20  # a periodic schedule's last tick enqueued
+UNIQUE = 21  # jobs whose key is remembered for a while after they are done
+KEEP = 22  # a done job's key, remembered until a wall time
+MAX_TYPE = 29
 
 TYPE_NAMES = {
     ENQUEUE: "enqueue",
@@ -61,6 +65,9 @@ TYPE_NAMES = {
     PURGE: "purge",
     JOB: "job",
     META: "meta",
+    SCHEDULE: "schedule",
+    UNIQUE: "unique",
+    KEEP: "keep",
 }
 
 

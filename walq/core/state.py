@@ -48,6 +48,7 @@ from walq.core.packed import pack as _pack
 from walq.core.packed import with_field as _with
 from walq.core.ready import ReadyIndex
 from walq.core.replay import Sink
+from walq.core.schedule import TimeState, parse_tick_key
 from walq.core.transitions import check, next_states
 from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
 
@@ -87,6 +88,7 @@ class QueueState:
         self.live_bytes = 0
         self._seg_bytes: dict[int, int] = {}  # live record bytes per segment
         self.loading = True  # replaying: events are facts, nothing indexed until finish_replay
+        self.timed = TimeState()  # schedules' last ticks, remembered keys (walq.core.schedule)
 
     # -- queries -------------------------------------------------------------
 
@@ -149,9 +151,28 @@ class QueueState:
             return "done"
         raise UnknownJobError(f"job {jid} does not exist")
 
-    def key_holder(self, key: str) -> int | None:
-        """The unfinished job holding idempotency key `key`, if any."""
-        return self._keys.get(key)
+    def key_holder(self, key: str, wall: float | None = None) -> int | None:
+        """The unfinished job holding idempotency key `key`, if any; given the wall
+        time, also a done job whose key is still remembered (unique_for)."""
+        jid = self._keys.get(key)
+        if jid is None and wall is not None and self.timed.kept:
+            jid = self.timed.holder(key, wall)
+        return jid
+
+    def tick_keys_seen(self) -> None:
+        """Schedules' last ticks, raised to the ticks of unfinished jobs their keys name.
+
+        A tick's enqueue and its schedule record are written together, the
+        enqueue first: if a crash tore the schedule record away, its job
+        still says the tick was enqueued (end of replay).
+        """
+        for key in self._keys:
+            parsed = parse_tick_key(key)
+            if parsed is not None:
+                self.timed.tick(*parsed)
+        unique = self.timed.unique
+        for jid in [j for j in unique if j not in self._jobs]:
+            del unique[jid]
 
     def key_of(self, jid: int) -> str | None:
         """The idempotency key of live job `jid`, if it has one."""
@@ -246,6 +267,8 @@ class QueueState:
             for jid in event.ids:
                 if not self.loading or self._is(jid, DEAD):
                     self._remove(jid, "purge", ev.PURGED)
+        elif isinstance(event, ev.Schedule | ev.Unique | ev.Keep):
+            self.timed.apply(event, now.wall)
         else:
             self.next_id = max(self.next_id, event.next_id)
             self._tombstones.update(event.tombstones)
@@ -405,6 +428,8 @@ class QueueState:
             self.live_bytes -= size
             self._seg_bytes[p >> _SEG] -= size
         del self._jobs[jid]
+        if self.timed.unique:
+            self.timed.unique.pop(jid, None)
         self._release_key(jid)
         self._key_of.pop(jid, None)
         self._errors.pop(jid, None)

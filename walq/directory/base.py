@@ -62,6 +62,7 @@ class QueueBase(QueueBackend):
         self._claims: dict[int, int] = {}
         self._mu = threading.Lock()
         self._changed = threading.Condition(self._mu)
+        self._fire_mu = threading.Lock()  # one schedule firing at a time (fire_schedule)
         self._waiting_claims = 0  # claims blocked in _changed.wait: enqueue must wake them
         self._readers = Readers(fs, path, wal)
         self._closed = False
@@ -113,15 +114,27 @@ class QueueBase(QueueBackend):
 
     # -- adding jobs -------------------------------------------------------------------
 
-    def _add(self, items: Sequence[JobSpec], sync: bool | None, timeout: float) -> list[int]:
-        """Assign ids (or coalesce by key), check the caps, write, apply; then commit."""
+    def _add(
+        self,
+        items: Sequence[JobSpec],
+        sync: bool | None,
+        timeout: float,
+        unique_for: float = 0.0,
+        extra: Callable[[list[int], Now], Sequence[ev.Event]] | None = None,
+    ) -> list[int]:
+        """Assign ids (or coalesce by key), check the caps, write, apply; then commit.
+
+        unique_for: the new jobs' keys are remembered that long once they are
+        done (a unique record written with them). extra(ids, now): records to
+        append in the same write after the enqueues (a schedule's tick).
+        """
         if timeout:
             timeout = check_seconds("timeout", timeout)
         with self._mu:
             now = self._open_now()
             deadline = now.mono + timeout
             while True:
-                ids, fresh = self._assign(items)
+                ids, fresh = self._assign(items, now.wall)
                 problem = self._room_for(fresh)
                 if problem is None:
                     break
@@ -129,7 +142,17 @@ class QueueBase(QueueBackend):
                 if left <= 0:
                     raise QueueFull(f"{self.path}: {problem}")
                 now = self._wait_changed(min(left, 1.0))
-            lsn = self._write_enqueues(fresh, now) if fresh else self._log_lsn()
+            more: list[ev.Event] = []
+            if unique_for and fresh:
+                first = self._state.next_id
+                pairs = tuple((first + i, unique_for) for i in range(len(fresh)))
+                more.append(ev.Unique(items=pairs))
+            if extra is not None:
+                more += extra(ids, now)
+            if more:
+                lsn = self._write_enqueues(fresh, now, more)
+            else:
+                lsn = self._write_enqueues(fresh, now) if fresh else self._log_lsn()
             counters = self.counters
             counters["enqueued"] += len(fresh)
             if len(ids) != len(fresh):
@@ -141,10 +164,12 @@ class QueueBase(QueueBackend):
             self._wake()
         return ids
 
-    def _assign(self, items: Sequence[JobSpec]) -> tuple[list[int], Sequence[JobSpec]]:
+    def _assign(self, items: Sequence[JobSpec], wall: float) -> tuple[list[int], Sequence[JobSpec]]:
         """Ids for each item -- a coalesced existing job, or the next new id -- and the new items.
 
-        New items get consecutive ids from the state's next_id on.
+        A key coalesces onto an unfinished job holding it, or a done one whose
+        key is still remembered (unique_for). New items get consecutive ids
+        from the state's next_id on.
         """
         next_id = self._state.next_id
         for item in items:
@@ -158,7 +183,7 @@ class QueueBase(QueueBackend):
         for item in items:
             key = item.key
             if key is not None:
-                holder = batch_keys.get(key) or self._state.key_holder(key)
+                holder = batch_keys.get(key) or self._state.key_holder(key, wall)
                 if holder is not None:
                     ids.append(holder)
                     continue
@@ -213,13 +238,19 @@ class QueueBase(QueueBackend):
             self._state.apply(event, loc, now)
         return lsn
 
-    def _write_enqueues(self, fresh: Sequence[JobSpec], now: Now) -> int:
-        """Append enqueue records for new jobs and add them to the state (lock held)."""
+    def _write_enqueues(
+        self, fresh: Sequence[JobSpec], now: Now, extra: Sequence[ev.Event] = ()
+    ) -> int:
+        """Append enqueue records for new jobs and add them to the state (lock held).
+
+        `extra` records follow them in the same append, and are applied after them.
+        """
         wall = now.wall
         encode = ev.encode_enqueue
         enqueue = fmt.ENQUEUE
         first = self._state.next_id
-        if len(fresh) == 1:  # enqueue(): skipping the comprehensions saves ~0.6 us of ~8
+        # enqueue(): skipping the comprehensions saves ~0.6 us of ~8
+        if len(fresh) == 1 and not extra:
             it = fresh[0]
             due = wall + it.delay if it.delay else 0.0
             body = encode(first, it.task, it.data, it.kind, it.key, it.priority,
@@ -233,8 +264,12 @@ class QueueBase(QueueBackend):
                              it.max_attempts, due, wall, it.origin))
             for jid, it, due in zip(itertools.count(first), fresh, dues)
         ]  # fmt: skip
+        records += [(e.rtype, e.encode()) for e in extra]
         locs, lsn = self._log.append(records)
-        self._state.add_new(first, fresh, dues, locs, now)
+        if fresh:
+            self._state.add_new(first, fresh, dues, locs[: len(fresh)], now)
+        for event, loc in zip(extra, locs[len(fresh) :], strict=True):
+            self._state.apply(event, loc, now)
         return lsn
 
     def _log_lsn(self) -> int:
@@ -340,6 +375,12 @@ class CompactionView:
             return ev.Meta(
                 next_id=state.next_id, tombstones=tuple(sorted(state.tombstones().items()))
             )
+
+    def time_events(self) -> list[ev.Event]:
+        """Schedules' last ticks and remembered keys, as records a compacted segment carries."""
+        with self._q._mu:
+            state = self._q._state
+            return state.timed.records(self._q._clock().wall, set(state.live_ids()))
 
     def pin_readers(self, upto: int) -> None:
         with self._q._mu:

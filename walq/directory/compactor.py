@@ -113,6 +113,9 @@ class Compactable(Protocol):
     def meta_event(self) -> ev.Meta:
         """The id counter and cancelled/purged markers, as a meta record says them."""
 
+    def time_events(self) -> list[ev.Event]:
+        """Schedule, unique and keep records: what time-keeping state the log carries."""
+
     def pin_readers(self, upto: int) -> None:
         """Keep the file that the rename over segment `upto` replaces readable."""
 
@@ -318,6 +321,8 @@ class Compactor:
                 jobs = self._copy_live(header.seq, out, readers, progress)
                 meta = q.meta_event()
                 out.add(meta.rtype, meta.encode())
+                for event in q.time_events():  # after the jobs their unique records name
+                    out.add(event.rtype, event.encode())
                 out.finish()
             except OSError as exc:
                 out.abandon()

@@ -12,6 +12,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from walq.backends import backend_class, scheme_of
 from walq.core import events as ev
@@ -21,8 +22,10 @@ from walq.core.jobspec import (
     DEFAULT_MAX_PAYLOAD,
     check_seconds,
     clip_error,
+    make_spec,
 )
 from walq.core.retry import Backoff
+from walq.core.schedule import Schedule, due, tick_key
 from walq.core.state import JobInfo, Now
 from walq.directory.admin import Administration
 from walq.directory.base import IDS_PER_RECORD, chunks, log
@@ -186,6 +189,35 @@ class Queue(Administration):
             self._lock_handle.release()
 
     # -- producing -----------------------------------------------------------------
+
+    def fire_schedule(self, schedule: Schedule) -> list[int]:
+        # One firing at a time: the ticks are chosen from the last tick recorded,
+        # and recorded with their enqueues (walq.directory.base._add, extra=).
+        with self._fire_mu:
+            with self._mu:
+                now = self._open_now()
+                entry = self._state.timed.schedules.get(schedule.name)
+            last = None if entry is None else entry[0]
+            d = due(schedule.timetable, last, now.wall, schedule.misfire)
+            if d.unchanged(last, None if entry is None else entry[1], schedule.spec):
+                return []
+            note = d.skip_note(schedule.name, schedule.misfire)
+            if note:
+                log.warning("%s: %s", self.path, note)
+            specs = [
+                make_spec(schedule.task, schedule.payload, key=tick_key(schedule.name, t),
+                          max_payload=self.max_payload)
+                for t in d.fire
+            ]  # fmt: skip
+            assert d.last is not None  # unchanged() says so
+            record = ev.Schedule(name=schedule.name, last=d.last, spec=schedule.spec)
+            return self._add(specs, None, 0.0, extra=lambda ids, now: [record])
+
+    def schedules(self) -> list[dict[str, Any]]:
+        with self._mu:
+            self._check_not_closed()
+            items = sorted(self._state.timed.schedules.items())
+        return [{"name": n, "last": last, "spec": spec} for n, (last, spec) in items]
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -358,10 +390,25 @@ class Queue(Administration):
         (A seam: walq.testing.plant's forget-ack writes nothing and returns None.)
         """
         self._forget(ids)
-        lsn = self._write([ev.Ack(ids=chunk) for chunk in chunks(ids)], self._clock())
+        now = self._clock()
+        events: list[ev.Event] = [ev.Ack(ids=chunk) for chunk in chunks(ids)]
+        if self._state.timed.unique:
+            events += self._keeps(ids, now.wall)
+        lsn = self._write(events, now)
         self.counters["acked"] += len(ids)
         self._changed.notify_all()
         return lsn
+
+    def _keeps(self, ids: list[int], wall: float) -> list[ev.Event]:
+        """Keep records for the keys of jobs `ids` that asked to be remembered (lock held)."""
+        out: list[ev.Event] = []
+        unique = self._state.timed.unique
+        for jid in ids:
+            seconds = unique.get(jid)
+            key = self._state.key_of(jid) if seconds else None
+            if seconds and key is not None:
+                out.append(ev.Keep(id=jid, key=key, until=wall + seconds))
+        return out
 
     def _fail(
         self, job_id: int, error: str, permanent: bool,

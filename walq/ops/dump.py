@@ -99,6 +99,12 @@ def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
             out["due"] = e.due
     elif isinstance(e, ev.Meta):
         out.update(next_id=e.next_id, tombstones=len(e.tombstones))
+    elif isinstance(e, ev.Schedule):
+        out.update(schedule=e.name, last=e.last, spec=e.spec)
+    elif isinstance(e, ev.Unique):
+        out.update(jobs=[i for i, _ in e.items], unique_for=[s for _, s in e.items])
+    elif isinstance(e, ev.Keep):
+        out.update(job=e.id, key=e.key, until=e.until)
     else:
         out["jobs"] = list(e.ids)
         if len(e.ids) == 1:

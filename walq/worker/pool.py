@@ -39,6 +39,7 @@ from walq.worker.admission import Admission, gated
 from walq.worker.child import GROUP_SIGNALS, lost_report
 from walq.worker.heartbeat import DEFAULT_LEASE, Heartbeat, Link
 from walq.worker.outcomes import Outcome, Recorder, TaskRuntime
+from walq.worker.scheduler import Scheduler
 from walq.worker.slots import DEATH_COUNTERS, Depth, Slot, death_cause
 from walq.worker.status import StatusWriter, worker_status
 from walq.worker.tasks import Task, Tasks
@@ -74,6 +75,7 @@ class Worker:
         status_interval: float = 2.0,
         lease: float | None = None,
         start_timeout: float = 120.0,
+        schedules: bool = True,
     ) -> None:
         if not isinstance(tasks, Tasks) or not len(tasks):
             raise ArgumentError("Worker needs a walq.Tasks with at least one task")
@@ -134,6 +136,13 @@ class Worker:
         self._status = StatusWriter(queue, self._link, self.status, status_interval)
         for task in tasks:
             queue.set_task_defaults(task.name, max_attempts=task.max_attempts)
+        for sched in tasks.schedules():
+            if sched.task not in tasks:
+                raise ArgumentError(
+                    f"schedule {sched.name!r} runs task {sched.task!r}, which is not registered"
+                )
+        # Enqueues the schedules' due ticks while the worker runs (schedules=False: not here).
+        self._scheduler = Scheduler(queue, tasks.schedules() if schedules else [])
 
     # -- control -----------------------------------------------------------------
 
@@ -174,6 +183,7 @@ class Worker:
         clean = True
         try:
             self._heartbeat.start()
+            self._scheduler.start()
             drain_deadline: float | None = None
             while True:
                 now = time.monotonic()
@@ -207,6 +217,7 @@ class Worker:
         finally:
             self.queue.ready_listeners.remove(self._poke)
             self.queue.cancel_listeners.remove(self._on_cancel)
+            self._scheduler.stop()
             self._stop_all()
             self._heartbeat.stop()
             self._link.flush()

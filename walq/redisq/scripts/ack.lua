@@ -15,8 +15,17 @@ for i = 3, #ARGV, 3 do
   end
 end
 for _, h in ipairs(held) do
+  local kf = redis.call('HMGET', jk(h[1]), 'key', 'uf')
+  if kf[1] and kf[2] then  -- unique_for: the key is remembered after the job is done
+    redis.call('HSET', P .. ':kept', kf[1], h[1])
+    redis.call('ZADD', P .. ':keptx', NOW + tonumber(kf[2]), kf[1])
+  end
   redis.call('ZREM', P .. ':run', h[1])
   remove(h[1], h[2], 'running', nil)
+end
+for _, key in ipairs(redis.call('ZRANGEBYSCORE', P .. ':keptx', '-inf', NOW, 'LIMIT', 0, 100)) do
+  redis.call('ZREM', P .. ':keptx', key)  -- forgotten keys, a few at a time
+  redis.call('HDEL', P .. ':kept', key)
 end
 bump('acked', #held)
 bump('done', #held)

@@ -17,6 +17,9 @@
 --   P:res   zset   jobs reserved by a claim in progress, by reservation deadline
 --   P:dead  zset   dead jobs by id
 --   P:keys  hash   idempotency key -> the unfinished job holding it
+--   P:kept  hash   key -> the done job still holding it (unique_for; job field uf: its ms)
+--   P:keptx zset   kept keys by the ms they are forgotten
+--   P:sched hash   schedule name -> its last tick enqueued (seconds); P:schspec: its spec
 --   P:tomb  hash   id -> c (cancelled) | p (purged); other ids <= P:seq not live are done
 --   P:n     hash   counts by state, live bytes, and counters
 --   P:tn    hash   "state:task" -> count
