@@ -115,3 +115,9 @@ def enqueue(
     """`walq enqueue URL TASK ...`: add one job; return its id."""
     with RedisQueue.open(url) as q:
         return q.enqueue(task, payload, key=key, delay=delay, priority=priority)
+
+
+def inspect_schedules(url: str) -> list[dict[str, Any]]:
+    """`walq schedules URL`: every schedule the server records (name, last tick, spec)."""
+    with _open_quiet(url) as q:
+        return q.schedules()
