@@ -358,3 +358,30 @@ class TestDirectory:
         with open_q(path, clock) as q:
             assert q.schedules()[0]["last"] == at(2026, 12, 4, 12, 1)
             assert q.fire_schedule(every_minute()) == []
+
+
+def test_walq_schedules_lists_last_and_next_tick(tmp_path: Path) -> None:
+    """`walq schedules DIR`: each schedule with its timetable, last and next tick; --json too."""
+    import json
+
+    from click.testing import CliRunner
+
+    from walq.cli import main
+
+    path = str(tmp_path / "q")
+    runner = CliRunner()
+    assert runner.invoke(main, ["schedules", path]).exit_code == 2  # no queue there
+    with walq.Queue.open(path) as q:
+        q.fire_schedule(schedule("nightly", "report", cron="30 2 * * *", tz="Europe/Berlin"))
+        q.fire_schedule(schedule("beat", "beat", every=60, misfire="all"))
+        result = runner.invoke(main, ["schedules", path])  # beside the running owner
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("beat: every 60 s, task beat, misfire=all; last tick ")
+    assert lines[1].startswith("nightly: cron '30 2 * * *' (Europe/Berlin), task report")
+    rows = [
+        json.loads(line)
+        for line in runner.invoke(main, ["schedules", "--json", path]).output.splitlines()
+    ]
+    assert rows[0]["next"] == rows[0]["last"] + 60 and not rows[0]["overdue"]
+    assert rows[1]["next"] - rows[1]["last"] in (23 * HOUR, 24 * HOUR, 25 * HOUR)

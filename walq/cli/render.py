@@ -344,6 +344,8 @@ def schedule_lines(rows: list[dict[str, Any]]) -> list[str]:
         else:
             table = "(timetable unknown)"
         nxt = "unknown (cron= needs walq[cron])" if row["next"] is None else when(row["next"])
+        if row.get("overdue"):
+            nxt += " (overdue: no owner is enqueueing its ticks)"
         lines.append(
             f"{row['name']}: {table}, task {row.get('task', '?')}, "
             f"misfire={row.get('misfire', '?')}; last tick {when(row['last'])}, next {nxt}"
