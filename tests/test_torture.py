@@ -126,6 +126,16 @@ def test_a_bounded_torture_run_breaks_no_guarantee(tmp_path: Path) -> None:
     assert_no_strays(str(work))
 
 
+def test_schedule_ticks_survive_kill_cycles(tmp_path: Path) -> None:
+    """Owners that live long enough to fire their schedule, killed -9: no tick twice or lost."""
+    work = tmp_path / "torture"
+    options = Options(duration=30.0, seed=9, kill_min=1.0, kill_max=4.0, directory=str(work))
+    audit = torture.torture(options)
+    assert audit.violations == 0, audit.examples
+    assert audit.ticks >= 3 and audit.cycles >= 4
+    assert_no_strays(str(work))
+
+
 def test_sync_never_without_compaction_loses_nothing_to_kill_9(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
