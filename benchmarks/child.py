@@ -2,8 +2,9 @@
 
     python benchmarks/child.py walq-fill DIR N BATCH   enqueue_many N 1 KiB jobs, close
     python benchmarks/child.py walq-open DIR N         time Queue.open, read peak RSS
-    python benchmarks/child.py walq-pool DIR N PROCS TIMEOUT
-                                   no-op jobs through walq.Worker ($WALQ_BENCH_MARKER)
+    python benchmarks/child.py walq-pool DIR N PROCS TIMEOUT [TASKS TASK]
+                                   no-op jobs through walq.Worker ($WALQ_BENCH_MARKER);
+                                   TASKS: bench_tasks' registry (tasks, atasks), TASK its task
     python benchmarks/child.py huey-fill N             enqueue N no-op huey tasks
 
 A failure prints {"error": "..."} and exits 1.
@@ -60,12 +61,20 @@ def current_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def owner_cpu() -> float:
+    """CPU seconds this process has used so far (user + system, every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def drained(q: Any) -> bool:
     stats = q.stats()
     return stats.get("pending", 0) == 0 and stats.get("running", 0) == 0
 
 
-def walq_pool(path: str, n: int, procs: int, timeout: float) -> dict[str, Any]:
+def walq_pool(
+    path: str, n: int, procs: int, timeout: float, registry: str = "tasks", task: str = "noop"
+) -> dict[str, Any]:
     """Jobs/s from the first completion until every job is done and acked."""
     import bench_tasks
 
@@ -74,17 +83,20 @@ def walq_pool(path: str, n: int, procs: int, timeout: float) -> dict[str, Any]:
     marker = Path(os.environ["WALQ_BENCH_MARKER"])
     q = walq.Queue.open(path, sync="always")
     for first in range(0, n, 1000):
-        q.enqueue_many([("noop", {"i": i}) for i in range(first, min(n, first + 1000))])
-    worker = walq.Worker(q, bench_tasks.tasks, processes=procs)
+        q.enqueue_many([(task, {"i": i}) for i in range(first, min(n, first + 1000))])
+    worker = walq.Worker(q, getattr(bench_tasks, registry), processes=procs)
     result: dict[str, Any] = {}
 
     def monitor() -> None:
         deadline = time.monotonic() + timeout
         try:
             first_done = wait_for(lambda: marks(marker) >= 1, deadline)
+            cpu = owner_cpu()
             wait_for(lambda: marks(marker) >= n, deadline)
             all_done = wait_for(lambda: drained(q), deadline)
             result["rate"] = (n - 1) / (all_done - first_done)
+            # The owner process's CPU (all its threads, not the workers'), per job.
+            result["owner_cpu_us"] = (owner_cpu() - cpu) / (n - 1) * 1e6
         except BaseException as exc:
             result["error"] = reason(exc)
         finally:
@@ -115,7 +127,7 @@ def main(argv: list[str]) -> int:
         elif command == "walq-open":
             out = walq_open(args[0], int(args[1]))
         elif command == "walq-pool":
-            out = walq_pool(args[0], int(args[1]), int(args[2]), float(args[3]))
+            out = walq_pool(args[0], int(args[1]), int(args[2]), float(args[3]), *args[4:6])
         elif command == "huey-fill":
             out = huey_fill(int(args[0]))
         else:

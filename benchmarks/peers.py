@@ -252,7 +252,7 @@ class RawSqlite:
         with self.lock:
             with self.transaction("BEGIN IMMEDIATE"):
                 row = self.conn.execute(
-                    "SELECT id FROM jobs WHERE state = 0 ORDER BY id LIMIT 1"
+                    "SELECT id, task, payload FROM jobs WHERE state = 0 ORDER BY id LIMIT 1"
                 ).fetchone()
                 if row is not None:
                     self.conn.execute(
@@ -263,6 +263,22 @@ class RawSqlite:
                 return False
             self.conn.execute("DELETE FROM jobs WHERE id = ?", (row[0],))
         return True
+
+    def claim_ack_many(self, n: int) -> int:
+        """Claim up to `n` jobs in one transaction (their payloads read), ack them in one more."""
+        with self.lock:
+            with self.transaction("BEGIN IMMEDIATE"):
+                rows = self.conn.execute(
+                    "SELECT id, task, payload FROM jobs WHERE state = 0 ORDER BY id LIMIT ?", (n,)
+                ).fetchall()
+                until = time.time() + 60.0
+                self.conn.executemany(
+                    "UPDATE jobs SET state = 1, lease_until = ? WHERE id = ?",
+                    ((until, row[0]) for row in rows),
+                )
+            with self.transaction():
+                self.conn.executemany("DELETE FROM jobs WHERE id = ?", ((row[0],) for row in rows))
+        return len(rows)
 
     @contextlib.contextmanager
     def transaction(self, begin: str = "BEGIN") -> Iterator[None]:
@@ -435,6 +451,27 @@ def get_ack_rate(spec: PeerSpec, path: Path, s: Settings) -> float:
                 raise RuntimeError("queue ran dry during get+ack")
             busy += time.perf_counter() - start
             count += 1
+        return count / busy
+    finally:
+        q.close()
+
+
+def sqlite_claim_many_rate(path: Path, s: Settings) -> float:
+    """Jobs/s through the sqlite3 table's batched claim: `s.batch` claimed in one
+    transaction, acked in one more (walq's claim_many + ack_many, like for like);
+    refills are not timed."""
+    q = RawSqlite(path)
+    batch = [PAYLOAD] * s.batch
+    try:
+        busy, count = 0.0, 0
+        while busy < s.duration:
+            q.put_many(batch)
+            start = time.perf_counter()
+            got = q.claim_ack_many(s.batch)
+            busy += time.perf_counter() - start
+            if got != s.batch:
+                raise RuntimeError(f"the batched claim returned {got} of {s.batch} jobs")
+            count += got
         return count / busy
     finally:
         q.close()

@@ -212,7 +212,7 @@ def wipe(url: str) -> None:
     import redis
 
     client = redis.Redis.from_url(url.split("?", 1)[0])
-    names = list(client.scan_iter(match="walq-bench-*", count=1000))
+    names = list(client.scan_iter(match="{walq-bench-*", count=1000))
     for i in range(0, len(names), 1000):
         client.delete(*names[i : i + 1000])
     client.close()

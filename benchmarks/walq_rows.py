@@ -184,11 +184,28 @@ def replay(path: Path, s: Settings) -> dict[str, list[float]]:
     return out
 
 
-def walq_pool_rate(path: Path, s: Settings, processes: int) -> float:
-    """No-op jobs/s through walq.Worker(q, tasks, processes=N), in a fresh process."""
+ASYNC_POOL_FACTOR = 4  # the coroutine rows push this many times pool_jobs (they run faster)
+
+
+def walq_pool(
+    path: Path, s: Settings, processes: int, registry: str = "tasks", task: str = "noop"
+) -> dict[str, float]:
+    """Jobs/s through walq.Worker(q, bench_tasks.<registry>, processes=N), in a fresh
+    process (no-op jobs, or `task` of the coroutine registry "atasks"), and the owner
+    process's CPU per job (µs): {"rate": ..., "cpu": ...}."""
     env = child_env({"WALQ_BENCH_MARKER": str(path / "marker")})
-    args = ["walq-pool", str(path / "queue"), str(s.pool_jobs), str(processes), str(s.timeout)]
-    return float(run_child(args, s.timeout + 30, env)["rate"])
+    jobs = s.pool_jobs * (ASYNC_POOL_FACTOR if registry == "atasks" else 1)
+    args = ["walq-pool", str(path / "queue"), str(jobs), str(processes), str(s.timeout)]
+    args += [registry, task]
+    out = run_child(args, s.timeout + 30, env)
+    return {"rate": float(out["rate"]), "cpu": float(out["owner_cpu_us"])}
+
+
+def walq_pool_rate(
+    path: Path, s: Settings, processes: int, registry: str = "tasks", task: str = "noop"
+) -> float:
+    """Jobs/s of `walq_pool`."""
+    return walq_pool(path, s, processes, registry, task)["rate"]
 
 
 def huey_pool_rate(path: Path, s: Settings, workers: int) -> float:

@@ -23,11 +23,12 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["key"]: r for r in json.loads(out.read_text())["rows"]}
-    measured = [k for k in rows if k.startswith(("disk.", "walq.", "peer.sqlite3."))]
+    measured = [k for k in rows if k.startswith(("disk.", "walq.", "peer.sqlite3.", "pool.walq"))]
     expected = {
         "disk.fdatasync_prealloc",
         "disk.frame_group_commit",
         "disk.handoff",
+        "disk.park_wake",
         "disk.read_loop",
         "walq.enqueue_1t",
         "walq.enqueue_16t",
@@ -38,6 +39,12 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         "walq.replay_rate",
         "walq.replay_rss_per_job",
         "peer.sqlite3.enqueue_16t",
+        "pool.walq_1",
+        "pool.walq_2",
+        "pool.walq_async_1",
+        "pool.walq_async_2",
+        "pool.walq_async_sleep_2",
+        "peer.sqlite3.claim_many",
     }
     assert expected <= set(measured)
     for key in measured:
@@ -46,7 +53,7 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         assert rows[key]["median"] is not None and rows[key]["median"] > 0, rows[key]
     # Every target whose baseline ran has a ratio, marked met or missed.
     targets = [r for k, r in rows.items() if k.startswith("target.") and "huey" not in r["label"]]
-    assert len(targets) == 9
+    assert len(targets) == 14
     for row in targets:
         assert row["median"] is not None, row
         assert row["note"].endswith((": MET", ": missed")), row

@@ -1,9 +1,10 @@
 """One contract, every backend: the file queue and the Redis queue pass the same tests.
 
 Each test runs against the file queue (a temporary directory) and the Redis
-queue (a fresh key prefix on the server at WALQ_REDIS_URL; skipped, with the
-reason, if there is none or redis-py is missing). Real clocks, short leases:
-every test takes well under a few seconds.
+queue (a fresh key prefix on the server at WALQ_REDIS_URL, on the cluster at
+WALQ_REDIS_CLUSTER_URL and on Sentinel's primary at WALQ_REDIS_SENTINEL_URL;
+each skipped, with the reason, if missing, unless WALQ_REQUIRE_REDIS is set).
+Real clocks, short leases: every test takes well under a few seconds.
 """
 
 from __future__ import annotations
@@ -24,37 +25,62 @@ import walq
 LEASE = 0.4  # short enough to expire within a test, long enough to outlive a slow step
 
 
-def redis_url() -> str | None:
-    """The test server's URL, or None (with the reason in REDIS_SKIP)."""
-    return os.environ.get("WALQ_REDIS_URL") or None
+# The Redis deployments the suite runs on, each by the variable naming its URL
+# (.ci/redis.sh start single|cluster|sentinel sets them).
+REDIS_KINDS = {
+    "redis": "WALQ_REDIS_URL",
+    "redis-cluster": "WALQ_REDIS_CLUSTER_URL",
+    "redis-sentinel": "WALQ_REDIS_SENTINEL_URL",
+}
 
 
-def _redis_skip_reason() -> str | None:
-    url = redis_url()
+def redis_url(kind: str = "redis") -> str | None:
+    """The URL of the test deployment of `kind`, or None."""
+    return os.environ.get(REDIS_KINDS[kind]) or None
+
+
+def _redis_skip_reason(kind: str = "redis") -> str | None:
+    url = redis_url(kind)
     if url is None:
-        return 'no Redis: set WALQ_REDIS_URL (eval "$(bash .ci/redis.sh start)")'
+        mode = {"redis": "", "redis-cluster": " cluster", "redis-sentinel": " sentinel"}[kind]
+        return f'no Redis: set {REDIS_KINDS[kind]} (eval "$(bash .ci/redis.sh start{mode})")'
     try:
         import redis
+
+        from walq.redisq.connection import connect
+        from walq.redisq.url import parse_url
     except ImportError:
         return "redis-py is not installed (pip install 'walq[redis]')"
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+        client = connect(parse_url(url), 2.0)
+        client.ping()
+        client.close()
     except redis.RedisError as exc:
         return f"no Redis reachable at {url}: {exc}"
     return None
 
 
-REDIS_SKIP = _redis_skip_reason()
+REDIS_SKIPS = {kind: _redis_skip_reason(kind) for kind in REDIS_KINDS}
+REDIS_SKIP = REDIS_SKIPS["redis"]
 # WALQ_REQUIRE_REDIS=1 (CI sets it) turns a missing server or redis-py into failures,
 # so that a broken CI setup cannot pass by skipping.
 REDIS_REQUIRED = os.environ.get("WALQ_REQUIRE_REDIS", "") not in ("", "0")
 SKIP_REDIS = REDIS_SKIP is not None and not REDIS_REQUIRED
 
 
-def need_redis() -> None:
+def need_redis(kind: str = "redis") -> None:
     """Fail the test if Redis was required and is missing (else the skip mark decided)."""
-    if REDIS_SKIP is not None:
-        pytest.fail(f"WALQ_REQUIRE_REDIS is set, but: {REDIS_SKIP}")
+    if REDIS_SKIPS[kind] is not None:
+        pytest.fail(f"WALQ_REQUIRE_REDIS is set, but: {REDIS_SKIPS[kind]}")
+
+
+def redis_param(kind: str) -> Any:
+    """A pytest param for deployment `kind`, skipped (with the reason) if it is missing."""
+    skip = REDIS_SKIPS[kind] is not None and not REDIS_REQUIRED
+    return pytest.param(
+        kind,
+        marks=[pytest.mark.redis, pytest.mark.skipif(skip, reason=REDIS_SKIPS[kind] or "")],
+    )
 
 
 class Backend:
@@ -65,46 +91,41 @@ class Backend:
         self.dir = str(tmp_path / "q")
         self.prefix = f"walqtest-{uuid.uuid4().hex[:12]}"
 
+    def url(self) -> str:
+        """This backend's queue URL (a Redis kind only)."""
+        url = redis_url(self.kind)
+        assert url is not None
+        url = f"{url}{'&' if '?' in url else '?'}prefix={self.prefix}"
+        if self.kind == "redis-sentinel":
+            url += "&min_replicas=1"  # every change waits for the replica (WAIT)
+        return url
+
     def open(self, **opts: Any) -> Any:
         if self.kind == "file":
             opts.setdefault("segment_size", 64 * 1024)
             return walq.Queue.open(self.dir, **opts)
         from walq.redisq.queue import RedisQueue
 
-        url = redis_url()
-        assert url is not None
-        sep = "&" if "?" in url else "?"
-        return RedisQueue.open(f"{url}{sep}prefix={self.prefix}", **opts)
+        return RedisQueue.open(self.url(), **opts)
 
     def cleanup(self) -> None:
-        if self.kind != "redis":
+        """Delete this test's keys (all in its prefix's slot)."""
+        if self.kind == "file":
             return
-        import redis
+        from walq.redisq.connection import connect
+        from walq.redisq.url import key_prefix, parse_url
 
-        url = redis_url()
-        assert url is not None
-        client = redis.Redis.from_url(url)
-        names = list(client.scan_iter(match=f"{self.prefix}:*", count=1000))
+        client = connect(parse_url(self.url()), 10.0)
+        names = list(client.scan_iter(match=f"{key_prefix(self.prefix)}:*", count=1000))
         if names:
             client.delete(*names)
         client.close()
 
 
-@pytest.fixture(
-    params=[
-        "file",
-        pytest.param(
-            "redis",
-            marks=[
-                pytest.mark.redis,
-                pytest.mark.skipif(SKIP_REDIS, reason=REDIS_SKIP or ""),
-            ],
-        ),
-    ]
-)
+@pytest.fixture(params=["file", *(redis_param(kind) for kind in REDIS_KINDS)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "redis":
-        need_redis()
+    if request.param != "file":
+        need_redis(request.param)
     b = Backend(request.param, tmp_path)
     yield b
     b.cleanup()
@@ -799,3 +820,68 @@ def test_both_backends_take_the_same_calls_with_the_same_parameters() -> None:
             for f in (a, b)
         ]
         assert params[0] == params[1], name
+
+
+class TestOperating:
+    """Pause and resume, a job's detail, find by key, and listing jobs: the same on each backend."""
+
+    def test_a_paused_task_is_not_claimed_and_resume_lets_it_run(self, q: Any) -> None:
+        a = q.enqueue("mail", 1)
+        b = q.enqueue("resize", 2)
+        running = claimed(q, tasks=["mail"])
+        assert running.id == a
+        q.enqueue("mail", 3)
+        assert q.pause("mail") is True and q.pause("mail") is False
+        assert q.paused() == ["mail"]
+        job = claimed(q)
+        assert job.id == b  # the other task's job
+        assert q.claim() is None  # mail's pending job stays pending
+        q.ack(running.id)  # a running job of a paused task still finishes
+        assert q.status(a) == "done"
+        assert q.resume("mail") is True and q.resume("mail") is False
+        assert claimed(q).task == "mail" and q.paused() == []
+
+    def test_a_pause_survives_reopening(self, backend: Backend) -> None:
+        with backend.open() as q:
+            q.enqueue("mail", 1)
+            q.pause("mail")
+        with backend.open() as q:
+            assert q.paused() == ["mail"] and q.claim() is None
+            q.resume("mail")
+        with backend.open() as q:
+            assert q.paused() == [] and claimed(q).task == "mail"
+
+    def test_job_detail_find_and_jobs(self, q: Any) -> None:
+        a = q.enqueue("mail", 1, key="k1")
+        b = q.enqueue("mail", 2, delay=60)
+        c = q.enqueue("resize", 3, max_attempts=1)
+        job = claimed(q, tasks=["resize"])
+        q.fail(job.id, "boom")
+        d = q.enqueue("mail", 4)
+        run = claimed(q)
+        assert run.id == a
+        detail = q.job_detail(a)
+        assert detail["status"] == "running" and detail["key"] == "k1"
+        assert detail["attempts"] == 1 and detail["task"] == "mail"
+        assert 0 < detail["lease_left"] <= 60
+        assert 0 < q.job_detail(b)["due_in"] <= 60
+        dead = q.job_detail(c)
+        assert dead["status"] == "dead" and dead["error"] == "boom" and dead["max_attempts"] == 1
+        q.ack(a)
+        assert q.job_detail(a) == {"id": a, "status": "done"}
+        with pytest.raises(walq.UnknownJobError):
+            q.job_detail(10_000)
+        assert q.find("k1") is None  # its job finished
+        assert q.find("nope") is None
+        e = q.enqueue("mail", 5, key="k2")
+        assert q.find("k2") == e
+        assert [j["id"] for j in q.jobs()] == [b, c, d, e]
+        assert [j["id"] for j in q.jobs(state="dead")] == [c]
+        assert [j["id"] for j in q.jobs(task="mail", limit=2)] == [b, d]
+        assert [j["id"] for j in q.jobs(task="mail", after=d)] == [e]
+        assert q.jobs(state="pending")[0] == {
+            "id": d, "task": "mail", "status": "pending", "attempts": 0, "priority": 0,
+            "key": None,
+        }  # fmt: skip
+        with pytest.raises(walq.ArgumentError, match="state must be one of"):
+            q.jobs(state="done")

@@ -16,7 +16,8 @@ import pytest
 
 import walq
 from walq.core import format as fmt
-from walq.directory.fs import File, OsFileSystem
+from walq.core.state import Now
+from walq.directory.fs import File, OsFile, OsFileSystem, open_fd
 from walq.directory.queue import STATUS_FILE
 from walq.ops import admin as ops_admin
 from walq.ops import dead as ops_dead
@@ -24,6 +25,7 @@ from walq.ops import dump as ops_dump
 from walq.ops import follow as ops_follow
 from walq.ops import owner as ops_owner
 from walq.ops import repair as ops_repair
+from walq.ops import replay as ops_replay
 from walq.ops import scan as ops_scan
 from walq.ops import stats as ops_stats
 
@@ -281,6 +283,48 @@ class TestFollow:
         )
         assert rows == [] and polls == [0.5, 0.5, 0.5]
 
+    def test_an_idle_queue_is_watched_with_stat_not_reread(self, qdir: str) -> None:
+        """Nothing new: follow stats the active segment instead of reading it again."""
+        read: list[int] = []
+
+        class CountingFile(OsFile):
+            __slots__ = ()
+
+            def pread(self, size: int, offset: int) -> bytes:
+                data = super().pread(size, offset)
+                read.append(len(data))
+                return data
+
+        class Counting(OsFileSystem):
+            def open(self, path: str, *, write: bool = False, create: bool = False) -> File:
+                assert not write and not create
+                return CountingFile(path, open_fd(path, os.O_RDONLY))
+
+        q = walq.Queue.open(qdir, segment_size=8 << 20, compaction=False)
+        try:
+            q.enqueue("mail", {"i": 0})
+            active = segments(qdir)[-1]
+            assert active.stat().st_size == 8 << 20  # preallocated: mostly zeros
+            os.utime(active, ns=(time.time_ns() - 10**10,) * 2)  # last written 10 s ago
+            dumper = ops_dump.Dumper()
+            list(dumper.rows(qdir))
+            polls: list[float] = []
+            rows = ops_follow.follow(
+                qdir, dumper.end, dumper=dumper, fs=Counting(), poll=0.25,
+                stop=lambda: len(polls) >= 50, sleep=polls.append,
+            )  # fmt: skip
+            assert list(rows) == []
+            assert sum(read) <= 2 * ops_follow.CHUNK + 4096  # not 50 x 8 MiB
+            polls.clear()
+            q.enqueue("mail", {"i": 1})  # the file changes: the new record is read
+            rows = ops_follow.follow(
+                qdir, dumper.end, dumper=dumper, fs=Counting(), poll=0.25,
+                stop=lambda: len(polls) >= 3, sleep=polls.append,
+            )  # fmt: skip
+            assert [r["payload"] for r in rows if r["type"] == "enqueue"] == ['{"i":1}']
+        finally:
+            q.close()
+
     def test_a_compaction_behind_the_follower_is_announced(self, qdir: str) -> None:
         """Segments compacted before the follower reached them: a notice, then their jobs."""
         with walq.Queue.open(qdir, segment_size=SMALL, compaction=False) as q:
@@ -400,6 +444,23 @@ class TestWorkerStatus:
         st = ops_stats.directory_stats(qdir)
         assert st["breakers"] == {"mail": "open"}
         assert st["worker"]["processes"] == 2 and st["worker"]["age"] < 5
+
+    def test_a_status_written_during_a_long_read_is_fresh(
+        self, qdir: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The worker writes its status while stats replays the log: it is the worker's."""
+        varied(qdir)
+        real = ops_replay.replay
+
+        def slow_replay(*args: Any, **kwargs: Any) -> Any:
+            out = real(*args, **kwargs)
+            self.write(qdir)  # written while the (long) replay ran
+            return out
+
+        monkeypatch.setattr(ops_stats, "replay", slow_replay)
+        began = time.time() - 60.0  # the read began a minute ago
+        st = ops_stats.directory_stats(qdir, now=Now(wall=began, mono=time.monotonic() - 60.0))
+        assert st["worker"] is not None and st["breakers"] == {"mail": "open"}
 
     @pytest.mark.parametrize(
         "fields", [{"updated": 0.0}, {"stopped": True}, {"updated": "soon"}], ids=str

@@ -173,7 +173,7 @@ def test_every_public_method_of_a_closed_queue_raises_closed_error(qdir: str) ->
 
 
 @pytest.mark.parametrize(
-    "url", ["redis+sentinel://:secret@host:26379/0", "http://host/q", "S3://bucket/q"]
+    "url", ["redis+foo://:secret@host:26379/0", "http://host/q", "S3://bucket/q"]
 )
 def test_an_unknown_url_scheme_is_refused_not_made_a_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
@@ -182,7 +182,8 @@ def test_an_unknown_url_scheme_is_refused_not_made_a_directory(
     with pytest.raises(walq.ArgumentError, match="unknown URL scheme") as exc:
         Queue.open(url)
     message = str(exc.value)
-    assert "redis://, rediss://, unix://" in message and "secret" not in message
+    assert "redis://, redis+cluster://, redis+sentinel://, rediss://, unix://" in message
+    assert "secret" not in message
     with pytest.raises(walq.ArgumentError, match="unknown URL scheme"):
         walq.connect(url).enqueue("t", b"")
     assert list(tmp_path.iterdir()) == []

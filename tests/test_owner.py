@@ -165,7 +165,7 @@ def test_a_forked_child_refuses_a_redis_queue() -> None:
         out = run_py(REDIS_FORK_SCRIPT, url)
     finally:
         client = redis.Redis.from_url(base)
-        names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        names = list(client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
         if names:
             client.delete(*names)
         client.close()

@@ -76,7 +76,7 @@ def url() -> Iterator[str]:
     sep = "&" if "?" in base else "?"
     yield f"{base}{sep}prefix={prefix}"
     client = redis.Redis.from_url(base)
-    names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    names = list(client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
     if names:
         client.delete(*names)
     client.close()
@@ -140,9 +140,10 @@ def check_counts(url: str) -> None:
     """The counts in P:n and P:tn agree with the jobs' hashes and the indexes."""
     import redis
 
-    from walq.redisq.url import parse_url
+    from walq.redisq.url import key_prefix, parse_url
 
-    client_url, prefix, _, _ = parse_url(url)
+    target = parse_url(url)
+    client_url, prefix = target.client_url, key_prefix(target.prefix)
     c = redis.Redis.from_url(client_url, decode_responses=True)
     try:
         states: dict[str, int] = {}
@@ -237,9 +238,10 @@ def lease_of(url: str, jid: int) -> float:
     """Seconds left on a running job's lease, read from the server."""
     import redis
 
-    from walq.redisq.url import parse_url
+    from walq.redisq.url import key_prefix, parse_url
 
-    client_url, prefix, _, _ = parse_url(url)
+    target = parse_url(url)
+    client_url, prefix = target.client_url, key_prefix(target.prefix)
     c = redis.Redis.from_url(client_url)
     try:
         now_s, now_us = c.time()
@@ -660,9 +662,10 @@ def test_url_options(url: str) -> None:
     from walq.redisq.queue import RedisQueue
     from walq.redisq.url import parse_url
 
-    client_url, prefix, durable, shown = parse_url(
+    t = parse_url(
         "redis://:s3cret@127.0.0.1:6390/2?prefix=jobs&require_durable=yes&socket_keepalive=1"
     )
+    client_url, prefix, durable, shown = t.client_url, t.prefix, t.require_durable, t.shown
     assert prefix == "jobs" and durable is True and "s3cret" not in shown
     assert shown == "redis://127.0.0.1:6390/2?prefix=jobs"
     assert "s3cret" in client_url and "socket_keepalive=1" in client_url
@@ -718,9 +721,10 @@ def test_a_payload_damaged_on_the_server_is_dead_lettered_not_delivered(url: str
     """A job hash overwritten with bad JSON (a foreign write) is dead, never handed out."""
     import redis
 
-    from walq.redisq.url import parse_url
+    from walq.redisq.url import key_prefix, parse_url
 
-    client_url, prefix, _, _ = parse_url(url)
+    target = parse_url(url)
+    client_url, prefix = target.client_url, key_prefix(target.prefix)
     with open_q(url) as q:
         bad = q.enqueue("t", {"ok": True})
         good = q.enqueue("t", 2)
@@ -801,7 +805,7 @@ def test_every_script_compiles_on_the_server_and_is_registered(url: str) -> None
     from walq.redisq import lua
     from walq.redisq.url import parse_url
 
-    client = redis.Redis.from_url(parse_url(url)[0])
+    client = redis.Redis.from_url(parse_url(url).client_url)
     try:
         for name in lua.SCRIPTS:
             client.script_load(lua.source(name))  # a syntax error raises ResponseError
@@ -831,9 +835,10 @@ def _retry_delays(
     seconds, where the scheduled delay is known to lie in [low, high] (server time)."""
     import redis
 
-    from walq.redisq.url import parse_url
+    from walq.redisq.url import key_prefix, parse_url
 
-    client_url, prefix, _, _ = parse_url(url)
+    target = parse_url(url)
+    client_url, prefix = target.client_url, key_prefix(target.prefix)
     c = redis.Redis.from_url(client_url)
 
     def now() -> float:

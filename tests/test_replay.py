@@ -53,8 +53,10 @@ def state_of(fs: SimFileSystem, monkeypatch: Any, fused: bool) -> dict[str, Any]
         if not fused:
             original = Log.recover
 
-            def general(self: Log, *, skip_damage: bool, sink: Any, load: Any = None) -> Any:
-                return original(self, skip_damage=skip_damage, sink=sink, load=None)
+            def general(
+                self: Log, *, skip_damage: bool, sink: Any, load: Any = None, resume: Any = None
+            ) -> Any:
+                return original(self, skip_damage=skip_damage, sink=sink, load=None, resume=resume)
 
             m.setattr(Log, "recover", general)
         q = walq.Queue.open(

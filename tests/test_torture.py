@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -250,6 +251,25 @@ def test_slow_import_mode_records_no_timeout(tmp_path: Path) -> None:
 def test_slow_import_mode_reports_a_timeout_clock_started_at_dispatch(tmp_path: Path) -> None:
     audit = planted_run(tmp_path, "slow-import", "timeout-from-dispatch", duration=30.0, seed=14)
     assert audit.timeouts > 0, audit.examples
+
+
+def test_async_mode_breaks_no_guarantee(tmp_path: Path) -> None:
+    """Coroutine handlers many at once, asyncio producers (AsyncQueue in the owner, aconnect
+    outside), kill -9 cycles: nothing lost or redelivered, and both producers' jobs ran."""
+    work = tmp_path / "torture"
+    audit = torture.torture(mode_options("async", duration=25.0, seed=15, directory=str(work)))
+    assert audit.violations == 0, audit.examples
+    assert audit.cycles >= 3 and audit.runs > 0
+    ran = [line.split()[3] for line in (work / "ledger").read_text().splitlines()
+           if line.startswith("ran ")]  # fmt: skip
+    assert any(re.fullmatch(r"p\d+a\d+n\d+", nonce) for nonce in ran)  # through aconnect
+    assert any(re.fullmatch(r"c\d+a\d+n\d+", nonce) for nonce in ran)  # through AsyncQueue
+    assert_no_strays(str(work))
+
+
+def test_async_mode_reports_a_planted_forgotten_ack(tmp_path: Path) -> None:
+    audit = planted_run(tmp_path, "async", "forget-ack", duration=20.0, seed=16)
+    assert audit.redelivered_after_ack > 0, audit.examples
 
 
 @pytest.mark.slow

@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 
 import walq
-from tests import slow_tasks
+from tests import slow_tasks, worker_tasks
 from tests.procs import wait_for
-from tests.test_worker import ROOT, ledger_lines, no_leftover_processes, run_until_done
+from tests.test_worker import ROOT, kind, ledger_lines, no_leftover_processes, run_until_done
 from walq.worker.pool import Worker
 
-__all__ = ["no_leftover_processes"]  # the autouse fixture applies here too
+__all__ = ["kind", "no_leftover_processes"]  # the autouse fixture applies here too
 
 
 @pytest.fixture
@@ -43,13 +43,12 @@ def q(qdir: str) -> Iterator[walq.Queue]:
 @pytest.mark.parametrize(
     ("source", "kind"),
     [
-        ("async def h(payload, job):\n    pass", "an async def function"),
         ("async def h(payload, job):\n    yield 1", "an async generator function"),
         ("def h(payload, job):\n    yield 1", "a generator function"),
     ],
 )
 def test_registering_a_handler_whose_body_would_not_run_fails(source: str, kind: str) -> None:
-    """@tasks.task refuses async def and generator functions, naming the task."""
+    """@tasks.task refuses generator functions, async or not, naming the task."""
     namespace: dict[str, Any] = {}
     exec(source, namespace)
     tasks = walq.Tasks()
@@ -75,20 +74,24 @@ def test_a_handler_returning_a_coroutine_fails_and_is_never_done(
 
 
 def test_group_sigterm_lets_the_running_handler_finish_then_exits_zero(
-    qdir: str, tmp_path: Path
+    qdir: str, tmp_path: Path, kind: str
 ) -> None:
-    """`kill -TERM -- -PGID` reaches the workers too: they survive it, the owner drains."""
+    """`kill -TERM -- -PGID` reaches the workers too: they survive it, the owner drains
+    (two plain handlers on two processes, or twenty coroutines on their event loops)."""
     ledger = tmp_path / "ledger"
+    count = 2 if kind == "def" else 20
     with walq.Queue.open(qdir) as q:
-        jid = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 2.0})
-    cmd = [sys.executable, "-m", "walq", "worker", qdir, "--tasks", "tests.worker_tasks:tasks",
+        ids = q.enqueue_many(
+            [("sleeps", {"ledger": str(ledger), "seconds": 2.0}) for _ in range(count)]
+        )
+    cmd = [sys.executable, "-m", "walq", "worker", qdir, "--tasks", worker_tasks.SPECS[kind],
            "--processes", "2", "--shutdown-grace", "60"]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # setsid: its own process group, as under systemd
     )  # fmt: skip
     try:
-        wait_for(lambda: ledger_lines(ledger), timeout=60)
+        wait_for(lambda: len(ledger_lines(ledger)) >= count, timeout=60)
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)
     finally:
@@ -96,10 +99,11 @@ def test_group_sigterm_lets_the_running_handler_finish_then_exits_zero(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     assert proc.returncode == 0, out
-    # The handler ran to its end, once, on its first attempt.
-    assert [(line[1], line[3]) for line in ledger_lines(ledger)] == [("1", "start"), ("1", "end")]
+    # Each handler ran to its end, once, on its first attempt.
+    lines = sorted((int(line[0]), line[1], line[3]) for line in ledger_lines(ledger))
+    assert lines == sorted((i, "1", what) for i in ids for what in ("start", "end"))
     with walq.Queue.open(qdir) as q:
-        assert q.status(jid) == "done" and q.dead_jobs() == []
+        assert all(q.status(i) == "done" for i in ids) and q.dead_jobs() == []
         assert q.stats()["failed"] == 0  # nothing charged
 
 
@@ -267,3 +271,16 @@ def test_the_readme_snippet_runs_as_a_script(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in out, out
+
+
+def test_the_coroutine_task_example_runs_as_a_script(tmp_path: Path) -> None:
+    """docs/ASYNC.md's coroutine tasks, saved as a script: every job done, exit 0."""
+    (block,) = [b for b in python_blocks(ROOT / "docs" / "ASYNC.md") if "async def fetch" in b]
+    script = tmp_path / "app.py"
+    script.write_text(block.replace("/tmp/walq-coroutine-demo", str(tmp_path / "jobs")))
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.strip() == "1000 done"

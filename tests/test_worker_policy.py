@@ -7,18 +7,21 @@ from pathlib import Path
 
 import walq
 from tests import worker_tasks
-from tests.test_worker import ledger_lines, no_leftover_processes, run_until_done
+from tests.test_worker import kind, ledger_lines, no_leftover_processes, registry, run_until_done
 from walq.worker.pool import Worker
 
-__all__ = ["no_leftover_processes"]  # the autouse fixture applies here too
+# The autouse fixture applies here too; the tests run for plain and coroutine handlers.
+__all__ = ["kind", "no_leftover_processes", "registry"]
 
 
-def test_concurrency_cap_never_runs_two_at_once(qdir: str, tmp_path: Path) -> None:
+def test_concurrency_cap_never_runs_two_at_once(
+    qdir: str, tmp_path: Path, registry: walq.Tasks
+) -> None:
     """concurrency=1: with two worker processes the task's jobs still never overlap."""
     ledger = tmp_path / "ledger"
     with walq.Queue.open(qdir) as q:
         q.enqueue_many([("exclusive", {"ledger": str(ledger)}) for _ in range(8)])
-        run_until_done(q, Worker(q, worker_tasks.tasks, processes=2, prefetch=1))
+        run_until_done(q, Worker(q, registry, processes=2, prefetch=1))
     running = 0
     for line in ledger_lines(ledger):
         running += 1 if line[3] == "start" else -1
@@ -26,26 +29,26 @@ def test_concurrency_cap_never_runs_two_at_once(qdir: str, tmp_path: Path) -> No
     assert len(ledger_lines(ledger)) == 16
 
 
-def test_breaker_opens_and_pauses_the_task(qdir: str, tmp_path: Path) -> None:
+def test_breaker_opens_and_pauses_the_task(qdir: str, tmp_path: Path, registry: walq.Tasks) -> None:
     """After 3 consecutive failures the breaker opens: no new attempt during the cool-down.
 
-    An attempt already running on the second process when the third failure
-    lands may still finish, so at most failures + processes - 1 attempts run.
+    Attempts already running when the third failure lands may still finish:
+    at most failures + (jobs run at once: 2 processes x 2 coroutines) - 1 run.
     """
     ledger = tmp_path / "ledger"
     with walq.Queue.open(qdir) as q:
         q.enqueue_many([("flaky_downstream", {"ledger": str(ledger)}) for _ in range(10)])
-        w = Worker(q, worker_tasks.tasks, processes=2, prefetch=1)
+        w = Worker(q, registry, processes=2, prefetch=1, async_concurrency=2)
         import threading
 
         threading.Timer(2.0, w.stop).start()
         w.run()
-        assert 3 <= len(ledger_lines(ledger)) <= 4
+        assert 3 <= len(ledger_lines(ledger)) <= 3 + 2 * w._runs - 1
         assert w.status()["tasks"]["flaky_downstream"]["breaker"] == "open"
         assert q.stats()["dead"] == 0  # paused, never dropped
 
 
-def test_rate_limit_spaces_the_task_out(qdir: str, tmp_path: Path) -> None:
+def test_rate_limit_spaces_the_task_out(qdir: str, tmp_path: Path, registry: walq.Tasks) -> None:
     """rate=20/s with burst 1: jobs start 50 ms apart once the workers are up.
 
     (While the two workers are still starting, the first jobs can bunch.)
@@ -53,20 +56,20 @@ def test_rate_limit_spaces_the_task_out(qdir: str, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     with walq.Queue.open(qdir) as q:
         q.enqueue_many([("rate_limited", {"ledger": str(ledger)}) for _ in range(10)])
-        run_until_done(q, Worker(q, worker_tasks.tasks, processes=2))
+        run_until_done(q, Worker(q, registry, processes=2))
     times = sorted(float(line[3]) for line in ledger_lines(ledger))
     # Unlimited, ten such jobs take ~10 ms; limited, at least ~0.45 s minus start-up bunching
     # and scheduling jitter on a busy machine.
     assert len(times) == 10 and times[-1] - times[0] >= 0.3
 
 
-def test_retry_after_is_honoured(qdir: str, tmp_path: Path) -> None:
+def test_retry_after_is_honoured(qdir: str, tmp_path: Path, registry: walq.Tasks) -> None:
     """A handler raising RetryAfter(0.5) runs again no sooner than 0.5 s later."""
     ledger = tmp_path / "ledger"
     with walq.Queue.open(qdir) as q:
         jid = q.enqueue("asks_for_delay", {"ledger": str(ledger)})
         started = time.monotonic()
-        run_until_done(q, Worker(q, worker_tasks.tasks, processes=1))
+        run_until_done(q, Worker(q, registry, processes=1))
         assert q.status(jid) == "done"
         assert time.monotonic() - started >= 0.5
     assert [line[1] for line in ledger_lines(ledger)] == ["1", "2"]

@@ -2,7 +2,7 @@
 
 One *run* opens a queue on a fresh `SimFileSystem` and plays rounds. A round is
 a random workload (enqueue, enqueue_many, claim, claim_many, ack, fail,
-release, cancel, requeue, purge, compact, sync, clock ticks, close/reopen)
+release, cancel, requeue, purge, compact, checkpoint, sync, clock ticks, close/reopen)
 that ends in a crash: the process dies at a chosen file-system call
 (`crash_at_call`), or the power is cut between operations, or an injected
 EIO/ENOSPC makes the log fail first. The disk the crash leaves (mode "any"
@@ -865,6 +865,21 @@ def op_compact(run: Run) -> bool:
     return result.segments_in > 0
 
 
+def op_checkpoint(run: Run) -> bool:
+    """Write the queue's checkpoint, as the compactor's thread does (a crash may hit any step)."""
+    assert run.q is not None
+    run.history.append("write_checkpoint()")
+    try:
+        written = run.q.write_checkpoint()
+    except LogFailedError:
+        raise
+    except (OSError, WalqError) as exc:  # an injected fault: the next open replays it all
+        run.history[-1] += f" -> {exc!r}"
+        return False
+    run.history[-1] += f" -> {None if written is None else (written.seq, written.offset)}"
+    return written is not None  # it fsyncs the log first: a commit
+
+
 def op_spare(run: Run) -> bool:
     """Make the next segment ahead of the roll, as the compactor's thread does."""
     assert run.q is not None
@@ -955,6 +970,7 @@ OP_WEIGHTS: tuple[tuple[Op, int], ...] = (
     (op_requeue, 2),
     (op_purge, 1),
     (op_compact, 5),
+    (op_checkpoint, 4),
     (op_spare, 3),
     (op_sync, 2),
     (op_tick, 3),

@@ -47,6 +47,11 @@ Dispatcher modes (`--mode`) end each cycle another way and add their checks:
   timeout, every worker process pays it (they are recycled often), and each
   handler takes at most a quarter of that timeout. timeouts: any timeout the
   owner records. `--plant timeout-from-dispatch` must make it fail.
+- `async`: kill -9 cycles as in kill9, with coroutine handlers
+  (`torture_tasks.atasks`: many jobs at once on each worker process's event
+  loop) and asyncio producers: the owner's producer is a set of coroutines
+  enqueueing through a walq.AsyncQueue over the owner's queue, the outside
+  producers are walq.aconnect producers, each with several coroutines.
 
 Every mode also reports a recorded timeout (no handler comes near its own).
 Monotone violations (phantoms, redeliveries, reused attempts, damage, killed
@@ -97,7 +102,8 @@ VIOLATIONS = (
 # Facts that cannot be undone by anything later: checked as the run goes.
 MONOTONE = ("phantoms", "redelivered-after-ack", "attempt-reused", "damaged", "killed-in-drain",
             "timeouts", "tick-twice")  # fmt: skip
-MODES = ("kill9", "group-sigterm", "slow-import")
+MODES = ("kill9", "group-sigterm", "slow-import", "async")
+ASYNC_PRODUCERS = 8  # coroutines enqueueing at once in each asyncio producer (the async mode)
 OWNER_GRACE = 5.0  # the owner's shutdown_grace (seconds)
 OWNER_LEASE = 5.0  # the owner's claim lease (seconds)
 # Kept out of the kill cycles for the final drain: what a forgotten ack leaves
@@ -348,10 +354,15 @@ class Options:
 
 def mode_defaults(mode: str) -> dict[str, float]:
     """The Options a mode changes from kill9's: slow-import's handlers and starts are
-    slow, so fewer jobs and longer cycles; group-sigterm's handlers take a while."""
+    slow, so fewer jobs and longer cycles; group-sigterm's and async's handlers take
+    a while."""
     if mode == "slow-import":
         return {"kill_min": 4.0, "kill_max": 8.0, "work_ms": 300.0, "rate": 3.0,
                 "producer_rate": 1.0}  # fmt: skip
+    if mode == "async":
+        # handlers long enough to overlap on the event loops; owners that live long
+        # enough to start their asyncio producer
+        return {"kill_min": 1.5, "kill_max": 3.5, "work_ms": 50.0}
     if mode == "group-sigterm":
         # two processes run ~13 of these handlers a second: enqueue fewer
         return {"work_ms": 300.0, "rate": 5.0, "producer_rate": 2.0}
@@ -560,6 +571,8 @@ def start_producer(opts: Options, qdir: Path, ledger: Path, log: Any, index: int
         "--payload-min", str(opts.payload_min), "--payload-max", str(opts.payload_max),
         "--fail-percent", str(opts.fail_percent), "--task", task_of(opts.mode),
     ]  # fmt: skip
+    if opts.mode == "async":
+        cmd += ["--coroutines", str(ASYNC_PRODUCERS)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.Popen(
@@ -632,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         "--compaction",
         choices=["aggressive", "default", "off"],
         default="aggressive",
-        help="aggressive: 64 KiB segments and a compaction every 50 ms when there is garbage",
+        help="aggressive: 64 KiB segments, a compaction every 50 ms when there is garbage "
+        "and a checkpoint every 16 KiB appended (kill -9 lands in both)",
     )
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--payload-min", type=int, default=0, help="bytes")

@@ -4,6 +4,8 @@
 `acked` lines once an ack is durable), a producer thread (unless draining) and
 a walq.Worker, until it is killed. `... _producer DIR LEDGER ...`: a walq.connect
 producer that lives through every kill of the owner and stops on SIGTERM.
+In the async mode the handlers are coroutines and both producers are asyncio
+code (a walq.AsyncQueue over the owner's queue; walq.aconnect outside).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tools.torture import MODES, OWNER_GRACE, OWNER_LEASE, task_of
+from tools.torture import ASYNC_PRODUCERS, MODES, OWNER_GRACE, OWNER_LEASE, task_of
 
 
 def owner_main(argv: list[str]) -> int:
@@ -31,6 +33,7 @@ def owner_main(argv: list[str]) -> int:
 
     if delay is not None:
         os.environ[torture_tasks.IMPORT_DELAY_ENV] = delay
+    from walq.directory.checkpoint import Policy as CheckpointPolicy
     from walq.directory.compactor import Policy
     from walq.testing.plant import plant_from_env, queue_class, worker_class
 
@@ -61,6 +64,12 @@ def owner_main(argv: list[str]) -> int:
         "off": False,
     }[args.compaction]
     segment_size = 64 << 10 if args.compaction == "aggressive" else 4 << 20
+    # Aggressive: a checkpoint whenever 16 KiB were appended, so kill -9 lands in them too.
+    checkpoint: Any = (
+        CheckpointPolicy(min_bytes=16 << 10, min_interval=0.05, cost_factor=2.0)
+        if args.compaction == "aggressive"
+        else args.compaction != "off"
+    )
 
     class LedgerQueue(walq.Queue):
         """A Queue that writes `acked` lines once an ack is known to be durable."""
@@ -114,14 +123,16 @@ def owner_main(argv: list[str]) -> int:
         sync=args.sync,
         segment_size=segment_size,
         compaction=compaction,
+        checkpoint=checkpoint,
         lock_timeout=10.0,
         max_pending=args.backlog,
         min_free_bytes=0,
     )
     stop = threading.Event()
     args.task = task_of(args.mode)
+    registry = torture_tasks.atasks if args.mode == "async" else torture_tasks.tasks
     worker = worker_class(planted)(
-        q, torture_tasks.tasks, processes=args.processes, shutdown_grace=OWNER_GRACE,
+        q, registry, processes=args.processes, shutdown_grace=OWNER_GRACE,
         # slow-import: workers are recycled often, so starts happen mid-run too
         max_tasks_per_child=10 if args.mode == "slow-import" else None,
         # Jobs a killed owner left running come back when their lease expires: a short
@@ -136,7 +147,8 @@ def owner_main(argv: list[str]) -> int:
         threads.append(threading.Thread(target=_until_empty, args=(q, worker, stop), daemon=True))
     else:
         rng = random.Random(f"{args.seed}:{args.cycle}")
-        threads.append(threading.Thread(target=_produce, args=(q, args, rng, stop), daemon=True))
+        produce = _produce_async if args.mode == "async" else _produce
+        threads.append(threading.Thread(target=produce, args=(q, args, rng, stop), daemon=True))
     for t in threads:
         t.start()
     try:
@@ -181,6 +193,49 @@ def _produce(q: Any, args: argparse.Namespace, rng: random.Random, stop: threadi
         stop.wait(rng.expovariate(args.rate))
 
 
+def _produce_async(
+    q: Any, args: argparse.Namespace, rng: random.Random, stop: threading.Event
+) -> None:
+    """The async mode's producer: coroutines enqueueing through a walq.AsyncQueue over `q`,
+    each payload between an `intent` line and an `enqueued` line."""
+    import asyncio
+
+    import walq
+    from tools import torture_tasks
+
+    async def one(aq: walq.AsyncQueue, index: int) -> None:
+        n = 0
+        while not stop.is_set():
+            items, nonces = [], []
+            for _ in range(1 if rng.random() < 0.8 else rng.randint(2, 5)):
+                nonce = f"c{args.cycle}a{index}n{n}"
+                n += 1
+                payload = torture_tasks.make_payload(
+                    nonce,
+                    rng.randint(args.payload_min, args.payload_max),
+                    fail=rng.random() * 100 < args.fail_percent,
+                    as_bytes=rng.random() < 0.3,
+                )
+                items.append((args.task, payload))
+                nonces.append(nonce)
+            torture_tasks.append(args.ledger, [f"intent {nonce}" for nonce in nonces])
+            try:
+                ids = await aq.enqueue_many(items, timeout=0.5)
+            except walq.QueueFull:
+                continue
+            except walq.WalqError:
+                return  # closing
+            lines = [f"enqueued {jid} {nonce}" for jid, nonce in zip(ids, nonces, strict=True)]
+            torture_tasks.append(args.ledger, lines)
+            await asyncio.sleep(rng.expovariate(args.rate / ASYNC_PRODUCERS))
+
+    async def run() -> None:
+        aq = walq.AsyncQueue(q, asyncio.get_running_loop())  # the owner closes `q` itself
+        await asyncio.gather(*(one(aq, i) for i in range(ASYNC_PRODUCERS)))
+
+    asyncio.run(run())
+
+
 def _until_empty(q: Any, worker: Any, stop: threading.Event) -> None:
     """Drain mode: stop the worker once nothing is unfinished and the spool is empty.
 
@@ -213,12 +268,19 @@ def producer_main(argv: list[str]) -> int:
     parser.add_argument("--payload-max", type=int, default=2000)
     parser.add_argument("--fail-percent", type=float, default=5.0)
     parser.add_argument("--task", default="work")
+    parser.add_argument("--coroutines", type=int, default=0,
+                        help="enqueue from this many coroutines through walq.aconnect")  # fmt: skip
     args = parser.parse_args(argv)
     # A plain flag, not a threading.Event: a signal handler that takes the Event's
     # lock can deadlock against the main thread holding it inside Event.wait.
     stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(True))
     rng = random.Random(f"{args.seed}:producer:{args.index}")
+    if args.coroutines:
+        import asyncio
+
+        asyncio.run(_aconnect_producer(args, rng, stopping))
+        return 0
     n = 0
     with walq.connect(args.directory, timeout=10.0) as producer:
         while not stopping:
@@ -240,6 +302,40 @@ def producer_main(argv: list[str]) -> int:
             torture_tasks.append(args.ledger, [line])
             time.sleep(min(rng.expovariate(args.rate), 0.5))
     return 0
+
+
+async def _aconnect_producer(
+    args: argparse.Namespace, rng: random.Random, stopping: list[bool]
+) -> None:
+    """The async mode's outside producer: coroutines sharing one walq.aconnect producer."""
+    import asyncio
+
+    import walq
+    from tools import torture_tasks
+
+    async def one(producer: Any, index: int) -> None:
+        n = 0
+        while not stopping:
+            nonce = f"p{args.index}a{index}n{n}"
+            n += 1
+            payload = torture_tasks.make_payload(
+                nonce,
+                rng.randint(args.payload_min, args.payload_max),
+                fail=rng.random() * 100 < args.fail_percent,
+                as_bytes=rng.random() < 0.3,
+            )
+            torture_tasks.append(args.ledger, [f"intent {nonce}"])
+            try:
+                jid = await producer.enqueue(args.task, payload)
+            except walq.QueueFull:
+                await asyncio.sleep(0.05)
+                continue
+            line = f"enqueued {'-' if jid is None else jid} {nonce}"
+            torture_tasks.append(args.ledger, [line])
+            await asyncio.sleep(min(rng.expovariate(args.rate / args.coroutines), 0.5))
+
+    async with await walq.aconnect(args.directory, timeout=10.0) as producer:
+        await asyncio.gather(*(one(producer, i) for i in range(args.coroutines)))
 
 
 def main(argv: list[str] | None = None) -> int:

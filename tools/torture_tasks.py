@@ -7,6 +7,7 @@ the file's order is the order in which things happened.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -93,6 +94,13 @@ def beat(payload: Any, job: Job) -> None:
 
 
 def _work(payload: Any, job: Job) -> None:
+    nonce = _begin(payload, job)
+    time.sleep(_work_seconds())
+    _ran(job, nonce)
+
+
+def _begin(payload: Any, job: Job) -> str:
+    """Check the payload, record the beginning, maybe fail on purpose; the nonce."""
     ledger = os.environ[LEDGER_ENV]
     try:
         nonce, fail, body = parse_payload(payload)
@@ -107,6 +115,26 @@ def _work(payload: Any, job: Job) -> None:
     if fail and job.attempt == 1:
         append(ledger, [f"raised {job.id} {job.attempt} {nonce}"])
         raise RuntimeError("a planned first-attempt failure")
-    work_ms = float(os.environ.get(WORK_MS_ENV, "5"))
-    time.sleep(random.uniform(0, work_ms) / 1000)
-    append(ledger, [f"ran {job.id} {job.attempt} {nonce} {os.getpid()}"])
+    return nonce
+
+
+def _work_seconds() -> float:
+    return random.uniform(0, float(os.environ.get(WORK_MS_ENV, "5"))) / 1000
+
+
+def _ran(job: Job, nonce: str) -> None:
+    append(os.environ[LEDGER_ENV], [f"ran {job.id} {job.attempt} {nonce} {os.getpid()}"])
+
+
+# The async mode's tasks: the same work as coroutines, many at once on each worker
+# process's event loop (the ledger's write stays a blocking call: it is short).
+atasks = Tasks()
+
+
+@atasks.task("work", timeout=60.0, max_attempts=10000, retry=Backoff(base=0.01, cap=0.05),
+             breaker=None)  # fmt: skip
+async def awork(payload: Any, job: Job) -> None:
+    """`work` as a coroutine."""
+    nonce = _begin(payload, job)
+    await asyncio.sleep(_work_seconds())
+    _ran(job, nonce)

@@ -26,6 +26,7 @@ from walq.errors import (
     LeaseLost,
     LockedError,
     LogFailedError,
+    NoOwnerError,
     NotAQueueError,
     PayloadError,
     ProtocolError,
@@ -38,6 +39,7 @@ from walq.errors import (
     WorkerStartError,
 )
 from walq.producers.client import Producer, connect
+from walq.producers.control import Admin
 from walq.redisq.queue import RedisQueue
 from walq.worker.pool import Worker
 from walq.worker.tasks import Task, Tasks
@@ -45,6 +47,7 @@ from walq.worker.tasks import Task, Tasks
 __version__ = "0.1.0"
 
 __all__ = [
+    "Admin",
     "ArgumentError",
     "AsyncProducer",
     "AsyncQueue",
@@ -61,6 +64,7 @@ __all__ = [
     "LeaseLost",
     "LockedError",
     "LogFailedError",
+    "NoOwnerError",
     "NotAQueueError",
     "Now",
     "PayloadError",

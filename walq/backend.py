@@ -239,6 +239,46 @@ class QueueBackend(Protocol):
         """Delete dead jobs (all of them by default); return how many."""
         ...
 
+    def pause(self, task: str, *, sync: bool | None = None) -> bool:
+        """Stop claims of `task`'s pending jobs (running ones finish); False if already paused.
+
+        Durable: a paused task stays paused across restarts until `resume`.
+        """
+        ...
+
+    def resume(self, task: str, *, sync: bool | None = None) -> bool:
+        """Let `task`'s pending jobs be claimed again; False if it was not paused."""
+        ...
+
+    def paused(self) -> list[str]:
+        """The paused tasks, sorted."""
+        ...
+
+    def job_detail(self, job_id: int) -> dict[str, Any]:
+        """One job as an operator sees it: id, status and, while it is live, task,
+        attempts, max_attempts, priority, key, error (a dead job's last), due_in
+        (scheduled) and lease_left (running), in seconds. UnknownJobError if none.
+        """
+        ...
+
+    def find(self, key: str) -> int | None:
+        """The unfinished job holding idempotency key `key`, if any."""
+        ...
+
+    def jobs(
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        *,
+        limit: int = 100,
+        after: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Live jobs with ids above `after`, in id order, at most `limit` of them, optionally
+        only those in `state` (pending, scheduled, running, dead) and of `task`: each a dict
+        of id, task, status, attempts, priority and key.
+        """
+        ...
+
     def set_task_defaults(self, task: str, *, max_attempts: int) -> None:
         """Attempts allowed for jobs of `task` that did not set max_attempts themselves."""
         ...

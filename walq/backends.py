@@ -21,6 +21,8 @@ _REGISTRY: dict[str, str] = {
     "redis": "walq.redisq.queue:RedisQueue",
     "rediss": "walq.redisq.queue:RedisQueue",
     "unix": "walq.redisq.queue:RedisQueue",
+    "redis+cluster": "walq.redisq.queue:RedisQueue",
+    "redis+sentinel": "walq.redisq.queue:RedisQueue",
 }
 DIRECTORY = "walq.directory.queue:Queue"  # a target without a scheme
 

@@ -11,6 +11,10 @@ class LockedError(WalqError):
     """Another owner (process or thread) holds the queue directory's lock."""
 
 
+class NoOwnerError(WalqError):
+    """An action needs the queue's running owner (its socket), and none answers."""
+
+
 class CorruptionError(WalqError):
     """A queue file holds bytes that are not a valid record: names the file and offset."""
 

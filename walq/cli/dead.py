@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import TypeVar
 
 import click
 
 from walq.cli.app import fail, main, queue_command
+from walq.cli.control import admin_of
 from walq.cli.render import dead_detail, dead_table, echo_lines, emit_json, progress
-from walq.errors import LockedError
-from walq.ops import admin
 from walq.ops.dead import DeadInfo, dead_jobs
 
 T = TypeVar("T")
@@ -32,7 +30,7 @@ class DeadGroup(click.Group):
 
 @main.group(cls=DeadGroup)
 def dead() -> None:
-    """Dead-lettered jobs: list and show read-only; requeue and purge need the lock."""
+    """Dead-lettered jobs: list and show read-only; requeue and purge through the owner."""
 
 
 @queue_command("list", group=dead, json="One JSON object per line.")
@@ -60,8 +58,11 @@ def dead_show(directory: str, job_id: int, as_json: bool) -> None:
 @queue_command("requeue", group=dead)
 @click.argument("job_ids", type=int, nargs=-1, required=True)
 def dead_requeue(directory: str, job_ids: tuple[int, ...]) -> None:
-    """Give dead jobs a fresh start (attempts reset). No owner may be running."""
-    done = _needs_lock(lambda: admin.requeue(directory, job_ids), "requeue")
+    """Give dead jobs a fresh start (attempts reset): all or none.
+
+    Through the running owner; with none, the queue's lock is taken.
+    """
+    done = admin_of(directory).requeue(job_ids)
     click.echo(f"requeued {len(done)} jobs: {' '.join(str(j) for j in done)}")
 
 
@@ -69,7 +70,10 @@ def dead_requeue(directory: str, job_ids: tuple[int, ...]) -> None:
 @click.argument("job_ids", type=int, nargs=-1)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def dead_purge(directory: str, job_ids: tuple[int, ...], yes: bool) -> None:
-    """Delete dead jobs for good (all, or the ids given). No owner may be running."""
+    """Delete dead jobs for good (all, or the ids given).
+
+    Through the running owner; with none, the queue's lock is taken.
+    """
     ids = list(job_ids) or None
     if not yes:
         count = len(ids) if ids is not None else len(_dead_jobs(directory))
@@ -79,7 +83,7 @@ def dead_purge(directory: str, job_ids: tuple[int, ...], yes: bool) -> None:
         if not sys.stdin.isatty():
             fail(f"purge deletes {count} dead jobs for good: pass --yes to confirm")
         click.confirm(f"delete {count} dead jobs for good?", abort=True)
-    n = _needs_lock(lambda: admin.purge(directory, ids), "purge")
+    n = admin_of(directory).purge(ids)
     click.echo(f"purged {n} dead jobs")
 
 
@@ -87,11 +91,3 @@ def _dead_jobs(target: str, ids: list[int] | None = None) -> list[DeadInfo]:
     """Dead jobs of a queue directory or a server's URL, with a progress bar."""
     with progress("reading") as bar:
         return dead_jobs(target, ids=ids, progress=bar)
-
-
-def _needs_lock(step: Callable[[], T], what: str) -> T:
-    """Run an administrative step; an owner running is a one-line refusal (exit 2)."""
-    try:
-        return step()
-    except LockedError as exc:
-        fail(f"{exc}: {what} needs the queue's lock; stop the owner (SIGTERM drains) and retry")

@@ -11,7 +11,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import click
@@ -192,9 +192,16 @@ def stats_lines(st: QueueStats) -> list[str]:
         next_id = "" if st.next_id is None else f"; next id {st.next_id}"
         lines.append(f"done      {st.done} acked{st.done_since}{next_id}")
     lines += _task_lines(st)
+    if st.paused:
+        lines.append(
+            f"paused    {', '.join(shown(t) for t in st.paused)}"
+            " (their pending jobs are not claimed)"
+        )
     if st.counters:
         lines.append("counters  " + ", ".join(f"{c} {st.counters[c]}" for c in st.counters))
     lines += _file_lines(st)
+    if st.checkpoint is not None:
+        lines.append(_checkpoint_line(st.checkpoint))
     if st.compactor:
         lines.append(click.style(f"compactor {st.compactor['text']}", fg="red", bold=True))
     if not st.workers:
@@ -281,6 +288,16 @@ def _file_lines(st: QueueStats) -> list[str]:
 # -- fsck, compact, dead ----------------------------------------------------------------
 
 
+def _checkpoint_line(cp: Mapping[str, Any]) -> str:
+    """`checkpoint 12 s old, covers the log to segment 3 offset 4096 (1000 jobs)`, or why not."""
+    if "error" in cp:
+        return f"checkpoint unreadable ({cp['error']}): open replays the whole log"
+    return (
+        f"checkpoint {age(cp['age'])} old, covers the log to segment {cp['seq']} "
+        f"offset {cp['offset']} ({cp['jobs']} jobs); `walq fsck` checks it agrees with the log"
+    )
+
+
 def fsck_lines(
     directory: str,
     report: FsckReport,
@@ -295,6 +312,8 @@ def fsck_lines(
     if report.lost is not None and not repaired:  # a repair lists them itself
         lines += [click.style("LOST    ", fg="red", bold=True) + x for x in report.lost.lines()]
     lines += [click.style("repaired ", fg="green") + r for r in repaired]
+    if report.checkpoint is not None:
+        lines.append("checkpoint " + report.checkpoint)
     verdict = (
         click.style("clean", fg="green")
         if report.clean
@@ -350,6 +369,47 @@ def schedule_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"{row['name']}: {table}, task {row.get('task', '?')}, "
             f"misfire={row.get('misfire', '?')}; last tick {when(row['last'])}, next {nxt}"
         )
+    return lines
+
+
+def job_lines(d: Mapping[str, Any]) -> list[str]:
+    """`walq status DIR ID` as text: the job's state and, while it is live, its detail."""
+    lines = [f"job       {d['id']}", f"status    {d['status']}"]
+    if "task" not in d:
+        return lines
+    lines += [
+        f"task      {shown(str(d['task']))}",
+        f"attempts  {d['attempts']} of {d['max_attempts']}",
+        f"priority  {d['priority']}",
+        f"key       {'-' if d.get('key') is None else shown(str(d['key']))}",
+    ]
+    if d.get("due_in") is not None:
+        lines.append(f"due       in {age(float(d['due_in']))}")
+    if d.get("lease_left") is not None:
+        lines.append(f"lease     {age(float(d['lease_left']))} left")
+    if d.get("worker") is not None:
+        lines.append(f"worker    pid {d['worker']}")
+    if d.get("progress") is not None:
+        lines.append(f"progress  {d['progress']}")
+    if d.get("error"):
+        lines.append(click.style("error", fg="red"))
+        lines.append("  " + shown_lines(str(d["error"]).rstrip()).replace("\n", "\n  "))
+    return lines
+
+
+def jobs_table(rows: Sequence[Mapping[str, Any]], limit: int) -> list[str]:
+    """`walq jobs` as text: a row per job, and how to ask for the next page."""
+    if not rows:
+        return ["no jobs"]
+    lines = [f"{'ID':>8}  {'STATUS':<9} {'TASK':<20} {'ATTEMPTS':>8}  {'PRIO':>5}  KEY"]
+    for r in rows:
+        key = "-" if r.get("key") is None else shown(str(r["key"]))
+        lines.append(
+            f"{r['id']:>8}  {r['status']:<9} {shown(str(r['task'])):<20} {r['attempts']:>8}"
+            f"  {r['priority']:>5}  {key}"
+        )
+    if len(rows) >= limit:
+        lines.append(f"more may follow: --after {rows[-1]['id']}")
     return lines
 
 

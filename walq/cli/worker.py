@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -10,7 +11,7 @@ import click
 from walq import backends
 from walq.cli.app import fail, main, queue_command
 from walq.ops.admin import RECOVERY_MODES
-from walq.worker.pool import DEFAULT_PREFETCH
+from walq.worker.pool import DEFAULT_ASYNC_CONCURRENCY, DEFAULT_PREFETCH
 
 
 @queue_command()
@@ -19,6 +20,8 @@ from walq.worker.pool import DEFAULT_PREFETCH
               help="Worker processes.  [default: the number of CPUs]")  # fmt: skip
 @click.option("--prefetch", type=click.IntRange(1), default=DEFAULT_PREFETCH,
               help="Jobs a worker process may hold while jobs are short (WORKER.md).")  # fmt: skip
+@click.option("--async-concurrency", type=click.IntRange(1), default=DEFAULT_ASYNC_CONCURRENCY,
+              help="Coroutine (async def) jobs a worker process runs at once.")  # fmt: skip
 @click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
               help="Replace a worker process after this many jobs.  [default: never]")  # fmt: skip
 @click.option("--max-memory", type=click.IntRange(1), default=None,
@@ -27,6 +30,8 @@ from walq.worker.pool import DEFAULT_PREFETCH
 @click.option("--sync", type=click.Choice(["always", "interval", "never"]), default="always",
               help="When the log is fsynced (README: durability modes).")  # fmt: skip
 @click.option("--log-level", default="INFO", help="Python logging level.")
+@click.option("--job-log-level", default="INFO",
+              help="Level of the line per finished job (DEBUG: hidden at INFO).")  # fmt: skip
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", help="Log lines."
 )
@@ -44,11 +49,13 @@ def worker(
     tasks_spec: str,
     processes: int | None,
     prefetch: int,
+    async_concurrency: int,
     max_tasks_per_child: int | None,
     max_memory: int | None,
     shutdown_grace: float,
     sync: str,
     log_level: str,
+    job_log_level: str,
     log_format: str,
     metrics_port: int | None,
     metrics_host: str,
@@ -65,6 +72,9 @@ def worker(
         metrics.configure_logging(log_level, json_lines=log_format == "json")
     except ValueError as exc:
         fail(f"--log-level: {exc}")
+    job_level = logging.getLevelName(job_log_level.upper())
+    if not isinstance(job_level, int):
+        fail(f"--job-log-level: unknown level {job_log_level!r}")
     sys.path.insert(0, ".")
     tasks = load_tasks(tasks_spec)
     # --sync, --recovery, --create and --trust-dir are about a directory; a server has its own.
@@ -82,9 +92,11 @@ def worker(
             tasks,
             processes=processes,
             prefetch=prefetch,
+            async_concurrency=async_concurrency,
             max_tasks_per_child=max_tasks_per_child,
             max_memory=max_memory,
             shutdown_grace=shutdown_grace,
+            job_log_level=job_level,
         )
         if metrics_port is not None:
             metrics.QueueCollector(q, w).register()

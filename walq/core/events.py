@@ -265,8 +265,30 @@ class Keep:
         return _KEEP.pack(self.id, self.until, len(key)) + key
 
 
+@attrs.frozen(kw_only=True)
+class Pause:
+    """A task paused: its pending jobs stay pending (running ones finish) until resumed."""
+
+    rtype: ClassVar[int] = fmt.PAUSE
+    task: str
+
+    def encode(self) -> bytes:
+        return self.task.encode()
+
+
+@attrs.frozen(kw_only=True)
+class Resume:
+    """A paused task's pending jobs may be claimed again."""
+
+    rtype: ClassVar[int] = fmt.RESUME
+    task: str
+
+    def encode(self) -> bytes:
+        return self.task.encode()
+
+
 Event = (
-    Enqueue | Job | Claim | Release | Fail | Ack | Cancel | Requeue | Purge | Meta
+    Enqueue | Job | Claim | Release | Fail | Ack | Cancel | Requeue | Purge | Meta | Pause | Resume
     | Schedule | Unique | Keep
 )  # fmt: skip
 
@@ -313,6 +335,37 @@ def _decode_enqueue(body: bytes) -> Enqueue:
         created=created,
         origin=origin or "",
     )
+
+
+def claim_fields(rtype: int, body: bytes) -> tuple[str, int, bytes, str | None, int, float]:
+    """(task, kind, payload, key, priority, created) of a job's enqueue or job record.
+
+    What a claim hands out, without building the event: the claim path reads
+    one per job. The same checks as `decode`; BadEvent for anything else.
+    """
+    if rtype != fmt.ENQUEUE:
+        e = decode(rtype, body)
+        if not isinstance(e, Enqueue | Job):
+            raise BadEvent(f"a {fmt.TYPE_NAMES.get(rtype, rtype)} record is not a job's")
+        return e.task, e.kind, e.payload, e.key, e.priority, e.created
+    try:
+        _jid, prio, _maxa, kind, _due, created, tlen, klen, olen = _ENQ.unpack_from(body)
+        at = _ENQ.size + tlen
+        task = body[_ENQ.size : at].decode()
+        key = None
+        if klen != 0xFFFF:
+            key = body[at : at + klen].decode()
+            at += klen
+        if olen and olen != 0xFFFF:
+            body[at : at + olen].decode()  # checked, as decode does; not handed out
+            at += olen
+        if at > len(body):
+            raise ValueError("string runs past the body")
+        if not task or tlen == 0xFFFF or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES):
+            raise ValueError("invalid task or payload kind")
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise BadEvent(f"malformed enqueue body: {exc}") from None
+    return task, kind, body[at:], key, prio, created
 
 
 def enqueue_fields(
@@ -413,6 +466,12 @@ def _decode_keep(body: bytes) -> Keep:
     return Keep(id=jid, key=body[_KEEP.size :].decode(), until=until)
 
 
+def _task_name(body: bytes) -> str:
+    if not body:
+        raise ValueError("empty task name")
+    return body.decode()
+
+
 _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.ENQUEUE: _decode_enqueue,
     fmt.JOB: _decode_job,
@@ -427,4 +486,6 @@ _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.SCHEDULE: _decode_schedule,
     fmt.UNIQUE: lambda b: Unique(items=tuple(_counted(b, _UNIQUE, "entries"))),
     fmt.KEEP: _decode_keep,
+    fmt.PAUSE: lambda b: Pause(task=_task_name(b)),
+    fmt.RESUME: lambda b: Resume(task=_task_name(b)),
 }

@@ -48,7 +48,9 @@ REQUEUE = 7
 PURGE = 8
 JOB = 9
 META = 10
-# Types 11-19 and 25-29 are set aside for other records; time's are 20-24.
+PAUSE = 11  # a task's pending jobs are not claimed until its RESUME
+RESUME = 12
+# Types 13-19 and 23-29 are set aside for other records; time's are 20-24.
 SCHEDULE = 20  # a periodic schedule's last tick enqueued
 UNIQUE = 21  # jobs whose key is remembered for a while after they are done
 KEEP = 22  # a done job's key, remembered until a wall time
@@ -68,6 +70,8 @@ TYPE_NAMES = {
     SCHEDULE: "schedule",
     UNIQUE: "unique",
     KEEP: "keep",
+    PAUSE: "pause",
+    RESUME: "resume",
 }
 
 

@@ -184,6 +184,18 @@ def check_task(task: object) -> str:
     return task
 
 
+def state_code(state: object) -> int:
+    """The code of a live job state named `state` (pending, scheduled, running, dead)."""
+    from walq.core.packed import STATE_NAMES  # noqa: PLC0415 - packed is below the specs
+
+    for code, name in STATE_NAMES.items():
+        if state == name:
+            return code
+    raise ArgumentError(
+        f"state must be one of {', '.join(STATE_NAMES.values())}, not {excerpt(state)}"
+    )
+
+
 def check_key(key: object) -> str | None:
     """A valid idempotency key (or None), or ArgumentError."""
     if key is None:

@@ -34,13 +34,15 @@ class ReadyIndex(dict[int, dict[int, deque[int]]]):
         info: Callable[[int, int], JobInfo],
         accept: Callable[[JobInfo], bool | float] | None,
         deferred: list[tuple[JobInfo, float]] | None,
+        paused: set[int] | frozenset[int] = frozenset(),
     ) -> list[JobInfo]:
         """Pop up to `limit` pending jobs of `jobs` (id: packed), highest priority, then oldest.
 
-        See QueueState.take_ready for what `accept` and `deferred` mean.
+        See QueueState.take_ready for what `accept` and `deferred` mean; the
+        jobs of the task indexes in `paused` are left where they are.
         """
         taken: list[JobInfo] = []
-        refused: set[int] = set()
+        refused: set[int] = set(paused)
         for prio in sorted(self, reverse=True):
             by_task = self[prio]
             # The oldest pending job of each task, oldest first: a heap, so that

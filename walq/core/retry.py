@@ -316,12 +316,15 @@ class TaskPolicy:
         attempt: int,
         rng: RandomSource,
         max_attempts: int | None = None,
+        counts: bool = True,
     ) -> Decision:
         """Record a failure of attempt ``attempt`` and decide the job's fate.
 
         ``max_attempts`` overrides the task's for this job (``enqueue``'s
         option). A handler that timed out or whose process died can be passed
-        as an exception type, e.g. ``TimeoutError``.
+        as an exception type, e.g. ``TimeoutError``. ``counts=False``: the
+        failure may not be this job's own doing (its process died while other
+        jobs ran in it), so it is charged but left out of the breaker.
         """
         decision = decide(
             error,
@@ -333,7 +336,7 @@ class TaskPolicy:
             no_retry=self.no_retry,
         )
         if self.breaker is not None:
-            if decision.downstream_failure:
+            if decision.downstream_failure and counts:
                 self.breaker.record_failure(now)
             else:
                 self.breaker.record_neutral(now)

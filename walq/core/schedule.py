@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+from collections.abc import Container
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -268,7 +269,7 @@ class TimeState:
             if entry is not None and entry[1] <= wall:
                 del self.kept[key]
 
-    def records(self, wall: float, live: set[int] | None = None) -> list[ev.Event]:
+    def records(self, wall: float, live: Container[int] | None = None) -> list[ev.Event]:
         """The records a compacted segment carries to say all this (expired keys dropped)."""
         self.expire(wall)
         out: list[ev.Event] = [

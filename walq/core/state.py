@@ -14,7 +14,7 @@ every job's payload stays on disk -- the state holds its location only.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from walq.core import enqueue, framing, replay
 from walq.core import events as ev
@@ -87,6 +87,8 @@ class QueueState:
         self._by_task: dict[int, list[int]] = {}  # the same, per task
         self.live_bytes = 0
         self._seg_bytes: dict[int, int] = {}  # live record bytes per segment
+        self.paused: set[str] = set()  # tasks whose pending jobs are not claimed
+        self._paused_ids: set[int] = set()  # their task indexes
         self.loading = True  # replaying: events are facts, nothing indexed until finish_replay
         self.timed = TimeState()  # schedules' last ticks, remembered keys (walq.core.schedule)
 
@@ -188,6 +190,18 @@ class QueueState:
             if state is None or p & _M3 == state:
                 yield self._info(jid, p)
 
+    def jobs_after(
+        self, after: int, state: int | None = None, task: str | None = None
+    ) -> Iterator[JobInfo]:
+        """Live jobs with ids above `after`, in id order, optionally of one state and task."""
+        want_task = None if task is None else self._task_ids.get(task, -1)
+        for jid, p in list(self._jobs.items()):
+            if jid <= after or (state is not None and p & _M3 != state):
+                continue
+            if want_task is not None and (p >> _TASK) & _MT != want_task:
+                continue
+            yield self._info(jid, p)
+
     def ids_in(self, state: int) -> list[int]:
         """The ids of live jobs in `state` (cheaper than jobs(): no JobInfo built)."""
         return [jid for jid, p in self._jobs.items() if p & _M3 == state]
@@ -269,6 +283,12 @@ class QueueState:
                     self._remove(jid, "purge", ev.PURGED)
         elif isinstance(event, ev.Schedule | ev.Unique | ev.Keep):
             self.timed.apply(event, now.wall)
+        elif isinstance(event, ev.Pause):
+            self.paused.add(event.task)
+            self._paused_ids.add(self.task_index(event.task))
+        elif isinstance(event, ev.Resume):
+            self.paused.discard(event.task)
+            self._paused_ids.discard(self.task_index(event.task))
         else:
             self.next_id = max(self.next_id, event.next_id)
             self._tombstones.update(event.tombstones)
@@ -513,7 +533,7 @@ class QueueState:
         Claim for the jobs it takes (a Fail for those out of attempts) and a
         deferral for the deferred.
         """
-        return self._ready.take(limit, self._jobs, self._info, accept, deferred)
+        return self._ready.take(limit, self._jobs, self._info, accept, deferred, self._paused_ids)
 
     def start(self, jid: int, attempt: int, deadline: float) -> None:
         """Mark a taken job running with a lease until monotonic `deadline`.
@@ -526,6 +546,112 @@ class QueueState:
             self._claimed(jid, attempt)
         self._leases[jid] = (deadline, attempt)
         heapq.heappush(self._lease_heap, (deadline, jid))
+
+    def start_taken(self, items: Sequence[tuple[int, int]], deadline: float) -> None:
+        """Mark jobs just taken by `take_ready` running, leased until monotonic `deadline`.
+
+        `items`: (job id, attempt) pairs, as their Claim record says (which the
+        caller writes and does not apply: this is that record's effect and
+        `start`'s, in one pass). The pending -> running move is checked against
+        TRANSITIONS once; a job that is no longer pending takes the general path.
+        """
+        if not items:
+            return
+        check(items[0][0], "pending", "claim", "running")
+        jobs, leases, heap, due = self._jobs, self._leases, self._lease_heap, self._due
+        moved: dict[int, int] = {}  # task index -> jobs moved
+        for jid, attempt in items:
+            p = jobs.get(jid)
+            if p is None or p & _M3 != PENDING:
+                self._claimed(jid, attempt)  # checked one by one (StateError if it may not)
+            else:
+                task = (p >> _TASK) & _MT
+                moved[task] = moved.get(task, 0) + 1
+                p = (p & ~(_M3 | _M16 << _ATTEMPTS)) | RUNNING | min(attempt, _M16) << _ATTEMPTS
+                jobs[jid] = p
+                if due:
+                    due.pop(jid, None)
+            leases[jid] = (deadline, attempt)
+            heapq.heappush(heap, (deadline, jid))
+        for task, k in moved.items():
+            self._shift(task, PENDING, RUNNING, k)
+
+    def _shift(self, task: int, old: int, new: int | None, k: int) -> None:
+        """Count `k` jobs of task index `task` moved from state `old` to `new` (None: gone)."""
+        counts = self._by_task.get(task)
+        if counts is None:
+            counts = self._by_task[task] = [0] * 5
+        self._n[old] -= k
+        counts[old] -= k
+        if new is not None:
+            self._n[new] += k
+            counts[new] += k
+
+    def held(
+        self, items: Iterable[tuple[int, int | None]]
+    ) -> tuple[list[int], list[tuple[int, StateError]]]:
+        """Which of (job id, attempt or None) are running that attempt: (held ids, refused).
+
+        `check_holder` for many jobs, without building a JobInfo for each.
+        """
+        ok: list[int] = []
+        refused: list[tuple[int, StateError]] = []
+        jobs = self._jobs
+        for jid, attempt in items:
+            p = jobs.get(jid)
+            if (
+                p is not None
+                and p & _M3 == RUNNING
+                and (attempt is None or (p >> _ATTEMPTS) & _M16 == attempt)
+            ):
+                ok.append(jid)
+                continue
+            try:
+                self.check_holder(jid, attempt)  # raises, saying why
+            except StateError as exc:
+                refused.append((jid, exc))
+            else:  # pragma: no cover -- the fast test above accepts every holder
+                ok.append(jid)
+        return ok, refused
+
+    def finish(self, ids: Sequence[int]) -> None:
+        """Remove running jobs `ids` (held: see `held`) as their Ack record says.
+
+        The batch form of applying the Ack: the running -> done move is checked
+        once; a job that is not running takes the general path.
+        """
+        if not ids:
+            return
+        check(ids[0], "running", "ack", "done")
+        jobs, seg_bytes = self._jobs, self._seg_bytes
+        key_of, errors, leases, due = self._key_of, self._errors, self._leases, self._due
+        unique = self.timed.unique
+        gone: dict[int, int] = {}  # task index -> jobs finished
+        freed = 0
+        for jid in ids:
+            p = jobs.get(jid)
+            if p is None or p & _M3 != RUNNING:
+                self._remove(jid, "ack", None)  # checked one by one
+                continue
+            task = (p >> _TASK) & _MT
+            gone[task] = gone.get(task, 0) + 1
+            size = (p >> _SIZE) & _M32
+            freed += size
+            seg_bytes[p >> _SEG] -= size
+            del jobs[jid]
+            if key_of:
+                self._release_key(jid)
+                key_of.pop(jid, None)
+            if errors:
+                errors.pop(jid, None)
+            leases.pop(jid, None)
+            if due:
+                due.pop(jid, None)
+            if unique:
+                unique.pop(jid, None)
+        self.live_bytes -= freed
+        for task, k in gone.items():
+            self._shift(task, RUNNING, None, k)
 
     def untake(self, jobs: Iterable[JobInfo]) -> None:
         """Put jobs taken by `take_ready` back at the head of their queues (nothing recorded)."""

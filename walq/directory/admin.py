@@ -12,9 +12,11 @@ from typing import Any
 
 from walq.core import events as ev
 from walq.core.job import DeadJob
-from walq.core.jobspec import check_task
-from walq.core.state import DEAD
+from walq.core.jobspec import check_task, state_code
+from walq.core.state import DEAD, STATE_NAMES
+from walq.directory import checkpoint as checkpoints
 from walq.directory.base import QueueBase, chunks
+from walq.directory.checkpoint import Written
 from walq.directory.compactor import CompactionResult
 from walq.directory.fs import file_size, open_fd
 from walq.directory.opening import STATUS_FILE
@@ -107,6 +109,103 @@ class Administration(QueueBase):
         self._commit(lsn, sync)
         return len(ids)
 
+    def pause(self, task: str, *, sync: bool | None = None) -> bool:
+        with self._mu:
+            self._check_open()
+            task = check_task(task)
+            if task in self._state.paused:
+                return False
+            lsn = self._write([ev.Pause(task=task)], self._clock())
+        self._commit(lsn, sync)
+        return True
+
+    def resume(self, task: str, *, sync: bool | None = None) -> bool:
+        with self._mu:
+            self._check_open()
+            task = check_task(task)
+            if task not in self._state.paused:
+                return False
+            lsn = self._write([ev.Resume(task=task)], self._clock())
+            self._changed.notify_all()
+        self._commit(lsn, sync)
+        self._wake()
+        return True
+
+    def paused(self) -> list[str]:
+        with self._mu:
+            self._check_not_closed()
+            return sorted(self._state.paused)
+
+    def job_detail(self, job_id: int) -> dict[str, Any]:
+        with self._mu:
+            self._check_not_closed()
+            now = self._clock()
+            self._tick(now)
+            status = self._state.status(job_id)
+            out: dict[str, Any] = {"id": job_id, "status": status}
+            if job_id not in self._state:
+                return out
+            info = self._state.info(job_id)
+            out.update(
+                task=info.task,
+                attempts=info.attempts,
+                max_attempts=info.max_attempts,
+                priority=info.priority,
+                key=self._state.key_of(job_id),
+                error=self._last_error(job_id),
+            )
+            due = self._state.due_of(job_id)
+            if due is not None:
+                out["due_in"] = max(0.0, due - now.mono)
+            lease = self._state.lease(job_id)
+            if lease is not None:
+                out["lease_left"] = max(0.0, lease[0] - now.mono)
+            return out
+
+    def find(self, key: str) -> int | None:
+        with self._mu:
+            self._check_not_closed()
+            return self._state.key_holder(key)
+
+    def jobs(
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        *,
+        limit: int = 100,
+        after: int = 0,
+    ) -> list[dict[str, Any]]:
+        code = None if state is None else state_code(state)
+        with self._mu:
+            self._check_not_closed()
+            self._tick(self._clock())
+            out: list[dict[str, Any]] = []
+            for info in self._state.jobs_after(after, code, task):
+                out.append(
+                    {
+                        "id": info.id,
+                        "task": info.task,
+                        "status": STATE_NAMES[info.state],
+                        "attempts": info.attempts,
+                        "priority": info.priority,
+                        "key": self._state.key_of(info.id),
+                    }
+                )
+                if len(out) >= limit:
+                    break
+            return out
+
+    def _last_error(self, job_id: int) -> str | None:
+        """The last error recorded for a dead job (lock held); None for any other."""
+        err_loc = self._state.error_loc(job_id)
+        if err_loc is None:
+            return None
+        try:
+            e = ev.decode(*self._read_raw(err_loc))
+        except (ev.BadEvent, CorruptionError) as exc:
+            return f"(the error record at offset {err_loc.offset} is damaged: {exc})"
+        return e.error if isinstance(e, ev.Fail | ev.Job) else None
+
     def set_task_defaults(self, task: str, *, max_attempts: int) -> None:
         with self._mu:
             self._check_not_closed()
@@ -146,6 +245,7 @@ class Administration(QueueBase):
                 "torn_tails_cut": sum(1 for d in self.damage if d.torn_tail),
                 "fsyncs": self._log.fsyncs,
                 "compactor": self._compactor.health(),
+                "checkpoint": checkpoints.info(self.fs, self.path, self._clock().wall),
                 # Which jobs skipped damage took (recovery="skip"); None if nothing.
                 "lost": self.lost.as_dict() if self.lost.any else None,
                 "tasks": {
@@ -183,6 +283,14 @@ class Administration(QueueBase):
             with self._mu:
                 self._log.seal()
         return self._compactor.compact(progress)
+
+    def write_checkpoint(self) -> Written | None:
+        """Write the queue's checkpoint now (the background writes one when due; docs/FORMAT.md).
+
+        None when no checkpointer runs (walq.directory.compactor.Compactor.checkpointer).
+        """
+        self._check_open()
+        return self._compactor.checkpoint()
 
     @property
     def sync_mode(self) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from walq import forks
 from walq.backend import QueueBackend
+from walq.core import checkpoint as ckpt
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
@@ -24,11 +25,13 @@ from walq.core.job import COUNTERS, Job
 from walq.core.jobspec import check_seconds
 from walq.core.ledger import Lost
 from walq.core.state import DEAD, SCHEDULED, Loc, Now, QueueState, seq_of
+from walq.directory.checkpoint import Checkpointer
 from walq.directory.compactor import Compactor, Snapshot
 from walq.directory.fs import FileSystem, Lock
 from walq.directory.log import Log
 from walq.directory.readers import Readers
 from walq.directory.recovery import Damage
+from walq.directory.segment import Segment
 from walq.errors import ClosedError, QueueFull
 from walq.producers.server import ProducerServer
 
@@ -73,6 +76,8 @@ class QueueBase(QueueBackend):
         self.replayed_origins: set[str] = set()
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.done_seen = 0
+        # How opening replayed the log: seconds, live jobs, segments (the worker's banner).
+        self.replayed: dict[str, Any] = {}
         self.cancel_listeners: list[Callable[[int], None]] = []
         # Called (outside the lock) when a job may have become ready: a worker's wakeup.
         self.ready_listeners: list[Callable[[], None]] = []
@@ -84,7 +89,12 @@ class QueueBase(QueueBackend):
         # The uid of the queue directory, which walq's files in it must have (spool
         # files included); None under trust_dir=True (walq.directory.fs.queue_dir_owner).
         self.owner_uid: int | None = None
-        self._compactor = Compactor(CompactionView(self))
+        view = CompactionView(self)
+        self._compactor = Compactor(view)
+        self._compactor.checkpointer = Checkpointer(
+            fs, path, view.checkpoint_capture, view.sync, wal.appended_bytes
+        )
+        self.checkpoint_opened: ckpt.Summary | None = None  # the one open started from
         self._forked = False  # set in a fork() child: every call refuses (walq.forks)
         self._pid = forks.track(self)
 
@@ -371,16 +381,40 @@ class CompactionView:
 
     def meta_event(self) -> ev.Meta:
         with self._q._mu:
-            state = self._q._state
-            return ev.Meta(
-                next_id=state.next_id, tombstones=tuple(sorted(state.tombstones().items()))
-            )
+            return self._meta()
 
-    def time_events(self) -> list[ev.Event]:
-        """Schedules' last ticks and remembered keys, as records a compacted segment carries."""
+    def _meta(self) -> ev.Meta:
+        state = self._q._state
+        return ev.Meta(next_id=state.next_id, tombstones=tuple(sorted(state.tombstones().items())))
+
+    def snapshot_records(self) -> list[tuple[int, bytes]]:
         with self._q._mu:
-            state = self._q._state
-            return state.timed.records(self._q._clock().wall, set(state.live_ids()))
+            return self._snapshot_records()
+
+    def _snapshot_records(self) -> list[tuple[int, bytes]]:
+        """The snapshot's records besides the jobs' (lock held): a compaction and a checkpoint
+        both carry them, so state added here survives both."""
+        meta = self._meta()
+        state = self._q._state
+        paused = [ev.Pause(task=t) for t in sorted(state.paused)]
+        # Schedules' last ticks and remembered keys (unique records after the jobs they name).
+        timed = state.timed.records(self._q._clock().wall, state)
+        return [(meta.rtype, meta.encode())] + [(e.rtype, e.encode()) for e in paused + timed]
+
+    def checkpoint_capture(self) -> tuple[dict[str, Any], int, int, list[Segment]]:
+        """The state's copies for a checkpoint and the log position and segments they reflect.
+
+        Under the ingest lock too: a spool file whose enqueue the checkpoint
+        covers has had its unlink made durable (origins before it are not kept).
+        """
+        q = self._q
+        with q.ingest_lock, q._mu:
+            q._check_open()
+            now = q._clock()
+            done = q.done_seen + q.counters["acked"]
+            taken = ckpt.take(q._state, now, done, self._snapshot_records())
+            seq, offset, segments = q._log.position()
+        return taken, seq, offset, segments
 
     def pin_readers(self, upto: int) -> None:
         with self._q._mu:

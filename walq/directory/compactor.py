@@ -33,6 +33,7 @@ from walq.core import format as fmt
 from walq.core import framing
 from walq.core.jobspec import clip_error
 from walq.core.state import DEAD, SEQ_BITS, Loc, seq_of
+from walq.directory.checkpoint import Checkpointer, Written
 from walq.directory.fs import File, FileSystem
 from walq.directory.segment import Segment
 from walq.errors import ClosedError, CompactionError, CorruptionError, WalqError
@@ -113,8 +114,9 @@ class Compactable(Protocol):
     def meta_event(self) -> ev.Meta:
         """The id counter and cancelled/purged markers, as a meta record says them."""
 
-    def time_events(self) -> list[ev.Event]:
-        """Schedule, unique and keep records: what time-keeping state the log carries."""
+    def snapshot_records(self) -> list[tuple[int, bytes]]:
+        """The snapshot's records other than the jobs' (the meta record first), as
+        (type, body): a compacted segment and a checkpoint both carry them."""
 
     def pin_readers(self, upto: int) -> None:
         """Keep the file that the rename over segment `upto` replaces readable."""
@@ -205,6 +207,8 @@ class Compactor:
         self.last: CompactionResult | None = None
         # Set while background steps fail (a full disk, say); cleared by the next success.
         self.failing: Failing | None = None
+        # Writes the queue's checkpoint after the round's compaction, when due.
+        self.checkpointer: Checkpointer | None = None
 
     # -- background --------------------------------------------------------------------
 
@@ -260,8 +264,21 @@ class Compactor:
         spare_failed = wal.spare_wanted() and not wal.prepare_spare() and wal.spare_error
         if self.due():
             self.compact()  # even when the spare failed: compacting may free the space it lacked
+        self.checkpoint(force=False)
         if spare_failed:
             raise CompactionError(f"{self.queue.path}: {wal.spare_error}")
+
+    def checkpoint(self, *, force: bool = True) -> Written | None:
+        """Write the queue's checkpoint now (force) or if its policy says it is due.
+
+        Never beside a compaction: the segments a checkpoint names must not
+        be replaced between its capture and its rename.
+        """
+        cp = self.checkpointer
+        if cp is None or not (force or cp.due()):
+            return None
+        with self._running:
+            return cp.write()
 
     def _failed(self, exc: BaseException) -> float:
         """Record a failed background round; return the seconds to wait before the next."""
@@ -319,10 +336,8 @@ class Compactor:
             readers: dict[int, File] = {}
             try:
                 jobs = self._copy_live(header.seq, out, readers, progress)
-                meta = q.meta_event()
-                out.add(meta.rtype, meta.encode())
-                for event in q.time_events():  # after the jobs their unique records name
-                    out.add(event.rtype, event.encode())
+                for rtype, body in q.snapshot_records():
+                    out.add(rtype, body)
                 out.finish()
             except OSError as exc:
                 out.abandon()
@@ -362,6 +377,8 @@ class Compactor:
             )
             self.runs += 1
             self.last = result
+            if self.checkpointer is not None:
+                self.checkpointer.outdated()  # it names segments this replaced
             log.info(
                 "%s: compacted %d segments (%d bytes) into %d bytes, %d live jobs, %.3f s",
                 q.path, result.segments_in, result.bytes_in, result.bytes_out, jobs,

@@ -35,7 +35,7 @@ from walq.core.format import (
 )
 from walq.core.state import Loc
 from walq.directory.fs import FileSystem, file_size
-from walq.directory.recovery import CUT_DIR, Damage, Recovery, Sink
+from walq.directory.recovery import CUT_DIR, Damage, Recovery, Resume, Sink
 from walq.directory.segment import Segment, remove_segments, replace_segment
 from walq.directory.spare import Spare
 from walq.errors import (
@@ -145,7 +145,14 @@ class Log:
 
     # -- recovery --------------------------------------------------------------
 
-    def recover(self, *, skip_damage: bool, sink: Sink, load: Sink | None = None) -> list[Damage]:
+    def recover(
+        self,
+        *,
+        skip_damage: bool,
+        sink: Sink,
+        load: Sink | None = None,
+        resume: Resume | None = None,
+    ) -> list[Damage]:
         """Replay every segment into `sink` (walq.directory.recovery); return the damage handled.
 
         Leaves the newest segment open for appending (creating segment 1 in
@@ -153,7 +160,7 @@ class Log:
         """
         fs, d = self.fs, self.directory
         recovery = self.recovery_class(fs, d, getattr(self, "owner_uid", None), self.record_check)
-        found = recovery.run(skip_damage=skip_damage, sink=sink, load=load)
+        found = recovery.run(skip_damage=skip_damage, sink=sink, load=load, resume=resume)
         opened = found.segments
         if opened:
             self._end = found.end
@@ -416,6 +423,24 @@ class Log:
                 return self._inflight[1][at : at + size]
             return None
 
+    def memory_tail(self, seq: int) -> tuple[int, bytes] | None:
+        """(file offset, bytes) of segment `seq` held in memory and maybe not in the file yet.
+
+        The batch a commit's leader is writing, then the buffer: every byte
+        from that offset on. Bytes before it are in the file. None: `seq` is
+        not the active segment, or nothing is held (read the file). One call
+        serves a whole run of records (`unwritten` serves one).
+        """
+        with self._mu:
+            if self._active is None or seq != self._active.seq:
+                return None
+            inflight = self._inflight
+            if inflight is None:
+                if not self._buf:
+                    return None
+                return self._buf_start, b"".join(self._buf)
+            return inflight[0], b"".join((inflight[1], *self._buf))
+
     def _timed_sync(self, seg: Segment) -> None:
         started = time.monotonic()
         try:
@@ -507,6 +532,18 @@ class Log:
                 return False
             self._roll()
             return True
+
+    def position(self) -> tuple[int, int, list[Segment]]:
+        """(active segment, offset after the last appended record, every live segment)."""
+        with self._mu:
+            self._check_open()
+            assert self._active is not None
+            return self._active.seq, self._end, [*self._sealed, self._active]
+
+    def appended_bytes(self) -> int:
+        """Bytes appended since open (a rough measure of how far the log has grown)."""
+        with self._mu:
+            return self._appended
 
     def sealed(self) -> list[Segment]:
         """The sealed segments, oldest first (their files are closed)."""

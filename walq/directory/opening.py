@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 
 from walq.core import format as fmt
+from walq.core.checkpoint import FILE_NAME as CHECKPOINT
 from walq.core.jobspec import MAX_PAYLOAD_LIMIT
 from walq.directory.fs import FileSystem, Lock, queue_dir_owner
 from walq.directory.recovery import CUT_DIR
@@ -19,7 +20,7 @@ STATUS_FILE = "worker-status.json"  # the worker's advisory status (walq stats)
 # .spare forms); "lost+found" is there when the directory is a file system's root.
 OWN_NAMES = frozenset(
     {LOCK_FILE, SPOOL_DIR, CUT_DIR, SOCKET_NAME, "worker-status.json",
-     "worker-status.json.part", "lost+found"}
+     "worker-status.json.part", "lost+found", CHECKPOINT, CHECKPOINT + ".tmp"}
 )  # fmt: skip
 RECOVERY_MODES = ("strict", "skip")
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from walq.backends import backend_class, scheme_of
+from walq.core import checkpoint as ckpt
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.job import Job, build_job
@@ -26,9 +27,11 @@ from walq.core.jobspec import (
 )
 from walq.core.retry import Backoff
 from walq.core.schedule import Schedule, due, tick_key
-from walq.core.state import JobInfo, Now
+from walq.core.state import JobInfo, Now, QueueState
+from walq.directory import checkpoint as checkpoints
 from walq.directory.admin import Administration
 from walq.directory.base import IDS_PER_RECORD, chunks, log
+from walq.directory.checkpoint import Policy as CheckpointPolicy
 from walq.directory.compactor import Policy
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.directory.log import Log
@@ -39,7 +42,7 @@ from walq.directory.opening import (
     check_options,
     take_directory,
 )
-from walq.directory.replay import replay
+from walq.directory.replay import Replayed, replay
 from walq.errors import (
     CorruptionError,
     StateError,
@@ -86,6 +89,7 @@ class Queue(Administration):
         lock_timeout: float = 0.0,
         recovery: str = "strict",
         compaction: Policy | bool | None = True,
+        checkpoint: CheckpointPolicy | bool = True,
         serve: bool = True,
         create: bool = True,
         trust_dir: bool = False,
@@ -107,6 +111,9 @@ class Queue(Administration):
         or "skip" (damaged records are skipped, logged and counted).
         compaction: True (the default policy), a compactor.Policy, or False
         (compact only when `compact()` is called).
+        checkpoint: True (the default policy), a checkpoint.Policy, or False:
+        when the compactor's thread writes the checkpoint open starts from
+        (docs/FORMAT.md; `write_checkpoint()` writes one whatever this says).
         serve: answer walq.connect() producers on the queue's socket and ingest
         their spool (docs/PRODUCERS.md).
         A "redis://..." path opens a RedisQueue instead (docs/REDIS.md).
@@ -143,7 +150,17 @@ class Queue(Administration):
                 max_attempts=max_attempts,
             )
             q.owner_uid = owner_uid
-            found = replay(q._state, wal, path, q._clock(), recovery == "skip")
+            began = time.monotonic()
+            found = q._replay(wal, recovery == "skip")
+            q.replayed = {
+                "seconds": time.monotonic() - began,
+                "jobs": len(q._state),
+                "segments": len(wal.segment_paths()),
+            }
+            log.info(
+                "%s: replayed %d segments in %.2f s: %d live jobs",
+                path, q.replayed["segments"], q.replayed["seconds"], q.replayed["jobs"],
+            )  # fmt: skip
             q.damage, q.lost = found.damage, found.lost
             q.replayed_origins, q.done_seen = found.origins, found.done_seen
         except BaseException:
@@ -151,8 +168,13 @@ class Queue(Administration):
             raise
         try:
             if serve:  # first: settling the spool needs origins a compaction may drop
-                q._server = ProducerServer(q, listen=isinstance(fs, OsFileSystem))
+                q._server = ProducerServer(q, admin=q, listen=isinstance(fs, OsFileSystem))
                 q._server.start()
+            cp = q._compactor.checkpointer
+            if cp is not None:
+                cp.background = checkpoint is not False
+                if isinstance(checkpoint, CheckpointPolicy):
+                    cp.policy = checkpoint
             if isinstance(compaction, Policy):
                 q._compactor.policy = compaction
             if compaction is not False:
@@ -162,6 +184,21 @@ class Queue(Administration):
             q.close()  # stops what did start, closes the log, releases the lock
             raise
         return q
+
+    def _replay(self, wal: Log, skip: bool) -> Replayed:
+        """Rebuild the state from the log -- from the checkpoint on, if there is a sound one."""
+        found = None
+        checkpoint = None if skip else checkpoints.read(self.fs, self.path)
+        try:
+            found = replay(self._state, wal, self.path, self._clock(), skip, checkpoint)
+        except checkpoints.CheckpointRejected as exc:
+            log.warning("%s: checkpoint ignored, replaying the whole log: %s", self.path, exc)
+            self._state = QueueState(default_max_attempts=self._state.default_max_attempts)
+            found = replay(self._state, wal, self.path, self._clock(), skip)
+        self.checkpoint_opened = found.checkpoint
+        if found.checkpoint is not None:  # its locations may carry compaction generations
+            self._compactor.runs = max(self._compactor.runs, ckpt.generations(self._state))
+        return found
 
     def close(self) -> None:
         """Flush, close the files and release the directory (idempotent).
@@ -267,9 +304,6 @@ class Queue(Administration):
         Fail record that keeps its attempt count and says why.
         """
         events: list[ev.Event] = []
-        started: list[tuple[JobInfo, int]] = []
-        jobs: list[Job] = []
-        dead = 0
         for info, until in deferred:
             events.append(
                 ev.Fail(
@@ -280,52 +314,63 @@ class Queue(Administration):
                     error=DEFERRED,
                 )
             )
+        live: list[JobInfo] = []
+        dead = 0
         for info in taken:
-            if info.attempts >= info.max_attempts:
-                events.append(
-                    ev.Fail(
-                        id=info.id,
-                        attempt=info.attempts,
-                        dead=True,
-                        error=INTERRUPTED.format(n=info.attempts),
-                    )
-                )
-                dead += 1
-                log.warning(
-                    "job %d (%s): %s", info.id, info.task, INTERRUPTED.format(n=info.attempts),
-                    extra={"job_id": info.id, "task": info.task},
-                )  # fmt: skip
+            if info.attempts < info.max_attempts:
+                live.append(info)
                 continue
-            try:
-                job = self._job(info.id, info.attempts + 1)
-            except CorruptionError as exc:
-                jid = info.id
-                log.error(
-                    "%s; job %d dead-lettered, not delivered", exc, jid, extra={"job_id": jid}
+            events.append(
+                ev.Fail(
+                    id=info.id,
+                    attempt=info.attempts,
+                    dead=True,
+                    error=INTERRUPTED.format(n=info.attempts),
                 )
-                events.append(
-                    ev.Fail(id=jid, attempt=info.attempts, dead=True, error=f"[damaged] {exc}")
-                )
-                dead += 1
-                continue
-            except BaseException:
-                self._state.untake(taken + [i for i, _ in deferred])
-                raise
-            started.append((info, job.attempt))
-            jobs.append(job)
-        if started:
-            events.append(ev.Claim(items=tuple((i.id, a) for i, a in started)))
+            )
+            dead += 1
+            log.warning(
+                "job %d (%s): %s", info.id, info.task, INTERRUPTED.format(n=info.attempts),
+                extra={"job_id": info.id, "task": info.task},
+            )  # fmt: skip
         try:
-            lsn = self._write(events, now)
+            built = self._jobs(live, 1)
         except BaseException:
             self._state.untake(taken + [i for i, _ in deferred])
             raise
-        for info, attempt in started:
-            self._state.start(info.id, attempt, now.mono + lease)
-            self._claims[info.id] = attempt
+        started: list[tuple[int, int]] = []
+        jobs: list[Job] = []
+        for info, job in zip(live, built, strict=True):
+            if isinstance(job, CorruptionError):
+                jid = info.id
+                log.error(
+                    "%s; job %d dead-lettered, not delivered", job, jid, extra={"job_id": jid}
+                )
+                events.append(
+                    ev.Fail(id=jid, attempt=info.attempts, dead=True, error=f"[damaged] {job}")
+                )
+                dead += 1
+                continue
+            started.append((info.id, job.attempt))
+            jobs.append(job)
+        records = [(e.rtype, e.encode()) for e in events]
+        if started:
+            records.append((fmt.CLAIM, ev.Claim(items=tuple(started)).encode()))
+        try:
+            locs, lsn = self._log.append(records)
+        except BaseException:
+            self._state.untake(taken + [i for i, _ in deferred])
+            raise
+        for event, loc in zip(events, locs, strict=False):
+            self._state.apply(event, loc, now)
+        # The Claim record's effect and each job's lease, in one pass.
+        self._state.start_taken(started, now.mono + lease)
+        claims = self._claims
+        for jid, attempt in started:
+            claims[jid] = attempt
         for info in taken:
             if info.attempts >= info.max_attempts:
-                self._claims.pop(info.id, None)  # dead-lettered just now
+                claims.pop(info.id, None)  # dead-lettered just now
         self.counters["claimed"] += len(started)
         self.counters["dead_lettered"] += dead
         return lsn, jobs
@@ -333,30 +378,49 @@ class Queue(Administration):
     def _job(self, jid: int, attempt: int) -> Job:
         """The job as a handler sees it, read back from its record (lock held).
 
-        CorruptionError (naming the file and offset) if the record, its event
-        or its payload does not decode -- bytes a checksum passed but that are
-        not what walq wrote (a foreign write). Damage is never delivered.
+        CorruptionError (naming the file and offset) if it does not read back.
         """
         info = self._state.info(jid)
-        record = self._read(info.loc)
-        try:
-            e = ev.decode(record.rtype, record.body)
-            if not isinstance(e, ev.Enqueue | ev.Job):
-                raise ev.BadEvent(f"job {jid}'s record is a {fmt.TYPE_NAMES.get(record.rtype)}")
-            return build_job(
-                id=jid,
-                task=e.task,
-                kind=e.kind,
-                data=e.payload,
-                attempt=attempt,
-                key=e.key,
-                priority=e.priority,
-                max_attempts=info.max_attempts,
-                enqueued_at=e.created,
-            )
-        except (ev.BadEvent, ValueError, RecursionError) as exc:
-            path = self._segment_path(info.loc.seg)
-            raise CorruptionError(path, info.loc.offset, f"job {jid}: {exc}") from None
+        job = self._jobs([info], attempt - info.attempts)[0]
+        if isinstance(job, CorruptionError):
+            raise job
+        return job
+
+    def _jobs(self, infos: Sequence[JobInfo], bump: int) -> list[Job | CorruptionError]:
+        """The jobs `infos` as a handler sees them, at attempt `attempts + bump` (lock held).
+
+        Their records are read in runs (one pread for records next to each
+        other), each checked. A job whose record, event or payload does not
+        decode -- bytes a checksum passed but that are not what walq wrote (a
+        foreign write) -- is its CorruptionError, naming the file and offset:
+        damage is never delivered. An OSError (EMFILE, EIO) is raised.
+        """
+        records = self._readers.read_many([info.loc for info in infos])
+        out: list[Job | CorruptionError] = []
+        fields = ev.claim_fields
+        for info, record in zip(infos, records, strict=True):
+            if isinstance(record, CorruptionError):
+                out.append(record)
+                continue
+            try:
+                task, kind, data, key, priority, created = fields(record.rtype, record.body)
+                out.append(
+                    build_job(
+                        id=info.id,
+                        task=task,
+                        kind=kind,
+                        data=data,
+                        attempt=info.attempts + bump,
+                        key=key,
+                        priority=priority,
+                        max_attempts=info.max_attempts,
+                        enqueued_at=created,
+                    )
+                )
+            except (ev.BadEvent, ValueError, RecursionError) as exc:
+                path = self._segment_path(info.loc.seg)
+                out.append(CorruptionError(path, info.loc.offset, f"job {info.id}: {exc}"))
+        return out
 
     def _ack_many(
         self,
@@ -368,15 +432,19 @@ class Queue(Administration):
         refused: list[tuple[int, StateError]] = []
         with self._mu:
             self._check_open()
-            held: Sequence[int | None] = attempts if attempts is not None else [None] * len(job_ids)
-            ids = []
-            for jid, attempt in zip(job_ids, held, strict=True):
-                try:
-                    ids.append(self._state.check_holder(jid, self._own(jid, attempt)).id)
-                except StateError as exc:
-                    if strict:
-                        raise
-                    refused.append((jid, exc))
+            claims = self._claims
+            if attempts is None:
+                pairs = [(jid, claims.get(jid)) for jid in job_ids]
+            else:
+                if len(attempts) != len(job_ids):
+                    raise ValueError("job_ids and attempts differ in length")
+                pairs = [
+                    (jid, a if a is not None else claims.get(jid))
+                    for jid, a in zip(job_ids, attempts, strict=True)
+                ]
+            ids, refused = self._state.held(pairs)
+            if refused and strict:
+                raise refused[0][1]
             if not ids:
                 return refused
             lsn = self._record_acks(ids)
@@ -390,18 +458,21 @@ class Queue(Administration):
         (A seam: walq.testing.plant's forget-ack writes nothing and returns None.)
         """
         self._forget(ids)
-        now = self._clock()
-        events: list[ev.Event] = [ev.Ack(ids=chunk) for chunk in chunks(ids)]
-        if self._state.timed.unique:
-            events += self._keeps(ids, now.wall)
-        lsn = self._write(events, now)
+        records = [(fmt.ACK, ev.Ack(ids=chunk).encode()) for chunk in chunks(ids)]
+        keeps = self._keeps(ids, self._clock()) if self._state.timed.unique else []
+        records += [(k.rtype, k.encode()) for k in keeps]  # unique_for: in the same write
+        locs, lsn = self._log.append(records)
+        self._state.finish(ids)  # the Ack records' effect, in one pass
+        for keep, loc in zip(keeps, locs[len(records) - len(keeps) :], strict=True):
+            self._state.apply(keep, loc, self._clock())
         self.counters["acked"] += len(ids)
         self._changed.notify_all()
         return lsn
 
-    def _keeps(self, ids: list[int], wall: float) -> list[ev.Event]:
+    def _keeps(self, ids: list[int], now: Now) -> list[ev.Keep]:
         """Keep records for the keys of jobs `ids` that asked to be remembered (lock held)."""
-        out: list[ev.Event] = []
+        wall = now.wall
+        out: list[ev.Keep] = []
         unique = self._state.timed.unique
         for jid in ids:
             seconds = unique.get(jid)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import attrs
 
@@ -36,6 +37,19 @@ CUT_DIR = "cut"
 
 # Receives each valid record during recovery: (segment seq, type, offset, size, body).
 Sink = Callable[[int, int, int, int, memoryview], None]
+
+
+class Resume(Protocol):
+    """A start other than the log's beginning (walq.directory.checkpoint.Resume).
+
+    Once it accepted, its `load` (if set) replaces the fast path's sink.
+    """
+
+    @property
+    def load(self) -> Sink | None: ...
+
+    def accept(self, segments: Sequence[Segment]) -> tuple[int, int] | None:
+        """(seq, offset) to replay from, given the log's segments; None: from the start."""
 
 
 @attrs.frozen
@@ -80,7 +94,14 @@ class Recovery:
         self.owner_uid = owner_uid  # the uid cut/ must have (None: not checked)
         self.found = Recovered()
 
-    def run(self, *, skip_damage: bool, sink: Sink, load: Sink | None = None) -> Recovered:
+    def run(
+        self,
+        *,
+        skip_damage: bool,
+        sink: Sink,
+        load: Sink | None = None,
+        resume: Resume | None = None,
+    ) -> Recovered:
         """Replay every segment into `sink`; cut a torn tail; raise on other damage.
 
         Segments are read one at a time, so recovery holds one segment in
@@ -89,7 +110,9 @@ class Recovery:
         ranges are skipped and reported instead of raising CorruptionError.
         `load`, if given, receives each segment's leading run of valid records
         instead of `sink` (a replay's fast path). Records are checked with
-        `self.record_check` (framing.check_record's checksum seam).
+        `self.record_check` (framing.check_record's checksum seam). `resume`,
+        if given, may name a position (a checkpoint's) to replay from instead:
+        the segments before it are checked but not read.
         """
         found = self.found
         fs, d = self.fs, self.directory
@@ -141,11 +164,20 @@ class Recovery:
         fs.sync_dir(d)
         found.segments = opened
         try:
+            start = resume.accept(opened) if resume is not None and opened else None
+            if start is not None and resume is not None and load is not None:
+                load = resume.load or load
             for i, seg in enumerate(opened):
                 newest = i == len(opened) - 1
+                offset = SEGMENT_HEADER_SIZE
+                if start is not None:
+                    if seg.seq < start[0]:
+                        continue  # covered by the checkpoint: its header was checked
+                    if seg.seq == start[0]:
+                        offset = start[1]
                 seg.file = fs.open(seg.path, write=True)
                 try:
-                    end = self._replay_segment(seg, newest, skip_damage, sink, load, damage)
+                    end = self._replay_segment(seg, newest, skip_damage, sink, load, damage, offset)
                 finally:
                     if not newest:
                         seg.file.close()
@@ -221,14 +253,18 @@ class Recovery:
         sink: Sink,
         load: Sink | None,
         damage: list[Damage],
+        offset: int = SEGMENT_HEADER_SIZE,
     ) -> int:
-        """Feed one segment's records to `sink`; handle its damage; return where it ends."""
+        """Feed one segment's records from `offset` to `sink`; handle its damage; return its end.
+
+        Bytes before `offset` (a checkpoint's position) were durable when the
+        checkpoint was written: they count as vouched for.
+        """
         data = seg.read_all()
         seq = seg.seq
         check = self.record_check
-        stop, watermark = framing.scan_fast(
-            data, SEGMENT_HEADER_SIZE, seq, load or sink, check=check
-        )
+        stop, watermark = framing.scan_fast(data, offset, seq, load or sink, check=check)
+        watermark = max(watermark, offset)
         if newest:
             self._note_vouched(data, watermark, stop)
         if framing.all_zero(data, stop):

@@ -8,10 +8,12 @@ import posixpath
 
 import attrs
 
+from walq.core import checkpoint as ckpt
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.ledger import Ledger, Lost
 from walq.core.state import Loc, Now, QueueState
+from walq.directory.checkpoint import Resume
 from walq.directory.log import Log
 from walq.directory.recovery import Damage
 from walq.errors import CorruptionError
@@ -27,10 +29,22 @@ class Replayed:
     lost: Lost  # the job ids the damage took (recovery="skip")
     origins: set[str]  # spool files already ingested, as the log tells
     done_seen: int  # jobs the log says were acked
+    checkpoint: ckpt.Summary | None = None  # the checkpoint replay started from, if any
 
 
-def replay(state: QueueState, wal: Log, path: str, now: Now, skip_damage: bool) -> Replayed:
-    """Feed every record of `wal` (see Log.recover) into `state`; log the damage handled."""
+def replay(
+    state: QueueState,
+    wal: Log,
+    path: str,
+    now: Now,
+    skip_damage: bool,
+    checkpoint: ckpt.Checkpoint | None = None,
+) -> Replayed:
+    """Feed every record of `wal` (see Log.recover) into `state`; log the damage handled.
+
+    With a `checkpoint` (strict recovery only), replay starts from it if the
+    log's segments agree with it (walq.directory.checkpoint.Resume).
+    """
     add = state.add
     apply = state.apply
     found = Replayed([], Lost([], [], [], None), set(), 0)
@@ -64,8 +78,11 @@ def replay(state: QueueState, wal: Log, path: str, now: Now, skip_damage: bool) 
 
     load = state.replay_sink(now, sink)
 
+    resume = None
+    if checkpoint is not None and not skip_damage:
+        resume = Resume(wal.fs, path, checkpoint, state, now, sink)
     if not skip_damage:
-        found.damage = wal.recover(skip_damage=False, sink=sink, load=load)
+        found.damage = wal.recover(skip_damage=False, sink=sink, load=load, resume=resume)
     else:
         # Skipping damage: also note what every record says about job ids, to
         # tell which jobs the damage took (record by record: no fused fast path).
@@ -84,7 +101,17 @@ def replay(state: QueueState, wal: Log, path: str, now: Now, skip_damage: bool) 
             if not d.torn_tail:
                 ledger.damage((fmt.parse_segment_name(posixpath.basename(d.path)) or 0, d.start))
         found.lost = ledger.result()
-    state.finish_replay(now)
+    if resume is not None and resume.restored is not None:
+        ckpt.finish(state, resume.restored, now)
+        found.done_seen += resume.checkpoint.image.done
+        found.checkpoint = resume.checkpoint.summary
+        log.info(
+            "%s: opened from its checkpoint (%d jobs), replayed the log after it",
+            path,
+            resume.checkpoint.summary.jobs,
+        )
+    else:
+        state.finish_replay(now)
     for d in found.damage:
         kind = "torn tail cut" if d.torn_tail else "damaged range skipped"
         log.warning("%s: %s at offset %d..%d: %s", d.path, kind, d.start, d.end, d.reason)

@@ -89,6 +89,10 @@ def dead_jobs(
             )
             for row in admin.dead_jobs(path, ids=ids)
         ]
+    if ids is None and owner(path).running is not False:
+        live = _owner_dead(path)
+        if live is not None:
+            return live
     fs = fs or OsFileSystem()
     for _ in range(RACE_RETRIES):
         r = replay(path, fs, owner_running=owner(path).running, progress=progress)
@@ -105,6 +109,32 @@ def dead_jobs(
         if all(d is not None for d in out):
             return [d for d in out if d is not None]
     raise NotAQueueError(f"{path}: compactions kept moving the dead jobs while reading; retry")
+
+
+def _owner_dead(path: str) -> list[DeadInfo] | None:
+    """The running owner's dead jobs (from its memory and its open files), or None."""
+    from walq.ops.live import ask_owner  # noqa: PLC0415 - the control channel's client
+
+    asked, rows = ask_owner(path, "dead")
+    if not asked:
+        return None
+    return [
+        DeadInfo(
+            id=row["id"],
+            task=row["task"],
+            attempts=row["attempts"],
+            error=row["error"],
+            key=row["key"],
+            payload_kind=row["payload_kind"],
+            payload=(
+                bytes.fromhex(row["payload"])
+                if row["payload_kind"] == "bytes"
+                else row["payload"].encode()
+            ),
+            created=0.0,  # the owner does not keep it in memory
+        )
+        for row in rows
+    ]
 
 
 def _dead_info(path: str, state: QueueState, jid: int, fs: FileSystem) -> DeadInfo | None:

@@ -105,6 +105,8 @@ def describe(rtype: int, body: bytes, *, full: bool = False) -> dict[str, Any]:
         out.update(jobs=[i for i, _ in e.items], unique_for=[s for _, s in e.items])
     elif isinstance(e, ev.Keep):
         out.update(job=e.id, key=e.key, until=e.until)
+    elif isinstance(e, ev.Pause | ev.Resume):
+        out["task"] = e.task
     else:
         out["jobs"] = list(e.ids)
         if len(e.ids) == 1:

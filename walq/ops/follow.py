@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +62,7 @@ def follow(
     at = start or LogEnd(0, fmt.SEGMENT_HEADER_SIZE, 0)
     seq, offset, first = at.seq, at.offset, at.first
     f: _Readable | None = None
+    idle: tuple[int, int] | None = None  # (size, mtime) of the active segment when idle
     try:
         while not stop():
             if f is None:
@@ -78,21 +80,60 @@ def follow(
                 f = None
                 seq, offset, first = seq + 1, fmt.SEGMENT_HEADER_SIZE, seq + 1
                 continue
-            data = f.pread(max(0, f.size() - offset), offset)
+            stamp = _stamp(fs, posixpath.join(path, fmt.segment_name(seq)))
+            if stamp is not None and stamp == idle:
+                sleep(poll)  # the file has not changed since it last had nothing new
+                continue
             pos = 0
-            while True:
-                item = framing.decode(data, pos, origin=offset)
-                if not isinstance(item, framing.Record):
-                    break
-                whole = attrs.evolve(item, offset=offset + pos, end=offset + item.end)
-                yield dumper.record_row(seq, whole)
-                pos = item.end
+            for rec in _new_records(f, offset):
+                yield dumper.record_row(seq, rec)
+                pos = rec.end - offset
             offset += pos
             if pos == 0:
+                # Nothing new: wait for the file to change (a stat, not a read). A
+                # stamp of the last second may hide a write in the same clock tick.
+                recent = stamp is not None and time.time_ns() - stamp[1] < 1_000_000_000
+                idle = None if recent else stamp
                 sleep(poll)
+            else:
+                idle = None
     finally:
         if f is not None:
             f.close()
+
+
+CHUNK = 64 << 10  # bytes read at a time from the active segment (it may be preallocated)
+
+
+def _new_records(f: _Readable, offset: int) -> Iterator[framing.Record]:
+    """The complete records of `f` from `offset` on, read a chunk at a time (no zeroed tail)."""
+    size = f.size()
+    want = CHUNK
+    while offset < size:
+        data = f.pread(min(want, size - offset), offset)
+        pos = 0
+        while True:
+            item = framing.decode(data, pos, origin=offset)
+            if not isinstance(item, framing.Record):
+                break
+            yield attrs.evolve(item, offset=offset + pos, end=offset + item.end)
+            pos = item.end
+        if isinstance(item, framing.Incomplete) and len(data) < size - offset:
+            want = len(data) * 2 if pos == 0 else CHUNK  # a record larger than the chunk
+        elif pos == 0 or len(data) < want:
+            return  # the end of the records written so far
+        offset += pos
+
+
+def _stamp(fs: FileSystem, seg_path: str) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a segment file; None where the file system cannot say."""
+    if not isinstance(fs, OsFileSystem):
+        return None
+    try:
+        st = os.stat(seg_path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def _open_from(

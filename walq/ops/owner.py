@@ -67,14 +67,19 @@ def owner_running(path: str) -> LockedError:
     return LockedError(f"{path}: an owner is running{pid}")
 
 
-def worker_status(path: str, now: float | None = None) -> dict[str, Any] | None:
-    """The worker's advisory status file if it is recent and its worker runs; else None."""
-    now = time.time() if now is None else now
+def worker_status(path: str) -> dict[str, Any] | None:
+    """The worker's advisory status file if it is recent and its worker runs; else None.
+
+    Its age is judged by the clock read once the file is read: a clock read
+    before (say, before a long replay) makes a status written meanwhile look
+    as if it came from the future, and it would be thrown away as stale.
+    """
     try:
         with os.fdopen(open_fd(posixpath.join(path, STATUS_FILE), os.O_RDONLY)) as f:
             status = json.load(f)
     except (OSError, ValueError, CorruptionError):  # advisory: a link planted there is ignored
         return None
+    now = time.time()
     if not isinstance(status, dict) or status.get("stopped"):
         return None
     updated = status.get("updated")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+import time
 
 import attrs
 
@@ -15,6 +16,7 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
 from walq.core.ledger import Ledger, Lost
+from walq.directory import checkpoint as checkpoints
 from walq.directory.fs import FileSystem, OsFileSystem, own_dir, queue_dir_owner
 from walq.directory.log import CUT_DIR
 from walq.directory.queue import LOCK_FILE
@@ -55,6 +57,8 @@ class FsckReport:
     warnings: list[str]
     # Which jobs the damage took, or could not be accounted for (None when clean).
     lost: Lost | None = None
+    # The checkpoint: what it covers and whether an open would use it (None: there is none).
+    checkpoint: str | None = None
 
     @property
     def clean(self) -> bool:
@@ -103,7 +107,29 @@ def fsck(
                 f"{posixpath.join(path, name)}: an unfinished segment or compaction "
                 "(deleted on the next open)"
             )
-    return FsckReport(len(scans), records, problems, warnings, lost)
+    return FsckReport(len(scans), records, problems, warnings, lost, checkpoint_note(fs, path))
+
+
+def checkpoint_note(fs: FileSystem, path: str) -> str | None:
+    """One line on the checkpoint: what it covers, and whether an open would start from it.
+
+    A checkpoint an open would ignore is not damage: the whole log is replayed
+    instead, and the owner writes a new one.
+    """
+    head, why = checkpoints.check(fs, path)
+    if head is None and why is None:
+        return None
+    where = checkpoints.path_of(path)
+    if head is not None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(head.written))
+        covers = (
+            f"{where}: written {when}, covers the log to segment {head.seq} "
+            f"offset {head.offset} ({head.jobs} live jobs)"
+        )
+        if why is None:
+            return f"{covers}; agrees with the log: open starts from it"
+        return f"{covers}; ignored on open ({why}): the whole log is replayed; safe to delete"
+    return f"{why}; ignored on open (the whole log is replayed); safe to delete"
 
 
 def repair(path: str, fs: FileSystem | None = None) -> list[str]:

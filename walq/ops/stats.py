@@ -20,6 +20,7 @@ from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.job import COUNTERS
 from walq.core.state import PENDING, Now
+from walq.directory import checkpoint as checkpoints
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.directory.log import CUT_DIR
 from walq.errors import NotAQueueError
@@ -80,6 +81,8 @@ class QueueStats:
     breakers: Mapping[str, str] | None  # task -> circuit breaker state (None: unknown)
     compactor: Mapping[str, Any] | None  # None while the background compactor works
     has_compactor: bool
+    paused: tuple[str, ...]  # tasks whose pending jobs are not claimed
+    checkpoint: Mapping[str, Any] | None  # a directory's checkpoint (checkpoint.info)
     data: Mapping[str, Any]  # the backend's dict, as `walq stats --json` prints it
 
     @property
@@ -117,6 +120,8 @@ class QueueStats:
             breakers=known if isinstance(known, Mapping) else breakers(workers),
             compactor=st.get("compactor") or None,
             has_compactor="compactor" in st,
+            paused=tuple(st.get("paused") or ()),
+            checkpoint=st.get("checkpoint"),
             data=st,
         )
 
@@ -167,13 +172,39 @@ def read(target: str, *, progress: Progress | None = None) -> QueueStats:
     """The stats of the queue at `target`, a directory (read without its lock) or a URL.
 
     Nothing is changed: on a server, jobs due and leases expired are counted,
-    not moved.
+    not moved. Beside a running owner the numbers are the owner's own (asked
+    over its socket); else they are read from the files.
     """
     if backends.is_url(target):
         from walq.redisq import admin  # noqa: PLC0415 - only a server's queue needs it
 
         return QueueStats.of(admin.inspect_stats(target))
+    live = owner_stats(target)
+    if live is not None:
+        return QueueStats.of(live)
     return QueueStats.of(directory_stats(target, progress=progress))
+
+
+def owner_stats(path: str) -> dict[str, Any] | None:
+    """The running owner's own numbers (its state is in memory), or None if none answers.
+
+    With the worker's status from its file, as `directory_stats` has it.
+    """
+    from walq.ops.live import ask_owner  # noqa: PLC0415 - the control channel's client
+
+    who = owner(path)
+    if who.running is False:
+        return None
+    asked, answer = ask_owner(path, "stats")
+    if not asked:
+        return None
+    out: dict[str, Any] = dict(answer)
+    out["source"] = "owner"
+    out["owner"] = {"running": True, "pid": who.pid}
+    status = worker_status(path)
+    out["worker"] = status
+    out["breakers"] = breakers([] if status is None else [status]) or "unknown"
+    return out
 
 
 def directory_stats(
@@ -205,7 +236,7 @@ def directory_stats(
     records = log_bytes - fmt.SEGMENT_HEADER_SIZE * len(r.seqs)
     sealed_records = sum(r.ends[:-1]) - fmt.SEGMENT_HEADER_SIZE * max(0, len(r.seqs) - 1)
     sealed_live = state.live_bytes_upto(r.seqs[-2]) if len(r.seqs) > 1 else 0
-    status = worker_status(path, now.wall)
+    status = worker_status(path)  # judged by the time it is read, not `now`
     out: dict[str, Any] = {
         "path": path,
         "read_at": now.wall,
@@ -219,6 +250,7 @@ def directory_stats(
         "done_in_log": r.done_seen,
         "next_id": state.next_id,
         "tasks": dict(sorted(r.tasks.items())),
+        "paused": sorted(state.paused),
         "oldest_pending_job": None,
         "oldest_pending_age": None,
         "next_due_in": None,
@@ -239,6 +271,7 @@ def directory_stats(
         "breakers": breakers([] if status is None else [status]) or "unknown",
         # The owner's background compactor, as its worker last reported it.
         "compactor": status.get("compactor") if status is not None else None,
+        "checkpoint": checkpoints.info(fs, path, now.wall),
     }
     if oldest is not None:
         out["oldest_pending_job"], created = oldest

@@ -28,6 +28,7 @@ from walq.core.jobspec import DEFAULT_MAX_PAYLOAD
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.errors import ArgumentError, ClosedError, PayloadError, ProtocolError, WalqError
 from walq.producers import wire
+from walq.producers.control import Admin
 from walq.producers.spool import SpoolWriter
 from walq.producers.wire import EnqueueOptions
 
@@ -158,6 +159,11 @@ class Producer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    @property
+    def admin(self) -> Admin:
+        """Administration of this queue: through its owner, or with its lock when none runs."""
+        return Admin(self.path, timeout=self.timeout)
 
     # -- routing -----------------------------------------------------------------------
 

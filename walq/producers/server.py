@@ -29,9 +29,11 @@ from typing import Any
 
 import attrs
 
+from walq.backend import QueueBackend
 from walq.core.text import excerpt
 from walq.errors import ProtocolError, WalqError
 from walq.producers import wire
+from walq.producers.control import Control, args_of, result_reply
 from walq.producers.ingest import IngestTarget, SpoolIngester
 
 log = logging.getLogger("walq.server")
@@ -40,6 +42,8 @@ log = logging.getLogger("walq.server")
 @attrs.define
 class _Conn:
     reader: wire.Reader
+    uid: int | None = None  # the peer's (SO_PEERCRED), for the admin log
+    pid: int = 0
     idle: bool = True  # waiting in the selector for its next request
     since: float = 0.0  # time.monotonic() when it last went idle
 
@@ -51,6 +55,7 @@ class ProducerServer:
         self,
         queue: IngestTarget,
         *,
+        admin: QueueBackend | None = None,
         listen: bool = True,
         poll_interval: float | None = 0.5,
         max_connections: int = 1024,
@@ -63,6 +68,8 @@ class ProducerServer:
         batch_bytes: int = 8 << 20,
     ) -> None:
         self.queue = queue
+        # Administrative requests (walq.producers.control) act on `admin`: the same queue.
+        self.control = None if admin is None else Control(admin)
         self.address = wire.socket_address(queue.path) if listen else None
         self.poll_interval = poll_interval
         self.max_connections = max_connections
@@ -291,10 +298,12 @@ class ProducerServer:
             self.counters["refused"] += 1
             log.warning("%s: refused a producer of uid %d", self._where(), uid)
             self._refuse(
-                conn, "ProtocolError", f"uid {uid} may not enqueue (owner uid {self._uid})"
+                conn,
+                "ProtocolError",
+                f"uid {uid} may not enqueue or administer (owner uid {self._uid})",
             )
             return
-        state = _Conn(wire.Reader(conn), since=time.monotonic())
+        state = _Conn(wire.Reader(conn), uid, wire.peer_pid(conn), since=time.monotonic())
         with self._conns_mu:
             busy = self._stop.is_set() or len(self._conns) >= self.max_connections
             if not busy:
@@ -439,7 +448,7 @@ class ProducerServer:
                     return False
                 except ProtocolError:
                     return False  # the producer closed mid-message: nobody to answer
-                conn.sendall(wire.reply_frame(self._handle(body)))
+                conn.sendall(wire.reply_frame(self._handle(body, state)))
                 if self._stop.is_set():
                     return False
                 if not reader.buffered() and not _readable(conn, self.linger):
@@ -453,7 +462,7 @@ class ProducerServer:
         with contextlib.suppress(OSError):
             conn.sendall(wire.reply_frame(_error(exc)))
 
-    def _handle(self, body: bytes | bytearray) -> dict[str, Any]:
+    def _handle(self, body: bytes | bytearray, peer: _Conn | None = None) -> dict[str, Any]:
         """The reply to one request."""
         self.counters["requests"] += 1
         try:
@@ -462,6 +471,10 @@ class ProducerServer:
             if op == "poke":
                 self.poke()
                 return {"ok": True}
+            if op == "admin" and self.control is not None:
+                action, args = args_of(header)
+                uid, pid = (None, 0) if peer is None else (peer.uid, peer.pid)
+                return result_reply(self.control.handle(action, args, uid=uid, pid=pid))
             if op != "enqueue":
                 raise ProtocolError(f"unknown op {excerpt(op)}")
             ids = self.queue.enqueue_many([item.for_queue() for item in items], sync=True)

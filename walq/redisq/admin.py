@@ -1,4 +1,5 @@
-"""Operator functions on a Redis URL, for the CLI: stats, dead jobs, requeue, purge, enqueue.
+"""Operator functions on a Redis URL, for the CLI: stats, dead jobs, requeue, purge, enqueue,
+and moving a queue of the untagged layout to its hash-tagged prefix.
 
 The read-only ones open the queue without creating it (NotAQueueError if none
 lives under the prefix) and change nothing.
@@ -12,9 +13,11 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from walq.errors import DurabilityWarning
+from walq.errors import DurabilityWarning, NotAQueueError, WalqError
+from walq.redisq import connection
 from walq.redisq.queue import RedisQueue
 from walq.redisq.records import dead_rows, pairs, shape_stats
+from walq.redisq.url import CLUSTER, key_prefix, parse_url
 
 
 def _open_quiet(url: str) -> RedisQueue:
@@ -121,3 +124,45 @@ def inspect_schedules(url: str) -> list[dict[str, Any]]:
     """`walq schedules URL`: every schedule the server records (name, last tick, spec)."""
     with _open_quiet(url) as q:
         return q.schedules()
+
+
+def migrate_untagged(url: str) -> int:
+    """Move the queue at `url` from its untagged keys (NAME:*) to {NAME}:*; how many keys.
+
+    For a queue written by walq before Cluster support, on one server or
+    Sentinel (a cluster never held that layout). Run it with the queue's
+    workers and producers stopped. Each key is renamed (RENAMENX: never over a
+    key of the new layout) and NAME:meta last, so an interrupted run is
+    finished by running it again.
+    """
+    target = parse_url(url)
+    if target.kind == CLUSTER:
+        raise WalqError(f"{target.shown}: a cluster never held the untagged layout")
+    name, tagged = target.prefix, key_prefix(target.prefix)
+    client = connection.connect(target, 30.0)
+    try:
+        old_meta = f"{name}:meta"
+        if not connection.read(client, target.shown, lambda c: c.exists(old_meta)):
+            raise NotAQueueError(f"{target.shown}: no untagged queue under prefix {name!r}")
+        if connection.read(client, target.shown, lambda c: c.exists(f"{tagged}:meta")):
+            raise WalqError(
+                f"{target.shown}: both {old_meta} and {tagged}:meta exist; "
+                "refusing to merge two queues"
+            )
+        pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in name) + ":*"
+        names = connection.read(
+            client, target.shown, lambda c: list(c.scan_iter(match=pattern, count=1000))
+        )
+        moved = 0
+
+        def rename(old: bytes, new: bytes) -> bool:
+            return bool(connection.write(client, target.shown, lambda c: c.renamenx(old, new)))
+
+        for key in sorted(names, key=lambda k: bytes(k) == old_meta.encode()):
+            new = tagged.encode() + bytes(key)[len(name.encode()) :]
+            if not rename(bytes(key), new):
+                raise WalqError(f"{target.shown}: {new.decode(errors='replace')} already exists")
+            moved += 1
+        return moved
+    finally:
+        client.close()

@@ -59,6 +59,11 @@ SCRIPTS: Final[Mapping[str, Spec]] = {
     "status": Spec(2),
     "stats": Spec(1),
     "next_due": Spec(1),
+    "pause": Spec(3),
+    "paused": Spec(1),
+    "find": Spec(2),
+    "detail": Spec(2),
+    "jobs": Spec(5),
 }
 
 

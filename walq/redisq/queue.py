@@ -35,12 +35,14 @@ from walq.core.jobspec import (
     check_seconds,
     check_task,
     encode_payload,
+    state_code,
 )
 from walq.core.retry import Backoff
 from walq.core.schedule import Schedule, due, tick_key
 from walq.core.state import JobInfo
 from walq.errors import (
     ArgumentError,
+    BackendError,
     ClosedError,
     LeaseLost,
     QueueFull,
@@ -56,7 +58,7 @@ from walq.redisq.lua import check_job_id
 from walq.redisq.lua import ms as _ms
 from walq.redisq.records import dead_rows, decode_or_raw, pairs, shape_stats
 from walq.redisq.server import check_server
-from walq.redisq.url import parse_url
+from walq.redisq.url import CLUSTER, SENTINEL, key_prefix, parse_url
 
 log = logging.getLogger("walq.redisq")
 
@@ -88,7 +90,7 @@ class RedisQueue(QueueBackend):
         self,
         client: Any,
         *,
-        prefix: str,
+        prefix: str,  # P: key_prefix(the queue's name)
         path: str,
         max_pending: int | None,
         max_bytes: int | None,
@@ -111,6 +113,9 @@ class RedisQueue(QueueBackend):
         self._held = Held()
         self._origin = uuid.uuid4().hex[:12]
         self._closed = False
+        self._min_replicas = 0  # WAIT for this many replicas after every state change
+        self._replica_timeout_ms = 5000
+        self._reconnect = connection.RECONNECT_SINGLE
         self._events = Events(
             client, f"{prefix}:events", path=path, origin=self._origin, rng=rng, forget=self._forget
         )
@@ -144,15 +149,26 @@ class RedisQueue(QueueBackend):
         rng: random.Random | None = None,
         socket_timeout: float = 30.0,
         create: bool = True,
+        min_replicas: int | None = None,
+        replica_timeout: float | None = None,
+        reconnect_timeout: float | None = None,
         **file_options: Any,
     ) -> RedisQueue:
-        """Connect to the queue at `url` (redis://[:password@]host:port/db?prefix=NAME).
+        """Connect to the queue at `url` (redis://[:password@]host:port/db?prefix=NAME,
+        redis+cluster://host:port,host:port/?prefix=NAME, or
+        redis+sentinel://host:port,host:port/SERVICE?prefix=NAME: docs/REDIS.md).
 
         The server's persistence is read (CONFIG GET): weaker than `appendonly
         yes` and `appendfsync always` warns (DurabilityWarning), or raises
         DurabilityError if `require_durable` (or `?require_durable=1`).
         create=False: NotAQueueError if no queue lives under the prefix yet
         (the CLI's read-only commands change nothing).
+        min_replicas=N (or `?min_replicas=N`): every state change waits (WAIT)
+        until N replicas have it, up to replica_timeout seconds (default 5),
+        else BackendError: an acknowledged change then survives a failover.
+        reconnect_timeout: how long a read, or a write the server surely did
+        not run, is tried again (default 30 s behind Sentinel or on a cluster,
+        to ride out a failover; 0.75 s on one server).
         The file queue's options (sync, segment_size, ...) are accepted and
         have no effect: durability is the server's configuration.
         """
@@ -166,25 +182,52 @@ class RedisQueue(QueueBackend):
             raise ArgumentError("max_payload must be 1 byte .. 512 MiB")
         if isinstance(max_attempts, bool) or not 1 <= max_attempts <= MAX_ATTEMPTS:
             raise ArgumentError(f"max_attempts must be 1..{MAX_ATTEMPTS}")
-        client_url, prefix, url_durable, shown = parse_url(url)
-        client = connection.connect(client_url, socket_timeout)
+        target = parse_url(url)
+        replicas = (target.min_replicas or 0) if min_replicas is None else min_replicas
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ArgumentError(f"min_replicas must be a whole number, not {replicas!r}")
+        if replicas and target.kind == CLUSTER:
+            raise ArgumentError(
+                f"{target.shown}: min_replicas is not supported on a cluster "
+                "(use Sentinel, or one server with replicas)"
+            )
+        wait_s = (
+            check_seconds(
+                "replica_timeout",
+                target.replica_timeout if replica_timeout is None else replica_timeout,
+                positive=True,
+            )
+            if (replica_timeout is not None or target.replica_timeout is not None)
+            else 5.0
+        )
+        ha = target.kind in (CLUSTER, SENTINEL)
+        if reconnect_timeout is None:
+            reconnect_timeout = connection.RECONNECT_HA if ha else connection.RECONNECT_SINGLE
+        reconnect = check_seconds("reconnect_timeout", reconnect_timeout)
+        client = connection.connect(target, socket_timeout)
         q = cls(
             client,
-            prefix=prefix,
-            path=shown,
+            prefix=key_prefix(target.prefix),
+            path=target.shown,
             max_pending=max_pending,
             max_bytes=max_bytes,
             max_payload=max_payload,
             max_attempts=max_attempts,
             rng=rng or random.Random(),
         )
+        q._min_replicas, q._replica_timeout_ms, q._reconnect = replicas, _ms(wait_s), reconnect
         try:
             server = check_server(
                 client,
-                shown,
-                prefix,
-                require_durable=url_durable if require_durable is None else require_durable,
+                target.shown,
+                target.prefix,
+                require_durable=target.require_durable
+                if require_durable is None
+                else require_durable,
                 create=create,
+                kind=target.kind,
+                min_replicas=replicas,
+                reconnect=reconnect,
             )
         except BaseException:
             client.close()
@@ -201,27 +244,47 @@ class RedisQueue(QueueBackend):
             raise ClosedError(f"{self.path}: the queue is closed")
 
     def _run(self, name: str, *args: Any, write: bool = True) -> Any:
-        """Run one script (a write is never retried: its outcome may be unknown)."""
+        """Run one script (a write is never retried: its outcome may be unknown).
+
+        Its one declared key is P, the queue's hash tag: every key it touches
+        is P:..., in P's Cluster slot. ARGV[1] repeats P.
+        """
         self._check_open()
         script = self._scripts[name]
-        argv = [self.prefix, *args]
+        keys, argv = [self.prefix], [self.prefix, *args]
         if not lua.SCRIPTS[name].fits(len(argv)):
             raise AssertionError(f"script {name} called with {len(argv)} arguments")
+        if write and self._min_replicas:
+            return self._write(lambda c: self._replicated(script, keys, argv, c))
         return (
-            self._write(lambda c: script(args=argv))
+            self._write(lambda c: script(keys=keys, args=argv))
             if write
-            else self._read(lambda c: script(args=argv))
+            else self._read(lambda c: script(keys=keys, args=argv))
         )
+
+    def _replicated(self, script: Any, keys: list[str], argv: list[Any], client: Any) -> Any:
+        """Run `script`, then WAIT on the same connection until min_replicas have it."""
+        pipe = client.pipeline(transaction=False)
+        script(keys=keys, args=argv, client=pipe)
+        pipe.execute_command("WAIT", self._min_replicas, self._replica_timeout_ms)
+        reply, acked = pipe.execute()
+        if int(acked) < self._min_replicas:
+            raise BackendError(
+                f"{self.path}: made on the primary, but {acked} of {self._min_replicas} "
+                f"replicas confirmed it within {self._replica_timeout_ms / 1000:g} s "
+                "(a failover now may lose it)"
+            )
+        return reply
 
     def _write(self, step: Callable[[Any], _T]) -> _T:
         if self._forked:  # every server call: a child never uses the parent's connections
             raise forks.error(self.path, self._pid)
-        return connection.write(self._client, self.path, step)
+        return connection.write(self._client, self.path, step, self._reconnect)
 
     def _read(self, step: Callable[[Any], _T]) -> _T:
         if self._forked:  # every server call: a child never uses the parent's connections
             raise forks.error(self.path, self._pid)
-        return connection.read(self._client, self.path, step)
+        return connection.read(self._client, self.path, step, self._reconnect)
 
     @staticmethod
     def _raise(reply: Sequence[Any], prefix: str = "") -> None:
@@ -491,6 +554,72 @@ class RedisQueue(QueueBackend):
             total += n
             if n < 1000:
                 return total
+
+    def pause(self, task: str, *, sync: bool | None = None) -> bool:
+        """Kept in the server's set of paused tasks, which every claim script reads."""
+        return bool(int(self._run("pause", check_task(task), "1")[1]))
+
+    def resume(self, task: str, *, sync: bool | None = None) -> bool:
+        return bool(int(self._run("pause", check_task(task), "0")[1]))
+
+    def paused(self) -> list[str]:
+        return sorted(_text(t) for t in self._run("paused", write=False))
+
+    def job_detail(self, job_id: int) -> dict[str, Any]:
+        jid = check_job_id(job_id)
+        reply = self._run("detail", jid, write=False)
+        if reply[0] == b"err":
+            self._raise(reply)
+        if reply[0] == b"gone":
+            return {"id": jid, "status": _text(reply[1])}
+        s, task, attempts, own_max, prio, key, error, due, deadline = reply[1]
+        now = int(reply[2])
+        out: dict[str, Any] = {
+            "id": jid,
+            "status": _text(s),
+            "task": _text(task),
+            "attempts": int(attempts or 0),
+            "max_attempts": int(own_max or 0) or self._max_for(_text(task)),
+            "priority": int(prio or 0),
+            "key": None if key is None else _text(key),
+            "error": None if error is None or _text(s) != "dead" else _text(error),
+        }
+        if due is not None and _text(s) == "scheduled":
+            out["due_in"] = max(0.0, (int(due) - now) / 1000)
+        if deadline is not None and _text(s) == "running":
+            out["lease_left"] = max(0.0, (int(deadline) - now) / 1000)
+        return out
+
+    def find(self, key: str) -> int | None:
+        held = self._run("find", key, write=False)
+        return None if held is None else int(held)
+
+    def jobs(
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        *,
+        limit: int = 100,
+        after: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Read from the sets of the states asked for, in one script (an operator's listing)."""
+        if state is not None:
+            state_code(state)
+        rows = self._run(
+            "jobs", state or "", "" if task is None else check_task(task), int(after), int(limit),
+            write=False,
+        )  # fmt: skip
+        return [
+            {
+                "id": int(jid),
+                "task": _text(t),
+                "status": _text(s),
+                "attempts": int(a or 0),
+                "priority": int(pr or 0),
+                "key": None if not key else _text(key),
+            }
+            for jid, s, t, a, pr, key in rows
+        ]
 
     def set_task_defaults(self, task: str, *, max_attempts: int) -> None:
         """Known to this process only: sent with each claim and fail."""

@@ -46,15 +46,17 @@ def _watch_parent(parent: int) -> None:
             os._exit(3)
 
 
-def lost_report(cause: str, message: str) -> dict[str, Any]:
+def lost_report(cause: str, message: str, *, shared: bool = False) -> dict[str, Any]:
     """The report of an attempt that ended without an exception (a timeout, a dead
-    worker process): the same fields a handler's failure report has."""
+    worker process): the same fields a handler's failure report has. `shared`:
+    other jobs ran in the process too, so the loss may not be this job's doing
+    (charged, but its task's breaker leaves it out)."""
     return {"cause": cause, "type": cause, "message": message, "traceback": "",
             "permanent": False, "retry_after": None, "no_retry": -1,
-            "retry_on": -1}  # fmt: skip
+            "retry_on": -1, "shared": shared}  # fmt: skip
 
 
-def _failure_report(exc: BaseException, task: Task | None) -> dict[str, Any]:
+def failure_report(exc: BaseException, task: Task | None) -> dict[str, Any]:
     """What the owner needs to know of an exception, as plain data."""
     report: dict[str, Any] = {
         "cause": "memory" if isinstance(exc, MemoryError) else "exception",
@@ -89,7 +91,7 @@ def _ignore_group_signal(signum: int, frame: object) -> None:
     so the processes a handler starts still stop on SIGTERM."""
 
 
-def _run_one(fields: dict[str, Any], tasks: Tasks) -> tuple[str, int, int, dict[str, Any] | None]:
+def run_one(fields: dict[str, Any], tasks: Tasks) -> tuple[str, int, int, dict[str, Any] | None]:
     """Run one job's handler; its outcome as the message the owner reads."""
     job = Job(**fields)
     task = tasks.get(job.task)
@@ -103,10 +105,10 @@ def _run_one(fields: dict[str, Any], tasks: Tasks) -> tuple[str, int, int, dict[
                 returned.close()  # a coroutine: no "never awaited" warning
             raise Permanent(
                 f"the handler of task {excerpt(job.task)} returned {kind}, not a result: "
-                "the work it stands for never ran (coroutine tasks are not supported yet)"
+                "the work it stands for never ran (register the async def function itself)"
             )
     except BaseException as exc:  # every failure is reported, none escapes
-        return ("error", job.id, job.attempt, _failure_report(exc, task))
+        return ("error", job.id, job.attempt, failure_report(exc, task))
     return ("ok", job.id, job.attempt, None)
 
 
@@ -115,8 +117,10 @@ def child_main(
     tasks_arg: Tasks | bytes,
     parent: int,
     group_signals: tuple[signal.Signals, ...] = GROUP_SIGNALS,
+    async_concurrency: int = 1,
 ) -> None:
-    """A worker process: import the tasks, say "ready", then run jobs one at a time.
+    """A worker process: import the tasks, say "ready", then run jobs one at a time
+    (or, with coroutine tasks, on an event loop: walq/worker/coro.py).
 
     Messages from the owner: a list of jobs (queued here, run in order), None
     (exit now, without starting the jobs still queued), ("hold", task names)
@@ -148,6 +152,11 @@ def child_main(
     try:
         conn.send(("ready", os.getpid()))
     except (BrokenPipeError, OSError):
+        return
+    if tasks.has_coroutines:
+        from walq.worker.coro import serve  # noqa: PLC0415 - asyncio only where it is used
+
+        serve(conn, tasks, async_concurrency)
         return
     waiting: deque[dict[str, Any]] = deque()
     paused = False
@@ -189,7 +198,7 @@ def child_main(
                     return
             if not waiting:
                 continue
-            result = _run_one(waiting.popleft(), tasks)
+            result = run_one(waiting.popleft(), tasks)
             conn.send(result)
             if result[0] == "error":
                 paused = True

@@ -104,7 +104,7 @@ class Recorder:
             error_type = Exception
         decision = policy.on_failure(
             error_type, now, attempt=job.attempt, rng=self.rng,
-            max_attempts=job.max_attempts or None,
+            max_attempts=job.max_attempts or None, counts=not report.get("shared"),
         )  # fmt: skip
         self.on_decided(out.task, now)
         delay = decision.delay

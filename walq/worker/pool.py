@@ -23,7 +23,6 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -40,13 +39,14 @@ from walq.worker.child import GROUP_SIGNALS, lost_report
 from walq.worker.heartbeat import DEFAULT_LEASE, Heartbeat, Link
 from walq.worker.outcomes import Outcome, Recorder, TaskRuntime
 from walq.worker.scheduler import Scheduler
-from walq.worker.slots import DEATH_COUNTERS, Depth, Slot, death_cause
+from walq.worker.slots import DEATH_COUNTERS, Depth, Slot, Waiter, death_cause
 from walq.worker.status import StatusWriter, worker_status
 from walq.worker.tasks import Task, Tasks
 
 log = logging.getLogger("walq.worker")
 
 DEFAULT_PREFETCH = 8  # jobs a worker process may hold (Worker, `walq worker --prefetch`)
+DEFAULT_ASYNC_CONCURRENCY = 100  # coroutine jobs a worker process runs at once
 
 
 class Worker:
@@ -75,6 +75,8 @@ class Worker:
         status_interval: float = 2.0,
         lease: float | None = None,
         start_timeout: float = 120.0,
+        job_log_level: int = logging.INFO,
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
         schedules: bool = True,
     ) -> None:
         if not isinstance(tasks, Tasks) or not len(tasks):
@@ -84,12 +86,21 @@ class Worker:
             raise ArgumentError("processes and prefetch must be at least 1")
         if max_tasks_per_child is not None and max_tasks_per_child < 1:
             raise ArgumentError("max_tasks_per_child must be at least 1")
+        if isinstance(async_concurrency, bool) or not isinstance(async_concurrency, int):
+            raise ArgumentError(f"async_concurrency must be an integer, not {async_concurrency!r}")
+        if async_concurrency < 1:
+            raise ArgumentError(f"async_concurrency must be at least 1, not {async_concurrency}")
         self.queue = queue
         self.tasks = tasks
+        # The level of the one line per finished attempt (logging.DEBUG turns it down).
+        self.job_log_level = job_log_level
         self.processes = processes
         self.prefetch = prefetch
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory = max_memory
+        # Jobs a worker process runs at once: coroutine jobs share its event loop.
+        self.async_concurrency = async_concurrency
+        self._runs = async_concurrency if tasks.has_coroutines else 1
         self.shutdown_grace = check_seconds("shutdown_grace", shutdown_grace)
         self.kill_grace = check_seconds("kill_grace", kill_grace, positive=True)
         # Start-up (the interpreter, the main module, the task modules) has its
@@ -103,6 +114,7 @@ class Worker:
         self._ctx: Any = multiprocessing.get_context(start_method)
         self._rng = rng or random.Random()
         self._slots: list[Slot] = []
+        self._waiter = Waiter()
         self._runtime = {t.name: TaskRuntime() for t in tasks}
         self._stop = threading.Event()
         self._stop_now = threading.Event()
@@ -118,7 +130,7 @@ class Worker:
             self._lease = check_seconds("lease", lease, positive=True)
         self._link = Link(str(getattr(queue, "path", queue)), self._rng)
         self._heartbeat = self.heartbeat_class(queue, self._lease, self._link, self._on_lease_lost)
-        self._depth = Depth(prefetch, self._lease, max_tasks_per_child)
+        self._depth = Depth(prefetch, self._lease, max_tasks_per_child, self._runs)
         self._unsynced = False
         # Called per finished attempt with (task, seconds it ran, ok): metrics.
         self.on_job_done: Callable[[str, float, bool], None] | None = None
@@ -181,6 +193,7 @@ class Worker:
         self.queue.ready_listeners.append(self._poke)
         self.queue.cancel_listeners.append(self._on_cancel)
         clean = True
+        self._log_banner()
         try:
             self._heartbeat.start()
             self._scheduler.start()
@@ -189,6 +202,10 @@ class Worker:
                 now = time.monotonic()
                 if self._stop.is_set() and drain_deadline is None:
                     drain_deadline = now + self.shutdown_grace
+                    log.info(
+                        "draining: %d jobs in flight, up to %.0f s",
+                        self._in_flight(), self.shutdown_grace,
+                    )  # fmt: skip
                     self._hold_queued()
                 if drain_deadline is None:
                     self._top_up()
@@ -231,9 +248,29 @@ class Worker:
             with contextlib.suppress(WalqError):
                 self.queue.sync()
             self._write_status(final=True)
+            done = ", ".join(f"{k} {v}" for k, v in self.counters.items() if v) or "no jobs"
+            log.info(
+                "worker pid %d stopped%s: %s",
+                os.getpid(), "" if clean else " (in-flight jobs abandoned)", done,
+            )  # fmt: skip
         if self._start_error is not None:
             raise self._start_error
         return 0 if clean else 1
+
+    def _log_banner(self) -> None:
+        """The start banner: who, where, what, and how long opening the queue took."""
+        replayed = getattr(self.queue, "replayed", None) or {}  # a directory's, not Redis's
+        opened = ""
+        if replayed:
+            opened = (
+                f"; replayed {replayed['jobs']} live jobs in {replayed['seconds']:.2f} s"
+                f" ({replayed['segments']} segments)"
+            )
+        log.info(
+            "worker pid %d on %s: tasks %s; %d processes%s",
+            os.getpid(), self.queue.path, ", ".join(t.name for t in self.tasks),
+            self.processes, opened,
+        )  # fmt: skip
 
     def _in_flight(self) -> int:
         # Results kept for a server that is unreachable count too: a drain waits for them.
@@ -254,7 +291,7 @@ class Worker:
             # child_main, so an import error reaches the owner as a report.
             fork = self._ctx.get_start_method() == "fork"
             self._tasks_arg = self.tasks if fork else pickle.dumps(self.tasks)
-        self._slots.append(Slot.start(self._ctx, self._tasks_arg, self._group_signals))
+        self._slots.append(Slot.start(self._ctx, self._tasks_arg, self._group_signals, self._runs))
         self.counters["spawned"] += 1
 
     def _start_failed(self, slot: Slot, why: str) -> None:
@@ -317,9 +354,16 @@ class Worker:
         if room <= 0:
             return 0
         now = time.monotonic()
-        idle = [s for s in free if not s.jobs]
+        # A place on a worker process that starts its job at once, for each
+        # such place (a process running coroutines has many).
+        idle = [s for s in free for _ in range(self._runs - len(s.jobs))]
         jobs = self.queue.claim_many(room, lease=self._lease, accept=self._admit(now, len(idle)))
         self._link.ok()
+        if jobs and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "claimed %d jobs: %s", len(jobs),
+                ", ".join(f"{j.id} ({j.task}, attempt {j.attempt})" for j in jobs),
+            )  # fmt: skip
         self._heartbeat.hold(jobs)
         batches: dict[int, list[dict[str, Any]]] = {}
         # Gated jobs first, each onto an idle worker (their admission promised one).
@@ -330,9 +374,8 @@ class Worker:
             else:
                 slot = min((s for s in free if space[id(s)] > 0), key=lambda s: len(s.jobs))
             space[id(slot)] -= 1
-            if not slot.jobs:
-                slot.head_started = time.monotonic()
-            slot.jobs.append((job, self.tasks[job.task]))
+            slot.jobs[job.id] = (job, self.tasks[job.task])
+            slot.settle(time.monotonic())
             batches.setdefault(id(slot), []).append(attrs.asdict(job))
         for slot in free:
             batch = batches.get(id(slot))
@@ -390,8 +433,10 @@ class Worker:
         now = time.monotonic()
         wake = now + 1.0
         for slot in self._slots:
-            if slot.jobs:
-                wake = min(wake, slot.head_started + slot.jobs[0][1].timeout)
+            for _job, task, started in slot.running():
+                wake = min(wake, started + self._time_allowed(task))
+            for sent in slot.cancel_sent.values():
+                wake = min(wake, sent + self.kill_grace)
             if not slot.ready:
                 wake = min(wake, slot.spawned + self.start_timeout)
             if slot.kill_reason is not None:
@@ -412,26 +457,24 @@ class Worker:
 
     def _wait(self, timeout: float) -> list[Outcome]:
         """Wait for results, worker deaths or a wakeup; return finished attempts."""
-        waitables: list[Any] = [self._wake_r]
-        for slot in self._slots:
-            waitables += [slot.conn, slot.proc.sentinel]
-        ready = multiprocessing.connection.wait(waitables, timeout)
+        ready = self._waiter.wait(self._wake_r, self._slots, timeout)
         if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._wake_r, 4096)
         outcomes: list[Outcome] = []
         for slot in list(self._slots):
-            if slot.conn in ready or slot.proc.sentinel in ready:
+            died = slot.proc.sentinel in ready
+            if slot.conn.fileno() in ready or died:
                 outcomes += self._drain(slot)
-            if slot.proc.sentinel in ready:
+            if died:
                 outcomes += self._reap(slot)
         return outcomes
 
     def _drain(self, slot: Slot) -> list[Outcome]:
         """Every result waiting in a worker's pipe."""
-        outcomes = []
+        outcomes: list[Outcome] = []
         try:
-            while slot.conn.poll():
+            while slot.has_message():
                 msg = slot.conn.recv()
                 if msg[0] in ("ready", "start-failed"):
                     self._start_report(slot, msg)
@@ -439,24 +482,15 @@ class Worker:
                 if msg[0] == "held":
                     self._take_back(slot, msg[1])
                     continue
-                kind, jid, _attempt, report = msg
-                if kind == "error":
-                    # Any jobs handed over from now on are dispatched after this
-                    # failure is recorded: the worker may start them.
-                    with contextlib.suppress(BrokenPipeError, OSError):
-                        slot.conn.send(("resume",))
-                if not slot.jobs or slot.jobs[0][0].id != jid:
-                    log.error(
-                        "worker %d reported job %d out of order; ignored", slot.pid, jid,
-                        extra={"job_id": jid},
-                    )  # fmt: skip
-                    continue
-                job, task = slot.jobs.popleft()
-                now = time.monotonic()
-                ran = now - slot.head_started
-                slot.head_started = now
-                slot.completed += 1
-                outcomes.append(Outcome(job, task, kind == "ok", report, ran))
+                if msg[0] == "batch":  # an event loop's jobs: started, ended
+                    now = time.monotonic()
+                    for jid in msg[1]:
+                        if jid in slot.jobs:
+                            slot.started[jid] = now
+                    results = msg[2]
+                else:
+                    results = [msg]
+                self._results(slot, results, outcomes)
         except (EOFError, OSError):
             pass  # the worker died: _reap handles it
         if (
@@ -470,21 +504,43 @@ class Worker:
                 slot.conn.send(None)  # exits after the jobs it holds
         return outcomes
 
+    def _results(self, slot: Slot, results: list[Any], outcomes: list[Outcome]) -> None:
+        """The outcomes of a worker's ended jobs (a cancelled one has none to record)."""
+        errors = sum(1 for r in results if r[0] == "error")
+        if errors:
+            # Any jobs handed over from now on are dispatched after these failures
+            # are recorded: the worker may start them.
+            with contextlib.suppress(BrokenPipeError, OSError):
+                slot.conn.send(("resume", errors))
+        for kind, jid, _attempt, report in results:
+            ended = slot.take(jid)
+            if ended is None:
+                log.error(
+                    "worker %d reported job %d, which it does not hold; ignored", slot.pid, jid,
+                    extra={"job_id": jid},
+                )  # fmt: skip
+                continue
+            job, task, started = ended
+            slot.completed += 1
+            if kind == "cancelled":
+                self._heartbeat.drop(job.id)
+                self._runtime[task.name].running -= 1
+                continue
+            if report is not None and report.get("cause") == "timeout":
+                self.counters["timeouts"] += 1  # a coroutine cancelled at its timeout
+            outcomes.append(Outcome(job, task, kind == "ok", report, time.monotonic() - started))
+        slot.settle(time.monotonic())
+
     # -- prefetched jobs the policy no longer admits --------------------------------------
 
     def _take_back(self, slot: Slot, job_ids: list[int]) -> None:
         """A worker gave these queued jobs back unstarted: release them, uncharged."""
-        head = slot.jobs[0][0].id if slot.jobs else None
-        wanted = set(job_ids)
-        kept: deque[tuple[Job, Task]] = deque()
-        for job, task in slot.jobs:
-            if job.id in wanted:
+        for jid in job_ids:
+            ended = slot.take(jid)
+            if ended is not None:
+                job, task, _ = ended
                 self._release(job, task, "given back unstarted: its task's policy decides again")
-            else:
-                kept.append((job, task))
-        slot.jobs = kept
-        if slot.jobs and slot.jobs[0][0].id != head:
-            slot.head_started = time.monotonic()  # the new head starts no sooner than now
+        slot.settle(time.monotonic())  # the new first job starts no sooner than now
 
     def _hold_queued(self) -> None:
         """A drain starts: workers give back the jobs queued behind their running one.
@@ -505,7 +561,7 @@ class Worker:
     def _hold(self, names: set[str]) -> None:
         """Ask every worker holding a job of these tasks to give back those not started."""
         for slot in self._slots:
-            if any(job.task in names for job, _ in slot.jobs):
+            if any(job.task in names for job, _ in slot.jobs.values()):
                 with contextlib.suppress(BrokenPipeError, OSError):
                     slot.conn.send(("hold", names))
 
@@ -518,20 +574,33 @@ class Worker:
         outcomes: list[Outcome] = []
         if not slot.ready:
             self._died_starting(slot, code)
+        running = slot.running()
+        if running:
+            # The kill's own job counts once; the jobs beside it on an event loop
+            # (each of which began, so each is charged) fail with it.
+            counted = False
+            for job, task, started in running:
+                slot.take(job.id)
+                cause, message = death_cause(slot, code, job, task, self.max_memory)
+                if cause in DEATH_COUNTERS and not counted:
+                    self.counters[DEATH_COUNTERS[cause]] += 1
+                    counted = True
+                if cause == "cancelled":
+                    self._heartbeat.drop(job.id)
+                    self._runtime[task.name].running -= 1
+                    continue
+                # Not the kill's own job, or one of several a crash took down.
+                shared = len(running) > 1 and slot.kill_job != job.id
+                if shared and slot.kill_job is None:
+                    message += f" ({len(running)} jobs were running in it)"
+                report = lost_report(cause, message, shared=shared)
+                ran = time.monotonic() - started
+                outcomes.append(Outcome(job, task, False, report, ran))
         if slot.jobs:
-            job, task = slot.jobs.popleft()
-            cause, message = death_cause(slot, code, task, self.max_memory)
-            if cause in DEATH_COUNTERS:
-                self.counters[DEATH_COUNTERS[cause]] += 1
-            if cause == "cancelled":
-                self._heartbeat.drop(job.id)
-                self._runtime[task.name].running -= 1
-            else:
-                ran = time.monotonic() - slot.head_started
-                outcomes.append(Outcome(job, task, False, lost_report(cause, message), ran))
-            for rest, rest_task in slot.jobs:
+            for rest, rest_task in slot.jobs.values():
                 self._release(rest, rest_task, "its worker process ended before it started")
-        elif slot.ready and not slot.retiring:
+            slot.jobs.clear()
+        elif not running and slot.ready and not slot.retiring:
             log.warning("worker %d exited unexpectedly (code %s)", slot.pid, code)
         return outcomes  # the loop starts a replacement (_top_up)
 
@@ -548,17 +617,24 @@ class Worker:
             if not slot.ready and now - slot.spawned > self.start_timeout:
                 self._start_overdue(slot)
                 continue
-            if not slot.jobs:
-                continue
-            job, task = slot.jobs[0]
-            if job.id in cancelled:
-                slot.kill("cancelled")
-            elif now - slot.head_started > task.timeout:
-                log.warning(
-                    "job %d (%s): timeout after %g s", job.id, job.task, task.timeout,
-                    extra={"job_id": job.id, "task": job.task},
-                )  # fmt: skip
-                slot.kill("timeout")
+            for job, task, started in slot.running():
+                if job.id in cancelled and task.is_async:
+                    if job.id not in slot.cancel_sent:  # the event loop cancels the coroutine
+                        slot.cancel_sent[job.id] = now
+                        with contextlib.suppress(BrokenPipeError, OSError):
+                            slot.conn.send(("cancel", job.id))
+                elif job.id in cancelled or (
+                    job.id in slot.cancel_sent and now - slot.cancel_sent[job.id] >= self.kill_grace
+                ):
+                    slot.kill("cancelled", job.id)
+                    break
+                elif now - started > self._time_allowed(task):
+                    log.warning(
+                        "job %d (%s): timeout after %g s", job.id, job.task, task.timeout,
+                        extra={"job_id": job.id, "task": job.task},
+                    )  # fmt: skip
+                    slot.kill("timeout", job.id)
+                    break
         if self.max_memory is not None and now - self._rss_checked >= 0.5:
             self._rss_checked = now
             for slot in self._slots:
@@ -567,16 +643,29 @@ class Worker:
                     slot.kill("memory")
         return []
 
+    def _time_allowed(self, task: Task) -> float:
+        """Seconds from a job's start to its process's kill: a coroutine is cancelled at
+        its timeout (by its event loop) and has kill_grace more to end."""
+        return task.timeout + (self.kill_grace if task.is_async else 0.0)
+
     # -- recording outcomes -----------------------------------------------------------
 
     def _record(self, outcomes: list[Outcome]) -> None:
         """Ack and fail finished attempts (the Recorder); learn how long attempts run."""
         if not outcomes:
             return
+        job_log = log.isEnabledFor(self.job_log_level)
         for out in outcomes:
             if self.on_job_done is not None:
                 self.on_job_done(out.task.name, out.seconds, out.ok)
             self._depth.learn(out.seconds)
+            if job_log:
+                how = "ok" if out.ok else f"failed ({(out.report or {}).get('cause', 'error')})"
+                log.log(
+                    self.job_log_level, "job %d (%s) attempt %d: %s in %.3f s",
+                    out.job.id, out.task.name, out.job.attempt, how, out.seconds,
+                    extra={"job_id": out.job.id, "task": out.task.name, "outcome": how},
+                )  # fmt: skip
         self._recorder.record(outcomes)
         self._unsynced = True
 
@@ -587,9 +676,10 @@ class Worker:
         for slot in self._slots:
             slot.kill("shutdown")
             slot.signal(signal.SIGKILL)
-            while slot.jobs:
-                job, task = slot.jobs.popleft()
+            for job, task in slot.jobs.values():
                 self._release(job, task, why)
+            slot.jobs.clear()
+            slot.started.clear()
 
     def _stop_all(self) -> None:
         """Stop every worker: ask, then terminate, then kill; reap them all (no zombies)."""
@@ -603,9 +693,9 @@ class Worker:
                 slot.proc.kill()  # SIGTERM would be ignored: see GROUP_SIGNALS
                 slot.proc.join()
             slot.conn.close()
-            while slot.jobs:
-                job, task = slot.jobs.popleft()
+            for job, task in slot.jobs.values():
                 self._release(job, task, "the worker stopped")
+            slot.jobs.clear()
         self._slots.clear()
 
     # -- status for `walq stats` -------------------------------------------------------------

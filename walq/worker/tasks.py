@@ -33,15 +33,16 @@ class Task:
     fn: Handler
     timeout: float
     policy: TaskPolicy
+    is_async: bool = False  # an `async def` handler: run on the worker process's event loop
 
     @property
     def max_attempts(self) -> int:
         return self.policy.max_attempts
 
 
-# (test, name) for functions whose call only builds an object whose body never runs...
+# (test, name) for functions whose call only builds an object whose body never runs
+# (an `async def` function is not one: the worker awaits its coroutine)...
 _DEFERRED_FUNCTIONS: tuple[tuple[Callable[[Any], bool], str], ...] = (
-    (inspect.iscoroutinefunction, "an async def function"),
     (inspect.isasyncgenfunction, "an async generator function"),
     (inspect.isgeneratorfunction, "a generator function"),
 )
@@ -54,10 +55,11 @@ _DEFERRED_RESULTS: tuple[tuple[Callable[[Any], bool], str], ...] = (
 
 
 def deferred_kind(fn: object) -> str | None:
-    """What kind of not-yet-run work calling `fn` returns ("an async def function"...), or None.
+    """What kind of not-yet-run work calling `fn` returns ("a generator function"...), or None.
 
     A worker calls a handler and takes its return as "the work is done": a
-    coroutine or generator function only builds an object whose body never runs.
+    generator function only builds an object whose body never runs. (An
+    `async def` handler is awaited on the worker process's event loop.)
     """
     # Not unwrapped: a plain wrapper around an async function may well run it
     # (asyncio.run); what it returns is checked in the worker all the same.
@@ -137,7 +139,12 @@ class Tasks:
     ) -> Callable[[H], H]:
         """Register the decorated function as task `name` (default: the function's name).
 
-        timeout: seconds before the worker kills the handler's process.
+        An `async def` handler runs on an event loop in the worker process, up to
+        the Worker's `async_concurrency` jobs at once per process.
+
+        timeout: seconds before the worker kills the handler's process (an
+        `async def` handler's coroutine is cancelled first; its process is
+        killed if it has not ended `kill_grace` seconds later).
         retry/max_attempts/retry_on/no_retry/concurrency/rate/breaker: the
         retry policy (docs/RETRY.md); the defaults are storm-safe.
         """
@@ -165,12 +172,15 @@ class Tasks:
             if kind is not None:
                 raise ArgumentError(
                     f"task {task_name!r}: {getattr(fn, '__qualname__', fn)!r} is {kind}; "
-                    "its body would never run in a worker (coroutine tasks are not supported "
-                    "yet): define the handler with plain def"
+                    "its body would never run in a worker: define the handler with def "
+                    "or async def, returning its result"
                 )
             if task_name in self._tasks:
                 raise ArgumentError(f"task {task_name!r} is already registered")
-            self._tasks[task_name] = Task(name=task_name, fn=fn, timeout=timeout, policy=policy)
+            self._tasks[task_name] = Task(
+                name=task_name, fn=fn, timeout=timeout, policy=policy,
+                is_async=inspect.iscoroutinefunction(fn),
+            )  # fmt: skip
             return fn
 
         return register
@@ -192,6 +202,11 @@ class Tasks:
 
     def names(self) -> list[str]:
         return list(self._tasks)
+
+    @property
+    def has_coroutines(self) -> bool:
+        """Whether any handler is `async def` (its worker processes run an event loop)."""
+        return any(t.is_async for t in self._tasks.values())
 
 
 def load_tasks(spec: str) -> Tasks:

@@ -3,6 +3,11 @@
 -- time, and the helpers the steps share. Counts change in memory and reach P:n
 -- and P:tn once, in flush(), after main() returns.
 --
+-- P, the queue's key prefix, is its one declared key KEYS[1]: the queue's name
+-- as a hash tag, "{name}", so that every key below hashes to P's Cluster slot
+-- and the script runs whole on one node. The first ARGV entry repeats it, so
+-- that each script's own arguments start at the second.
+--
 -- Keys, all under the prefix P (docs/REDIS.md draws them):
 --   P:meta  hash   format version
 --   P:seq   string the last job id issued (INCR-like; ids never repeat)
@@ -23,8 +28,9 @@
 --   P:tomb  hash   id -> c (cancelled) | p (purged); other ids <= P:seq not live are done
 --   P:n     hash   counts by state, live bytes, and counters
 --   P:tn    hash   "state:task" -> count
+--   P:paused set   paused tasks: claims leave their pending jobs (q.pause, q.resume)
 --   P:events       pub/sub channel: "r" (a job is ready), "c ID ORIGIN" (cancelled while running)
-local P = ARGV[1]
+local P = KEYS[1]
 local t0 = redis.call('TIME')
 local NOW = tonumber(t0[1]) * 1000 + math.floor(tonumber(t0[2]) / 1000)
 local N, TN = P .. ':n', P .. ':tn'
@@ -186,7 +192,9 @@ local function best_ready(n, tasks, excluded, fn)
     local h = redis.call('ZRANGE', P .. ':r:' .. t, 0, 0, 'WITHSCORES')
     if h[1] then heads[t] = {h[1], tonumber(h[2])} else heads[t] = nil end
   end
-  for _, t in ipairs(tasks) do if not excluded[t] then head(t) end end
+  for _, t in ipairs(tasks) do
+    if not excluded[t] and redis.call('SISMEMBER', P .. ':paused', t) == 0 then head(t) end
+  end
   local got, looked = 0, 0
   while got < n and looked < n + 1000 do
     local bt, best = nil, nil

@@ -1,0 +1,2 @@
+-- ARGV: P. The paused tasks.
+return redis.call('SMEMBERS', P .. ':paused')
