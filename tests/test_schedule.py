@@ -385,3 +385,21 @@ def test_walq_schedules_lists_last_and_next_tick(tmp_path: Path) -> None:
     ]
     assert rows[0]["next"] == rows[0]["last"] + 60 and not rows[0]["overdue"]
     assert rows[1]["next"] - rows[1]["last"] in (23 * HOUR, 24 * HOUR, 25 * HOUR)
+
+
+def test_a_checkpoint_carries_schedules_and_kept_keys(tmp_path: Path, clock: FakeClock) -> None:
+    """Opened from a checkpoint, the queue still knows the last tick and the kept key."""
+    path = str(tmp_path / "q")
+    clock.wall = at(2026, 12, 4, 12) + 1
+    with open_q(path, clock) as q:
+        q.fire_schedule(every_minute())
+        jid = q.enqueue("email", b"x", key="welcome:1", unique_for=HOUR)
+        for _ in range(2):
+            job = q.claim()
+            assert job is not None
+            q.ack(job.id)
+        assert q.write_checkpoint() is not None
+    with open_q(path, clock) as q:
+        assert q.schedules()[0]["last"] == at(2026, 12, 4, 12)
+        assert q.enqueue("email", b"y", key="welcome:1") == jid
+        assert q.fire_schedule(every_minute()) == []
