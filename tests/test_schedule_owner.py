@@ -104,8 +104,11 @@ def test_two_owners_on_redis_enqueue_each_tick_once(tmp_path: Path) -> None:
 
     url = redis_url()
     assert url is not None
-    prefix = f"walqtest-{uuid.uuid4().hex[:12]}"
-    target = f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
+    from walq.redisq.url import key_prefix
+
+    name = f"walqtest-{uuid.uuid4().hex[:12]}"
+    target = f"{url}{'&' if '?' in url else '?'}prefix={name}"
+    prefix = key_prefix(name)  # P: the queue's keys are P:...
     ledger = tmp_path / "ledger"
     procs = [start(target, "all", ledger) for _ in range(2)]
     client: Any = redis.Redis.from_url(url, decode_responses=True)
