@@ -155,7 +155,7 @@ start_sentinel() {  # start_sentinel DIR: primary, replica, 3 sentinels; prints 
             echo "pidfile $1/sentinel$i.pid"
             echo "logfile $1/sentinel$i.log"
             echo "sentinel monitor walq 127.0.0.1 $primary 2"
-            echo "sentinel down-after-milliseconds walq 1000"
+            echo "sentinel down-after-milliseconds walq 3000"
             echo "sentinel failover-timeout walq 5000"
             echo "sentinel parallel-syncs walq 1"
         } >"$1/sentinel$i.conf"

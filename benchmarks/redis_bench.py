@@ -1,6 +1,7 @@
 """The Redis queue beside the file queue, in one run, on one disk.
 
     python benchmarks/redis_bench.py [--quick] [--url redis://...] [--dir DIR] [--json FILE]
+    python benchmarks/redis_bench.py --scale [--url URL] [--cluster URL] [--sentinel URL]
 
 Without --url it starts its own redis-server (loopback, a free port) with
 `appendonly yes`, `appendfsync always` and no RDB snapshots, its files in the
@@ -16,6 +17,11 @@ median of n interleaved runs with 1 KiB payloads:
 - claim_many(100) + ack_many.
 
 Standard library and walq (with redis-py) only; prints a table.
+
+--scale prints benchmarks/redis_scale.py's table instead: no-op jobs drained by
+1, 2 and 4 owner processes on one server and on a cluster, beside RQ and huey
+on the same server, and what min_replicas=1 costs behind Sentinel (the peers:
+`pip install -e '.[bench]'`).
 """
 
 from __future__ import annotations
@@ -165,7 +171,29 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="use this Redis server instead of our own")
     parser.add_argument("--dir", default=".", help="where the scratch directory goes")
     parser.add_argument("--json", default=None, help="also write every sample to this file")
+    parser.add_argument("--scale", action="store_true", help="owner processes, RQ and huey")
+    parser.add_argument("--cluster", default=None, help="--scale: a redis+cluster:// URL too")
+    parser.add_argument("--sentinel", default=None, help="--scale: a redis+sentinel:// URL")
+    parser.add_argument("--jobs", type=int, default=20000, help="--scale: jobs per row")
     args = parser.parse_args()
+    if args.scale:
+        import redis_scale
+
+        scratch = Path(tempfile.mkdtemp(prefix=".walq-redis-bench-", dir=args.dir))
+        own: subprocess.Popen[bytes] | None = None
+        try:
+            if args.url is None:
+                own, url = start_server(scratch)
+            else:
+                url = args.url
+            print(f"# {time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()} cores; redis {url}")
+            redis_scale.scale(url, args.cluster, args.sentinel, args.jobs)
+        finally:
+            if own is not None:
+                own.terminate()
+                own.wait(10)
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     repeats, duration = (3, 0.25) if args.quick else (7, 0.5)
 
     import walq

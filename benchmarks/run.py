@@ -296,11 +296,21 @@ def pool_benches(s: Settings) -> Iterator[Bench]:
         note="I/O-bound; async_concurrency=100 per process",
     )))  # fmt: skip
     for n, task, row in coroutine_rows:
-        fn = partial(walq_rows.walq_pool_rate, s=s, processes=n, registry="atasks", task=task)
+        cpu_row = Row(
+            f"{row.key}_owner_cpu", POOL, f"{row.label}: the owner's CPU per job", "us/job",
+            note="owner process CPU time (all its threads, not the workers') / jobs",
+        )  # fmt: skip
+
+        def coroutine_pool(
+            path: Path, n: int = n, task: str = task, key: str = row.key
+        ) -> dict[str, list[float]]:
+            out = walq_rows.walq_pool(path, s, processes=n, registry="atasks", task=task)
+            return {key: [out["rate"]], f"{key}_owner_cpu": [out["cpu"]]}
+
         yield Bench(
             frozenset({"pool", "async-pool", WALQ}),
-            [row],
-            single(row.key, fn),
+            [row, cpu_row],
+            coroutine_pool,
             s.pool_repeats,
             s.timeout + 60,
         )

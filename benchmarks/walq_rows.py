@@ -201,13 +201,6 @@ def walq_pool(
     return {"rate": float(out["rate"]), "cpu": float(out["owner_cpu_us"])}
 
 
-def walq_pool_rate(
-    path: Path, s: Settings, processes: int, registry: str = "tasks", task: str = "noop"
-) -> float:
-    """Jobs/s of `walq_pool`."""
-    return walq_pool(path, s, processes, registry, task)["rate"]
-
-
 def huey_pool_rate(path: Path, s: Settings, workers: int) -> float:
     """No-op jobs/s through `huey_consumer -k process -w N` on SqliteHuey(fsync=True)."""
     marker = path / "marker"

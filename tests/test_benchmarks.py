@@ -58,3 +58,36 @@ def test_quick_run_measures_every_walq_disk_and_sqlite3_row(tmp_path: Path) -> N
         assert row["median"] is not None, row
         assert row["note"].endswith((": MET", ": missed")), row
     assert "enqueue, 16 threads" in proc.stdout
+
+
+def test_restart_quick_opens_from_a_checkpoint_and_by_full_replay(tmp_path: Path) -> None:
+    """`restart.py --quick`: both opens measured, and the checkpoint's was really used."""
+    script = RUN.parent / "restart.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--dir", str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "full replay: open" in proc.stdout
+    assert "checkpoint : open" in proc.stdout
+    assert "first claim <= 100 ms" in proc.stdout
+
+
+def test_operate_quick_measures_every_row(tmp_path: Path) -> None:
+    """`benchmarks/operate.py --quick`: every command, offline and beside an owner, gets a time."""
+    out = tmp_path / "operate.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN.parent / "operate.py"), "--quick", "--dir", str(tmp_path),
+         "--json", str(out)],
+        check=False, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    where = {(r["where"], r["what"]) for r in rows}
+    for what in ("walq status DIR ID", "walq dump DIR --job ID", "walq dead list DIR",
+                 "walq stats DIR"):  # fmt: skip
+        assert ("no owner", what) in where and ("owner", what) in where
+    assert all(r["seconds"] > 0 for r in rows)

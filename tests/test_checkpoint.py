@@ -316,6 +316,35 @@ class TestDistrust:
         assert "does not hold the bytes it covered" in caplog.text
         q.close()
 
+    def test_damage_in_a_covered_sealed_segment_still_stops_open(self) -> None:
+        """Guarantee 4 holds with a checkpoint: damage it covers is found by the full replay."""
+        fs = SimFileSystem()
+        q = open_sim(fs, segment_size=64 << 10)
+        q.enqueue_many([("t", {"i": i, "pad": "p" * 200}) for i in range(400)])
+        q.write_checkpoint()
+        sealed = q._log.sealed()[0].path
+        q.close()
+        f = fs.open(sealed, write=True)
+        at = 60_000  # deep inside: not the first records
+        f.pwrite(bytes([f.pread(1, at)[0] ^ 0x10]), at)
+        f.close()
+        with pytest.raises(CorruptionError):
+            open_sim(fs.crash(mode="clean"), segment_size=64 << 10)
+
+    def test_bytes_added_after_a_covered_sealed_segment_stop_open(self) -> None:
+        """Noise appended to a sealed segment it covers: ignored; the full replay reports it."""
+        fs = SimFileSystem()
+        q = open_sim(fs)
+        q.enqueue_many([("t", {"i": i, "pad": "p" * 200}) for i in range(60)])
+        q.write_checkpoint()
+        sealed = q._log.sealed()[0].path
+        q.close()
+        f = fs.open(sealed, write=True)
+        f.pwrite(bytes(range(7, 250)), f.size())
+        f.close()
+        with pytest.raises(CorruptionError):
+            open_sim(fs.crash(mode="clean"))
+
 
 def test_a_crash_at_every_call_of_a_checkpoint_loses_nothing() -> None:
     """kill -9 or power loss at each file-system call of writing one: reopen equals replay."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+import attrs
 from crc32c import crc32c
 
 import walq
 from walq.core import format as fmt
+from walq.core.job import Job
 from walq.directory.fs import File
 from walq.testing.faultfs import SimFileSystem
 
@@ -138,3 +140,11 @@ def test_batched_claim_and_ack_keep_the_counts_and_survive_a_reopen() -> None:
     assert {j.id for j in again} == {j.id for j in jobs[5:]} | set(range(8, 11))
     assert {j.attempt for j in again if j.id in {x.id for x in jobs[5:]}} == {2}
     q.close()
+
+
+def test_a_jobs_fields_are_every_field_and_rebuild_it() -> None:
+    """What the worker pool sends a worker process: Job(**job.fields()) is the job."""
+    job = Job(id=3, task="t", payload={"a": [1]}, attempt=2, key="k", priority=-1,
+              max_attempts=5, enqueued_at=1.5)  # fmt: skip
+    assert job.fields() == attrs.asdict(job, recurse=False)
+    assert Job(**job.fields()) == job

@@ -822,6 +822,57 @@ def test_both_backends_take_the_same_calls_with_the_same_parameters() -> None:
         assert params[0] == params[1], name
 
 
+def test_storm_gates_are_shared_by_every_host_of_a_server_queue(backend: Backend) -> None:
+    """A directory has one host: its worker's own gates are the queue's (None). On a
+    server, two handles (two hosts) share each task's rate limit, breaker and
+    concurrency cap, and the retry budget: what one takes, the other cannot."""
+    import random
+
+    from walq.core.retry import CircuitBreaker, RateLimit, RetryBudget, TaskPolicy
+
+    if backend.kind == "file":  # one owner at a time
+        with backend.open() as q:
+            assert q.shared_gates() is None
+        return
+    a, b = backend.open(), backend.open()
+    try:
+        ga, gb = a.shared_gates(), b.shared_gates()
+        rng = random.Random(1)
+        local = TaskPolicy(
+            rate=RateLimit(per_second=0.5, burst=3),
+            breaker=CircuitBreaker(failures=2, cooldown=60.0),
+            concurrency=4,
+        )
+        pa, pb = ga.share("t", local, 30.0), gb.share("t", local, 30.0)
+        budget_a = ga.budget(RetryBudget(ratio=0.5, floor=0.0, window=60.0))
+        budget_b = gb.budget(RetryBudget(ratio=0.5, floor=0.0, window=60.0))
+        now = time.monotonic()
+        # The rate limit's burst of 3 is one for both hosts.
+        took = [p.admit(now, attempt=1, running=0, budget=budget_a, rng=rng) for p in (pa, pb, pa)]
+        assert all(x.ok for x in took)
+        refused = pb.admit(now, attempt=1, running=0, budget=budget_b, rng=rng)
+        assert not refused.ok and refused.reason == "rate" and refused.not_before > now + 1
+        # 3 first attempts earned 1.5 retries: b's retry spends it, a's has none left.
+        assert budget_b.try_withdraw(now) and not budget_a.try_withdraw(now)
+        # The cap of 4 counts both hosts' running attempts: 3 run, one more may.
+        cap_only = TaskPolicy(concurrency=4, breaker=None)
+        ca, cb = ga.share("c", cap_only, 30.0), gb.share("c", cap_only, 30.0)
+        assert [ca.admit(now, attempt=1, running=0, budget=None, rng=rng).ok for _ in range(3)]
+        assert cb.admit(now, attempt=1, running=0, budget=None, rng=rng).ok
+        full = cb.admit(now, attempt=1, running=0, budget=None, rng=rng)
+        assert not full.ok and full.reason == "concurrency"
+        ca.on_success(now, attempt=1, budget=None)  # one of a's ends: room for b
+        assert cb.admit(now, attempt=1, running=0, budget=None, rng=rng).ok
+        # Two failures on host a open the breaker for host b too.
+        for _ in range(2):
+            pa.on_failure(ConnectionError("down"), now, attempt=1, rng=rng)
+        assert pb.breaker is not None and pb.breaker.state(now) == "open"
+        assert pb.breaker.retry_at(now) > now + 50
+    finally:
+        a.close()
+        b.close()
+
+
 class TestOperating:
     """Pause and resume, a job's detail, find by key, and listing jobs: the same on each backend."""
 

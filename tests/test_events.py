@@ -20,6 +20,15 @@ def test_every_event_round_trips(event: ev.Event) -> None:
     assert ev.decode(event.rtype, event.encode()) == event
 
 
+@given(events())
+def test_an_event_names_each_of_its_jobs_in_its_body(event: ev.Event) -> None:
+    """may_name is true for every job an event is about: a safe filter before decoding."""
+    body = event.encode()
+    ids = getattr(event, "ids", None) or [i for i, _ in getattr(event, "items", ())]
+    for jid in [*ids, *([event.id] if hasattr(event, "id") else [])]:
+        assert ev.may_name(body, jid)
+
+
 @given(st.integers(0, 255), st.binary(max_size=120))
 def test_malformed_bodies_raise_only_bad_event(rtype: int, body: bytes) -> None:
     """Arbitrary bodies decode or raise BadEvent, never another exception."""

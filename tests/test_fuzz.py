@@ -28,6 +28,7 @@ from walq.cli.app import main as cli
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
+from walq.core.checkpoint import FILE_NAME as CHECKPOINT
 from walq.errors import WalqError
 from walq.ops import repair as ops_repair
 from walq.testing import plant as planting
@@ -347,3 +348,20 @@ def test_fsck_and_open_agree_on_an_enqueue_with_an_empty_task_name() -> None:
     except walq.CorruptionError:
         opened = False
     assert clean == opened, f"fsck clean: {clean}, open worked: {opened}"
+
+
+def test_the_corpus_checkpoint_damaged_or_stale_changes_nothing(corpus: fuzz.Corpus) -> None:
+    """The corpus holds a checkpoint; a flipped byte in it, or noise after a sealed segment
+    it covers, leaves every reader as a full replay would (no checkpoint-differs)."""
+    path = posixpath.join(fuzz.QDIR, CHECKPOINT)
+    assert path in corpus.image
+    flipped = dict(corpus.image)
+    data = bytearray(flipped[path])
+    data[len(data) // 2] ^= 0x20
+    flipped[path] = bytes(data)
+    sealed = min(p for p in corpus.image if p.endswith(".wal"))
+    extended = dict(corpus.image)
+    extended[sealed] = corpus.image[sealed] + bytes(range(1, 200))
+    for image, step in ((flipped, "flip checkpoint"), (extended, "extend sealed")):
+        mutated = fuzz.Mutated(image, (step,), forged=False, huge=False)
+        assert_fine(fuzz.check(corpus, mutated), mutated)

@@ -95,6 +95,12 @@ RULES: tuple[Rule, ...] = (
         forbidden=("walq.cli", "walq.worker"),
     ),
     Rule(
+        "the dashboard reads and acts through walq.ops and walq.backend(s): no backend's "
+        "modules, no CLI, no worker",
+        importers=("walq.ui",),
+        forbidden=("walq.directory", "walq.redisq", "walq.cli", "walq.worker"),
+    ),
+    Rule(
         "the backends serve the tools above them and import none of them: "
         "they return plain data, walq.ops shapes it",
         importers=("walq.directory", "walq.redisq"),

@@ -151,6 +151,7 @@ def test_every_public_method_of_a_closed_queue_raises_closed_error(qdir: str) ->
         "set_task_defaults": lambda: q.set_task_defaults("t", max_attempts=3),
         "stats": q.stats,
         "sync": q.sync,
+        "shared_gates": q.shared_gates,
         "next_due_in": q.next_due_in,
         "compact": q.compact,
         "compactor_health": q.compactor_health,

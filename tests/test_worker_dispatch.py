@@ -91,7 +91,10 @@ def test_group_sigterm_lets_the_running_handler_finish_then_exits_zero(
         start_new_session=True,  # setsid: its own process group, as under systemd
     )  # fmt: skip
     try:
-        wait_for(lambda: len(ledger_lines(ledger)) >= count, timeout=60)
+        # Every job started (the second worker process may start late on a busy host).
+        wait_for(
+            lambda: sum(line[3] == "start" for line in ledger_lines(ledger)) >= count, timeout=60
+        )
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)
     finally:
@@ -284,3 +287,29 @@ def test_the_coroutine_task_example_runs_as_a_script(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout.strip() == "1000 done"
+
+
+def test_the_status_names_each_process_and_the_job_it_runs(q: walq.Queue) -> None:
+    """`children`: each worker process's pid, its job, and how long that job has run."""
+    import threading
+
+    from tests import worker_tasks
+
+    jid = q.enqueue("sleeps", {"seconds": 3.0})
+    w = Worker(q, worker_tasks.tasks, processes=2)
+    t = threading.Thread(target=w.run)
+    t.start()
+    try:
+
+        def busy() -> list[dict[str, Any]]:
+            return [j for c in w.status()["children"] for j in c["jobs"]]
+
+        wait_for(lambda: busy() and busy()[0]["running_for"] > 0.5, timeout=60)
+        (running,) = busy()
+        assert running["job"] == jid and running["task"] == "sleeps" and running["attempt"] == 1
+        pids = {c["pid"] for c in w.status()["children"]}
+        assert len(pids) == 2 and os.getpid() not in pids
+    finally:
+        w.stop()
+        t.join(timeout=60)
+    assert all(c["jobs"] == [] for c in w.status()["children"])

@@ -41,7 +41,16 @@ def test_breaker_opens_and_pauses_the_task(qdir: str, tmp_path: Path, registry: 
         w = Worker(q, registry, processes=2, prefetch=1, async_concurrency=2)
         import threading
 
-        threading.Timer(2.0, w.stop).start()
+        def stop_after_the_breaker_opened() -> None:
+            # Three failures (however slowly the worker processes start), then a
+            # second of cool-down in which nothing may start.
+            deadline = time.monotonic() + 60
+            while len(ledger_lines(ledger)) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            w.stop()
+
+        threading.Thread(target=stop_after_the_breaker_opened).start()
         w.run()
         assert 3 <= len(ledger_lines(ledger)) <= 3 + 2 * w._runs - 1
         assert w.status()["tasks"]["flaky_downstream"]["breaker"] == "open"

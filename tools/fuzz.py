@@ -24,6 +24,9 @@ It checks that:
   enqueued with, under an id that was enqueued;
 - fsck and open agree: a clean fsck means a strict open works, and a strict
   open that finds damage means fsck reports it;
+- a checkpoint (the corpus has one) is trusted only when it agrees with the
+  log: opening with it gives the statuses, counts and attempts opening without
+  it (a full replay) gives, unless checksums were forged;
 - nothing is lost silently: after whole-file mutations that spare the newest
   segment, a strict open that reports no damage still holds every job the
   corpus left in the queue;
@@ -59,6 +62,7 @@ import walq
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
+from walq.core.checkpoint import FILE_NAME as CHECKPOINT
 from walq.core.state import Now
 from walq.errors import CorruptionError, WalqError
 from walq.ops.dead import dead_jobs
@@ -167,6 +171,7 @@ def build_corpus() -> Corpus:
     q.compact()  # job and meta records
     for i in range(12):
         add("after", {"i": i, "pad": "z" * 600})  # a few sealed segments after the compacted one
+    q.write_checkpoint()  # covers all but the newest records: open replays those after it
     for _ in range(3):
         job = q.claim()
         assert job is not None
@@ -177,7 +182,8 @@ def build_corpus() -> Corpus:
     )
     q.close()
     fs.sync_all()
-    image = {p: d for p, d in fs.files(durable=True).items() if p.endswith((".wal", "LOCK"))}
+    keep = (".wal", "LOCK", "/" + CHECKPOINT)
+    image = {p: d for p, d in fs.files(durable=True).items() if p.endswith(keep)}
     records = {
         p: [r.offset for r in framing.records(d, fmt.SEGMENT_HEADER_SIZE)]
         for p, d in image.items()
@@ -559,8 +565,40 @@ class Checker:
         strict = self.guard("open strict", lambda: self.use(to_fs(image), "strict"))
         self.guard("open skip", lambda: self.use(to_fs(image), "skip"))
         self.agree(fsck_report, strict)
+        self.checkpoint_agrees(image)
         self.guard("repair", lambda: self.repaired(to_fs(image)))
         return self.problems
+
+    def checkpoint_agrees(self, image: Image) -> None:
+        """Opening with the checkpoint gives what opening without it (a full replay) gives.
+
+        A damaged, stale or foreign checkpoint is ignored, never trusted: unless
+        checksums were forged, the jobs' statuses and counts are the same either
+        way, and so is whether the open fails.
+        """
+        path = posixpath.join(QDIR, CHECKPOINT)
+        if path not in image or self.mutated.forged:
+            return
+        without = {p: d for p, d in image.items() if p != path}
+        got = self.guard("open strict (checkpoint)", lambda: self.statuses(to_fs(image)))
+        want = self.guard("open strict (no checkpoint)", lambda: self.statuses(to_fs(without)))
+        if isinstance(got, WalqError) and isinstance(want, WalqError):
+            return
+        if got != want:
+            self.problems.append(
+                Problem("checkpoint-differs", "open strict", f"{got!r:.300} != {want!r:.300}")
+            )
+
+    def statuses(self, fs: SimFileSystem) -> dict[str, Any]:
+        q = open_queue(walq.Queue, fs, "strict")
+        try:
+            jobs = {jid: _status(q, jid) for jid in self.corpus.jobs}
+            stats = q.stats()
+            counts = {k: stats[k] for k in ("pending", "scheduled", "running", "dead", "next_id")}
+            return {"jobs": jobs, "counts": counts, "attempts": {
+                i.id: i.attempts for i in q._state.jobs()}}  # fmt: skip
+        finally:
+            q.close()
 
     def decoder(self, image: Image) -> None:
         names = sorted(image)

@@ -295,6 +295,14 @@ class QueueBackend(Protocol):
         """Make every write so far durable (a no-op where every write already is)."""
         ...
 
+    def shared_gates(self) -> Any | None:
+        """The storm gates every host of this queue shares (walq.redisq.gates), or None.
+
+        None where one host serves the queue (a directory): a worker's own
+        retry budget, breakers, rate limits and caps are then the queue's.
+        """
+        return None
+
     def close(self) -> None:
         """Release the queue (idempotent; in a fork() child, only the child's copies)."""
         ...

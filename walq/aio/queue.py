@@ -283,6 +283,10 @@ class AsyncQueue:
     async def record_worker_status(self, status: Mapping[str, Any], ttl: float = 30.0) -> None:
         await self._run(functools.partial(self.backend.record_worker_status, status, ttl))
 
+    async def shared_gates(self) -> Any | None:
+        gates = await self._run(self.backend.shared_gates)
+        return gates
+
     async def sync(self) -> None:
         """Make every write so far durable (through the group committer where there is one)."""
         self._check_open()

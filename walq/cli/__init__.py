@@ -4,7 +4,7 @@ walq.cli.app holds the group and its error handling; importing the command
 modules here registers their commands on it.
 """
 
-from walq.cli import admin, control, dead, read, worker
+from walq.cli import admin, control, dead, read, ui, worker
 from walq.cli.app import main
 
-__all__ = ["admin", "control", "dead", "main", "read", "worker"]
+__all__ = ["admin", "control", "dead", "main", "read", "ui", "worker"]

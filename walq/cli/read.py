@@ -23,7 +23,14 @@ from walq.errors import ArgumentError, LockedError
 from walq.ops import repair as ops_repair
 from walq.ops import schedules as ops_schedules
 from walq.ops import stats as ops_stats
-from walq.ops.dump import Dumper, DumpFilter, Position, parse_position, spooled_rows
+from walq.ops.dump import (
+    Dumper,
+    DumpFilter,
+    Position,
+    dump_job,
+    parse_position,
+    spooled_rows,
+)
 from walq.ops.follow import follow as follow_rows
 from walq.ops.repair import FsckReport
 
@@ -82,7 +89,9 @@ def dump(
     yet; an owner ingests them).
 
     Positions are SEG:OFFSET as printed at the start of each line. Exit 1 if
-    damage was shown (an unfinished tail is not damage).
+    damage was shown (an unfinished tail is not damage). `--job ID` alone
+    reads only that job's records (it seeks to them), so it shows no damage
+    elsewhere in the log: `walq fsck` does.
     """
     first, last = _range(start, end, segment, offset_from, offset_to)
     wanted = frozenset(t.strip() for spec in types for t in spec.split(",") if t.strip())
@@ -95,7 +104,14 @@ def dump(
         damaged = damaged or row["type"] == "damage"
         click.echo(json.dumps(row, default=str) if as_json else dump_line(row, full=full))
 
-    for row in dumper.rows(directory, flt):
+    one_job = job_id is not None and not (task or wanted or first or last or follow)
+    if one_job and not backends.is_url(directory):
+        assert job_id is not None
+        # The job's own records, found without reading every record (walq.ops.lookup).
+        rows = dump_job(directory, job_id, payload=not no_payload, full=full)
+    else:
+        rows = dumper.rows(directory, flt)
+    for row in rows:
         show(row)
     for row in spooled_rows(directory, payload=not no_payload, full=full):
         if flt.matches(row):

@@ -58,8 +58,6 @@ VERSION = 1
 HEADER = struct.Struct("<8sIIdQQQQII")
 HEADER_SIZE = HEADER.size  # 64
 assert HEADER_SIZE == 64
-# The records of a sealed segment whose checksum a checkpoint keeps (see SegmentMark).
-HEAD_BYTES = 4096
 _MARSHAL_VERSION = 4
 
 
@@ -68,8 +66,8 @@ class SegmentMark:
     """A segment a checkpoint covers, as it must still be found on open.
 
     `end` is where the covered bytes end: the checkpoint's offset in its own
-    segment; HEAD_BYTES past the header (or the file's end) in an older one.
-    `crc` is the CRC32C of the segment's bytes from the header's end to `end`.
+    segment; the file's end in an older (sealed) one. `crc` is the CRC32C of
+    the segment's bytes from the header's end to `end`.
     """
 
     seq: int
@@ -159,7 +157,9 @@ def image(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> Image:
     jobs: dict[int, int] = taken["jobs"]
     running: list[int] = taken["running"]
     total: list[int] = taken["counts"]
-    if len(running) != total[RUNNING] or not all(jid in jobs for jid in running):
+    if len(running) != total[RUNNING] or not all(
+        jobs.get(jid, 0) & M3 == RUNNING for jid in running
+    ):
         return _image_by_visiting(taken, marks)  # not expected: every running job has a lease
     by_task: dict[int, list[int]] = taken["by_task"]
     front: dict[tuple[int, int], list[int]] = {}

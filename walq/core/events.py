@@ -489,3 +489,13 @@ _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.PAUSE: lambda b: Pause(task=_task_name(b)),
     fmt.RESUME: lambda b: Resume(task=_task_name(b)),
 }
+
+
+def may_name(body: bytes, job_id: int) -> bool:
+    """Whether an event's body may be about job `job_id` (its id's 8 bytes are in it).
+
+    Every event stores ids as 8-byte little-endian integers, so a body without
+    them is not about the job: a cheap filter before decoding (`walq ui` reads
+    one job's history this way). True may be a coincidence; decode to be sure.
+    """
+    return _ID.pack(job_id) in body

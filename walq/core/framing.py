@@ -162,11 +162,17 @@ def resync(
     *,
     max_body: int = MAX_BODY,
     check: RecordCheck = crc_matches,
+    origin: int = 0,
 ) -> Record | None:
-    """The first valid record that starts after `start`, or None."""
+    """The first valid record that starts after `start`, or None.
+
+    `origin` is the file offset of `buf[0]` when `buf` is a piece of a segment.
+    """
     data = buf if isinstance(buf, bytes) else bytes(buf)
     for match in _CANDIDATE.finditer(data, start + 1 + _TYPE_AT):
-        found = decode(data, match.start() - _TYPE_AT, max_body=max_body, check=check)
+        found = decode(
+            data, match.start() - _TYPE_AT, max_body=max_body, check=check, origin=origin
+        )
         if isinstance(found, Record):
             return found
     return None

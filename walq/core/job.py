@@ -22,6 +22,21 @@ class Job:
     max_attempts: int = 0
     enqueued_at: float = 0.0
 
+    def fields(self) -> dict[str, Any]:
+        """The fields by name, as Job(**fields) takes them back: what a worker process is
+        sent (attrs.asdict, which inspects the class on every call, costs several times more).
+        """
+        return {
+            "id": self.id,
+            "task": self.task,
+            "payload": self.payload,
+            "attempt": self.attempt,
+            "key": self.key,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+            "enqueued_at": self.enqueued_at,
+        }
+
 
 def build_job(
     *,

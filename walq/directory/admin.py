@@ -300,6 +300,10 @@ class Administration(QueueBase):
     def sync(self) -> None:
         self._log.flush()
 
+    def shared_gates(self) -> None:
+        """None: one host owns a directory queue, so a worker's own gates are the queue's."""
+        self._check_not_closed()
+
     def record_worker_status(self, status: Mapping[str, Any], ttl: float = 30.0) -> None:
         """Written to STATUS_FILE, without fsync; a leftover .part is unlinked, not written to."""
         self._check_not_closed()

@@ -124,16 +124,27 @@ def check(fs: FileSystem, directory: str) -> tuple[ckpt.Summary | None, str | No
     return cp.summary, why
 
 
-def mark(fs: FileSystem, seg_path: str, header: fmt.SegmentHeader, end: int) -> ckpt.SegmentMark:
-    """A segment's mark: the CRC32C of its bytes from the header's end to `end`."""
+READ_CHUNK = 4 << 20
+
+
+def mark(
+    fs: FileSystem, seg_path: str, header: fmt.SegmentHeader, end: int | None
+) -> ckpt.SegmentMark:
+    """A segment's mark: the CRC32C of its bytes from the header's end to `end` (None: all)."""
     f = fs.open(seg_path)
     try:
-        data = f.pread(end - fmt.SEGMENT_HEADER_SIZE, fmt.SEGMENT_HEADER_SIZE)
+        stop = f.size() if end is None else min(end, f.size())
+        crc = 0
+        at = fmt.SEGMENT_HEADER_SIZE
+        while at < stop:
+            chunk = f.pread(min(READ_CHUNK, stop - at), at)
+            if not chunk:
+                break
+            crc = crc32c(chunk, crc)
+            at += len(chunk)
     finally:
         f.close()
-    return ckpt.SegmentMark(
-        header.seq, header.first, fmt.SEGMENT_HEADER_SIZE + len(data), crc32c(data)
-    )
+    return ckpt.SegmentMark(header.seq, header.first, max(at, fmt.SEGMENT_HEADER_SIZE), crc)
 
 
 def write(fs: FileSystem, directory: str, data: bytes) -> None:
@@ -206,14 +217,16 @@ class Resume:
         marks = self.checkpoint.image.marks
         if len(segments) < len(marks):
             return f"it names {len(marks)} segments, the log has {len(segments)}"
-        for m, seg in zip(marks, segments, strict=False):
+        for i, (m, seg) in enumerate(zip(marks, segments, strict=False)):
             if (seg.header.seq, seg.header.first) != (m.seq, m.first):
                 return (
                     f"it names segment {m.seq} (from {m.first}), the log has "
                     f"{seg.header.seq} (from {seg.header.first}): stale or another queue's"
                 )
             try:
-                now = mark(self.fs, seg.path, seg.header, m.end)
+                # A sealed segment whole (bytes added after its end are damage too);
+                # the checkpoint's own segment up to its position (the rest is replayed).
+                now = mark(self.fs, seg.path, seg.header, m.end if i == len(marks) - 1 else None)
             except OSError as exc:
                 return f"reading {seg.path}: {exc}"
             if now != m:
@@ -281,6 +294,8 @@ class Checkpointer:
         self._last_at = 0.0  # monotonic
         self._last_bytes = 0  # appended() at the last one
         self._last_cost = 0.0
+        # Sealed segments do not change until a compaction replaces them: marked once.
+        self._marks: dict[tuple[str, int, int], ckpt.SegmentMark] = {}
 
     def due(self) -> bool:
         """Whether the policy says to write one now."""
@@ -293,6 +308,7 @@ class Checkpointer:
     def outdated(self) -> None:
         """The checkpoint on disk names segments a compaction replaced: write one when allowed."""
         self._last_bytes = -self.policy.min_bytes
+        self._marks.clear()
 
     def write(self) -> Written:
         """Write a checkpoint of the queue now (OSError or WalqError if it cannot)."""
@@ -303,8 +319,16 @@ class Checkpointer:
         self.sync()
         marks = []
         for seg in segments:
-            end = offset if seg.seq == seq else fmt.SEGMENT_HEADER_SIZE + ckpt.HEAD_BYTES
-            marks.append(mark(self.fs, seg.path, seg.header, end))
+            if seg.seq == seq:
+                marks.append(mark(self.fs, seg.path, seg.header, offset))
+                continue
+            key = (seg.path, seg.header.seq, seg.header.first)
+            known = self._marks.get(key)
+            if known is None:
+                known = self._marks[key] = mark(self.fs, seg.path, seg.header, None)
+            marks.append(known)
+        for key in [k for k in self._marks if k[1] >= seq]:
+            del self._marks[key]  # not sealed (yet): never cached
         img = ckpt.image(taken, marks)
         wall = time.time()
         data = ckpt.encode(img, wall)

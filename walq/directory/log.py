@@ -56,6 +56,15 @@ SLOW_SYNC = 1.0  # seconds: an fdatasync slower than this is logged
 # The largest record replay accepts (framing refuses a longer body as damage).
 _MAX_RECORD = RECORD_HEADER_SIZE + MAX_BODY
 
+# Segments start small and grow with the write rate, up to `segment_size`: an
+# idle or small queue holds a few MiB, a busy one keeps large preallocated
+# segments (an fdatasync never persists a new file size, and rolls are rare).
+# The next segment is sized (a power of two times MIN_SEGMENT) to last at least
+# SEGMENT_SECONDS at the rate the active one is filling, but grows by at most
+# double (a burst is not a rate) and shrinks by at most half per segment.
+MIN_SEGMENT = 1 << 20
+SEGMENT_SECONDS = 4.0
+
 
 class Log:
     """An append-only log of records in numbered segment files in one directory."""
@@ -111,7 +120,12 @@ class Log:
         self.on_roll: Callable[[], None] | None = None  # a segment was sealed (the compactor)
         # The active segment is half full: time to prepare the next (the compactor's thread).
         self.on_half: Callable[[], None] | None = None
-        self._half_at = segment_size // 2
+        # The active segment's size: it rolls when full (see MIN_SEGMENT), and when
+        # it was started (monotonic), which tells how fast it fills.
+        self._floor = min(MIN_SEGMENT, segment_size)
+        self._capacity = self._floor
+        self._started = time.monotonic()
+        self._half_at = self._capacity // 2
         # The next segment's file, made ahead of the roll by `prepare_spare`.
         self.spare = Spare(fs, directory, segment_size)
         # Each fdatasync's duration (metrics); may be called with the lock held.
@@ -172,6 +186,12 @@ class Log:
             for s in self._sealed:
                 s.close()  # sealed segments are read through the reader's handles
             self._active = active
+            try:
+                size = active.file.size()
+            except OSError:
+                size = self.segment_size
+            self._capacity = max(self._floor, min(self.segment_size, size))
+            self._half_at = self._capacity // 2
             # The previous owner's last writes may have reached the kernel but not
             # the disk -- or, if its fsync failed, may sit in the page cache marked
             # clean, so that a plain fsync now would "succeed" without writing them.
@@ -179,7 +199,7 @@ class Log:
             active.file.pwrite(found.unvouched, found.vouched)
             active.file.sync()
         else:
-            self._active = Segment.create(fs, d, SegmentHeader(1, 1), self.segment_size)
+            self._active = Segment.create(fs, d, SegmentHeader(1, 1), self._capacity)
             self._end = SEGMENT_HEADER_SIZE
         self._buf_start = self._end
         # (A number past MAX_SEQ is never reached: that file is simply never read.)
@@ -214,7 +234,7 @@ class Log:
             assert self._active is not None
             buf = self._buf
             seq = self._active.seq
-            limit = self.segment_size
+            limit = self._capacity
             # Locals for the loop; written back before a roll and at the end. The
             # watermark only moves under this lock, so it holds for the whole call.
             end = start = self._end
@@ -240,6 +260,7 @@ class Log:
                                 self._check_open()
                                 continue
                             self._roll()
+                            limit = self._capacity
                         buf = self._buf
                         seq = self._active.seq
                         end = start = self._end
@@ -292,8 +313,10 @@ class Log:
         self._synced = self._appended
         seq = old.seq + 1 if seq is None else seq
         header = SegmentHeader(seq, seq)
+        size = self._next_capacity()
         try:
-            new = self.spare.next_segment(header)
+            new = self.spare.next_segment(header, size)
+            size = new.file.size()  # a spare made earlier may have another size
         except OSError as exc:
             self._fail(f"creating segment {header.seq} in {self.directory} failed: {exc}")
         old.close()
@@ -301,9 +324,23 @@ class Log:
         self._active = new
         self._end = self._buf_start = SEGMENT_HEADER_SIZE
         self._seg_lsn = self._appended
-        self._half_at = self.segment_size // 2
+        self._capacity = max(self._floor, min(self.segment_size, size))
+        self._started = time.monotonic()
+        self._half_at = self._capacity // 2
         if self.on_roll is not None:
             self.on_roll()
+
+    def _next_capacity(self) -> int:
+        """The size for the next segment (lock held): what lasts SEGMENT_SECONDS at the
+        rate the active one is filling, from half to twice the active one's size,
+        within MIN_SEGMENT..segment_size (see SEGMENT_SECONDS)."""
+        elapsed = max(1e-3, time.monotonic() - self._started)
+        want = (self._end - SEGMENT_HEADER_SIZE) / elapsed * SEGMENT_SECONDS
+        size = self._floor
+        while size < want and size < self.segment_size:
+            size *= 2
+        size = min(max(size, self._capacity // 2), 2 * self._capacity)
+        return max(self._floor, min(self.segment_size, size))
 
     def commit(self, lsn: int) -> None:
         """Return once everything up to `lsn` is durable (group commit).
@@ -512,7 +549,8 @@ class Log:
             if self._closed or self._failed is not None or self._active is None:
                 return False
             header = SegmentHeader(self._active.seq + 1, self._active.seq + 1)
-        return self.spare.prepare(header, closed=lambda: self._closed)
+            size = self._next_capacity()
+        return self.spare.prepare(header, closed=lambda: self._closed, size=size)
 
     @property
     def spare_error(self) -> str | None:

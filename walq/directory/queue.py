@@ -113,7 +113,8 @@ class Queue(Administration):
         (compact only when `compact()` is called).
         checkpoint: True (the default policy), a checkpoint.Policy, or False:
         when the compactor's thread writes the checkpoint open starts from
-        (docs/FORMAT.md; `write_checkpoint()` writes one whatever this says).
+        (docs/FORMAT.md); with compaction=False that thread does not run.
+        `write_checkpoint()` writes one whatever these say.
         serve: answer walq.connect() producers on the queue's socket and ingest
         their spool (docs/PRODUCERS.md).
         A "redis://..." path opens a RedisQueue instead (docs/REDIS.md).

@@ -34,8 +34,11 @@ class Spare:
         """A parent's thread may have held the lock at the fork: take a fresh one."""
         self._mu = threading.Lock()
 
-    def prepare(self, header: SegmentHeader, closed: Callable[[], bool]) -> bool:
-        """Make the segment `header` names, unless made already; return whether it made one.
+    def prepare(
+        self, header: SegmentHeader, closed: Callable[[], bool], size: int | None = None
+    ) -> bool:
+        """Make the segment `header` names (`size` bytes, preallocated), unless made already;
+        return whether it made one.
 
         A spare made for another segment (a roll came first) is deleted. `closed`
         is asked under the lock, so a log closing meanwhile leaves no file behind.
@@ -50,7 +53,7 @@ class Spare:
                 return False
             try:
                 self.segment = Segment.prepare(
-                    self.fs, self.directory, header, self.segment_size, SPARE_SUFFIX
+                    self.fs, self.directory, header, size or self.segment_size, SPARE_SUFFIX
                 )
             except OSError as exc:  # the roll will try again, synchronously, and say so
                 self.error = f"preparing segment {header.seq} failed: {exc}"
@@ -59,8 +62,9 @@ class Spare:
             self.error = None
         return True
 
-    def next_segment(self, header: SegmentHeader) -> Segment:
-        """The segment `header` names: the spare renamed into place if made for it, else new.
+    def next_segment(self, header: SegmentHeader, size: int | None = None) -> Segment:
+        """The segment `header` names: the spare renamed into place if made for it, else a
+        new one of `size` bytes.
 
         Waits for a spare being made now (it is nearly done). OSError if the
         file cannot be created or renamed.
@@ -76,7 +80,7 @@ class Spare:
             return spare
         if spare is not None:
             self.discard(spare)
-        return Segment.create(self.fs, self.directory, header, self.segment_size)
+        return Segment.create(self.fs, self.directory, header, size or self.segment_size)
 
     def discard(self, spare: Segment) -> None:
         """Close and delete a spare segment (best effort: recovery deletes leftovers)."""

@@ -27,6 +27,7 @@ __all__ = [  # RECOVERY_MODES: how a directory's owner may open past damage (`wa
     "RECOVERY_MODES",
     "Compacted",
     "Enqueued",
+    "cancel",
     "compact",
     "enqueue",
     "open_server",
@@ -132,6 +133,22 @@ def requeue(path: str, ids: Iterable[int], fs: FileSystem | None = None) -> list
         for jid in wanted:
             q.requeue(jid)
     return wanted
+
+
+def cancel(path: str, ids: Iterable[int], fs: FileSystem | None = None) -> list[int]:
+    """Cancel unfinished jobs; return those cancelled (the others had finished). Needs the lock.
+
+    A dead job is refused (StateError): purge or requeue it.
+    """
+    wanted = list(ids)
+    if backends.is_url(path):
+        with open_server(path) as server:
+            return [jid for jid in wanted if server.cancel(jid)]
+    with _open_owned(path, fs) as q:
+        for jid in wanted:
+            if q.status(jid) == "dead":
+                raise StateError(f"job {jid} is dead: purge or requeue it")
+        return [jid for jid in wanted if q.cancel(jid)]
 
 
 def purge(path: str, ids: Iterable[int] | None = None, fs: FileSystem | None = None) -> int:

@@ -324,6 +324,29 @@ def dump(
     return Dumper(payload=payload, full=full).rows(path, flt, fs)
 
 
+def dump_job(
+    path: str,
+    job_id: int,
+    *,
+    payload: bool = True,
+    full: bool = False,
+    fs: FileSystem | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The rows about job `job_id`, found without reading every record (walq.ops.lookup).
+
+    The same rows as `dump(path, DumpFilter(job=job_id))` but for damage
+    elsewhere in the log, which only a full read shows (`walq fsck`).
+    """
+    from walq.ops import lookup  # noqa: PLC0415 - lookup reads through walq.ops.replay
+
+    dumper = Dumper(payload=payload, full=full)
+    flt = DumpFilter(job=job_id)
+    for seq, rec in lookup.job_records(path, job_id, fs):
+        row = dumper.record_row(seq, rec)
+        if flt.matches(row):
+            yield row
+
+
 @attrs.frozen
 class LogEnd:
     """Where a reader found the valid log to end: segment `seq` (covering from `first`)."""

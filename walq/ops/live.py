@@ -16,6 +16,7 @@ from walq.core.jobspec import state_code
 from walq.core.state import STATE_NAMES
 from walq.directory.fs import FileSystem
 from walq.errors import NoOwnerError, ProtocolError
+from walq.ops import lookup
 from walq.ops.owner import owner
 from walq.ops.replay import replay
 from walq.ops.scan import check_queue_dir, read_record
@@ -57,7 +58,22 @@ def job_status(path: str, job_id: int, fs: FileSystem | None = None) -> dict[str
 
 
 def files_job_status(path: str, job_id: int, fs: FileSystem | None = None) -> dict[str, Any]:
-    """One job's detail read from the files without the lock (UnknownJobError if none)."""
+    """One job's detail read from the files without the lock (UnknownJobError if none).
+
+    From the job's own records (walq.ops.lookup: no replay), or, where those
+    cannot tell, a replay of the whole log.
+    """
+    who = owner(path)
+    try:
+        out = dict(lookup.job_state(path, job_id, fs, owner_running=who.running))
+    except lookup.Unsure:
+        return replayed_job_status(path, job_id, fs)
+    out["source"] = "files"
+    return out
+
+
+def replayed_job_status(path: str, job_id: int, fs: FileSystem | None = None) -> dict[str, Any]:
+    """One job's detail from a replay of the whole log (UnknownJobError if none)."""
     who = owner(path)
     r = replay(path, fs, owner_running=who.running)
     state = r.state

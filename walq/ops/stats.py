@@ -218,6 +218,17 @@ def directory_stats(
 
     Keys as in Queue.stats() where they mean the same; QueueStats.of reads them.
     """
+    return directory_snapshot(path, fs, now=now, progress=progress)[0]
+
+
+def directory_snapshot(
+    path: str,
+    fs: FileSystem | None = None,
+    *,
+    now: Now | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], Replayed]:
+    """`directory_stats` and the replayed state it was read from (`walq ui` lists jobs off it)."""
     fs = fs or OsFileSystem()
     now = now or now_clock()
     who = owner(path)
@@ -279,7 +290,7 @@ def directory_stats(
     due = state.next_due()
     if due is not None:
         out["next_due_in"] = max(0.0, due - now.mono)
-    return out
+    return out, r
 
 
 class _Moved(Exception):

@@ -76,6 +76,7 @@ def inspect_stats(url: str) -> dict[str, Any]:
             expired_leases=int(expired),
             next_due_in=max(0.0, (min(nexts) - now) / 1000.0) if nexts else None,
             workers=workers,
+            paused=q.paused(),
         )
         return st
 

@@ -64,6 +64,10 @@ SCRIPTS: Final[Mapping[str, Spec]] = {
     "find": Spec(2),
     "detail": Spec(2),
     "jobs": Spec(5),
+    "gate_admit": Spec(13, libs=("gates_lib",)),
+    "gate_breaker": Spec(5, libs=("gates_lib",)),
+    "gate_budget": Spec(5, libs=("gates_lib",)),
+    "gate_release": Spec(4),
 }
 
 

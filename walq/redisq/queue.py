@@ -54,6 +54,7 @@ from walq.redisq import connection, lua
 from walq.redisq.claims import RESERVATION, Held, claim_accepted
 from walq.redisq.connection import text as _text
 from walq.redisq.events import Events
+from walq.redisq.gates import SharedGates
 from walq.redisq.lua import check_job_id
 from walq.redisq.lua import ms as _ms
 from walq.redisq.records import dead_rows, decode_or_raw, pairs, shape_stats
@@ -651,6 +652,11 @@ class RedisQueue(QueueBackend):
     def sync(self) -> None:
         """Nothing to do: the server made every write durable per its appendfsync."""
         self._check_open()
+
+    def shared_gates(self) -> SharedGates:
+        """Retry budget, breakers, rate limits and caps on the server: every host shares them."""
+        self._check_open()
+        return SharedGates(self)
 
     def record_worker_status(self, status: Mapping[str, Any], ttl: float = 30.0) -> None:
         """A key P:w:HOST:PID that expires after `ttl` seconds."""

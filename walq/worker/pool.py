@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
 from walq.backend import QueueBackend
 from walq.core.job import Job
 from walq.core.jobspec import check_seconds
@@ -91,6 +89,12 @@ class Worker:
         if async_concurrency < 1:
             raise ArgumentError(f"async_concurrency must be at least 1, not {async_concurrency}")
         self.queue = queue
+        self._child_tasks = tasks  # what the worker processes import (policies stay here)
+        self.budget = retry_budget if retry_budget is not None else RetryBudget()
+        gates = queue.shared_gates()
+        if gates is not None:  # every host shares them (a server's queue)
+            tasks = tasks.with_policies(lambda t: gates.share(t.name, t.policy, t.timeout))
+            self.budget = gates.budget(self.budget)
         self.tasks = tasks
         # The level of the one line per finished attempt (logging.DEBUG turns it down).
         self.job_log_level = job_log_level
@@ -110,7 +114,6 @@ class Worker:
         self._start_error: WorkerStartError | None = None
         self._started_once = False  # a worker process once reported ready
         self._tasks_arg: Tasks | bytes | None = None
-        self.budget = retry_budget if retry_budget is not None else RetryBudget()
         self._ctx: Any = multiprocessing.get_context(start_method)
         self._rng = rng or random.Random()
         self._slots: list[Slot] = []
@@ -290,7 +293,7 @@ class Worker:
             # spawn/forkserver: the child unpickles (imports) the tasks itself, inside
             # child_main, so an import error reaches the owner as a report.
             fork = self._ctx.get_start_method() == "fork"
-            self._tasks_arg = self.tasks if fork else pickle.dumps(self.tasks)
+            self._tasks_arg = self._child_tasks if fork else pickle.dumps(self._child_tasks)
         self._slots.append(Slot.start(self._ctx, self._tasks_arg, self._group_signals, self._runs))
         self.counters["spawned"] += 1
 
@@ -376,7 +379,7 @@ class Worker:
             space[id(slot)] -= 1
             slot.jobs[job.id] = (job, self.tasks[job.task])
             slot.settle(time.monotonic())
-            batches.setdefault(id(slot), []).append(attrs.asdict(job))
+            batches.setdefault(id(slot), []).append(job.fields())
         for slot in free:
             batch = batches.get(id(slot))
             if batch:
@@ -702,7 +705,10 @@ class Worker:
 
     def status(self) -> dict[str, Any]:
         """Breaker states, running counts and counters: what `walq stats` shows."""
-        return worker_status(self.queue, self.tasks, self._runtime, len(self._slots), self.counters)
+        return worker_status(
+            self.queue, self.tasks, self._runtime, len(self._slots), self.counters, self.budget,
+            self._slots,
+        )  # fmt: skip
 
     def _write_status(self, final: bool = False) -> None:
         """Record the status now (the StatusWriter), not waiting for its interval."""

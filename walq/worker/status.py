@@ -9,15 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
 from walq.backend import QueueBackend
+from walq.core.gates import RetryBudget
 from walq.errors import WalqError
 from walq.worker.heartbeat import Link
 from walq.worker.outcomes import TaskRuntime
+from walq.worker.slots import Slot
 from walq.worker.tasks import Tasks
 
 
@@ -27,15 +29,28 @@ def worker_status(
     runtime: dict[str, TaskRuntime],
     processes: int,
     counters: dict[str, int],
+    budget: RetryBudget | None = None,
+    slots: Sequence[Slot] = (),
 ) -> dict[str, Any]:
-    """Breaker states, running counts and counters: what `walq stats` shows."""
+    """Breaker states, limits, running counts, the retry budget and counters: what
+    `walq stats` and `walq ui` show."""
     now = time.monotonic()
     by_task = {}
     for task in tasks:
-        breaker = task.policy.breaker
+        policy = task.policy
+        breaker = policy.breaker
+        rate = policy.rate
         by_task[task.name] = {
             "running": runtime[task.name].running,
             "breaker": breaker.state(now) if breaker is not None else "off",
+            "concurrency": policy.concurrency,
+            "rate": None
+            if rate is None
+            else {
+                "per_second": rate.per_second,
+                "burst": rate.burst,
+                "tokens": round(rate.tokens(now), 3),
+            },
         }
     health = getattr(queue, "compactor_health", None)  # a file queue's, not Redis's
     return {
@@ -44,6 +59,32 @@ def worker_status(
         "updated": time.time(),
         "tasks": by_task,
         "counters": dict(counters),
+        # Each worker process: the jobs it runs now and for how long (`walq ui` shows them).
+        "children": [
+            {
+                "pid": slot.proc.pid,
+                "jobs": [
+                    {
+                        "job": jid,
+                        "task": slot.jobs[jid][1].name,
+                        "attempt": slot.jobs[jid][0].attempt,
+                        "running_for": round(now - began, 3),
+                    }
+                    for jid, began in slot.started.items()
+                    if jid in slot.jobs
+                ],
+                "completed": slot.completed,
+            }
+            for slot in slots
+        ],
+        "retry_budget": None
+        if budget is None
+        else {
+            "ratio": budget.ratio,
+            "floor": budget.floor,
+            "window": budget.window,
+            "balance": round(budget.balance(now), 3),
+        },
         "compactor": health() if health is not None else None,
     }
 

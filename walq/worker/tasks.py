@@ -124,6 +124,12 @@ class Tasks:
         """The registered schedules."""
         return list(self._schedules.values())
 
+    def with_policies(self, policy: Callable[[Task], TaskPolicy]) -> Tasks:
+        """A copy whose every task has the policy `policy(task)` (the shared gates of a server)."""
+        out = Tasks()
+        out._tasks = {name: attrs.evolve(t, policy=policy(t)) for name, t in self._tasks.items()}
+        return out
+
     def task(
         self,
         name: str | None = None,

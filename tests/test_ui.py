@@ -1,0 +1,303 @@
+"""`walq ui` without a browser: its rate series, bind rules, token, lists and actions.
+
+The server is the real `python -m walq ui` process; the browser tests are in
+tests/test_ui_browser.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+import walq
+from tests.procs import wait_for
+from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
+from tests.ui_procs import dashboard, fresh_redis_queue
+from walq.errors import ArgumentError
+from walq.ops import stats as ops_stats
+from walq.ui.actions import Ledger, OfflineActions, make_actions
+from walq.ui.series import Series
+from walq.ui.server import address, choose_token, is_loopback
+from walq.ui.source import DirectorySource, Sampler, iter_pages, running_by_workers, totals
+
+
+def seeded(path: str, dead: int = 3) -> dict[str, list[int]]:
+    """A queue with pending, scheduled and dead jobs, and no owner; their ids by state."""
+    with walq.Queue.open(path) as q:
+        pending = q.enqueue_many([("resize", {"n": i}) for i in range(120)])
+        scheduled = [q.enqueue("report", {"n": i}, delay=3600 + i) for i in range(3)]
+        keyed = q.enqueue("report", {"n": 99}, delay=7200, key="monthly")
+        dead_ids = []
+        for i in range(dead):
+            jid = q.enqueue("report", {"n": i, "fail": True}, max_attempts=1)
+            dead_ids.append(jid)
+        for _ in dead_ids:
+            job = q.claim(tasks=["report"])
+            assert job is not None
+            q.fail(job.id, f"Traceback (most recent call last):\nLookupError: report {job.id}")
+    return {"pending": pending, "scheduled": [*scheduled, keyed], "dead": dead_ids}
+
+
+# -- the pure parts ---------------------------------------------------------------------------
+
+
+def test_series_counts_events_per_second_and_survives_a_counter_reset() -> None:
+    """Deltas of running totals, per 10 s bin; a total that went down began again."""
+    s = Series(["enqueued"], window=60, step=10)
+    s.add(100.0, {"enqueued": 1000})  # the first total only sets the base
+    s.add(105.0, {"enqueued": 1050})
+    s.add(112.0, {"enqueued": 20})  # the owner restarted: 20 since
+    s.add(118.0, {"enqueued": None})  # not known this time: no change, no base lost
+    s.add(119.0, {"enqueued": 40})
+    rates = s.rates(119.0)
+    assert rates["step"] == 10
+    assert rates["rates"]["enqueued"][-2:] == [5.0, 4.0]
+    assert len(rates["rates"]["enqueued"]) == 6
+    s.add(1000.0, {"enqueued": 50})
+    assert sum(s.rates(1000.0)["rates"]["enqueued"]) == 1.0  # older bins left the window
+
+
+def test_a_bind_beyond_loopback_needs_a_token() -> None:
+    """No token is allowed on loopback only; a given token must be long enough."""
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    assert choose_token("127.0.0.1", "") is None
+    with pytest.raises(ArgumentError, match=r"0\.0\.0\.0: a dashboard bound beyond loopback"):
+        choose_token("0.0.0.0", "")
+    with pytest.raises(ArgumentError, match="at least 16"):
+        choose_token("127.0.0.1", "short")
+    made = choose_token("0.0.0.0", None)
+    assert made is not None and len(made) >= 24
+    assert address("::1", 8700, "t") == "http://[::1]:8700/?token=t"
+
+
+def test_the_cli_refuses_an_open_bind_without_a_token(qdir: str) -> None:
+    """`walq ui DIR --host 0.0.0.0 --token ''` exits 2 with one line, before listening."""
+    import subprocess
+    import sys
+
+    seeded(qdir)
+    cmd = [sys.executable, "-m", "walq", "ui", qdir, "--host", "0.0.0.0", "--token", ""]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "walq: 0.0.0.0: a dashboard bound beyond loopback needs an access token; "
+        "leave --token out to get one"
+    ]
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def test_lists_are_paged_off_one_read(qdir: str) -> None:
+    """Each state's list comes from the last read, a page at a time, in the page's order."""
+    ids = seeded(qdir)
+    source = DirectorySource(qdir)
+    st = source.read()
+    assert st.jobs == {"pending": 120, "scheduled": 4, "running": 0, "dead": 3}
+    page = source.jobs("pending", 50, 50)
+    assert page.total == 120 and [r["id"] for r in page.rows] == ids["pending"][50:100]
+    assert [r["id"] for r in iter_pages(source, "pending", 50)] == ids["pending"]
+    sched = source.jobs("scheduled", 0, 50).rows
+    assert [r["id"] for r in sched] == ids["scheduled"]  # by due time
+    assert all(a["due"] < b["due"] for a, b in itertools.pairwise(sched))
+    dead = source.jobs("dead", 0, 50).rows
+    assert [r["id"] for r in dead] == ids["dead"]
+    assert dead[0]["error"].endswith(f"LookupError: report {ids['dead'][0]}")
+    assert source.find_key("monthly") == ids["scheduled"][-1]
+    job = source.job(ids["dead"][1])
+    assert job["status"] == "dead" and "Traceback" in job["error"]
+    history = source.history(ids["dead"][1], None, 100)
+    assert [r["type"] for r in history["rows"]] == ["enqueue", "claim", "fail"]
+    first = source.history(ids["dead"][1], None, 1)
+    assert len(first["rows"]) == 1 and first["next"] is not None
+
+
+def test_the_sampler_keeps_one_snapshot_with_rates(qdir: str) -> None:
+    """Pages read the sampler's last snapshot; enqueues show as a rate."""
+    seeded(qdir)
+    now = [1_000_000.0]
+    sampler = Sampler(DirectorySource(qdir), clock=lambda: now[0])
+    first = sampler.sample()
+    assert first["jobs"]["pending"] == 120 and sampler.latest() is first
+    with walq.Queue.open(qdir) as q:
+        q.enqueue_many([("resize", {}) for _ in range(50)])
+    now[0] += 10
+    second = sampler.sample()
+    assert second["series"]["rates"]["enqueued"][-1] == 5.0  # 50 in a 10 s bin
+    assert totals(ops_stats.read(qdir))["enqueued"] == 127 + 50
+
+
+def test_running_jobs_are_placed_by_the_workers_reports() -> None:
+    """Each worker process's job, and how long it has run by the time it is read."""
+    workers = [
+        {"pid": 10, "age": 1.5, "children": [
+            {"pid": 11, "jobs": [{"job": 7, "task": "resize", "attempt": 1, "running_for": 2.0}]},
+            {"pid": 12, "jobs": []},
+        ]},
+        {"pid": 20, "children": [{"pid": 21, "jobs": [
+            {"job": 9, "task": "email", "attempt": 3, "running_for": 0.25},
+            {"job": 8, "task": "email", "attempt": 1, "running_for": 1.0},
+        ]}]},
+    ]  # fmt: skip
+    assert running_by_workers(workers) == {
+        7: {"worker": 10, "process": 11, "task": "resize", "attempt": 1, "running_for": 3.5},
+        9: {"worker": 20, "process": 21, "task": "email", "attempt": 3, "running_for": 0.2},
+        8: {"worker": 20, "process": 21, "task": "email", "attempt": 1, "running_for": 1.0},
+    }
+
+
+# -- acting -----------------------------------------------------------------------------------
+
+
+def test_actions_act_on_the_queue_and_are_logged(qdir: str) -> None:
+    """Requeue, cancel, purge through the lock (no owner); pause says what it needs."""
+    ids = seeded(qdir)
+    ledger = Ledger(OfflineActions(qdir))
+    done = ledger.run("ui", "requeue", {"ids": [ids["dead"][0]]})
+    assert done.ok and done.result == f"requeued job {ids['dead'][0]}"
+    done = ledger.run("ui", "cancel", {"ids": [ids["scheduled"][0]]})
+    assert done.ok and done.result == f"cancelled job {ids['scheduled'][0]}"
+    done = ledger.run("ui", "purge", {"ids": [ids["dead"][1]]})
+    assert done.ok and done.result == "purged 1 dead job"
+    done = ledger.run("ui", "requeue", {"ids": [ids["pending"][0]]})
+    assert not done.ok and done.result == f"job {ids['pending'][0]} is pending, not dead"
+    done = ledger.run("ui", "pause", {"task": "resize"})
+    assert not done.ok and "control channel" in done.result
+    done = ledger.run("ui", "explode", {})
+    assert not done.ok and done.result.startswith("unknown action 'explode'")
+    assert [d["action"] for d in ledger.recent()][:3] == ["explode", "pause", "requeue"]
+    assert all(d["who"] == "ui" for d in ledger.recent())
+    with walq.Queue.open(qdir) as q:
+        assert q.status(ids["dead"][0]) == "pending"
+        assert q.status(ids["scheduled"][0]) == "cancelled"
+        assert q.status(ids["dead"][2]) == "dead"
+        assert len(q.dead_jobs()) == 1
+
+
+def test_control_actions_take_the_lock_when_no_owner_runs(qdir: str) -> None:
+    """The dashboard's own actions: the owner's control channel, or the lock with none."""
+    ids = seeded(qdir)
+    ledger = Ledger(make_actions(qdir))
+    assert ledger.actions.can_pause
+    done = ledger.run("ui", "pause", {"task": "resize"})
+    assert done.ok and done.result == "paused resize (the queue's lock taken)"
+    done = ledger.run("ui", "pause", {"task": "resize"})
+    assert done.ok and done.result == "was already paused: resize (the queue's lock taken)"
+    done = ledger.run("ui", "requeue", {"ids": ids["dead"][:2]})
+    assert done.ok and done.result.startswith(f"requeued jobs {ids['dead'][0]}, {ids['dead'][1]}")
+    done = ledger.run("ui", "cancel", {"ids": [ids["dead"][2]]})
+    assert not done.ok and "dead" in done.result
+    with walq.Queue.open(qdir) as q:
+        assert q.paused() == ["resize"]
+        assert q.status(ids["dead"][0]) == "pending"
+    done = ledger.run("ui", "resume", {"task": "resize"})
+    assert done.ok and done.result == "resumed resize (the queue's lock taken)"
+
+
+def test_read_only_refuses_every_action(qdir: str) -> None:
+    ids = seeded(qdir)
+    ledger = Ledger(OfflineActions(qdir), read_only=True)
+    done = ledger.run("ui", "requeue", {"ids": ids["dead"][:1]})
+    assert not done.ok and "read-only" in done.result
+    with walq.Queue.open(qdir) as q:
+        assert q.status(ids["dead"][0]) == "dead"
+
+
+# -- the real server --------------------------------------------------------------------------
+
+
+def test_every_request_needs_the_token(qdir: str) -> None:
+    """No token: 403. The token once: a cookie. An action also needs the token header."""
+    import urllib.request
+
+    ids = seeded(qdir)
+    with dashboard(qdir) as ui:
+        assert len(ui.token) >= 24
+        for path in ("/", "/api/snapshot", "/static/ui.js", "/api/jobs?state=dead"):
+            status, body = ui.get(path, token=False)
+            assert status == 403, path
+            assert "access token" in body
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(ui.url, timeout=30) as response:  # redirected, the cookie set
+            assert response.status == 200 and response.url == ui.base + "/"
+            assert "ui.js" in response.read().decode()
+        with opener.open(ui.base + "/api/snapshot", timeout=30) as response:
+            assert response.status == 200
+        status, _ = ui.post("/api/action", {"action": "purge"}, header=False)
+        assert status == 403
+        with walq.Queue.open(qdir) as q:  # the dashboard holds no lock
+            assert len(q.dead_jobs()) == len(ids["dead"])
+
+
+def test_the_snapshot_matches_stats_and_actions_change_the_queue(qdir: str) -> None:
+    ids = seeded(qdir)
+    with dashboard(qdir) as ui:
+        status, snap = ui.get("/api/snapshot")
+        assert status == 200
+        st = ops_stats.read(qdir)
+        assert snap["jobs"] == dict(st.jobs)
+        assert snap["tasks"] == {t: dict(c) for t, c in st.tasks.items()}
+        status, page = ui.get("/api/jobs?state=dead&limit=2")
+        assert status == 200 and page["total"] == 3 and len(page["rows"]) == 2
+        status, found = ui.get("/api/find?q=monthly")
+        assert found == {"id": ids["scheduled"][-1]}
+        status, reply = ui.post("/api/action", {"action": "requeue", "ids": ids["dead"][:1]})
+        assert status == 200 and reply["ok"], reply
+        wait_for(lambda: ui.get("/api/snapshot")[1]["jobs"]["dead"] == 2)
+        status, reply = ui.post("/api/action", {"action": "requeue", "ids": ids["dead"][:1]})
+        assert status == 409 and reply["result"] == f"job {ids['dead'][0]} is pending, not dead"
+        status, log = ui.get("/api/snapshot")
+        assert [(a["who"], a["ok"]) for a in log["actions"]] == [("ui", False), ("ui", True)]
+        status, err = ui.get("/api/job/99999")
+        assert status == 404 and err["error"] == "job 99999 does not exist"
+    with walq.Queue.open(qdir) as q:
+        assert q.status(ids["dead"][0]) == "pending"
+
+
+def test_read_only_dashboard_refuses_actions(qdir: str) -> None:
+    ids = seeded(qdir)
+    with dashboard(qdir, "--read-only") as ui:
+        status, reply = ui.post("/api/action", {"action": "purge", "ids": ids["dead"]})
+        assert status == 403 and "read-only" in reply["result"]
+        assert ui.get("/api/snapshot")[1]["read_only"] is True
+    with walq.Queue.open(qdir) as q:
+        assert len(q.dead_jobs()) == 3
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    """A Redis queue URL with a fresh prefix, its keys deleted afterwards."""
+    base = redis_url()
+    assert base is not None
+    with fresh_redis_queue(base) as queue_url:
+        yield queue_url
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(SKIP_REDIS, reason=str(REDIS_SKIP))
+def test_a_server_queue_is_shown_and_acted_on(url: str) -> None:
+    """The same dashboard over a Redis URL: counts, dead jobs, requeue at once."""
+    need_redis()
+    with walq.open(url) as q:
+        q.enqueue_many([("resize", {}) for _ in range(5)])
+        jid = q.enqueue("report", {"fail": True}, max_attempts=1)
+        job = q.claim(tasks=["report"])
+        assert job is not None and job.id == jid
+        q.fail(jid, "LookupError: gone")
+    with dashboard(url) as ui:
+        snap = ui.get("/api/snapshot")[1]
+        assert snap["backend"] == "redis" and snap["jobs"]["dead"] == 1
+        assert snap["jobs"]["pending"] == 5
+        page = ui.get("/api/jobs?state=dead")[1]
+        assert [r["id"] for r in page["rows"]] == [jid] and page["rows"][0]["error"]
+        assert ui.get("/api/jobs?state=pending")[1]["note"]
+        status, reply = ui.post("/api/action", {"action": "requeue", "ids": [jid]})
+        assert status == 200 and reply["ok"], reply
+    with walq.open(url) as q:
+        assert q.status(jid) == "pending"
