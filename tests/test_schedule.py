@@ -403,3 +403,14 @@ def test_a_checkpoint_carries_schedules_and_kept_keys(tmp_path: Path, clock: Fak
         assert q.schedules()[0]["last"] == at(2026, 12, 4, 12)
         assert q.enqueue("email", b"y", key="welcome:1") == jid
         assert q.fire_schedule(every_minute()) == []
+
+
+def test_a_copy_with_shared_policies_keeps_the_schedules() -> None:
+    """Tasks.with_policies (a worker on a server shares its gates) keeps every schedule."""
+    tasks = walq.Tasks()
+
+    @tasks.periodic("tick", every=60)
+    def tick(payload: object, job: walq.Job) -> None: ...
+
+    copy = tasks.with_policies(lambda t: t.policy)
+    assert [s.name for s in copy.schedules()] == ["tick"]

@@ -128,6 +128,7 @@ class Tasks:
         """A copy whose every task has the policy `policy(task)` (the shared gates of a server)."""
         out = Tasks()
         out._tasks = {name: attrs.evolve(t, policy=policy(t)) for name, t in self._tasks.items()}
+        out._schedules = dict(self._schedules)
         return out
 
     def task(
