@@ -285,14 +285,22 @@ def _names(rec: framing.Record, job_id: int) -> bool:
 
 
 def _ids_of(e: ev.Event) -> set[int]:
-    if isinstance(e, ev.Enqueue | ev.Job | ev.Fail):
+    if isinstance(e, ev.Enqueue | ev.Job | ev.Fail | ev.Keep):
         return {e.id}
+    if isinstance(e, ev.Unique):
+        return {jid for jid, _ in e.items}
     if isinstance(e, ev.Claim | ev.Release):
         return {jid for jid, _ in e.items}
     if isinstance(e, ev.Meta):
         return {jid for jid, _ in e.tombstones}
-    if isinstance(e, ev.Pause | ev.Resume):
+    if isinstance(e, ev.Pause | ev.Resume | ev.Schedule):
         return set()
+    if isinstance(e, ev.After):  # a dependent job's enqueue
+        return {e.job.id}
+    if isinstance(e, ev.Finish):  # an ack, and the follow-up jobs it commits
+        return {e.id} | set().union(*(_ids_of(child) for child in e.children))
+    if isinstance(e, ev.Flow):  # a checkpoint's kept results and waiting jobs
+        return {r[0] for r in e.results} | {w[0] for w in e.waits}
     return set(e.ids)
 
 
@@ -312,6 +320,10 @@ def job_state(
     error = None
     for seq, rec in records:
         e = ev.decode(rec.rtype, rec.body)
+        if isinstance(e, ev.After) and e.job.id == job_id:
+            # A dependent's fate follows its parents' (a dead parent cancels it),
+            # which its own records do not say: only a replay can tell.
+            raise Unsure(job_id)
         state.apply(e, Loc(seq, rec.offset, rec.end - rec.offset), now)
         if isinstance(e, ev.Fail | ev.Job) and e.error:
             error = e.error
