@@ -34,6 +34,10 @@ def busy_queue(qdir: str, *, compact: bool) -> int:
                 q.fail(j.id, "retry", delay=0)
             for j in jobs[70:75]:
                 q.release(j.id)
+            # Flow records: an ack with a result and follow-up jobs, and a dependent.
+            for j in jobs[75:77]:
+                q.ack(j.id, result={"done": j.id}, enqueue=[("next", {"after": j.id})])
+            q.enqueue("fan-in", {"r": round_}, after=[ids[0], ids[1]])
             q.cancel(ids[-1])
             dead = [d.id for d in q.dead_jobs()]
             q.requeue(dead[0])
