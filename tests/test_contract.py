@@ -886,6 +886,20 @@ class TestTime:
         q.ack(claimed(q).id)
         assert q.enqueue("email", b"x", key="plain") != other
 
+    def test_unique_for_survives_an_ack_with_a_result(self, backend: Backend) -> None:
+        """An ack that keeps a result and adds jobs (one finish) remembers the key too,
+        also for a later handle; after= with unique_for= is refused."""
+        q = backend.open()
+        jid = q.enqueue("email", b"x", key="welcome:2", unique_for=60.0)
+        q.ack(claimed(q).id, result={"sent": 1}, enqueue=[("log", {"of": jid})])
+        assert q.status(jid) == "done" and q.result(jid) == {"sent": 1}
+        assert q.enqueue("email", b"x", key="welcome:2") == jid
+        with pytest.raises(walq.ArgumentError, match="after or unique_for"):
+            q.enqueue("email", b"y", key="k2", unique_for=60.0, after=[jid])
+        q.close()
+        with backend.open() as again:
+            assert again.enqueue("email", b"x", key="welcome:2") == jid
+
     def test_unique_for_expires(self, q: Any) -> None:
         """Once unique_for has passed, the key makes a new job."""
         jid = q.enqueue("email", b"x", key="k", unique_for=0.2)
