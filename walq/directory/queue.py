@@ -484,8 +484,11 @@ class Queue(Administration):
             self._wake()
         return refused
 
-    def _record_finishes(self, finished: list[tuple[int, Output]]) -> int:
-        """Write one finish record per job: its ack, result and follow-up jobs (lock held)."""
+    def _record_finishes(self, finished: list[tuple[int, Output]]) -> int | None:
+        """Write one finish record per job: its ack, result and follow-up jobs (lock held).
+
+        (A seam: walq.testing.plant's forget-ack writes nothing and returns None.)
+        """
         now = self._clock()
         specs: list[JobSpec] = [spec for _, out in finished for spec in out.follow]
         ids, fresh = self._assign(specs, now.wall)
