@@ -99,7 +99,7 @@ def test_lists_are_paged_off_one_read(qdir: str) -> None:
     ids = seeded(qdir)
     source = DirectorySource(qdir)
     st = source.read()
-    assert st.jobs == {"pending": 120, "scheduled": 4, "running": 0, "dead": 3}
+    assert st.jobs == {"pending": 120, "scheduled": 4, "running": 0, "dead": 3, "waiting": 0}
     page = source.jobs("pending", 50, 50)
     assert page.total == 120 and [r["id"] for r in page.rows] == ids["pending"][50:100]
     assert [r["id"] for r in iter_pages(source, "pending", 50)] == ids["pending"]

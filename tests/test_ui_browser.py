@@ -54,7 +54,7 @@ def _why_not() -> str | None:
 WHY_NOT = _why_not()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None and not REQUIRED, reason=str(WHY_NOT))
 
-STATES = ("pending", "scheduled", "running", "dead")
+STATES = ("pending", "scheduled", "running", "dead", "waiting")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def stats_counts(path: str) -> dict[str, int]:
 
 def settled(path: str) -> bool:
     """Every job run: only the scheduled monthly job and the two dead ones are left."""
-    return stats_counts(path) == {"pending": 0, "scheduled": 1, "running": 0, "dead": 2}
+    return stats_counts(path) == {"pending": 0, "scheduled": 1, "running": 0, "dead": 2, "waiting": 0}
 
 
 def toast(page: Any, pattern: str) -> str:

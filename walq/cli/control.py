@@ -40,7 +40,7 @@ def status(directory: str, job_id: int, as_json: bool) -> None:
 @queue_command(json="One JSON object per line.")
 @click.option(
     "--state",
-    type=click.Choice(["pending", "scheduled", "running", "dead"]),
+    type=click.Choice(["pending", "scheduled", "running", "dead", "waiting"]),
     help="Only jobs in this state.",
 )
 @click.option("--task", help="Only jobs of this task.")

@@ -33,7 +33,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-LIST_STATES = ("pending", "scheduled", "running", "dead")
+LIST_STATES = ("pending", "scheduled", "running", "dead", "waiting")
 TOKEN_HEADER = "x-walq-token"
 
 

@@ -4,7 +4,7 @@
 "use strict";
 
 const settings = JSON.parse(document.querySelector('meta[name="walq-settings"]').content);
-const STATES = ["pending", "scheduled", "running", "dead"];
+const STATES = ["pending", "scheduled", "running", "dead", "waiting"];
 const PAGE = 50;
 const POLL_MS = 1000;
 const $ = (id) => document.getElementById(id);
