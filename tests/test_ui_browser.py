@@ -118,7 +118,13 @@ def stats_counts(path: str) -> dict[str, int]:
 
 def settled(path: str) -> bool:
     """Every job run: only the scheduled monthly job and the two dead ones are left."""
-    return stats_counts(path) == {"pending": 0, "scheduled": 1, "running": 0, "dead": 2, "waiting": 0}
+    return stats_counts(path) == {
+        "pending": 0,
+        "scheduled": 1,
+        "running": 0,
+        "dead": 2,
+        "waiting": 0,
+    }
 
 
 def toast(page: Any, pattern: str) -> str:
