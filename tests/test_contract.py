@@ -788,6 +788,134 @@ class TestFlow:
         assert q.stats()["unfinished"] == 1
 
 
+class Ticks:
+    """A timetable whose ticks the test sets (wall seconds): time passing, on any backend."""
+
+    def __init__(self, *ticks: float) -> None:
+        self.ticks = sorted(ticks)
+
+    def latest(self, at: float) -> float | None:
+        return max((t for t in self.ticks if t <= at), default=None)
+
+    def before(self, tick: float) -> float | None:
+        return max((t for t in self.ticks if t < tick), default=None)
+
+    def after(self, at: float) -> float | None:
+        return min((t for t in self.ticks if t > at), default=None)
+
+
+def ticking(misfire: str, table: Ticks, name: str = "rep") -> Any:
+    from walq.core.schedule import Schedule
+
+    return Schedule(
+        name=name, task="report", payload={"x": 1}, timetable=table, misfire=misfire, spec="{}"
+    )
+
+
+class TestTime:
+    """Schedules, unique_for and run_at behave alike on every backend."""
+
+    @pytest.mark.parametrize(("misfire", "fired"), [("skip", 1), ("once", 1), ("all", 3)])
+    def test_fire_schedule(self, q: Any, misfire: str, fired: int) -> None:
+        """First sight runs no late tick; after downtime misfire decides; each tick once."""
+        from walq.core.schedule import tick_key
+
+        now = time.time()
+        table = Ticks(now - 7200)
+        sched = ticking(misfire, table)
+        assert q.fire_schedule(sched) == []  # first sight: the tick is hours late
+        assert [r["last"] for r in q.schedules()] == [now - 7200]
+        table.ticks += [now - 3600, now - 1800, now - 2]  # the last one on time
+        ids = q.fire_schedule(sched)
+        assert len(ids) == fired
+        assert q.fire_schedule(sched) == []
+        keys = []
+        while (job := q.claim()) is not None:
+            keys.append(job.key)
+            assert (job.task, job.payload) == ("report", {"x": 1})
+            q.ack(job.id)
+        assert keys[-1] == tick_key("rep", now - 2)
+        assert len(set(keys)) == len(keys) == fired
+        assert q.fire_schedule(sched) == []  # done ticks are not run again
+
+    def test_skip_runs_no_late_tick(self, q: Any) -> None:
+        """misfire=skip after downtime: no run at all until the next tick on time."""
+        now = time.time()
+        table = Ticks(now - 7200)
+        sched = ticking("skip", table)
+        q.fire_schedule(sched)
+        table.ticks += [now - 3600, now - 1800]
+        assert q.fire_schedule(sched) == []
+        assert q.schedules()[0]["last"] == now - 1800
+
+    def test_two_handles_fire_each_tick_once(self, backend: Backend) -> None:
+        """Handles firing the same schedule at once enqueue each tick once."""
+        now = time.time()
+        table = Ticks(*(now - 1000 + i for i in range(30)))
+        handles = [backend.open()] + ([backend.open()] if backend.kind == "redis" else [])
+        try:
+            handles[0].fire_schedule(ticking("all", Ticks(now - 5000)))
+            ids: list[int] = []
+            lock = threading.Lock()
+
+            def fire(h: Any) -> None:
+                for _ in range(20):
+                    got = h.fire_schedule(ticking("all", table))
+                    with lock:
+                        ids.extend(got)
+
+            threads = [threading.Thread(target=fire, args=(h,)) for h in handles * 2]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert len(ids) == len(set(ids)) == 30
+        finally:
+            for h in handles:
+                h.close()
+
+    def test_unique_for_remembers_a_done_key(self, q: Any) -> None:
+        """A done job's key returns it for unique_for seconds; a key without it does not."""
+        jid = q.enqueue("email", b"x", key="welcome:1", unique_for=60.0)
+        job = claimed(q)
+        q.ack(job.id)
+        assert q.status(jid) == "done"
+        assert q.enqueue("email", b"x", key="welcome:1") == jid
+        assert q.enqueue("email", b"x", key="welcome:1", unique_for=60.0) == jid
+        other = q.enqueue("email", b"x", key="plain")
+        q.ack(claimed(q).id)
+        assert q.enqueue("email", b"x", key="plain") != other
+
+    def test_unique_for_survives_an_ack_with_a_result(self, backend: Backend) -> None:
+        """An ack that keeps a result and adds jobs (one finish) remembers the key too,
+        also for a later handle; after= with unique_for= is refused."""
+        q = backend.open()
+        jid = q.enqueue("email", b"x", key="welcome:2", unique_for=60.0)
+        q.ack(claimed(q).id, result={"sent": 1}, enqueue=[("log", {"of": jid})])
+        assert q.status(jid) == "done" and q.result(jid) == {"sent": 1}
+        assert q.enqueue("email", b"x", key="welcome:2") == jid
+        with pytest.raises(walq.ArgumentError, match="after or unique_for"):
+            q.enqueue("email", b"y", key="k2", unique_for=60.0, after=[jid])
+        q.close()
+        with backend.open() as again:
+            assert again.enqueue("email", b"x", key="welcome:2") == jid
+
+    def test_unique_for_expires(self, q: Any) -> None:
+        """Once unique_for has passed, the key makes a new job."""
+        jid = q.enqueue("email", b"x", key="k", unique_for=0.2)
+        q.ack(claimed(q).id)
+        assert wait_for(lambda: q.enqueue("email", b"x", key="k") != jid, timeout=5.0)
+
+    def test_run_at(self, q: Any) -> None:
+        """run_at: an aware datetime schedules the job; a naive one is refused."""
+        from datetime import datetime, timedelta, timezone
+
+        jid = q.enqueue("t", run_at=datetime.now(timezone.utc) + timedelta(hours=1))
+        assert q.status(jid) == "scheduled"
+        with pytest.raises(walq.ArgumentError, match="naive"):
+            q.enqueue("t", run_at=datetime(2030, 1, 1))
+
+
 # The calls only one backend has, as docs/REDIS.md lists them ("What differs").
 ONE_BACKEND_ONLY = {
     "open",  # each takes its own options (a directory's; a server's)

@@ -82,6 +82,29 @@ def test_an_unconfirmed_enqueue_may_run() -> None:
     assert audit.violations == 0 and audit.unconfirmed_ran == 1
 
 
+def test_a_tick_run_under_two_job_ids_was_enqueued_twice() -> None:
+    """The schedule in the mix: one job id per tick key, else tick-twice (at once)."""
+    ticks = [
+        "tick 3 1 schedule:beat@2026-12-04T12:00:00Z",
+        "tick 3 2 schedule:beat@2026-12-04T12:00:00Z",  # a rerun of the same job: fine
+        "tick 4 1 schedule:beat@2026-12-04T12:00:01Z",
+    ]
+    audit = audit_ledger([*CLEAN, *ticks], final=True)
+    assert audit.violations == 0 and audit.ticks == 2
+    twice = audit_ledger([*CLEAN, *ticks, "tick 9 1 schedule:beat@2026-12-04T12:00:01Z"])
+    assert twice.tick_twice == 1 and twice.violations == 1
+
+
+def test_a_tick_missing_between_the_first_and_last_is_lost_once_drained() -> None:
+    """A gap in the ticks that ran is tick-lost, in the final audit only."""
+    ticks = [
+        "tick 3 1 schedule:beat@2026-12-04T12:00:00Z",
+        "tick 5 1 schedule:beat@2026-12-04T12:00:02Z",
+    ]
+    assert audit_ledger([*CLEAN, *ticks]).tick_lost == 0  # it may not have run yet
+    assert audit_ledger([*CLEAN, *ticks], final=True).tick_lost == 1
+
+
 def test_a_spooled_job_is_followed_by_its_nonce() -> None:
     """An outside producer's spooled job has no id until ingested: it is matched by payload."""
     lines = [*CLEAN, "intent p0n0", "enqueued - p0n0", "ran 3 1 p0n0 9"]
@@ -155,6 +178,16 @@ def test_a_bounded_flow_run_breaks_no_guarantee(tmp_path: Path) -> None:
     audit = torture.torture(opts)
     assert audit.violations == 0, audit.examples
     assert audit.outbox_jobs >= 1 and audit.dependents >= 1
+    assert_no_strays(str(work))
+
+
+def test_schedule_ticks_survive_kill_cycles(tmp_path: Path) -> None:
+    """Owners that live long enough to fire their schedule, killed -9: no tick twice or lost."""
+    work = tmp_path / "torture"
+    options = Options(duration=30.0, seed=9, kill_min=1.0, kill_max=4.0, directory=str(work))
+    audit = torture.torture(options)
+    assert audit.violations == 0, audit.examples
+    assert audit.ticks >= 3 and audit.cycles >= 4
     assert_no_strays(str(work))
 
 

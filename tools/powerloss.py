@@ -1085,7 +1085,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=int, default=None, help="replay one run and show its ops")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
-    logging.getLogger("walq").setLevel(logging.CRITICAL)  # the crashes are on purpose
+    walq_log = logging.getLogger("walq")
+    level = walq_log.level
+    walq_log.setLevel(logging.CRITICAL)  # the crashes are on purpose
+    try:
+        return _main(args)
+    finally:
+        walq_log.setLevel(level)  # a caller in the same process (a test) logs as before
+
+
+def _main(args: argparse.Namespace) -> int:
+    """main's work, its arguments parsed."""
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     if args.run is not None:
         if args.plant:

@@ -30,6 +30,10 @@ walq.Queue: see `LedgerQueue`). Then, at the end:
 - redelivered-after-ack: a run of an attempt after a later one's ack was durable;
 - attempt-reused: a rerun whose attempt number did not grow (starts must be durable);
 - duplicates: extra runs (at-least-once allows them; counted, not a violation);
+- tick-twice, tick-lost (kill9 mode): the owner also runs a schedule ticking every
+  second, misfire="all" (tools/torture_tasks.py: beat; its handler writes
+  `tick <id> <attempt> <key>`): a tick's key run under two job ids was enqueued
+  twice; a tick missing between the first and the last was lost;
 - and the queue must end empty, with nothing dead and fsck clean.
 
 Dispatcher modes (`--mode`) end each cycle another way and add their checks:
@@ -95,10 +99,13 @@ VIOLATIONS = (
     "fsck-problems",
     "killed-in-drain",
     "timeouts",
+    "tick-twice",
+    "tick-lost",
 )
 # Facts that cannot be undone by anything later: checked as the run goes.
 MONOTONE = ("phantoms", "redelivered-after-ack", "attempt-reused", "damaged", "killed-in-drain",
-            "timeouts", "outbox-duplicated", "outbox-early", "dependent-early")  # fmt: skip
+            "timeouts", "outbox-duplicated", "outbox-early", "dependent-early",
+            "tick-twice")  # fmt: skip
 MODES = ("kill9", "group-sigterm", "slow-import", "async")
 ASYNC_PRODUCERS = 8  # coroutines enqueueing at once in each asyncio producer (the async mode)
 OWNER_GRACE = 5.0  # the owner's shutdown_grace (seconds)
@@ -106,6 +113,7 @@ OWNER_LEASE = 5.0  # the owner's claim lease (seconds)
 # Kept out of the kill cycles for the final drain: what a forgotten ack leaves
 # running comes back one lease later, so a planted bug shows within the duration.
 DRAIN_RESERVE = OWNER_LEASE + 10.0
+TICK_EVERY = 1.0  # the torture schedule's period (tools/torture_tasks.py: beat)
 TIMEOUT_LINE = re.compile(r"job (\d+) \((\w+)\) attempt (\d+) failed \(timeout\)")
 
 
@@ -138,6 +146,9 @@ class Audit:
     outbox_early: int = 0  # a follow-up job that ran before its parent's handler finished
     dependents: int = 0
     dependent_early: int = 0  # a dependent that ran before its parent was done
+    ticks: int = 0  # schedule ticks whose job ran
+    tick_twice: int = 0  # ticks run under two job ids: enqueued twice
+    tick_lost: int = 0  # ticks missing between the first and the last run (misfire="all")
     drain_killed: bool = False
     examples: list[str] = attrs.Factory(list)
 
@@ -175,6 +186,9 @@ class Audit:
                 "outbox_early",
                 "dependents",
                 "dependent_early",
+                "ticks",
+                "tick_twice",
+                "tick_lost",
             )
         }
         out["violations"] = self.violations
@@ -182,13 +196,14 @@ class Audit:
 
 
 def audit_ledger(
-    lines: Sequence[str], audit: Audit | None = None, *, drained: bool = False
+    lines: Sequence[str], audit: Audit | None = None, *, drained: bool = False, final: bool = False
 ) -> Audit:
     """Check the ledger's facts against each other (see the module docstring).
 
     Jobs are followed by nonce (a spooled job has no id until the owner ingests
     it), runs and acks by id. `drained`: no owner was ever killed, so every
     handler that began must have finished (killed-in-drain otherwise).
+    `final`: the queue was drained, so every tick enqueued has run (tick-lost).
     """
     audit = audit or Audit()
     intents: set[str] = set()
@@ -199,6 +214,7 @@ def audit_ledger(
     acked: dict[int, int] = {}  # id -> highest attempt whose ack was durable
     redelivered: set[int] = set()
     began: dict[tuple[int, int], int] = {}  # (id, attempt) -> its `begin` line
+    tick_ids: dict[str, int] = {}  # a tick's key -> the job id it first ran under
     ended: set[tuple[int, int]] = set()
     ran_ids: set[int] = set()
     outbox: dict[int, str] = {}  # parent id -> the nonce of the follow-up job its handler adds
@@ -265,6 +281,11 @@ def audit_ledger(
                 audit.note(f"line {number}: {line}")
                 with contextlib.suppress(ValueError, IndexError):
                     ended.add((int(rest[0]), int(rest[1])))
+            elif word == "tick":
+                jid, key = int(rest[0]), rest[2]
+                if tick_ids.setdefault(key, jid) != jid:
+                    audit.tick_twice += 1
+                    audit.note(f"line {number}: tick {key} ran as job {jid} and {tick_ids[key]}")
             elif word == "acked":
                 jid, attempt = int(rest[0]), int(rest[1])
                 acked[jid] = max(attempt, acked.get(jid, 0))
@@ -284,6 +305,12 @@ def audit_ledger(
     audit.unconfirmed_ran = len(set(ran) - confirmed)
     missing = sorted(confirmed - set(ran))
     audit.lost = len(missing)
+    audit.ticks = len(tick_ids)
+    if final:  # before the end, a tick enqueued may simply not have run yet
+        gaps = tick_gaps(tick_ids)
+        audit.tick_lost = len(gaps)
+        if gaps:
+            audit.note(f"ticks missing between the first and the last run: {gaps[:5]}")
     if missing:
         audit.note(f"enqueued but never ran: {missing[:20]}")
     if drained:
@@ -292,6 +319,22 @@ def audit_ledger(
         for number in killed[:5]:
             audit.note(f"line {number}: {lines[number - 1]}: the handler never finished")
     return audit
+
+
+def tick_gaps(tick_ids: dict[str, int]) -> list[str]:
+    """The ticks missing between the first and the last tick that ran (as tick keys)."""
+    from walq.core.schedule import parse_tick_key, tick_key
+
+    ticks = sorted(t for _, t in filter(None, map(parse_tick_key, tick_ids)))
+    if not ticks:
+        return []
+    step = TICK_EVERY
+    have = {round(t / step) for t in ticks}
+    return [
+        tick_key("beat", k * step)
+        for k in range(round(ticks[0] / step), round(ticks[-1] / step) + 1)
+        if k not in have
+    ]
 
 
 def count_timeouts(log_text: str, audit: Audit) -> None:
@@ -522,6 +565,7 @@ def torture(opts: Options) -> Audit:
         audit_ledger(
             ledger.read_text().splitlines() if ledger.exists() else [], audit,
             drained=opts.mode == "group-sigterm" and not audit.drain_killed,
+            final=not audit.drain_killed,
         )  # fmt: skip
         log_text = (work / "owner.log").read_text(errors="replace")
         count_timeouts(log_text, audit)

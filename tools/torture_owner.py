@@ -139,6 +139,9 @@ def owner_main(argv: list[str]) -> int:
         # Jobs a killed owner left running come back when their lease expires: a short
         # one (every handler here is far shorter) makes a planted bug show within the run.
         lease=OWNER_LEASE,
+        # The schedule is in kill9's mix (the other modes time their handlers); the
+        # final drain fires none: it ends when the queue is empty.
+        schedules=args.mode == "kill9" and not args.drain,
     )  # fmt: skip
     threads = []
     if args.drain:

@@ -12,7 +12,9 @@ contract suite (tests/test_contract.py) run against it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from walq.core import events as ev
@@ -24,10 +26,13 @@ from walq.core.jobspec import (
     check_delay,
     check_seconds,
     check_task,
+    check_unique_for,
+    delay_until,
     encode_result,
     make_spec,
     spec_from,
 )
+from walq.core.schedule import Schedule
 from walq.core.state import JobInfo
 from walq.core.text import excerpt
 from walq.errors import ArgumentError, StateError, WalqError
@@ -69,21 +74,34 @@ class QueueBackend(Protocol):
         timeout: float = 0.0,
         after: Iterable[int] | None = None,
         after_policy: str = "cancel",
+        run_at: datetime | None = None,
+        unique_for: float | None = None,
     ) -> int:
         """Add a job; return its id once durable (per the sync mode, or `sync=True`).
 
         With `key`, an unfinished job holding the same key is returned instead
-        of a new one. A full queue raises QueueFull, after waiting up to `timeout`.
+        of a new one, or a done one whose key is still remembered: `unique_for`
+        seconds keeps this job's key that long after it is done. `run_at` (an
+        aware datetime) is when it falls due, instead of `delay`. A full queue
+        raises QueueFull, after waiting up to `timeout`.
         With `after`, the job waits (status "waiting") until every job named
         there is done, then is pending (its delay counts from now); a parent
         that dies or is cancelled cancels it, or, with after_policy="always",
         does not hold it up. UnknownJobError if a parent does not exist.
         """
+        if run_at is not None:
+            if delay:
+                raise ArgumentError("give delay or run_at, not both")
+            delay = delay_until(run_at, time.time())
         spec = make_spec(task, payload, key=key, delay=delay, priority=priority,
                          max_attempts=max_attempts, max_payload=self.max_payload)  # fmt: skip
         if after is not None:
+            if unique_for is not None:
+                raise ArgumentError("give after or unique_for, not both")
             parents, policy = check_after(after, after_policy)
             return self._add_after(spec, parents, policy, sync)
+        if unique_for is not None:
+            return self._add((spec,), sync, timeout, check_unique_for(unique_for, key))[0]
         return self._add((spec,), sync, timeout)[0]
 
     def enqueue_many(
@@ -238,6 +256,20 @@ class QueueBackend(Protocol):
         """
         return self._extend_many(job_ids, check_seconds("lease", lease, positive=True), attempts)
 
+    def fire_schedule(self, schedule: Schedule) -> list[int]:
+        """Enqueue the due ticks of `schedule` and record its last tick, in one durable write.
+
+        Which ticks are due is walq.core.schedule.due (its misfire policy) from
+        the last tick the queue recorded; each tick's job has the key
+        tick_key(name, tick), so a tick is one job however many owners fire
+        it. Returns the ids of the ticks' jobs (none if nothing was due).
+        """
+        ...
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule the queue has recorded: name, last (wall seconds) and spec (JSON)."""
+        ...
+
     def next_due_in(self) -> float | None:
         """Seconds until the next scheduled job falls due or a lease expires (None: none)."""
         ...
@@ -344,8 +376,13 @@ class QueueBackend(Protocol):
 
     # -- what each backend implements behind the calls above (arguments checked) ----------
 
-    def _add(self, specs: Sequence[JobSpec], sync: bool | None, timeout: float) -> list[int]:
-        """Add validated jobs (coalescing keys, waiting up to `timeout` for room); their ids."""
+    def _add(
+        self, specs: Sequence[JobSpec], sync: bool | None, timeout: float, unique_for: float = 0.0
+    ) -> list[int]:
+        """Add validated jobs (coalescing keys, waiting up to `timeout` for room); their ids.
+
+        unique_for: seconds the new jobs' keys are remembered once they are done.
+        """
         ...
 
     def _claim_many(

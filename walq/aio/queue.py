@@ -29,6 +29,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from walq.backend import EnqueueItem, QueueBackend
 from walq.backends import open as open_backend
 from walq.core.job import DeadJob, Job
 from walq.core.jobspec import check_seconds
+from walq.core.schedule import Schedule
 from walq.core.state import JobInfo
 from walq.errors import ArgumentError, ClosedError, ResultTimeout, StateError, WalqError
 
@@ -127,11 +129,13 @@ class AsyncQueue:
         timeout: float = 0.0,
         after: Iterable[int] | None = None,
         after_policy: str = "cancel",
+        run_at: datetime | None = None,
+        unique_for: float | None = None,
     ) -> int:
         call = functools.partial(
             self.backend.enqueue, task, payload, key=key, delay=delay, priority=priority,
             max_attempts=max_attempts, after=None if after is None else list(after),
-            after_policy=after_policy,
+            after_policy=after_policy, run_at=run_at, unique_for=unique_for,
         )  # fmt: skip
         job_id: int = await self._write(call, sync, timeout)
         return job_id
@@ -268,6 +272,14 @@ class AsyncQueue:
         return due
 
     # -- administration -----------------------------------------------------------------
+
+    async def fire_schedule(self, schedule: Schedule) -> list[int]:
+        ids: list[int] = await self._run(functools.partial(self.backend.fire_schedule, schedule))
+        return ids
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self._run(self.backend.schedules)
+        return rows
 
     async def status(self, job_id: int) -> str:
         status: str = await self._run(functools.partial(self.backend.status, job_id))

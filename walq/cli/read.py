@@ -10,9 +10,18 @@ import click
 
 from walq import backends
 from walq.cli.app import EXIT_CLEAN, EXIT_DAMAGE, fail, queue_command
-from walq.cli.render import dump_line, echo_lines, emit_json, fsck_lines, progress, stats_lines
+from walq.cli.render import (
+    dump_line,
+    echo_lines,
+    emit_json,
+    fsck_lines,
+    progress,
+    schedule_lines,
+    stats_lines,
+)
 from walq.errors import ArgumentError, LockedError
 from walq.ops import repair as ops_repair
+from walq.ops import schedules as ops_schedules
 from walq.ops import stats as ops_stats
 from walq.ops.dump import (
     Dumper,
@@ -140,6 +149,21 @@ def stats(directory: str, as_json: bool, prometheus: bool) -> None:
         emit_json(st.data)
     else:
         echo_lines(stats_lines(st))
+
+
+@queue_command(json="One JSON object per schedule.")
+def schedules(directory: str, as_json: bool) -> None:
+    """Every periodic schedule the queue records: its last tick enqueued and the next.
+
+    Read from the files without the lock, beside a running owner or none (a
+    URL: from the server). The next tick of a cron schedule needs walq[cron].
+    """
+    rows = ops_schedules.read(directory)
+    if as_json:
+        for row in rows:
+            emit_json(row)
+    else:
+        echo_lines(schedule_lines(rows))
 
 
 @queue_command(json="The report as one JSON object.")

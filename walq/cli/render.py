@@ -96,6 +96,9 @@ TYPE_COLOURS = {
     "requeue": "magenta",
     "purge": "magenta",
     "meta": "white",
+    "schedule": "white",
+    "unique": "white",
+    "keep": "white",
     "notice": "magenta",
     "spooled": "yellow",
 }
@@ -103,7 +106,7 @@ LEADING = ("job", "task", "attempt", "counted", "key", "state", "dead")  # first
 TRAILING = ("error", "payload")  # last, unquoted, in this order
 HIDDEN = ("segment", "seq", "offset", "type", "size", "jobs", "attempts", "counts", "tasks",
           "payload_kind", "payload_bytes", "file")  # fmt: skip
-TIMES = ("created", "due")
+TIMES = ("created", "due", "last", "until")
 
 
 def dump_line(row: dict[str, Any], *, full: bool = False) -> str:
@@ -345,6 +348,28 @@ def compact_lines(r: Compacted) -> list[str]:
         f"{size(r.disk_before)} -> {size(r.disk_after)}"
     )
     return [done, files]
+
+
+def schedule_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """`walq schedules`: one line per schedule, its timetable, last and next tick (local time)."""
+    if not rows:
+        return ["no schedules recorded"]
+    lines = []
+    for row in rows:
+        if "cron" in row:
+            table = f"cron {row['cron']!r} ({row.get('tz', 'UTC')})"
+        elif "every" in row:
+            table = f"every {row['every']:g} s"
+        else:
+            table = "(timetable unknown)"
+        nxt = "unknown (cron= needs walq[cron])" if row["next"] is None else when(row["next"])
+        if row.get("overdue"):
+            nxt += " (overdue: no owner is enqueueing its ticks)"
+        lines.append(
+            f"{row['name']}: {table}, task {row.get('task', '?')}, "
+            f"misfire={row.get('misfire', '?')}; last tick {when(row['last'])}, next {nxt}"
+        )
+    return lines
 
 
 def job_lines(d: Mapping[str, Any]) -> list[str]:

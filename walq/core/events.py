@@ -9,6 +9,7 @@ events that followed it.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -56,6 +57,9 @@ RESULT_BYTES = 2
 # A dependent's policy when a parent dies or is cancelled.
 AFTER_CANCEL = 0  # the dependent is cancelled too
 AFTER_ALWAYS = 1  # the dependent runs anyway
+_SCHEDULE = struct.Struct("<dHH")
+_UNIQUE = struct.Struct("<Qd")
+_KEEP = struct.Struct("<QdH")
 
 
 @attrs.frozen(kw_only=True)
@@ -233,6 +237,49 @@ class Meta:
 
 
 @attrs.frozen(kw_only=True)
+class Schedule:
+    """Periodic schedule `name` has enqueued every tick up to wall time `last`.
+
+    `spec` describes the schedule (JSON: cron or every, tz, misfire) for the
+    tools that list schedules without the program that registered them.
+    """
+
+    rtype: ClassVar[int] = fmt.SCHEDULE
+    name: str
+    last: float
+    spec: str = ""
+
+    def encode(self) -> bytes:
+        name, spec = self.name.encode(), self.spec.encode()
+        return _SCHEDULE.pack(self.last, len(name), len(spec)) + name + spec
+
+
+@attrs.frozen(kw_only=True)
+class Unique:
+    """(job id, seconds) pairs: each job's key is remembered that long after it is done."""
+
+    rtype: ClassVar[int] = fmt.UNIQUE
+    items: tuple[tuple[int, float], ...]
+
+    def encode(self) -> bytes:
+        return _COUNT.pack(len(self.items)) + b"".join(_UNIQUE.pack(*i) for i in self.items)
+
+
+@attrs.frozen(kw_only=True)
+class Keep:
+    """Done job `id`'s key is remembered until wall time `until` (an enqueue with it gets `id`)."""
+
+    rtype: ClassVar[int] = fmt.KEEP
+    id: int
+    key: str
+    until: float
+
+    def encode(self) -> bytes:
+        key = self.key.encode()
+        return _KEEP.pack(self.id, self.until, len(key)) + key
+
+
+@attrs.frozen(kw_only=True)
 class Pause:
     """A task paused: its pending jobs stay pending (running ones finish) until resumed."""
 
@@ -334,6 +381,9 @@ Event = (
     | After
     | Finish
     | Flow
+    | Schedule
+    | Unique
+    | Keep
 )
 
 
@@ -585,6 +635,22 @@ def _decode_finish(body: bytes) -> Finish:
     )
 
 
+def _decode_schedule(body: bytes) -> Schedule:
+    last, nlen, slen = _SCHEDULE.unpack_from(body)
+    if _SCHEDULE.size + nlen + slen != len(body) or not nlen or math.isnan(last):
+        raise ValueError("inconsistent schedule body")
+    at = _SCHEDULE.size
+    name, spec = body[at : at + nlen].decode(), body[at + nlen :].decode()
+    return Schedule(name=name, last=last, spec=spec)
+
+
+def _decode_keep(body: bytes) -> Keep:
+    jid, until, klen = _KEEP.unpack_from(body)
+    if _KEEP.size + klen != len(body):
+        raise ValueError("inconsistent keep body")
+    return Keep(id=jid, key=body[_KEEP.size :].decode(), until=until)
+
+
 def _task_name(body: bytes) -> str:
     if not body:
         raise ValueError("empty task name")
@@ -602,6 +668,9 @@ _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.REQUEUE: lambda b: Requeue(ids=_ids(b)),
     fmt.PURGE: lambda b: Purge(ids=_ids(b)),
     fmt.META: _decode_meta,
+    fmt.SCHEDULE: _decode_schedule,
+    fmt.UNIQUE: lambda b: Unique(items=tuple(_counted(b, _UNIQUE, "entries"))),
+    fmt.KEEP: _decode_keep,
     fmt.PAUSE: lambda b: Pause(task=_task_name(b)),
     fmt.RESUME: lambda b: Resume(task=_task_name(b)),
     fmt.AFTER: _decode_after,

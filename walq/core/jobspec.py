@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from walq.core import events as ev
@@ -280,6 +281,31 @@ def check_delay(value: object, name: str = "delay") -> float:
         raise ArgumentError(
             f"{name} must be at most {MAX_DELAY:.0f} seconds (10 years), not {excerpt(value)}"
         )
+    return seconds
+
+
+def delay_until(run_at: object, now: float) -> float:
+    """The delay until `run_at`, an aware datetime, from wall time `now`; ArgumentError if
+    it is naive or not a datetime. A time past is due now; one further than
+    check_delay allows is refused like such a delay."""
+    if not isinstance(run_at, datetime):
+        raise ArgumentError(f"run_at must be an aware datetime.datetime, not {excerpt(run_at)}")
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise ArgumentError(
+            f"run_at must be an aware datetime (naive {run_at.isoformat()} names no time zone): "
+            "pass tzinfo, say datetime(..., tzinfo=timezone.utc)"
+        )
+    return check_delay(max(0.0, run_at.timestamp() - now), "run_at (seconds from now)")
+
+
+def check_unique_for(value: object, key: object) -> float:
+    """Seconds a done job's key is remembered (unique_for=): positive, bounded like a delay,
+    and only with a key; ArgumentError otherwise."""
+    if key is None:
+        raise ArgumentError("unique_for needs a key: it is the key that is remembered")
+    seconds = check_delay(value, "unique_for")
+    if not seconds:
+        raise ArgumentError("unique_for must be positive")
     return seconds
 
 

@@ -120,4 +120,5 @@ def finish_replay(state: QueueState, now: Now) -> None:
         total[code] += 1
     state._n, state._by_task, state._seg_bytes, state.live_bytes = total, by_task, seg_bytes, live
     heapq.heapify(state._scheduled)
+    state.tick_keys_seen()
     state.loading = False

@@ -52,6 +52,7 @@ from walq.core.packed import pack as _pack
 from walq.core.packed import with_field as _with
 from walq.core.ready import ReadyIndex
 from walq.core.replay import Sink
+from walq.core.schedule import TimeState, parse_tick_key
 from walq.core.transitions import check, next_states
 from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
 
@@ -117,6 +118,7 @@ class QueueState:
         # Results kept: job id -> (wall time they expire, the finish record holding them).
         self._results: dict[int, tuple[float, Loc]] = {}
         self.readied = 0  # waiting jobs made ready so far (the queue wakes claims on a change)
+        self.timed = TimeState()  # schedules' last ticks, remembered keys (walq.core.schedule)
 
     # -- queries -------------------------------------------------------------
 
@@ -179,9 +181,28 @@ class QueueState:
             return "done"
         raise UnknownJobError(f"job {jid} does not exist")
 
-    def key_holder(self, key: str) -> int | None:
-        """The unfinished job holding idempotency key `key`, if any."""
-        return self._keys.get(key)
+    def key_holder(self, key: str, wall: float | None = None) -> int | None:
+        """The unfinished job holding idempotency key `key`, if any; given the wall
+        time, also a done job whose key is still remembered (unique_for)."""
+        jid = self._keys.get(key)
+        if jid is None and wall is not None and self.timed.kept:
+            jid = self.timed.holder(key, wall)
+        return jid
+
+    def tick_keys_seen(self) -> None:
+        """Schedules' last ticks, raised to the ticks of unfinished jobs their keys name.
+
+        A tick's enqueue and its schedule record are written together, the
+        enqueue first: if a crash tore the schedule record away, its job
+        still says the tick was enqueued (end of replay).
+        """
+        for key in self._keys:
+            parsed = parse_tick_key(key)
+            if parsed is not None:
+                self.timed.tick(*parsed)
+        unique = self.timed.unique
+        for jid in [j for j in unique if j not in self._jobs]:
+            del unique[jid]
 
     def key_of(self, jid: int) -> str | None:
         """The idempotency key of live job `jid`, if it has one."""
@@ -315,6 +336,8 @@ class QueueState:
                 if not self.loading or self._is(jid, DEAD):
                     self._remove(jid, "purge", ev.PURGED)
                     self._after.pop(jid, None)
+        elif isinstance(event, ev.Schedule | ev.Unique | ev.Keep):
+            self.timed.apply(event, now.wall)
         elif isinstance(event, ev.Pause):
             self.paused.add(event.task)
             self._paused_ids.add(self.task_index(event.task))
@@ -637,6 +660,8 @@ class QueueState:
             self.live_bytes -= size
             self._seg_bytes[p >> _SEG] -= size
         del self._jobs[jid]
+        if self.timed.unique:
+            self.timed.unique.pop(jid, None)
         self._release_key(jid)
         self._key_of.pop(jid, None)
         self._errors.pop(jid, None)
@@ -813,6 +838,7 @@ class QueueState:
         check(ids[0], "running", "ack", "done")
         jobs, seg_bytes = self._jobs, self._seg_bytes
         key_of, errors, leases, due = self._key_of, self._errors, self._leases, self._due
+        unique = self.timed.unique
         gone: dict[int, int] = {}  # task index -> jobs finished
         freed = 0
         for jid in ids:
@@ -834,6 +860,8 @@ class QueueState:
             leases.pop(jid, None)
             if due:
                 due.pop(jid, None)
+            if unique:
+                unique.pop(jid, None)
         self.live_bytes -= freed
         for task, k in gone.items():
             self._shift(task, RUNNING, None, k)

@@ -72,6 +72,7 @@ class QueueBase(QueueBackend):
         self._claims: dict[int, int] = {}
         self._mu = threading.Lock()
         self._changed = threading.Condition(self._mu)
+        self._fire_mu = threading.Lock()  # one schedule firing at a time (fire_schedule)
         self._waiting_claims = 0  # claims blocked in _changed.wait: enqueue must wake them
         self._readers = Readers(fs, path, wal)
         self._closed = False
@@ -139,8 +140,9 @@ class QueueBase(QueueBackend):
             state = self._state
             for parent in parents:
                 state.status(parent)  # UnknownJobError: never enqueued, or purged
-            if spec.key is not None and state.key_holder(spec.key) is not None:
-                return state.key_holder(spec.key) or 0
+            holder = None if spec.key is None else state.key_holder(spec.key, now.wall)
+            if holder is not None:
+                return holder
             problem = self._room_for([spec])
             if problem is not None:
                 raise QueueFull(f"{self.path}: {problem}")
@@ -161,15 +163,27 @@ class QueueBase(QueueBackend):
             self._wake()
         return jid
 
-    def _add(self, items: Sequence[JobSpec], sync: bool | None, timeout: float) -> list[int]:
-        """Assign ids (or coalesce by key), check the caps, write, apply; then commit."""
+    def _add(
+        self,
+        items: Sequence[JobSpec],
+        sync: bool | None,
+        timeout: float,
+        unique_for: float = 0.0,
+        extra: Callable[[list[int], Now], Sequence[ev.Event]] | None = None,
+    ) -> list[int]:
+        """Assign ids (or coalesce by key), check the caps, write, apply; then commit.
+
+        unique_for: the new jobs' keys are remembered that long once they are
+        done (a unique record written with them). extra(ids, now): records to
+        append in the same write after the enqueues (a schedule's tick).
+        """
         if timeout:
             timeout = check_seconds("timeout", timeout)
         with self._mu:
             now = self._open_now()
             deadline = now.mono + timeout
             while True:
-                ids, fresh = self._assign(items)
+                ids, fresh = self._assign(items, now.wall)
                 problem = self._room_for(fresh)
                 if problem is None:
                     break
@@ -177,7 +191,17 @@ class QueueBase(QueueBackend):
                 if left <= 0:
                     raise QueueFull(f"{self.path}: {problem}")
                 now = self._wait_changed(min(left, 1.0))
-            lsn = self._write_enqueues(fresh, now) if fresh else self._log_lsn()
+            more: list[ev.Event] = []
+            if unique_for and fresh:
+                first = self._state.next_id
+                pairs = tuple((first + i, unique_for) for i in range(len(fresh)))
+                more.append(ev.Unique(items=pairs))
+            if extra is not None:
+                more += extra(ids, now)
+            if more:
+                lsn = self._write_enqueues(fresh, now, more)
+            else:
+                lsn = self._write_enqueues(fresh, now) if fresh else self._log_lsn()
             counters = self.counters
             counters["enqueued"] += len(fresh)
             if len(ids) != len(fresh):
@@ -189,10 +213,12 @@ class QueueBase(QueueBackend):
             self._wake()
         return ids
 
-    def _assign(self, items: Sequence[JobSpec]) -> tuple[list[int], Sequence[JobSpec]]:
+    def _assign(self, items: Sequence[JobSpec], wall: float) -> tuple[list[int], Sequence[JobSpec]]:
         """Ids for each item -- a coalesced existing job, or the next new id -- and the new items.
 
-        New items get consecutive ids from the state's next_id on.
+        A key coalesces onto an unfinished job holding it, or a done one whose
+        key is still remembered (unique_for). New items get consecutive ids
+        from the state's next_id on.
         """
         next_id = self._state.next_id
         for item in items:
@@ -206,7 +232,7 @@ class QueueBase(QueueBackend):
         for item in items:
             key = item.key
             if key is not None:
-                holder = batch_keys.get(key) or self._state.key_holder(key)
+                holder = batch_keys.get(key) or self._state.key_holder(key, wall)
                 if holder is not None:
                     ids.append(holder)
                     continue
@@ -261,13 +287,19 @@ class QueueBase(QueueBackend):
             self._state.apply(event, loc, now)
         return lsn
 
-    def _write_enqueues(self, fresh: Sequence[JobSpec], now: Now) -> int:
-        """Append enqueue records for new jobs and add them to the state (lock held)."""
+    def _write_enqueues(
+        self, fresh: Sequence[JobSpec], now: Now, extra: Sequence[ev.Event] = ()
+    ) -> int:
+        """Append enqueue records for new jobs and add them to the state (lock held).
+
+        `extra` records follow them in the same append, and are applied after them.
+        """
         wall = now.wall
         encode = ev.encode_enqueue
         enqueue = fmt.ENQUEUE
         first = self._state.next_id
-        if len(fresh) == 1:  # enqueue(): skipping the comprehensions saves ~0.6 us of ~8
+        # enqueue(): skipping the comprehensions saves ~0.6 us of ~8
+        if len(fresh) == 1 and not extra:
             it = fresh[0]
             due = wall + it.delay if it.delay else 0.0
             body = encode(first, it.task, it.data, it.kind, it.key, it.priority,
@@ -281,8 +313,12 @@ class QueueBase(QueueBackend):
                              it.max_attempts, due, wall, it.origin))
             for jid, it, due in zip(itertools.count(first), fresh, dues)
         ]  # fmt: skip
+        records += [(e.rtype, e.encode()) for e in extra]
         locs, lsn = self._log.append(records)
-        self._state.add_new(first, fresh, dues, locs, now)
+        if fresh:
+            self._state.add_new(first, fresh, dues, locs[: len(fresh)], now)
+        for event, loc in zip(extra, locs[len(fresh) :], strict=True):
+            self._state.apply(event, loc, now)
         return lsn
 
     def _log_lsn(self) -> int:
@@ -431,8 +467,11 @@ class CompactionView:
         """The snapshot's records besides the jobs' (lock held): a compaction and a checkpoint
         both carry them, so state added here survives both."""
         meta = self._meta()
-        paused = [ev.Pause(task=t) for t in sorted(self._q._state.paused)]
-        return [(meta.rtype, meta.encode())] + [(p.rtype, p.encode()) for p in paused]
+        state = self._q._state
+        paused = [ev.Pause(task=t) for t in sorted(state.paused)]
+        # Schedules' last ticks and remembered keys (unique records after the jobs they name).
+        timed = state.timed.records(self._q._clock().wall, state)
+        return [(meta.rtype, meta.encode())] + [(e.rtype, e.encode()) for e in paused + timed]
 
     def checkpoint_capture(self) -> tuple[dict[str, Any], int, int, list[Segment]]:
         """The state's copies for a checkpoint and the log position and segments they reflect.

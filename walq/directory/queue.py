@@ -12,6 +12,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from walq.backends import backend_class, scheme_of
 from walq.core import checkpoint as ckpt
@@ -26,8 +27,10 @@ from walq.core.jobspec import (
     Output,
     check_seconds,
     clip_error,
+    make_spec,
 )
 from walq.core.retry import Backoff
+from walq.core.schedule import Schedule, due, tick_key
 from walq.core.state import JobInfo, Now, QueueState
 from walq.directory import checkpoint as checkpoints
 from walq.directory.admin import Administration
@@ -237,6 +240,35 @@ class Queue(Administration):
             self._lock_handle.release()
 
     # -- producing -----------------------------------------------------------------
+
+    def fire_schedule(self, schedule: Schedule) -> list[int]:
+        # One firing at a time: the ticks are chosen from the last tick recorded,
+        # and recorded with their enqueues (walq.directory.base._add, extra=).
+        with self._fire_mu:
+            with self._mu:
+                now = self._open_now()
+                entry = self._state.timed.schedules.get(schedule.name)
+            last = None if entry is None else entry[0]
+            d = due(schedule.timetable, last, now.wall, schedule.misfire)
+            if d.unchanged(last, None if entry is None else entry[1], schedule.spec):
+                return []
+            note = d.skip_note(schedule.name, schedule.misfire)
+            if note:
+                log.warning("%s: %s", self.path, note)
+            specs = [
+                make_spec(schedule.task, schedule.payload, key=tick_key(schedule.name, t),
+                          max_payload=self.max_payload)
+                for t in d.fire
+            ]  # fmt: skip
+            assert d.last is not None  # unchanged() says so
+            record = ev.Schedule(name=schedule.name, last=d.last, spec=schedule.spec)
+            return self._add(specs, None, 0.0, extra=lambda ids, now: [record])
+
+    def schedules(self) -> list[dict[str, Any]]:
+        with self._mu:
+            self._check_not_closed()
+            items = sorted(self._state.timed.schedules.items())
+        return [{"name": n, "last": last, "spec": spec} for n, (last, spec) in items]
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -453,11 +485,14 @@ class Queue(Administration):
             self._wake()
         return refused
 
-    def _record_finishes(self, finished: list[tuple[int, Output]]) -> int:
-        """Write one finish record per job: its ack, result and follow-up jobs (lock held)."""
+    def _record_finishes(self, finished: list[tuple[int, Output]]) -> int | None:
+        """Write one finish record per job: its ack, result and follow-up jobs (lock held).
+
+        (A seam: walq.testing.plant's forget-ack writes nothing and returns None.)
+        """
         now = self._clock()
         specs: list[JobSpec] = [spec for _, out in finished for spec in out.follow]
-        ids, fresh = self._assign(specs)
+        ids, fresh = self._assign(specs, now.wall)
         first = self._state.next_id
         seen: set[int] = set()
         events: list[ev.Event] = []
@@ -478,7 +513,10 @@ class Queue(Administration):
             keep = now.wall + self.keep_results if out.kind != ev.RESULT_NONE else 0.0
             events.append(ev.Finish(id=jid, keep_until=keep, result_kind=out.kind,
                                     result=out.data, children=tuple(children)))  # fmt: skip
-        self._forget([jid for jid, _ in finished])
+        done = [jid for jid, _ in finished]
+        if self._state.timed.unique:
+            events += self._keeps(done, now)  # unique_for: in the same write, after the finish
+        self._forget(done)
         lsn = self._write(events, now)
         self.counters["acked"] += len(finished)
         self.counters["enqueued"] += len(fresh)
@@ -492,11 +530,28 @@ class Queue(Administration):
         (A seam: walq.testing.plant's forget-ack writes nothing and returns None.)
         """
         self._forget(ids)
-        _, lsn = self._log.append([(fmt.ACK, ev.Ack(ids=chunk).encode()) for chunk in chunks(ids)])
+        records = [(fmt.ACK, ev.Ack(ids=chunk).encode()) for chunk in chunks(ids)]
+        keeps = self._keeps(ids, self._clock()) if self._state.timed.unique else []
+        records += [(k.rtype, k.encode()) for k in keeps]  # unique_for: in the same write
+        locs, lsn = self._log.append(records)
         self._state.finish(ids, self._clock())  # the Ack records' effect, in one pass
+        for keep, loc in zip(keeps, locs[len(records) - len(keeps) :], strict=True):
+            self._state.apply(keep, loc, self._clock())
         self.counters["acked"] += len(ids)
         self._changed.notify_all()
         return lsn
+
+    def _keeps(self, ids: list[int], now: Now) -> list[ev.Keep]:
+        """Keep records for the keys of jobs `ids` that asked to be remembered (lock held)."""
+        wall = now.wall
+        out: list[ev.Keep] = []
+        unique = self._state.timed.unique
+        for jid in ids:
+            seconds = unique.get(jid)
+            key = self._state.key_of(jid) if seconds else None
+            if seconds and key is not None:
+                out.append(ev.Keep(id=jid, key=key, until=wall + seconds))
+        return out
 
     def _fail(
         self, job_id: int, error: str, permanent: bool,

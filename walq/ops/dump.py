@@ -113,6 +113,12 @@ def _describe(e: ev.Event, *, full: bool) -> dict[str, Any]:
             out["due"] = e.due
     elif isinstance(e, ev.Meta):
         out.update(next_id=e.next_id, tombstones=len(e.tombstones))
+    elif isinstance(e, ev.Schedule):
+        out.update(schedule=e.name, last=e.last, spec=e.spec)
+    elif isinstance(e, ev.Unique):
+        out.update(jobs=[i for i, _ in e.items], unique_for=[s for _, s in e.items])
+    elif isinstance(e, ev.Keep):
+        out.update(job=e.id, key=e.key, until=e.until)
     elif isinstance(e, ev.Pause | ev.Resume):
         out["task"] = e.task
     elif isinstance(e, ev.Flow):

@@ -285,13 +285,15 @@ def _names(rec: framing.Record, job_id: int) -> bool:
 
 
 def _ids_of(e: ev.Event) -> set[int]:
-    if isinstance(e, ev.Enqueue | ev.Job | ev.Fail):
+    if isinstance(e, ev.Enqueue | ev.Job | ev.Fail | ev.Keep):
         return {e.id}
+    if isinstance(e, ev.Unique):
+        return {jid for jid, _ in e.items}
     if isinstance(e, ev.Claim | ev.Release):
         return {jid for jid, _ in e.items}
     if isinstance(e, ev.Meta):
         return {jid for jid, _ in e.tombstones}
-    if isinstance(e, ev.Pause | ev.Resume):
+    if isinstance(e, ev.Pause | ev.Resume | ev.Schedule):
         return set()
     if isinstance(e, ev.After):  # a dependent job's enqueue
         return {e.job.id}

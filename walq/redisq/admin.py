@@ -121,6 +121,12 @@ def enqueue(
         return q.enqueue(task, payload, key=key, delay=delay, priority=priority)
 
 
+def inspect_schedules(url: str) -> list[dict[str, Any]]:
+    """`walq schedules URL`: every schedule the server records (name, last tick, spec)."""
+    with _open_quiet(url) as q:
+        return q.schedules()
+
+
 def migrate_untagged(url: str) -> int:
     """Move the queue at `url` from its untagged keys (NAME:*) to {NAME}:*; how many keys.
 

@@ -38,9 +38,11 @@ from walq.core.jobspec import (
     check_seconds,
     check_task,
     decode_result,
+    encode_payload,
     state_code,
 )
 from walq.core.retry import Backoff
+from walq.core.schedule import Schedule, due, tick_key
 from walq.core.state import JobInfo
 from walq.errors import (
     ArgumentError,
@@ -308,7 +310,9 @@ class RedisQueue(QueueBackend):
 
     # -- producing ---------------------------------------------------------------------------
 
-    def _add(self, items: Sequence[JobSpec], sync: bool | None, timeout: float) -> list[int]:
+    def _add(
+        self, items: Sequence[JobSpec], sync: bool | None, timeout: float, unique_for: float = 0.0
+    ) -> list[int]:
         """`sync` means nothing here: the server's appendfsync decides; a full queue is polled."""
         timeout = check_seconds("timeout", timeout)
         if not items:
@@ -317,6 +321,7 @@ class RedisQueue(QueueBackend):
         args: list[Any] = [
             "" if self.max_pending is None else self.max_pending,
             "" if self.max_bytes is None else self.max_bytes,
+            _ms(unique_for),
             len(items),
         ]
         for it in items:
@@ -333,6 +338,36 @@ class RedisQueue(QueueBackend):
                 self._raise(reply, f"{self.path}: ")
             time.sleep(min(pause, left))  # room comes from another host: poll, gently
             pause = min(pause * 2, 0.25)
+
+    def fire_schedule(self, schedule: Schedule) -> list[int]:
+        """The ticks are chosen from the last tick read here; the script skips any another
+        host enqueued meanwhile, so each tick is enqueued once across hosts."""
+        entry = {row["name"]: row for row in self.schedules()}.get(schedule.name)
+        last = None if entry is None else entry["last"]
+        d = due(schedule.timetable, last, time.time(), schedule.misfire)
+        if d.unchanged(last, None if entry is None else entry["spec"], schedule.spec):
+            return []
+        note = d.skip_note(schedule.name, schedule.misfire)
+        if note:
+            log.warning("%s: %s", self.path, note)
+        kind, data = encode_payload(schedule.payload, self.max_payload)
+        args: list[Any] = [
+            "" if self.max_pending is None else self.max_pending,
+            "" if self.max_bytes is None else self.max_bytes,
+            schedule.name, repr(d.last), schedule.spec, check_task(schedule.task), kind, data, 0, 0,
+        ]  # fmt: skip
+        for tick in d.fire:
+            args += [repr(tick), tick_key(schedule.name, tick)]
+        reply = self._run("tick", *args)
+        if reply[0] != b"ok":
+            self._raise(reply, f"{self.path}: ")
+        return [int(i) for i in reply[1]]
+
+    def schedules(self) -> list[dict[str, Any]]:
+        rows = self._run("schedules", write=False)
+        return [
+            {"name": _text(n), "last": float(last), "spec": _text(spec)} for n, last, spec in rows
+        ]
 
     # -- consuming -------------------------------------------------------------------------------
 

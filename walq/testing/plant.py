@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, TypeVar, cast
 
+from walq.core.jobspec import Output
 from walq.directory.log import Log
 from walq.directory.queue import Queue
 from walq.directory.recovery import Recovery
@@ -58,8 +59,8 @@ class ForgetsAck:
     def _record_acks(self, ids: list[int]) -> int | None:
         return None
 
-    def _record_finishes(self, finished: list[Any]) -> int | None:
-        return None
+    def _record_finishes(self, finished: list[tuple[int, Output]]) -> int | None:
+        return None  # an ack with a result or follow-up jobs: forgotten the same way
 
 
 def accept_any_record(crc: int, covered: bytes | memoryview) -> bool:

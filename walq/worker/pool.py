@@ -36,6 +36,7 @@ from walq.worker.admission import Admission, gated
 from walq.worker.child import GROUP_SIGNALS, lost_report
 from walq.worker.heartbeat import DEFAULT_LEASE, Heartbeat, Link
 from walq.worker.outcomes import Outcome, Recorder, TaskRuntime
+from walq.worker.scheduler import Scheduler
 from walq.worker.slots import DEATH_COUNTERS, Depth, Slot, Waiter, death_cause
 from walq.worker.status import StatusWriter, worker_status
 from walq.worker.tasks import Task, Tasks
@@ -74,6 +75,7 @@ class Worker:
         start_timeout: float = 120.0,
         job_log_level: int = logging.INFO,
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
+        schedules: bool = True,
     ) -> None:
         if not isinstance(tasks, Tasks) or not len(tasks):
             raise ArgumentError("Worker needs a walq.Tasks with at least one task")
@@ -149,6 +151,13 @@ class Worker:
         self._status = StatusWriter(queue, self._link, self.status, status_interval)
         for task in tasks:
             queue.set_task_defaults(task.name, max_attempts=task.max_attempts)
+        for sched in tasks.schedules():
+            if sched.task not in tasks:
+                raise ArgumentError(
+                    f"schedule {sched.name!r} runs task {sched.task!r}, which is not registered"
+                )
+        # Enqueues the schedules' due ticks while the worker runs (schedules=False: not here).
+        self._scheduler = Scheduler(queue, tasks.schedules() if schedules else [])
 
     # -- control -----------------------------------------------------------------
 
@@ -190,6 +199,7 @@ class Worker:
         self._log_banner()
         try:
             self._heartbeat.start()
+            self._scheduler.start()
             drain_deadline: float | None = None
             while True:
                 now = time.monotonic()
@@ -227,6 +237,7 @@ class Worker:
         finally:
             self.queue.ready_listeners.remove(self._poke)
             self.queue.cancel_listeners.remove(self._on_cancel)
+            self._scheduler.stop()
             self._stop_all()
             self._heartbeat.stop()
             self._link.flush()

@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 
 import attrs
 
+from walq import cron as walq_cron
 from walq.core.job import Job
 from walq.core.jobspec import check_seconds, check_task
 from walq.core.retry import Backoff, CircuitBreaker, RateLimit, TaskPolicy
+from walq.core.schedule import Schedule
 from walq.core.text import excerpt
 from walq.errors import ArgumentError, TaskModuleError
 
@@ -84,11 +86,49 @@ class Tasks:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
+        self._schedules: dict[str, Schedule] = {}
+
+    def periodic(
+        self,
+        name: str,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        payload: Any = None,
+        misfire: str = "once",
+        tz: str = "UTC",
+        task: str | None = None,
+    ) -> Callable[[H], H]:
+        """Register schedule `name`: a job of task `task` (default: `name`) at each tick.
+
+        cron: a cron expression (in zone `tz`; needs `walq[cron]`), or every:
+        seconds (ticks at whole multiples of it since the epoch). The worker
+        enqueues each due tick once, with key "schedule:NAME@TICK" (UTC ISO);
+        after downtime, misfire: "skip" (only ticks on time), "once" (one
+        catch-up run) or "all" (every missed tick, the newest 100 at most).
+        As a decorator it also registers the function as task `name`.
+        """
+        sched = walq_cron.schedule(
+            name, task or name, cron=cron, every=every, payload=payload, misfire=misfire, tz=tz
+        )
+        if name in self._schedules:
+            raise ArgumentError(f"schedule {name!r} is already registered")
+        self._schedules[name] = sched
+
+        def register(fn: H) -> H:
+            return self.task(sched.task)(fn)
+
+        return register
+
+    def schedules(self) -> list[Schedule]:
+        """The registered schedules."""
+        return list(self._schedules.values())
 
     def with_policies(self, policy: Callable[[Task], TaskPolicy]) -> Tasks:
         """A copy whose every task has the policy `policy(task)` (the shared gates of a server)."""
         out = Tasks()
         out._tasks = {name: attrs.evolve(t, policy=policy(t)) for name, t in self._tasks.items()}
+        out._schedules = dict(self._schedules)
         return out
 
     def task(

@@ -15,9 +15,11 @@ for i = 3, #ARGV, 3 do
   end
 end
 for _, h in ipairs(held) do
+  keep_key(h[1])  -- unique_for: the key is remembered after the job is done
   redis.call('ZREM', P .. ':run', h[1])
   remove(h[1], h[2], 'running', nil)
 end
+forget_expired(100)  -- forgotten keys, a few at a time
 bump('acked', #held)
 bump('done', #held)
 return {'ok', refused}

@@ -8,7 +8,7 @@ for i = 13, #ARGV do
   end
 end
 if ARGV[8] == '1' then
-  local owner = redis.call('HGET', P .. ':keys', ARGV[9])
+  local owner = redis.call('HGET', P .. ':keys', ARGV[9]) or kept(ARGV[9])
   if owner then return {'ok', tonumber(owner)} end
 end
 local maxp, maxb = ARGV[2], ARGV[3]

@@ -10,7 +10,9 @@ if ARGV[6] ~= '0' then
   redis.call('HSET', ok, 'k', ARGV[6], 'v', ARGV[7])
   redis.call('PEXPIRE', ok, math.max(1, tonumber(ARGV[5])))
 end
+keep_key(id)  -- unique_for: the key is remembered after the job is done
 remove(id, j[4], 'running', nil)
+forget_expired(100)
 bump('acked')
 bump('done')
 -- Follow-up jobs are not refused for room: the work they stand for is already done.

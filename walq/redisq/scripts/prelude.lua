@@ -22,6 +22,9 @@
 --   P:res   zset   jobs reserved by a claim in progress, by reservation deadline
 --   P:dead  zset   dead jobs by id
 --   P:keys  hash   idempotency key -> the unfinished job holding it
+--   P:kept  hash   key -> the done job still holding it (unique_for; job field uf: its ms)
+--   P:keptx zset   kept keys by the ms they are forgotten
+--   P:sched hash   schedule name -> its last tick enqueued (seconds); P:schspec: its spec
 --   P:tomb  hash   id -> c (cancelled) | p (purged); other ids <= P:seq not live are done
 --   P:n     hash   counts by state, live bytes, and counters
 --   P:tn    hash   "state:task" -> count
@@ -230,17 +233,47 @@ end
 local function unfinished()
   return counted('pending') + counted('scheduled') + counted('running') + counted('waiting')
 end
--- Add M items from ARGV[base..] (8 entries each: task, kind, payload, has key ('1'/'0'),
--- key, delay ms, priority, max_attempts), coalescing keys; caps MAXP, MAXB ('' or nil:
--- none). Their ids, or nil and an error reply.
-local function add_items(base, m, maxp, maxb)
+-- A key is held by the unfinished job that has it (P:keys), or by a done job while
+-- P:keptx says it is remembered (P:kept, unique_for); expired entries are dropped
+-- as they are met, and a few at a time by forget_expired.
+local function forget_expired(limit)
+  for _, key in ipairs(redis.call('ZRANGEBYSCORE', P .. ':keptx', '-inf', NOW, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', P .. ':keptx', key)
+    redis.call('HDEL', P .. ':kept', key)
+  end
+end
+local function kept(key)
+  local id = redis.call('HGET', P .. ':kept', key)
+  if not id then return false end
+  local until_ms = tonumber(redis.call('ZSCORE', P .. ':keptx', key) or '0')
+  if until_ms > NOW then return id end
+  redis.call('HDEL', P .. ':kept', key)
+  redis.call('ZREM', P .. ':keptx', key)
+  return false
+end
+-- Job ID is done: if it asked (unique_for: its field uf, ms), its key is remembered.
+local function keep_key(id)
+  local kf = redis.call('HMGET', jk(id), 'key', 'uf')
+  if kf[1] and kf[2] then
+    redis.call('HSET', P .. ':kept', kf[1], id)
+    redis.call('ZADD', P .. ':keptx', NOW + tonumber(kf[2]), kf[1])
+  end
+end
+-- Add M items from A[base..] (A: ARGV unless given; 8 entries each: task, kind, payload,
+-- has key ('1'/'0'), key, delay ms, priority, max_attempts), coalescing keys (onto an
+-- unfinished job or a remembered one); caps MAXP, MAXB ('' or nil: none); UF (nil or
+-- 0: not): ms a new job's key is remembered once it is done. Their ids, or nil and an
+-- error reply.
+local function add_items(base, m, maxp, maxb, uf, A)
+  A = A or ARGV
+  uf = uf or 0
   local seq = tonumber(redis.call('GET', P .. ':seq') or '0')
   local ids, fresh, batch = {}, {}, {}
   for i = 0, m - 1 do
     local b = base + i * 8
     local owner = false
-    if ARGV[b + 3] == '1' then
-      owner = batch[ARGV[b + 4]] or redis.call('HGET', P .. ':keys', ARGV[b + 4])
+    if A[b + 3] == '1' then
+      owner = batch[A[b + 4]] or redis.call('HGET', P .. ':keys', A[b + 4]) or kept(A[b + 4])
     end
     if owner then
       ids[i + 1] = tonumber(owner)
@@ -248,7 +281,7 @@ local function add_items(base, m, maxp, maxb)
       seq = seq + 1
       ids[i + 1] = seq
       fresh[#fresh + 1] = {b, seq}
-      if ARGV[b + 3] == '1' then batch[ARGV[b + 4]] = seq end
+      if A[b + 3] == '1' then batch[A[b + 4]] = seq end
     end
   end
   if #fresh > 0 then
@@ -257,7 +290,7 @@ local function add_items(base, m, maxp, maxb)
     end
     if maxb and maxb ~= '' then
       local size = 0
-      for _, f in ipairs(fresh) do size = size + #ARGV[f[1] + 2] + 64 + #ARGV[f[1]] end
+      for _, f in ipairs(fresh) do size = size + #A[f[1] + 2] + 64 + #A[f[1]] end
       if counted('bytes') + size > tonumber(maxb) then
         return nil, {'err', 'full', 'max_bytes (' .. maxb .. ') reached'}
       end
@@ -267,15 +300,19 @@ local function add_items(base, m, maxp, maxb)
   local ready = false
   for _, f in ipairs(fresh) do
     local b, id = f[1], f[2]
-    local task, payload, delay = ARGV[b], ARGV[b + 2], tonumber(ARGV[b + 5])
-    local rs = (32767 - tonumber(ARGV[b + 6])) * 137438953472 + id
+    local task, payload, delay = A[b], A[b + 2], tonumber(A[b + 5])
+    local rs = (32767 - tonumber(A[b + 6])) * 137438953472 + id
     local sz = #payload + 64 + #task
-    local fields = {'t', task, 'k', ARGV[b + 1], 'p', payload, 'pr', ARGV[b + 6],
-                    'ma', ARGV[b + 7], 'a', 0, 'g', 0, 'rs', rs, 'c', NOW, 'sz', sz}
-    if ARGV[b + 3] == '1' then
+    local fields = {'t', task, 'k', A[b + 1], 'p', payload, 'pr', A[b + 6],
+                    'ma', A[b + 7], 'a', 0, 'g', 0, 'rs', rs, 'c', NOW, 'sz', sz}
+    if A[b + 3] == '1' then
       fields[#fields + 1] = 'key'
-      fields[#fields + 1] = ARGV[b + 4]
-      redis.call('HSET', P .. ':keys', ARGV[b + 4], id)
+      fields[#fields + 1] = A[b + 4]
+      redis.call('HSET', P .. ':keys', A[b + 4], id)
+      if uf > 0 then
+        fields[#fields + 1] = 'uf'
+        fields[#fields + 1] = uf
+      end
     end
     local state = 'pending'
     if delay > 0 then
