@@ -28,6 +28,7 @@ from walq.cli.app import main
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core.jobspec import MAX_DELAY, MAX_ERROR_BYTES, MAX_NAME_BYTES, MAX_PAYLOAD_LIMIT
+from walq.cron import schedule as cron_schedule
 from walq.directory.fs import File
 from walq.directory.queue import Queue
 from walq.ops import repair as ops_repair
@@ -164,6 +165,8 @@ def test_every_public_method_of_a_closed_queue_raises_closed_error(qdir: str) ->
         "paused": q.paused,
         "write_checkpoint": q.write_checkpoint,
         "result": lambda: q.result(1),
+        "fire_schedule": lambda: q.fire_schedule(cron_schedule("s", "t", every=60.0)),
+        "schedules": q.schedules,
     }
     public = {
         name
