@@ -23,6 +23,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The browser tests first: Chromium starts reliably from a fresh test process,
+    # and has been seen to die while starting late in a long run (sort is stable).
+    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_ui_browser.py")
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="long run: use --runslow")

@@ -592,6 +592,9 @@ def test_follow_tails_a_live_queue_and_stops_on_ctrl_c(qdir: str) -> None:
         reader.join(5)
     finally:
         q.close()
+        if proc.poll() is None:  # the test failed before the follower stopped: stop it
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0 and "Traceback" not in err, err
     payloads = [json.loads(line)["payload"] for line in got]
     assert payloads == [f'{{"i":{i}}}' for i in range(-1, 120)]

@@ -23,11 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
-    """After every test: no child of this process and no process naming its directory."""
+    """After every test: no child of this process it started and no process naming its
+    directory (a process an earlier module left behind is that module's failure, not each
+    of these tests')."""
+    before = procs.descendants(os.getpid())
     yield
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        left = [p for p in procs.descendants(os.getpid()) if _alive(p)]
+        left = [p for p in procs.descendants(os.getpid()) - before if _alive(p)]
         strays = procs.naming(str(tmp_path), zombies=True)
         if not left and not strays:
             return
