@@ -577,11 +577,18 @@ def test_follow_tails_a_live_queue_and_stops_on_ctrl_c(qdir: str) -> None:
     q = walq.Queue.open(qdir, segment_size=SMALL, compaction=False)
     try:
         q.enqueue("mail", {"i": -1})
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "walq", "dump", qdir, "--follow", "--json",
-             "--type", "enqueue", "--interval", "0.02"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        # As a terminal starts it: a test run started in the background (`cmd &` in a
+        # script) ignores SIGINT, and an ignored signal is inherited across exec, while
+        # a handled one is reset to its default there.
+        ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "walq", "dump", qdir, "--follow", "--json",
+                 "--type", "enqueue", "--interval", "0.02"],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        finally:
+            signal.signal(signal.SIGINT, ignored)
         got, reader = lines_of(proc)
         wait_for(lambda: len(got) >= 1)
         for i in range(120):
