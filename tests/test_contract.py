@@ -768,6 +768,8 @@ class TestFlow:
         assert q.status(d) == "pending"
         with pytest.raises(walq.JobCancelled, match=f"job {a} .* is dead"):
             q.result(b)
+        cause = f"job {a} it was enqueued after is dead"
+        assert q.job_detail(b) == {"id": b, "status": "cancelled", "cause": cause}
         e = q.enqueue("e", 1)
         f = q.enqueue("f", 1, after=[e])
         q.cancel(e)

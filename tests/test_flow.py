@@ -7,6 +7,8 @@ and its job.enqueue() calls with the ack, and walq.connect() reads results.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import walq
 from tests import worker_tasks
 from tests.test_worker import run_until_done
 from walq import Worker
+from walq.ops import live
 
 
 @pytest.fixture
@@ -122,3 +125,32 @@ def test_an_open_from_a_checkpoint_keeps_results_and_waits(tmp_path: Path) -> No
         assert q.status(d) == "cancelled" and q.status(c) == "cancelled"
         with pytest.raises(walq.JobCancelled, match=f"job {b} .* is dead"):
             q.result(d)
+
+
+def test_a_dependents_cause_survives_compaction(tmp_path: Path) -> None:
+    """A dependent cancelled with its dead parent keeps the cause through a compaction:
+    in result() and in status (the owner's and the files'), and after a reopen."""
+    path = str(tmp_path / "q")
+    with walq.Queue.open(path, compaction=False, checkpoint=False) as q:
+        parent = q.enqueue("p", 1, max_attempts=1)
+        dep = q.enqueue("d", 2, after=[parent])
+        job = q.claim()
+        assert job is not None
+        q.fail(job.id, "it broke")
+        cause = f"job {parent} it was enqueued after is dead"
+        assert q.job_detail(dep) == {"id": dep, "status": "cancelled", "cause": cause}
+        q.compact(seal=True)
+        with pytest.raises(walq.JobCancelled, match=cause):
+            q.result(dep)
+        assert q.job_detail(dep)["cause"] == cause
+    with walq.Queue.open(path, compaction=False, checkpoint=False) as q:
+        assert q.checkpoint_opened is None  # a replay of the compacted segment
+        with pytest.raises(walq.JobCancelled, match=cause):
+            q.result(dep)
+        assert q.job_detail(dep)["cause"] == cause
+    assert live.job_status(path, dep)["cause"] == cause  # no owner: read from the files
+    with walq.connect(path) as producer, pytest.raises(walq.JobCancelled, match=cause):
+        producer.result(dep)
+    out = subprocess.run([sys.executable, "-m", "walq", "status", path, str(dep)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+    assert f"cause     {cause}" in out

@@ -318,7 +318,8 @@ class QueueBackend(Protocol):
     def job_detail(self, job_id: int) -> dict[str, Any]:
         """One job as an operator sees it: id, status and, while it is live, task,
         attempts, max_attempts, priority, key, error (a dead job's last), due_in
-        (scheduled) and lease_left (running), in seconds. UnknownJobError if none.
+        (scheduled) and lease_left (running), in seconds; a cancelled job's cause, if a
+        parent's failure cancelled it. UnknownJobError if none.
         """
         ...
 

@@ -375,6 +375,8 @@ def schedule_lines(rows: list[dict[str, Any]]) -> list[str]:
 def job_lines(d: Mapping[str, Any]) -> list[str]:
     """`walq status DIR ID` as text: the job's state and, while it is live, its detail."""
     lines = [f"job       {d['id']}", f"status    {d['status']}"]
+    if d.get("cause"):
+        lines.append(f"cause     {shown(str(d['cause']))}")
     if "task" not in d:
         return lines
     lines += [

@@ -348,8 +348,9 @@ class Finish:
 
 @attrs.frozen(kw_only=True)
 class Flow:
-    """A checkpoint's flow state (never in a segment): kept results (id, until, seg, offset,
-    size), jobs' parents (id, policy, wait due, parents) and dependents' causes (id, text)."""
+    """A checkpoint's flow state: kept results (id, until, seg, offset, size), jobs' parents
+    (id, policy, wait due, parents) and dependents' causes (id, text); in a compacted segment,
+    the causes only (the records they follow from are compacted away)."""
 
     rtype: ClassVar[int] = fmt.FLOW
     results: tuple[tuple[int, float, int, int, int], ...] = ()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import attrs
 
@@ -946,3 +947,12 @@ class QueueState:
                 self._errors[jid] = loc
         for seg in [s for s, n in self._seg_bytes.items() if not n]:
             del self._seg_bytes[seg]
+
+
+def with_cause(detail: dict[str, Any], state: QueueState) -> dict[str, Any]:
+    """A finished job's detail (job_detail's keys) with its cause, if a parent's failure
+    cancelled it: every reader of a directory's state shows it the same way."""
+    cause = state.causes.get(detail["id"])
+    if cause is not None and detail["status"] == "cancelled":
+        detail["cause"] = cause
+    return detail

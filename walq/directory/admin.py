@@ -13,7 +13,7 @@ from typing import Any
 from walq.core import events as ev
 from walq.core.job import DeadJob
 from walq.core.jobspec import check_seconds, check_task, state_code
-from walq.core.state import DEAD, STATE_NAMES
+from walq.core.state import DEAD, STATE_NAMES, with_cause
 from walq.directory import checkpoint as checkpoints
 from walq.directory.base import QueueBase, chunks
 from walq.directory.checkpoint import Written
@@ -186,7 +186,7 @@ class Administration(QueueBase):
             status = self._state.status(job_id)
             out: dict[str, Any] = {"id": job_id, "status": status}
             if job_id not in self._state:
-                return out
+                return with_cause(out, self._state)
             info = self._state.info(job_id)
             out.update(
                 task=info.task,

@@ -471,7 +471,11 @@ class CompactionView:
         paused = [ev.Pause(task=t) for t in sorted(state.paused)]
         # Schedules' last ticks and remembered keys (unique records after the jobs they name).
         timed = state.timed.records(self._q._clock().wall, state)
-        return [(meta.rtype, meta.encode())] + [(e.rtype, e.encode()) for e in paused + timed]
+        # Why dependents were cancelled: their own records and their parents' go with the
+        # compaction, so the cause is carried (a flow record of causes only).
+        causes = [ev.Flow(causes=tuple(state.causes.items()))] if state.causes else []
+        records: list[ev.Event] = [*paused, *timed, *causes]
+        return [(meta.rtype, meta.encode())] + [(e.rtype, e.encode()) for e in records]
 
     def checkpoint_capture(self) -> tuple[dict[str, Any], int, int, list[Segment]]:
         """The state's copies for a checkpoint and the log position and segments they reflect.

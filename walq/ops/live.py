@@ -13,7 +13,7 @@ from typing import Any
 from walq import backends
 from walq.core import events as ev
 from walq.core.jobspec import state_code
-from walq.core.state import STATE_NAMES
+from walq.core.state import STATE_NAMES, with_cause
 from walq.directory.fs import FileSystem
 from walq.errors import NoOwnerError, ProtocolError
 from walq.ops import lookup
@@ -79,7 +79,7 @@ def replayed_job_status(path: str, job_id: int, fs: FileSystem | None = None) ->
     state = r.state
     out: dict[str, Any] = {"id": job_id, "status": state.status(job_id), "source": "files"}
     if job_id not in state:
-        return out
+        return with_cause(out, state)
     info = state.info(job_id)
     if job_id in r.running:
         out["status"] = "running"

@@ -22,7 +22,7 @@ import attrs
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.state import RUNNING, Loc, QueueState
+from walq.core.state import RUNNING, Loc, QueueState, with_cause
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.errors import CorruptionError, NotAQueueError
 from walq.ops.replay import now_clock
@@ -300,7 +300,7 @@ def _ids_of(e: ev.Event) -> set[int]:
     if isinstance(e, ev.Finish):  # an ack, and the follow-up jobs it commits
         return {e.id} | set().union(*(_ids_of(child) for child in e.children))
     if isinstance(e, ev.Flow):  # a checkpoint's kept results and waiting jobs
-        return {r[0] for r in e.results} | {w[0] for w in e.waits}
+        return {r[0] for r in e.results} | {w[0] for w in e.waits} | {c[0] for c in e.causes}
     return set(e.ids)
 
 
@@ -338,8 +338,13 @@ def job_state(
     running = job_id in state and state.info(job_id).state == RUNNING
     state.finish_replay(now)
     out: dict[str, object] = {"id": job_id, "status": state.status(job_id)}
+    if out["status"] == "cancelled" and job_id not in state.causes:
+        # A dependent cancelled with its parent: the cause is in a compaction's flow
+        # record (JSON, which the search for the id's bytes does not find) or follows
+        # from its parents' records. A replay tells.
+        raise Unsure(job_id)
     if job_id not in state:
-        return out
+        return with_cause(out, state)
     info = state.info(job_id)
     out.update(
         status="running" if running and owner_running is not False else out["status"],

@@ -681,7 +681,10 @@ class RedisQueue(QueueBackend):
         if reply[0] == b"err":
             self._raise(reply)
         if reply[0] == b"gone":
-            return {"id": jid, "status": _text(reply[1])}
+            gone = {"id": jid, "status": _text(reply[1])}
+            if len(reply) > 2 and reply[2] is not None and gone["status"] == "cancelled":
+                gone["cause"] = _text(reply[2])
+            return gone
         s, task, attempts, own_max, prio, key, error, due, deadline = reply[1]
         now = int(reply[2])
         out: dict[str, Any] = {
