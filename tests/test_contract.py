@@ -890,17 +890,69 @@ class TestTime:
 
     def test_unique_for_survives_an_ack_with_a_result(self, backend: Backend) -> None:
         """An ack that keeps a result and adds jobs (one finish) remembers the key too,
-        also for a later handle; after= with unique_for= is refused."""
+        also for a later handle."""
         q = backend.open()
         jid = q.enqueue("email", b"x", key="welcome:2", unique_for=60.0)
         q.ack(claimed(q).id, result={"sent": 1}, enqueue=[("log", {"of": jid})])
         assert q.status(jid) == "done" and q.result(jid) == {"sent": 1}
         assert q.enqueue("email", b"x", key="welcome:2") == jid
-        with pytest.raises(walq.ArgumentError, match="after or unique_for"):
-            q.enqueue("email", b"y", key="k2", unique_for=60.0, after=[jid])
         q.close()
         with backend.open() as again:
             assert again.enqueue("email", b"x", key="welcome:2") == jid
+
+    def test_after_with_unique_for_remembers_the_dependents_key(self, backend: Backend) -> None:
+        """after= with unique_for=: the dependent waits, runs, and its key is remembered
+        once it is done (also for a later handle); a cancelled dependent releases it."""
+        q = backend.open()
+        parent = q.enqueue("a", 1)
+        dep = q.enqueue("email", b"y", key="k2", unique_for=60.0, after=[parent])
+        assert q.status(dep) == "waiting"
+        assert q.enqueue("email", b"y", key="k2", unique_for=60.0, after=[parent]) == dep
+        q.ack(claimed(q).id)
+        assert q.status(dep) == "pending"
+        q.ack(claimed(q).id)
+        assert q.status(dep) == "done" and q.enqueue("email", b"z", key="k2") == dep
+        doomed = q.enqueue("b", 1, max_attempts=1)
+        other = q.enqueue("email", b"w", key="k3", unique_for=60.0, after=[doomed])
+        q.fail(claimed(q).id, "boom")
+        assert q.status(other) == "cancelled"
+        assert q.enqueue("email", b"w", key="k3") != other  # released with the cancel
+        q.close()
+        with backend.open() as again:
+            assert again.enqueue("email", b"z", key="k2") == dep
+
+    def test_enqueue_many_takes_every_option(self, q: Any) -> None:
+        """enqueue_many items take after=, after_policy=, run_at= and unique_for= as
+        enqueue does; a bad one or an unknown parent adds nothing."""
+        from datetime import datetime, timedelta, timezone
+
+        a = q.enqueue("a", 1)
+        at = datetime.now(timezone.utc) + timedelta(hours=1)
+        ids = q.enqueue_many([
+            ("p", 1),
+            ("b", 2, {"after": [a]}),
+            ("c", 3, {"after": [a], "after_policy": "always", "key": "kc", "unique_for": 60}),
+            ("d", 4, {"run_at": at}),
+            ("e", 5, {"key": "ke", "unique_for": 60}),
+            ("f", 6, {"key": "kf", "unique_for": 60}),
+            ("g", 7),
+        ])  # fmt: skip
+        assert ids == list(range(a + 1, a + 8))
+        states = [q.status(i) for i in ids]
+        assert states == ["pending", "waiting", "waiting", "scheduled", "pending", "pending",
+                          "pending"]  # fmt: skip
+        assert q.job_detail(ids[3])["due_in"] > 3500
+        before = q.stats()["unfinished"]
+        for items, error in (
+            ([("x", 1), ("y", 1, {"after": [10**9]})], walq.UnknownJobError),
+            ([("x", 1), ("y", 1, {"after": [a], "unique_for": 5})], walq.ArgumentError),
+            ([("x", 1), ("y", 1, {"run_at": datetime(2030, 1, 1)})], walq.ArgumentError),
+            ([("x", 1), ("y", 1, {"unique_for": -1, "key": "k"})], walq.ArgumentError),
+            ([("x", 1), ("y", 1, {"after_policy": "always"})], walq.ArgumentError),
+        ):
+            with pytest.raises(error):
+                q.enqueue_many(items)
+        assert q.stats()["unfinished"] == before
 
     def test_unique_for_expires(self, q: Any) -> None:
         """Once unique_for has passed, the key makes a new job."""

@@ -20,17 +20,17 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from walq.core import events as ev
 from walq.core.job import DeadJob, Job
 from walq.core.jobspec import (
+    Extra,
     JobSpec,
     Output,
-    check_after,
     check_delay,
+    check_extra,
     check_seconds,
     check_task,
-    check_unique_for,
-    delay_until,
     encode_result,
+    follow_spec,
     make_spec,
-    spec_from,
+    spec_and_extra,
 )
 from walq.core.schedule import Schedule
 from walq.core.state import JobInfo
@@ -89,20 +89,25 @@ class QueueBackend(Protocol):
         that dies or is cancelled cancels it, or, with after_policy="always",
         does not hold it up. UnknownJobError if a parent does not exist.
         """
-        if run_at is not None:
-            if delay:
-                raise ArgumentError("give delay or run_at, not both")
-            delay = delay_until(run_at, time.time())
-        spec = make_spec(task, payload, key=key, delay=delay, priority=priority,
+        extra = None
+        when: object = delay
+        if (
+            after is not None
+            or run_at is not None
+            or unique_for is not None
+            or (after_policy != "cancel")
+        ):
+            when, extra = check_extra(
+                key=key, delay=delay, after=after, after_policy=after_policy,
+                run_at=run_at, unique_for=unique_for, now=time.time(),
+            )  # fmt: skip
+        spec = make_spec(task, payload, key=key, delay=when, priority=priority,
                          max_attempts=max_attempts, max_payload=self.max_payload)  # fmt: skip
-        if after is not None:
-            if unique_for is not None:
-                raise ArgumentError("give after or unique_for, not both")
-            parents, policy = check_after(after, after_policy)
-            return self._add_after(spec, parents, policy, sync)
-        if unique_for is not None:
-            return self._add((spec,), sync, timeout, check_unique_for(unique_for, key))[0]
-        return self._add((spec,), sync, timeout)[0]
+        if extra is None:
+            return self._add((spec,), sync, timeout)[0]
+        if extra.parents:
+            return self._add_after(spec, extra.parents, extra.policy, sync, extra.unique_for)
+        return self._add((spec,), sync, timeout, extra.unique_for)[0]
 
     def enqueue_many(
         self,
@@ -111,11 +116,24 @@ class QueueBackend(Protocol):
         sync: bool | None = None,
         timeout: float = 0.0,
     ) -> list[int]:
-        """Add many jobs with one durable write; items are (task, payload[, options]).
+        """Add many jobs; items are (task, payload[, options]).
 
-        options: key, delay, priority, max_attempts (as for `enqueue`).
+        options: key, delay, priority, max_attempts, after, after_policy, run_at,
+        unique_for (as for `enqueue`). Every item is checked (and every parent
+        named in `after`) before any is added; on a directory all are one durable
+        write; on Redis, one script for each run of items alike (docs/FLOW.md).
         """
-        return self._add([spec_from(raw, self.max_payload) for raw in items], sync, timeout)
+        now = time.time()
+        specs: list[JobSpec] = []
+        extras: dict[int, Extra] = {}
+        for raw in items:
+            spec, extra = spec_and_extra(raw, self.max_payload, now)
+            if extra is not None:
+                extras[len(specs)] = extra
+            specs.append(spec)
+        if not extras:
+            return self._add(specs, sync, timeout)
+        return self._add_mixed(specs, extras, sync, timeout)
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -203,12 +221,13 @@ class QueueBackend(Protocol):
     ) -> list[Output | None] | None:
         """Each job's encoded result and checked follow-up jobs (None: a plain ack)."""
         out: list[Output | None] = []
+        now = time.time()
         for i, jid in enumerate(job_ids):
             kind, data = encode_result(
                 None if results is None else results[i], self.max_result_bytes, jid
             )
             items = () if enqueues is None else enqueues[i]
-            follow = tuple(spec_from(raw, self.max_payload) for raw in items)
+            follow = tuple(follow_spec(raw, self.max_payload, now) for raw in items)
             out.append(Output(kind, data, follow) if kind != ev.RESULT_NONE or follow else None)
         return out if any(o is not None for o in out) else None
 
@@ -405,9 +424,26 @@ class QueueBackend(Protocol):
         ...
 
     def _add_after(
-        self, spec: JobSpec, parents: tuple[int, ...], policy: int, sync: bool | None
+        self,
+        spec: JobSpec,
+        parents: tuple[int, ...],
+        policy: int,
+        sync: bool | None,
+        unique_for: float = 0.0,
     ) -> int:
-        """Add a job that waits for `parents` (checked: UnknownJobError for one that never was)."""
+        """Add a job that waits for `parents` (checked: UnknownJobError for one that never was);
+        unique_for: seconds its key is remembered once it is done."""
+        ...
+
+    def _add_mixed(
+        self,
+        specs: Sequence[JobSpec],
+        extras: Mapping[int, Extra],
+        sync: bool | None,
+        timeout: float,
+    ) -> list[int]:
+        """enqueue_many of items some of which have an Extra (`extras`, by index): every
+        parent checked before anything is added (UnknownJobError); their ids, in order."""
         ...
 
     def _fail(

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from walq.core.jobspec import decode_payload, spec_from
+from walq.core.jobspec import decode_payload, follow_spec
 
 
 @attrs.frozen(kw_only=True)
@@ -30,12 +30,13 @@ class Job:
     def enqueue(self, task: str, payload: Any = None, **options: Any) -> None:
         """Add a follow-up job, committed in the same durable write as this job's ack.
 
-        options as for enqueue_many (key, delay, priority, max_attempts). If
-        this attempt fails or is lost, the job is never added; once the ack
-        is durable, it is. Checked now: a bad item raises here, in the handler.
+        options as for enqueue_many (key, delay, priority, max_attempts, run_at; not
+        after= nor unique_for=: docs/FLOW.md). If this attempt fails or is lost, the
+        job is never added; once the ack is durable, it is. Checked now: a bad item
+        raises here, in the handler.
         """
         item = (task, payload, options) if options else (task, payload)
-        spec_from(item)
+        follow_spec(item)
         self.outbox.append(item)
 
     def fields(self) -> dict[str, Any]:

@@ -103,13 +103,14 @@ def make_spec(
 
 
 def spec_from(raw: Any, max_payload: int = DEFAULT_MAX_PAYLOAD) -> JobSpec:
-    """A checked JobSpec from an enqueue_many item: (task, payload[, options])."""
+    """A checked JobSpec from an item (task, payload[, options]) without EXTRA_OPTIONS
+    (spec_and_extra takes those)."""
     if type(raw) is tuple and len(raw) == 2:
         task, payload = raw
         # The common bulk case, (task, bytes), validated inline.
         if type(payload) is bytes and len(payload) <= max_payload and check_task(task) is task:
             return _new_spec(JobSpec, (task, PAYLOAD_BYTES, payload, None, 0.0, 0, 0, ""))
-    task, payload, opts = split_item(raw)
+    task, payload, opts = split_item(raw, ENQUEUE_OPTIONS - EXTRA_OPTIONS)
     return make_spec(
         task,
         payload,
@@ -189,7 +190,106 @@ MAX_PARENTS = 10_000  # jobs one job may be enqueued after
 AFTER_POLICIES = {"cancel": ev.AFTER_CANCEL, "always": ev.AFTER_ALWAYS}
 
 
-ENQUEUE_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin"})
+class Extra(NamedTuple):
+    """What an enqueue asks beyond its JobSpec: parents to wait for (after=, () if none,
+    with its ev.AFTER_* policy) and seconds its key is remembered once done (0.0: none)."""
+
+    parents: tuple[int, ...]
+    policy: int
+    unique_for: float
+
+
+# The options every way in takes beyond the JobSpec's own (checked by check_extra).
+EXTRA_OPTIONS = frozenset({"after", "after_policy", "run_at", "unique_for"})
+ENQUEUE_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin"}) | EXTRA_OPTIONS
+# A follow-up job (job.enqueue) has no parents nor a remembered key: its own id, and so
+# the place of a dependent after it, exists only once the ack is durable.
+_NOT_FOLLOW = frozenset({"after", "after_policy", "unique_for"})
+FOLLOW_OPTIONS = ENQUEUE_OPTIONS - _NOT_FOLLOW - {"origin"}
+
+
+def check_extra(
+    *,
+    key: object,
+    delay: object,
+    after: object = None,
+    after_policy: object = "cancel",
+    run_at: object = None,
+    unique_for: object = None,
+    now: float | None,
+) -> tuple[object, Extra | None]:
+    """(delay, Extra or None) of an enqueue's after=, after_policy=, run_at= and unique_for=.
+
+    The one check of these options for every way in (Queue.enqueue and enqueue_many,
+    a producer and its spool, the CLI); `now` is the wall time run_at counts from (None:
+    no clock at hand, so run_at is checked but not how far ahead it is).
+    ArgumentError, naming the option, for a bad value or a bad combination.
+    """
+    if run_at is not None:
+        if delay:
+            raise ArgumentError("give delay or run_at, not both")
+        if now is None:
+            now = run_at.timestamp() if isinstance(run_at, datetime) and run_at.tzinfo else 0.0
+        delay = delay_until(run_at, now)
+    parents: tuple[int, ...] = ()
+    policy = ev.AFTER_CANCEL
+    if after is not None:
+        parents, policy = check_after(after, after_policy)
+    elif after_policy != "cancel":
+        check_after((1,), after_policy)  # a bad policy is refused even without after=
+        raise ArgumentError("after_policy needs after: it says what a failed parent does")
+    seconds = 0.0 if unique_for is None else check_unique_for(unique_for, key)
+    if not parents and not seconds:
+        return delay, None
+    return delay, Extra(parents, policy, seconds)
+
+
+def follow_spec(
+    raw: Any, max_payload: int = DEFAULT_MAX_PAYLOAD, now: float | None = None
+) -> JobSpec:
+    """A checked follow-up job (job.enqueue, ack's enqueue=): options as for enqueue_many but
+    after= and unique_for=, refused with why (FOLLOW_OPTIONS); run_at counts from `now`."""
+    if isinstance(raw, tuple | list) and len(raw) == 3 and isinstance(raw[2], Mapping):
+        refused = sorted(str(o) for o in raw[2] if o in _NOT_FOLLOW)
+        if refused:
+            raise ArgumentError(
+                f"a follow-up job takes no {', '.join(refused)}: it exists only once the "
+                "ack is durable, so enqueue a job after it or with a remembered key from "
+                "the next step"
+            )
+    spec, _ = spec_and_extra(raw, max_payload, now)
+    return spec
+
+
+def spec_and_extra(
+    raw: Any, max_payload: int = DEFAULT_MAX_PAYLOAD, now: float | None = None
+) -> tuple[JobSpec, Extra | None]:
+    """A checked JobSpec and its Extra from an enqueue_many item: (task, payload[, options]).
+
+    `now`: the wall time an item's run_at counts from.
+    """
+    if type(raw) is tuple and len(raw) == 2:
+        return spec_from(raw, max_payload), None
+    task, payload, opts = split_item(raw)
+    extra = None
+    delay = opts.get("delay", 0.0)
+    if not EXTRA_OPTIONS.isdisjoint(opts):
+        delay, extra = check_extra(
+            key=opts.get("key"), delay=delay, after=opts.get("after"),
+            after_policy=opts.get("after_policy", "cancel"), run_at=opts.get("run_at"),
+            unique_for=opts.get("unique_for"), now=now,
+        )  # fmt: skip
+    spec = make_spec(
+        task,
+        payload,
+        key=opts.get("key"),
+        delay=delay,
+        priority=opts.get("priority", 0),
+        max_attempts=opts.get("max_attempts"),
+        origin=opts.get("origin") or "",
+        max_payload=max_payload,
+    )
+    return spec, extra
 
 
 def split_item(

@@ -12,8 +12,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from walq import forks
 from walq.backend import QueueBackend
@@ -25,6 +25,8 @@ from walq.core.job import COUNTERS, Job
 from walq.core.jobspec import (
     DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_RESULT,
+    Extra,
+    JobSpec,
     check_seconds,
     decode_result,
 )
@@ -39,9 +41,6 @@ from walq.directory.recovery import Damage
 from walq.directory.segment import Segment
 from walq.errors import ClosedError, CorruptionError, QueueFull
 from walq.producers.server import ProducerServer
-
-if TYPE_CHECKING:
-    from walq.core.jobspec import JobSpec
 
 log = logging.getLogger("walq.queue")
 
@@ -132,36 +131,78 @@ class QueueBase(QueueBackend):
     # -- adding jobs -------------------------------------------------------------------
 
     def _add_after(
-        self, spec: JobSpec, parents: tuple[int, ...], policy: int, sync: bool | None
+        self,
+        spec: JobSpec,
+        parents: tuple[int, ...],
+        policy: int,
+        sync: bool | None,
+        unique_for: float = 0.0,
     ) -> int:
         """Add a job waiting for `parents` (one `after` record); its id, or a key holder's."""
+        return self._add_mixed((spec,), {0: Extra(parents, policy, unique_for)}, sync, 0.0)[0]
+
+    def _add_mixed(
+        self,
+        specs: Sequence[JobSpec],
+        extras: Mapping[int, Extra],
+        sync: bool | None,
+        timeout: float,
+    ) -> list[int]:
+        """Jobs with and without parents or remembered keys, in one append: `enqueue`
+        records, `after` records for the dependents and a `unique` record."""
+        if timeout:
+            timeout = check_seconds("timeout", timeout)
         with self._mu:
             now = self._open_now()
             state = self._state
-            for parent in parents:
-                state.status(parent)  # UnknownJobError: never enqueued, or purged
-            holder = None if spec.key is None else state.key_holder(spec.key, now.wall)
-            if holder is not None:
-                return holder
-            problem = self._room_for([spec])
-            if problem is not None:
-                raise QueueFull(f"{self.path}: {problem}")
-            jid = state.next_id
-            job = ev.Enqueue(
-                id=jid, task=spec.task, payload=spec.data, kind=spec.kind, key=spec.key,
-                priority=spec.priority, max_attempts=spec.max_attempts,
-                due=now.wall + spec.delay if spec.delay else 0.0, created=now.wall,
-            )  # fmt: skip
+            for wants in extras.values():
+                for parent in wants.parents:
+                    state.status(parent)  # UnknownJobError: never enqueued, or purged
+            deadline = now.mono + timeout
+            while True:
+                ids, fresh = self._assign(specs, now.wall)
+                problem = self._room_for(fresh)
+                if problem is None:
+                    break
+                left = deadline - self._clock().mono
+                if left <= 0:
+                    raise QueueFull(f"{self.path}: {problem}")
+                now = self._wait_changed(min(left, 1.0))
+            first = state.next_id
+            events: list[ev.Event] = []
+            unique: list[tuple[int, float]] = []
+            seen: set[int] = set()
+            for i, (jid, spec) in enumerate(zip(ids, specs, strict=True)):
+                if jid < first or jid in seen:
+                    continue  # coalesced with a job holding its key
+                seen.add(jid)
+                job = ev.Enqueue(
+                    id=jid, task=spec.task, payload=spec.data, kind=spec.kind, key=spec.key,
+                    priority=spec.priority, max_attempts=spec.max_attempts,
+                    due=now.wall + spec.delay if spec.delay else 0.0, created=now.wall,
+                    origin=spec.origin,
+                )  # fmt: skip
+                extra = extras.get(i)
+                if extra is not None and extra.parents:
+                    events.append(ev.After(parents=extra.parents, policy=extra.policy, job=job))
+                else:
+                    events.append(job)
+                if extra is not None and extra.unique_for:
+                    unique.append((jid, extra.unique_for))
+            if unique:
+                events.append(ev.Unique(items=tuple(unique)))
             readied = state.readied
-            lsn = self._write([ev.After(parents=parents, policy=policy, job=job)], now)
-            self.counters["enqueued"] += 1
-            woke = state.readied != readied
+            lsn = self._write(events, now) if events else self._log_lsn()
+            self.counters["enqueued"] += len(fresh)
+            if len(ids) != len(fresh):
+                self.counters["coalesced"] += len(ids) - len(fresh)
+            woke = bool(fresh) and (state.readied != readied or len(extras) < len(specs))
             if woke and self._waiting_claims:
                 self._changed.notify_all()
         self._commit(lsn, sync)
         if woke:
             self._wake()
-        return jid
+        return ids
 
     def _add(
         self,

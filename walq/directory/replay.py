@@ -51,7 +51,7 @@ def replay(
     origins = found.origins
     tasks: dict[bytes, str] = {}
     bad: list[Damage] = []
-    enqueue_type, ack_type = fmt.ENQUEUE, fmt.ACK
+    enqueue_type, ack_type, after_type = fmt.ENQUEUE, fmt.ACK, fmt.AFTER
 
     def sink(seq: int, rtype: int, offset: int, size: int, body: memoryview) -> None:
         try:
@@ -74,6 +74,10 @@ def replay(
             return
         if rtype == ack_type:
             found.done_seen += len(event.ids)  # type: ignore[union-attr]
+        elif rtype == after_type and isinstance(event, ev.After):
+            origin = getattr(event.job, "origin", "")  # a producer's dependent (its spool file)
+            if origin:
+                origins.add(origin)
         apply(event, Loc(seq, offset, size), now)
 
     load = state.replay_sink(now, sink)

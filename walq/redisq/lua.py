@@ -46,7 +46,7 @@ SCRIPTS: Final[Mapping[str, Spec]] = {
     "reserve": Spec(6),
     "commit": Spec(8, libs=("claim_common",)),
     "enqueue": Spec(5, group=8),
-    "after": Spec(12, group=1),
+    "after": Spec(13, group=1),
     "finish": Spec(7, group=8),
     "result": Spec(1, group=1),
     "tick": Spec(11, group=2),

@@ -33,6 +33,7 @@ from walq.core.jobspec import (
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_MAX_RESULT,
     MAX_ATTEMPTS,
+    Extra,
     JobSpec,
     Output,
     check_seconds,
@@ -496,20 +497,62 @@ class RedisQueue(QueueBackend):
         return refused
 
     def _add_after(
-        self, spec: JobSpec, parents: tuple[int, ...], policy: int, sync: bool | None
+        self,
+        spec: JobSpec,
+        parents: tuple[int, ...],
+        policy: int,
+        sync: bool | None,
+        unique_for: float = 0.0,
     ) -> int:
         args: list[Any] = [
             "" if self.max_pending is None else self.max_pending,
             "" if self.max_bytes is None else self.max_bytes,
             policy,
             spec.task, spec.kind, spec.data, "1" if spec.key is not None else "0", spec.key or "",
-            _ms(spec.delay), spec.priority, spec.max_attempts,
+            _ms(spec.delay), spec.priority, spec.max_attempts, _ms(unique_for),
             *parents,
         ]  # fmt: skip
         reply = self._run("after", *args)
         if reply[0] != b"ok":
             self._raise(reply, f"{self.path}: ")
         return int(reply[1])
+
+    def _add_mixed(
+        self,
+        specs: Sequence[JobSpec],
+        extras: Mapping[int, Extra],
+        sync: bool | None,
+        timeout: float,
+    ) -> list[int]:
+        """One script per run of items alike (plain, or the same unique_for) and per
+        dependent, in order, once every parent is known to exist."""
+        for wants in extras.values():
+            for parent in wants.parents:
+                self.status(parent)  # UnknownJobError before anything is added
+
+        def unique_for(i: int) -> float | None:
+            """An item's unique_for (0.0: none); None for a dependent (a script of its own)."""
+            wants = extras.get(i)
+            if wants is None:
+                return 0.0
+            return None if wants.parents else wants.unique_for
+
+        ids: list[int] = []
+        i = 0
+        while i < len(specs):
+            uf = unique_for(i)
+            if uf is None:
+                wants = extras[i]
+                ids.append(self._add_after(specs[i], wants.parents, wants.policy, sync,
+                                           wants.unique_for))  # fmt: skip
+                i += 1
+                continue
+            j = i + 1
+            while j < len(specs) and unique_for(j) == uf:
+                j += 1
+            ids += self._add(specs[i:j], sync, timeout, uf)
+            i = j
+        return ids
 
     def _results(self, job_ids: Sequence[int]) -> list[Sequence[Any]]:
         """What result.lua says of each job (UnknownJobError for one that never was)."""

@@ -1,7 +1,7 @@
 -- A job enqueued after others: waiting until each is settled (walq.core.transitions).
 -- ARGV: P, max_pending ('' none), max_bytes ('' none), policy ('0' cancel, '1' always),
---   one item as for enqueue.lua (8 entries), then the parents' ids
-for i = 13, #ARGV do
+--   one item as for enqueue.lua (8 entries), unique_for ms ('0': none), then the parents' ids
+for i = 14, #ARGV do
   if not redis.call('HGET', jk(ARGV[i]), 's') then
     local st = gone(ARGV[i])
     if st == 'unknown' or st == 'purged' then return unknown(ARGV[i], st) end
@@ -23,7 +23,7 @@ end
 local id = tonumber(redis.call('GET', P .. ':seq') or '0') + 1
 redis.call('SET', P .. ':seq', id)
 local parents = {}
-for i = 13, #ARGV do parents[#parents + 1] = ARGV[i] end
+for i = 14, #ARGV do parents[#parents + 1] = ARGV[i] end
 local wd = 0
 if delay > 0 then wd = NOW + delay end
 local rs = (32767 - tonumber(ARGV[11])) * 137438953472 + id
@@ -33,6 +33,7 @@ redis.call('HSET', jk(id), 't', task, 'k', ARGV[6], 'p', payload, 'pr', ARGV[11]
 if ARGV[8] == '1' then
   redis.call('HSET', jk(id), 'key', ARGV[9])
   redis.call('HSET', P .. ':keys', ARGV[9], id)
+  if tonumber(ARGV[13]) > 0 then redis.call('HSET', jk(id), 'uf', ARGV[13]) end
 end
 count('waiting', task, 1)
 bump('bytes', sz)
