@@ -94,3 +94,31 @@ def test_a_url_is_refused(qdir: str) -> None:
     """aconnect takes a queue directory; an unknown URL is refused like walq.connect."""
     with pytest.raises(walq.ArgumentError, match="unknown URL scheme"):
         asyncio.run(walq.aconnect("nats://host/q"))
+
+
+def test_after_run_at_and_unique_for_through_the_owner_and_the_spool(qdir: str) -> None:
+    """aconnect takes the options of Queue.enqueue, by the socket and by the spool alike."""
+    from datetime import datetime, timedelta, timezone
+
+    at = datetime.now(timezone.utc) + timedelta(hours=1)
+
+    async def main(parent: int) -> list[int | None]:
+        async with await walq.aconnect(qdir) as p:
+            with pytest.raises(walq.ArgumentError, match="naive"):
+                await p.enqueue("x", 1, run_at=at.replace(tzinfo=None))
+            return [
+                await p.enqueue("d", 1, after=[parent], after_policy="always"),
+                await p.enqueue("l", 2, run_at=at),
+                await p.enqueue("u", 3, key="uk", unique_for=60),
+            ]
+
+    with walq.Queue.open(qdir) as q:
+        parent = q.enqueue("a", 0)
+        ids = asyncio.run(main(parent))
+        assert [q.status(i) for i in ids if i is not None] == ["waiting", "scheduled", "pending"]
+    ids = asyncio.run(main(parent))  # no owner: spooled
+    assert ids == [None, None, None]
+    with walq.Queue.open(qdir) as q:
+        states = sorted((r["task"], r["status"]) for r in q.jobs())
+        twice = [("d", "waiting"), ("l", "scheduled")] * 2
+        assert states == sorted([("a", "pending"), ("u", "pending"), *twice])

@@ -909,3 +909,90 @@ def test_bad_arguments_are_refused_before_anything_is_written(qdir: str) -> None
     with pytest.raises(walq.ArgumentError):
         connect(qdir, max_spool_files=0)
     assert not os.path.exists(qdir)
+
+
+# -- after=, run_at=, unique_for= through a producer (docs/FLOW.md, docs/SCHEDULES.md) -----
+
+
+def _at(seconds: float) -> Any:
+    from datetime import datetime, timedelta, timezone
+
+    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
+
+
+def test_socket_producer_takes_after_run_at_and_unique_for(qdir: str) -> None:
+    """connect(DIR) through the owner: the options of Queue.enqueue, checked the same way."""
+    with owner(qdir) as q, connect(qdir) as prod:
+        a = prod.enqueue("a", 1)
+        assert a is not None
+        dep = prod.enqueue("d", 2, after=[a], key="dk", unique_for=60)
+        later = prod.enqueue("l", 3, run_at=_at(3600))
+        ids = prod.enqueue_many([("m", 4, {"after": [a], "after_policy": "always"}),
+                                 ("u", 5, {"key": "uk", "unique_for": 60})])  # fmt: skip
+        assert prod.sent == {"socket": 4, "spool": 0}
+        assert dep is not None and later is not None and ids is not None
+        assert [q.status(i) for i in (dep, later, *ids)] == [
+            "waiting", "scheduled", "waiting", "pending"]  # fmt: skip
+        assert q.job_detail(later)["due_in"] > 3500
+        with pytest.raises(walq.UnknownJobError):
+            prod.enqueue("d", 2, after=[10**9])
+        for options, message in (
+            ({"run_at": _at(0).replace(tzinfo=None)}, "naive"),
+            ({"unique_for": 60}, "unique_for needs a key"),
+            ({"unique_for": -1, "key": "k"}, "unique_for must be"),
+            ({"after": [0]}, "job ids"),
+            ({"after_policy": "sometimes", "after": [a]}, "after_policy"),
+            ({"run_at": _at(0), "delay": 5}, "delay or run_at"),
+        ):
+            with pytest.raises(walq.ArgumentError, match=message):
+                prod.enqueue("x", 1, **options)
+        q.ack(q.claim(tasks=["a"]).id)  # type: ignore[union-attr]
+        assert q.status(dep) == "pending"
+        q.ack(q.claim(tasks=["d"]).id)  # type: ignore[union-attr]
+        assert prod.enqueue("d", 9, key="dk") == dep  # remembered once done
+
+
+def test_spooled_dependents_and_remembered_keys_are_ingested_once(qdir: str) -> None:
+    """With no owner, after=, run_at= and unique_for= travel in the spool file; a parent
+    unknown at ingestion sets its file aside, with why."""
+    with open_queue(qdir) as q:
+        a = q.enqueue("a", 1)
+    with connect(qdir) as prod:
+        assert prod.enqueue("d", 2, after=[a]) is None
+        prod.enqueue("l", 3, run_at=_at(3600))
+        prod.enqueue_many([("u", 4, {"key": "uk", "unique_for": 60}), ("p", 5)])
+        prod.enqueue("bad", 6, after=[10**6])
+    with owner(qdir) as q:
+        rows = {r["task"]: r["status"] for r in q.jobs()}
+        assert rows == {"a": "pending", "d": "waiting", "l": "scheduled", "u": "pending",
+                        "p": "pending"}  # fmt: skip
+        assert q.server.counters["rejected_files"] == 1  # type: ignore[attr-defined]
+        u = q.find("uk")
+        assert u is not None
+        while (job := q.claim()) is not None:
+            q.ack(job.id)
+        assert q.enqueue("u", 4, key="uk") == u  # remembered once done
+    assert len(spool_names(qdir, spool.REJECTED)) == 1
+    with owner(qdir) as q:  # reopened: nothing ingested twice
+        assert sorted(r["task"] for r in q.jobs()) == ["l"]
+
+
+def test_owner_crash_after_enqueueing_spooled_dependents_does_not_ingest_them_twice() -> None:
+    """A dependent's origin is in its after record: the next owner knows it was ingested."""
+    base = SimFileSystem()
+    q, _ = _sim_owner(base)
+    parent = q.enqueue("t", "parent")
+    q.close()
+    with connect("/q", fs=base, use_socket=False) as prod:
+        for i in range(3):
+            prod.enqueue("t", f"d{i}", after=[parent])
+    fs = base.snapshot(mode="clean")
+    _, server = _sim_owner(fs, batch_items=4)
+    fs.crash_on("remove", nth=1)
+    with pytest.raises(SimulatedCrash):
+        server.start()
+    q2, server2 = _sim_owner(fs.crash(mode="durable"))
+    assert len(q2.replayed_origins) == 3
+    server2.start()
+    assert drain(q2) == ["parent", "d0", "d1", "d2"]
+    q2.close()

@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
+from datetime import datetime
 from types import TracebackType
 from typing import Any, cast
 
@@ -113,8 +114,15 @@ class AsyncProducer:
         delay: float = 0.0,
         priority: int = 0,
         max_attempts: int | None = None,
+        after: Iterable[int] | None = None,
+        after_policy: str = "cancel",
+        run_at: datetime | None = None,
+        unique_for: float | None = None,
     ) -> int | None:
-        """Add a job; return once it is durable: its id from the owner, or None if spooled."""
+        """Add a job; return once it is durable: its id from the owner, or None if spooled.
+
+        Options as for QueueBackend.enqueue (walq/backend.py).
+        """
         item = wire.make_item(
             task,
             payload,
@@ -122,6 +130,10 @@ class AsyncProducer:
             delay=delay,
             priority=priority,
             max_attempts=max_attempts,
+            after=after,
+            after_policy=after_policy,
+            run_at=run_at,
+            unique_for=unique_for,
             max_payload=self.max_payload,
         )
         ids = await self._submit([item])

@@ -9,7 +9,8 @@ body layout the socket carries (docs/PRODUCERS.md, "Protocol"):
     header  = JSON object: {"op": "enqueue" | "poke", "items": [item, ...], ...}
               or {"op": "result", "id": job id, "wait": seconds} (no payloads)
     item    = {"task", "kind" (0 JSON, 1 bytes), "size", "key", "delay",
-               "priority", "max_attempts"}
+               "priority", "max_attempts", "after" (job ids), "after_policy",
+               "unique_for"}                     (run_at travels as its delay)
     payloads = each item's payload bytes, back to back, in item order
     reply   = length:u32le JSON: {"ok": true, "ids": [...]}
                               or, to "result": {"ok": true, "state", "value", "kind", "text"}
@@ -27,15 +28,19 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict, TypeGuard
 
 import attrs
 
-from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON
+from walq.core.events import AFTER_CANCEL, PAYLOAD_BYTES, PAYLOAD_JSON
 from walq.core.jobspec import (
     DEFAULT_MAX_PAYLOAD,
     ENQUEUE_OPTIONS,
+    EXTRA_OPTIONS,
+    check_extra,
     decode_payload,
     make_spec,
     split_item,
@@ -57,7 +62,8 @@ _SUN_PATH = 107
 _TMP_NAME_ROOM = 16
 # A producer's job has no origin: the owner names the spool file it came from.
 OPTIONS = ENQUEUE_OPTIONS - {"origin"}
-_ITEM_FIELDS = frozenset({"task", "kind", "size", "key", "delay", "priority", "max_attempts"})
+_ITEM_FIELDS = frozenset({"task", "kind", "size", "key", "delay", "priority", "max_attempts",
+                          "after", "after_policy", "unique_for"})  # fmt: skip
 _U32 = struct.Struct("<I")
 
 
@@ -72,6 +78,9 @@ class Item:
     delay: float = 0.0
     priority: int = 0
     max_attempts: int = 0  # 0: the queue's default
+    after: tuple[int, ...] = ()  # the jobs it waits for (after=)
+    after_policy: str = "cancel"
+    unique_for: float = 0.0  # seconds its key is remembered once done (0: not)
     # The JSON payload as decode_body already parsed it (held in a 1-tuple: it may be None).
     parsed: tuple[Any] | None = attrs.field(default=None, eq=False, repr=False)
 
@@ -86,6 +95,12 @@ class Item:
             out["priority"] = self.priority
         if self.max_attempts:
             out["max_attempts"] = self.max_attempts
+        if self.after:
+            out["after"] = list(self.after)
+            if self.after_policy != "cancel":
+                out["after_policy"] = self.after_policy
+        if self.unique_for:
+            out["unique_for"] = self.unique_for
         return out
 
     def payload(self) -> Any:
@@ -106,6 +121,11 @@ class Item:
         }
         if origin:
             opts["origin"] = origin
+        if self.after:
+            opts["after"] = self.after
+            opts["after_policy"] = self.after_policy
+        if self.unique_for:
+            opts["unique_for"] = self.unique_for
         return self.task, self.payload(), opts
 
 
@@ -116,6 +136,10 @@ class EnqueueOptions(TypedDict, total=False):
     delay: float
     priority: int
     max_attempts: int | None
+    after: Iterable[int] | None
+    after_policy: str
+    run_at: datetime | None
+    unique_for: float | None
 
 
 def make_item(
@@ -125,10 +149,21 @@ def make_item(
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     **options: Unpack[EnqueueOptions],
 ) -> Item:
-    """A checked Item, with the rules of Queue.enqueue (walq.core.jobspec.make_spec)."""
-    spec = make_spec(task, payload, max_payload=max_payload, **options)
-    fields = spec._asdict()
+    """A checked Item, with the rules of Queue.enqueue (walq.core.jobspec: make_spec and
+    check_extra); run_at becomes its delay from now (a spooled one counts from the file's time)."""
+    opts: dict[str, Any] = dict(options)
+    extras = {name: opts.pop(name) for name in EXTRA_OPTIONS if name in opts}
+    extra = None
+    if extras:
+        opts["delay"], extra = check_extra(
+            key=opts.get("key"), delay=opts.get("delay", 0.0), now=time.time(), **extras
+        )
+    fields = make_spec(task, payload, max_payload=max_payload, **opts)._asdict()
     del fields["origin"]  # a producer's job has none: the owner names its spool file
+    if extra is not None:
+        fields.update(after=extra.parents, unique_for=extra.unique_for)
+        if extra.policy != AFTER_CANCEL:
+            fields["after_policy"] = "always"
     return Item(**fields)
 
 
@@ -192,6 +227,14 @@ def _decode_item(i: int, entry: object, view: memoryview, offset: int) -> tuple[
         raise ProtocolError(f"item {i}: delay must be a number")
     if not _is_int(priority) or not _is_int(attempts):
         raise ProtocolError(f"item {i}: priority and max_attempts must be integers")
+    after, policy = entry.get("after", []), entry.get("after_policy", "cancel")
+    unique_for = entry.get("unique_for", 0.0)
+    if not isinstance(after, list) or not all(_is_int(p) for p in after):
+        raise ProtocolError(f"item {i}: after must be a list of job ids")
+    if policy not in ("cancel", "always"):
+        raise ProtocolError(f'item {i}: after_policy must be "cancel" or "always"')
+    if not (_is_int(unique_for) or isinstance(unique_for, float)) or not math.isfinite(unique_for):
+        raise ProtocolError(f"item {i}: unique_for must be a number")
     data = bytes(view[offset : offset + size])
     parsed = None
     if kind == PAYLOAD_JSON:
@@ -207,6 +250,9 @@ def _decode_item(i: int, entry: object, view: memoryview, offset: int) -> tuple[
         delay=float(delay),
         priority=priority,
         max_attempts=attempts,
+        after=tuple(after),
+        after_policy=policy,
+        unique_for=float(unique_for),
         parsed=parsed,
     )
     return item, offset + size
