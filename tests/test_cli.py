@@ -399,6 +399,44 @@ class TestEnqueue:
         assert r.exit_code == 0, r.stderr
         assert r.stdout.strip() == "5"
 
+    def test_enqueue_with_run_at_after_and_unique_for(self, qdir: str) -> None:
+        """--run-at (aware ISO 8601), --after ID..., --after-policy, --unique-for SECONDS."""
+        ids = varied(qdir)
+        parent, done = ids["pending"], ids["done"]
+        later = cli("enqueue", qdir, "mail", "--run-at", "2036-01-01T00:00:00+01:00")
+        dep = cli("enqueue", qdir, "mail", "--after", str(parent), "--after", str(done),
+                  "--after-policy", "always", "--key", "u", "--unique-for", "3600")  # fmt: skip
+        assert later.exit_code == 0 and dep.exit_code == 0, (later.stderr, dep.stderr)
+        with walq.Queue.open(qdir, compaction=False) as q:
+            assert q.status(int(later.stdout)) == "scheduled"
+            assert q.status(int(dep.stdout)) == "waiting"
+            assert q.job_detail(int(later.stdout))["due_in"] > 3600 * 24 * 300
+
+    @pytest.mark.parametrize(
+        ("args", "words"),
+        [
+            (["--run-at", "2036-01-01T00:00:00"], "--run-at 2036-01-01T00:00:00 names no time"),
+            (["--run-at", "soon"], "--run-at 'soon' is not an ISO 8601 time"),
+            (["--run-at", "2999-01-01T00:00:00Z"], "run_at (seconds from now) must be at most"),
+            (["--run-at", "2036-01-01T00:00:00Z", "--delay", "5"], "delay or run_at"),
+            (["--unique-for", "-5", "--key", "k"], "unique_for must be non-negative"),
+            (["--unique-for", "5"], "unique_for needs a key"),
+            (["--unique-for", "inf", "--key", "k"], "unique_for must be a finite number"),
+            (["--unique-for", "1e12", "--key", "k"], "unique_for must be at most"),
+            (["--after", "999"], "job 999 does not exist"),
+            (["--after", "0"], "'--after': 0 is not in the range"),
+            (["--after-policy", "always"], "--after-policy needs --after"),
+        ],
+    )
+    def test_enqueue_refuses_bad_times_and_parents_in_one_line(
+        self, qdir: str, args: list[str], words: str
+    ) -> None:
+        """Bad --run-at, --unique-for or --after: one line naming the option, exit 2."""
+        varied(qdir)
+        assert words in one_line_error(cli("enqueue", qdir, "mail", *args), 2)
+        with walq.Queue.open(qdir, compaction=False) as q, pytest.raises(walq.UnknownJobError):
+            q.status(5)  # nothing was added
+
     @pytest.mark.skipif(not HAS_PRODUCER, reason="walq.producers.client is not there yet")
     def test_enqueue_into_a_missing_directory_is_refused(self, tmp_path: Path) -> None:
         """A typo in the path is not a new queue."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import click
@@ -26,6 +27,33 @@ from walq.ops import admin
 @click.option("--delay", type=click.FloatRange(0), default=0.0, help="Seconds before it is due.")
 @click.option("--priority", type=int, default=0, help="Higher runs first.")
 @click.option(
+    "--run-at",
+    default=None,
+    metavar="TIME",
+    help="When it is due: an ISO 8601 time with its UTC offset (2026-12-24T18:00:00+01:00).",
+)
+@click.option(
+    "--after",
+    "after",
+    type=click.IntRange(1),
+    multiple=True,
+    metavar="ID",
+    help="A job it waits for (repeat for several): it runs once they are all done.",
+)
+@click.option(
+    "--after-policy",
+    type=click.Choice(["cancel", "always"]),
+    default=None,
+    help="A parent dead or cancelled cancels it (cancel, the default) or not (always).",
+)
+@click.option(
+    "--unique-for",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Remember --key this long once the job is done (an enqueue with it returns this job).",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(0, min_open=True),
     default=60.0,
@@ -40,6 +68,10 @@ def enqueue(
     key: str | None,
     delay: float,
     priority: int,
+    run_at: str | None,
+    after: tuple[int, ...],
+    after_policy: str | None,
+    unique_for: float | None,
     timeout: float,
     as_json: bool,
     create: bool,
@@ -60,6 +92,16 @@ def enqueue(
             fail(f"--payload is not valid JSON: {exc}")
     elif payload_file is not None:
         value = payload_file.read()
+    when = None
+    if run_at is not None:
+        try:
+            when = datetime.fromisoformat(run_at)
+        except ValueError:
+            fail(f"--run-at {run_at!r} is not an ISO 8601 time (say 2026-12-24T18:00:00+00:00)")
+        if when.utcoffset() is None:
+            fail(f"--run-at {run_at} names no time zone: add its UTC offset (+00:00 or Z)")
+    if after_policy is not None and not after:
+        fail("--after-policy needs --after: it says what a failed parent does")
     done = admin.enqueue(
         directory,
         task,
@@ -69,6 +111,10 @@ def enqueue(
         priority=priority,
         timeout=timeout,
         create=create,
+        after=after or None,
+        after_policy=after_policy or "cancel",
+        run_at=when,
+        unique_for=unique_for,
     )
     if as_json:
         emit_json({"id": done.job, "route": done.route, "spooled": done.job is None})

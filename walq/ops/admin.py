@@ -10,6 +10,7 @@ import contextlib
 import posixpath
 import warnings
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -80,6 +81,10 @@ def enqueue(
     timeout: float = 60.0,
     create: bool = False,
     fs: FileSystem | None = None,
+    after: Iterable[int] | None = None,
+    after_policy: str = "cancel",
+    run_at: datetime | None = None,
+    unique_for: float | None = None,
 ) -> Enqueued:
     """Add one job durably to the queue in `path` (an existing queue or an empty directory).
 
@@ -91,11 +96,14 @@ def enqueue(
     whose lock this user may not open is left to the producer's way, whose
     error names the socket or spool the user may not use. `create` makes a
     missing directory a new queue. On a server, the job is added at once
-    (route "redis").
+    (route "redis"). after, after_policy, run_at, unique_for: as for QueueBackend.enqueue.
     """
+    opts: dict[str, Any] = {"key": key, "delay": delay, "priority": priority, "after": after,
+                            "after_policy": after_policy, "run_at": run_at,
+                            "unique_for": unique_for}  # fmt: skip
     if backends.is_url(path):
         with backends.open(path) as server:
-            added = server.enqueue(task, payload, key=key, delay=delay, priority=priority)
+            added = server.enqueue(task, payload, **opts)
         return Enqueued(job=added, route="redis")
     from walq.directory.queue import Queue  # noqa: PLC0415
     from walq.producers.client import connect  # noqa: PLC0415 - the read-only tools never need it
@@ -106,10 +114,10 @@ def enqueue(
         q = Queue.open(path, compaction=False, create=create, fs=fs)
     except (LockedError, PermissionError):  # an owner runs, or the queue is another user's
         with connect(path, timeout=timeout, fs=fs) as producer:
-            jid = producer.enqueue(task, payload, key=key, delay=delay, priority=priority)
+            jid = producer.enqueue(task, payload, **opts)
         return Enqueued(job=jid, route="spool" if jid is None else "owner")
     with q:
-        jid = q.enqueue(task, payload, key=key, delay=delay, priority=priority, sync=True)
+        jid = q.enqueue(task, payload, sync=True, **opts)
     return Enqueued(job=jid, route="direct")
 
 
