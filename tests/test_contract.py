@@ -715,6 +715,29 @@ class TestFlow:
         assert q.result(jid) == "r"
         q.close()
 
+    def test_follow_up_jobs_take_run_at_and_refuse_after_and_unique_for(self, q: Any) -> None:
+        """A follow-up job may say when (run_at); after= and unique_for= are refused, with why,
+        in job.enqueue (the handler) and in ack(enqueue=...), and the job stays running."""
+        from datetime import datetime, timedelta, timezone
+
+        parent = q.enqueue("first", 1)
+        job = claimed(q)
+        at = datetime.now(timezone.utc) + timedelta(hours=1)
+        for options in ({"after": [parent]}, {"key": "k", "unique_for": 60},
+                        {"after": [parent], "after_policy": "always"}):  # fmt: skip
+            with pytest.raises(walq.ArgumentError, match="a follow-up job takes no"):
+                job.enqueue("next", 2, **options)
+            with pytest.raises(walq.ArgumentError, match="a follow-up job takes no"):
+                q.ack(job.id, enqueue=[("next", 2, options)])
+        with pytest.raises(walq.ArgumentError, match="naive"):
+            job.enqueue("next", 2, run_at=at.replace(tzinfo=None))
+        assert q.status(job.id) == "running"
+        job.enqueue("next", 2, run_at=at)
+        q.ack(job.id, enqueue=job.outbox)
+        (row,) = q.jobs(task="next")
+        assert row["status"] == "scheduled"
+        assert q.job_detail(row["id"])["due_in"] > 3500
+
     def test_a_lost_attempt_adds_no_follow_up_jobs(self, q: Any) -> None:
         """An attempt whose lease expired cannot ack: its follow-up jobs never exist."""
         q.enqueue("first", 1)

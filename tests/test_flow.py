@@ -43,22 +43,43 @@ def test_a_chain_and_a_fan_in_through_the_worker(q: walq.Queue, kind: str) -> No
     assert q.status(follow) == "done" and q.result(follow) == {"n": 4}
 
 
-def test_a_result_that_is_not_json_fails_the_job_for_good(q: walq.Queue) -> None:
-    """A handler returning something neither JSON nor bytes is dead at once, with why."""
-    jid = q.enqueue("returns_a_set", {})
-    run_until_done(q, Worker(q, worker_tasks.tasks, processes=1))
-    with pytest.raises(walq.JobFailed, match="neither bytes nor a JSON value"):
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_a_result_that_is_not_json_fails_the_job_for_good(q: walq.Queue, kind: str) -> None:
+    """A handler returning something neither JSON nor bytes is dead at once (one attempt),
+    its error's first line naming the job, the task and the type; no follow-up job exists."""
+    jid = q.enqueue("returns_a_set", {"then": "double"})
+    run_until_done(q, Worker(q, worker_tasks.REGISTRIES[kind], processes=1))
+    first = (
+        f"[exception] attempt 1: walq.core.retry.Permanent: job {jid} (task 'returns_a_set'): its handler "
+        "returned set, neither JSON nor bytes (Object of type set is not JSON serializable): "
+        "a result cannot be stored, so the job fails for good"
+    )
+    (dead,) = q.dead_jobs()
+    assert dead.attempts == 1 and dead.error.splitlines()[0] == first
+    with pytest.raises(walq.JobFailed, match="neither JSON nor bytes"):
         q.result(jid)
-    assert q.dead_jobs()[0].attempts == 1
+    assert q.jobs() == [q.jobs(state="dead")[0]]  # its follow-up job was never added
 
 
 def test_a_result_over_the_queues_limit_fails_the_job(tmp_path: Path) -> None:
-    """A result over max_result_bytes is refused at the ack: the job is dead, not done."""
+    """A result over max_result_bytes is refused at the ack: the job is dead, not done,
+    with one line naming job, task and sizes; q.ack(result=too_big) raises the same."""
     with walq.Queue.open(str(tmp_path / "q"), max_result_bytes=8) as q:
         jid = q.enqueue("double", {"n": 10**12})
         run_until_done(q, Worker(q, worker_tasks.tasks, processes=1))
+        (dead,) = q.dead_jobs()
+        assert dead.error == (
+            f"[result] attempt 1: job {jid} (task 'double'): its result of 19 bytes exceeds "
+            "max_result_bytes (8 bytes), so the job fails for good"
+        )
         with pytest.raises(walq.JobFailed, match="max_result_bytes"):
             q.result(jid)
+        other = q.enqueue("t", 1)
+        job = q.claim()
+        assert job is not None and job.id == other
+        with pytest.raises(walq.PayloadError, match=f"^job {other}: its result of 10 bytes"):
+            q.ack(job.id, result="x" * 8)
+        assert q.status(other) == "running"  # refused: the job is still the handler's
 
 
 def test_connect_reads_results_through_the_owner_and_from_the_files(tmp_path: Path) -> None:

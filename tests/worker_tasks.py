@@ -129,6 +129,9 @@ def total(payload: Any, job: Job) -> Any:
 
 @tasks.task(timeout=10.0)
 def returns_a_set(payload: Any, job: Job) -> Any:
+    """Returns no result a queue can store; with "then", a follow-up job too."""
+    if payload.get("then"):
+        job.enqueue(payload["then"], {"n": 1})
     return {1, 2}
 
 
@@ -252,6 +255,12 @@ async def a_double(payload: Any, job: Job) -> Any:
 @atasks.task("total", timeout=10.0)
 async def a_total(payload: Any, job: Job) -> Any:
     return total(payload, job)
+
+
+@atasks.task("returns_a_set", timeout=10.0)
+async def a_returns_a_set(payload: Any, job: Job) -> Any:
+    await asyncio.sleep(0)
+    return returns_a_set(payload, job)
 
 
 REGISTRIES = {"def": tasks, "async def": atasks}  # the worker tests run for both

@@ -149,19 +149,44 @@ DEFAULT_MAX_RESULT = 1 << 20  # bytes of one stored result (a queue's max_result
 DEFAULT_KEEP_RESULTS = 3600.0  # seconds a result is kept (a queue's keep_results)
 
 
-def encode_result(value: Any, limit: int, job_id: int) -> tuple[int, bytes]:
+def encode_result(
+    value: Any, limit: int, job_id: int, task: str | None = None
+) -> tuple[int, bytes]:
     """(result kind, bytes) of a handler's return value: JSON or bytes, at most `limit` bytes.
 
-    None is RESULT_NONE (nothing stored); anything else not JSON or bytes is a PayloadError.
+    None is RESULT_NONE (nothing stored); anything else not JSON or bytes, or too big,
+    is a PayloadError of one line naming the job (and its task, if given).
     """
     if value is None:
         return ev.RESULT_NONE, b""
-    try:
-        kind, data = encode_payload(value, limit)
-    except PayloadError as exc:
-        text = str(exc).replace("payload", "result").replace("max_result", "max_result_bytes")
-        raise PayloadError(f"job {job_id}: {text}") from None
-    return (ev.RESULT_BYTES if kind == PAYLOAD_BYTES else ev.RESULT_JSON), data
+    if isinstance(value, bytes | bytearray | memoryview):
+        kind, data = ev.RESULT_BYTES, bytes(value)
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise PayloadError(
+                f"{_job_named(job_id, task)}: its handler returned {type(value).__name__}, "
+                f"neither JSON nor bytes ({why}): a result cannot be stored, so the job "
+                "fails for good"
+            ) from None
+        kind, data = ev.RESULT_JSON, utf8("result", text, PayloadError)
+    check_result_size(len(data), limit, job_id, task)
+    return kind, data
+
+
+def check_result_size(size: int, limit: int, job_id: int, task: str | None = None) -> None:
+    """PayloadError (one line naming the job and task) if an encoded result is over `limit`."""
+    if size > limit:
+        raise PayloadError(
+            f"{_job_named(job_id, task)}: its result of {size} bytes exceeds max_result_bytes "
+            f"({limit} bytes), so the job fails for good"
+        )
+
+
+def _job_named(job_id: int, task: str | None) -> str:
+    return f"job {job_id}" if task is None else f"job {job_id} (task {excerpt(task)})"
 
 
 def decode_result(kind: int, data: bytes) -> Any:

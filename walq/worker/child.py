@@ -121,9 +121,9 @@ def ok_report(job: Job, returned: Any) -> dict[str, Any] | None:
     follow-up jobs (walq.worker.outcomes); None if nothing. Permanent if the value is
     neither JSON nor bytes: retrying would return the same."""
     try:
-        rkind, data = encode_result(returned, MAX_PAYLOAD_LIMIT, job.id)
+        rkind, data = encode_result(returned, MAX_PAYLOAD_LIMIT, job.id, job.task)
     except WalqError as exc:
-        raise Permanent(f"the handler of task {excerpt(job.task)} returned {exc}") from None
+        raise Permanent(str(exc)) from None
     if rkind == ev.RESULT_NONE and not job.outbox:
         return None
     return {"result": (rkind, data), "enqueue": job.outbox}

@@ -18,9 +18,9 @@ import attrs
 
 from walq.backend import QueueBackend
 from walq.core.job import Job
-from walq.core.jobspec import decode_result
+from walq.core.jobspec import check_result_size, decode_result
 from walq.core.retry import Permanent, RetryAfter, RetryBudget
-from walq.errors import StateError, WalqError
+from walq.errors import PayloadError, StateError, WalqError
 from walq.worker.heartbeat import Heartbeat, Link
 from walq.worker.tasks import Task
 
@@ -88,6 +88,11 @@ class Recorder:
         """
         job, report = out.job, out.report or {}
         kind, data = report["result"]
+        try:
+            check_result_size(len(data), self.queue.max_result_bytes, job.id, job.task)
+        except PayloadError as exc:
+            self._write_fail(out, True, None, f"[result] attempt {job.attempt}: {exc}")
+            return
         try:
             self.queue.ack(
                 job.id, attempt=job.attempt, sync=False,
@@ -157,7 +162,8 @@ class Recorder:
         self.counters["dead" if status == "dead" else "retried"] += 1
         log.warning(
             "job %d (%s) attempt %d failed (%s): %s -> %s",
-            job.id, job.task, job.attempt, report.get("cause"), report.get("message"),
+            job.id, job.task, job.attempt, report.get("cause", "result"),
+            report.get("message", text.split("\n", 1)[0]),
             "dead" if status == "dead" else f"retry in {delay:.1f} s",
             extra={"job_id": job.id, "task": job.task},
         )  # fmt: skip
