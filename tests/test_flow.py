@@ -52,7 +52,8 @@ def test_a_result_that_is_not_json_fails_the_job_for_good(q: walq.Queue, kind: s
     first = (
         f"[exception] attempt 1: walq.core.retry.Permanent: job {jid} (task 'returns_a_set'): "
         "its handler returned set, neither JSON nor bytes "
-        "(Object of type set is not JSON serializable): a result cannot be stored, so the job fails for good"
+        "(Object of type set is not JSON serializable): a result cannot be stored, "
+        "so the job fails for good"
     )
     (dead,) = q.dead_jobs()
     assert dead.attempts == 1 and dead.error.splitlines()[0] == first
