@@ -66,6 +66,45 @@ def test_the_audit_finds_each_violation() -> None:
     assert audit.lost == 1, audit.examples
 
 
+# Flow and ticks: the lines of tools/flow_audit.py, timed as the Redis ledger writes them.
+FLOW = [
+    "enq 5 0.0",
+    "enq 6 0.0",
+    "after 6 5 0.0",
+    "start 5 1 a1 1.0",
+    "outbox 5 1 n5.f 1.5",
+    "end 5 1 a1 1.6",
+    "acked 5 1 1.7",
+    "start 7 1 b2 2.0",
+    "child 5 7 n5.f 2.1",
+    "end 7 1 b2 2.2",
+    "start 6 1 b2 2.0",
+    "end 6 1 b2 2.3",
+    "tick 8 1 schedule:beat@2026-12-04T12:00:00Z 3.0",
+    "tick 9 1 schedule:beat@2026-12-04T12:00:01Z 4.0",
+]
+
+
+def test_the_flow_checks_are_the_directory_tortures() -> None:
+    """Follow-up jobs, dependents and ticks are checked by tools/flow_audit.py, as in
+    tools/torture.py: a clean ledger passes and each fault is reported."""
+    audit = audit_ledger(FLOW, lease=6.0, done={5, 6}, audit=Audit())
+    assert audit.violations == 0, audit.examples
+    assert (audit.outbox_jobs, audit.dependents, audit.ticks) == (1, 1, 2)
+    lost = [line for line in FLOW if "n5.f" not in line or line.startswith("outbox")]
+    assert audit_ledger(lost, lease=6.0, done={5, 6}, audit=Audit()).lost == 1
+    twice = [*FLOW, "start 10 1 a1 5.0", "child 5 10 n5.f 5.1", "end 10 1 a1 5.2"]
+    assert audit_ledger(twice, lease=6.0, done={5, 6}, audit=Audit()).outbox_duplicated == 1
+    early = [*FLOW[:4], "start 7 1 b2 1.2", "child 5 7 n5.f 1.3", *FLOW[4:]]
+    assert audit_ledger(early, lease=6.0, done={5, 6}, audit=Audit()).outbox_early == 1
+    before = [*FLOW[:4], "start 6 1 b2 1.1", "end 6 1 b2 1.2", *FLOW[4:]]
+    assert audit_ledger(before, lease=6.0, done={5, 6}, audit=Audit()).dependent_early == 1
+    tick = [*FLOW, "tick 11 1 schedule:beat@2026-12-04T12:00:01Z 5.0"]
+    assert audit_ledger(tick, lease=6.0, done={5, 6}, audit=Audit()).tick_twice == 1
+    gap = [*FLOW, "tick 12 1 schedule:beat@2026-12-04T12:00:03Z 6.0"]
+    assert audit_ledger(gap, lease=6.0, done={5, 6}, audit=Audit()).tick_lost == 1
+
+
 # -- real runs -----------------------------------------------------------------------------------
 
 
@@ -74,14 +113,18 @@ def test_the_audit_finds_each_violation() -> None:
 def test_a_bounded_two_owner_run_is_clean(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Two hosts, one killed -9 and replaced, the server killed and restarted: no violation."""
+    """Two hosts, one killed -9 and replaced, the server killed and restarted: no violation,
+    with schedules, follow-up jobs and dependents in the mix."""
     work = tmp_path / "torture"
-    argv = ["--mode", "redis", "--duration", "36", "--kill-every", "8", "--seed", "3"]
+    argv = ["--mode", "redis", "--duration", "36", "--kill-every", "8", "--seed", "3",
+            "--flow-percent", "40"]  # fmt: skip
     assert torture.main([*argv, "--json", "--dir", str(work)]) == 0, capsys.readouterr().out
     summary = json.loads(capsys.readouterr().out)
     assert summary["violations"] == 0, summary["examples"]
     assert summary["owner-kills"] >= 1 and summary["server-restarts"] >= 1, summary
     assert summary["jobs"] > 0 and summary["rescued"] >= 1, summary
+    assert summary["ticks"] >= 20 and summary["outbox-jobs"] >= 1, summary
+    assert summary["dependents"] >= 1, summary
     assert_no_strays(str(work))
 
 

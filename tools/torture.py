@@ -83,6 +83,8 @@ from typing import Any
 
 import attrs
 
+from tools.flow_audit import FlowChecks
+
 ROOT = Path(__file__).resolve().parent.parent
 VIOLATIONS = (
     "lost",
@@ -113,7 +115,6 @@ OWNER_LEASE = 5.0  # the owner's claim lease (seconds)
 # Kept out of the kill cycles for the final drain: what a forgotten ack leaves
 # running comes back one lease later, so a planted bug shows within the duration.
 DRAIN_RESERVE = OWNER_LEASE + 10.0
-TICK_EVERY = 1.0  # the torture schedule's period (tools/torture_tasks.py: beat)
 TIMEOUT_LINE = re.compile(r"job (\d+) \((\w+)\) attempt (\d+) failed \(timeout\)")
 
 
@@ -214,16 +215,14 @@ def audit_ledger(
     acked: dict[int, int] = {}  # id -> highest attempt whose ack was durable
     redelivered: set[int] = set()
     began: dict[tuple[int, int], int] = {}  # (id, attempt) -> its `begin` line
-    tick_ids: dict[str, int] = {}  # a tick's key -> the job id it first ran under
     ended: set[tuple[int, int]] = set()
-    ran_ids: set[int] = set()
-    outbox: dict[int, str] = {}  # parent id -> the nonce of the follow-up job its handler adds
-    child_ids: dict[str, set[int]] = {}  # follow-up nonce -> the job ids that ran it
-    after: dict[int, int] = {}  # dependent id -> its parent's id
+    flow = FlowChecks(audit)  # outbox, child, after, early, tick (tools/flow_audit.py)
     for number, line in enumerate(lines, 1):
         word, *rest = line.split() or [""]
         try:
-            if word == "intent":
+            if flow.line(word, rest, number, line):
+                pass
+            elif word == "intent":
                 intents.add(rest[0])
             elif word == "enqueued":
                 nonce = rest[1]
@@ -251,29 +250,8 @@ def audit_ledger(
                     )
                 if word == "ran":
                     ran[nonce] = ran.get(nonce, 0) + 1
-                    ran_ids.add(jid)
-                    if jid in after and after[jid] not in ran_ids:
-                        audit.dependent_early += 1
-                        audit.note(f"line {number}: job {jid} ran before job {after[jid]}")
+                    flow.ran(jid, number)
                 ended.add((jid, attempt))
-            elif word == "outbox":
-                outbox[int(rest[0])] = rest[2]
-            elif word == "child":
-                parent, jid, nonce = int(rest[0]), int(rest[1]), rest[2]
-                ids = child_ids.setdefault(nonce, set())
-                ids.add(jid)
-                if outbox.get(parent) != nonce:
-                    audit.outbox_early += 1
-                    audit.note(f"line {number}: follow-up job {jid} ran before job {parent}'s run")
-                if len(ids) == 2:
-                    audit.outbox_duplicated += 1
-                    audit.note(f"line {number}: job {parent}'s follow-up {nonce} ran as {ids}")
-            elif word == "after":
-                after[int(rest[0])] = int(rest[1])
-                audit.dependents += 1
-            elif word == "early":
-                audit.dependent_early += 1
-                audit.note(f"line {number}: {line}: its parent's result was not there")
             elif word == "begin":
                 began.setdefault((int(rest[0]), int(rest[1])), number)
             elif word == "damaged":
@@ -281,18 +259,12 @@ def audit_ledger(
                 audit.note(f"line {number}: {line}")
                 with contextlib.suppress(ValueError, IndexError):
                     ended.add((int(rest[0]), int(rest[1])))
-            elif word == "tick":
-                jid, key = int(rest[0]), rest[2]
-                if tick_ids.setdefault(key, jid) != jid:
-                    audit.tick_twice += 1
-                    audit.note(f"line {number}: tick {key} ran as job {jid} and {tick_ids[key]}")
             elif word == "acked":
                 jid, attempt = int(rest[0]), int(rest[1])
                 acked[jid] = max(attempt, acked.get(jid, 0))
-                child = outbox.get(jid)
-                if child is not None and child not in confirmed:
+                child = flow.acked(jid)
+                if child is not None:
                     confirmed.add(child)  # committed with this ack: it must run
-                    audit.outbox_jobs += 1
             elif word != "start":
                 raise ValueError(word)
         except (ValueError, IndexError):
@@ -305,12 +277,7 @@ def audit_ledger(
     audit.unconfirmed_ran = len(set(ran) - confirmed)
     missing = sorted(confirmed - set(ran))
     audit.lost = len(missing)
-    audit.ticks = len(tick_ids)
-    if final:  # before the end, a tick enqueued may simply not have run yet
-        gaps = tick_gaps(tick_ids)
-        audit.tick_lost = len(gaps)
-        if gaps:
-            audit.note(f"ticks missing between the first and the last run: {gaps[:5]}")
+    flow.finish(final=final)
     if missing:
         audit.note(f"enqueued but never ran: {missing[:20]}")
     if drained:
@@ -319,22 +286,6 @@ def audit_ledger(
         for number in killed[:5]:
             audit.note(f"line {number}: {lines[number - 1]}: the handler never finished")
     return audit
-
-
-def tick_gaps(tick_ids: dict[str, int]) -> list[str]:
-    """The ticks missing between the first and the last tick that ran (as tick keys)."""
-    from walq.core.schedule import parse_tick_key, tick_key
-
-    ticks = sorted(t for _, t in filter(None, map(parse_tick_key, tick_ids)))
-    if not ticks:
-        return []
-    step = TICK_EVERY
-    have = {round(t / step) for t in ticks}
-    return [
-        tick_key("beat", k * step)
-        for k in range(round(ticks[0] / step), round(ticks[-1] / step) + 1)
-        if k not in have
-    ]
 
 
 def count_timeouts(log_text: str, audit: Audit) -> None:

@@ -20,6 +20,13 @@ The audit reads an external ledger, one fsynced line per fact:
     end <id> <attempt> <host>     the handler finished (written before it returns)
     killed <host>                 this host was killed -9
     back <id> <host>              a job that died with that host is claimable again
+    acked <id> <attempt>          the owner's ack returned (durable: appendfsync always)
+
+and the flow and tick lines of tools/flow_audit.py: `--flow-percent` of the
+jobs enqueue a follow-up job from their handler (outbox, child) and get a
+dependent enqueued after them (after, early), and both owners carry a schedule
+ticking every second with misfire="all" (tick): each tick is one job whatever
+host fires it, across owner kills and server restarts.
 
 (each line ends with the time, CLOCK_MONOTONIC, shared by every process), and
 at the end which enqueued jobs the server says are done. It asserts:
@@ -30,7 +37,10 @@ at the end which enqueued jobs the server says are done. It asserts:
 - late-rescue: every job running on a killed host starts again elsewhere
   within 2 leases of the kill;
 - owner-failures: an owner that exits by itself (a Worker that dies with the
-  server's connection), and a queue that does not end empty.
+  server's connection), and a queue that does not end empty;
+- outbox-early, outbox-duplicated, dependent-early, tick-twice, tick-lost (the
+  checks tools/torture.py makes too, from the same code: tools/flow_audit.py);
+  a follow-up job whose parent's ack was durable and that never ran is lost.
 
 `--plant heartbeat-off` turns the owners' lease heartbeat off: jobs longer
 than the lease are then run twice at once, and the run must fail.
@@ -57,8 +67,12 @@ from typing import Any
 
 import attrs
 
+from tools.flow_audit import FlowChecks
+
 ROOT = Path(__file__).resolve().parent.parent
-VIOLATIONS = ("overlap", "lost", "late-rescue", "owner-failures", "unfinished", "dead")
+VIOLATIONS = ("overlap", "lost", "late-rescue", "owner-failures", "unfinished", "dead",
+              "outbox-early", "outbox-duplicated", "dependent-early", "tick-twice",
+              "tick-lost")  # fmt: skip
 
 
 # -- a redis-server of the tool's own ------------------------------------------------------------
@@ -157,6 +171,14 @@ class Audit:
     owner_failures: int = 0
     unfinished: int = 0
     dead: int = 0
+    outbox_jobs: int = 0  # follow-up jobs committed with a durable ack
+    outbox_duplicated: int = 0
+    outbox_early: int = 0
+    dependents: int = 0
+    dependent_early: int = 0
+    ticks: int = 0
+    tick_twice: int = 0
+    tick_lost: int = 0
     examples: list[str] = attrs.field(factory=list)
 
     def note(self, text: str) -> None:
@@ -175,22 +197,42 @@ class Audit:
             "server-restarts": self.server_restarts,
             "rescued": self.rescued,
             "worst-rescue-seconds": round(self.worst_rescue, 2),
+            "outbox-jobs": self.outbox_jobs,
+            "dependents": self.dependents,
+            "ticks": self.ticks,
         }
         out.update({v: getattr(self, v.replace("-", "_")) for v in VIOLATIONS})
         out["violations"] = self.violations
         return out
 
 
-def audit_ledger(lines: Sequence[str], lease: float, done: set[int], audit: Audit) -> Audit:
-    """Check the ledger (see the module docstring); `done`: the ids done on the server."""
+def audit_ledger(
+    lines: Sequence[str], lease: float, done: set[int], audit: Audit, *, final: bool = True
+) -> Audit:
+    """Check the ledger (see the module docstring); `done`: the ids done on the server.
+
+    `final`: the queue was drained, so every tick enqueued has run (tick-lost).
+    """
     kills: dict[str, float] = {}
     backs: dict[tuple[int, str], float] = {}
     enqueued: set[int] = set()
     # (job, attempt, host) -> [start, end or None]
     runs: dict[tuple[int, int, str], list[float | None]] = {}
-    for line in lines:
+    flow = FlowChecks(audit)
+    for number, line in enumerate(lines, 1):
         x = line.split()
         if not x:
+            continue
+        try:
+            if flow.line(x[0], x[1:], number, line):
+                continue
+            if x[0] == "acked":
+                flow.acked(int(x[1]))
+                continue
+            if x[0] == "end":
+                flow.ran(int(x[1]), number)
+        except (ValueError, IndexError):
+            audit.note(f"line {number}: unreadable: {line!r}")
             continue
         if x[0] == "enq":
             enqueued.add(int(x[1]))
@@ -241,6 +283,10 @@ def audit_ledger(lines: Sequence[str], lease: float, done: set[int], audit: Audi
     for jid in sorted(enqueued - done):
         audit.lost += 1
         audit.note(f"job {jid}: enqueued, never done")
+    for nonce in flow.children_lost():
+        audit.lost += 1
+        audit.note(f"follow-up job {nonce}: its parent's ack was durable, it never ran")
+    flow.finish(final=final)
     return audit
 
 
@@ -333,6 +379,7 @@ def owner_main(argv: list[str]) -> int:
     parser.add_argument("--lease", type=float, default=6.0)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--prefetch", type=int, default=4)
+    parser.add_argument("--no-schedules", action="store_true", help="fire no schedule (the drain)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {args.host} %(name)s %(levelname)s %(message)s"
@@ -343,10 +390,25 @@ def owner_main(argv: list[str]) -> int:
     worker = worker_class(plant_from_env())
     tasks = __import__(TASKS_MODULE, fromlist=["tasks"]).tasks
     os.environ["WALQ_TORTURE_HOST"] = args.host  # the worker processes inherit it
-    q = RedisQueue.open(args.url, require_durable=True)
+    ledger = os.environ["WALQ_TORTURE_LEDGER"]
+
+    class LedgerQueue(RedisQueue):
+        """Notes `acked` once an ack returned: the script ran, durable under appendfsync
+        always (an ack whose reply was lost is not noted, and not audited as durable)."""
+
+        def _ack_many(self, job_ids: Sequence[int], attempts: Sequence[int] | None,
+                      *rest: Any) -> Any:  # fmt: skip
+            refused = super()._ack_many(job_ids, attempts, *rest)
+            no = {jid for jid, _ in refused}
+            for i, jid in enumerate(job_ids):
+                if jid not in no:
+                    note(ledger, f"acked {jid} {0 if attempts is None else attempts[i]}")
+            return refused
+
+    q = LedgerQueue.open(args.url, require_durable=True)
     w = worker(
         q, tasks, processes=args.processes, prefetch=args.prefetch, lease=args.lease,
-        shutdown_grace=60.0, kill_grace=1.0,
+        shutdown_grace=60.0, kill_grace=1.0, schedules=not args.no_schedules,
     )  # fmt: skip
     code = w.run()
     q.close()
@@ -367,6 +429,7 @@ class Options:
     work_min: float = 0.05  # seconds a job runs, uniform draw
     work_max: float = 15.0  # longer than 2 leases: only the heartbeat keeps them leased
     backlog: int = 20  # unfinished jobs the producer keeps around
+    flow_percent: float = 10.0  # jobs with a follow-up job and a dependent
     kill_every: float = 12.0  # seconds between owner kills (and server restarts), about
     plant: str | None = None
     drain_timeout: float = 120.0
@@ -388,7 +451,7 @@ class Run:
         self.generation = 0
         self.log = open(work / "owners.log", "ab")  # noqa: SIM115 - closed in close()
 
-    def start_owner(self, slot: str) -> str:
+    def start_owner(self, slot: str, *, schedules: bool = True) -> str:
         self.generation += 1
         host = f"{slot}{self.generation}"
         env = dict(os.environ)
@@ -401,6 +464,7 @@ class Run:
             sys.executable, "-m", "tools.torture_redis", "_owner", self.url, host,
             "--lease", str(self.opts.lease), "--processes", str(self.opts.processes),
             "--prefetch", str(self.opts.prefetch),
+            *([] if schedules else ["--no-schedules"]),
         ]  # fmt: skip
         self.owners[host] = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -459,9 +523,19 @@ def _produce(run: Run, rng: random.Random, stop: threading.Event, audit: Audit) 
             if q is None:
                 q = RedisQueue.open(run.url, require_durable=True, socket_timeout=5.0)
             if q.stats()["unfinished"] < run.opts.backlog:
-                seconds = rng.uniform(run.opts.work_min, run.opts.work_max)
-                jid = q.enqueue("work", {"seconds": round(seconds, 3)})
+                seconds = round(rng.uniform(run.opts.work_min, run.opts.work_max), 3)
+                if rng.random() * 100 >= run.opts.flow_percent:
+                    jid = q.enqueue("work", {"seconds": seconds})
+                    note(run.ledger, f"enq {jid}")
+                    continue
+                # A flow job: its handler enqueues a follow-up job; a dependent waits for it.
+                nonce = f"n{rng.getrandbits(48):x}"
+                jid = q.enqueue("work", {"seconds": seconds, "nonce": nonce, "outbox": True})
                 note(run.ledger, f"enq {jid}")
+                dep = q.enqueue("work", {"seconds": 0.05, "nonce": f"{nonce}.d", "after": jid,
+                                         "after_nonce": nonce}, after=[jid])  # fmt: skip
+                note(run.ledger, f"enq {dep}")
+                note(run.ledger, f"after {dep} {jid}")
                 continue
         except WalqError:
             if q is not None:
@@ -527,8 +601,11 @@ def torture(opts: Options) -> Audit:
                 )
         stop.set()
         producer.join(30)
-        # The drain: everything enqueued must finish on the hosts alive now.
+        # The drain: everything enqueued must finish, on hosts that fire no schedule (a
+        # tick enqueued as the owners stop would be left): the ones alive stop first.
         with RedisQueue.open(run.url) as q:
+            run.stop_owners(audit, timeout=60.0)
+            run.start_owner("z", schedules=False)
             deadline = time.monotonic() + opts.drain_timeout
             while q.stats()["unfinished"] and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -560,6 +637,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, default=2, help="worker processes per owner")
     parser.add_argument("--work-max", type=float, default=15.0, help="longest job, seconds")
     parser.add_argument("--kill-every", type=float, default=12.0, help="seconds between faults")
+    parser.add_argument(
+        "--flow-percent", type=float, default=10.0,
+        help="percent of jobs with a follow-up job and a dependent",
+    )  # fmt: skip
     parser.add_argument("--plant", choices=["heartbeat-off"], help="plant a known bug")
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
@@ -585,6 +666,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         processes=args.processes,
         work_max=args.work_max,
         kill_every=args.kill_every,
+        flow_percent=args.flow_percent,
         plant=args.plant,
         drain_timeout=args.drain_timeout,
         directory=args.dir,

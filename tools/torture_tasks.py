@@ -14,6 +14,7 @@ import random
 import time
 from typing import Any
 
+from tools.flow_audit import TICK_EVERY, TICK_NAME
 from walq.core.job import Job
 from walq.core.retry import Backoff, Permanent
 from walq.worker.tasks import Tasks
@@ -92,10 +93,7 @@ def work_timed(payload: Any, job: Job) -> Any:
 # A schedule in the mix: the owner enqueues a job per second; after each kill the
 # next owner enqueues the ticks missed meanwhile (misfire="all"). The audit checks
 # that no tick has two jobs and none between the first and the last is missing.
-TICK_EVERY = 1.0  # tools/torture.py's audit says the same
-
-
-@tasks.periodic("beat", every=TICK_EVERY, misfire="all", payload={"beat": True})
+@tasks.periodic(TICK_NAME, every=TICK_EVERY, misfire="all", payload={"beat": True})
 def beat(payload: Any, job: Job) -> None:
     """Record the tick this job is for."""
     append(os.environ[LEDGER_ENV], [f"tick {job.id} {job.attempt} {job.key}"])
@@ -132,12 +130,13 @@ def _work_seconds() -> float:
 
 
 def _ran(payload: Any, job: Job, nonce: str) -> None:
-    lines = _flow(payload, job, nonce) if isinstance(payload, dict) else []
+    lines = flow_lines(payload, job, nonce) if isinstance(payload, dict) else []
     append(os.environ[LEDGER_ENV], [*lines, f"ran {job.id} {job.attempt} {nonce} {os.getpid()}"])
 
 
-def _flow(payload: dict[str, Any], job: Job, nonce: str) -> list[str]:
-    """The flow side of a run: a follow-up job enqueued, a dependent's parent checked."""
+def flow_lines(payload: dict[str, Any], job: Job, nonce: str) -> list[str]:
+    """The flow side of a run: a follow-up job enqueued, a dependent's parent checked;
+    the ledger lines that say so (tools/flow_audit.py reads them)."""
     lines = []
     if "after" in payload:
         parent = int(payload["after"])
