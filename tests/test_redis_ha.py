@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 import walq
+from tests import sentinel
 from tests.test_contract import (
     REDIS_REQUIRED,
     REDIS_SKIP,
@@ -150,18 +151,8 @@ def sentinel_url() -> Iterator[str]:
     """A fresh queue on the Sentinel deployment's primary; its keys deleted after."""
     if REDIS_SKIPS["redis-sentinel"] is not None and not REDIS_REQUIRED:
         pytest.skip(REDIS_SKIPS["redis-sentinel"] or "")
-    need_redis("redis-sentinel")
-    base = redis_url("redis-sentinel")
-    assert base is not None
-    name = f"walqtest-{uuid.uuid4().hex[:12]}"
-    yield f"{base}{'&' if '?' in base else '?'}prefix={name}"
-    from walq.redisq.connection import connect
-
-    client = connect(parse_url(base), 10.0)
-    names = list(client.scan_iter(match=f"{{{name}}}:*", count=1000))
-    if names:
-        client.delete(*names)
-    client.close()
+    with sentinel.fresh_queue_url() as url:
+        yield url
 
 
 @pytest.mark.redis
