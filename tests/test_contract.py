@@ -691,7 +691,7 @@ class TestFlow:
         job = claimed(q)
         with pytest.raises(walq.PayloadError, match="max_result_bytes"):
             q.ack(job.id, result="x" * 200)
-        with pytest.raises(walq.PayloadError, match="neither bytes nor a JSON"):
+        with pytest.raises(walq.PayloadError, match=r"^job \d+: its result is a set, neither JSON"):
             q.ack(job.id, result={1, 2})
         assert q.status(jid) == "running"
         q.ack(job.id, result="short")
@@ -1172,3 +1172,6 @@ class TestOperating:
         }  # fmt: skip
         with pytest.raises(walq.ArgumentError, match="state must be one of"):
             q.jobs(state="done")
+        for bad in ({"limit": 0}, {"limit": -5}, {"limit": 2.5}, {"after": -1}, {"after": "1"}):
+            with pytest.raises(walq.ArgumentError, match=r"^(limit|after) must be"):
+                q.jobs(**bad)

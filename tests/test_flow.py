@@ -51,7 +51,7 @@ def test_a_result_that_is_not_json_fails_the_job_for_good(q: walq.Queue, kind: s
     run_until_done(q, Worker(q, worker_tasks.REGISTRIES[kind], processes=1))
     first = (
         f"[exception] attempt 1: walq.core.retry.Permanent: job {jid} (task 'returns_a_set'): "
-        "its handler returned set, neither JSON nor bytes "
+        "its result is a set, neither JSON nor bytes "
         "(Object of type set is not JSON serializable): a result cannot be stored, "
         "so the job fails for good"
     )
@@ -71,7 +71,7 @@ def test_a_result_over_the_queues_limit_fails_the_job(tmp_path: Path) -> None:
         (dead,) = q.dead_jobs()
         assert dead.error == (
             f"[result] attempt 1: job {jid} (task 'double'): its result of 19 bytes exceeds "
-            "max_result_bytes (8 bytes), so the job fails for good"
+            "max_result_bytes (8 bytes): a result cannot be stored, so the job fails for good"
         )
         with pytest.raises(walq.JobFailed, match="max_result_bytes"):
             q.result(jid)

@@ -167,13 +167,16 @@ def encode_result(
         except (TypeError, ValueError, RecursionError) as exc:
             why = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise PayloadError(
-                f"{_job_named(job_id, task)}: its handler returned {type(value).__name__}, "
-                f"neither JSON nor bytes ({why}): a result cannot be stored, so the job "
-                "fails for good"
+                f"{_job_named(job_id, task)}: its result is a {type(value).__name__}, "
+                f"neither JSON nor bytes ({why})"
             ) from None
         kind, data = ev.RESULT_JSON, utf8("result", text, PayloadError)
     check_result_size(len(data), limit, job_id, task)
     return kind, data
+
+
+# What the worker adds to those errors: a result refused fails its job for good (docs/FLOW.md).
+FAILS_FOR_GOOD = "a result cannot be stored, so the job fails for good"
 
 
 def check_result_size(size: int, limit: int, job_id: int, task: str | None = None) -> None:
@@ -181,7 +184,7 @@ def check_result_size(size: int, limit: int, job_id: int, task: str | None = Non
     if size > limit:
         raise PayloadError(
             f"{_job_named(job_id, task)}: its result of {size} bytes exceeds max_result_bytes "
-            f"({limit} bytes), so the job fails for good"
+            f"({limit} bytes)"
         )
 
 
@@ -373,6 +376,18 @@ def state_code(state: object) -> int:
     raise ArgumentError(
         f"state must be one of {', '.join(STATE_NAMES.values())}, not {excerpt(state)}"
     )
+
+
+MAX_PAGE = 100_000  # jobs in one page of a listing
+
+
+def check_listing(state: object, limit: object, after: object) -> int | None:
+    """Check a listing's arguments (QueueBackend.jobs); the state's code, None for any state."""
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+        raise ArgumentError(f"limit must be a whole number in 1..{MAX_PAGE}, not {excerpt(limit)}")
+    if type(after) is not int or after < 0:
+        raise ArgumentError(f"after must be a job id (a whole number >= 0), not {excerpt(after)}")
+    return None if state is None else state_code(state)
 
 
 def check_key(key: object) -> str | None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from walq.core import events as ev
 from walq.core.job import Job
-from walq.core.jobspec import MAX_PAYLOAD_LIMIT, encode_result
+from walq.core.jobspec import FAILS_FOR_GOOD, MAX_PAYLOAD_LIMIT, encode_result
 from walq.core.retry import Permanent, RetryAfter
 from walq.core.text import excerpt
 from walq.errors import WalqError
@@ -123,7 +123,7 @@ def ok_report(job: Job, returned: Any) -> dict[str, Any] | None:
     try:
         rkind, data = encode_result(returned, MAX_PAYLOAD_LIMIT, job.id, job.task)
     except WalqError as exc:
-        raise Permanent(str(exc)) from None
+        raise Permanent(f"{exc}: {FAILS_FOR_GOOD}") from None
     if rkind == ev.RESULT_NONE and not job.outbox:
         return None
     return {"result": (rkind, data), "enqueue": job.outbox}

@@ -18,7 +18,7 @@ import attrs
 
 from walq.backend import QueueBackend
 from walq.core.job import Job
-from walq.core.jobspec import check_result_size, decode_result
+from walq.core.jobspec import FAILS_FOR_GOOD, check_result_size, decode_result
 from walq.core.retry import Permanent, RetryAfter, RetryBudget
 from walq.errors import PayloadError, StateError, WalqError
 from walq.worker.heartbeat import Heartbeat, Link
@@ -91,7 +91,8 @@ class Recorder:
         try:
             check_result_size(len(data), self.queue.max_result_bytes, job.id, job.task)
         except PayloadError as exc:
-            self._write_fail(out, True, None, f"[result] attempt {job.attempt}: {exc}")
+            text = f"[result] attempt {job.attempt}: {exc}: {FAILS_FOR_GOOD}"
+            self._write_fail(out, True, None, text)
             return
         try:
             self.queue.ack(
