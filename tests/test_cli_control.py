@@ -100,6 +100,15 @@ def test_reads_beside_a_running_owner_come_from_it(qdir: str, owner: Owned) -> N
     assert f"--after {ids['slow']}" in page
     assert str(ids["dead"]) in ok("jobs", qdir, "--after", str(ids["slow"]))
     assert "permanent" in ok("dead", "list", qdir)
+    # walq enqueue's --after, --run-at and --unique-for go through the owner's socket too.
+    dep = json.loads(ok("enqueue", qdir, "sleeps", "--after", str(ids["slow"]), "--key", "d",
+                        "--unique-for", "60", "--json"))  # fmt: skip
+    later = json.loads(ok("enqueue", qdir, "sleeps", "--run-at", "2036-01-01T00:00:00Z", "--json"))
+    assert dep["route"] == later["route"] == "owner"
+    assert json.loads(ok("status", qdir, str(dep["id"]), "--json"))["status"] == "waiting"
+    assert json.loads(ok("status", qdir, str(later["id"]), "--json"))["status"] == "scheduled"
+    r = run("enqueue", qdir, "sleeps", "--unique-for", "-1", "--key", "k")
+    assert r.returncode == 2 and r.stderr.strip() == "walq: unique_for must be non-negative"
 
 
 def test_changes_beside_a_running_owner_go_through_it(qdir: str, owner: Owned) -> None:
