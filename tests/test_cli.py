@@ -415,7 +415,7 @@ class TestEnqueue:
     @pytest.mark.parametrize(
         ("args", "words"),
         [
-            (["--run-at", "2036-01-01T00:00:00"], "--run-at 2036-01-01T00:00:00 names no time"),
+            (["--run-at", "2036-01-01T00:00:00"], "naive 2036-01-01T00:00:00 names no time"),
             (["--run-at", "soon"], "--run-at 'soon' is not an ISO 8601 time"),
             (["--run-at", "2999-01-01T00:00:00Z"], "run_at (seconds from now) must be at most"),
             (["--run-at", "2036-01-01T00:00:00Z", "--delay", "5"], "delay or run_at"),
@@ -425,7 +425,7 @@ class TestEnqueue:
             (["--unique-for", "1e12", "--key", "k"], "unique_for must be at most"),
             (["--after", "999"], "job 999 does not exist"),
             (["--after", "0"], "'--after': 0 is not in the range"),
-            (["--after-policy", "always"], "--after-policy needs --after"),
+            (["--after-policy", "always"], "after_policy needs after"),
         ],
     )
     def test_enqueue_refuses_bad_times_and_parents_in_one_line(

@@ -98,10 +98,6 @@ def enqueue(
             when = datetime.fromisoformat(run_at)
         except ValueError:
             fail(f"--run-at {run_at!r} is not an ISO 8601 time (say 2026-12-24T18:00:00+00:00)")
-        if when.utcoffset() is None:
-            fail(f"--run-at {run_at} names no time zone: add its UTC offset (+00:00 or Z)")
-    if after_policy is not None and not after:
-        fail("--after-policy needs --after: it says what a failed parent does")
     done = admin.enqueue(
         directory,
         task,

@@ -433,7 +433,7 @@ def delay_until(run_at: object, now: float) -> float:
     if run_at.tzinfo is None or run_at.utcoffset() is None:
         raise ArgumentError(
             f"run_at must be an aware datetime (naive {run_at.isoformat()} names no time zone): "
-            "pass tzinfo, say datetime(..., tzinfo=timezone.utc)"
+            "give its UTC offset, say tzinfo=timezone.utc (or +00:00 in ISO 8601)"
         )
     return check_delay(max(0.0, run_at.timestamp() - now), "run_at (seconds from now)")
 
