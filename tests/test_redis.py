@@ -790,6 +790,29 @@ def test_cli_functions(url: str) -> None:
     assert backends.is_url(url) and not backends.is_url("/var/lib/q")
 
 
+def test_cli_enqueue_takes_after_run_at_and_unique_for(url: str) -> None:
+    """`walq enqueue URL TASK --after ID --run-at TIME --unique-for S`: the server's enqueue,
+    checked the same way; a bad value is one line naming it."""
+    from click.testing import CliRunner
+
+    from walq.cli.app import main
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(main, ["enqueue", url, *args], catch_exceptions=False)
+
+    with open_q(url) as q:
+        parent = q.enqueue("p", 1)
+        dep = cli("d", "--after", str(parent), "--key", "dk", "--unique-for", "60")
+        later = cli("l", "--run-at", "2036-01-01T00:00:00+00:00")
+        assert dep.exit_code == 0 and later.exit_code == 0, (dep.stderr, later.stderr)
+        assert q.status(int(dep.stdout)) == "waiting"
+        assert q.status(int(later.stdout)) == "scheduled"
+        bad = cli("x", "--run-at", "2036-01-01T00:00:00")
+        assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "naive" in bad.stderr
+        bad = cli("x", "--after", "999999")
+        assert bad.exit_code == 2 and "job 999999 does not exist" in bad.stderr
+
+
 @pytest.mark.parametrize("delay", [1e308, 10 * 365 * 86400.0 + 1, float("nan")])
 def test_a_delay_out_of_bounds_is_refused_as_on_the_file_queue(url: str, delay: float) -> None:
     with walq.Queue.open(url) as q:
