@@ -230,8 +230,8 @@ class Extra(NamedTuple):
 # The options every way in takes beyond the JobSpec's own (checked by check_extra).
 EXTRA_OPTIONS = frozenset({"after", "after_policy", "run_at", "unique_for"})
 ENQUEUE_OPTIONS = frozenset({"key", "delay", "priority", "max_attempts", "origin"}) | EXTRA_OPTIONS
-# A follow-up job (job.enqueue) has no parents nor a remembered key: its own id, and so
-# the place of a dependent after it, exists only once the ack is durable.
+# A follow-up job (job.enqueue) has no parents nor a remembered key: the ack's one write
+# (a finish record, finish.lua) adds plain jobs (docs/FLOW.md).
 _NOT_FOLLOW = frozenset({"after", "after_policy", "unique_for"})
 FOLLOW_OPTIONS = ENQUEUE_OPTIONS - _NOT_FOLLOW - {"origin"}
 
@@ -281,9 +281,9 @@ def follow_spec(
         refused = sorted(str(o) for o in raw[2] if o in _NOT_FOLLOW)
         if refused:
             raise ArgumentError(
-                f"a follow-up job takes no {', '.join(refused)}: it exists only once the "
-                "ack is durable, so enqueue a job after it or with a remembered key from "
-                "the next step"
+                f"a follow-up job takes no {', '.join(refused)}: the ack's one write adds "
+                "plain jobs; enqueue a dependent or a remembered key with q.enqueue, or "
+                "from the step that runs next"
             )
     spec, _ = spec_and_extra(raw, max_payload, now)
     return spec
