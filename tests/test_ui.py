@@ -17,9 +17,10 @@ pytest.importorskip("uvicorn")
 import walq
 from tests.procs import wait_for
 from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
-from tests.ui_procs import dashboard, fresh_redis_queue
+from tests.ui_procs import Dashboard, dashboard, fresh_redis_queue
 from walq.errors import ArgumentError
 from walq.ops import stats as ops_stats
+from walq.ops.dump import parse_position
 from walq.ui.actions import Ledger, OfflineActions, make_actions
 from walq.ui.series import Series
 from walq.ui.server import address, choose_token, is_loopback
@@ -55,10 +56,12 @@ def test_series_counts_events_per_second_and_survives_a_counter_reset() -> None:
     s.add(118.0, {"enqueued": None})  # not known this time: no change, no base lost
     s.add(119.0, {"enqueued": 40})
     rates = s.rates(119.0)
-    assert rates["step"] == 10
-    assert rates["rates"]["enqueued"][-2:] == [5.0, 4.0]
-    assert len(rates["rates"]["enqueued"]) == 6
-    s.add(1000.0, {"enqueued": 50})
+    assert rates["step"] == 10 and rates["since"] == 100.0
+    # The first read's bin holds only part of its events, and before it nothing is known.
+    assert rates["rates"]["enqueued"] == [None, None, None, None, None, 4.0]
+    s.add(121.0, {"enqueued": 60})
+    assert s.rates(121.0)["rates"]["enqueued"][-2:] == [4.0, 2.0]
+    s.add(1000.0, {"enqueued": 70})
     assert sum(s.rates(1000.0)["rates"]["enqueued"]) == 1.0  # older bins left the window
 
 
@@ -95,16 +98,18 @@ def test_the_cli_refuses_an_open_bind_without_a_token(qdir: str) -> None:
 
 
 def test_lists_are_paged_off_one_read(qdir: str) -> None:
-    """Each state's list comes from the last read, a page at a time, in the page's order."""
+    """With no owner, each state's list comes from the last read of the files, by id."""
     ids = seeded(qdir)
     source = DirectorySource(qdir)
     st = source.read()
     assert st.jobs == {"pending": 120, "scheduled": 4, "running": 0, "dead": 3, "waiting": 0}
-    page = source.jobs("pending", 50, 50)
+    page = source.jobs("pending", ids["pending"][49], 50)
     assert page.total == 120 and [r["id"] for r in page.rows] == ids["pending"][50:100]
+    assert page.next == ids["pending"][99] and page.source == "files"
+    assert source.jobs("pending", ids["pending"][99], 50).next is None
     assert [r["id"] for r in iter_pages(source, "pending", 50)] == ids["pending"]
     sched = source.jobs("scheduled", 0, 50).rows
-    assert [r["id"] for r in sched] == ids["scheduled"]  # by due time
+    assert [r["id"] for r in sched] == ids["scheduled"]
     assert all(a["due"] < b["due"] for a, b in itertools.pairwise(sched))
     dead = source.jobs("dead", 0, 50).rows
     assert [r["id"] for r in dead] == ids["dead"]
@@ -114,8 +119,14 @@ def test_lists_are_paged_off_one_read(qdir: str) -> None:
     assert job["status"] == "dead" and "Traceback" in job["error"]
     history = source.history(ids["dead"][1], None, 100)
     assert [r["type"] for r in history["rows"]] == ["enqueue", "claim", "fail"]
+    steps = history["attempts"]
+    assert [s["kind"] for s in steps] == ["created", "attempt"]
+    assert steps[1]["attempt"] == 1 and steps[1]["outcome"] == "dead"
+    assert steps[1]["summary"] == f"LookupError: report {ids['dead'][1]}"
     first = source.history(ids["dead"][1], None, 1)
     assert len(first["rows"]) == 1 and first["next"] is not None
+    rest = source.history(ids["dead"][1], parse_position(first["next"]), 100)
+    assert [r["type"] for r in rest["rows"]] == ["claim", "fail"] and rest["next"] is None
 
 
 def test_the_sampler_keeps_one_snapshot_with_rates(qdir: str) -> None:
@@ -279,25 +290,58 @@ def url() -> Iterator[str]:
         yield queue_url
 
 
+def page_ids(ui: Dashboard, state: str, limit: int) -> list[int]:
+    """Every id of a list read through the dashboard's API, `limit` at a time."""
+    ids: list[int] = []
+    after = 0
+    while True:
+        status, page = ui.get(f"/api/jobs?state={state}&after={after}&limit={limit}")
+        assert status == 200, page
+        assert len(page["rows"]) <= limit
+        ids += [r["id"] for r in page["rows"]]
+        if page["next"] is None:
+            return ids
+        after = page["next"]
+
+
 @pytest.mark.redis
 @pytest.mark.skipif(SKIP_REDIS, reason=str(REDIS_SKIP))
 def test_a_server_queue_is_shown_and_acted_on(url: str) -> None:
-    """The same dashboard over a Redis URL: counts, dead jobs, requeue at once."""
+    """The same dashboard over a Redis URL: every state listed and paged, a job, actions."""
     need_redis()
     with walq.open(url) as q:
-        q.enqueue_many([("resize", {}) for _ in range(5)])
+        pending = q.enqueue_many([("resize", {"n": i}) for i in range(5)])
+        later = [q.enqueue("report", {"n": i}, delay=3600, key=f"k{i}") for i in range(3)]
         jid = q.enqueue("report", {"fail": True}, max_attempts=1)
         job = q.claim(tasks=["report"])
         assert job is not None and job.id == jid
-        q.fail(jid, "LookupError: gone")
+        q.fail(jid, "Traceback (most recent call last):\nLookupError: gone")
+        held = q.enqueue("email", {}, priority=5)
+        running = q.claim(tasks=["email"], lease=3600)
+        assert running is not None and running.id == held
     with dashboard(url) as ui:
         snap = ui.get("/api/snapshot")[1]
-        assert snap["backend"] == "redis" and snap["jobs"]["dead"] == 1
-        assert snap["jobs"]["pending"] == 5
-        page = ui.get("/api/jobs?state=dead")[1]
-        assert [r["id"] for r in page["rows"]] == [jid] and page["rows"][0]["error"]
-        assert ui.get("/api/jobs?state=pending")[1]["note"]
+        assert snap["backend"] == "redis" and snap["read_from"] == "server"
+        assert snap["jobs"]["dead"] == 1 and snap["jobs"]["pending"] == 5
+        assert page_ids(ui, "pending", 2) == pending
+        assert page_ids(ui, "scheduled", 2) == later
+        assert page_ids(ui, "running", 2) == [held]
+        assert page_ids(ui, "dead", 2) == [jid]
+        status, first = ui.get("/api/jobs?state=pending&limit=2")
+        assert first["total"] == 5 and first["source"] == "server"
+        dead = ui.get("/api/jobs?state=dead")[1]["rows"][0]
+        assert dead["error"].endswith("LookupError: gone") and dead["task"] == "report"
+        sched = ui.get("/api/jobs?state=scheduled")[1]["rows"]
+        assert all(r["due"] > snap["read_at"] + 3000 for r in sched)
+        lease = ui.get("/api/jobs?state=running")[1]["rows"][0]
+        assert lease["lease_until"] > snap["read_at"] + 3000
+        status, detail = ui.get(f"/api/job/{later[1]}")
+        assert status == 200 and detail["status"] == "scheduled" and detail["key"] == "k1"
+        assert ui.get("/api/find?q=k2")[1] == {"id": later[2]}
+        assert ui.get(f"/api/job/{jid}/history")[1]["note"]
         status, reply = ui.post("/api/action", {"action": "requeue", "ids": [jid]})
         assert status == 200 and reply["ok"], reply
+        status, reply = ui.post("/api/action", {"action": "cancel", "ids": [later[0]]})
+        assert status == 200 and reply["ok"], reply
     with walq.open(url) as q:
-        assert q.status(jid) == "pending"
+        assert q.status(jid) == "pending" and q.status(later[0]) == "cancelled"

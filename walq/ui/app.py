@@ -153,17 +153,26 @@ def create_app(
             if state not in LIST_STATES:
                 raise ArgumentError(f"state must be one of {', '.join(LIST_STATES)}")
             page = source.jobs(
-                state, _int(request, "offset", 0), _int(request, "limit", PAGE, 1, 500)
+                state, _int(request, "after", 0), _int(request, "limit", PAGE, 1, 500)
             )
         except WalqError as exc:
             return _error(exc)
-        return JSONResponse(page.as_dict())
+        out = page.as_dict()
+        if state == "running":  # each one's worker, process and time, as the workers report
+            known = {r["id"]: r for r in sampler.latest().get("running") or ()}
+            for row in out["rows"]:
+                row.update({k: v for k, v in known.get(row["id"], {}).items() if v is not None})
+        return JSONResponse(out)
 
     def job(request: Request) -> JSONResponse:
         try:
-            return JSONResponse(source.job(int(request.path_params["jid"])))
+            out = source.job(int(request.path_params["jid"]))
         except WalqError as exc:
             return _error(exc)
+        for row in sampler.latest().get("running") or ():
+            if row["id"] == out["id"]:  # the running attempt's worker, as its worker reports
+                out["running"] = row
+        return JSONResponse(out)
 
     def history(request: Request) -> JSONResponse:
         after = request.query_params.get("after")
