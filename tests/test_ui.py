@@ -7,7 +7,9 @@ tests/test_ui_browser.py.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -17,7 +19,7 @@ pytest.importorskip("uvicorn")
 import walq
 from tests.procs import wait_for
 from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
-from tests.ui_procs import Dashboard, dashboard, fresh_redis_queue
+from tests.ui_procs import Dashboard, dashboard, fresh_redis_queue, start_worker, stop
 from walq.errors import ArgumentError
 from walq.ops import stats as ops_stats
 from walq.ops.dump import parse_position
@@ -345,3 +347,68 @@ def test_a_server_queue_is_shown_and_acted_on(url: str) -> None:
         assert status == 200 and reply["ok"], reply
     with walq.open(url) as q:
         assert q.status(jid) == "pending" and q.status(later[0]) == "cancelled"
+
+
+def test_beside_a_running_owner_nothing_is_replayed(
+    qdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an owner, numbers, lists, a job and a key come over its control channel: a
+    replay of the log (what each refresh cost before) would fail this test."""
+    ids = seeded(qdir)
+    with walq.Queue.open(qdir) as q:
+        more = q.enqueue_many([("later", {"n": i}, {"delay": 3600}) for i in range(7)])
+    worker = start_worker(qdir)
+    try:
+        source = DirectorySource(qdir)
+        wait_for(lambda: source.read().data.get("source") == "owner")
+
+        def no_replay(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the log was replayed beside a running owner")
+
+        monkeypatch.setattr(ops_stats, "directory_snapshot", no_replay)
+        monkeypatch.setattr("walq.ops.live.replay", no_replay)
+        sampler = Sampler(source)
+        snap = sampler.sample()
+        assert snap["read_from"] == "owner", snap.get("error")
+        wait_for(lambda: source.read().jobs["scheduled"] == 4 + 7)
+        page = source.jobs("scheduled", 0, 5)
+        assert page.source == "owner" and page.total == 11 and len(page.rows) == 5
+        assert [r["id"] for r in iter_pages(source, "scheduled", 5)] == sorted(
+            ids["scheduled"] + more
+        )
+        assert all(r["due"] > time.time() + 3000 for r in page.rows)
+        dead = source.jobs("dead", 0, 50).rows
+        assert [r["id"] for r in dead] == ids["dead"]
+        assert dead[0]["error"].endswith(f"LookupError: report {ids['dead'][0]}")
+        assert source.find_key("monthly") == ids["scheduled"][-1]
+        job = source.job(ids["scheduled"][-1])
+        assert job["status"] == "scheduled" and job["key"] == "monthly" and job["due"]
+        steps = source.history(ids["dead"][0], None, 100)["attempts"]
+        assert [(s["kind"], s.get("outcome")) for s in steps] == [
+            ("created", None),
+            ("attempt", "dead"),
+        ]
+    finally:
+        assert stop(worker) == 0
+
+
+def test_with_no_owner_unchanged_files_are_not_read_again(
+    qdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No owner writes the log, so a refresh of an unchanged queue costs a few stat calls."""
+    seeded(qdir)
+    source = DirectorySource(qdir)
+    reads = []
+    real = ops_stats.directory_snapshot
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops_stats, "directory_snapshot", counted)
+    first = source.read()
+    assert source.read() is first and source.read() is first
+    assert len(reads) == 1
+    with walq.Queue.open(qdir) as q:
+        q.enqueue("resize", {})
+    assert source.read().jobs["pending"] == 121 and len(reads) == 2
