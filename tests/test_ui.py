@@ -21,9 +21,11 @@ from tests.procs import wait_for
 from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
 from tests.ui_procs import Dashboard, dashboard, fresh_redis_queue, start_worker, stop
 from walq.errors import ArgumentError
+from walq.ops import live
 from walq.ops import stats as ops_stats
 from walq.ops.dump import parse_position
 from walq.ui.actions import Ledger, OfflineActions, make_actions
+from walq.ui.history import attempts, with_reports
 from walq.ui.series import Series
 from walq.ui.server import address, choose_token, is_loopback
 from walq.ui.source import DirectorySource, Sampler, iter_pages, running_by_workers, totals
@@ -412,3 +414,69 @@ def test_with_no_owner_unchanged_files_are_not_read_again(
     with walq.Queue.open(qdir) as q:
         q.enqueue("resize", {})
     assert source.read().jobs["pending"] == 121 and len(reads) == 2
+
+
+def test_reports_go_to_the_latest_attempt_of_their_number() -> None:
+    """After a requeue the attempts count from 1 again: a report of attempt 1 that ended
+    last belongs to the second attempt 1, the earlier one to the first."""
+    steps = attempts(
+        7,
+        [
+            {"type": "enqueue", "seq": 1, "offset": 40, "job": 7, "task": "t", "created": 5.0},
+            {"type": "claim", "seq": 1, "offset": 90, "job": 7, "attempt": 1},
+            {"type": "fail", "seq": 1, "offset": 120, "job": 7, "attempt": 1, "dead": True,
+             "error": "Traceback\nValueError: x"},
+            {"type": "requeue", "seq": 2, "offset": 40, "jobs": [7], "job": 7},
+            {"type": "claim", "seq": 2, "offset": 60, "jobs": [3, 7], "attempts": [2, 1]},
+            {"type": "ack", "seq": 2, "offset": 99, "jobs": [7, 3]},
+        ],
+    )  # fmt: skip
+    assert [(s["kind"], s.get("outcome")) for s in steps] == [
+        ("created", None),
+        ("attempt", "dead"),
+        ("requeued", None),
+        ("attempt", "acked"),
+    ]
+    assert steps[1]["summary"] == "ValueError: x"
+    reports = [
+        {"job": 7, "attempt": 1, "worker": 10, "process": 11, "seconds": 0.5, "ended": 100.0},
+        {"job": 7, "attempt": 1, "worker": 10, "process": 12, "seconds": 0.25, "ended": 200.0},
+    ]
+    with_reports(steps, reports)
+    assert steps[1]["reported"]["process"] == 11 and steps[3]["reported"]["process"] == 12
+    assert steps[3]["reported"]["seconds"] == 0.25
+
+
+def test_each_attempt_shows_the_worker_process_and_time_its_worker_reported(qdir: str) -> None:
+    """The log records no worker or time for an attempt; the worker's status reports its last
+    attempts, and the dashboard shows them beside the attempts drawn from the log."""
+    with walq.Queue.open(qdir) as q:
+        jid = q.enqueue("report", {"n": 1, "fail": True, "work": 0.0})  # fails twice: dead
+        ok = q.enqueue("resize", {"n": 2, "work": 0.2})
+    with dashboard(qdir) as ui:
+        worker = start_worker(qdir)
+        try:
+            wait_for(lambda: walq_status(qdir, jid) == "dead" and walq_status(qdir, ok) == "done")
+
+            def attempts_of(job: int) -> list[dict[str, Any]]:
+                status, out = ui.get(f"/api/job/{job}/history")
+                assert status == 200, out
+                return [s for s in out["attempts"] if s["kind"] == "attempt"]
+
+            wait_for(lambda: all("reported" in s for s in attempts_of(jid) + attempts_of(ok)))
+            failed = attempts_of(jid)
+            assert [(s["attempt"], s["outcome"]) for s in failed] == [(1, "failed"), (2, "dead")]
+            for s in failed:
+                assert s["reported"]["worker"] == worker.pid
+                assert s["reported"]["cause"] == "exception"
+                assert s["reported"]["process"] not in (None, worker.pid)
+            done = attempts_of(ok)
+            assert [(s["attempt"], s["outcome"]) for s in done] == [(1, "acked")]
+            assert 0.2 <= done[0]["reported"]["seconds"] < 60
+        finally:
+            assert stop(worker) == 0
+
+
+def walq_status(path: str, jid: int) -> str:
+    """A job's status, as `walq status` would say (the owner's answer or the files')."""
+    return str(live.job_status(path, jid)["status"])

@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from walq.errors import ArgumentError, UnknownJobError, WalqError
 from walq.ops.dump import parse_position
 from walq.ui.actions import Ledger
+from walq.ui.history import reported_steps, with_reports
 from walq.ui.source import HISTORY_PAGE, PAGE, Sampler
 
 Scope = MutableMapping[str, Any]
@@ -179,9 +180,18 @@ def create_app(
         try:
             start = parse_position(after) if after else None
             limit = _int(request, "limit", HISTORY_PAGE, 1, 1000)
-            return JSONResponse(source.history(int(request.path_params["jid"]), start, limit))
+            jid = int(request.path_params["jid"])
+            out = source.history(jid, start, limit)
         except WalqError as exc:
             return _error(exc)
+        # Which worker process ran each attempt and for how long: the log does not say; the
+        # workers' reports do, for the attempts that ended since the dashboard started.
+        reports = sampler.reports(jid)
+        if "note" in out:  # no log to read: the attempts its workers reported, if any
+            out["attempts"] = reported_steps(reports)
+        else:
+            with_reports(out["attempts"], reports)
+        return JSONResponse(out)
 
     def find(request: Request) -> JSONResponse:
         """A job by id ("123") or by the idempotency key an unfinished job holds."""

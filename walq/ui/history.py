@@ -96,3 +96,33 @@ def attempts(jid: int, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
             close("lost", at, note=NO_OUTCOME)
             steps.append({"kind": f"{kind}d", "at": at})
     return steps
+
+
+def with_reports(steps: list[dict[str, Any]], reports: Iterable[Mapping[str, Any]]) -> None:
+    """Add to each attempt what its worker reported (worker, process, seconds, ended), in place.
+
+    A requeue starts the attempts again from 1, so an attempt number may occur
+    twice: each report goes to the latest attempt of its number not yet matched
+    (the reports are of attempts that ended lately).
+    """
+    left = sorted(reports, key=lambda r: float(r.get("ended") or 0.0))
+    for step in reversed(steps):
+        if step.get("kind") != "attempt" or step.get("outcome") == "running":
+            continue
+        for i in range(len(left) - 1, -1, -1):
+            if left[i].get("attempt") == step.get("attempt"):
+                r = left.pop(i)
+                step["reported"] = {
+                    k: r.get(k) for k in ("worker", "host", "process", "seconds", "ended", "cause")
+                }
+                break
+
+
+def reported_steps(reports: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Attempts from the workers' reports alone (a server's queue keeps no log), oldest first."""
+    steps = []
+    for r in sorted(reports, key=lambda r: float(r.get("ended") or 0.0)):
+        outcome = "acked" if r.get("ok") else "failed"
+        steps.append({"kind": "attempt", "attempt": r.get("attempt"), "outcome": outcome})
+    with_reports(steps, reports)
+    return steps

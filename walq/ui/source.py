@@ -45,6 +45,7 @@ log = logging.getLogger("walq.ui")
 PAGE = 50  # rows per page of a list
 HISTORY_PAGE = 200  # records per page of a job's history
 RATES = ("enqueued", "completed", "failed")
+REPORTS_KEPT = 10_000  # ended attempts the workers reported, remembered since the start
 
 
 @attrs.frozen
@@ -424,6 +425,7 @@ class Sampler:
         self.series = Series(RATES)
         self._clock = clock
         self._latest: dict[str, Any] | None = None
+        self._reports: dict[tuple[int, int, float], dict[str, Any]] = {}  # (job, attempt, ended)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -470,9 +472,28 @@ class Sampler:
             now = self._clock()
             self.series.add(now, totals(st))
             snap = self._snapshot(st, now, time.monotonic() - began)
+            self._keep_reports(st.workers)
         with self._lock:
             self._latest = snap
         return snap
+
+    def _keep_reports(self, workers: Sequence[Any]) -> None:
+        """Remember the attempts the workers report ended (each reports only its last few)."""
+        with self._lock:
+            for status in workers:
+                for r in status.get("recent") or ():
+                    if not isinstance(r, dict) or "job" not in r:
+                        continue
+                    key = (int(r["job"]), int(r.get("attempt") or 0), float(r.get("ended") or 0))
+                    row = dict(r, worker=status.get("pid"), host=status.get("host"))
+                    self._reports[key] = row
+            while len(self._reports) > REPORTS_KEPT:
+                del self._reports[next(iter(self._reports))]
+
+    def reports(self, jid: int) -> list[dict[str, Any]]:
+        """The attempts of job `jid` its workers reported ended since the dashboard started."""
+        with self._lock:
+            return [r for (job, _, _), r in self._reports.items() if job == jid]
 
     def _snapshot(self, st: QueueStats, now: float, took: float) -> dict[str, Any]:
         # What runs, with its worker, process and time, as the workers report it (no list read).

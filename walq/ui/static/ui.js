@@ -424,7 +424,7 @@ async function loadJob(id) {
 const OUTCOMES = { acked: "ok", failed: "open", dead: "dead", released: "half-open", cancelled: "refused", lost: "stale", running: "running" };
 
 // The job's attempts, drawn by the server from its records (walq/ui/history.py).
-function renderAttempts(steps, job, run) {
+function renderAttempts(steps, job, run, note) {
   const head = h("tr", {}, ["Step", "Outcome", "Worker", "Duration", "Details", "Records"].map((t) => h("th", {}, t)));
   const rows = steps.map((st) => {
     let name, outcome = "", worker = "not recorded", duration = "not recorded", detail = [];
@@ -436,6 +436,12 @@ function renderAttempts(steps, job, run) {
       if (out === "running" && run.process) {
         worker = `worker ${run.worker}, process ${run.process}`;
         duration = run.running_for !== undefined && run.running_for !== null ? `${ago(run.running_for)} so far` : "running";
+      }
+      const rep = st.reported;  // the worker's report of it (the log records neither)
+      if (rep) {
+        worker = `worker ${rep.worker ?? "?"}${rep.host ? ` on ${rep.host}` : ""}, process ${rep.process ?? "?"}`;
+        duration = `${Number(rep.seconds).toFixed(rep.seconds < 10 ? 2 : 0)} s, ended ${when(rep.ended)}`;
+        if (rep.cause && !st.summary) detail.push(rep.cause);
       }
       if (st.summary) detail.push(st.summary);
       if (st.retry_at) detail.push(`retry at ${when(st.retry_at)}`);
@@ -457,7 +463,7 @@ function renderAttempts(steps, job, run) {
       h("td", {}, name), h("td", {}, outcome), h("td", { class: "muted" }, worker), h("td", { class: "muted" }, duration),
       h("td", { class: st.error ? "err" : "" }, detail.join(" · ")), h("td", { class: "mono muted" }, where));
   });
-  fill($("job-attempts"), head, rows.length ? rows : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "no records")));
+  fill($("job-attempts"), head, rows.length ? rows : h("tr", {}, h("td", { colspan: 6, class: "muted" }, note ? "no attempt reported by a worker since the dashboard started" : "no records")));
 }
 
 async function loadHistory(id, after, job) {
@@ -465,7 +471,7 @@ async function loadHistory(id, after, job) {
   try {
     page = await api(`/api/job/${id}/history${after ? `?after=${encodeURIComponent(after)}` : ""}`);
   } catch (e) { toast(`history: ${e.message}`, true); return; }
-  if (!after && job) renderAttempts(page.attempts || [], job, job.running || {});
+  if (!after && job) renderAttempts(page.attempts || [], job, job.running || {}, page.note);
   const table = $("job-history");
   if (!after) {
     table.append(h("tr", {}, ["Position", "Record", "Attempt", "Details"].map((t) => h("th", {}, t))));
