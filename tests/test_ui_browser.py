@@ -420,6 +420,16 @@ def test_a_redis_queue_in_the_browser(page: Any, redis_queue: str) -> None:
             assert toast(page, "requeued") == f"requeue: requeued job {failing}"
             # Requeued beside the running worker, which runs it (and it dies again).
             wait_for(lambda: stats_counts(redis_queue)["dead"] == 1, timeout=120)
+
+            # No log on a server: the attempt its worker reported (after the requeue) is shown.
+            def reported() -> list[Any]:
+                steps = ui.get(f"/api/job/{failing}/history")[1]["attempts"]
+                return [s["reported"] for s in steps if s.get("reported")]
+
+            wait_for(lambda: any(r["worker"] == worker.pid for r in reported()), timeout=60)
+            page.goto(f"{ui.base}/#job/{failing}")
+            page.locator("#job-attempts tr[data-step=attempt]").first.wait_for()
+            assert f"worker {worker.pid}" in page.locator("#job-attempts").inner_text()
             with walq.open(redis_queue) as q:
                 assert q.status(failing) == "dead"
                 assert "the source table is missing" in q.dead_jobs()[0].error
