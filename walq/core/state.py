@@ -239,9 +239,13 @@ class QueueState:
     def jobs_after(
         self, after: int, state: int | None = None, task: str | None = None
     ) -> Iterator[JobInfo]:
-        """Live jobs with ids above `after`, in id order, optionally of one state and task."""
+        """Live jobs with ids above `after`, in id order, optionally of one state and task.
+
+        Not a copy: the caller holds the state still while it iterates (a page of
+        a big queue then costs the jobs read up to it, not a copy of every job).
+        """
         want_task = None if task is None else self._task_ids.get(task, -1)
-        for jid, p in list(self._jobs.items()):
+        for jid, p in self._jobs.items():
             if jid <= after or (state is not None and p & _M3 != state):
                 continue
             if want_task is not None and (p >> _TASK) & _MT != want_task:
