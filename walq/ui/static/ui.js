@@ -15,6 +15,8 @@ let listState = "dead";
 let listAfter = 0;  // the page shown starts after this job id
 let listBefore = [];  // the pages before it, as their `after` ids (for "Newer")
 let listNext = null;
+let listAsked = 0;  // the last list request sent
+let lastState = null, lastAfter = null;  // the page it asked for
 let jobId = null;
 let historyNext = null;
 const selected = new Set();
@@ -378,10 +380,17 @@ async function loadList() {
       actionButton("Purge all dead", "purge", {}, "Purge every dead job? Their payloads and errors are deleted for good.", true));
   }
   fill($("list-tools"), tools);
+  const asked = ++listAsked;  // a slower answer to an earlier request must not overwrite it
+  if (!(listState === lastState && listAfter === lastAfter)) {
+    // A new page: its buttons wait for it (a second click would page from the old one).
+    $("prev").disabled = true;
+    $("next").disabled = true;
+  }
+  lastState = listState; lastAfter = listAfter;
   try {
     const page = await api(`/api/jobs?state=${listState}&after=${listAfter}&limit=${PAGE}`);
-    renderRows(listState, page);
-  } catch (e) { toast(e.message, true); }
+    if (asked === listAsked) renderRows(listState, page);
+  } catch (e) { if (asked === listAsked) toast(e.message, true); }
 }
 
 // -- one job ------------------------------------------------------------------------------------
