@@ -160,9 +160,9 @@ def create_app(
             return _error(exc)
         out = page.as_dict()
         if state == "running":  # each one's worker, process and time, as the workers report
-            known = {r["id"]: r for r in sampler.latest().get("running") or ()}
             for row in out["rows"]:
-                row.update({k: v for k, v in known.get(row["id"], {}).items() if v is not None})
+                info = sampler.running(row["id"]) or {}
+                row.update({k: v for k, v in info.items() if v is not None})
         return JSONResponse(out)
 
     def job(request: Request) -> JSONResponse:
@@ -170,9 +170,9 @@ def create_app(
             out = source.job(int(request.path_params["jid"]))
         except WalqError as exc:
             return _error(exc)
-        for row in sampler.latest().get("running") or ():
-            if row["id"] == out["id"]:  # the running attempt's worker, as its worker reports
-                out["running"] = row
+        info = sampler.running(out["id"])
+        if info is not None:  # the running attempt's worker, as its worker reports
+            out["running"] = info
         return JSONResponse(out)
 
     def history(request: Request) -> JSONResponse:

@@ -426,6 +426,7 @@ class Sampler:
         self._clock = clock
         self._latest: dict[str, Any] | None = None
         self._reports: dict[tuple[int, int, float], dict[str, Any]] = {}  # (job, attempt, ended)
+        self._running: dict[int, dict[str, Any]] = {}  # what the workers report running
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -473,6 +474,9 @@ class Sampler:
             self.series.add(now, totals(st))
             snap = self._snapshot(st, now, time.monotonic() - began)
             self._keep_reports(st.workers)
+            running = running_by_workers(st.workers)
+            with self._lock:
+                self._running = running
         with self._lock:
             self._latest = snap
         return snap
@@ -489,6 +493,12 @@ class Sampler:
                     self._reports[key] = row
             while len(self._reports) > REPORTS_KEPT:
                 del self._reports[next(iter(self._reports))]
+
+    def running(self, jid: int) -> dict[str, Any] | None:
+        """The worker and process running job `jid` and for how long, as the workers report."""
+        with self._lock:
+            info = self._running.get(jid)
+        return None if info is None else {"id": jid, "state": "running", **info}
 
     def reports(self, jid: int) -> list[dict[str, Any]]:
         """The attempts of job `jid` its workers reported ended since the dashboard started."""
