@@ -473,6 +473,26 @@ def test_each_attempt_shows_the_worker_process_and_time_its_worker_reported(qdir
             done = attempts_of(ok)
             assert [(s["attempt"], s["outcome"]) for s in done] == [(1, "acked")]
             assert 0.2 <= done[0]["reported"]["seconds"] < 60
+
+            # A running job: its worker, process and time so far, and its lease, in the list
+            # (read from the owner) and on its page; cancelled, its attempt says so.
+            slow = walq.connect(qdir).enqueue("resize", {"n": 3, "work": 600})
+            assert slow is not None
+
+            def running_row() -> dict[str, Any] | None:
+                rows = ui.get("/api/jobs?state=running")[1]["rows"]
+                row = next((r for r in rows if r["id"] == slow), None)
+                return row if row is not None and row.get("running_for") is not None else None
+
+            wait_for(lambda: running_row() is not None)
+            row = running_row()
+            assert row is not None and row["worker"] == worker.pid and row["process"]
+            assert row["lease_until"] > time.time() and row["attempt"] == 1
+            detail = ui.get(f"/api/job/{slow}")[1]
+            assert detail["status"] == "running" and detail["running"]["process"] == row["process"]
+            status, reply = ui.post("/api/action", {"action": "cancel", "ids": [slow]})
+            assert status == 200 and "by the running owner" in reply["result"], reply
+            assert [(s["attempt"], s["outcome"]) for s in attempts_of(slow)] == [(1, "cancelled")]
         finally:
             assert stop(worker) == 0
 
