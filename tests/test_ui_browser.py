@@ -203,6 +203,9 @@ def test_a_live_queue_in_the_browser(page: Any, qdir: str) -> None:
             dead_row.click()
             page.locator("#job-error").filter(has_text="Traceback").wait_for()
             assert "the source table is missing" in page.locator("#job-error").inner_text()
+            # Beside an owner its answer has no payload: the enqueue record gives it.
+            payload = page.locator("#job-fields [data-field=payload]")
+            payload.filter(has_text='"fail":true').wait_for()
             history = page.locator("#job-history")
             history.filter(has_text="fail").wait_for()
             kinds = [c.strip() for c in history.locator("tr td:nth-child(2)").all_inner_texts()]

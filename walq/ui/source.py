@@ -340,7 +340,7 @@ class DirectorySource:
 
     def history(self, jid: int, after: Position | None, limit: int) -> dict[str, Any]:
         """The job's records, found by seeking, not by reading the log (walq.ops.dump.dump_job)."""
-        rows = list(dump_job(self.target, jid))
+        rows = list(dump_job(self.target, jid, full=True))
         shown = [r for r in rows if after is None or (r["seq"], r["offset"]) > after]
         page = shown[:limit]
         nxt = f"{page[-1]['seq']}:{page[-1]['offset']}" if len(shown) > limit else None

@@ -405,15 +405,7 @@ async function loadJob(id) {
     return;
   }
   $("job-title").textContent = `Job ${job.id}`;
-  const run = job.running || {};
-  const attemptsText = job.attempts !== undefined && job.attempts !== null ? `${job.attempts}${job.max_attempts ? ` of ${job.max_attempts}` : ""}` : null;
-  const fields = [["Status", pill(job.status)], ["Task", job.task], ["Attempts", attemptsText],
-    ["Key", job.key], ["Priority", job.priority], ["Created", job.created ? when(job.created) : null], ["Due", job.due ? `${when(job.due)} (in ${ago(job.due - Date.now() / 1000)})` : null],
-    ["Worker", run.process ? `worker ${run.worker}, process ${run.process}` : job.worker ? `owner ${job.worker}` : null],
-    ["Running for", run.running_for !== undefined && run.running_for !== null ? ago(run.running_for) : null],
-    ["Lease ends", job.lease_until ? `in ${ago(job.lease_until - Date.now() / 1000)}` : null],
-    ["Payload", job.payload !== undefined ? h("span", { class: "mono" }, job.payload) : null]];
-  fill($("job-fields"), fields.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => [h("dt", {}, k), h("dd", { "data-field": k.toLowerCase() }, v)]));
+  renderJobFields(job);
   const tools = [];
   if (job.status === "dead") {
     tools.push(actionButton("Requeue", "requeue", { ids: [job.id] }),
@@ -428,6 +420,20 @@ async function loadJob(id) {
   fill($("job-history"));
   fill($("job-attempts"));
   await loadHistory(id, null, job);
+}
+
+// A job's fields; its creation time and payload come from its enqueue record where the
+// queue's answer lacks them (an owner's or a server's answer does not carry them).
+function renderJobFields(job) {
+  const run = job.running || {};
+  const attemptsText = job.attempts !== undefined && job.attempts !== null ? `${job.attempts}${job.max_attempts ? ` of ${job.max_attempts}` : ""}` : null;
+  const fields = [["Status", pill(job.status)], ["Task", job.task], ["Attempts", attemptsText],
+    ["Key", job.key], ["Priority", job.priority], ["Created", job.created ? when(job.created) : null], ["Due", job.due ? `${when(job.due)} (in ${ago(job.due - Date.now() / 1000)})` : null],
+    ["Worker", run.process ? `worker ${run.worker}, process ${run.process}` : job.worker ? `owner ${job.worker}` : null],
+    ["Running for", run.running_for !== undefined && run.running_for !== null ? ago(run.running_for) : null],
+    ["Lease ends", job.lease_until ? `in ${ago(job.lease_until - Date.now() / 1000)}` : null],
+    ["Payload", job.payload !== undefined ? h("span", { class: "mono" }, job.payload) : null]];
+  fill($("job-fields"), fields.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => [h("dt", {}, k), h("dd", { "data-field": k.toLowerCase() }, v)]));
 }
 
 const OUTCOMES = { acked: "ok", failed: "open", dead: "dead", released: "half-open", cancelled: "refused", lost: "stale", running: "running" };
@@ -480,7 +486,13 @@ async function loadHistory(id, after, job) {
   try {
     page = await api(`/api/job/${id}/history${after ? `?after=${encodeURIComponent(after)}` : ""}`);
   } catch (e) { toast(`history: ${e.message}`, true); return; }
-  if (!after && job) renderAttempts(page.attempts || [], job, job.running || {}, page.note);
+  if (!after && job) {
+    renderAttempts(page.attempts || [], job, job.running || {}, page.note);
+    const made = page.rows.find((r) => (r.type === "enqueue" || r.type === "job" || r.type === "after") && r.job === id);
+    if (made && job.payload === undefined) {
+      renderJobFields({ ...job, created: job.created ?? made.created, payload: made.payload });
+    }
+  }
   const table = $("job-history");
   if (!after) {
     table.append(h("tr", {}, ["Position", "Record", "Attempt", "Details"].map((t) => h("th", {}, t))));
