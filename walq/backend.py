@@ -21,6 +21,7 @@ from walq.core import events as ev
 from walq.core.job import DeadJob, Job
 from walq.core.jobspec import (
     Extra,
+    HasExtra,
     JobSpec,
     Output,
     check_delay,
@@ -31,6 +32,7 @@ from walq.core.jobspec import (
     follow_spec,
     make_spec,
     spec_and_extra,
+    spec_from,
 )
 from walq.core.schedule import Schedule
 from walq.core.state import JobInfo
@@ -123,15 +125,23 @@ class QueueBackend(Protocol):
         named in `after`) before any is added; on a directory all are one durable
         write; on Redis, one script for each run of items alike (docs/FLOW.md).
         """
+        if not isinstance(items, list | tuple):
+            items = list(items)  # read twice if an item has after= or unique_for=
+        try:
+            specs = [spec_from(raw, self.max_payload) for raw in items]  # the bulk path
+        except HasExtra:
+            pass
+        else:
+            return self._add(specs, sync, timeout)
         now = time.time()
-        specs: list[JobSpec] = []
+        specs = []
         extras: dict[int, Extra] = {}
         for raw in items:
             spec, extra = spec_and_extra(raw, self.max_payload, now)
             if extra is not None:
                 extras[len(specs)] = extra
             specs.append(spec)
-        if not extras:
+        if not extras:  # run_at only
             return self._add(specs, sync, timeout)
         return self._add_mixed(specs, extras, sync, timeout)
 

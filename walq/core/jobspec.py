@@ -102,15 +102,22 @@ def make_spec(
     return _new_spec(JobSpec, (task, kind, data, key, delay, priority, max_attempts, origin or ""))
 
 
+class HasExtra(Exception):
+    """Raised by spec_from for an item with EXTRA_OPTIONS: the caller takes the way of
+    spec_and_extra (control flow, so that the common bulk path stays one comprehension)."""
+
+
 def spec_from(raw: Any, max_payload: int = DEFAULT_MAX_PAYLOAD) -> JobSpec:
-    """A checked JobSpec from an item (task, payload[, options]) without EXTRA_OPTIONS
-    (spec_and_extra takes those)."""
+    """A checked JobSpec from an item (task, payload[, options]); HasExtra if its options
+    include EXTRA_OPTIONS (spec_and_extra takes those)."""
     if type(raw) is tuple and len(raw) == 2:
         task, payload = raw
         # The common bulk case, (task, bytes), validated inline.
         if type(payload) is bytes and len(payload) <= max_payload and check_task(task) is task:
             return _new_spec(JobSpec, (task, PAYLOAD_BYTES, payload, None, 0.0, 0, 0, ""))
-    task, payload, opts = split_item(raw, ENQUEUE_OPTIONS - EXTRA_OPTIONS)
+    task, payload, opts = split_item(raw)
+    if not EXTRA_OPTIONS.isdisjoint(opts):
+        raise HasExtra
     return make_spec(
         task,
         payload,
@@ -296,8 +303,6 @@ def spec_and_extra(
 
     `now`: the wall time an item's run_at counts from.
     """
-    if type(raw) is tuple and len(raw) == 2:
-        return spec_from(raw, max_payload), None
     task, payload, opts = split_item(raw)
     extra = None
     delay = opts.get("delay", 0.0)
