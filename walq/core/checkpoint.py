@@ -108,6 +108,9 @@ class Image:
     live_bytes: int
     done: int  # acks the log holds up to the position (stats' "done")
     records: list[tuple[int, bytes]]  # the snapshot's other records, meta first
+    # The jobs running at the position (stored pending, their attempt counted), as
+    # array('Q') bytes in id order: what a reader beside a live owner shows running.
+    running: bytes = b""
 
 
 @attrs.frozen
@@ -183,13 +186,26 @@ def image(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> Image:
         marks=tuple(marks), tasks=taken["tasks"], jobs=jobs, key_of=taken["key_of"],
         keys=taken["keys"], errors=taken["errors"], due=taken["due"], ready=ready, counts=total,
         by_task=by_task, seg_bytes=taken["seg_bytes"], live_bytes=taken["live_bytes"],
-        done=taken["done"], records=taken["records"],
+        done=taken["done"], records=taken["records"], running=_ids(taken["running"]),
     )  # fmt: skip
+
+
+def _ids(ids: Sequence[int]) -> bytes:
+    """Job ids as array('Q') bytes, in id order."""
+    return array("Q", sorted(ids)).tobytes()
+
+
+def running_ids(raw: bytes) -> list[int]:
+    """The ids of an image's `running` field."""
+    ids = array("Q")
+    ids.frombytes(raw)
+    return ids.tolist()
 
 
 def _image_by_visiting(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> Image:
     """The image built by visiting every job, as finish_replay does (ready in id order)."""
     jobs: dict[int, int] = taken["jobs"]
+    running = [jid for jid, p in jobs.items() if p & M3 == RUNNING]
     ready: dict[tuple[int, int], array[int]] = {}
     total = [0] * N_STATES
     by_task: dict[int, list[int]] = {}
@@ -221,7 +237,7 @@ def _image_by_visiting(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> I
         keys=taken["keys"], errors=taken["errors"], due=taken["due"],
         ready=[(prio, task, ids.tobytes()) for (prio, task), ids in ready.items()],
         counts=total, by_task=by_task, seg_bytes=seg_bytes, live_bytes=live,
-        done=taken["done"], records=taken["records"],
+        done=taken["done"], records=taken["records"], running=_ids(running),
     )  # fmt: skip
 
 
@@ -249,7 +265,7 @@ def encode(img: Image, written: float) -> bytes:
         (
             [attrs.astuple(m) for m in img.marks], img.tasks, shards(img.jobs), img.key_of,
             img.keys, img.errors, img.due, img.ready, img.counts, img.by_task, img.seg_bytes,
-            img.live_bytes, img.done, img.records,
+            img.live_bytes, img.done, img.records, img.running,
         ),
         _MARSHAL_VERSION,
     )  # fmt: skip
@@ -337,6 +353,7 @@ class JobAt:
     error: tuple[int, int, int] | None  # where its last error is recorded
     due: float | None
     records: list[tuple[int, bytes]]  # the snapshot's other records (meta first)
+    running: bool  # it was running at the position (stored pending, its attempt counted)
 
 
 def job_at(data: bytes, path: str, job_id: int) -> JobAt:
@@ -347,8 +364,8 @@ def job_at(data: bytes, path: str, job_id: int) -> JobAt:
     """
     head, fields = _body(data, path)
     try:
-        if type(fields) is not tuple or len(fields) != 14:
-            raise TypeError("not a 14-field tuple")
+        if type(fields) is not tuple or len(fields) not in (14, 15):
+            raise TypeError("not a 14- or 15-field tuple")
         jobs = fields[2]
         if type(jobs) is dict:  # version 1
             packed = jobs.get(job_id)
@@ -372,7 +389,7 @@ def job_at(data: bytes, path: str, job_id: int) -> JobAt:
         raise CorruptionError(path, HEADER_SIZE, "checkpoint body is malformed: bad error entry")
     return JobAt(
         head, img.marks, img.tasks, packed, img.key_of.get(job_id),
-        error, img.due.get(job_id), img.records,
+        error, img.due.get(job_id), img.records, job_id in running_ids(img.running),
     )  # fmt: skip
 
 
@@ -398,8 +415,11 @@ def decode(data: bytes, path: str) -> Checkpoint:
 
 def _image(fields: Any) -> Image:
     """An Image from the unmarshalled body; TypeError if a field has the wrong type."""
-    if type(fields) is not tuple or len(fields) != 14:
-        raise TypeError("not a 14-field tuple")
+    if type(fields) is not tuple or len(fields) not in (14, 15):
+        raise TypeError("not a 14- or 15-field tuple")
+    running = fields[14] if len(fields) == 15 else b""
+    if type(running) is not bytes or len(running) % 8:
+        raise TypeError("bad running ids")
     (
         marks,
         tasks,
@@ -415,7 +435,7 @@ def _image(fields: Any) -> Image:
         live,
         done,
         recs,
-    ) = fields
+    ) = fields[:14]
     kinds = (
         (marks, list), (tasks, list), (key_of, dict), (keys, dict), (errors, dict),
         (due, dict), (ready, list), (counts, list), (by_task, dict), (segs, dict), (live, int),
@@ -438,7 +458,7 @@ def _image(fields: Any) -> Image:
             raise TypeError("bad snapshot record")
     return Image(
         tuple(SegmentMark(*m) for m in marks), tasks, jobs, key_of, keys, errors, due, ready,
-        counts, by_task, segs, live, done, recs,
+        counts, by_task, segs, live, done, recs, running,
     )  # fmt: skip
 
 
@@ -488,6 +508,21 @@ class Tracked(dict[int, int]):
     def clear(self) -> None:
         for jid in list(self):
             del self[jid]
+
+
+def changed(state: QueueState, jid: int) -> bool:
+    """Whether the records replayed since `restore` changed job `jid`'s entry (before `finish`)."""
+    jobs = state._jobs
+    return not isinstance(jobs, Tracked) or jid in jobs.old
+
+
+def still_running(state: QueueState, running: bytes) -> set[int]:
+    """Of the jobs running at a checkpoint's position (`Image.running`), those the records
+    replayed since `restore` left as they were: running still, under a live owner (before
+    `finish`)."""
+    jobs = state._jobs
+    old = jobs.old if isinstance(jobs, Tracked) else jobs
+    return {jid for jid in running_ids(running) if jid not in old}
 
 
 @attrs.define

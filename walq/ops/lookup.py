@@ -380,10 +380,9 @@ def job_state(
     """
     fs = fs or OsFileSystem()
     now = now_clock()
-    if owner_running is False:
-        found = _from_checkpoint(path, job_id, fs, now)
-        if found is not None:
-            return found
+    found = _from_checkpoint(path, job_id, fs, now, owner_running)
+    if found is not None:
+        return found
     segments, records = _job_records(path, job_id, fs)
     state = QueueState()
     error = None
@@ -427,9 +426,11 @@ def _detail(state: QueueState, job_id: int, running: bool, error: str | None) ->
     return out
 
 
-def _from_checkpoint(path: str, job_id: int, fs: FileSystem, now: Now) -> dict[str, object] | None:
-    """job_state with no owner running, from the checkpoint and the log after it; None if it
-    cannot tell (no checkpoint, a damaged or stale one, a dependent job): read the records.
+def _from_checkpoint(
+    path: str, job_id: int, fs: FileSystem, now: Now, owner_running: bool | None
+) -> dict[str, object] | None:
+    """job_state from the checkpoint and the log after it; None if it cannot tell (no
+    checkpoint, a damaged or stale one, a dependent job): read the job's records instead.
 
     The checkpoint says the job's state as of its position; only the records
     after that position are searched for the job's later ones. It is used
@@ -489,12 +490,14 @@ def _from_checkpoint(path: str, job_id: int, fs: FileSystem, now: Now) -> dict[s
             error, error_loc = event.error, None
         elif isinstance(event, ev.Requeue):
             error, error_loc = None, None
+    running = job_id in state and state.info(job_id).state == RUNNING
+    running = running or (at.running and not ckpt.changed(state, job_id))
     ckpt.finish(state, restored, now)
     if error_loc is not None and job_id in state and state.info(job_id).state == DEAD:
         e = read_record(path, error_loc, fs)
         if isinstance(e, ev.Fail | ev.Job):
             error = e.error
-    return _detail(state, job_id, False, error)
+    return _detail(state, job_id, running and owner_running is not False, error)
 
 
 def _raw(rtype: int, body: bytes) -> framing.Record:
