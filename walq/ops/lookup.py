@@ -34,7 +34,7 @@ from walq.ops.scan import RACE_RETRIES, read_record, segment_seqs
 
 log = logging.getLogger("walq.lookup")
 
-CHUNK = 1 << 20  # bytes read at a time up to a segment's written end
+CHUNK = 256 << 10  # bytes read at a time up to a segment's written end
 HEAD = 64 << 10  # bytes read from a segment's start to find its first job id
 WINDOWS = (4 << 10, 64 << 10, 1 << 20)  # how far before a hit to resynchronise, tried in turn
 SEEK_SPAN = 64 << 10  # a seek stops when the job's record lies within this many bytes
