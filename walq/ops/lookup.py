@@ -1,14 +1,30 @@
 """One job's records in a queue directory, found without replaying the log.
 
-A job's records all lie in the segment holding its enqueue record and the
-segments after it, and enqueue ids grow with the log: each segment's first
-enqueue (or compacted job) id, read from its first records, says where to
-start. In each segment from there on, the job's id as the 8 bytes every
-record stores it as is searched for at C speed; a segment without them is
-skipped unread record by record, and around each hit the record holding it
-is found by resynchronising a little before it (the same CRC-checked resync
-recovery uses) and walking forward. Read-only, without the lock, beside an
-owner or none; a compaction racing the read is detected and the read retried.
+With a checkpoint (walq.directory.checkpoint), a job's state is read from it
+as of its position -- only the shard of the checkpoint's jobs that holds the
+job is decoded -- and only the log after that position is searched for the
+job's later records. The checkpoint is used for this only if its own
+checksums hold, the log's segments are the ones it names with the sizes it
+saw (a sealed one unchanged in length, the last one at least as long) and the
+job's record is where it says; otherwise (no checkpoint, a damaged or stale
+one, a job enqueued after others) the lookup reads the job's records as below,
+never an answer from a checkpoint it could not check. (Unlike open, it does
+not checksum every byte the checkpoint covers: that is a read of the whole log.
+Damage inside those bytes is for `walq fsck` and open to report, as it was
+for the records-only lookup, which skips what it cannot read.)
+
+Without one: a job's records all lie in the segment holding its enqueue
+record and the segments after it, and enqueue ids grow with the log: each
+segment's first enqueue (or compacted job) id, read from its first records,
+says where to start. In each segment from there on, the job's id as the 8
+bytes every record stores it as is searched for at C speed; around each hit
+the record holding it is found by resynchronising a little before it (the
+same CRC-checked resync recovery uses) and walking forward.
+
+Either way a segment is read only up to the end of its records, a chunk at a
+time, not through a preallocated segment's zeroed space. Read-only, without
+the lock, beside an owner or none; a compaction racing the read is detected
+and the read retried.
 """
 
 from __future__ import annotations
