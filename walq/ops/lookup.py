@@ -201,15 +201,19 @@ def written(f: File, start: int) -> bytes:
     size = f.size()
     buf = bytearray()
     at = start
+    nonzero = 0  # in `buf`: the end of its last non-zero byte
     while at < size:
         data = f.pread(min(CHUNK, size - at), at)
         if not data:
             break
+        kept = len(data.rstrip(b"\0"))
+        if kept:
+            nonzero = len(buf) + kept
         buf += data
         at += len(data)
-        kept = len(data.rstrip(b"\0"))
-        if kept < len(data):  # it ends in zeros: the records may end there
-            end = _end_of_records(buf, len(buf) - len(data) + kept, start)
+        # A record header is never zero: the records may end only before a zero one.
+        if len(buf) - nonzero >= min(fmt.RECORD_HEADER_SIZE, size - start - nonzero):
+            end = _end_of_records(buf, nonzero, start)
             if end is not None:
                 del buf[end:]
                 break
@@ -219,24 +223,25 @@ def written(f: File, start: int) -> bytes:
 def _end_of_records(buf: bytearray, zeros: int, base: int) -> int | None:
     """Where the records of `buf` (a record boundary at 0, file offset `base`) end, if they
     end at or past offset `zeros`, from which `buf` holds only zeros; None if they do not."""
-    data = bytes(buf)
     for window in (*WINDOWS, zeros):
-        pos = max(0, zeros - window)
-        if pos > 0:
-            first = framing.resync(data, pos - 1, origin=base)
-            if first is None or first.offset > zeros:
+        lo = max(0, zeros - window)
+        data = bytes(memoryview(buf)[lo:])  # the window and the zeros after it
+        pos = 0
+        if lo > 0:
+            first = framing.resync(data, -1, origin=base + lo)
+            if first is None or lo + first.offset > zeros:
                 continue
             pos = first.offset
         while True:
-            item = framing.decode(data, pos, origin=base)
+            item = framing.decode(data, pos, origin=base + lo)
             if not isinstance(item, framing.Record):
                 break
             pos = item.end
-        if isinstance(item, framing.End) and pos >= zeros:
-            return pos
+        if isinstance(item, framing.End) and lo + pos >= zeros:
+            return lo + pos
         if isinstance(item, framing.Incomplete):
             return None  # a record runs on past what was read
-        if pos == 0:
+        if lo == 0:
             break
     return None
 
