@@ -156,36 +156,56 @@ def _records(
         return
     pattern = _ID.pack(job_id)
     for i, seg in enumerate(segments[start:]):
-        data = _read(path, seg, fs)
-        origin = fmt.SEGMENT_HEADER_SIZE
-        if i == 0:  # the job's own record is in this segment, if anywhere: seek to it
-            origin = _seek(data, job_id)
-        found = _find(data, pattern, job_id, origin)
-        if (
-            i == 0
-            and origin > fmt.SEGMENT_HEADER_SIZE
-            and not any(r.rtype in (fmt.ENQUEUE, fmt.JOB) for r in found)
-        ):
-            found = _find(data, pattern, job_id, fmt.SEGMENT_HEADER_SIZE)  # a seek gone astray
+        f = _open(path, seg.seq, seg.first, fs)
+        try:
+            origin = fmt.SEGMENT_HEADER_SIZE
+            if i == 0:  # the job's own record is in this segment, if anywhere: seek to it
+                origin = _seek(f, job_id)
+            found = _found(f, pattern, job_id, origin)
+            if (
+                i == 0
+                and origin > fmt.SEGMENT_HEADER_SIZE
+                and not any(r.rtype in (fmt.ENQUEUE, fmt.JOB) for r in found)
+            ):  # a seek gone astray
+                found = _found(f, pattern, job_id, fmt.SEGMENT_HEADER_SIZE)
+        finally:
+            f.close()
         for rec in found:
             yield seg.seq, rec
 
 
-def _read(path: str, seg: _Segment, fs: FileSystem) -> bytes:
-    seg_path = posixpath.join(path, fmt.segment_name(seg.seq))
+def _open(path: str, seq: int, first: int, fs: FileSystem) -> File:
+    """Segment `seq`, open; _Raced if a compaction removed or rewrote it since it was listed."""
+    seg_path = posixpath.join(path, fmt.segment_name(seq))
     try:
         f = fs.open(seg_path)
     except FileNotFoundError:
         raise _Raced from None
+    head = f.pread(fmt.SEGMENT_HEADER_SIZE, 0)
     try:
-        data = f.pread(fmt.SEGMENT_HEADER_SIZE, 0)
-        try:
-            header = fmt.SegmentHeader.decode(data, seg_path)
-        except CorruptionError:
-            header = fmt.SegmentHeader(seq=seg.seq, first=seg.seq)
-        if header.first != seg.first:
-            raise _Raced  # rewritten by a compaction since it was listed
-        return data + written(f, fmt.SEGMENT_HEADER_SIZE)
+        header = fmt.SegmentHeader.decode(head, seg_path)
+    except CorruptionError:
+        header = fmt.SegmentHeader(seq=seq, first=seq)
+    if header.first != first:
+        f.close()
+        raise _Raced
+    return f
+
+
+def _found(f: File, pattern: bytes, job_id: int, origin: int) -> list[framing.Record]:
+    """The records naming the job in segment `f` from record boundary `origin` on."""
+    data = written(f, origin)
+    return [
+        attrs.evolve(rec, offset=rec.offset + origin, end=rec.end + origin)
+        for rec in _find(data, pattern, job_id, 0, origin)
+    ]
+
+
+def _read(path: str, seg: _Segment, fs: FileSystem) -> bytes:
+    """A segment's bytes up to the end of its records."""
+    f = _open(path, seg.seq, seg.first, fs)
+    try:
+        return f.pread(fmt.SEGMENT_HEADER_SIZE, 0) + written(f, fmt.SEGMENT_HEADER_SIZE)
     finally:
         f.close()
 
@@ -306,17 +326,18 @@ def _walk(data: bytes, pos: int, hit: int, base: int) -> framing.Record | None:
     return None
 
 
-def _seek(data: bytes, job_id: int) -> int:
-    """An offset of `data` at or before the job's enqueue (or compacted job) record.
+def _seek(f: File, job_id: int) -> int:
+    """A record boundary of segment `f` at or before the job's enqueue (or compacted job) record.
 
     Their ids grow along a segment: a binary search over offsets, each probe
-    resynchronising to the next valid record and reading on to an enqueue or
-    job record's id. A probe that finds none (zeroed space) looks earlier.
+    reading a little of the file, resynchronising to the next valid record and
+    reading on to an enqueue or job record's id. A probe that finds none
+    (zeroed space) looks earlier.
     """
-    lo, hi = fmt.SEGMENT_HEADER_SIZE, len(data)
+    lo, hi = fmt.SEGMENT_HEADER_SIZE, f.size()
     while hi - lo > SEEK_SPAN:
         mid = (lo + hi) // 2
-        probe = _id_after(data, mid)
+        probe = _id_after(f, mid)
         if probe is not None and probe[1] < job_id:
             lo = probe[0]
         else:
@@ -324,9 +345,9 @@ def _seek(data: bytes, job_id: int) -> int:
     return lo
 
 
-def _id_after(data: bytes, at: int) -> tuple[int, int] | None:
+def _id_after(f: File, at: int) -> tuple[int, int] | None:
     """(offset, id) of the first enqueue or job record after offset `at`, looking a little way."""
-    window = data[at : at + SEEK_SPAN]
+    window = f.pread(SEEK_SPAN, at)
     rec: framing.Decoded | None = framing.resync(window, 0, origin=at)
     while isinstance(rec, framing.Record):
         if rec.rtype in (fmt.ENQUEUE, fmt.JOB) and len(rec.body) >= _ID.size:
@@ -592,21 +613,10 @@ def _after_checkpoint(
     pattern = _ID.pack(job_id)
     for seg in live[len(at.marks) - 1 :]:
         start = at.summary.offset if seg.seq == at.summary.seq else fmt.SEGMENT_HEADER_SIZE
-        seg_path = posixpath.join(path, fmt.segment_name(seg.seq))
+        f = _open(path, seg.seq, seg.first, fs)
         try:
-            f = fs.open(seg_path)
-        except FileNotFoundError:
-            raise _Raced from None
-        try:
-            head = f.pread(fmt.SEGMENT_HEADER_SIZE, 0)
-            try:
-                first = fmt.SegmentHeader.decode(head, seg_path).first
-            except CorruptionError:
-                first = seg.seq
-            if first != seg.first:
-                raise _Raced  # rewritten by a compaction since it was listed
-            data = written(f, start)
+            found = _found(f, pattern, job_id, start)
         finally:
             f.close()
-        for rec in _find(data, pattern, job_id, 0, start):
-            yield seg.seq, attrs.evolve(rec, offset=rec.offset + start, end=rec.end + start)
+        for rec in found:
+            yield seg.seq, rec
