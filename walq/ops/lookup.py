@@ -482,6 +482,8 @@ def _from_checkpoint(
     with the sizes it saw (a sealed one unchanged, the last at least as long),
     and only if the job's own record is where it says.
     """
+    if not 0 <= job_id < 1 << 64:  # no record can name it: the records-only path says so
+        return None
     cp_path = checkpoints.path_of(path)
     try:
         f = fs.open(cp_path)
