@@ -520,13 +520,15 @@ def changed(state: QueueState, jid: int) -> bool:
     return not isinstance(jobs, Tracked) or jid in jobs.old
 
 
-def still_running(state: QueueState, running: bytes) -> set[int]:
-    """Of the jobs running at a checkpoint's position (`Image.running`), those the records
-    replayed since `restore` left as they were: running still, under a live owner (before
-    `finish`)."""
+def running(state: QueueState, running: bytes) -> list[int]:
+    """The jobs running after the records replayed since `restore` (before `finish`): those
+    running at the checkpoint's position (`Image.running`) that the records left as they
+    were, and those the records claimed. (Only the jobs they changed are visited.)"""
     jobs = state._jobs
-    old = jobs.old if isinstance(jobs, Tracked) else jobs
-    return {jid for jid in running_ids(running) if jid not in old}
+    assert isinstance(jobs, Tracked)
+    old = jobs.old
+    claimed = [jid for jid in old if jobs.get(jid, 0) & M3 == RUNNING]
+    return [jid for jid in running_ids(running) if jid not in old] + claimed
 
 
 @attrs.define

@@ -179,11 +179,11 @@ def _replay_once(
     out.damage += [posixpath.basename(line) for line in missing(path, spans)]
     # finish_replay makes running jobs pending (what the next owner sees), so
     # note them first: under a live owner they are running.
-    running = state.ids_in(RUNNING)
     if restored is not None:
-        running += ckpt.still_running(state, running_then)
+        running = ckpt.running(state, running_then)
         ckpt.finish(state, restored, now)
     else:
+        running = state.ids_in(RUNNING)
         state.finish_replay(now)
     out.counts = dict(attrs.asdict(state.counts))
     out.tasks = {task: dict(attrs.asdict(n)) for task, n in state.task_counts().items()}
