@@ -159,6 +159,12 @@ def without_checkpoint(
             timed(lambda: list(ops_dump.dump(qdir, ops_dump.DumpFilter(job=job))), 1),
         )
         row("stats, full replay (before)", timed(lambda: ops_stats.read(qdir), 1))
+        for name, args in (
+            ("walq stats DIR (before)", ("stats", qdir)),
+            ("walq dead list DIR (before)", ("dead", "list", qdir)),
+        ):
+            took, rss = cli(*args)
+            row(name, took, rss)
         for name, jid in (("last", job), ("oldest pending", ids["middle"])):
             row(
                 f"status {name}, no checkpoint",
