@@ -250,16 +250,22 @@ class TestDistrust:
         assert "checkpoint ignored" in caplog.text
         q.close()
 
-    def test_stale_checkpoint_after_compaction_falls_back(self) -> None:
-        """A compaction replaced the segments it names: ignored until a new one is written."""
+    def test_a_compaction_deletes_the_checkpoint_it_makes_stale(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A compaction replaces the segments the checkpoint names: it deletes the file, so
+        an open before the next checkpoint replays the log without warning of a stale one."""
         fs = SimFileSystem()
         q = busy_queue(fs, 3)
+        assert fs.exists(checkpoints.path_of(QDIR))
         q.compact(seal=True)
+        assert not fs.exists(checkpoints.path_of(QDIR))
         q.close()
         want = full_replay(fs)
         q2, got = reopened(fs)
         assert q2.checkpoint_opened is None
         assert got == want
+        assert "checkpoint ignored" not in caplog.text
         q2.close()
 
     def test_an_older_checkpoint_put_back_is_used_or_refused_never_wrong(self) -> None:

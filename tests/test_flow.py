@@ -18,7 +18,7 @@ import walq
 from tests import worker_tasks
 from tests.test_worker import run_until_done
 from walq import Worker
-from walq.ops import live
+from walq.ops import live, lookup
 
 
 @pytest.fixture
@@ -171,6 +171,7 @@ def test_a_dependents_cause_survives_compaction(tmp_path: Path) -> None:
             q.result(dep)
         assert q.job_detail(dep)["cause"] == cause
     assert live.job_status(path, dep)["cause"] == cause  # no owner: read from the files
+    assert lookup.job_state(path, dep)["cause"] == cause  # its records, without a replay
     with walq.connect(path) as producer, pytest.raises(walq.JobCancelled, match=cause):
         producer.result(dep)
     out = subprocess.run([sys.executable, "-m", "walq", "status", path, str(dep)],

@@ -306,7 +306,10 @@ class Checkpointer:
         return time.monotonic() - self._last_at >= wait
 
     def outdated(self) -> None:
-        """The checkpoint on disk names segments a compaction replaced: write one when allowed."""
+        """A compaction is about to replace segments the checkpoint on disk names: delete it
+        (every open would ignore it, with a warning, until the next one), write one when
+        allowed."""
+        remove(self.fs, self.directory)
         self._last_bytes = -self.policy.min_bytes
         self._marks.clear()
 
