@@ -478,22 +478,8 @@ class Worker:
         outcomes: list[Outcome] = []
         try:
             while slot.has_message():
-                msg = slot.conn.recv()
-                if msg[0] in ("ready", "start-failed"):
-                    self._start_report(slot, msg)
-                    continue
-                if msg[0] == "held":
-                    self._take_back(slot, msg[1])
-                    continue
-                if msg[0] == "batch":  # an event loop's jobs: started, ended
-                    now = time.monotonic()
-                    for jid in msg[1]:
-                        if jid in slot.jobs:
-                            slot.started[jid] = now
-                    results = msg[2]
-                else:
-                    results = [msg]
-                self._results(slot, results, outcomes)
+                for msg in slot.messages():
+                    self._message(slot, msg, outcomes)
         except (EOFError, OSError):
             pass  # the worker died: _reap handles it
         if (
@@ -506,6 +492,24 @@ class Worker:
             with contextlib.suppress(BrokenPipeError, OSError):
                 slot.conn.send(None)  # exits after the jobs it holds
         return outcomes
+
+    def _message(self, slot: Slot, msg: Any, outcomes: list[Outcome]) -> None:
+        """Apply one message from a worker; the attempts it ended go to `outcomes`."""
+        if msg[0] in ("ready", "start-failed"):
+            self._start_report(slot, msg)
+            return
+        if msg[0] == "held":
+            self._take_back(slot, msg[1])
+            return
+        if msg[0] == "batch":  # an event loop's jobs: started, ended
+            now = time.monotonic()
+            for jid in msg[1]:
+                if jid in slot.jobs:
+                    slot.started[jid] = now
+            results = msg[2]
+        else:
+            results = [msg]
+        self._results(slot, results, outcomes)
 
     def _results(self, slot: Slot, results: list[Any], outcomes: list[Outcome]) -> None:
         """The outcomes of a worker's ended jobs (a cancelled one has none to record)."""
