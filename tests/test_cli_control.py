@@ -145,3 +145,9 @@ def test_the_same_commands_without_an_owner(qdir: str) -> None:
         assert q.status(a) == "cancelled" and q.paused() == []
     r = run("status", qdir, "999")
     assert r.returncode == 2 and r.stderr.strip() == "walq: job 999 does not exist"
+    huge = str(1 << 70)  # no record can name it: the offline lookup must not choke on it
+    for argv in (("status", qdir, huge), ("status", qdir, "--", "-5")):
+        r = run(*argv)
+        assert r.returncode == 2 and r.stderr.strip() == f"walq: job {argv[-1]} does not exist"
+    r = run("dump", qdir, "--job", huge)
+    assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -242,17 +242,7 @@ def test_a_compaction_whose_directory_fsync_failed_does_not_reuse_its_generation
         assert job is not None
         q.ack(job.id)
     assert q.compact().segments_in == 1
-    q.write_checkpoint()
-    q.close()
-    q = open_sim(fs)
-    assert q.checkpoint_opened is not None
-    got = []
-    while (job := q.claim()) is not None:
-        got.append((job.id, job.payload["i"]))
-        q.ack(job.id)
-    assert got == [(jid, i) for i, jid in enumerate(ids)][6:]
-    assert q.dead_jobs() == []
-    q.close()
+    _reopen_from_a_checkpoint_delivers(fs, q, [(jid, i) for i, jid in enumerate(ids)][6:])
 
 
 def test_a_compaction_takes_a_generation_above_every_one_the_queue_holds() -> None:
@@ -268,6 +258,14 @@ def test_a_compaction_takes_a_generation_above_every_one_the_queue_holds() -> No
         assert job is not None
         q.ack(job.id)
     assert q.compact().segments_in == 1
+    _reopen_from_a_checkpoint_delivers(fs, q, [(jid, i) for i, jid in enumerate(ids)][6:])
+
+
+def _reopen_from_a_checkpoint_delivers(
+    fs: SimFileSystem, q: walq.Queue, expected: list[tuple[int, int]]
+) -> None:
+    """Checkpoint and reopen `q`: it opens from the checkpoint and delivers exactly the
+    jobs `expected` lists, as (id, its payload's "i"), in that order, and nothing dead."""
     q.write_checkpoint()
     q.close()
     q = open_sim(fs)
@@ -276,7 +274,7 @@ def test_a_compaction_takes_a_generation_above_every_one_the_queue_holds() -> No
     while (job := q.claim()) is not None:
         got.append((job.id, job.payload["i"]))
         q.ack(job.id)
-    assert got == [(jid, i) for i, jid in enumerate(ids)][6:]
+    assert got == expected
     assert q.dead_jobs() == []
     q.close()
 

@@ -5,6 +5,8 @@ killed (SIGKILL) and Sentinel promotes the replica. With min_replicas=1, every
 enqueue that returned an id is run and done, no job that was acked runs again,
 and both owners carry on after the failover without a restart. The killed
 server is started again from its own config file (Sentinel makes it a replica).
+A second test makes the loss that min_replicas prevents certain (the replica cut off
+before the primary dies) and shows it with and without the option.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.test_contract import REDIS_REQUIRED, REDIS_SKIPS, need_redis, redis_url
-from walq.errors import BackendError
+from tests import sentinel
+from tests.test_contract import REDIS_REQUIRED, REDIS_SKIPS
+from walq.errors import BackendError, DurabilityWarning
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP = REDIS_SKIPS["redis-sentinel"] is not None and not REDIS_REQUIRED
@@ -38,7 +40,7 @@ pytestmark = [
 # JSON line: ["run", id, attempt, payload, pid], ["ack", id, attempt, pid, t].
 OWNER = """
 import json, os, sys, time
-from walq.errors import BackendError, StateError
+from walq.errors import BackendError, DurabilityWarning, StateError
 from walq.redisq.queue import RedisQueue
 
 url, log, stop = sys.argv[1:4]
@@ -64,60 +66,14 @@ q.close()
 """
 
 
-def _sentinel() -> Any:
-    from redis.sentinel import Sentinel
-
-    from walq.redisq.url import parse_url
-
-    url = redis_url("redis-sentinel")
-    assert url is not None
-    target = parse_url(url)
-    return Sentinel(list(target.nodes), socket_timeout=2.0), target.service
-
-
-def _primary(sentinel: Any, service: str) -> tuple[str, int]:
-    host, port = sentinel.discover_master(service)
-    return str(host), int(port)
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception:  # the servers are moving: ask again
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
 @pytest.fixture
 def url() -> Iterator[str]:
-    need_redis("redis-sentinel")
-    base = redis_url("redis-sentinel")
-    assert base is not None
-    prefix = f"walqtest-{uuid.uuid4().hex[:12]}"
-    yield f"{base}{'&' if '?' in base else '?'}prefix={prefix}"
-    from walq.redisq.connection import connect
-    from walq.redisq.url import parse_url
-
-    client = connect(parse_url(base), 10.0)
-    names = list(client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
-    if names:
-        client.delete(*names)
-    client.close()
+    with sentinel.fresh_queue_url() as u:
+        yield u
 
 
 def _replicas_up(host: str, port: int) -> bool:
-    import redis
-
-    c = redis.Redis(host=host, port=port, socket_timeout=2.0)
-    try:
-        info = c.info("replication")
-        return info.get("role") == "master" and int(info.get("connected_slaves", 0)) >= 1
-    finally:
-        c.close()
+    return len(sentinel.replicas(host, port)) >= 1
 
 
 def _lines(paths: list[Path]) -> list[list[Any]]:
@@ -133,17 +89,14 @@ def _lines(paths: list[Path]) -> list[list[Any]]:
 def test_a_failover_under_load_loses_no_acknowledged_job_and_reruns_no_acked_one(
     url: str, tmp_path: Path
 ) -> None:
-    import redis
 
     from walq.redisq.queue import RedisQueue
 
-    sentinel, service = _sentinel()
-    host, port = _primary(sentinel, service)
-    _wait(lambda: _replicas_up(host, port), 60.0, "the primary has a replica in sync")
-    direct = redis.Redis(host=host, port=port, socket_timeout=2.0)
-    server = direct.info("server")
-    direct.close()
-    pid, config = int(server["process_id"]), str(server["config_file"])
+    sentinels, service = sentinel.sentinels()
+    host, port = sentinel.primary(sentinels, service)
+    sentinel.wait(lambda: _replicas_up(host, port), 60.0, "the primary has a replica in sync")
+    old = sentinel.server(host, port)
+    pid, config = old.pid, old.config
     assert config, "the primary runs from a config file (.ci/redis.sh)"
 
     stop = tmp_path / "stop"
@@ -176,17 +129,19 @@ def test_a_failover_under_load_loses_no_acknowledged_job_and_reruns_no_acked_one
 
         producer = threading.Thread(target=produce, daemon=True)
         producer.start()
-        _wait(lambda: len(_acks(logs)) >= 20, 60.0, "owners ack jobs before the failover")
+        sentinel.wait(lambda: len(_acks(logs)) >= 20, 60.0, "owners ack jobs before the failover")
         os.kill(pid, signal.SIGKILL)
         killed_at = time.time()
-        _wait(lambda: _primary(sentinel, service) != (host, port), 60.0, "Sentinel promotes")
-        new_host, new_port = _primary(sentinel, service)
+        sentinel.wait(
+            lambda: sentinel.primary(sentinels, service) != (host, port), 60.0, "Sentinel promotes"
+        )
+        new_host, new_port = sentinel.primary(sentinels, service)
         subprocess.run(["redis-server", config], check=True, capture_output=True)
         restarted = True
-        _wait(lambda: _replicas_up(new_host, new_port), 60.0, "the old primary rejoins")
+        sentinel.wait(lambda: _replicas_up(new_host, new_port), 60.0, "the old primary rejoins")
         # Both owners carry on: each acks a job enqueued after the failover.
         n_before = len(enqueued)
-        _wait(
+        sentinel.wait(
             lambda: (
                 {
                     a[3]
@@ -202,7 +157,7 @@ def test_a_failover_under_load_loses_no_acknowledged_job_and_reruns_no_acked_one
         producer.join(timeout=60.0)
         ids = {jid for jid, _ in enqueued}
         # An ack whose reply was lost may have been made: done is the server's word.
-        _wait(lambda: q.stats()["unfinished"] == 0, 90.0, "every job is finished")
+        sentinel.wait(lambda: q.stats()["unfinished"] == 0, 90.0, "every job is finished")
         statuses = {jid: q.status(jid) for jid in ids}
     finally:
         done_producing.set()
@@ -238,6 +193,66 @@ def test_a_failover_under_load_loses_no_acknowledged_job_and_reruns_no_acked_one
         if e[1] in acked_attempt:
             assert e[2] <= acked_attempt[e[1]], f"job {e[1]} ran again after its ack: {e}"
     assert len(enqueued) > 20 and len(acked_attempt) > 20
+
+
+def test_a_failover_loses_an_enqueue_no_replica_saw_unless_min_replicas_refused_to_ack_it(
+    url: str,
+) -> None:
+    """The loss that min_replicas prevents, made certain: the replica is stopped and cut
+    off, one queue enqueues without min_replicas and one with it, the primary is killed
+    and the replica promoted. The enqueue acknowledged without WAIT is gone; the one with
+    min_replicas=1 was never acknowledged (its WAIT failed, and the caller was told)."""
+    from walq.errors import UnknownJobError
+    from walq.redisq.queue import RedisQueue
+
+    sentinels, service = sentinel.sentinels()
+    host, port = sentinel.primary(sentinels, service)
+    sentinel.wait(lambda: _replicas_up(host, port), 60.0, "the primary has a replica in sync")
+    old = sentinel.server(host, port)
+    replica = sentinel.server(*sentinel.replicas(host, port)[0])
+    assert old.config, "the primary runs from a config file (.ci/redis.sh)"
+    with pytest.warns(DurabilityWarning, match="behind Sentinel without min_replicas"):
+        plain = RedisQueue.open(url)
+    waiting = RedisQueue.open(url, min_replicas=1, replica_timeout=1.0)
+    kept = plain.enqueue("t", "seen by the replica")
+    sentinel.wait(lambda: waiting.stats()["pending"] == 1, 10.0, "the first job is there")
+    restarted = False
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        import redis
+
+        direct = redis.Redis(host=host, port=port, socket_timeout=2.0)
+        direct.client_kill_filter(_type="replica")
+        direct.close()
+        sentinel.wait(lambda: not sentinel.replicas(host, port), 30.0, "the replica is cut off")
+        lost = plain.enqueue("t", "acknowledged without WAIT")
+        with pytest.raises(BackendError, match=r"0 of 1 replicas confirmed it"):
+            waiting.enqueue("t", "refused: no replica confirmed it")
+        os.kill(old.pid, signal.SIGKILL)
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    try:
+        sentinel.wait(
+            lambda: sentinel.primary(sentinels, service) == (replica.host, replica.port),
+            90.0,
+            "Sentinel promotes the replica",
+        )
+        subprocess.run(["redis-server", old.config], check=True, capture_output=True)
+        restarted = True
+        sentinel.wait(lambda: _replicas_up(replica.host, replica.port), 60.0, "old primary rejoins")
+        after = RedisQueue.open(url, min_replicas=1)
+        try:
+            assert after.status(kept) == "pending"
+            with pytest.raises(UnknownJobError):
+                after.status(lost)
+            assert after.stats()["pending"] == 1
+        finally:
+            after.close()
+    finally:
+        plain.close()
+        waiting.close()
+        if not restarted:
+            subprocess.run(["redis-server", old.config], check=False, capture_output=True)
 
 
 def _acks(logs: list[Path]) -> list[list[Any]]:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 import walq
+from tests import sentinel
 from tests.test_contract import (
     REDIS_REQUIRED,
     REDIS_SKIP,
@@ -46,11 +47,23 @@ def test_a_sentinel_url_names_its_service() -> None:
         ("redis+cluster://:pw@h1:7000,h2:x/", r"\*\*\*@h1:7000,h2:x"),
         ("redis+cluster://h1:7000/3", "only database 0"),
         ("redis://h1:6379/0?prefix={q}", "braces"),
+        ("redis://[bad", r"^redis://\[bad: Invalid IPv6 URL$"),
+        ("redis://h1:99999/0", "^redis://h1:99999/0: Port out of range"),
+        ("redis://:secret@h1:x/0", r"^redis://\*\*\*@h1:x/0: Port could not be cast"),
     ],
 )
 def test_a_bad_deployment_url_is_one_clear_error(url: str, match: str) -> None:
     with pytest.raises(walq.ArgumentError, match=match):
         parse_url(url)
+
+
+def test_an_unreachable_cluster_is_a_backend_error_naming_it() -> None:
+    """redis-py asks a cluster's nodes for the slot map while it builds its client;
+    none answering is walq's BackendError, not redis-py's own exception."""
+    from walq.redisq.queue import RedisQueue
+
+    with pytest.raises(walq.BackendError, match=r"^redis\+cluster://127\.0\.0\.1:1/.*cannot be"):
+        RedisQueue.open("redis+cluster://127.0.0.1:1/?prefix=x")
 
 
 def test_a_queue_s_keys_share_one_hash_tag() -> None:
@@ -150,18 +163,8 @@ def sentinel_url() -> Iterator[str]:
     """A fresh queue on the Sentinel deployment's primary; its keys deleted after."""
     if REDIS_SKIPS["redis-sentinel"] is not None and not REDIS_REQUIRED:
         pytest.skip(REDIS_SKIPS["redis-sentinel"] or "")
-    need_redis("redis-sentinel")
-    base = redis_url("redis-sentinel")
-    assert base is not None
-    name = f"walqtest-{uuid.uuid4().hex[:12]}"
-    yield f"{base}{'&' if '?' in base else '?'}prefix={name}"
-    from walq.redisq.connection import connect
-
-    client = connect(parse_url(base), 10.0)
-    names = list(client.scan_iter(match=f"{{{name}}}:*", count=1000))
-    if names:
-        client.delete(*names)
-    client.close()
+    with sentinel.fresh_queue_url() as url:
+        yield url
 
 
 @pytest.mark.redis

@@ -4,28 +4,11 @@ rate limit (plus its burst), not 3 times it; with each host's own gates it is ab
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import attrs
 import pytest
 
 from tests.test_contract import REDIS_SKIP, SKIP_REDIS, need_redis, redis_url
-
-
-def _load_storm() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "storm.py"
-    spec = importlib.util.spec_from_file_location("walq_bench_storm_live", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-storm = _load_storm()
+from tests.test_storm import storm  # benchmarks/storm.py, loaded once
 
 
 @pytest.mark.redis

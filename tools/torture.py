@@ -774,10 +774,12 @@ def main(argv: list[str] | None = None) -> int:
         summary["examples"] = audit.examples
         print(json.dumps(summary, sort_keys=True))
     else:
-        for name in ("cycles", "jobs", "lost", "phantoms", "duplicates", "redelivered-after-ack"):
+        for name in ("cycles", "jobs", "lost", "phantoms", "duplicates", "redelivered-after-ack",
+                     "outbox-jobs", "dependents", "ticks"):  # fmt: skip
             print(f"{name}: {summary[name]}")
         for name in ("attempt-reused", "damaged", "unfinished", "dead", "owner-failures",
-                     "killed-in-drain", "timeouts"):  # fmt: skip
+                     "killed-in-drain", "timeouts", "outbox-duplicated", "outbox-early",
+                     "dependent-early", "tick-twice", "tick-lost"):  # fmt: skip
             if summary[name]:
                 print(f"{name}: {summary[name]}")
         print(f"violations: {audit.violations} (seed {seed})")

@@ -250,6 +250,18 @@ def state_code(state: object) -> int:
     )
 
 
+MAX_PAGE = 100_000  # jobs in one page of a listing
+
+
+def check_listing(state: object, limit: object, after: object) -> int | None:
+    """Check a listing's arguments (QueueBackend.jobs); the state's code, None for any state."""
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+        raise ArgumentError(f"limit must be a whole number in 1..{MAX_PAGE}, not {excerpt(limit)}")
+    if type(after) is not int or after < 0:
+        raise ArgumentError(f"after must be a job id (a whole number >= 0), not {excerpt(after)}")
+    return None if state is None else state_code(state)
+
+
 def check_key(key: object) -> str | None:
     """A valid idempotency key (or None), or ArgumentError."""
     if key is None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from walq.core import events as ev
 from walq.core.job import DeadJob
-from walq.core.jobspec import check_seconds, check_task, state_code
+from walq.core.jobspec import check_listing, check_seconds, check_task
 from walq.core.state import DEAD, STATE_NAMES
 from walq.directory import checkpoint as checkpoints
 from walq.directory.base import QueueBase, chunks
@@ -217,7 +217,7 @@ class Administration(QueueBase):
         limit: int = 100,
         after: int = 0,
     ) -> list[dict[str, Any]]:
-        code = None if state is None else state_code(state)
+        code = check_listing(state, limit, after)
         with self._mu:
             self._check_not_closed()
             self._tick(self._clock())

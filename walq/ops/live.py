@@ -12,7 +12,7 @@ from typing import Any
 
 from walq import backends
 from walq.core import events as ev
-from walq.core.jobspec import state_code
+from walq.core.jobspec import check_listing
 from walq.core.state import STATE_NAMES
 from walq.directory.fs import FileSystem
 from walq.errors import NoOwnerError, ProtocolError
@@ -109,8 +109,7 @@ def list_jobs(
     fs: FileSystem | None = None,
 ) -> list[dict[str, Any]]:
     """A page of live jobs (QueueBackend.jobs): the owner's, a server's, or read from the files."""
-    if state is not None:
-        state_code(state)  # ArgumentError before any work
+    check_listing(state, limit, after)  # ArgumentError before any work
     if backends.is_url(path):
         return Admin(path).jobs(state, task, limit=limit, after=after)
     asked, answer = ask_owner(path, "jobs", state=state, task=task, limit=limit, after=after)

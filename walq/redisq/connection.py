@@ -47,13 +47,16 @@ def connect(target: Target, socket_timeout: float) -> Any:
     if target.kind == CLUSTER:
         from redis.cluster import ClusterNode  # noqa: PLC0415 - optional extra
 
-        return lib.RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],  # type: ignore[no-untyped-call]
-            username=target.username,
-            password=target.password,
-            retry=Retry(NoBackoff(), 0),  # a write is never resent: its outcome may be unknown
-            **common,
-        )
+        try:  # it asks the nodes for the slot map at once: unreachable is an error here
+            return lib.RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],  # type: ignore[no-untyped-call]
+                username=target.username,
+                password=target.password,
+                retry=Retry(NoBackoff(), 0),  # a write is never resent: its outcome may be unknown
+                **common,
+            )
+        except (lib.RedisError, lib.exceptions.RedisClusterException) as exc:
+            raise BackendError(f"{target.shown}: {exc}") from None
     if target.kind == SENTINEL:
         from redis.sentinel import Sentinel  # noqa: PLC0415 - optional extra
 
@@ -131,6 +134,10 @@ def write(
             ) from None
         except redis.RedisError as exc:
             raise BackendError(f"{path}: {exc}") from None
+        except redis.exceptions.RedisClusterException as exc:  # not a RedisError
+            raise BackendError(
+                f"{path}: {exc} (whether the last write took effect is unknown)"
+            ) from None
 
 
 def read(
@@ -147,7 +154,7 @@ def read(
             if pause is None:
                 raise BackendError(f"{path}: {exc}") from None
             time.sleep(pause)
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
             raise BackendError(f"{path}: {exc}") from None
 
 

@@ -35,11 +35,11 @@ from walq.core.jobspec import (
     MAX_ATTEMPTS,
     JobSpec,
     Output,
+    check_listing,
     check_seconds,
     check_task,
     decode_result,
     encode_payload,
-    state_code,
 )
 from walq.core.retry import Backoff
 from walq.core.schedule import Schedule, due, tick_key
@@ -713,8 +713,7 @@ class RedisQueue(QueueBackend):
         after: int = 0,
     ) -> list[dict[str, Any]]:
         """Read from the sets of the states asked for, in one script (an operator's listing)."""
-        if state is not None:
-            state_code(state)
+        check_listing(state, limit, after)
         rows = self._run(
             "jobs", state or "", "" if task is None else check_task(task), int(after), int(limit),
             write=False,

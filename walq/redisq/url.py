@@ -142,11 +142,14 @@ def parse_url(url: str) -> Target:
             password=unquote(password) or None,
             options=dict(rest),
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError as exc:  # a bad IPv6 literal, a port that is not a port
+        raise ArgumentError(f"{_safe(url)}: {exc}") from None
     client_url = urlunsplit(parts._replace(query=urlencode(rest)))
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += f":{parts.port}"
+    if port is not None:
+        host += f":{port}"
     shown = urlunsplit(parts._replace(netloc=host, query=urlencode([("prefix", prefix)])))
     return Target(
         kind="redis",
