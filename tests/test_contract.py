@@ -1096,5 +1096,5 @@ class TestOperating:
         with pytest.raises(walq.ArgumentError, match="state must be one of"):
             q.jobs(state="done")
         for bad in ({"limit": 0}, {"limit": -5}, {"limit": 2.5}, {"after": -1}, {"after": "1"}):
-            with pytest.raises(walq.ArgumentError, match="^(limit|after) must be"):
+            with pytest.raises(walq.ArgumentError, match=r"^(limit|after) must be"):
                 q.jobs(**bad)
