@@ -310,7 +310,9 @@ class TaskPolicy:
             return False
         was = self.breaker.state(now)
         self.breaker.record_success(now)
-        return was != CLOSED and self.breaker.state(now) == CLOSED
+        if was == CLOSED:  # the usual case, once per job: nothing to wake
+            return False
+        return self.breaker.state(now) == CLOSED
 
     def on_failure(
         self,

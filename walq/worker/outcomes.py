@@ -65,8 +65,8 @@ class Recorder:
         """Ack and fail finished attempts; results for lost leases are dropped."""
         now = time.monotonic()
         oks = []
+        self.heartbeat.drop_many([out.job.id for out in outcomes])
         for out in outcomes:
-            self.heartbeat.drop(out.job.id)
             self.runtime[out.task.name].running -= 1
             if out.ok:
                 oks.append(out)
