@@ -5,12 +5,15 @@
     python benchmarks/operate.py --jobs 200000 --json out.json
 
 Builds a queue of N jobs (half of them done, a few dead, the rest pending, in
-several segments, one compaction), then times each command as an operator
-runs it (`python -m walq ...`, a new process each time: its start-up counted)
-and the same lookups in-process (walq.ops, walq.Admin), first with no owner
-running and then beside a real owner (`python -m walq worker`), whose socket
-answers them. Each figure is the median of `--repeat` runs; the table also
-shows the peak RSS of the command processes.
+several segments, one compaction, a checkpoint before the dead jobs), then
+times each command as an operator runs it (`python -m walq ...`, a new process
+each time: its start-up counted) and the same lookups in-process (walq.ops,
+walq.Admin), first with no owner running and then beside a real owner
+(`python -m walq worker`), whose socket answers them. With no owner, the rows
+marked "before" and "no checkpoint" are read with the checkpoint set aside (a
+replay of the whole log; a lookup's fallback to the job's own records). Each
+figure is the median of `--repeat` runs; the table also shows the peak RSS of
+the command processes.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def build(qdir: str, n: int) -> dict[str, int]:
             q.ack_many([j.id for j in jobs], attempts=[j.attempt for j in jobs], sync=False)
             done += len(jobs)
         q.compact(seal=True)  # the done half is compacted away
+        q.write_checkpoint()  # as a running owner writes them (the dead jobs come after it)
         for i in range(10):
             jid = q.enqueue("fails", {"i": i}, max_attempts=1)
             job = q.claim(tasks=["fails"])
@@ -116,15 +120,15 @@ def measure(qdir: str, ids: dict[str, int], repeat: int, where: str) -> list[dic
         print(f"  {where:<12} {name:<34} {seconds * 1000:10.1f} ms{extra}", file=sys.stderr)
 
     job = ids["last"]
-    if where == "no owner":  # before: what these lookups cost as a replay of the log
-        row("status, full replay (before)", timed(lambda: live.replayed_job_status(qdir, job), 1))
-        row(
-            "dump --job, full read (before)",
-            timed(lambda: list(ops_dump.dump(qdir, ops_dump.DumpFilter(job=job))), 1),
-        )
+    if where == "no owner":
+        without_checkpoint(qdir, job, ids, row, repeat)
     row("status (in-process)", timed(lambda: live.job_status(qdir, job), repeat))
     row(
         "status, first job (in-process)", timed(lambda: live.job_status(qdir, ids["first"]), repeat)
+    )
+    row(
+        "status, oldest pending (in-process)",
+        timed(lambda: live.job_status(qdir, ids["middle"]), repeat),
     )
     row("dump --job (in-process)", timed(lambda: list(ops_dump.dump_job(qdir, job)), repeat))
     for name, args in (
@@ -137,6 +141,38 @@ def measure(qdir: str, ids: dict[str, int], repeat: int, where: str) -> list[dic
         row(name, statistics.median(r[0] for r in runs), max(r[1] for r in runs))
     row("stats (in-process)", timed(lambda: ops_stats.read(qdir), max(1, repeat // 2)))
     return rows
+
+
+def without_checkpoint(
+    qdir: str, job: int, ids: dict[str, int], row: Callable[..., None], repeat: int
+) -> None:
+    """The rows read with the checkpoint set aside: before (a replay of the whole log)
+    and the lookups' fallback (the job's own records, read up to their end)."""
+    cp = Path(qdir) / "checkpoint"
+    aside = Path(qdir) / "checkpoint.bench-aside"
+    if cp.exists():
+        cp.rename(aside)
+    try:
+        row("status, full replay (before)", timed(lambda: live.replayed_job_status(qdir, job), 1))
+        row(
+            "dump --job, full read (before)",
+            timed(lambda: list(ops_dump.dump(qdir, ops_dump.DumpFilter(job=job))), 1),
+        )
+        row("stats, full replay (before)", timed(lambda: ops_stats.read(qdir), 1))
+        for name, args in (
+            ("walq stats DIR (before)", ("stats", qdir)),
+            ("walq dead list DIR (before)", ("dead", "list", qdir)),
+        ):
+            took, rss = cli(*args)
+            row(name, took, rss)
+        for name, jid in (("last", job), ("oldest pending", ids["middle"])):
+            row(
+                f"status {name}, no checkpoint",
+                timed(lambda jid=jid: live.job_status(qdir, jid), repeat),
+            )
+    finally:
+        if aside.exists():
+            aside.rename(cp)
 
 
 def start_owner(qdir: str) -> subprocess.Popen[str]:

@@ -1,16 +1,18 @@
 """What an open `walq ui` page costs the owner: enqueue throughput beside it and without it.
 
-    python benchmarks/ui_cost.py [--rounds N] [--duration S] [--pages N] [--json FILE]
+    python benchmarks/ui_cost.py [--rounds N] [--duration S] [--pages N] [--view V] [--json FILE]
 
 One queue directory, one owner (`walq worker`, 2 processes, running every job
 it is given), producers enqueueing through the owner's socket as fast as
 they can (4 processes, each `walq.connect(...).enqueue` of a small payload,
 durable). Each round measures both, without a dashboard and with `walq ui`
-running and N chromium pages open on its overview, refreshing every second
-(the page's own polling), in alternating order. The queue holds 20,000
-scheduled jobs, so each dashboard read replays a log of some size. The
-figure is the median of each kind's rounds, in the same run, and their
-ratio. Needs walq[ui], Playwright and /usr/bin/chromium.
+running and N chromium pages open on one view (`--view`: the overview, or
+the scheduled list, which also reads a page of jobs and each one's detail
+every 3 s), refreshing every second (the page's own polling), in alternating
+order. The queue holds 20,000 scheduled jobs; beside its owner the dashboard
+asks the owner (its control channel) and replays nothing. The figure is the
+median of each kind's rounds, in the same run, and their ratio. Needs
+walq[ui], Playwright and /usr/bin/chromium.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--pages", type=int, default=1)
+    parser.add_argument("--view", choices=("overview", "scheduled"), default="overview")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -82,6 +85,7 @@ def main() -> None:
     worker = start_worker(path)
     rates: dict[str, list[float]] = {"without": [], "with": []}
     reads: list[float] = []
+    read_from = ""
     try:
         time.sleep(2.0)
         with sync_playwright() as p:
@@ -97,8 +101,13 @@ def main() -> None:
                         for page in pages:
                             page.goto(ui.url)
                             page.locator(".card [data-count=pending]").wait_for()
+                            if args.view != "overview":
+                                page.goto(f"{ui.base}/#{args.view}")
+                                page.locator("#list tr[data-job]").first.wait_for()
                         rates[kind].append(enqueue_rate(path, args.duration))
-                        reads.append(float(ui.get("/api/snapshot")[1]["read_seconds"]))
+                        snap = ui.get("/api/snapshot")[1]
+                        reads.append(float(snap["read_seconds"]))
+                        read_from = str(snap.get("read_from"))
                         for page in pages:
                             page.close()
                 print(
@@ -114,6 +123,8 @@ def main() -> None:
     result = {
         "producers": PRODUCERS,
         "pages": args.pages,
+        "view": args.view,
+        "read_from": read_from,
         "rounds": args.rounds,
         "duration": args.duration,
         "enqueue_per_s_without_ui": round(without),
@@ -125,7 +136,8 @@ def main() -> None:
     print(
         f"enqueue through the owner, {PRODUCERS} producers, median of {args.rounds} rounds: "
         f"{without:,.0f}/s without a dashboard, {beside:,.0f}/s with {args.pages} page(s) "
-        f"open ({beside / without:.0%}); a dashboard read took {result['dashboard_read_seconds']} s"
+        f"open on the {args.view} ({beside / without:.0%}); a dashboard read took "
+        f"{result['dashboard_read_seconds']} s, from the {read_from}"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

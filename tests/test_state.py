@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from walq.core import events as ev
-from walq.core.jobspec import MAX_ATTEMPTS, JobSpec
+from walq.core.jobspec import MAX_ATTEMPTS, JobSpec, state_code
 from walq.core.state import PENDING, JobInfo, Loc, Now, QueueState
 from walq.core.transitions import TRANSITIONS
 from walq.errors import ArgumentError, LeaseLost, StateError, UnknownJobError
@@ -433,6 +433,16 @@ class StateMachine(RuleBasedStateMachine):
         assert self.s.live_bytes == SIZE * len(live)
         assert self.s.has_ready() == (counts.pending > 0)
         assert all(m[0] != "pending" or self.s.info(j).state == PENDING for j, m in live.items())
+
+    @invariant()
+    def lists_agree(self) -> None:
+        """jobs_after (a listing's page) finds every job in a state, however it stops early."""
+        live = sorted(self.model)
+        for name in ("pending", "scheduled", "running", "dead", None):
+            code = None if name is None else state_code(name)
+            for after in (0, live[len(live) // 2] if live else 0):
+                want = [j for j in live if j > after and name in (None, self.model[j][0])]
+                assert [i.id for i in self.s.jobs_after(after, code)] == want
 
 
 TestStateMachine = StateMachine.TestCase

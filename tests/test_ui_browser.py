@@ -169,10 +169,14 @@ def test_a_live_queue_in_the_browser(page: Any, qdir: str) -> None:
         wait_for(lambda: cards(page) == stats_counts(qdir))  # no owner: nothing moves
         before = cards(page)
         assert before["pending"] == 260
+        assert page.locator("#live").get_attribute("data-from") == "files"
+        # The log keeps no time for an ack: the charts say they count from the dashboard's start.
+        assert "since the dashboard started" in page.locator("#chart-since").inner_text()
 
         worker = start_worker(qdir)
         try:
-            # The numbers move while the jobs run.
+            # The numbers move while the jobs run, read from the owner (nothing replayed).
+            page.locator("#live[data-from=owner]").wait_for()
             wait_for(lambda: 0 < card(page, "pending") < before["pending"])
             wait_for(lambda: card(page, "done") > 0)
             page.locator("[data-chart=completed] polyline").wait_for(state="attached")
@@ -199,6 +203,9 @@ def test_a_live_queue_in_the_browser(page: Any, qdir: str) -> None:
             dead_row.click()
             page.locator("#job-error").filter(has_text="Traceback").wait_for()
             assert "the source table is missing" in page.locator("#job-error").inner_text()
+            # Beside an owner its answer has no payload: the enqueue record gives it.
+            payload = page.locator("#job-fields [data-field=payload]")
+            payload.filter(has_text='"fail":true').wait_for()
             history = page.locator("#job-history")
             history.filter(has_text="fail").wait_for()
             kinds = [c.strip() for c in history.locator("tr td:nth-child(2)").all_inner_texts()]
@@ -212,6 +219,21 @@ def test_a_live_queue_in_the_browser(page: Any, qdir: str) -> None:
                 ("claim", "2"),
                 ("fail", "2"),
             ]
+            # The same records as attempts: each one's outcome, the last one's error.
+            steps = page.locator("#job-attempts tr[data-step]")
+            kinds_outcomes = steps.evaluate_all(
+                "rows => rows.map(r => [r.dataset.step, r.dataset.outcome || ''])"
+            )
+            assert [k for k in kinds_outcomes if k[1] != "released"] == [
+                ["created", ""],
+                ["attempt", "failed"],
+                ["attempt", "dead"],
+            ]
+            last = page.locator("#job-attempts tr[data-outcome=dead]").inner_text()
+            assert "LookupError: report 0: the source table is missing" in last
+            # The log records no worker or time: the worker's report gives them, or it is said.
+            worker_cell = page.locator("#job-attempts tr[data-outcome=dead] td:nth-child(3)")
+            assert re.fullmatch(r"worker \d+, process \d+|not recorded", worker_cell.inner_text())
 
             # The running owner requeues it at once, through its control channel.
             x = ids["failing"][0]
@@ -325,6 +347,31 @@ def test_no_token_no_page(browser: Any, qdir: str) -> None:
             context.close()
 
 
+def test_a_long_list_pages_forward_and_back(page: Any, qdir: str) -> None:
+    """260 pending jobs, 50 a page, by id: Older and Newer walk the pages."""
+    seed(qdir)
+    with walq.Queue.open(qdir) as q:
+        pending = [j["id"] for j in q.jobs("pending", limit=1000)]
+    with dashboard(qdir) as ui:
+        page.goto(ui.url)
+        page.goto(f"{ui.base}/#pending")
+
+        def shown() -> list[int]:
+            rows = page.locator("#list tr[data-job]")
+            return [int(x) for x in rows.evaluate_all("rs => rs.map(r => r.dataset.job)")]
+
+        wait_for(lambda: shown() == pending[:50])
+        assert page.locator("#list-range").inner_text().startswith("1\u201350 of 260")
+        page.click("#next")
+        wait_for(lambda: shown() == pending[50:100])
+        for _ in range(4):
+            page.click("#next")
+        wait_for(lambda: shown() == pending[250:])
+        assert page.locator("#next").is_disabled()
+        page.click("#prev")
+        wait_for(lambda: shown() == pending[200:250])
+
+
 def test_read_only_turns_the_buttons_off(page: Any, qdir: str) -> None:
     ids = seed(qdir)
     with dashboard(qdir, "--read-only") as ui:
@@ -354,6 +401,7 @@ def test_a_redis_queue_in_the_browser(page: Any, redis_queue: str) -> None:
     with walq.open(redis_queue) as q:
         q.enqueue_many([("resize", {"n": i, "work": 0.02}) for i in range(60)])
         failing = q.enqueue("report", {"n": 1, "fail": True}, max_attempts=1)
+        later = q.enqueue("report", {"n": 2}, delay=3600)
     worker = start_worker(redis_queue)
     try:
         with dashboard(redis_queue) as ui:
@@ -362,12 +410,29 @@ def test_a_redis_queue_in_the_browser(page: Any, redis_queue: str) -> None:
             wait_for(lambda: stats_counts(redis_queue)["dead"] == 1, timeout=120)
             wait_for(lambda: stats_counts(redis_queue)["pending"] == 0, timeout=120)
             wait_for(lambda: cards(page) == stats_counts(redis_queue))
+            # Every state is listed on a server too, not only the dead jobs.
+            page.goto(f"{ui.base}/#scheduled")
+            page.locator(f"#list tr[data-job='{later}']").wait_for()
+            due = page.locator(f"#list tr[data-job='{later}']").inner_text()
+            assert re.search(r"\(in [45]\d min", due), due
+            page.goto(f"{ui.base}/#job/{later}")
+            page.locator("#job-fields [data-field=status]").filter(has_text="scheduled").wait_for()
             page.goto(f"{ui.base}/#job/{failing}")
             page.locator("#job-error").filter(has_text="the source table is missing").wait_for()
             page.click("#job-tools button[data-action=requeue]")
             assert toast(page, "requeued") == f"requeue: requeued job {failing}"
             # Requeued beside the running worker, which runs it (and it dies again).
             wait_for(lambda: stats_counts(redis_queue)["dead"] == 1, timeout=120)
+
+            # No log on a server: the attempt its worker reported (after the requeue) is shown.
+            def reported() -> list[Any]:
+                steps = ui.get(f"/api/job/{failing}/history")[1]["attempts"]
+                return [s["reported"] for s in steps if s.get("reported")]
+
+            wait_for(lambda: any(r["worker"] == worker.pid for r in reported()), timeout=60)
+            page.goto(f"{ui.base}/#overview")  # the job's view is read again when opened
+            page.goto(f"{ui.base}/#job/{failing}")
+            page.locator("#job-attempts").filter(has_text=f"worker {worker.pid}").wait_for()
             with walq.open(redis_queue) as q:
                 assert q.status(failing) == "dead"
                 assert "the source table is missing" in q.dead_jobs()[0].error

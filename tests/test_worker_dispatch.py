@@ -313,3 +313,23 @@ def test_the_status_names_each_process_and_the_job_it_runs(q: walq.Queue) -> Non
         w.stop()
         t.join(timeout=60)
     assert all(c["jobs"] == [] for c in w.status()["children"])
+
+
+def test_the_status_reports_the_attempts_that_ended(q: walq.Queue) -> None:
+    """`recent`: the last attempts that ended, each with its process, time and outcome (the
+    log records no worker or time for an attempt; `walq ui` shows them from here)."""
+    from tests import worker_tasks
+
+    ok = q.enqueue("sleeps", {"seconds": 0.3})
+    bad = q.enqueue("raises", {"n": 1}, max_attempts=1)
+    w = Worker(q, worker_tasks.tasks, processes=1)
+    run_until_done(q, w)
+    recent = {r["job"]: r for r in w.status()["recent"]}
+    pids = {c["pid"] for c in w.status()["children"]} | {recent[ok]["process"]}
+    assert recent[ok]["process"] == recent[bad]["process"] and len(pids) == 1
+    assert recent[ok]["process"] != os.getpid()
+    assert recent[ok]["ok"] is True and recent[ok]["cause"] is None
+    assert recent[ok]["attempt"] == 1 and recent[ok]["task"] == "sleeps"
+    assert 0.3 <= recent[ok]["seconds"] < 60
+    assert recent[bad]["ok"] is False and recent[bad]["cause"] == "exception"
+    assert recent[ok]["ended"] <= time.time()

@@ -77,7 +77,7 @@ def main() -> None:
             print(os.path.join(args.out, "ui-overview.png"))
             shot("dead", "#dead", "#list tr[data-job]")
             first = page.locator("#list tr[data-job]").first.get_attribute("data-job")
-            shot("job", f"#job/{first}", "#job-history tr td")
+            shot("job", f"#job/{first}", "#job-attempts tr[data-step=attempt]")
             shot("scheduled", "#scheduled", "#list tr[data-job]")
             shot("storage", "#storage", "#storage dd")
             shot("workers", "#workers", "#workers tr[data-worker]")

@@ -16,6 +16,7 @@ replayed through QueueState.apply like any record.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import marshal
@@ -54,7 +55,8 @@ if TYPE_CHECKING:
 
 FILE_NAME = "checkpoint"
 MAGIC = b"walq-ckp"
-VERSION = 1
+VERSION = 2  # 1: the jobs as one dict (still read); 2: in shards by id (docs/FORMAT.md)
+SHARD = 4096  # jobs per shard: one job's entry is read without decoding the others
 # magic(8) version(u32) flags(u32) written(f64) seq(u64) offset(u64) jobs(u64)
 # body_len(u64) body_crc(u32) header_crc(u32)
 HEADER = struct.Struct("<8sIIdQQQQII")
@@ -106,6 +108,9 @@ class Image:
     live_bytes: int
     done: int  # acks the log holds up to the position (stats' "done")
     records: list[tuple[int, bytes]]  # the snapshot's other records, meta first
+    # The jobs running at the position (stored pending, their attempt counted), as
+    # array('Q') bytes in id order: what a reader beside a live owner shows running.
+    running: bytes = b""
 
 
 @attrs.frozen
@@ -181,13 +186,26 @@ def image(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> Image:
         marks=tuple(marks), tasks=taken["tasks"], jobs=jobs, key_of=taken["key_of"],
         keys=taken["keys"], errors=taken["errors"], due=taken["due"], ready=ready, counts=total,
         by_task=by_task, seg_bytes=taken["seg_bytes"], live_bytes=taken["live_bytes"],
-        done=taken["done"], records=taken["records"],
+        done=taken["done"], records=taken["records"], running=_ids(taken["running"]),
     )  # fmt: skip
+
+
+def _ids(ids: Sequence[int]) -> bytes:
+    """Job ids as array('Q') bytes, in id order."""
+    return array("Q", sorted(ids)).tobytes()
+
+
+def running_ids(raw: bytes) -> list[int]:
+    """The ids of an image's `running` field."""
+    ids = array("Q")
+    ids.frombytes(raw)
+    return ids.tolist()
 
 
 def _image_by_visiting(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> Image:
     """The image built by visiting every job, as finish_replay does (ready in id order)."""
     jobs: dict[int, int] = taken["jobs"]
+    running = [jid for jid, p in jobs.items() if p & M3 == RUNNING]
     ready: dict[tuple[int, int], array[int]] = {}
     total = [0] * N_STATES
     by_task: dict[int, list[int]] = {}
@@ -219,7 +237,7 @@ def _image_by_visiting(taken: dict[str, Any], marks: Sequence[SegmentMark]) -> I
         keys=taken["keys"], errors=taken["errors"], due=taken["due"],
         ready=[(prio, task, ids.tobytes()) for (prio, task), ids in ready.items()],
         counts=total, by_task=by_task, seg_bytes=seg_bytes, live_bytes=live,
-        done=taken["done"], records=taken["records"],
+        done=taken["done"], records=taken["records"], running=_ids(running),
     )  # fmt: skip
 
 
@@ -245,9 +263,9 @@ def encode(img: Image, written: float) -> bytes:
     """The checkpoint file's bytes: the fixed header, then the body (docs/FORMAT.md)."""
     body = marshal.dumps(
         (
-            [attrs.astuple(m) for m in img.marks], img.tasks, img.jobs, img.key_of, img.keys,
-            img.errors, img.due, img.ready, img.counts, img.by_task, img.seg_bytes,
-            img.live_bytes, img.done, img.records,
+            [attrs.astuple(m) for m in img.marks], img.tasks, shards(img.jobs), img.key_of,
+            img.keys, img.errors, img.due, img.ready, img.counts, img.by_task, img.seg_bytes,
+            img.live_bytes, img.done, img.records, img.running,
         ),
         _MARSHAL_VERSION,
     )  # fmt: skip
@@ -269,20 +287,46 @@ def summary(data: bytes, path: str) -> tuple[Summary, int, int]:
         raise CorruptionError(path, 0, f"bad magic {magic!r}: not a walq checkpoint")
     if crc32c(data[: HEADER_SIZE - 4]) != crc:
         raise CorruptionError(path, 0, "checkpoint header checksum mismatch")
-    if version != VERSION or flags:
+    if version not in (1, VERSION) or flags:
         raise CorruptionError(path, 0, f"unsupported checkpoint version {version}")
     if not 1 <= seq <= fmt.MAX_SEQ or offset < fmt.SEGMENT_HEADER_SIZE:
         raise CorruptionError(path, 0, "checkpoint header names no log position")
     return Summary(written, seq, offset, jobs), size, body_crc
 
 
-def decode(data: bytes, path: str) -> Checkpoint:
-    """Parse and check a checkpoint file; CorruptionError (naming `path`) if it is not sound.
+def shards(jobs: dict[int, int]) -> list[tuple[int, bytes]]:
+    """The jobs in id order, SHARD at a time: [(first id, the marshalled dict of them)]."""
+    ids = sorted(jobs)
+    return [
+        (ids[i], marshal.dumps({jid: jobs[jid] for jid in ids[i : i + SHARD]}, _MARSHAL_VERSION))
+        for i in range(0, len(ids), SHARD)
+    ]
 
-    The body is unmarshalled only after its CRC32C matched, and its shape is
-    checked before anything of it is used: marshal builds plain values only
-    (it never runs code), and a file that does not have this shape is refused.
-    """
+
+def _unshard(field: Any) -> dict[int, int]:
+    """The jobs from field 2 (version 2's shards, version 1's dict); TypeError if neither."""
+    if type(field) is dict:
+        return field
+    if type(field) is not list:
+        raise TypeError(f"{type(field).__name__} where the jobs belong")
+    jobs: dict[int, int] = {}
+    for shard in field:
+        part = _shard(shard)
+        jobs.update(part)
+    return jobs
+
+
+def _shard(shard: Any) -> dict[int, int]:
+    if type(shard) is not tuple or len(shard) != 2 or type(shard[1]) is not bytes:
+        raise TypeError("bad jobs shard")
+    part = marshal.loads(shard[1])
+    if type(part) is not dict:
+        raise TypeError("bad jobs shard")
+    return part
+
+
+def _body(data: bytes, path: str) -> tuple[Summary, Any]:
+    """The header's summary and the unmarshalled body, both checksums checked."""
     head, size, body_crc = summary(data, path)
     body = memoryview(data)[HEADER_SIZE:]
     if len(body) != size:
@@ -292,7 +336,72 @@ def decode(data: bytes, path: str) -> Checkpoint:
     if crc32c(body) != body_crc:
         raise CorruptionError(path, HEADER_SIZE, "checkpoint body checksum mismatch")
     try:
-        fields = marshal.loads(body)
+        return head, marshal.loads(body)
+    except (ValueError, EOFError, TypeError) as exc:
+        raise CorruptionError(path, HEADER_SIZE, f"checkpoint body is malformed: {exc}") from None
+
+
+@attrs.frozen
+class JobAt:
+    """One job as a checkpoint holds it (`job_at`): what a replay up to its position knew."""
+
+    summary: Summary
+    marks: tuple[SegmentMark, ...]
+    tasks: list[str]
+    packed: int | None  # its entry (None: not live at the position)
+    key: str | None
+    error: tuple[int, int, int] | None  # where its last error is recorded
+    due: float | None
+    records: list[tuple[int, bytes]]  # the snapshot's other records (meta first)
+    running: bool  # it was running at the position (stored pending, its attempt counted)
+
+
+def job_at(data: bytes, path: str, job_id: int) -> JobAt:
+    """Job `job_id`'s entry in checkpoint file `data`, decoding only the shard that holds it.
+
+    The same checks as `decode` (both checksums, the shape) but for the other
+    shards' contents. CorruptionError (naming `path`) if the file is not sound.
+    """
+    head, fields = _body(data, path)
+    try:
+        if type(fields) is not tuple or len(fields) not in (14, 15):
+            raise TypeError("not a 14- or 15-field tuple")
+        jobs = fields[2]
+        if type(jobs) is dict:  # version 1
+            packed = jobs.get(job_id)
+        else:
+            if type(jobs) is not list:
+                raise TypeError("bad jobs")
+            if not all(type(s) is tuple and s and type(s[0]) is int for s in jobs):
+                raise TypeError("bad jobs shard")
+            firsts: list[int] = [s[0] for s in jobs]
+            at = bisect.bisect_right(firsts, job_id) - 1
+            packed = _shard(jobs[at]).get(job_id) if at >= 0 else None
+        img = _image((*fields[:2], {}, *fields[3:]))
+    except (ValueError, EOFError, TypeError) as exc:
+        raise CorruptionError(path, HEADER_SIZE, f"checkpoint body is malformed: {exc}") from None
+    if packed is not None and type(packed) is not int:
+        raise CorruptionError(path, HEADER_SIZE, "checkpoint body is malformed: bad job entry")
+    if not img.marks or (img.marks[-1].seq, img.marks[-1].end) != (head.seq, head.offset):
+        raise CorruptionError(path, HEADER_SIZE, "checkpoint body disagrees with its header")
+    error = img.errors.get(job_id)
+    if error is not None and (len(error) != 3 or not all(type(v) is int for v in error)):
+        raise CorruptionError(path, HEADER_SIZE, "checkpoint body is malformed: bad error entry")
+    return JobAt(
+        head, img.marks, img.tasks, packed, img.key_of.get(job_id),
+        error, img.due.get(job_id), img.records, job_id in running_ids(img.running),
+    )  # fmt: skip
+
+
+def decode(data: bytes, path: str) -> Checkpoint:
+    """Parse and check a checkpoint file; CorruptionError (naming `path`) if it is not sound.
+
+    The body is unmarshalled only after its CRC32C matched, and its shape is
+    checked before anything of it is used: marshal builds plain values only
+    (it never runs code), and a file that does not have this shape is refused.
+    """
+    head, fields = _body(data, path)
+    try:
         img = _image(fields)
     except (ValueError, EOFError, TypeError) as exc:
         raise CorruptionError(path, HEADER_SIZE, f"checkpoint body is malformed: {exc}") from None
@@ -306,8 +415,11 @@ def decode(data: bytes, path: str) -> Checkpoint:
 
 def _image(fields: Any) -> Image:
     """An Image from the unmarshalled body; TypeError if a field has the wrong type."""
-    if type(fields) is not tuple or len(fields) != 14:
-        raise TypeError("not a 14-field tuple")
+    if type(fields) is not tuple or len(fields) not in (14, 15):
+        raise TypeError("not a 14- or 15-field tuple")
+    running = fields[14] if len(fields) == 15 else b""
+    if type(running) is not bytes or len(running) % 8:
+        raise TypeError("bad running ids")
     (
         marks,
         tasks,
@@ -323,12 +435,13 @@ def _image(fields: Any) -> Image:
         live,
         done,
         recs,
-    ) = fields
+    ) = fields[:14]
     kinds = (
-        (marks, list), (tasks, list), (jobs, dict), (key_of, dict), (keys, dict), (errors, dict),
+        (marks, list), (tasks, list), (key_of, dict), (keys, dict), (errors, dict),
         (due, dict), (ready, list), (counts, list), (by_task, dict), (segs, dict), (live, int),
         (done, int), (recs, list),
     )  # fmt: skip
+    jobs = _unshard(jobs)
     for value, kind in kinds:
         if type(value) is not kind:
             raise TypeError(f"{type(value).__name__} where a {kind.__name__} belongs")
@@ -345,7 +458,7 @@ def _image(fields: Any) -> Image:
             raise TypeError("bad snapshot record")
     return Image(
         tuple(SegmentMark(*m) for m in marks), tasks, jobs, key_of, keys, errors, due, ready,
-        counts, by_task, segs, live, done, recs,
+        counts, by_task, segs, live, done, recs, running,
     )  # fmt: skip
 
 
@@ -399,6 +512,23 @@ class Tracked(dict[int, int]):
     def clear(self) -> None:
         for jid in list(self):
             del self[jid]
+
+
+def changed(state: QueueState, jid: int) -> bool:
+    """Whether the records replayed since `restore` changed job `jid`'s entry (before `finish`)."""
+    jobs = state._jobs
+    return not isinstance(jobs, Tracked) or jid in jobs.old
+
+
+def running(state: QueueState, running: bytes) -> list[int]:
+    """The jobs running after the records replayed since `restore` (before `finish`): those
+    running at the checkpoint's position (`Image.running`) that the records left as they
+    were, and those the records claimed. (Only the jobs they changed are visited.)"""
+    jobs = state._jobs
+    assert isinstance(jobs, Tracked)
+    old = jobs.old
+    claimed = [jid for jid in old if jobs.get(jid, 0) & M3 == RUNNING]
+    return [jid for jid in running_ids(running) if jid not in old] + claimed
 
 
 @attrs.define

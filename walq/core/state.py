@@ -239,14 +239,33 @@ class QueueState:
     def jobs_after(
         self, after: int, state: int | None = None, task: str | None = None
     ) -> Iterator[JobInfo]:
-        """Live jobs with ids above `after`, in id order, optionally of one state and task."""
+        """Live jobs with ids above `after`, in id order, optionally of one state and task.
+
+        Not a copy: the caller holds the state still while it iterates (a page of
+        a big queue then costs the jobs read up to it, not a copy of every job).
+        With a state, the walk ends once every job in it (by the counts) was
+        seen: a state no job is in costs nothing, whatever the queue's size.
+        """
         want_task = None if task is None else self._task_ids.get(task, -1)
-        for jid, p in list(self._jobs.items()):
-            if jid <= after or (state is not None and p & _M3 != state):
+        left = None
+        if state is not None:
+            counts = self._n if want_task is None else self._by_task.get(want_task)
+            if counts is None or want_task == -1:
+                return  # no job of that task
+            left = counts[state] if state < len(counts) else None
+            if left is not None and left <= 0:
+                return
+        for jid, p in self._jobs.items():
+            if state is not None and p & _M3 != state:
                 continue
             if want_task is not None and (p >> _TASK) & _MT != want_task:
                 continue
-            yield self._info(jid, p)
+            if jid > after:
+                yield self._info(jid, p)
+            if left is not None:
+                left -= 1
+                if left <= 0:
+                    return
 
     def ids_in(self, state: int) -> list[int]:
         """The ids of live jobs in `state` (cheaper than jobs(): no JobInfo built)."""

@@ -1,33 +1,56 @@
 """One job's records in a queue directory, found without replaying the log.
 
-A job's records all lie in the segment holding its enqueue record and the
-segments after it, and enqueue ids grow with the log: each segment's first
-enqueue (or compacted job) id, read from its first records, says where to
-start. In each segment from there on, the job's id as the 8 bytes every
-record stores it as is searched for at C speed; a segment without them is
-skipped unread record by record, and around each hit the record holding it
-is found by resynchronising a little before it (the same CRC-checked resync
-recovery uses) and walking forward. Read-only, without the lock, beside an
-owner or none; a compaction racing the read is detected and the read retried.
+With a checkpoint (walq.directory.checkpoint), a job's state is read from it
+as of its position -- only the shard of the checkpoint's jobs that holds the
+job is decoded -- and only the log after that position is searched for the
+job's later records. The checkpoint is used for this only if its own
+checksums hold, the log's segments are the ones it names with the sizes it
+saw (a sealed one unchanged in length, the last one at least as long) and the
+job's record is where it says; otherwise (no checkpoint, a damaged or stale
+one, a job enqueued after others) the lookup reads the job's records as below,
+never an answer from a checkpoint it could not check. (Unlike open, it does
+not checksum every byte the checkpoint covers: that is a read of the whole log.
+Damage inside those bytes is for `walq fsck` and open to report, as it was
+for the records-only lookup, which skips what it cannot read.)
+
+Without one: a job's records all lie in the segment holding its enqueue
+record and the segments after it, and enqueue ids grow with the log: each
+segment's first enqueue (or compacted job) id, read from its first records,
+says where to start. In each segment from there on, the job's id as the 8
+bytes every record stores it as is searched for at C speed; around each hit
+the record holding it is found by resynchronising a little before it (the
+same CRC-checked resync recovery uses) and walking forward.
+
+Either way a segment is read only up to the end of its records, a chunk at a
+time, not through a preallocated segment's zeroed space. Read-only, without
+the lock, beside an owner or none; a compaction racing the read is detected
+and the read retried.
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import struct
 from collections.abc import Iterator
 
 import attrs
 
+from walq.core import checkpoint as ckpt
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
-from walq.core.state import RUNNING, Loc, QueueState
-from walq.directory.fs import FileSystem, OsFileSystem
+from walq.core.packed import M32, N_STATES, OFFSET, SEG, SIZE, seq_of
+from walq.core.state import DEAD, RUNNING, Loc, Now, QueueState
+from walq.directory import checkpoint as checkpoints
+from walq.directory.fs import File, FileSystem, OsFileSystem
 from walq.errors import CorruptionError, NotAQueueError
 from walq.ops.replay import now_clock
-from walq.ops.scan import RACE_RETRIES, segment_seqs
+from walq.ops.scan import RACE_RETRIES, read_record, segment_seqs
 
+log = logging.getLogger("walq.lookup")
+
+CHUNK = 256 << 10  # bytes read at a time up to a segment's written end
 HEAD = 64 << 10  # bytes read from a segment's start to find its first job id
 WINDOWS = (4 << 10, 64 << 10, 1 << 20)  # how far before a hit to resynchronise, tried in turn
 SEEK_SPAN = 64 << 10  # a seek stops when the job's record lies within this many bytes
@@ -135,42 +158,125 @@ def _records(
         return
     pattern = _ID.pack(job_id)
     for i, seg in enumerate(segments[start:]):
-        data = _read(path, seg, fs)
-        origin = fmt.SEGMENT_HEADER_SIZE
-        if i == 0:  # the job's own record is in this segment, if anywhere: seek to it
-            origin = _seek(data, job_id)
-        found = _find(data, pattern, job_id, origin)
-        if (
-            i == 0
-            and origin > fmt.SEGMENT_HEADER_SIZE
-            and not any(r.rtype in (fmt.ENQUEUE, fmt.JOB) for r in found)
-        ):
-            found = _find(data, pattern, job_id, fmt.SEGMENT_HEADER_SIZE)  # a seek gone astray
+        f = _open(path, seg.seq, seg.first, fs)
+        try:
+            origin = fmt.SEGMENT_HEADER_SIZE
+            if i == 0:  # the job's own record is in this segment, if anywhere: seek to it
+                origin = _seek(f, job_id)
+            found = _found(f, pattern, job_id, origin)
+            if (
+                i == 0
+                and origin > fmt.SEGMENT_HEADER_SIZE
+                and not any(r.rtype in (fmt.ENQUEUE, fmt.JOB) for r in found)
+            ):  # a seek gone astray
+                found = _found(f, pattern, job_id, fmt.SEGMENT_HEADER_SIZE)
+        finally:
+            f.close()
         for rec in found:
             yield seg.seq, rec
 
 
-def _read(path: str, seg: _Segment, fs: FileSystem) -> bytes:
-    seg_path = posixpath.join(path, fmt.segment_name(seg.seq))
+def _open(path: str, seq: int, first: int, fs: FileSystem) -> File:
+    """Segment `seq`, open; _Raced if a compaction removed or rewrote it since it was listed."""
+    seg_path = posixpath.join(path, fmt.segment_name(seq))
     try:
         f = fs.open(seg_path)
     except FileNotFoundError:
         raise _Raced from None
+    head = f.pread(fmt.SEGMENT_HEADER_SIZE, 0)
     try:
-        data = f.pread(f.size(), 0)
+        header = fmt.SegmentHeader.decode(head, seg_path)
+    except CorruptionError:
+        header = fmt.SegmentHeader(seq=seq, first=seq)
+    if header.first != first:
+        f.close()
+        raise _Raced
+    return f
+
+
+def _found(f: File, pattern: bytes, job_id: int, origin: int) -> list[framing.Record]:
+    """The records naming the job in segment `f` from record boundary `origin` on."""
+    data = written(f, origin)
+    return [
+        attrs.evolve(rec, offset=rec.offset + origin, end=rec.end + origin)
+        for rec in _find(data, pattern, job_id, 0, origin)
+    ]
+
+
+def _read(path: str, seg: _Segment, fs: FileSystem) -> bytes:
+    """A segment's bytes up to the end of its records."""
+    f = _open(path, seg.seq, seg.first, fs)
+    try:
+        return f.pread(fmt.SEGMENT_HEADER_SIZE, 0) + written(f, fmt.SEGMENT_HEADER_SIZE)
     finally:
         f.close()
-    try:
-        header = fmt.SegmentHeader.decode(data, seg_path)
-    except CorruptionError:
-        header = fmt.SegmentHeader(seq=seg.seq, first=seg.seq)
-    if header.first != seg.first:
-        raise _Raced  # rewritten by a compaction since it was listed
-    return data
 
 
-def _find(data: bytes, pattern: bytes, job_id: int, origin: int) -> list[framing.Record]:
-    """The records of `data` from `origin` on that name the job, in offset order."""
+def written(f: File, start: int) -> bytes:
+    """The bytes of segment file `f` from record boundary `start` to where its records end.
+
+    Read a chunk at a time and no further than the chunk holding that end: a
+    preallocated segment's zeroed space is not read. The end is where a walk
+    of records reaches zeros (framing.End) at or past the last non-zero byte
+    read; damage that stops the walk means reading on (to the file's end).
+    """
+    size = f.size()
+    buf = bytearray()
+    at = start
+    nonzero = 0  # in `buf`: the end of its last non-zero byte
+    while at < size:
+        data = f.pread(min(CHUNK, size - at), at)
+        if not data:
+            break
+        kept = len(data.rstrip(b"\0"))
+        if kept:
+            nonzero = len(buf) + kept
+        buf += data
+        at += len(data)
+        # A record header is never zero: the records may end only before a zero one.
+        if len(buf) - nonzero >= min(fmt.RECORD_HEADER_SIZE, size - start - nonzero):
+            end = _end_of_records(buf, nonzero, start)
+            if end is not None:
+                del buf[end:]
+                break
+    return bytes(buf)
+
+
+def _end_of_records(buf: bytearray, zeros: int, base: int) -> int | None:
+    """Where the records of `buf` (a record boundary at 0, file offset `base`) end, if they
+    end at or past offset `zeros`, from which `buf` holds only zeros; None if they do not."""
+    for window in (*WINDOWS, zeros):
+        lo = max(0, zeros - window)
+        data = bytes(memoryview(buf)[lo:])  # the window and the zeros after it
+        pos = 0
+        if lo > 0:
+            first = framing.resync(data, -1, origin=base + lo)
+            if first is None or lo + first.offset > zeros:
+                continue
+            pos = first.offset
+        while True:
+            item = framing.decode(data, pos, origin=base + lo)
+            if not isinstance(item, framing.Record):
+                break
+            pos = item.end
+        if isinstance(item, framing.End) and lo + pos >= zeros:
+            return lo + pos
+        if isinstance(item, framing.Incomplete):
+            return None  # a record runs on past what was read
+        if lo == 0:
+            break
+    return None
+
+
+def _find(
+    data: bytes, pattern: bytes, job_id: int, origin: int, base: int = 0
+) -> list[framing.Record]:
+    """The records of `data` from `origin` on that name the job, in offset order.
+
+    `data` is a segment's bytes from file offset `base` on (0: the whole
+    segment; otherwise a record boundary), and the offsets are `data`'s.
+    """
+    lo = max(0, fmt.SEGMENT_HEADER_SIZE - base)  # the first record boundary in `data`
     # Search for the id's significant bytes: a needle ending in a zero byte would
     # crawl through zeroed (preallocated) space; the rest of the id is checked per hit.
     needle = pattern.rstrip(b"\0")
@@ -183,9 +289,9 @@ def _find(data: bytes, pattern: bytes, job_id: int, origin: int) -> list[framing
         rec = None
         if data[hit : hit + _ID.size] == pattern:
             if 0 <= walked <= hit and hit - walked <= WALK:
-                rec = _walk(data, walked, hit)
+                rec = _walk(data, walked, hit, base)
             if rec is None:
-                rec = _record_at(data, hit)
+                rec = _record_at(data, hit, lo, base)
             if rec is not None:
                 walked = rec.end
                 if _names(rec, job_id):
@@ -210,10 +316,10 @@ def _meta_record(data: bytes) -> framing.Record | None:
         end = at + len(_META_TYPE) - 1
 
 
-def _walk(data: bytes, pos: int, hit: int) -> framing.Record | None:
+def _walk(data: bytes, pos: int, hit: int, base: int) -> framing.Record | None:
     """The record holding offset `hit`, walking record by record from boundary `pos`."""
     while pos <= hit:
-        rec = framing.decode(data, pos)
+        rec = framing.decode(data, pos, origin=base)
         if not isinstance(rec, framing.Record):
             return None
         if rec.end > hit:
@@ -222,17 +328,18 @@ def _walk(data: bytes, pos: int, hit: int) -> framing.Record | None:
     return None
 
 
-def _seek(data: bytes, job_id: int) -> int:
-    """An offset of `data` at or before the job's enqueue (or compacted job) record.
+def _seek(f: File, job_id: int) -> int:
+    """A record boundary of segment `f` at or before the job's enqueue (or compacted job) record.
 
     Their ids grow along a segment: a binary search over offsets, each probe
-    resynchronising to the next valid record and reading on to an enqueue or
-    job record's id. A probe that finds none (zeroed space) looks earlier.
+    reading a little of the file, resynchronising to the next valid record and
+    reading on to an enqueue or job record's id. A probe that finds none
+    (zeroed space) looks earlier.
     """
-    lo, hi = fmt.SEGMENT_HEADER_SIZE, len(data)
+    lo, hi = fmt.SEGMENT_HEADER_SIZE, f.size()
     while hi - lo > SEEK_SPAN:
         mid = (lo + hi) // 2
-        probe = _id_after(data, mid)
+        probe = _id_after(f, mid)
         if probe is not None and probe[1] < job_id:
             lo = probe[0]
         else:
@@ -240,9 +347,9 @@ def _seek(data: bytes, job_id: int) -> int:
     return lo
 
 
-def _id_after(data: bytes, at: int) -> tuple[int, int] | None:
+def _id_after(f: File, at: int) -> tuple[int, int] | None:
     """(offset, id) of the first enqueue or job record after offset `at`, looking a little way."""
-    window = data[at : at + SEEK_SPAN]
+    window = f.pread(SEEK_SPAN, at)
     rec: framing.Decoded | None = framing.resync(window, 0, origin=at)
     while isinstance(rec, framing.Record):
         if rec.rtype in (fmt.ENQUEUE, fmt.JOB) and len(rec.body) >= _ID.size:
@@ -251,28 +358,28 @@ def _id_after(data: bytes, at: int) -> tuple[int, int] | None:
     return None
 
 
-def _record_at(data: bytes, hit: int) -> framing.Record | None:
+def _record_at(data: bytes, hit: int, lo: int, base: int) -> framing.Record | None:
     """The valid record whose bytes hold offset `hit`, or None if none does."""
     head = hit - fmt.RECORD_HEADER_SIZE
-    if head >= fmt.SEGMENT_HEADER_SIZE:
-        rec = framing.decode(data, head)
+    if head >= lo:
+        rec = framing.decode(data, head, origin=base)
         if isinstance(rec, framing.Record) and rec.rtype in _ID_FIRST:
             return rec
     for window in (*WINDOWS, hit):
-        pos = max(fmt.SEGMENT_HEADER_SIZE, hit - window)
-        if pos > fmt.SEGMENT_HEADER_SIZE:
-            first = framing.resync(data, pos - 1)
+        pos = max(lo, hit - window)
+        if pos > lo:
+            first = framing.resync(data, pos - 1, origin=base)
             if first is None or first.offset > hit:
                 continue
             pos = first.offset
         while pos <= hit:
-            rec = framing.decode(data, pos)
+            rec = framing.decode(data, pos, origin=base)
             if not isinstance(rec, framing.Record):
                 break
             if rec.end > hit:
                 return rec
             pos = rec.end
-        if pos == fmt.SEGMENT_HEADER_SIZE or window == hit:
+        if pos == lo or window == hit:
             break
     return None
 
@@ -317,6 +424,9 @@ def job_state(
     """
     fs = fs or OsFileSystem()
     now = now_clock()
+    found = _from_checkpoint(path, job_id, fs, now, owner_running)
+    if found is not None:
+        return found
     segments, records = _job_records(path, job_id, fs)
     state = QueueState()
     error = None
@@ -339,12 +449,17 @@ def job_state(
         raise Unsure(job_id)
     running = job_id in state and state.info(job_id).state == RUNNING
     state.finish_replay(now)
+    return _detail(state, job_id, running and owner_running is not False, error)
+
+
+def _detail(state: QueueState, job_id: int, running: bool, error: str | None) -> dict[str, object]:
+    """job_state's answer from the state rebuilt (UnknownJobError if the job does not exist)."""
     out: dict[str, object] = {"id": job_id, "status": state.status(job_id)}
     if job_id not in state:
         return out
     info = state.info(job_id)
     out.update(
-        status="running" if running and owner_running is not False else out["status"],
+        status="running" if running else out["status"],
         task=info.task,
         attempts=info.attempts,
         max_attempts=info.max_attempts,
@@ -353,3 +468,159 @@ def job_state(
         error=error if out["status"] == "dead" else None,
     )
     return out
+
+
+def _from_checkpoint(
+    path: str, job_id: int, fs: FileSystem, now: Now, owner_running: bool | None
+) -> dict[str, object] | None:
+    """job_state from the checkpoint and the log after it; None if it cannot tell (no
+    checkpoint, a damaged or stale one, a dependent job): read the job's records instead.
+
+    The checkpoint says the job's state as of its position; only the records
+    after that position are searched for the job's later ones. It is used
+    only if its checksums hold and the log's segments are the ones it names,
+    with the sizes it saw (a sealed one unchanged, the last at least as long),
+    and only if the job's own record is where it says.
+    """
+    if not 0 <= job_id < 1 << 64:  # no record can name it: the records-only path says so
+        return None
+    cp_path = checkpoints.path_of(path)
+    try:
+        f = fs.open(cp_path)
+    except OSError:
+        return None
+    try:
+        data = f.pread(f.size(), 0)
+        at = ckpt.job_at(data, cp_path, job_id)
+    except (OSError, CorruptionError) as exc:
+        log.debug("%s: checkpoint not used for job %d: %s", cp_path, job_id, exc)
+        return None
+    finally:
+        f.close()
+    if any(rtype == fmt.FLOW and _names(_raw(rtype, body), job_id) for rtype, body in at.records):
+        return None  # a dependent or a kept result: its parents' records decide, read them all
+    for _ in range(RACE_RETRIES):
+        try:
+            live = _headers(path, fs)
+            if not _agrees(at, live) or not _own_record(path, job_id, at, fs):
+                return None
+            records = list(_after_checkpoint(path, job_id, fs, at, live))
+            break
+        except _Raced:
+            continue
+    else:
+        return None
+    state = QueueState()
+    jobs = {job_id: at.packed} if at.packed is not None else {}
+    img = ckpt.Image(
+        marks=at.marks, tasks=at.tasks, jobs=jobs,
+        key_of={job_id: at.key} if at.key is not None else {},
+        keys={at.key: job_id} if at.key is not None else {},
+        errors={job_id: at.error} if at.error is not None else {},
+        due={job_id: at.due} if at.due is not None else {},
+        ready=[], counts=[0] * N_STATES, by_task={}, seg_bytes={}, live_bytes=0, done=0,
+        records=at.records,
+    )  # fmt: skip
+    try:
+        restored = ckpt.restore(state, img, now)
+    except ev.BadEvent:
+        return None
+    error_loc = Loc(seq_of(at.error[0]), at.error[1], at.error[2]) if at.error else None
+    error: str | None = None
+    for seq, rec in records:
+        event = ev.decode(rec.rtype, rec.body)
+        if isinstance(event, ev.After) and event.job.id == job_id:
+            return None  # enqueued after others: its parents' records decide
+        state.apply(event, Loc(seq, rec.offset, rec.end - rec.offset), now)
+        if isinstance(event, ev.Fail | ev.Job) and event.error:
+            error, error_loc = event.error, None
+        elif isinstance(event, ev.Requeue):
+            error, error_loc = None, None
+    running = job_id in state and state.info(job_id).state == RUNNING
+    running = running or (at.running and not ckpt.changed(state, job_id))
+    ckpt.finish(state, restored, now)
+    if error_loc is not None and job_id in state and state.info(job_id).state == DEAD:
+        e = read_record(path, error_loc, fs)
+        if isinstance(e, ev.Fail | ev.Job):
+            error = e.error
+    return _detail(state, job_id, running and owner_running is not False, error)
+
+
+def _raw(rtype: int, body: bytes) -> framing.Record:
+    return framing.Record(0, rtype, 0, body, 0)
+
+
+@attrs.frozen
+class _Live:
+    seq: int
+    first: int
+    size: int
+
+
+def _headers(path: str, fs: FileSystem) -> list[_Live]:
+    """The live segments in log order with their sizes (headers only)."""
+    out: list[_Live] = []
+    for seq in segment_seqs(path, fs):
+        seg_path = posixpath.join(path, fmt.segment_name(seq))
+        try:
+            f = fs.open(seg_path)
+        except FileNotFoundError:
+            continue  # removed by a compaction since the listing
+        try:
+            head, size = f.pread(fmt.SEGMENT_HEADER_SIZE, 0), f.size()
+        finally:
+            f.close()
+        try:
+            header = fmt.SegmentHeader.decode(head, seg_path)
+        except CorruptionError:
+            header = fmt.SegmentHeader(seq=seq, first=seq)
+        out.append(_Live(seq, header.first if header.seq == seq else seq, size))
+    spans = [(s.first, s.seq) for s in out if s.first < s.seq]
+    return [s for s in out if not any(a <= s.seq < b for a, b in spans)]
+
+
+def _agrees(at: ckpt.JobAt, live: list[_Live]) -> bool:
+    """Whether the log's segments are those the checkpoint names, grown only after its end."""
+    marks = at.marks
+    if len(live) < len(marks):
+        return False
+    for i, (m, seg) in enumerate(zip(marks, live, strict=False)):
+        if (seg.seq, seg.first) != (m.seq, m.first):
+            return False
+        if seg.size < m.end if i == len(marks) - 1 else seg.size != m.end:
+            return False
+    return True
+
+
+def _own_record(path: str, job_id: int, at: ckpt.JobAt, fs: FileSystem) -> bool:
+    """Whether the job's record is where the checkpoint says (trivially so if it has none)."""
+    if at.packed is None:
+        return True
+    seg = seq_of(at.packed >> SEG)
+    offset, size = (at.packed >> OFFSET) & M32, (at.packed >> SIZE) & M32
+    try:
+        f = fs.open(posixpath.join(path, fmt.segment_name(seg)))
+    except FileNotFoundError:
+        raise _Raced from None
+    try:
+        data = f.pread(size, offset)
+    finally:
+        f.close()
+    rec = framing.decode(data, 0, origin=offset)
+    return isinstance(rec, framing.Record) and rec.end == size and _names(rec, job_id)
+
+
+def _after_checkpoint(
+    path: str, job_id: int, fs: FileSystem, at: ckpt.JobAt, live: list[_Live]
+) -> Iterator[tuple[int, framing.Record]]:
+    """The records naming the job after the checkpoint's position, in log order."""
+    pattern = _ID.pack(job_id)
+    for seg in live[len(at.marks) - 1 :]:
+        start = at.summary.offset if seg.seq == at.summary.seq else fmt.SEGMENT_HEADER_SIZE
+        f = _open(path, seg.seq, seg.first, fs)
+        try:
+            found = _found(f, pattern, job_id, start)
+        finally:
+            f.close()
+        for rec in found:
+            yield seg.seq, rec

@@ -17,6 +17,7 @@ import attrs
 from walq.core import events as ev
 from walq.core import format as fmt
 from walq.core import framing
+from walq.core.packed import seq_of
 from walq.core.state import Loc
 from walq.directory.fs import FileSystem, OsFileSystem
 from walq.directory.queue import LOCK_FILE
@@ -80,6 +81,7 @@ def iter_scans(
     *,
     progress: Progress | None = None,
     load: Loader | None = None,
+    from_seq: int = 0,
 ) -> Iterator[SegmentScan]:
     """Every live segment of the queue in `path`, scanned, in log order, one at a time.
 
@@ -87,14 +89,14 @@ def iter_scans(
     compaction) are skipped; a segment removed since the directory was listed
     (by a compaction) is skipped too. With `load`, each segment's leading run
     of valid records goes to it instead of into the scan's `records`.
+    Segments numbered below `from_seq` (a checkpoint covers them) are not read.
     """
     fs = fs or OsFileSystem()
-    seqs = segment_seqs(path, fs)
-    firsts = {seq: _peek_first(fs, path, seq) for seq in seqs}
-    spans = [(first, seq) for seq, first in firsts.items() if first is not None and first < seq]
-    todo = [s for s in seqs if firsts[s] is not None and not any(a <= s < b for a, b in spans)]
+    todo = live_seqs(path, fs)
     seen: list[int] = []
     for i, seq in enumerate(todo):
+        if seq < from_seq:
+            continue
         scan = _scan_segment(fs, path, seq, newest=i == len(todo) - 1, oldest=i == 0, load=load)
         if progress is not None:
             progress(i + 1, len(todo))
@@ -104,6 +106,15 @@ def iter_scans(
             scan = attrs.evolve(scan, raced=True)
         seen.append(seq)
         yield scan
+
+
+def live_seqs(path: str, fs: FileSystem) -> list[int]:
+    """The live segments' numbers in log order: not those a compacted segment supersedes
+    (leftovers of a crashed compaction), nor those removed since the listing."""
+    seqs = segment_seqs(path, fs)
+    firsts = {seq: _peek_first(fs, path, seq) for seq in seqs}
+    spans = [(first, seq) for seq, first in firsts.items() if first is not None and first < seq]
+    return [s for s in seqs if firsts[s] is not None and not any(a <= s < b for a, b in spans)]
 
 
 def missing(path: str, spans: list[tuple[int, int]]) -> list[str]:
@@ -210,7 +221,7 @@ def read_record(path: str, loc: Loc, fs: FileSystem | None = None) -> ev.Event |
     """The event at `loc`, or None if it is no longer there (a compaction moved it)."""
     fs = fs or OsFileSystem()
     try:
-        f = fs.open(posixpath.join(path, fmt.segment_name(loc.seg)))
+        f = fs.open(posixpath.join(path, fmt.segment_name(seq_of(loc.seg))))
     except FileNotFoundError:
         return None
     try:

@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from walq.errors import ArgumentError, UnknownJobError, WalqError
 from walq.ops.dump import parse_position
 from walq.ui.actions import Ledger
+from walq.ui.history import reported_steps, with_reports
 from walq.ui.source import HISTORY_PAGE, PAGE, Sampler
 
 Scope = MutableMapping[str, Any]
@@ -153,26 +154,44 @@ def create_app(
             if state not in LIST_STATES:
                 raise ArgumentError(f"state must be one of {', '.join(LIST_STATES)}")
             page = source.jobs(
-                state, _int(request, "offset", 0), _int(request, "limit", PAGE, 1, 500)
+                state, _int(request, "after", 0), _int(request, "limit", PAGE, 1, 500)
             )
         except WalqError as exc:
             return _error(exc)
-        return JSONResponse(page.as_dict())
+        out = page.as_dict()
+        if state == "running":  # each one's worker, process and time, as the workers report
+            for row in out["rows"]:
+                info = sampler.running(row["id"]) or {}
+                row.update({k: v for k, v in info.items() if v is not None})
+        return JSONResponse(out)
 
     def job(request: Request) -> JSONResponse:
         try:
-            return JSONResponse(source.job(int(request.path_params["jid"])))
+            out = source.job(int(request.path_params["jid"]))
         except WalqError as exc:
             return _error(exc)
+        info = sampler.running(out["id"])
+        if info is not None:  # the running attempt's worker, as its worker reports
+            out["running"] = info
+        return JSONResponse(out)
 
     def history(request: Request) -> JSONResponse:
         after = request.query_params.get("after")
         try:
             start = parse_position(after) if after else None
             limit = _int(request, "limit", HISTORY_PAGE, 1, 1000)
-            return JSONResponse(source.history(int(request.path_params["jid"]), start, limit))
+            jid = int(request.path_params["jid"])
+            out = source.history(jid, start, limit)
         except WalqError as exc:
             return _error(exc)
+        # Which worker process ran each attempt and for how long: the log does not say; the
+        # workers' reports do, for the attempts that ended since the dashboard started.
+        reports = sampler.reports(jid)
+        if "note" in out:  # no log to read: the attempts its workers reported, if any
+            out["attempts"] = reported_steps(reports)
+        else:
+            with_reports(out["attempts"], reports)
+        return JSONResponse(out)
 
     def find(request: Request) -> JSONResponse:
         """A job by id ("123") or by the idempotency key an unfinished job holds."""

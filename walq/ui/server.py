@@ -102,6 +102,7 @@ def serve(
         server.run(sockets=[sock])
     finally:
         sampler.stop()
+        source.close()
         sock.close()
 
 

@@ -1,50 +1,63 @@
 """What the dashboard reads: a queue's numbers, its jobs by state (paged), one job's history.
 
-A directory is read without its lock, as `walq stats` and `walq dump` read it
-(beside a running owner or none); a server's queue through its read-only
-calls. The Sampler reads the numbers in one thread at a pace set by what a
-read costs, so the page's refreshes, however many, never add reads.
+Through the interfaces every tool shares, never a backend's own code: beside a
+running owner a directory is asked over the owner's control channel
+(walq.Admin: its state is in memory, so nothing is replayed); a server's queue
+through its QueueBackend calls; a directory with no owner through the
+read-only walq.ops readers, read again only when its files changed (no owner
+writes them, so a refresh usually costs a few stat calls). The Sampler reads
+the numbers in one thread at a pace set by what a read costs, so the page's
+refreshes, however many, never add reads.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
+import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import attrs
 
 from walq import backends
+from walq.backend import QueueBackend
 from walq.core import events as ev
-from walq.core.state import DEAD, PENDING, SCHEDULED
-from walq.errors import StateError, UnknownJobError, WalqError
+from walq.core.jobspec import state_code
+from walq.core.state import DEAD, PENDING, SCHEDULED, WAITING
+from walq.errors import DurabilityWarning, NoOwnerError, UnknownJobError, WalqError
+from walq.ops import live
 from walq.ops import stats as ops_stats
-from walq.ops.dead import dead_jobs, payload_kind
-from walq.ops.dump import Dumper, Position, payload_fields
-from walq.ops.owner import owner
-from walq.ops.replay import STATES, Replayed, now_clock
-from walq.ops.scan import iter_scans, read_record, segment_seqs
+from walq.ops.dump import Position, dump_job, payload_fields
+from walq.ops.replay import Replayed, now_clock
+from walq.ops.scan import read_record, segment_seqs
 from walq.ops.stats import QueueStats
+from walq.producers.control import Admin
+from walq.ui.history import attempts
 from walq.ui.series import Series
 
 log = logging.getLogger("walq.ui")
 
 PAGE = 50  # rows per page of a list
-HISTORY_PAGE = 100  # records per page of a job's history
+HISTORY_PAGE = 200  # records per page of a job's history
 RATES = ("enqueued", "completed", "failed")
+REPORTS_KEPT = 10_000  # ended attempts the workers reported, remembered since the start
 
 
 @attrs.frozen
 class Page:
-    """One page of a list: its rows, where it starts, how many there are in all."""
+    """One page of a list, in id order: its rows, the id it starts after, the next page's."""
 
     rows: list[dict[str, Any]]
-    offset: int
-    total: int
+    after: int
+    next: int | None  # pass as `after` for the next page (None: this is the last)
+    total: int | None  # jobs in the state, as of the last count
     note: str | None = None  # why the list is empty or partial
+    source: str = ""  # "owner", "server" or "files": where the rows were read
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -60,8 +73,8 @@ class Source(Protocol):
         """The queue's numbers now (one read; the Sampler calls it)."""
         ...
 
-    def jobs(self, state: str, offset: int, limit: int) -> Page:
-        """Live jobs in `state` (pending, scheduled, running, dead), as of the last read."""
+    def jobs(self, state: str, after: int, limit: int) -> Page:
+        """Live jobs in `state` with ids above `after`, in id order, at most `limit`."""
         ...
 
     def job(self, jid: int) -> dict[str, Any]:
@@ -73,19 +86,23 @@ class Source(Protocol):
         ...
 
     def history(self, jid: int, after: Position | None, limit: int) -> dict[str, Any]:
-        """The job's records from the log, `limit` at a time after position `after`."""
+        """The job's records from the log, and its attempts drawn from them."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the source holds open (a server connection)."""
         ...
 
 
 def totals(st: QueueStats) -> dict[str, int | None]:
     """The running totals the rate charts are drawn from (None: not known)."""
-    if "acked" in st.data:  # a server counts its own events
+    if "acked" in st.data:  # a live queue counts its own events (since it was opened)
         return {
             "enqueued": int(st.data.get("enqueued", 0)),
             "completed": int(st.data.get("acked", 0)),
             "failed": int(st.data.get("failed", 0)),
         }
-    # A directory: ids are issued in order; its owner's worker counts its outcomes.
+    # Files read with no owner: ids are issued in order; the worker's status counts outcomes.
     counters = [w.get("counters") or {} for w in st.workers]
     return {
         "enqueued": None if st.next_id is None else st.next_id - 1,
@@ -103,30 +120,161 @@ def _record_fields(e: ev.Event | None) -> dict[str, Any]:
     return out
 
 
+def _detail_row(d: dict[str, Any], wall: float) -> dict[str, Any]:
+    """A job_detail (QueueBackend.job_detail's keys) as list and job columns, times as wall."""
+    out = {k: v for k, v in d.items() if k not in ("due_in", "lease_left", "progress")}
+    if d.get("due_in") is not None:
+        out["due"] = wall + float(d["due_in"])
+    if d.get("lease_left") is not None:
+        out["lease_until"] = wall + float(d["lease_left"])
+    out.setdefault("state", d.get("status"))
+    return out
+
+
+# Which rows need their detail read (a dead job's error, a scheduled job's due time, a lease).
+_DETAILED = frozenset({"dead", "scheduled", "running"})
+
+
+class _Live(Protocol):
+    """The reads a live queue answers: the owner's Admin or a server's QueueBackend."""
+
+    def detail(self, jid: int) -> dict[str, Any]: ...
+
+    def jobs(self, state: str, after: int, limit: int) -> list[dict[str, Any]]: ...
+
+    def find(self, key: str) -> int | None: ...
+
+
+class _OwnerReads:
+    """A running owner's answers over its control channel (walq.Admin; NoOwnerError if none)."""
+
+    def __init__(self, path: str) -> None:
+        self.admin = Admin(path, require_owner=True, timeout=live.OWNER_TIMEOUT)
+
+    def detail(self, jid: int) -> dict[str, Any]:
+        return self.admin.status(jid)
+
+    def jobs(self, state: str, after: int, limit: int) -> list[dict[str, Any]]:
+        return self.admin.jobs(state, limit=limit, after=after)
+
+    def find(self, key: str) -> int | None:
+        return self.admin.find(key)
+
+
+class _ServerReads:
+    """A server's queue through its QueueBackend calls, on one handle kept open."""
+
+    def __init__(self, queue: QueueBackend) -> None:
+        self.queue = queue
+        self._lock = threading.Lock()  # one call at a time on the handle
+
+    def detail(self, jid: int) -> dict[str, Any]:
+        with self._lock:
+            return self.queue.job_detail(jid)
+
+    def jobs(self, state: str, after: int, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return self.queue.jobs(state, limit=limit, after=after)
+
+    def find(self, key: str) -> int | None:
+        with self._lock:
+            return self.queue.find(key)
+
+
+def _live_page(reads: _Live, state: str, after: int, limit: int, total: int | None) -> Page:
+    """A page of `state` from a live queue, with each row's detail where the list shows it."""
+    rows = reads.jobs(state, after, limit + 1)  # one more: is there a next page?
+    more = len(rows) > limit
+    rows = rows[:limit]
+    wall = time.time()
+    out = []
+    for listed in rows:
+        row = dict(listed, state=listed.get("status", state))
+        if state in _DETAILED:
+            with contextlib.suppress(UnknownJobError):  # finished since it was listed
+                row.update(_detail_row(reads.detail(int(row["id"])), wall))
+        out.append(row)
+    nxt = int(rows[-1]["id"]) if more and rows else None
+    return Page(out, after, nxt, total)
+
+
 class DirectorySource:
-    """A queue directory, read without its lock."""
+    """A queue directory: its running owner's answers, or its files read without the lock."""
 
     backend = "directory"
 
     def __init__(self, path: str) -> None:
         segment_seqs(path)  # NotAQueueError now, not on the first refresh
         self.target = path
-        self._replayed: Replayed | None = None
+        self._owner = _OwnerReads(path)
+        self._replayed: Replayed | None = None  # the last read of the files (no owner)
+        self._stats: QueueStats | None = None
+        self._seen: tuple[Any, ...] | None = None  # the files as they were at that read
         self._wall_minus_mono = 0.0
         self._sorted: dict[str, list[int]] = {}
+        self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def _files(self) -> tuple[Any, ...]:
+        """What the directory's files look like (names, sizes, times): any write changes it."""
+        seen = []
+        for where in (self.target, os.path.join(self.target, "spool")):
+            with contextlib.suppress(OSError), os.scandir(where) as entries:
+                for entry in entries:
+                    with contextlib.suppress(OSError):
+                        st = entry.stat(follow_symlinks=False)
+                        seen.append((where, entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
+        return tuple(sorted(seen))
+
     def read(self) -> QueueStats:
+        live_stats = ops_stats.owner_stats(self.target)
+        if live_stats is not None:  # the owner's numbers: nothing replayed
+            st = QueueStats.of(live_stats)
+            with self._lock:
+                self._replayed, self._stats, self._seen, self._sorted = None, None, None, {}
+                self._counts = dict(st.jobs)
+            return st
+        seen = self._files()
+        with self._lock:
+            if self._stats is not None and seen == self._seen:
+                return self._stats  # no write since the last read: nothing to read again
         now = now_clock()
         data, replayed = ops_stats.directory_snapshot(self.target, now=now)
+        st = QueueStats.of(data)
         with self._lock:
-            self._replayed = replayed
+            self._replayed, self._stats, self._seen = replayed, st, seen
             self._wall_minus_mono = now.wall - now.mono
             self._sorted = {}
-        return QueueStats.of(data)
+            self._counts = dict(st.jobs)
+        return st
+
+    def jobs(self, state: str, after: int, limit: int) -> Page:
+        state_code(state)  # ArgumentError for a state that is none
+        with self._lock:
+            replayed, total = self._replayed, self._counts.get(state)
+        if replayed is None:
+            try:
+                page = _live_page(self._owner, state, after, limit, total)
+            except WalqError as exc:
+                if not _no_owner(exc):
+                    raise
+                self.read()  # the owner stopped: read the files
+            else:
+                return attrs.evolve(page, source="owner")
+        r, ids = self._ids(state)
+        if r is None:
+            return Page([], after, None, None, "not read yet", "files")
+        start = bisect.bisect_right(ids, after)
+        chosen = ids[start : start + limit]
+        rows = []
+        for jid in chosen:
+            with contextlib.suppress(UnknownJobError):
+                rows.append(self._row(r, jid, state))
+        more = start + limit < len(ids)
+        return Page(rows, after, chosen[-1] if more and chosen else None, len(ids), None, "files")
 
     def _ids(self, state: str) -> tuple[Replayed | None, list[int]]:
-        """The ids in `state` of the last read, in the order the list shows them."""
+        """The ids in `state` of the last read of the files, in id order."""
         with self._lock:
             r = self._replayed
             if r is None:
@@ -144,19 +292,8 @@ class DirectorySource:
             return sorted(r.running)
         if state == "pending":
             return sorted(j for j in st.ids_in(PENDING) if j not in r.running)
-        if state == "scheduled":
-            return sorted(st.ids_in(SCHEDULED), key=lambda j: (st.due_of(j) or 0.0, j))
-        return sorted(st.ids_in(DEAD))
-
-    def jobs(self, state: str, offset: int, limit: int) -> Page:
-        r, ids = self._ids(state)
-        if r is None:
-            return Page([], offset, 0, "not read yet")
-        rows = []
-        for jid in ids[offset : offset + limit]:
-            with contextlib.suppress(UnknownJobError):
-                rows.append(self._row(r, jid, state))
-        return Page(rows, offset, len(ids))
+        code = {"scheduled": SCHEDULED, "dead": DEAD, "waiting": WAITING}[state]
+        return sorted(st.ids_in(code))
 
     def _row(self, r: Replayed, jid: int, state: str) -> dict[str, Any]:
         st = r.state
@@ -165,130 +302,101 @@ class DirectorySource:
             "id": jid,
             "task": info.task,
             "state": state,
-            "attempts": info.attempts,  # (its limit may be the worker's task default: not shown)
+            "status": state,
+            "attempts": info.attempts,
+            "max_attempts": info.max_attempts,
         }
         row.update(_record_fields(read_record(self.target, info.loc)))
         if state == "scheduled":
             due = st.due_of(jid)
             row["due"] = None if due is None else due + self._wall_minus_mono
-        if state == "running":
-            lease = st.lease(jid)
-            if lease is not None:
-                row["attempt"] = lease[1]
-                row["lease_until"] = lease[0] + self._wall_minus_mono
         if state == "dead":
-            row["error"] = self._error(r, jid)
+            loc = st.error_loc(jid)
+            e = None if loc is None else read_record(self.target, loc)
+            row["error"] = e.error if isinstance(e, ev.Fail | ev.Job) else ""
         return row
 
-    def _error(self, r: Replayed, jid: int) -> str:
-        loc = r.state.error_loc(jid)
-        e = None if loc is None else read_record(self.target, loc)
-        return e.error if isinstance(e, ev.Fail | ev.Job) else ""
-
     def job(self, jid: int) -> dict[str, Any]:
-        with self._lock:
-            r = self._replayed
-        if r is None:
-            r = ops_stats.directory_snapshot(self.target)[1]
-        status = "running" if jid in r.running else r.state.status(jid)
-        out: dict[str, Any] = {"id": jid, "status": status, "backend": self.backend}
-        if status in STATES:
-            out.update(self._row(r, jid, status))
-            if status == "dead":
-                out["error"] = self._error(r, jid)
-            if status == "running":
-                out["worker"] = owner(self.target).pid
+        """The owner's answer, or the job's own records read (walq.ops.live: no replay)."""
+        detail = live.job_status(self.target, jid)
+        out = _detail_row(detail, time.time())
+        out["backend"] = self.backend
         return out
 
     def find_key(self, key: str) -> int | None:
+        with self._lock:
+            r = self._replayed
+        if r is not None:
+            return r.state.key_holder(key)
+        try:
+            return self._owner.find(key)
+        except WalqError as exc:
+            if not _no_owner(exc):
+                raise
+        self.read()
         with self._lock:
             r = self._replayed
         return None if r is None else r.state.key_holder(key)
 
     def history(self, jid: int, after: Position | None, limit: int) -> dict[str, Any]:
-        """One pass over the log from `after`, decoding only the records that may name the job."""
-        rows: list[dict[str, Any]] = []
-        dumper = Dumper(full=True)
-        with self._lock:
-            r = self._replayed
-        if after is None and r is not None and jid in r.state:
-            loc = r.state.info(jid).loc  # a live job's records start at its own
-            after = (loc.seg, loc.offset)
-        for scan in iter_scans(self.target):
-            if after is not None and scan.seq < after[0]:
-                continue
-            for rec in scan.records:
-                if after is not None and (scan.seq, rec.offset) < after:
-                    continue
-                if not ev.may_name(rec.body, jid):
-                    continue
-                row = dumper.record_row(scan.seq, rec)
-                if jid not in (row.get("jobs") or [row.get("job")]):
-                    continue  # its 8 bytes were in the body by chance
-                if len(rows) == limit:
-                    last = rows[-1]
-                    return {"rows": rows, "next": f"{last['seq']}:{last['offset'] + 1}"}
-                rows.append(row)
-        return {"rows": rows, "next": None}
+        """The job's records, found by seeking, not by reading the log (walq.ops.dump.dump_job)."""
+        rows = list(dump_job(self.target, jid, full=True))
+        shown = [r for r in rows if after is None or (r["seq"], r["offset"]) > after]
+        page = shown[:limit]
+        nxt = f"{page[-1]['seq']}:{page[-1]['offset']}" if len(shown) > limit else None
+        return {"rows": page, "next": nxt, "attempts": attempts(jid, rows)}
+
+    def close(self) -> None:
+        return None
+
+
+def _no_owner(exc: WalqError) -> bool:
+    """Whether `exc` says no owner answered (its files are then read instead)."""
+    return isinstance(exc, NoOwnerError)
 
 
 class ServerSource:
-    """A queue on a server (Redis), through its read-only calls."""
+    """A queue on a server (Redis), through its QueueBackend calls and read-only stats."""
 
     backend = "redis"
 
     def __init__(self, url: str) -> None:
-        from walq.ops.admin import open_server  # noqa: PLC0415
-
-        with open_server(url) as q:  # NotAQueueError now, not on the first refresh
-            self.target = q.path
+        with warnings.catch_warnings():  # weak durability is for `walq stats` to report
+            warnings.simplefilter("ignore", DurabilityWarning)
+            queue = backends.open(url, create=False)  # NotAQueueError now, not on a refresh
+        self.target = queue.path
         self._url = url
-        self._open = open_server
+        self._reads = _ServerReads(queue)
+        self._counts: dict[str, int] = {}
 
     def read(self) -> QueueStats:
-        return ops_stats.read(self._url)
+        st = ops_stats.read(self._url)
+        self._counts = dict(st.jobs)
+        return st
 
-    def jobs(self, state: str, offset: int, limit: int) -> Page:
-        if state != "dead":
-            return Page([], offset, 0, f"a server's {state} jobs are counted, not listed")
-        rows = dead_jobs(self._url)
-        page = [
-            {
-                "id": d.id,
-                "task": d.task,
-                "state": "dead",
-                "attempts": d.attempts,
-                "key": d.key,
-                "created": d.created,
-                "error": d.error,
-                **payload_fields(_kind(d.payload_kind), d.payload),
-            }
-            for d in rows[offset : offset + limit]
-        ]
-        return Page(page, offset, len(rows))
+    def jobs(self, state: str, after: int, limit: int) -> Page:
+        state_code(state)
+        page = _live_page(self._reads, state, after, limit, self._counts.get(state))
+        return attrs.evolve(page, source="server")
 
     def job(self, jid: int) -> dict[str, Any]:
-        with self._open(self._url) as q:
-            status = q.status(jid)
-        out: dict[str, Any] = {"id": jid, "status": status, "backend": self.backend}
-        if status == "dead":
-            with contextlib.suppress(StateError, UnknownJobError):
-                d = dead_jobs(self._url, ids=[jid])[0]
-                out.update(task=d.task, attempts=d.attempts, key=d.key, created=d.created)
-                out["error"] = d.error
-                out.update(payload_fields(_kind(d.payload_kind), d.payload))
+        out = _detail_row(self._reads.detail(jid), time.time())
+        out["backend"] = self.backend
         return out
 
     def find_key(self, key: str) -> int | None:
-        return None
+        return self._reads.find(key)
 
     def history(self, jid: int, after: Position | None, limit: int) -> dict[str, Any]:
-        return {"rows": [], "next": None, "note": "a server's queue keeps no log to read"}
+        return {
+            "rows": [],
+            "next": None,
+            "attempts": [],
+            "note": "a server's queue keeps no log of a job's records: its status is shown above",
+        }
 
-
-def _kind(name: str) -> int:
-    """The payload kind code of `payload_kind`'s name."""
-    return ev.PAYLOAD_BYTES if name == payload_kind(ev.PAYLOAD_BYTES) else ev.PAYLOAD_JSON
+    def close(self) -> None:
+        self._reads.queue.close()
 
 
 def open_source(target: str) -> Source:
@@ -317,7 +425,8 @@ class Sampler:
         self.series = Series(RATES)
         self._clock = clock
         self._latest: dict[str, Any] | None = None
-        self._seen_running: dict[int, float] = {}  # job id -> when a read first saw it run
+        self._reports: dict[tuple[int, int, float], dict[str, Any]] = {}  # (job, attempt, ended)
+        self._running: dict[int, dict[str, Any]] = {}  # what the workers report running
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -364,23 +473,44 @@ class Sampler:
             now = self._clock()
             self.series.add(now, totals(st))
             snap = self._snapshot(st, now, time.monotonic() - began)
+            self._keep_reports(st.workers)
+            running = running_by_workers(st.workers)
+            with self._lock:
+                self._running = running
         with self._lock:
             self._latest = snap
         return snap
 
+    def _keep_reports(self, workers: Sequence[Any]) -> None:
+        """Remember the attempts the workers report ended (each reports only its last few)."""
+        with self._lock:
+            for status in workers:
+                for r in status.get("recent") or ():
+                    if not isinstance(r, dict) or "job" not in r:
+                        continue
+                    key = (int(r["job"]), int(r.get("attempt") or 0), float(r.get("ended") or 0))
+                    row = dict(r, worker=status.get("pid"), host=status.get("host"))
+                    self._reports[key] = row
+            while len(self._reports) > REPORTS_KEPT:
+                del self._reports[next(iter(self._reports))]
+
+    def running(self, jid: int) -> dict[str, Any] | None:
+        """The worker and process running job `jid` and for how long, as the workers report."""
+        with self._lock:
+            info = self._running.get(jid)
+        return None if info is None else {"id": jid, "state": "running", **info}
+
+    def reports(self, jid: int) -> list[dict[str, Any]]:
+        """The attempts of job `jid` its workers reported ended since the dashboard started."""
+        with self._lock:
+            return [r for (job, _, _), r in self._reports.items() if job == jid]
+
     def _snapshot(self, st: QueueStats, now: float, took: float) -> dict[str, Any]:
-        running_page = self.source.jobs("running", 0, PAGE)
-        known = running_by_workers(st.workers)
-        if running_page.note is not None and known:  # a server's: its workers say what runs
-            rows = [{"id": jid, "state": "running", **info} for jid, info in sorted(known.items())]
-            running_page = Page(rows[:PAGE], 0, len(rows))
-        seen = {}
-        for row in running_page.rows:
-            row.update(known.get(row["id"], {}))
-            first = self._seen_running.get(row["id"], now)
-            seen[row["id"]] = first
-            row["elapsed_at_least"] = round(now - first, 1)
-        self._seen_running = seen
+        # What runs, with its worker, process and time, as the workers report it (no list read).
+        running = [
+            {"id": jid, "state": "running", **info}
+            for jid, info in sorted(running_by_workers(st.workers).items())
+        ]
         data = st.data
         return {
             "where": st.where,
@@ -399,7 +529,8 @@ class Sampler:
                 (w["retry_budget"] for w in st.workers if w.get("retry_budget")), None
             ),
             "workers": [_worker(w) for w in st.workers],
-            "running": running_page.as_dict(),
+            "running": running[:PAGE],
+            "read_from": _read_from(st, self.source.backend),
             "next_due_in": st.next_due_in,
             "log": None if st.log is None else attrs.asdict(st.log),
             "garbage_bytes": data.get("garbage_bytes"),
@@ -412,6 +543,13 @@ class Sampler:
             "interrupted": st.interrupted,
             "series": self.series.rates(now),
         }
+
+
+def _read_from(st: QueueStats, backend: str) -> str:
+    """Where a read's numbers came from: "owner" (its control channel), "server" or "files"."""
+    if backend != "directory":
+        return "server"
+    return "owner" if st.data.get("source") == "owner" else "files"
 
 
 def running_by_workers(workers: Sequence[Any]) -> dict[int, dict[str, Any]]:
@@ -460,10 +598,10 @@ def task_limits(workers: Sequence[Any]) -> dict[str, dict[str, Any]]:
 
 def iter_pages(source: Source, state: str, limit: int = PAGE) -> Iterator[dict[str, Any]]:
     """Every row of a list, a page at a time (for tests and tools, not the page)."""
-    offset = 0
+    after = 0
     while True:
-        page = source.jobs(state, offset, limit)
+        page = source.jobs(state, after, limit)
         yield from page.rows
-        offset += limit
-        if offset >= page.total:
+        if page.next is None:
             return
+        after = page.next

@@ -11,6 +11,7 @@ import functools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,9 @@ from walq.worker.tasks import Task
 
 log = logging.getLogger("walq.worker")
 
+# Finished attempts the worker's status reports (the log records no worker or time for them).
+RECENT = 100
+
 
 @attrs.frozen
 class Outcome:
@@ -36,6 +40,7 @@ class Outcome:
     ok: bool
     report: dict[str, Any] | None = None
     seconds: float = 0.0  # how long the attempt ran, as the owner saw it
+    process: int = 0  # the pid of the worker process that ran it
 
 
 @attrs.define
@@ -60,13 +65,28 @@ class Recorder:
     budget: RetryBudget
     rng: random.Random
     on_decided: Callable[[Task, float], None]
+    # The last RECENT attempts ended: which process ran each, for how long, and how it ended.
+    recent: deque[dict[str, Any]] = attrs.field(factory=lambda: deque(maxlen=RECENT))
 
     def record(self, outcomes: list[Outcome]) -> None:
         """Ack and fail finished attempts; results for lost leases are dropped."""
         now = time.monotonic()
+        wall = time.time()
         oks = []
         self.heartbeat.drop_many([out.job.id for out in outcomes])
         for out in outcomes:
+            self.recent.append(
+                {
+                    "job": out.job.id,
+                    "attempt": out.job.attempt,
+                    "task": out.task.name,
+                    "process": out.process,
+                    "seconds": round(out.seconds, 4),
+                    "ended": round(wall, 3),
+                    "ok": out.ok,
+                    "cause": None if out.ok else (out.report or {}).get("cause"),
+                }
+            )
             self.runtime[out.task.name].running -= 1
             if out.ok:
                 oks.append(out)

@@ -563,7 +563,8 @@ class Worker:
                 continue
             if report is not None and report.get("cause") == "timeout":
                 self.counters["timeouts"] += 1  # a coroutine cancelled at its timeout
-            outcomes.append(Outcome(job, task, kind == "ok", report, time.monotonic() - started))
+            ran = time.monotonic() - started
+            outcomes.append(Outcome(job, task, kind == "ok", report, ran, slot.pid))
         slot.settle(time.monotonic())
 
     # -- prefetched jobs the policy no longer admits --------------------------------------
@@ -630,7 +631,7 @@ class Worker:
                     message += f" ({len(running)} jobs were running in it)"
                 report = lost_report(cause, message, shared=shared)
                 ran = time.monotonic() - started
-                outcomes.append(Outcome(job, task, False, report, ran))
+                outcomes.append(Outcome(job, task, False, report, ran, slot.pid))
         if slot.jobs:
             for rest, rest_task in slot.jobs.values():
                 self._release(rest, rest_task, "its worker process ended before it started")
@@ -739,7 +740,7 @@ class Worker:
         """Breaker states, running counts and counters: what `walq stats` shows."""
         return worker_status(
             self.queue, self.tasks, self._runtime, len(self._slots), self.counters, self.budget,
-            self._slots,
+            self._slots, self._recorder.recent,
         )  # fmt: skip
 
     def _write_status(self, final: bool = False) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -31,9 +31,11 @@ def worker_status(
     counters: dict[str, int],
     budget: RetryBudget | None = None,
     slots: Sequence[Slot] = (),
+    recent: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Breaker states, limits, running counts, the retry budget and counters: what
-    `walq stats` and `walq ui` show."""
+    `walq stats` and `walq ui` show; `recent`, the last attempts that ended (the log
+    records no worker and no time for an attempt: `walq ui` shows them from here)."""
     now = time.monotonic()
     by_task = {}
     for task in tasks:
@@ -86,6 +88,7 @@ def worker_status(
             "balance": round(budget.balance(now), 3),
         },
         "compactor": health() if health is not None else None,
+        "recent": [dict(r) for r in recent],
     }
 
 

@@ -12,7 +12,11 @@ const $ = (id) => document.getElementById(id);
 let snap = null;
 let view = "overview";
 let listState = "dead";
-let listOffset = 0;
+let listAfter = 0;  // the page shown starts after this job id
+let listBefore = [];  // the pages before it, as their `after` ids (for "Newer")
+let listNext = null;
+let listAsked = 0;  // the last list request sent
+let lastState = null, lastAfter = null;  // the page it asked for
 let jobId = null;
 let historyNext = null;
 const selected = new Set();
@@ -141,7 +145,9 @@ async function refresh() {
   banner.hidden = !snap.error;
   if (snap.error) { banner.textContent = `Reading the queue failed: ${snap.error}`; return; }
   const age = Date.now() / 1000 - snap.read_at;
-  $("live").textContent = `read ${ago(age)} ago (${(snap.read_seconds * 1000).toFixed(0)} ms)`;
+  const from = { owner: "from the owner", files: "from the files", server: "from the server" }[snap.read_from] || "";
+  $("live").textContent = `read ${ago(age)} ago ${from} (${(snap.read_seconds * 1000).toFixed(0)} ms)`;
+  $("live").dataset.from = snap.read_from || "";
   $("live").className = age < 10 ? "live ok" : "live stale";
   for (const a of document.querySelectorAll("nav a[data-view]")) {
     const state = a.dataset.view;
@@ -155,7 +161,6 @@ async function refresh() {
   renderWorkers();
   renderStorage();
   renderActions();
-  if (view === "list" && listState === "running") renderRunning();
 }
 
 function renderOverview() {
@@ -179,26 +184,38 @@ function renderCharts() {
   const colours = { enqueued: "var(--pending)", completed: "var(--running)", failed: "var(--dead)" };
   const charts = Object.keys(names).map((name) => {
     const values = s.rates[name].slice(-keep);
-    const last = values.length > 1 ? values[values.length - 2] : 0;  // the newest whole bin
+    const last = values.length > 1 ? values[values.length - 2] : null;  // the newest whole bin
     return h("div", { class: "chart", "data-chart": name },
-      h("h3", {}, names[name], h("span", {}, `${last.toFixed(1)}/s`)), svgChart(values, colours[name], s.step));
+      h("h3", {}, names[name], h("span", {}, last === null ? "–" : `${last.toFixed(1)}/s`)), svgChart(values, colours[name], s.step));
   });
-  fill($("charts"), charts);
+  // The log keeps no time for an ack or a claim: the rates are counted from the dashboard's own reads.
+  const since = s.since ? `Counted since the dashboard started at ${when(s.since)}: the log records no time for a claim or an ack, so the time before is not known and is left blank.` : "Counting starts with the next read.";
+  fill($("charts"), charts, h("p", { class: "muted since", id: "chart-since" }, since));
   for (const b of document.querySelectorAll("#chart-span button")) b.classList.toggle("on", Number(b.dataset.minutes) === chartMinutes);
 }
 
 function svgChart(values, colour, step) {
   const NS = "http://www.w3.org/2000/svg";
   const W = 300, H = 90, top = 12, bottom = 14;
-  const max = Math.max(1, ...values);
+  const max = Math.max(1, ...values.filter((v) => v !== null));
   const svg = document.createElementNS(NS, "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.setAttribute("preserveAspectRatio", "none");
   const x = (i) => (i / Math.max(1, values.length - 1)) * W;
   const y = (v) => H - bottom - (v / max) * (H - top - bottom);
-  const points = values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`);
+  // Bins not known (before the dashboard's first read) are left out, not drawn as zero.
+  const first = values.findIndex((v) => v !== null);
+  const known = first < 0 ? [] : values.slice(first);
+  const points = known.map((v, i) => `${x(i + first).toFixed(1)},${y(v).toFixed(1)}`);
+  if (first > 0) {
+    const unknown = document.createElementNS(NS, "rect");
+    unknown.setAttribute("class", "unknown");
+    for (const [k, v] of Object.entries({ x: 0, y: top, width: x(first), height: H - top - bottom })) unknown.setAttribute(k, v);
+    svg.append(unknown);
+  }
   const area = document.createElementNS(NS, "path");
-  area.setAttribute("d", `M0,${H - bottom} L${points.join(" L")} L${W},${H - bottom} Z`);
+  const x0 = first < 0 ? 0 : x(first);
+  area.setAttribute("d", points.length ? `M${x0.toFixed(1)},${H - bottom} L${points.join(" L")} L${W},${H - bottom} Z` : "");
   area.setAttribute("fill", colour);
   area.setAttribute("fill-opacity", "0.15");
   const line = document.createElementNS(NS, "polyline");
@@ -324,31 +341,37 @@ function listColumns(state) {
   if (state === "scheduled") cols.push(["Due", (r) => r.due ? `${when(r.due)} (in ${ago(r.due - Date.now() / 1000)})` : "–"]);
   if (state === "running") {
     cols.push(["Worker / process", (r) => r.process ? `${r.worker} / ${r.process}` : (snap && snap.owner && snap.owner.pid) || "–", "mono"],
-      ["Running for", (r) => r.running_for !== undefined && r.running_for !== null ? ago(r.running_for) : r.elapsed_at_least !== undefined ? `≥ ${ago(r.elapsed_at_least)}` : "–"]);
+      ["Running for", (r) => r.running_for !== undefined && r.running_for !== null ? ago(r.running_for) : "–"],
+      ["Lease ends", (r) => r.lease_until ? `in ${ago(r.lease_until - Date.now() / 1000)}` : "–"]);
   }
   if (state === "dead") cols.push(["Last error", (r) => (r.error || "").split("\n").filter(Boolean).pop() || "", "err"]);
-  cols.push(["Key", (r) => r.key || "", "mono"], ["Created", (r) => when(r.created)], ["Payload", (r) => r.payload || "", "mono"]);
+  cols.push(["Key", (r) => r.key || "", "mono"]);
+  if (page_has(state, "created")) cols.push(["Created", (r) => when(r.created)], ["Payload", (r) => r.payload || "", "mono"]);
   return cols;
 }
 
+let lastRows = [];
+// Whether the rows read carry `field` (a list read from the files has each job's record).
+function page_has(state, field) { return lastRows.some((r) => r[field] !== undefined); }
+
 function renderRows(state, page) {
+  lastRows = page.rows;
   const cols = listColumns(state);
   const head = h("tr", {}, cols.map(([name, , cls]) => h("th", { class: cls && cls.includes("num") ? "num" : null }, name)));
   const rows = page.rows.map((r) => h("tr", { class: "click", "data-job": r.id, onclick: () => { location.hash = `#job/${r.id}`; } },
     cols.map(([, get, cls]) => h("td", { class: cls || null }, get(r)))));
   fill($("list"), head, rows.length ? rows : h("tr", {}, h("td", { colspan: cols.length, class: "muted" }, page.note || `no ${state} jobs`)));
-  const end = Math.min(page.offset + page.rows.length, page.total);
-  $("list-range").textContent = page.total ? `${num(page.offset + 1)}–${num(end)} of ${num(page.total)}` : "";
-  $("prev").disabled = page.offset === 0;
-  $("next").disabled = end >= page.total;
-}
-
-function renderRunning() {
-  if (snap && snap.running && listOffset === 0) renderRows("running", snap.running);
+  const start = listBefore.length * PAGE;
+  const total = page.total ?? (snap && snap.jobs ? snap.jobs[state] : null);
+  $("list-range").textContent = page.rows.length ? `${num(start + 1)}–${num(start + page.rows.length)}${total !== null && total !== undefined ? ` of ${num(total)}` : ""} (by id)` : "";
+  $("list-range").dataset.source = page.source || "";
+  listNext = page.next;
+  $("prev").disabled = listBefore.length === 0;
+  $("next").disabled = page.next === null || page.next === undefined;
 }
 
 async function loadList() {
-  const titles = { pending: "Pending jobs (oldest first)", scheduled: "Scheduled jobs (by due time)", running: "Running jobs", dead: "Dead jobs" };
+  const titles = { pending: "Pending jobs (oldest first)", scheduled: "Scheduled jobs (by id, with their due time)", running: "Running jobs", dead: "Dead jobs", waiting: "Waiting jobs (for their parents)" };
   $("list-title").textContent = titles[listState];
   const tools = [];
   if (listState === "dead") {
@@ -357,11 +380,17 @@ async function loadList() {
       actionButton("Purge all dead", "purge", {}, "Purge every dead job? Their payloads and errors are deleted for good.", true));
   }
   fill($("list-tools"), tools);
-  if (listState === "running" && listOffset === 0 && snap) { renderRunning(); return; }
+  const asked = ++listAsked;  // a slower answer to an earlier request must not overwrite it
+  if (!(listState === lastState && listAfter === lastAfter)) {
+    // A new page: its buttons wait for it (a second click would page from the old one).
+    $("prev").disabled = true;
+    $("next").disabled = true;
+  }
+  lastState = listState; lastAfter = listAfter;
   try {
-    const page = await api(`/api/jobs?state=${listState}&offset=${listOffset}&limit=${PAGE}`);
-    renderRows(listState, page);
-  } catch (e) { toast(e.message, true); }
+    const page = await api(`/api/jobs?state=${listState}&after=${listAfter}&limit=${PAGE}`);
+    if (asked === listAsked) renderRows(listState, page);
+  } catch (e) { if (asked === listAsked) toast(e.message, true); }
 }
 
 // -- one job ------------------------------------------------------------------------------------
@@ -376,10 +405,7 @@ async function loadJob(id) {
     return;
   }
   $("job-title").textContent = `Job ${job.id}`;
-  const fields = [["Status", pill(job.status)], ["Task", job.task], ["Attempts", job.attempts],
-    ["Key", job.key], ["Priority", job.priority], ["Created", job.created ? when(job.created) : null], ["Due", job.due ? when(job.due) : null],
-    ["Worker", job.worker], ["Payload", job.payload !== undefined ? h("span", { class: "mono" }, job.payload) : null]];
-  fill($("job-fields"), fields.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => [h("dt", {}, k), h("dd", { "data-field": k.toLowerCase() }, v)]));
+  renderJobFields(job);
   const tools = [];
   if (job.status === "dead") {
     tools.push(actionButton("Requeue", "requeue", { ids: [job.id] }),
@@ -392,14 +418,81 @@ async function loadJob(id) {
   $("job-error").textContent = job.error || "";
   historyNext = null;
   fill($("job-history"));
-  await loadHistory(id, null);
+  fill($("job-attempts"));
+  await loadHistory(id, null, job);
 }
 
-async function loadHistory(id, after) {
+// A job's fields; its creation time and payload come from its enqueue record where the
+// queue's answer lacks them (an owner's or a server's answer does not carry them).
+function renderJobFields(job) {
+  const run = job.running || {};
+  const attemptsText = job.attempts !== undefined && job.attempts !== null ? `${job.attempts}${job.max_attempts ? ` of ${job.max_attempts}` : ""}` : null;
+  const fields = [["Status", pill(job.status)], ["Task", job.task], ["Attempts", attemptsText],
+    ["Key", job.key], ["Priority", job.priority], ["Created", job.created ? when(job.created) : null], ["Due", job.due ? `${when(job.due)} (in ${ago(job.due - Date.now() / 1000)})` : null],
+    ["Worker", run.process ? `worker ${run.worker}, process ${run.process}` : job.worker ? `owner ${job.worker}` : null],
+    ["Running for", run.running_for !== undefined && run.running_for !== null ? ago(run.running_for) : null],
+    ["Lease ends", job.lease_until ? `in ${ago(job.lease_until - Date.now() / 1000)}` : null],
+    ["Payload", job.payload !== undefined ? h("span", { class: "mono" }, job.payload) : null]];
+  fill($("job-fields"), fields.filter(([, v]) => v !== null && v !== undefined && v !== "").map(([k, v]) => [h("dt", {}, k), h("dd", { "data-field": k.toLowerCase() }, v)]));
+}
+
+const OUTCOMES = { acked: "ok", failed: "open", dead: "dead", released: "half-open", cancelled: "refused", lost: "stale", running: "running" };
+
+// The job's attempts, drawn by the server from its records (walq/ui/history.py).
+function renderAttempts(steps, job, run, note) {
+  const head = h("tr", {}, ["Step", "Outcome", "Worker", "Duration", "Details", "Records"].map((t) => h("th", {}, t)));
+  const rows = steps.map((st) => {
+    let name, outcome = "", worker = "not recorded", duration = "not recorded", detail = [];
+    if (st.kind === "attempt") {
+      name = `attempt ${st.attempt ?? "?"}`;
+      let out = st.outcome;
+      if (out === "running" && job.status !== "running") { out = "lost"; detail.push("no outcome recorded yet: its owner stopped"); }
+      outcome = pill(out, OUTCOMES[out] || "");
+      if (out === "running" && run.process) {
+        worker = `worker ${run.worker}, process ${run.process}`;
+        duration = run.running_for !== undefined && run.running_for !== null ? `${ago(run.running_for)} so far` : "running";
+      }
+      const rep = st.reported;  // the worker's report of it (the log records neither)
+      if (rep) {
+        worker = `worker ${rep.worker ?? "?"}${rep.host ? ` on ${rep.host}` : ""}, process ${rep.process ?? "?"}`;
+        duration = `${Number(rep.seconds).toFixed(rep.seconds < 10 ? 2 : 0)} s, ended ${when(rep.ended)}`;
+        if (rep.cause && !st.summary) detail.push(rep.cause);
+      }
+      if (st.summary) detail.push(st.summary);
+      if (st.retry_at) detail.push(`retry at ${when(st.retry_at)}`);
+      if (st.note) detail.push(st.note);
+    } else if (st.kind === "created") {
+      name = st.compacted ? "compacted" : "enqueued";
+      worker = ""; duration = "";
+      if (st.created) detail.push(`at ${when(st.created)}`);
+      if (st.task) detail.push(st.task);
+      if (st.due) detail.push(`due ${when(st.due)}`);
+      if (st.key) detail.push(`key ${st.key}`);
+      if (st.compacted) detail.push(`${st.attempts || 0} attempt(s) before (a compaction keeps no older records)`);
+      if (st.after) detail.push(`after job(s) ${st.after.join(", ")}`);
+    } else {
+      name = st.kind; worker = ""; duration = "";
+    }
+    const where = [st.at, st.ended_at].filter(Boolean).join(" → ");
+    return h("tr", { "data-step": st.kind, "data-attempt": st.attempt ?? null, "data-outcome": st.outcome || null },
+      h("td", {}, name), h("td", {}, outcome), h("td", { class: "muted" }, worker), h("td", { class: "muted" }, duration),
+      h("td", { class: st.error ? "err" : "" }, detail.join(" · ")), h("td", { class: "mono muted" }, where));
+  });
+  fill($("job-attempts"), head, rows.length ? rows : h("tr", {}, h("td", { colspan: 6, class: "muted" }, note ? "no attempt reported by a worker since the dashboard started" : "no records")));
+}
+
+async function loadHistory(id, after, job) {
   let page;
   try {
     page = await api(`/api/job/${id}/history${after ? `?after=${encodeURIComponent(after)}` : ""}`);
   } catch (e) { toast(`history: ${e.message}`, true); return; }
+  if (!after && job) {
+    renderAttempts(page.attempts || [], job, job.running || {}, page.note);
+    const made = page.rows.find((r) => (r.type === "enqueue" || r.type === "job" || r.type === "after") && r.job === id);
+    if (made && job.payload === undefined) {
+      renderJobFields({ ...job, created: job.created ?? made.created, payload: made.payload });
+    }
+  }
   const table = $("job-history");
   if (!after) {
     table.append(h("tr", {}, ["Position", "Record", "Attempt", "Details"].map((t) => h("th", {}, t))));
@@ -437,7 +530,7 @@ async function route() {
   if (first === "job" && second) {
     view = "job"; show("job"); await loadJob(Number(second));
   } else if (STATES.includes(first)) {
-    view = "list"; if (listState !== first) { listOffset = 0; selected.clear(); }
+    view = "list"; if (listState !== first) { listAfter = 0; listBefore = []; selected.clear(); }
     listState = first; show("list"); await loadList();
   } else if (["workers", "storage", "actions"].includes(first)) {
     view = first; show(first);
@@ -449,9 +542,9 @@ async function route() {
 for (const b of document.querySelectorAll("#chart-span button")) {
   b.addEventListener("click", () => { chartMinutes = Number(b.dataset.minutes); if (snap && !snap.error) renderCharts(); });
 }
-$("prev").addEventListener("click", () => { listOffset = Math.max(0, listOffset - PAGE); loadList(); });
-$("next").addEventListener("click", () => { listOffset += PAGE; loadList(); });
-$("history-more").addEventListener("click", () => { if (historyNext) loadHistory(jobId, historyNext); });
+$("prev").addEventListener("click", () => { if (listBefore.length) { listAfter = listBefore.pop(); loadList(); } });
+$("next").addEventListener("click", () => { if (listNext !== null && listNext !== undefined) { listBefore.push(listAfter); listAfter = listNext; loadList(); } });
+$("history-more").addEventListener("click", () => { if (historyNext) loadHistory(jobId, historyNext, null); });
 $("find").addEventListener("submit", async (e) => {
   e.preventDefault();
   const q = $("find-q").value.trim();
@@ -466,7 +559,7 @@ async function tick() {
     if (!document.hidden) {
       await refresh();
       ticks += 1;
-      if (view === "list" && listState !== "running" && ticks % 3 === 0) await loadList();
+      if (view === "list" && ticks % 3 === 0) await loadList();
     }
   } finally {
     setTimeout(tick, POLL_MS);  // a failed look must not stop the next
