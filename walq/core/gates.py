@@ -216,8 +216,18 @@ class RetryBudget:
         refunds = sum(s.refunds for s in deposits)
         return self.ratio * firsts + refunds - sum(s.retries for s in withdrawals)
 
+    def _prune(self, now: float) -> None:
+        """Drop the slices that have left the window: the oldest, at the head of each
+        ledger (a slice is appended at `now`, which never decreases). O(1) per call:
+        a first attempt's deposit, once per job, needs no credit computed."""
+        window, deposits, withdrawals = self.window, self._deposits, self._withdrawals
+        while deposits and now >= deposits[0].start + window:
+            del deposits[0]
+        while withdrawals and now >= withdrawals[0].end + window:
+            del withdrawals[0]
+
     def _slice(self, ledger: list[_Slice], now: float) -> _Slice:
-        self._credit(now)  # drops expired slices
+        self._prune(now)
         if ledger and now - ledger[-1].start < self.window / _SLICES:
             last = ledger[-1]
             last.start, last.end = min(last.start, now), max(last.end, now)

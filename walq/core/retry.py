@@ -273,12 +273,16 @@ class TaskPolicy:
         if self.concurrency is not None and running >= self.concurrency:
             return Admission(ok=False, reason="concurrency", not_before=now)
         retry = attempt > 1
-        gates = [
-            ("breaker", self.breaker.retry_at(now) if self.breaker else now),
-            ("rate", self.rate.next_available(now) if self.rate else now),
-            ("budget", budget.available_at(now) if budget is not None and retry else now),
-        ]
-        reason, at = max(gates, key=lambda gate: gate[1])
+        # The gate that opens last decides (the first of equals: breaker, rate, budget).
+        reason, at = "breaker", self.breaker.retry_at(now) if self.breaker else now
+        if self.rate is not None:
+            rate_at = self.rate.next_available(now)
+            if rate_at > at:
+                reason, at = "rate", rate_at
+        if budget is not None and retry:
+            budget_at = budget.available_at(now)
+            if budget_at > at:
+                reason, at = "budget", budget_at
         if at > now:
             if reason == "budget":
                 at += self.retry.delay(attempt - 2, rng)
@@ -306,7 +310,9 @@ class TaskPolicy:
             return False
         was = self.breaker.state(now)
         self.breaker.record_success(now)
-        return was != CLOSED and self.breaker.state(now) == CLOSED
+        if was == CLOSED:  # the usual case, once per job: nothing to wake
+            return False
+        return self.breaker.state(now) == CLOSED
 
     def on_failure(
         self,

@@ -155,6 +155,13 @@ class Heartbeat:
         with self._lock:
             self._held.pop(job_id, None)
 
+    def drop_many(self, job_ids: Iterable[int]) -> None:
+        """drop() for many jobs, taking the lock once."""
+        with self._lock:
+            held = self._held
+            for jid in job_ids:
+                held.pop(jid, None)
+
     def held(self) -> int:
         with self._lock:
             return len(self._held)

@@ -73,6 +73,7 @@ class Recorder:
         now = time.monotonic()
         wall = time.time()
         oks = []
+        self.heartbeat.drop_many([out.job.id for out in outcomes])
         for out in outcomes:
             self.recent.append(
                 {
@@ -86,7 +87,6 @@ class Recorder:
                     "cause": None if out.ok else (out.report or {}).get("cause"),
                 }
             )
-            self.heartbeat.drop(out.job.id)
             self.runtime[out.task.name].running -= 1
             if out.ok:
                 oks.append(out)

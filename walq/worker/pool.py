@@ -13,6 +13,7 @@ cancelled) are dropped: the job's current state stands (docs/WORKER.md).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -368,25 +369,52 @@ class Worker:
                 ", ".join(f"{j.id} ({j.task}, attempt {j.attempt})" for j in jobs),
             )  # fmt: skip
         self._heartbeat.hold(jobs)
+        tasks = self.tasks
         batches: dict[int, list[dict[str, Any]]] = {}
+        plain: list[tuple[Job, Task]] = []
         # Gated jobs first, each onto an idle worker (their admission promised one).
-        ordered = sorted(jobs, key=lambda j: not gated(self.tasks[j.task]))
-        for job in ordered:
-            if idle and gated(self.tasks[job.task]):
-                slot = idle.pop()
+        for job in jobs:
+            task = tasks[job.task]
+            if not gated(task):
+                plain.append((job, task))
+                continue
+            slot = idle.pop() if idle else self._least_loaded(free, space)
+            self._hand(slot, job, task, space, batches)
+        # The rest to the least loaded: a heap of (jobs held, order, slot), small
+        # (one entry per worker process), so a claim of many costs little per job.
+        heap = [(len(s.jobs), i, s) for i, s in enumerate(free) if space[id(s)] > 0]
+        heapq.heapify(heap)
+        for job, task in plain:
+            held, i, slot = heap[0]
+            self._hand(slot, job, task, space, batches)
+            if space[id(slot)] > 0:
+                heapq.heapreplace(heap, (held + 1, i, slot))
             else:
-                slot = min((s for s in free if space[id(s)] > 0), key=lambda s: len(s.jobs))
-            space[id(slot)] -= 1
-            slot.jobs[job.id] = (job, self.tasks[job.task])
-            slot.settle(time.monotonic())
-            batches.setdefault(id(slot), []).append(job.fields())
+                heapq.heappop(heap)
+        now = time.monotonic()
         for slot in free:
             batch = batches.get(id(slot))
             if batch:
+                slot.settle(now)
                 # If the worker died, its sentinel reports it, and the jobs with it.
                 with contextlib.suppress(BrokenPipeError, OSError):
                     slot.conn.send(batch)
         return len(jobs)
+
+    @staticmethod
+    def _least_loaded(free: list[Slot], space: dict[int, int]) -> Slot:
+        """The worker with room that holds the fewest jobs."""
+        return min((s for s in free if space[id(s)] > 0), key=lambda s: len(s.jobs))
+
+    @staticmethod
+    def _hand(
+        slot: Slot, job: Job, task: Task, space: dict[int, int],
+        batches: dict[int, list[dict[str, Any]]],
+    ) -> None:  # fmt: skip
+        """Give `job` to `slot`: it holds it now; it goes in the slot's batch."""
+        space[id(slot)] -= 1
+        slot.jobs[job.id] = (job, task)
+        batches.setdefault(id(slot), []).append(job.fields())
 
     def _takes_jobs(self, slot: Slot) -> bool:
         """Whether jobs may be handed to this worker process now: it is ready (its
@@ -478,22 +506,8 @@ class Worker:
         outcomes: list[Outcome] = []
         try:
             while slot.has_message():
-                msg = slot.conn.recv()
-                if msg[0] in ("ready", "start-failed"):
-                    self._start_report(slot, msg)
-                    continue
-                if msg[0] == "held":
-                    self._take_back(slot, msg[1])
-                    continue
-                if msg[0] == "batch":  # an event loop's jobs: started, ended
-                    now = time.monotonic()
-                    for jid in msg[1]:
-                        if jid in slot.jobs:
-                            slot.started[jid] = now
-                    results = msg[2]
-                else:
-                    results = [msg]
-                self._results(slot, results, outcomes)
+                for msg in slot.messages():
+                    self._message(slot, msg, outcomes)
         except (EOFError, OSError):
             pass  # the worker died: _reap handles it
         if (
@@ -506,6 +520,24 @@ class Worker:
             with contextlib.suppress(BrokenPipeError, OSError):
                 slot.conn.send(None)  # exits after the jobs it holds
         return outcomes
+
+    def _message(self, slot: Slot, msg: Any, outcomes: list[Outcome]) -> None:
+        """Apply one message from a worker; the attempts it ended go to `outcomes`."""
+        if msg[0] in ("ready", "start-failed"):
+            self._start_report(slot, msg)
+            return
+        if msg[0] == "held":
+            self._take_back(slot, msg[1])
+            return
+        if msg[0] == "batch":  # an event loop's jobs: started, ended
+            now = time.monotonic()
+            for jid in msg[1]:
+                if jid in slot.jobs:
+                    slot.started[jid] = now
+            results = msg[2]
+        else:
+            results = [msg]
+        self._results(slot, results, outcomes)
 
     def _results(self, slot: Slot, results: list[Any], outcomes: list[Outcome]) -> None:
         """The outcomes of a worker's ended jobs (a cancelled one has none to record)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import select
 import signal
+import struct
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -16,6 +18,10 @@ import attrs
 from walq.core.job import Job
 from walq.worker.child import GROUP_SIGNALS, child_main
 from walq.worker.tasks import Task, Tasks
+
+READ_SIZE = 1 << 16  # bytes read from a worker's pipe at once
+_LENGTH = struct.Struct("!i")  # multiprocessing.Connection's frame header
+_LONG_LENGTH = struct.Struct("!Q")  # ... after a length of -1, for messages of 2 GiB or more
 
 SHORT_JOB = 0.01  # seconds: jobs that typically run shorter than this are prefetched
 
@@ -46,6 +52,7 @@ class Slot:
     # A poll object on the pipe, made once: Connection.poll() builds a selector
     # per call, and the owner asks before every message.
     _arrived: Any = None
+    _inbox: bytearray = attrs.field(factory=bytearray)  # the start of a message cut short
 
     def has_message(self) -> bool:
         """Whether a message (or the pipe's end) is waiting in the pipe from the worker."""
@@ -53,6 +60,37 @@ class Slot:
             self._arrived = select.poll()
             self._arrived.register(self.conn.fileno(), select.POLLIN)
         return bool(self._arrived.poll(0))
+
+    def messages(self) -> list[Any]:
+        """The whole messages waiting in the pipe from the worker, read in one system call.
+
+        The frames are Connection.send's (a 4-byte big-endian length, or -1 and an
+        8-byte one, then the pickle); Connection.recv would read each message's
+        header and body separately. A message cut short stays buffered for the next
+        call. EOFError once the worker's end is closed. Call only when the pipe is
+        readable (has_message), or the read blocks.
+        """
+        data = os.read(self.conn.fileno(), READ_SIZE)
+        if not data:
+            raise EOFError
+        buf = self._inbox
+        buf += data
+        out: list[Any] = []
+        at, end = 0, len(buf)
+        while end - at >= 4:
+            (size,) = _LENGTH.unpack_from(buf, at)
+            head = 4
+            if size == -1:
+                if end - at < 12:
+                    break
+                (size,) = _LONG_LENGTH.unpack_from(buf, at + 4)
+                head = 12
+            if end - at - head < size:
+                break
+            out.append(pickle.loads(buf[at + head : at + head + size]))
+            at += head + size
+        del buf[:at]
+        return out
 
     @classmethod
     def start(
