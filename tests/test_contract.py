@@ -873,6 +873,23 @@ class TestTime:
         assert q.fire_schedule(sched) == []
         assert q.schedules()[0]["last"] == now - 1800
 
+    def test_a_full_queue_still_takes_its_schedules_ticks(self, backend: Backend) -> None:
+        """max_pending and max_bytes refuse producers, not a schedule's ticks: a queue kept
+        full would starve periodic work (a tick adds at most its own jobs)."""
+        now = time.time()
+        table = Ticks(now - 50)
+        with backend.open(max_pending=1, max_bytes=10_000) as q:
+            q.fire_schedule(ticking("all", table))  # first sight: no late tick
+            q.enqueue("t", "x" * 9_000)
+            with pytest.raises(walq.QueueFull, match="max_pending"):
+                q.enqueue("t", 2)
+            table.ticks += [now - 40, now - 30]
+            ids = q.fire_schedule(ticking("all", table))
+            assert len(ids) == 2
+            assert q.stats()["pending"] == 3
+            with pytest.raises(walq.QueueFull):
+                q.enqueue("t", 3)
+
     def test_two_handles_fire_each_tick_once(self, backend: Backend) -> None:
         """Handles firing the same schedule at once enqueue each tick once."""
         now = time.time()

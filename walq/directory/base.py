@@ -211,12 +211,15 @@ class QueueBase(QueueBackend):
         timeout: float,
         unique_for: float = 0.0,
         extra: Callable[[list[int], Now], Sequence[ev.Event]] | None = None,
+        caps: bool = True,
     ) -> list[int]:
         """Assign ids (or coalesce by key), check the caps, write, apply; then commit.
 
         unique_for: the new jobs' keys are remembered that long once they are
         done (a unique record written with them). extra(ids, now): records to
         append in the same write after the enqueues (a schedule's tick).
+        caps=False: max_pending and max_bytes do not apply (a schedule's ticks);
+        min_free_bytes still does.
         """
         if timeout:
             timeout = check_seconds("timeout", timeout)
@@ -225,7 +228,7 @@ class QueueBase(QueueBackend):
             deadline = now.mono + timeout
             while True:
                 ids, fresh = self._assign(items, now.wall)
-                problem = self._room_for(fresh)
+                problem = self._room_for(fresh, caps=caps)
                 if problem is None:
                     break
                 left = deadline - self._clock().mono
@@ -283,14 +286,18 @@ class QueueBase(QueueBackend):
             next_id += 1
         return ids, fresh
 
-    def _room_for(self, fresh: Sequence[JobSpec]) -> str | None:
-        """Why `fresh` does not fit under the caps, or None if it does."""
+    def _room_for(self, fresh: Sequence[JobSpec], *, caps: bool = True) -> str | None:
+        """Why `fresh` does not fit under the caps (`caps`) and the disk floor, or None."""
         if not fresh:
             return None
         state = self._state
-        if self.max_pending is not None and state.unfinished + len(fresh) > self.max_pending:
+        if (
+            caps
+            and self.max_pending is not None
+            and state.unfinished + len(fresh) > self.max_pending
+        ):
             return f"max_pending ({self.max_pending}) reached"
-        if self.max_bytes is not None:
+        if caps and self.max_bytes is not None:
             size = sum(len(item.data) + 64 + len(item.task) for item in fresh)
             if state.live_bytes + size > self.max_bytes:
                 return f"max_bytes ({self.max_bytes}) reached"

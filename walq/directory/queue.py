@@ -262,7 +262,9 @@ class Queue(Administration):
             ]  # fmt: skip
             assert d.last is not None  # unchanged() says so
             record = ev.Schedule(name=schedule.name, last=d.last, spec=schedule.spec)
-            return self._add(specs, None, 0.0, extra=lambda ids, now: [record])
+            # Not refused for room (max_pending, max_bytes): a schedule adds at most a
+            # tick's jobs, and a queue kept full would starve it (docs/SCHEDULES.md).
+            return self._add(specs, None, 0.0, extra=lambda ids, now: [record], caps=False)
 
     def schedules(self) -> list[dict[str, Any]]:
         with self._mu:

@@ -353,8 +353,8 @@ class RedisQueue(QueueBackend):
             log.warning("%s: %s", self.path, note)
         kind, data = encode_payload(schedule.payload, self.max_payload)
         args: list[Any] = [
-            "" if self.max_pending is None else self.max_pending,
-            "" if self.max_bytes is None else self.max_bytes,
+            # No caps: a schedule's ticks are not refused for room (docs/SCHEDULES.md).
+            "", "",
             schedule.name, repr(d.last), schedule.spec, check_task(schedule.task), kind, data, 0, 0,
         ]  # fmt: skip
         for tick in d.fire:
