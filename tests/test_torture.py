@@ -335,3 +335,25 @@ def test_a_thousand_kill_cycles(tmp_path: Path) -> None:
     )
     assert audit.cycles == 1000
     assert audit.violations == 0, audit.examples
+
+
+@pytest.mark.parametrize(
+    "script", ["tools/torture.py", "tools/torture_redis.py", "tools/reliability.py"]
+)
+def test_the_tools_run_as_scripts_from_anywhere(script: str, tmp_path: Path) -> None:
+    """README runs them as `python tools/X.py`: `tools` is then not an importable package
+    unless the script makes it one (a top-level import of a sibling module broke this)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run(
+        [sys.executable, str(root / script), "--help"],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout

@@ -83,6 +83,9 @@ from typing import Any
 
 import attrs
 
+if __package__ in (None, ""):  # run as a script: make `tools` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from tools.flow_audit import FlowChecks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -606,8 +609,6 @@ def _mode(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if _mode(argv) == "redis":  # two Worker hosts on one redis-server: tools/torture_redis.py
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))  # run as a script: tools/ is not a package then
         from tools import torture_redis
 
         return torture_redis.main([a for a in argv if a not in ("--mode", "redis", "--mode=redis")])

@@ -67,6 +67,9 @@ from typing import Any
 
 import attrs
 
+if __package__ in (None, ""):  # run as a script: make `tools` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from tools.flow_audit import FlowChecks
 
 ROOT = Path(__file__).resolve().parent.parent
