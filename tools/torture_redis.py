@@ -400,8 +400,8 @@ def owner_main(argv: list[str]) -> int:
         always (an ack whose reply was lost is not noted, and not audited as durable)."""
 
         def _ack_many(self, job_ids: Sequence[int], attempts: Sequence[int] | None,
-                      *rest: Any) -> Any:  # fmt: skip
-            refused = super()._ack_many(job_ids, attempts, *rest)
+                      *rest: Any, **kw: Any) -> Any:  # fmt: skip
+            refused = super()._ack_many(job_ids, attempts, *rest, **kw)
             no = {jid for jid, _ in refused}
             for i, jid in enumerate(job_ids):
                 if jid not in no:

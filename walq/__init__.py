@@ -4,7 +4,7 @@ from walq.aio.producer import AsyncProducer, aconnect
 from walq.aio.queue import AsyncQueue
 from walq.backend import QueueBackend
 from walq.backends import open
-from walq.core.job import DeadJob, Job
+from walq.core.job import DeadJob, Job, Ran
 from walq.core.retry import (
     Backoff,
     CircuitBreaker,
@@ -79,6 +79,7 @@ __all__ = [
     "Queue",
     "QueueBackend",
     "QueueFull",
+    "Ran",
     "RateLimit",
     "RedisQueue",
     "ResultTimeout",

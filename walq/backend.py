@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from walq.core import events as ev
-from walq.core.job import DeadJob, Job
+from walq.core.job import DeadJob, Job, Ran
 from walq.core.jobspec import (
     Extra,
     HasExtra,
@@ -189,6 +189,7 @@ class QueueBackend(Protocol):
         sync: bool | None = None,
         result: Any = None,
         enqueue: Iterable[EnqueueItem] = (),
+        ran: Ran | None = None,
     ) -> None:
         """Finish a running job held by `attempt`, or by this handle's own claim.
 
@@ -198,9 +199,12 @@ class QueueBackend(Protocol):
         `result` (JSON or bytes, up to max_result_bytes) is kept for
         `keep_results` seconds (see `result`); the jobs in `enqueue` (items as
         for enqueue_many) are added in the same durable write as the ack.
+        `ran`: how the attempt ran, kept in the job's history (see `Ran`; the
+        directory backend writes it with the ack, a Redis server ignores it).
         """
         self.ack_many([job_id], attempts=None if attempt is None else [attempt], sync=sync,
-                      results=[result], enqueues=[enqueue])  # fmt: skip
+                      results=[result], enqueues=[enqueue],
+                      ran=None if ran is None else [ran])  # fmt: skip
 
     def ack_many(
         self,
@@ -211,17 +215,22 @@ class QueueBackend(Protocol):
         strict: bool = True,
         results: Sequence[Any] | None = None,
         enqueues: Sequence[Iterable[EnqueueItem]] | None = None,
+        ran: Sequence[Ran] | None = None,
     ) -> list[tuple[int, StateError]]:
         """Finish many running jobs with one durable write.
 
         strict: if one job is not held (by its attempt), raise and ack none.
         Otherwise ack those that are held and return the others with why.
-        results, enqueues: each job's result and follow-up jobs (see `ack`).
+        results, enqueues, ran: each job's result, follow-up jobs and how it ran (see `ack`).
         """
         outputs = None
         if results is not None or enqueues is not None:
             outputs = self._outputs(job_ids, results, enqueues)
-        return self._ack_many(job_ids, attempts, sync, strict, outputs)
+        if ran is not None and len(ran) != len(job_ids):
+            raise ArgumentError(f"job_ids and ran differ in length ({len(job_ids)}, {len(ran)})")
+        if ran is None:
+            return self._ack_many(job_ids, attempts, sync, strict, outputs)
+        return self._ack_many(job_ids, attempts, sync, strict, outputs, ran=ran)
 
     def _outputs(
         self,
@@ -259,16 +268,26 @@ class QueueBackend(Protocol):
         attempt: int | None = None,
         delay: float | None = None,
         sync: bool | None = None,
+        ran: Ran | None = None,
     ) -> str:
         """Record a failed attempt: retry after `delay` (default: backoff), or dead.
 
-        Returns the job's new status, "scheduled" or "dead".
+        Returns the job's new status, "scheduled" or "dead". `ran`: see `ack`.
         """
-        return self._fail(job_id, error, permanent, attempt,
-                          None if delay is None else check_delay(delay), sync)  # fmt: skip
+        wait = None if delay is None else check_delay(delay)
+        if ran is None:
+            return self._fail(job_id, error, permanent, attempt, wait, sync)
+        return self._fail(job_id, error, permanent, attempt, wait, sync, ran=ran)
 
-    def release(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
-        """Hand a running job back to pending without charging its attempt."""
+    def release(
+        self,
+        job_id: int,
+        *,
+        attempt: int | None = None,
+        sync: bool | None = None,
+        ran: Ran | None = None,
+    ) -> None:
+        """Hand a running job back to pending without charging its attempt (`ran`: see `ack`)."""
         ...
 
     def extend(self, job_id: int, lease: float, *, attempt: int | None = None) -> None:
@@ -429,8 +448,11 @@ class QueueBackend(Protocol):
         sync: bool | None,
         strict: bool,
         outputs: Sequence[Output | None] | None = None,
+        *,
+        ran: Sequence[Ran] | None = None,
     ) -> list[tuple[int, StateError]]:
-        """ack_many's durable write (with each job's result and follow-up jobs, if any)."""
+        """ack_many's durable write (with each job's result and follow-up jobs, if any;
+        `ran`: how each attempt ran, for the job's history, if the backend keeps it)."""
         ...
 
     def _add_after(
@@ -459,6 +481,7 @@ class QueueBackend(Protocol):
     def _fail(
         self, job_id: int, error: str, permanent: bool,
         attempt: int | None, delay: float | None, sync: bool | None,
+        *, ran: Ran | None = None,
     ) -> str:  # fmt: skip
         """fail with its delay checked (None: the backend draws Backoff's)."""
         ...

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from walq.aio.commit import GroupCommitter
 from walq.backend import EnqueueItem, QueueBackend
 from walq.backends import open as open_backend
-from walq.core.job import DeadJob, Job
+from walq.core.job import DeadJob, Job, Ran
 from walq.core.jobspec import check_seconds
 from walq.core.schedule import Schedule
 from walq.core.state import JobInfo
@@ -199,10 +199,12 @@ class AsyncQueue:
         sync: bool | None = None,
         result: Any = None,
         enqueue: Iterable[EnqueueItem] = (),
+        ran: Ran | None = None,
     ) -> None:
         call = functools.partial(
-            self.backend.ack, job_id, attempt=attempt, result=result, enqueue=list(enqueue)
-        )
+            self.backend.ack, job_id, attempt=attempt, result=result, enqueue=list(enqueue),
+            ran=ran,
+        )  # fmt: skip
         await self._write(call, sync)
 
     async def ack_many(
@@ -214,9 +216,10 @@ class AsyncQueue:
         strict: bool = True,
         results: Sequence[Any] | None = None,
         enqueues: Sequence[Iterable[EnqueueItem]] | None = None,
+        ran: Sequence[Ran] | None = None,
     ) -> list[tuple[int, StateError]]:
         call = functools.partial(self.backend.ack_many, job_ids, attempts=attempts, strict=strict,
-                                 results=results, enqueues=enqueues)  # fmt: skip
+                                 results=results, enqueues=enqueues, ran=ran)  # fmt: skip
         refused: list[tuple[int, StateError]] = await self._write(call, sync)
         return refused
 
@@ -244,17 +247,24 @@ class AsyncQueue:
         attempt: int | None = None,
         delay: float | None = None,
         sync: bool | None = None,
+        ran: Ran | None = None,
     ) -> str:
         call = functools.partial(
-            self.backend.fail, job_id, error, permanent, attempt=attempt, delay=delay
+            self.backend.fail, job_id, error, permanent, attempt=attempt, delay=delay, ran=ran
         )
         status: str = await self._write(call, sync)
         return status
 
     async def release(
-        self, job_id: int, *, attempt: int | None = None, sync: bool | None = None
+        self,
+        job_id: int,
+        *,
+        attempt: int | None = None,
+        sync: bool | None = None,
+        ran: Ran | None = None,
     ) -> None:
-        await self._write(functools.partial(self.backend.release, job_id, attempt=attempt), sync)
+        call = functools.partial(self.backend.release, job_id, attempt=attempt, ran=ran)
+        await self._write(call, sync)
 
     async def extend(self, job_id: int, lease: float, *, attempt: int | None = None) -> None:
         await self._run(functools.partial(self.backend.extend, job_id, lease, attempt=attempt))

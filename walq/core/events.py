@@ -60,6 +60,8 @@ AFTER_ALWAYS = 1  # the dependent runs anyway
 _SCHEDULE = struct.Struct("<dHH")
 _UNIQUE = struct.Struct("<Qd")
 _KEEP = struct.Struct("<QdH")
+_ATTEMPTS = struct.Struct("<IIH")  # attempts, the owner's pid, the host name's length
+_ATTEMPT = struct.Struct("<QIddI")  # id, attempt, started (wall), seconds, the process's pid
 
 
 @attrs.frozen(kw_only=True)
@@ -347,6 +349,27 @@ class Finish:
 
 
 @attrs.frozen(kw_only=True)
+class Attempt:
+    """How finished attempts ran, written with their outcome: history only, no state.
+
+    `items` are (job id, attempt, started (wall time), seconds, pid of the
+    process that ran it: 0 for a job handed back unstarted); `owner` is the pid
+    of the owner that wrote them on `host`.
+    """
+
+    rtype: ClassVar[int] = fmt.ATTEMPT
+    host: str
+    owner: int
+    items: tuple[tuple[int, int, float, float, int], ...]
+
+    def encode(self) -> bytes:
+        host = self.host.encode("utf-8", "replace")[:255]
+        pack = _ATTEMPT.pack
+        return b"".join((_ATTEMPTS.pack(len(self.items), self.owner, len(host)), host,
+                         *(pack(*i) for i in self.items)))  # fmt: skip
+
+
+@attrs.frozen(kw_only=True)
 class Flow:
     """A checkpoint's flow state: kept results (id, until, seg, offset, size), jobs' parents
     (id, policy, wait due, parents) and dependents' causes (id, text); in a compacted segment,
@@ -382,6 +405,7 @@ Event = (
     | After
     | Finish
     | Flow
+    | Attempt
     | Schedule
     | Unique
     | Keep
@@ -652,6 +676,15 @@ def _decode_keep(body: bytes) -> Keep:
     return Keep(id=jid, key=body[_KEEP.size :].decode(), until=until)
 
 
+def _decode_attempt(body: bytes) -> Attempt:
+    n, owner, hlen = _ATTEMPTS.unpack_from(body)
+    at = _ATTEMPTS.size + hlen
+    if at + n * _ATTEMPT.size != len(body):
+        raise ValueError(f"{n} attempts do not fill {len(body)} bytes")
+    host = body[_ATTEMPTS.size : at].decode()
+    return Attempt(host=host, owner=owner, items=tuple(_ATTEMPT.iter_unpack(body[at:])))
+
+
 def _task_name(body: bytes) -> str:
     if not body:
         raise ValueError("empty task name")
@@ -677,6 +710,7 @@ _DECODERS: dict[int, Callable[[bytes], Event]] = {
     fmt.AFTER: _decode_after,
     fmt.FLOW: _decode_flow,
     fmt.FINISH: _decode_finish,
+    fmt.ATTEMPT: _decode_attempt,
 }
 
 

@@ -54,7 +54,8 @@ RESUME = 12
 FINISH = 13  # an ack with its result and follow-up jobs, in one record
 AFTER = 14  # a job that waits for others (wraps an enqueue or a compacted job)
 FLOW = 15  # a checkpoint's flow state: kept results, jobs' parents, dependents' causes
-# 20-24: time (schedules, unique_for). 16-19 and 23-29 are set aside for records to come.
+ATTEMPT = 16  # how finished attempts ran (start, seconds, process, host): history only
+# 20-24: time (schedules, unique_for). 17-19 and 23-29 are set aside for records to come.
 SCHEDULE = 20  # a periodic schedule's last tick enqueued
 UNIQUE = 21  # jobs whose key is remembered for a while after they are done
 KEEP = 22  # a done job's key, remembered until a wall time
@@ -79,6 +80,7 @@ TYPE_NAMES = {
     FINISH: "finish",
     AFTER: "after",
     FLOW: "flow",
+    ATTEMPT: "attempt",
 }
 
 

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
 from walq.core.jobspec import decode_payload, follow_spec
+
+
+class Ran(NamedTuple):
+    """How an attempt ran, as its owner saw it: kept in the job's history with its outcome.
+
+    started: wall time it started; seconds: how long it ran; pid: the process
+    that ran it (0: none, a job handed back unstarted).
+    """
+
+    started: float
+    seconds: float
+    pid: int
 
 
 @attrs.frozen(kw_only=True)

@@ -364,6 +364,8 @@ class QueueState:
         elif isinstance(event, ev.Resume):
             self.paused.discard(event.task)
             self._paused_ids.discard(self.task_index(event.task))
+        elif isinstance(event, ev.Attempt):
+            pass  # how attempts ran: history for the tools, nothing a job's state depends on
         else:
             self.next_id = max(self.next_id, event.next_id)
             self._tombstones.update(event.tombstones)

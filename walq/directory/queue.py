@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from walq.backends import backend_class, scheme_of
 from walq.core import checkpoint as ckpt
 from walq.core import events as ev
 from walq.core import format as fmt
-from walq.core.job import Job, build_job
+from walq.core.job import Job, Ran, build_job
 from walq.core.jobspec import (
     DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_PAYLOAD,
@@ -61,6 +62,7 @@ DEFERRED = "deferred, not charged: the retry budget could not pay for this retry
 INTERRUPTED = (
     "attempt {n} was interrupted (the owner stopped or the lease expired) and no attempts remain"
 )
+HOST = socket.gethostname()  # names the owner in the attempt records it writes
 RETRY_BACKOFF = Backoff()  # a failed attempt's retry delay when fail() is given none
 
 
@@ -453,6 +455,8 @@ class Queue(Administration):
         sync: bool | None,
         strict: bool,
         outputs: Sequence[Output | None] | None = None,
+        *,
+        ran: Sequence[Ran] | None = None,
     ) -> list[tuple[int, StateError]]:
         with self._mu:
             self._check_open()
@@ -477,9 +481,15 @@ class Queue(Administration):
             if not ids and not finished:
                 return refused
             readied = self._state.readied
-            lsn = self._record_acks(ids) if ids else None
+            how = None
+            if ran is not None:  # how the acked attempts ran: in the acks' own append
+                held = {jid for jid, _ in refused}
+                how = _attempt_event([
+                    (jid, a, r) for (jid, a), r in zip(pairs, ran, strict=True) if jid not in held
+                ])  # fmt: skip
+            lsn = self._record_acks(ids, how if not finished else None) if ids else None
             if finished:
-                lsn = self._record_finishes(finished)
+                lsn = self._record_finishes(finished, how)
             woke = self._state.readied != readied or bool(finished)
         if lsn is not None:
             self._commit(lsn, sync)
@@ -487,7 +497,9 @@ class Queue(Administration):
             self._wake()
         return refused
 
-    def _record_finishes(self, finished: list[tuple[int, Output]]) -> int | None:
+    def _record_finishes(
+        self, finished: list[tuple[int, Output]], how: ev.Attempt | None = None
+    ) -> int | None:
         """Write one finish record per job: its ack, result and follow-up jobs (lock held).
 
         (A seam: walq.testing.plant's forget-ack writes nothing and returns None.)
@@ -519,6 +531,8 @@ class Queue(Administration):
         if self._state.timed.unique:
             events += self._keeps(done, now)  # unique_for: in the same write, after the finish
         self._forget(done)
+        if how is not None:
+            events.append(how)
         lsn = self._write(events, now)
         self.counters["acked"] += len(finished)
         self.counters["enqueued"] += len(fresh)
@@ -526,7 +540,7 @@ class Queue(Administration):
         self._changed.notify_all()
         return lsn
 
-    def _record_acks(self, ids: list[int]) -> int | None:
+    def _record_acks(self, ids: list[int], how: ev.Attempt | None = None) -> int | None:
         """Write the ack records of held jobs `ids` and finish them (lock held); the lsn.
 
         (A seam: walq.testing.plant's forget-ack writes nothing and returns None.)
@@ -535,9 +549,12 @@ class Queue(Administration):
         records = [(fmt.ACK, ev.Ack(ids=chunk).encode()) for chunk in chunks(ids)]
         keeps = self._keeps(ids, self._clock()) if self._state.timed.unique else []
         records += [(k.rtype, k.encode()) for k in keeps]  # unique_for: in the same write
+        if how is not None:
+            records.append((fmt.ATTEMPT, how.encode()))
         locs, lsn = self._log.append(records)
         self._state.finish(ids, self._clock())  # the Ack records' effect, in one pass
-        for keep, loc in zip(keeps, locs[len(records) - len(keeps) :], strict=True):
+        first = len(records) - len(keeps) - (how is not None)
+        for keep, loc in zip(keeps, locs[first : first + len(keeps)], strict=True):
             self._state.apply(keep, loc, self._clock())
         self.counters["acked"] += len(ids)
         self._changed.notify_all()
@@ -558,6 +575,7 @@ class Queue(Administration):
     def _fail(
         self, job_id: int, error: str, permanent: bool,
         attempt: int | None, delay: float | None, sync: bool | None,
+        *, ran: Ran | None = None,
     ) -> str:  # fmt: skip
         with self._mu:
             self._check_open()
@@ -574,7 +592,10 @@ class Queue(Administration):
                 error=clip_error(str(error)),
             )
             readied = self._state.readied
-            lsn = self._write([event], now)
+            events: list[ev.Event] = [event]
+            if ran is not None:
+                events.append(_attempt_event([(job_id, info.attempts, ran)]))
+            lsn = self._write(events, now)
             self._forget([job_id])
             self.counters["failed"] += 1
             self.counters["dead_lettered" if dead else "retried"] += 1
@@ -584,12 +605,21 @@ class Queue(Administration):
             self._wake()
         return "dead" if dead else "scheduled"
 
-    def release(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
+    def release(
+        self,
+        job_id: int,
+        *,
+        attempt: int | None = None,
+        sync: bool | None = None,
+        ran: Ran | None = None,
+    ) -> None:
         with self._mu:
             self._check_open()
             info = self._state.check_holder(job_id, self._own(job_id, attempt))
-            event = ev.Release(items=((job_id, info.attempts - 1),))
-            lsn = self._write([event], self._clock())
+            events: list[ev.Event] = [ev.Release(items=((job_id, info.attempts - 1),))]
+            if ran is not None:
+                events.append(_attempt_event([(job_id, info.attempts, ran)]))
+            lsn = self._write(events, self._clock())
             self._forget([job_id])
             self._changed.notify_all()
         self._commit(lsn, sync)
@@ -615,6 +645,14 @@ class Queue(Administration):
                 except (StateError, UnknownJobError) as exc:
                     refused.append((jid, exc))
         return refused
+
+
+def _attempt_event(items: Sequence[tuple[int, int | None, Ran]]) -> ev.Attempt:
+    """The attempt record of (job id, attempt, how it ran) items, written by this process."""
+    return ev.Attempt(
+        host=HOST, owner=os.getpid(),
+        items=tuple((jid, a or 0, r.started, r.seconds, r.pid) for jid, a, r in items),
+    )  # fmt: skip
 
 
 def _only_tasks(

@@ -52,8 +52,11 @@ def replay(
     tasks: dict[bytes, str] = {}
     bad: list[Damage] = []
     enqueue_type, ack_type, after_type = fmt.ENQUEUE, fmt.ACK, fmt.AFTER
+    attempt_type = fmt.ATTEMPT
 
     def sink(seq: int, rtype: int, offset: int, size: int, body: memoryview) -> None:
+        if rtype == attempt_type:
+            return  # history only (how attempts ran): no state to restore, not even decoded
         try:
             if rtype == enqueue_type:
                 # The fast path: the payload stays on disk, unparsed.

@@ -123,6 +123,15 @@ def _describe(e: ev.Event, *, full: bool) -> dict[str, Any]:
         out["task"] = e.task
     elif isinstance(e, ev.Flow):
         out.update(results=len(e.results), waits=len(e.waits))
+    elif isinstance(e, ev.Attempt):
+        # How attempts ran (written with their outcome): one job's as scalars, many as lists.
+        out.update(host=e.host, owner=e.owner, jobs=[i[0] for i in e.items])
+        out.update(attempts=[i[1] for i in e.items], starts=[round(i[2], 3) for i in e.items])
+        out.update(durations=[round(i[3], 4) for i in e.items], pids=[i[4] for i in e.items])
+        if len(e.items) == 1:
+            jid, attempt, started, seconds, pid = e.items[0]
+            out.update(job=jid, attempt=attempt, started=round(started, 3))
+            out.update(seconds=round(seconds, 4), pid=pid)
     else:
         out["jobs"] = list(e.ids)
         if len(e.ids) == 1:

@@ -403,6 +403,8 @@ def _ids_of(e: ev.Event) -> set[int]:
         return {jid for jid, _ in e.items}
     if isinstance(e, ev.Claim | ev.Release):
         return {jid for jid, _ in e.items}
+    if isinstance(e, ev.Attempt):  # how the job's attempts ran
+        return {i[0] for i in e.items}
     if isinstance(e, ev.Meta):
         return {jid for jid, _ in e.tombstones}
     if isinstance(e, ev.Pause | ev.Resume | ev.Schedule):

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from walq import forks
 from walq.backend import QueueBackend
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON, RESULT_NONE
-from walq.core.job import DeadJob, Job, build_job
+from walq.core.job import DeadJob, Job, Ran, build_job
 from walq.core.jobspec import (
     DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_PAYLOAD,
@@ -456,8 +456,13 @@ class RedisQueue(QueueBackend):
         sync: bool | None,
         strict: bool,
         outputs: Sequence[Output | None] | None = None,
+        *,
+        ran: Sequence[Ran] | None = None,
     ) -> list[tuple[int, StateError]]:
-        """Jobs with a result or follow-up jobs are finished one script each (finish.lua)."""
+        """Jobs with a result or follow-up jobs are finished one script each (finish.lua).
+
+        `ran` is ignored: a server's queue keeps no history of a job's attempts.
+        """
         if outputs is not None and any(o is not None for o in outputs):
             return self._finish_many(job_ids, attempts, strict, outputs)
         args = self._claims_args(["1" if strict else "0"], job_ids, attempts)
@@ -599,8 +604,10 @@ class RedisQueue(QueueBackend):
     def _fail(
         self, job_id: int, error: str, permanent: bool,
         attempt: int | None, delay: float | None, sync: bool | None,
+        *, ran: Ran | None = None,
     ) -> str:  # fmt: skip
-        """The default delay is `Backoff`'s, drawn here and applied by fail.lua."""
+        """The default delay is `Backoff`'s, drawn here and applied by fail.lua (`ran`:
+        ignored, see _ack_many)."""
         jid = check_job_id(job_id)
         reply = self._run(
             "fail",
@@ -620,8 +627,15 @@ class RedisQueue(QueueBackend):
         self._forget([jid])
         return _text(reply[1])
 
-    def release(self, job_id: int, *, attempt: int | None = None, sync: bool | None = None) -> None:
-        jid = check_job_id(job_id)
+    def release(
+        self,
+        job_id: int,
+        *,
+        attempt: int | None = None,
+        sync: bool | None = None,
+        ran: Ran | None = None,
+    ) -> None:
+        jid = check_job_id(job_id)  # `ran` is ignored (see _ack_many)
         reply = self._run("release", jid, *self._held.token(jid, attempt))
         if reply[0] != b"ok":
             self._raise(reply)

@@ -56,10 +56,12 @@ class IgnoresMissingSegments(Recovery):
 class ForgetsAck:
     """A Queue mixin: ack returns without writing the ack record (the job stays running)."""
 
-    def _record_acks(self, ids: list[int]) -> int | None:
+    def _record_acks(self, ids: list[int], how: object = None) -> int | None:
         return None
 
-    def _record_finishes(self, finished: list[tuple[int, Output]]) -> int | None:
+    def _record_finishes(
+        self, finished: list[tuple[int, Output]], how: object = None
+    ) -> int | None:
         return None  # an ack with a result or follow-up jobs: forgotten the same way
 
 

@@ -1,11 +1,11 @@
 """A job's attempts, drawn from its records in the log (the rows `walq dump --job` prints).
 
 Pure. A `claim` record starts an attempt; the job's next `fail`, `release`,
-`ack`, `finish` or `cancel` record ends it, with that outcome. What the log
-holds is all there is: a claim, an ack and a release record carry no time and
-no worker (docs/FORMAT.md), so an attempt's duration and worker are not known
-from the log; only the enqueue time is (and a failed attempt's retry time).
-The running attempt's worker, process and time come from the worker's report.
+`ack`, `finish` or `cancel` record ends it, with that outcome. The `attempt`
+record a worker writes with the outcome says how the attempt ran: its start,
+duration, process and owner (docs/FORMAT.md). Logs written before it, and
+outcomes written without it (a program's own ack), leave the worker and time
+to the workers' reports (`with_reports`); the running attempt's come from them.
 """
 
 from __future__ import annotations
@@ -95,11 +95,37 @@ def attempts(jid: int, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
         elif kind in ("requeue", "purge"):
             close("lost", at, note=NO_OUTCOME)
             steps.append({"kind": f"{kind}d", "at": at})
+        elif kind == "attempt":
+            _how_it_ran(jid, row, steps)
     return steps
+
+
+def _how_it_ran(jid: int, row: Mapping[str, Any], steps: list[dict[str, Any]]) -> None:
+    """Give the attempt an `attempt` row describes how it ran (the latest of its number)."""
+    jobs = list(row.get("jobs") or ())
+    if jid not in jobs:
+        return
+    i = jobs.index(jid)
+    try:
+        number = int(row["attempts"][i])
+        started, seconds = float(row["starts"][i]), float(row["durations"][i])
+        pid = int(row["pids"][i])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return
+    for step in reversed(steps):
+        if step.get("kind") == "attempt" and step.get("attempt") == number:
+            step["reported"] = {
+                "worker": row.get("owner"), "host": row.get("host"), "process": pid or None,
+                "started": started, "seconds": seconds, "ended": round(started + seconds, 3),
+                "cause": None, "source": "log",
+            }  # fmt: skip
+            return
 
 
 def with_reports(steps: list[dict[str, Any]], reports: Iterable[Mapping[str, Any]]) -> None:
     """Add to each attempt what its worker reported (worker, process, seconds, ended), in place.
+
+    An attempt the log already describes (its `attempt` record) keeps that.
 
     A requeue starts the attempts again from 1, so an attempt number may occur
     twice: each report goes to the latest attempt of its number not yet matched
@@ -108,6 +134,12 @@ def with_reports(steps: list[dict[str, Any]], reports: Iterable[Mapping[str, Any
     left = sorted(reports, key=lambda r: float(r.get("ended") or 0.0))
     for step in reversed(steps):
         if step.get("kind") != "attempt" or step.get("outcome") == "running":
+            continue
+        if "reported" in step:  # from the log: drop the report of it, if any
+            for i in range(len(left) - 1, -1, -1):
+                if left[i].get("attempt") == step.get("attempt"):
+                    left.pop(i)
+                    break
             continue
         for i in range(len(left) - 1, -1, -1):
             if left[i].get("attempt") == step.get("attempt"):

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from walq.backend import QueueBackend
-from walq.core.job import Job
+from walq.core.job import Job, Ran
 from walq.core.jobspec import FAILS_FOR_GOOD, check_result_size, decode_result
 from walq.core.retry import Permanent, RetryAfter, RetryBudget
 from walq.errors import PayloadError, StateError, WalqError
@@ -27,7 +27,7 @@ from walq.worker.tasks import Task
 
 log = logging.getLogger("walq.worker")
 
-# Finished attempts the worker's status reports (the log records no worker or time for them).
+# Finished attempts the worker's status reports (a server's queue keeps no history of them).
 RECENT = 100
 
 
@@ -41,6 +41,12 @@ class Outcome:
     report: dict[str, Any] | None = None
     seconds: float = 0.0  # how long the attempt ran, as the owner saw it
     process: int = 0  # the pid of the worker process that ran it
+    ended: float = 0.0  # the wall time the owner saw it end (0: when it is written)
+
+    def ran(self) -> Ran:
+        """How the attempt ran, for the job's history (its start counted back from its end)."""
+        ended = self.ended or time.time()
+        return Ran(ended - self.seconds, self.seconds, self.process)
 
 
 @attrs.define
@@ -117,7 +123,7 @@ class Recorder:
         try:
             self.queue.ack(
                 job.id, attempt=job.attempt, sync=False,
-                result=decode_result(kind, data), enqueue=report["enqueue"],
+                result=decode_result(kind, data), enqueue=report["enqueue"], ran=out.ran(),
             )  # fmt: skip
         except StateError as exc:
             self.counters["stale"] += 1
@@ -132,7 +138,7 @@ class Recorder:
     def _ack(self, oks: list[Outcome]) -> None:
         refused = self.queue.ack_many(
             [o.job.id for o in oks], attempts=[o.job.attempt for o in oks],
-            sync=False, strict=False,
+            sync=False, strict=False, ran=[o.ran() for o in oks],
         )  # fmt: skip
         self.counters["ok"] += len(oks) - len(refused)
         self.counters["stale"] += len(refused)
@@ -170,8 +176,9 @@ class Recorder:
         job, report = out.job, out.report or {}
         try:
             status = self.queue.fail(
-                job.id, text, permanent=dead, attempt=job.attempt, delay=delay, sync=False
-            )
+                job.id, text, permanent=dead, attempt=job.attempt, delay=delay, sync=False,
+                ran=out.ran(),
+            )  # fmt: skip
         except StateError as exc:
             self.counters["stale"] += 1
             log.info(
@@ -194,11 +201,12 @@ class Recorder:
         self.heartbeat.drop(job.id)
         self.runtime[task.name].running -= 1
         task.policy.on_abandon(time.monotonic())
-        self.link.call(lambda: self._write_release(job, why))
+        ran = Ran(time.time(), 0.0, 0)  # handed back unstarted: no process ran it
+        self.link.call(lambda: self._write_release(job, why, ran))
 
-    def _write_release(self, job: Job, why: str) -> None:
+    def _write_release(self, job: Job, why: str, ran: Ran) -> None:
         try:
-            self.queue.release(job.id, attempt=job.attempt, sync=False)
+            self.queue.release(job.id, attempt=job.attempt, sync=False, ran=ran)
         except StateError:
             return
         log.info("job %d released: %s", job.id, why, extra={"job_id": job.id, "task": job.task})

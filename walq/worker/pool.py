@@ -564,7 +564,7 @@ class Worker:
             if report is not None and report.get("cause") == "timeout":
                 self.counters["timeouts"] += 1  # a coroutine cancelled at its timeout
             ran = time.monotonic() - started
-            outcomes.append(Outcome(job, task, kind == "ok", report, ran, slot.pid))
+            outcomes.append(Outcome(job, task, kind == "ok", report, ran, slot.pid, time.time()))
         slot.settle(time.monotonic())
 
     # -- prefetched jobs the policy no longer admits --------------------------------------
@@ -631,7 +631,7 @@ class Worker:
                     message += f" ({len(running)} jobs were running in it)"
                 report = lost_report(cause, message, shared=shared)
                 ran = time.monotonic() - started
-                outcomes.append(Outcome(job, task, False, report, ran, slot.pid))
+                outcomes.append(Outcome(job, task, False, report, ran, slot.pid, time.time()))
         if slot.jobs:
             for rest, rest_task in slot.jobs.values():
                 self._release(rest, rest_task, "its worker process ended before it started")

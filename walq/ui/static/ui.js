@@ -452,10 +452,12 @@ function renderAttempts(steps, job, run, note) {
         worker = `worker ${run.worker}, process ${run.process}`;
         duration = run.running_for !== undefined && run.running_for !== null ? `${ago(run.running_for)} so far` : "running";
       }
-      const rep = st.reported;  // the worker's report of it (the log records neither)
+      const rep = st.reported;  // its attempt record in the log, or else its worker's report
       if (rep) {
-        worker = `worker ${rep.worker ?? "?"}${rep.host ? ` on ${rep.host}` : ""}, process ${rep.process ?? "?"}`;
-        duration = `${Number(rep.seconds).toFixed(rep.seconds < 10 ? 2 : 0)} s, ended ${when(rep.ended)}`;
+        const proc = rep.process ? `process ${rep.process}` : (rep.source === "log" ? "not started" : "process ?");
+        worker = `worker ${rep.worker ?? "?"}${rep.host ? ` on ${rep.host}` : ""}, ${proc}`;
+        const span = rep.started ? `started ${when(rep.started)}` : `ended ${when(rep.ended)}`;
+        duration = `${Number(rep.seconds).toFixed(rep.seconds < 10 ? 2 : 0)} s, ${span}`;
         if (rep.cause && !st.summary) detail.push(rep.cause);
       }
       if (st.summary) detail.push(st.summary);
