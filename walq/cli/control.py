@@ -6,12 +6,16 @@ with none, the reads read the files and the changes take the queue's lock.
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from walq import backends
 from walq.cli.app import queue_command
-from walq.cli.render import echo_lines, emit_json, job_lines, jobs_table
+from walq.cli.render import attempt_lines, echo_lines, emit_json, job_lines, jobs_table
+from walq.errors import WalqError
 from walq.ops import live
+from walq.ops.dump import dump_job
 from walq.ops.scan import check_queue_dir
 from walq.producers.control import Admin
 
@@ -26,7 +30,8 @@ def admin_of(target: str) -> Admin:
 @queue_command(json="The job as one JSON object.")
 @click.argument("job_id", type=int)
 def status(directory: str, job_id: int, as_json: bool) -> None:
-    """One job: its state, task, attempts, key, last error, due time or lease.
+    """One job: its state, task, attempts, key, last error, due time or lease, and
+    each attempt the log still holds, with its worker, process, start and duration.
 
     Asks the running owner (milliseconds); with none, reads the files (read-only).
     """
@@ -34,7 +39,15 @@ def status(directory: str, job_id: int, as_json: bool) -> None:
     if as_json:
         emit_json(detail)
         return
-    echo_lines(job_lines(detail))
+    lines = job_lines(detail)
+    if not backends.is_url(directory):
+        from walq.ui.history import attempts  # noqa: PLC0415 - only for a directory
+
+        # The job's own records, found by seeking (walq.ops.lookup); the detail above
+        # stands without them if they do not read.
+        with contextlib.suppress(WalqError, OSError):
+            lines += attempt_lines(attempts(job_id, dump_job(directory, job_id, payload=False)))
+    echo_lines(lines)
 
 
 @queue_command(json="One JSON object per line.")

@@ -92,6 +92,7 @@ TYPE_COLOURS = {
     "ack": "blue",
     "fail": "yellow",
     "release": "cyan",
+    "attempt": "cyan",
     "cancel": "magenta",
     "requeue": "magenta",
     "purge": "magenta",
@@ -105,8 +106,8 @@ TYPE_COLOURS = {
 LEADING = ("job", "task", "attempt", "counted", "key", "state", "dead")  # first, in this order
 TRAILING = ("error", "payload")  # last, unquoted, in this order
 HIDDEN = ("segment", "seq", "offset", "type", "size", "jobs", "attempts", "counts", "tasks",
-          "payload_kind", "payload_bytes", "file")  # fmt: skip
-TIMES = ("created", "due", "last", "until")
+          "payload_kind", "payload_bytes", "file", "starts", "durations", "pids")  # fmt: skip
+TIMES = ("created", "due", "last", "until", "started")
 
 
 def dump_line(row: dict[str, Any], *, full: bool = False) -> str:
@@ -125,9 +126,12 @@ def dump_line(row: dict[str, Any], *, full: bool = False) -> str:
     parts = [click.style(f"{kind:<9}", fg=TYPE_COLOURS.get(kind))]
     if "jobs" in row and "job" not in row:
         parts.append("jobs=" + ",".join(str(j) for j in row["jobs"]))
-        for key, label in (("attempts", "attempts"), ("counts", "counted"), ("tasks", "tasks")):
+        for key, label in (("attempts", "attempts"), ("counts", "counted"), ("tasks", "tasks"),
+                           ("pids", "pids"), ("durations", "seconds")):  # fmt: skip
             if key in row:
                 parts.append(f"{label}=" + ",".join(str(v) for v in row[key]))
+        if "starts" in row:
+            parts.append("started=" + ",".join(when(v) for v in row["starts"]))
     rest = [k for k in row if k not in LEADING and k not in TRAILING and k not in HIDDEN]
     for key in (*LEADING, *rest):
         value = row.get(key)
@@ -397,6 +401,29 @@ def job_lines(d: Mapping[str, Any]) -> list[str]:
         lines.append(click.style("error", fg="red"))
         lines.append("  " + shown_lines(str(d["error"]).rstrip()).replace("\n", "\n  "))
     return lines
+
+
+def attempt_lines(steps: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The job's attempts from its records (walq.ui.history): outcome, worker, process, time."""
+    lines = []
+    for st in steps:
+        if st.get("kind") != "attempt":
+            continue
+        text = f"  {st.get('attempt') or '?':>3}  {st.get('outcome', ''):<9}"
+        rep = st.get("reported")
+        if rep:
+            proc = f"process {rep['process']}" if rep.get("process") else "not started"
+            host = f" on {shown(str(rep['host']))}" if rep.get("host") else ""
+            start = rep.get("started")
+            span = f", started {when(float(start))}" if start else ""
+            took = f"{float(rep['seconds']):.3f} s"
+            text += f" worker {rep.get('worker')}{host}, {proc}, {took}{span}"
+        else:
+            text += " worker and time not recorded"
+        if st.get("summary"):
+            text += f": {shown(str(st['summary']))}"
+        lines.append(text)
+    return ["attempts (from the log)", *lines] if lines else []
 
 
 def jobs_table(rows: Sequence[Mapping[str, Any]], limit: int) -> list[str]:

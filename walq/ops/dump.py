@@ -191,7 +191,9 @@ class Dumper:
             self.task_of[row["job"]] = row["task"]
         elif "jobs" in row:
             tasks = [self.task_of.get(j) for j in row["jobs"]]
-            if len(tasks) == 1:
+            if rec.rtype == fmt.ATTEMPT and not any(tasks):
+                pass  # after the ack it describes: the tasks are in the rows before
+            elif len(tasks) == 1:
                 row["task"] = tasks[0]
             else:
                 row["tasks"] = tasks
