@@ -86,4 +86,12 @@ def events() -> st.SearchStrategy[ev.Event]:
             next_id=ids,
             tombstones=st.lists(st.tuples(ids, st.integers(1, 2)), max_size=4).map(tuple),
         ),
+        st.builds(
+            ev.Attempt,
+            host=st.text(max_size=20),
+            owner=attempts,
+            items=st.lists(
+                st.tuples(ids, attempts, walls, st.floats(0, 1e6), attempts), max_size=4
+            ).map(tuple),
+        ),
     )

@@ -24,7 +24,7 @@ def test_every_event_round_trips(event: ev.Event) -> None:
 def test_an_event_names_each_of_its_jobs_in_its_body(event: ev.Event) -> None:
     """may_name is true for every job an event is about: a safe filter before decoding."""
     body = event.encode()
-    ids = getattr(event, "ids", None) or [i for i, _ in getattr(event, "items", ())]
+    ids = getattr(event, "ids", None) or [i[0] for i in getattr(event, "items", ())]
     for jid in [*ids, *([event.id] if hasattr(event, "id") else [])]:
         assert ev.may_name(body, jid)
 

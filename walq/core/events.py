@@ -363,7 +363,7 @@ class Attempt:
     items: tuple[tuple[int, int, float, float, int], ...]
 
     def encode(self) -> bytes:
-        host = self.host.encode("utf-8", "replace")[:255]
+        host = self.host[:255].encode("utf-8", "replace")
         pack = _ATTEMPT.pack
         return b"".join((_ATTEMPTS.pack(len(self.items), self.owner, len(host)), host,
                          *(pack(*i) for i in self.items)))  # fmt: skip
