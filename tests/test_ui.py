@@ -447,9 +447,9 @@ def test_reports_go_to_the_latest_attempt_of_their_number() -> None:
     assert steps[3]["reported"]["seconds"] == 0.25
 
 
-def test_each_attempt_shows_the_worker_process_and_time_its_worker_reported(qdir: str) -> None:
-    """The log records no worker or time for an attempt; the worker's status reports its last
-    attempts, and the dashboard shows them beside the attempts drawn from the log."""
+def test_each_attempt_shows_the_worker_process_and_time_from_the_log(qdir: str) -> None:
+    """The worker writes how each attempt ran (its attempt record) with the outcome: the
+    dashboard shows each attempt's worker, process, start and duration from the log."""
     with walq.Queue.open(qdir) as q:
         jid = q.enqueue("report", {"n": 1, "fail": True, "work": 0.0})  # fails twice: dead
         ok = q.enqueue("resize", {"n": 2, "work": 0.2})
@@ -467,12 +467,14 @@ def test_each_attempt_shows_the_worker_process_and_time_its_worker_reported(qdir
             failed = attempts_of(jid)
             assert [(s["attempt"], s["outcome"]) for s in failed] == [(1, "failed"), (2, "dead")]
             for s in failed:
-                assert s["reported"]["worker"] == worker.pid
-                assert s["reported"]["cause"] == "exception"
+                assert s["reported"]["worker"] == worker.pid and s["reported"]["source"] == "log"
                 assert s["reported"]["process"] not in (None, worker.pid)
+                assert s["reported"]["started"] <= s["reported"]["ended"] <= time.time() + 5
+                assert s["summary"]  # the last line of its error
             done = attempts_of(ok)
             assert [(s["attempt"], s["outcome"]) for s in done] == [(1, "acked")]
             assert 0.2 <= done[0]["reported"]["seconds"] < 60
+            assert done[0]["reported"]["source"] == "log"
 
             # A running job: its worker, process and time so far, and its lease, in the list
             # (read from the owner) and on its page; cancelled, its attempt says so.
