@@ -52,6 +52,7 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 import walq
+from walq.core.job import Ran
 from walq.core.state import Now
 from walq.errors import (
     CompactionError,
@@ -762,6 +763,12 @@ def _claimed(run: Run, jobs: list[walq.Job]) -> bool:
     return bool(jobs) and run.sync == "always"
 
 
+def how_it_ran(run: Run) -> Ran | None:
+    """Half the outcomes say how their attempt ran, as a worker's do (an attempt record in
+    the same append, which a crash may tear with them)."""
+    return Ran(1.7e9, 0.25, 4242) if chance(run.choose, 50) else None
+
+
 def op_ack(run: Run) -> bool:
     assert run.q is not None
     running = run.running()
@@ -769,9 +776,10 @@ def op_ack(run: Run) -> bool:
         return op_claim(run)
     jid, attempt = run.choose.pick(running)
     sync = run.sync_arg()
-    run.history.append(f"ack({jid}, attempt={attempt}, sync={sync})")
+    ran = how_it_ran(run)
+    run.history.append(f"ack({jid}, attempt={attempt}, sync={sync}, ran={ran})")
     try:
-        run.q.ack(jid, attempt=attempt, sync=sync)
+        run.q.ack(jid, attempt=attempt, sync=sync, ran=ran)
     except StateError:
         return False  # the lease expired
     run.expect(observe(run.q, [jid]).get(jid) == MJob("done"), f"ack({jid}) did not finish it")
@@ -787,9 +795,14 @@ def op_fail(run: Run) -> bool:
     permanent = chance(run.choose, 30)
     delay = run.choose.pick([0.0, 5.5, 1000.5])
     sync = run.sync_arg()
-    run.history.append(f"fail({jid}, attempt={attempt}, permanent={permanent}, delay={delay})")
+    ran = how_it_ran(run)
+    run.history.append(
+        f"fail({jid}, attempt={attempt}, permanent={permanent}, delay={delay}, ran={ran})"
+    )
     try:
-        status = run.q.fail(jid, "boom", permanent, attempt=attempt, delay=delay, sync=sync)
+        status = run.q.fail(
+            jid, "boom", permanent, attempt=attempt, delay=delay, sync=sync, ran=ran
+        )
     except StateError:
         return False
     run.history[-1] += f" -> {status}"
@@ -803,9 +816,10 @@ def op_release(run: Run) -> bool:
         return op_claim(run)
     jid, attempt = run.choose.pick(running)
     sync = run.sync_arg()
-    run.history.append(f"release({jid}, attempt={attempt}, sync={sync})")
+    ran = how_it_ran(run)
+    run.history.append(f"release({jid}, attempt={attempt}, sync={sync}, ran={ran})")
     try:
-        run.q.release(jid, attempt=attempt, sync=sync)
+        run.q.release(jid, attempt=attempt, sync=sync, ran=ran)
     except StateError:
         return False
     return run.commits(sync)
