@@ -1192,3 +1192,21 @@ class TestOperating:
         for bad in ({"limit": 0}, {"limit": -5}, {"limit": 2.5}, {"after": -1}, {"after": "1"}):
             with pytest.raises(walq.ArgumentError, match=r"^(limit|after) must be"):
                 q.jobs(**bad)
+
+
+def test_outcomes_take_how_the_attempt_ran_on_every_backend(q: Any) -> None:
+    """ack, ack_many, fail and release accept `ran` (a directory logs it, a server ignores
+    it) and act exactly as without it; ran of the wrong length is refused before any write."""
+    ids = q.enqueue_many([("t", {"n": i}) for i in range(4)])
+    jobs = q.claim_many(4)
+    assert sorted(j.id for j in jobs) == sorted(ids)
+    with pytest.raises(walq.ArgumentError):
+        q.ack_many(ids[:2], attempts=[1, 1], ran=[walq.Ran(1.0, 0.5, 7)])
+    assert q.ack_many(ids[:2], attempts=[1, 1], ran=[walq.Ran(1.0, 0.5, 7)] * 2) == []
+    assert q.fail(ids[2], "x", permanent=True, attempt=1, ran=walq.Ran(2.0, 0.1, 8)) == "dead"
+    q.release(ids[3], attempt=1, ran=walq.Ran(3.0, 0.0, 0))
+    assert [q.status(j) for j in ids] == ["done", "done", "dead", "pending"]
+    job = q.claim()
+    assert job is not None and job.id == ids[3]
+    q.ack(job.id, attempt=job.attempt, result={"r": 1}, ran=walq.Ran(4.0, 0.2, 9))
+    assert q.status(ids[3]) == "done"
