@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -363,10 +363,16 @@ class Attempt:
     items: tuple[tuple[int, int, float, float, int], ...]
 
     def encode(self) -> bytes:
-        host = self.host[:255].encode("utf-8", "replace")
-        pack = _ATTEMPT.pack
-        return b"".join((_ATTEMPTS.pack(len(self.items), self.owner, len(host)), host,
-                         *(pack(*i) for i in self.items)))  # fmt: skip
+        return encode_attempt(self.host[:255].encode("utf-8", "replace"), self.owner, self.items)
+
+
+def encode_attempt(
+    host: bytes, owner: int, items: Sequence[tuple[int, int, float, float, int]]
+) -> bytes:
+    """An attempt record's body, without building the event (the owner's ack path)."""
+    pack = _ATTEMPT.pack
+    return b"".join([_ATTEMPTS.pack(len(items), owner, len(host)), host,
+                     *[pack(*i) for i in items]])  # fmt: skip
 
 
 @attrs.frozen(kw_only=True)

@@ -328,10 +328,16 @@ class QueueBase(QueueBackend):
 
     # -- the log, under the queue's lock -----------------------------------------------
 
-    def _write(self, events: Sequence[ev.Event], now: Now) -> int:
-        """Append events and apply them to the state (lock held); return the lsn."""
-        locs, lsn = self._log.append([(e.rtype, e.encode()) for e in events])
-        for event, loc in zip(events, locs, strict=True):
+    def _write(
+        self, events: Sequence[ev.Event], now: Now, extra: Sequence[tuple[int, bytes]] = ()
+    ) -> int:
+        """Append events and apply them to the state (lock held); return the lsn.
+
+        `extra` records (type, body) follow them in the same append, not applied
+        (an attempt record: history only).
+        """
+        locs, lsn = self._log.append([*[(e.rtype, e.encode()) for e in events], *extra])
+        for event, loc in zip(events, locs[: len(events)], strict=True):
             self._state.apply(event, loc, now)
         return lsn
 

@@ -62,7 +62,8 @@ DEFERRED = "deferred, not charged: the retry budget could not pay for this retry
 INTERRUPTED = (
     "attempt {n} was interrupted (the owner stopped or the lease expired) and no attempts remain"
 )
-HOST = socket.gethostname()  # names the owner in the attempt records it writes
+# Names the owner in the attempt records it writes.
+HOST = socket.gethostname()[:255].encode("utf-8", "replace")
 RETRY_BACKOFF = Backoff()  # a failed attempt's retry delay when fail() is given none
 
 
@@ -483,9 +484,10 @@ class Queue(Administration):
             readied = self._state.readied
             how = None
             if ran is not None:  # how the acked attempts ran: in the acks' own append
-                held = {jid for jid, _ in refused}
-                how = _attempt_event([
-                    (jid, a, r) for (jid, a), r in zip(pairs, ran, strict=True) if jid not in held
+                held = {jid for jid, _ in refused} if refused else ()
+                how = _attempt_body([
+                    (jid, a or 0, *r) for (jid, a), r in zip(pairs, ran, strict=True)
+                    if jid not in held
                 ])  # fmt: skip
             lsn = self._record_acks(ids, how if not finished else None) if ids else None
             if finished:
@@ -498,7 +500,7 @@ class Queue(Administration):
         return refused
 
     def _record_finishes(
-        self, finished: list[tuple[int, Output]], how: ev.Attempt | None = None
+        self, finished: list[tuple[int, Output]], how: bytes | None = None
     ) -> int | None:
         """Write one finish record per job: its ack, result and follow-up jobs (lock held).
 
@@ -531,16 +533,14 @@ class Queue(Administration):
         if self._state.timed.unique:
             events += self._keeps(done, now)  # unique_for: in the same write, after the finish
         self._forget(done)
-        if how is not None:
-            events.append(how)
-        lsn = self._write(events, now)
+        lsn = self._write(events, now, () if how is None else ((fmt.ATTEMPT, how),))
         self.counters["acked"] += len(finished)
         self.counters["enqueued"] += len(fresh)
         self.counters["coalesced"] += len(specs) - len(fresh)
         self._changed.notify_all()
         return lsn
 
-    def _record_acks(self, ids: list[int], how: ev.Attempt | None = None) -> int | None:
+    def _record_acks(self, ids: list[int], how: bytes | None = None) -> int | None:
         """Write the ack records of held jobs `ids` and finish them (lock held); the lsn.
 
         (A seam: walq.testing.plant's forget-ack writes nothing and returns None.)
@@ -550,7 +550,7 @@ class Queue(Administration):
         keeps = self._keeps(ids, self._clock()) if self._state.timed.unique else []
         records += [(k.rtype, k.encode()) for k in keeps]  # unique_for: in the same write
         if how is not None:
-            records.append((fmt.ATTEMPT, how.encode()))
+            records.append((fmt.ATTEMPT, how))
         locs, lsn = self._log.append(records)
         self._state.finish(ids, self._clock())  # the Ack records' effect, in one pass
         first = len(records) - len(keeps) - (how is not None)
@@ -592,10 +592,12 @@ class Queue(Administration):
                 error=clip_error(str(error)),
             )
             readied = self._state.readied
-            events: list[ev.Event] = [event]
-            if ran is not None:
-                events.append(_attempt_event([(job_id, info.attempts, ran)]))
-            lsn = self._write(events, now)
+            how = (
+                ()
+                if ran is None
+                else ((fmt.ATTEMPT, _attempt_body([(job_id, info.attempts, *ran)])),)
+            )
+            lsn = self._write([event], now, how)
             self._forget([job_id])
             self.counters["failed"] += 1
             self.counters["dead_lettered" if dead else "retried"] += 1
@@ -616,10 +618,13 @@ class Queue(Administration):
         with self._mu:
             self._check_open()
             info = self._state.check_holder(job_id, self._own(job_id, attempt))
-            events: list[ev.Event] = [ev.Release(items=((job_id, info.attempts - 1),))]
-            if ran is not None:
-                events.append(_attempt_event([(job_id, info.attempts, ran)]))
-            lsn = self._write(events, self._clock())
+            event = ev.Release(items=((job_id, info.attempts - 1),))
+            how = (
+                ()
+                if ran is None
+                else ((fmt.ATTEMPT, _attempt_body([(job_id, info.attempts, *ran)])),)
+            )
+            lsn = self._write([event], self._clock(), how)
             self._forget([job_id])
             self._changed.notify_all()
         self._commit(lsn, sync)
@@ -647,12 +652,14 @@ class Queue(Administration):
         return refused
 
 
-def _attempt_event(items: Sequence[tuple[int, int | None, Ran]]) -> ev.Attempt:
-    """The attempt record of (job id, attempt, how it ran) items, written by this process."""
-    return ev.Attempt(
-        host=HOST, owner=os.getpid(),
-        items=tuple((jid, a or 0, r.started, r.seconds, r.pid) for jid, a, r in items),
-    )  # fmt: skip
+def _attempt_body(items: Sequence[tuple[int, int, float, float, int]]) -> bytes:
+    """The attempt record of (job id, attempt, started, seconds, pid) items, by this process."""
+    return ev.encode_attempt(HOST, os.getpid(), items)
+
+
+def _how(job_id: int, attempt: int, ran: Ran | None) -> tuple[tuple[int, bytes], ...]:
+    """The attempt record of one job's outcome, as an extra record for _write (none: ())."""
+    return () if ran is None else ((fmt.ATTEMPT, _attempt_body([(job_id, attempt, *ran)])),)
 
 
 def _only_tasks(
