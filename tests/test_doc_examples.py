@@ -41,9 +41,10 @@ def test_the_examples_are_found() -> None:
     assert sum(UNTIL_STOPPED in block for _, block in EXAMPLES) >= 4
 
 
-def _env() -> dict[str, str]:
+def _env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(ROOT)  # walq itself, as an installed package would be
+    env["TMPDIR"] = str(tmp)  # an example's tempfile.mkdtemp() queue is removed with it
     return env  # with WALQ_REDIS_URL when a Redis test server is set
 
 
@@ -52,7 +53,7 @@ def _run_until_stopped(script: Path, cwd: Path) -> str:
     log = cwd / "stderr.txt"
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(script)], cwd=cwd, env=_env(), stdout=subprocess.DEVNULL,
+            [sys.executable, str(script)], cwd=cwd, env=_env(cwd), stdout=subprocess.DEVNULL,
             stderr=err, start_new_session=True,
         )  # fmt: skip
     try:
@@ -82,7 +83,7 @@ def test_the_example_runs_as_written(name: str, block: str, tmp_path: Path) -> N
         _run_until_stopped(script, tmp_path)
         return
     done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=_env(), capture_output=True,
+        [sys.executable, str(script)], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
         text=True, timeout=TIMEOUT, check=False,
     )  # fmt: skip
     assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stdout}{done.stderr}"
