@@ -276,10 +276,11 @@ def test_the_coroutine_task_example_runs_as_a_script(tmp_path: Path) -> None:
     """docs/ASYNC.md's coroutine tasks, saved as a script: every job done, exit 0."""
     (block,) = [b for b in python_blocks(ROOT / "docs" / "ASYNC.md") if "async def fetch" in b]
     script = tmp_path / "app.py"
-    script.write_text(block.replace("/tmp/walq-coroutine-demo", str(tmp_path / "jobs")))
+    script.write_text(block)  # its tempfile.mkdtemp() queue: under tmp_path (TMPDIR)
     proc = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-        timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False,
+        timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path)),
+        check=False,
     )  # fmt: skip
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout.strip() == "1000 done"
