@@ -75,7 +75,8 @@ def server(host: str, port: int) -> Server:
 
 
 def replicas(host: str, port: int) -> list[tuple[str, int]]:
-    """The replicas the server at host:port has connected now (none if it is not a primary)."""
+    """The replicas of the server at host:port that are online now: connected and past
+    their initial sync, so a WAIT can count them (none if it is not a primary)."""
     import redis
 
     c = redis.Redis(host=host, port=port, socket_timeout=2.0)
@@ -88,7 +89,7 @@ def replicas(host: str, port: int) -> list[tuple[str, int]]:
     found = []
     for i in range(int(info.get("connected_slaves", 0))):
         slave = info.get(f"slave{i}")
-        if isinstance(slave, dict):
+        if isinstance(slave, dict) and slave.get("state") == "online":
             found.append((str(slave["ip"]), int(slave["port"])))
     return found
 
