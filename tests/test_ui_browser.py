@@ -210,8 +210,10 @@ def test_a_live_queue_in_the_browser(page: Any, qdir: str) -> None:
             history.filter(has_text="fail").wait_for()
             kinds = [c.strip() for c in history.locator("tr td:nth-child(2)").all_inner_texts()]
             attempts = history.locator("tr td:nth-child(3)").all_inner_texts()
-            # (a claimed job may be handed back uncharged, as "release", in between)
-            seen = [(k, a) for k, a in zip(kinds, attempts, strict=True) if k != "release"]
+            # (a claimed job may be handed back uncharged, as "release", in between; each
+            # outcome the worker writes is followed by its "attempt" record)
+            pairs = list(zip(kinds, attempts, strict=True))
+            seen = [(k, a) for k, a in pairs if k not in ("release", "attempt")]
             assert seen == [
                 ("enqueue", ""),
                 ("claim", "1"),
@@ -219,6 +221,7 @@ def test_a_live_queue_in_the_browser(page: Any, qdir: str) -> None:
                 ("claim", "2"),
                 ("fail", "2"),
             ]
+            assert {("attempt", "1"), ("attempt", "2")} <= set(pairs)
             # The same records as attempts: each one's outcome, the last one's error.
             steps = page.locator("#job-attempts tr[data-step]")
             kinds_outcomes = steps.evaluate_all(
@@ -231,9 +234,9 @@ def test_a_live_queue_in_the_browser(page: Any, qdir: str) -> None:
             ]
             last = page.locator("#job-attempts tr[data-outcome=dead]").inner_text()
             assert "LookupError: report 0: the source table is missing" in last
-            # The log records no worker or time: the worker's report gives them, or it is said.
+            # The attempt record in the log names the worker, its host and the process.
             worker_cell = page.locator("#job-attempts tr[data-outcome=dead] td:nth-child(3)")
-            assert re.fullmatch(r"worker \d+, process \d+|not recorded", worker_cell.inner_text())
+            assert re.fullmatch(r"worker \d+ on \S+, process \d+", worker_cell.inner_text())
 
             # The running owner requeues it at once, through its control channel.
             x = ids["failing"][0]

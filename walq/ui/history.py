@@ -82,7 +82,7 @@ def attempts(jid: int, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
             close(outcome, at, **more)
         elif kind == "release":
             counted = _attempt_of(row, jid, "counted", "counts")
-            close("released", at, note=f"handed back uncharged ({counted} attempts counted)")
+            close("released", at, note=f"handed back uncharged (attempts counted: {counted})")
         elif kind in ("ack", "finish"):
             if open_step is None:
                 steps.append({"kind": "done", "at": at})

@@ -457,7 +457,10 @@ function renderAttempts(steps, job, run, note) {
         const proc = rep.process ? `process ${rep.process}` : (rep.source === "log" ? "not started" : "process ?");
         worker = `worker ${rep.worker ?? "?"}${rep.host ? ` on ${rep.host}` : ""}, ${proc}`;
         const span = rep.started ? `started ${when(rep.started)}` : `ended ${when(rep.ended)}`;
-        duration = `${Number(rep.seconds).toFixed(rep.seconds < 10 ? 2 : 0)} s, ${span}`;
+        // A job handed back before any process took it ran for no time: say when, not 0 s.
+        duration = !rep.process && rep.source === "log"
+          ? `handed back ${when(rep.started || rep.ended)}`
+          : `${Number(rep.seconds).toFixed(rep.seconds < 10 ? 2 : 0)} s, ${span}`;
         if (rep.cause && !st.summary) detail.push(rep.cause);
       }
       if (st.summary) detail.push(st.summary);
