@@ -158,16 +158,7 @@ class QueueBase(QueueBackend):
             for wants in extras.values():
                 for parent in wants.parents:
                     state.status(parent)  # UnknownJobError: never enqueued, or purged
-            deadline = now.mono + timeout
-            while True:
-                ids, fresh = self._assign(specs, now.wall)
-                problem = self._room_for(fresh)
-                if problem is None:
-                    break
-                left = deadline - self._clock().mono
-                if left <= 0:
-                    raise QueueFull(f"{self.path}: {problem}")
-                now = self._wait_changed(min(left, 1.0))
+            ids, fresh, now = self._assign_room(specs, now, timeout)
             first = state.next_id
             events: list[ev.Event] = []
             unique: list[tuple[int, float]] = []
@@ -225,16 +216,7 @@ class QueueBase(QueueBackend):
             timeout = check_seconds("timeout", timeout)
         with self._mu:
             now = self._open_now()
-            deadline = now.mono + timeout
-            while True:
-                ids, fresh = self._assign(items, now.wall)
-                problem = self._room_for(fresh, caps=caps)
-                if problem is None:
-                    break
-                left = deadline - self._clock().mono
-                if left <= 0:
-                    raise QueueFull(f"{self.path}: {problem}")
-                now = self._wait_changed(min(left, 1.0))
+            ids, fresh, now = self._assign_room(items, now, timeout, caps=caps)
             more: list[ev.Event] = []
             if unique_for and fresh:
                 first = self._state.next_id
@@ -285,6 +267,22 @@ class QueueBase(QueueBackend):
             ids.append(next_id)
             next_id += 1
         return ids, fresh
+
+    def _assign_room(
+        self, items: Sequence[JobSpec], now: Now, timeout: float, *, caps: bool = True
+    ) -> tuple[list[int], Sequence[JobSpec], Now]:
+        """Ids for `items` (see _assign) once the new ones fit (see _room_for), waiting up to
+        `timeout` seconds for room (QueueFull after); the time it was then. Under _mu."""
+        deadline = now.mono + timeout
+        while True:
+            ids, fresh = self._assign(items, now.wall)
+            problem = self._room_for(fresh, caps=caps)
+            if problem is None:
+                return ids, fresh, now
+            left = deadline - self._clock().mono
+            if left <= 0:
+                raise QueueFull(f"{self.path}: {problem}")
+            now = self._wait_changed(min(left, 1.0))
 
     def _room_for(self, fresh: Sequence[JobSpec], *, caps: bool = True) -> str | None:
         """Why `fresh` does not fit under the caps (`caps`) and the disk floor, or None."""

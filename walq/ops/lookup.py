@@ -33,6 +33,7 @@ import logging
 import posixpath
 import struct
 from collections.abc import Iterator
+from typing import TypeVar
 
 import attrs
 
@@ -106,7 +107,18 @@ def _job_records(
 
 def _segments(path: str, fs: FileSystem) -> list[_Segment]:
     """The live segments in log order, with the first job id each holds."""
-    out: list[_Segment] = []
+    out = [
+        _Segment(seq, header.first, _first_id(head))
+        for seq, header, head, _ in _heads(path, fs, HEAD)
+    ]
+    return _superseded_dropped(out)
+
+
+def _heads(
+    path: str, fs: FileSystem, n: int
+) -> Iterator[tuple[int, fmt.SegmentHeader, bytes, int]]:
+    """Each segment the directory lists, in log order: its seq, header, first `n` bytes
+    and size (a damaged header reads as the segment's own; a vanished file is skipped)."""
     for seq in segment_seqs(path, fs):
         seg_path = posixpath.join(path, fmt.segment_name(seq))
         try:
@@ -114,17 +126,23 @@ def _segments(path: str, fs: FileSystem) -> list[_Segment]:
         except FileNotFoundError:
             continue  # removed by a compaction since the listing
         try:
-            head = f.pread(HEAD, 0)
+            head, size = f.pread(n, 0), f.size()
         finally:
             f.close()
         try:
-            header = fmt.SegmentHeader.decode(head, seg_path)
+            header = fmt.SegmentHeader.decode(head[: fmt.SEGMENT_HEADER_SIZE], seg_path)
         except CorruptionError:
             header = fmt.SegmentHeader(seq=seq, first=seq)
-        out.append(_Segment(seq, header.first, _first_id(head)))
-    # A compacted segment supersedes the segments it covers (leftovers of a crash).
-    spans = [(s.first, s.seq) for s in out if s.first < s.seq]
-    return [s for s in out if not any(a <= s.seq < b for a, b in spans)]
+        yield seq, header, head, size
+
+
+_S = TypeVar("_S", "_Segment", "_Live")
+
+
+def _superseded_dropped(segments: list[_S]) -> list[_S]:
+    """Without the segments a compacted one covers (leftovers of a crash)."""
+    spans = [(s.first, s.seq) for s in segments if s.first < s.seq]
+    return [s for s in segments if not any(a <= s.seq < b for a, b in spans)]
 
 
 def _first_id(head: bytes) -> int | None:
@@ -586,24 +604,11 @@ class _Live:
 
 def _headers(path: str, fs: FileSystem) -> list[_Live]:
     """The live segments in log order with their sizes (headers only)."""
-    out: list[_Live] = []
-    for seq in segment_seqs(path, fs):
-        seg_path = posixpath.join(path, fmt.segment_name(seq))
-        try:
-            f = fs.open(seg_path)
-        except FileNotFoundError:
-            continue  # removed by a compaction since the listing
-        try:
-            head, size = f.pread(fmt.SEGMENT_HEADER_SIZE, 0), f.size()
-        finally:
-            f.close()
-        try:
-            header = fmt.SegmentHeader.decode(head, seg_path)
-        except CorruptionError:
-            header = fmt.SegmentHeader(seq=seq, first=seq)
-        out.append(_Live(seq, header.first if header.seq == seq else seq, size))
-    spans = [(s.first, s.seq) for s in out if s.first < s.seq]
-    return [s for s in out if not any(a <= s.seq < b for a, b in spans)]
+    out = [
+        _Live(seq, header.first if header.seq == seq else seq, size)
+        for seq, header, _, size in _heads(path, fs, fmt.SEGMENT_HEADER_SIZE)
+    ]
+    return _superseded_dropped(out)
 
 
 def _agrees(at: ckpt.JobAt, live: list[_Live]) -> bool:
