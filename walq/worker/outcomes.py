@@ -29,6 +29,7 @@ log = logging.getLogger("walq.worker")
 
 # Finished attempts the worker's status reports (a server's queue keeps no history of them).
 RECENT = 100
+RECENT_FIELDS = ("job", "attempt", "task", "process", "seconds", "ended", "ok", "cause")
 
 
 @attrs.frozen
@@ -72,7 +73,7 @@ class Recorder:
     rng: random.Random
     on_decided: Callable[[Task, float], None]
     # The last RECENT attempts ended: which process ran each, for how long, and how it ended.
-    recent: deque[dict[str, Any]] = attrs.field(factory=lambda: deque(maxlen=RECENT))
+    recent: deque[tuple[Any, ...]] = attrs.field(factory=lambda: deque(maxlen=RECENT))
 
     def record(self, outcomes: list[Outcome]) -> None:
         """Ack and fail finished attempts; results for lost leases are dropped."""
@@ -81,18 +82,14 @@ class Recorder:
         oks = []
         self.heartbeat.drop_many([out.job.id for out in outcomes])
         for out in outcomes:
+            # A tuple per job (RECENT_FIELDS): the status writer makes the dicts, at most
+            # once a second, instead of this loop once per job.
             self.recent.append(
-                {
-                    "job": out.job.id,
-                    "attempt": out.job.attempt,
-                    "task": out.task.name,
-                    "process": out.process,
-                    "seconds": round(out.seconds, 4),
-                    "ended": round(wall, 3),
-                    "ok": out.ok,
-                    "cause": None if out.ok else (out.report or {}).get("cause"),
-                }
-            )
+                (
+                    out.job.id, out.job.attempt, out.task.name, out.process, out.seconds, wall,
+                    out.ok, None if out.ok else (out.report or {}).get("cause"),
+                )
+            )  # fmt: skip
             self.runtime[out.task.name].running -= 1
             if out.ok:
                 oks.append(out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -18,7 +18,7 @@ from walq.backend import QueueBackend
 from walq.core.gates import RetryBudget
 from walq.errors import WalqError
 from walq.worker.heartbeat import Link
-from walq.worker.outcomes import TaskRuntime
+from walq.worker.outcomes import RECENT_FIELDS, TaskRuntime
 from walq.worker.slots import Slot
 from walq.worker.tasks import Tasks
 
@@ -31,7 +31,7 @@ def worker_status(
     counters: dict[str, int],
     budget: RetryBudget | None = None,
     slots: Sequence[Slot] = (),
-    recent: Iterable[Mapping[str, Any]] = (),
+    recent: Iterable[Sequence[Any]] = (),
 ) -> dict[str, Any]:
     """Breaker states, limits, running counts, the retry budget and counters: what
     `walq stats` and `walq ui` show; `recent`, the last attempts that ended (the log
@@ -88,7 +88,7 @@ def worker_status(
             "balance": round(budget.balance(now), 3),
         },
         "compactor": health() if health is not None else None,
-        "recent": [dict(r) for r in recent],
+        "recent": [_ended(r) for r in recent],
     }
 
 
@@ -115,3 +115,10 @@ class StatusWriter:
             return  # the server is unreachable: the next status after it is back
         with contextlib.suppress(WalqError):
             self.queue.record_worker_status(status)
+
+
+def _ended(row: Sequence[Any]) -> dict[str, Any]:
+    """One attempt that ended, as the status file holds it (a Recorder's tuple)."""
+    out = dict(zip(RECENT_FIELDS, row, strict=True))
+    out["seconds"], out["ended"] = round(out["seconds"], 4), round(out["ended"], 3)
+    return out
