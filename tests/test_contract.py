@@ -10,6 +10,7 @@ Real clocks, short leases: every test takes well under a few seconds.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import threading
 import time
@@ -1202,6 +1203,17 @@ def test_outcomes_take_how_the_attempt_ran_on_every_backend(q: Any) -> None:
     assert sorted(j.id for j in jobs) == sorted(ids)
     with pytest.raises(walq.ArgumentError):
         q.ack_many(ids[:2], attempts=[1, 1], ran=[walq.Ran(1.0, 0.5, 7)])
+    # A ran that is not one, or out of range, is one clear error on every outcome, writing
+    # nothing (it was a struct.error from deep in the log's encoder).
+    for bad in ("x", (1.0, 2.0), walq.Ran(math.nan, 1.0, 5), walq.Ran(1.0, -1.0, 5),
+                walq.Ran(1.0, 1.0, -3), walq.Ran(1.0, 1.0, 1 << 40)):  # fmt: skip
+        with pytest.raises(walq.ArgumentError, match=r"^ran"):
+            q.ack(ids[0], attempt=1, ran=bad)
+        with pytest.raises(walq.ArgumentError, match=r"^ran"):
+            q.fail(ids[0], "x", attempt=1, ran=bad)
+        with pytest.raises(walq.ArgumentError, match=r"^ran"):
+            q.release(ids[0], attempt=1, ran=bad)
+    assert q.status(ids[0]) == "running"
     assert q.ack_many(ids[:2], attempts=[1, 1], ran=[walq.Ran(1.0, 0.5, 7)] * 2) == []
     assert q.fail(ids[2], "x", permanent=True, attempt=1, ran=walq.Ran(2.0, 0.1, 8)) == "dead"
     q.release(ids[3], attempt=1, ran=walq.Ran(3.0, 0.0, 0))

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from walq.core import events as ev
-from walq.core.job import DeadJob, Job, Ran
+from walq.core.job import DeadJob, Job, Ran, check_ran
 from walq.core.jobspec import (
     Extra,
     HasExtra,
@@ -226,8 +226,12 @@ class QueueBackend(Protocol):
         outputs = None
         if results is not None or enqueues is not None:
             outputs = self._outputs(job_ids, results, enqueues)
-        if ran is not None and len(ran) != len(job_ids):
-            raise ArgumentError(f"job_ids and ran differ in length ({len(job_ids)}, {len(ran)})")
+        if ran is not None:
+            if len(ran) != len(job_ids):
+                raise ArgumentError(
+                    f"job_ids and ran differ in length ({len(job_ids)}, {len(ran)})"
+                )
+            ran = [check_ran(r) for r in ran]
         if ran is None:
             return self._ack_many(job_ids, attempts, sync, strict, outputs)
         return self._ack_many(job_ids, attempts, sync, strict, outputs, ran=ran)
@@ -277,7 +281,7 @@ class QueueBackend(Protocol):
         wait = None if delay is None else check_delay(delay)
         if ran is None:
             return self._fail(job_id, error, permanent, attempt, wait, sync)
-        return self._fail(job_id, error, permanent, attempt, wait, sync, ran=ran)
+        return self._fail(job_id, error, permanent, attempt, wait, sync, ran=check_ran(ran))
 
     def release(
         self,

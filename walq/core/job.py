@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import attrs
 
 from walq.core.jobspec import decode_payload, follow_spec
+from walq.core.text import excerpt
+from walq.errors import ArgumentError
 
 
 class Ran(NamedTuple):
@@ -20,6 +23,23 @@ class Ran(NamedTuple):
     started: float
     seconds: float
     pid: int
+
+
+def check_ran(ran: object) -> Ran:
+    """`ran` as a Ran, or ArgumentError: a finite start, seconds >= 0, a pid that fits u32."""
+    if not isinstance(ran, tuple) or len(ran) != 3:
+        raise ArgumentError(f"ran must be a walq.Ran(started, seconds, pid), not {excerpt(ran)}")
+    started, seconds, pid = ran
+    numbers = all(type(v) in (int, float) for v in (started, seconds))
+    if not numbers or not math.isfinite(started) or not 0 <= seconds < math.inf:
+        raise ArgumentError(
+            f"ran needs a finite start and seconds >= 0, not {excerpt(started)}, {excerpt(seconds)}"
+        )
+    if type(pid) is not int or not 0 <= pid <= 0xFFFFFFFF:
+        raise ArgumentError(
+            f"ran's pid must be a whole number in 0..4294967295, not {excerpt(pid)}"
+        )
+    return Ran(float(started), float(seconds), pid)
 
 
 @attrs.frozen(kw_only=True)

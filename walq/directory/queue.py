@@ -19,7 +19,7 @@ from walq.backends import backend_class, scheme_of
 from walq.core import checkpoint as ckpt
 from walq.core import events as ev
 from walq.core import format as fmt
-from walq.core.job import Job, Ran, build_job
+from walq.core.job import Job, Ran, build_job, check_ran
 from walq.core.jobspec import (
     DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_PAYLOAD,
@@ -592,11 +592,7 @@ class Queue(Administration):
                 error=clip_error(str(error)),
             )
             readied = self._state.readied
-            how = (
-                ()
-                if ran is None
-                else ((fmt.ATTEMPT, _attempt_body([(job_id, info.attempts, *ran)])),)
-            )
+            how = _how(job_id, info.attempts, ran)
             lsn = self._write([event], now, how)
             self._forget([job_id])
             self.counters["failed"] += 1
@@ -619,11 +615,7 @@ class Queue(Administration):
             self._check_open()
             info = self._state.check_holder(job_id, self._own(job_id, attempt))
             event = ev.Release(items=((job_id, info.attempts - 1),))
-            how = (
-                ()
-                if ran is None
-                else ((fmt.ATTEMPT, _attempt_body([(job_id, info.attempts, *ran)])),)
-            )
+            how = _how(job_id, info.attempts, ran)
             lsn = self._write([event], self._clock(), how)
             self._forget([job_id])
             self._changed.notify_all()
@@ -659,7 +651,9 @@ def _attempt_body(items: Sequence[tuple[int, int, float, float, int]]) -> bytes:
 
 def _how(job_id: int, attempt: int, ran: Ran | None) -> tuple[tuple[int, bytes], ...]:
     """The attempt record of one job's outcome, as an extra record for _write (none: ())."""
-    return () if ran is None else ((fmt.ATTEMPT, _attempt_body([(job_id, attempt, *ran)])),)
+    if ran is None:
+        return ()
+    return ((fmt.ATTEMPT, _attempt_body([(job_id, attempt, *check_ran(ran))])),)
 
 
 def _only_tasks(

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from walq import forks
 from walq.backend import QueueBackend
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON, RESULT_NONE
-from walq.core.job import DeadJob, Job, Ran, build_job
+from walq.core.job import DeadJob, Job, Ran, build_job, check_ran
 from walq.core.jobspec import (
     DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_PAYLOAD,
@@ -635,7 +635,9 @@ class RedisQueue(QueueBackend):
         sync: bool | None = None,
         ran: Ran | None = None,
     ) -> None:
-        jid = check_job_id(job_id)  # `ran` is ignored (see _ack_many)
+        jid = check_job_id(job_id)
+        if ran is not None:
+            check_ran(ran)  # refused as on a directory, then ignored (see _ack_many)
         reply = self._run("release", jid, *self._held.token(jid, attempt))
         if reply[0] != b"ok":
             self._raise(reply)
