@@ -122,3 +122,28 @@ def test_after_run_at_and_unique_for_through_the_owner_and_the_spool(qdir: str) 
         states = sorted((r["task"], r["status"]) for r in q.jobs())
         twice = [("d", "waiting"), ("l", "scheduled")] * 2
         assert states == sorted([("a", "pending"), ("u", "pending"), *twice])
+
+
+def test_an_owner_gone_as_the_producer_connects_sends_the_job_to_the_spool(
+    qdir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner killed just as a connection is made: the event loop closes the socket
+    under the peer check (EBADF). The job goes to the spool, not to an exception."""
+    import errno
+
+    from walq.producers import wire
+
+    def gone(sock: object) -> int:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(wire, "peer_uid", gone)
+
+    async def main() -> int | None:
+        async with await walq.aconnect(qdir) as p:
+            return await p.enqueue("t", "kept")
+
+    with walq.Queue.open(qdir, serve=True):  # an owner answers the socket
+        assert asyncio.run(main()) is None  # spooled
+    with walq.Queue.open(qdir) as q:  # the next owner takes it in
+        job = q.claim()
+        assert job is not None and job.payload == "kept"

@@ -382,7 +382,13 @@ class AsyncProducer:
                     return None
                 raise OSError(exc.errno, exc.strerror, self._where()) from exc
         sock = cast(socket.socket, writer.get_extra_info("socket"))
-        uid = wire.peer_uid(sock)
+        try:
+            uid = wire.peer_uid(sock)
+        except OSError:
+            # The owner went away as we connected (killed): the event loop saw the reset
+            # and closed the socket under us (EBADF). No owner answers: spool, as above.
+            writer.close()
+            return None
         if uid is not None and uid != os.geteuid():
             # As Producer._connect: not our owner (a squatter): spool instead.
             log.error(
