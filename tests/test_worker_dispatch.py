@@ -113,6 +113,47 @@ def test_group_sigterm_lets_the_running_handler_finish_then_exits_zero(
 # -- prefetched jobs and the policies ----------------------------------------------------
 
 
+def test_a_job_on_its_last_attempt_is_never_prefetched(qdir: str, tmp_path: Path) -> None:
+    """An owner killed (kill -9 of its process group) while one job runs charges no job
+    with max_attempts=1 that the worker held unstarted: such a job waits for an idle
+    worker, so an owner's death cannot dead-letter it without its ever running."""
+    ledger = tmp_path / "ledger"
+    with walq.Queue.open(qdir) as q:
+        # Fast jobs first: the pool learns that jobs are short, and prefetches.
+        q.enqueue_many([("ok", {"ledger": str(ledger)}) for _ in range(5)])
+        slow = q.enqueue("sleeps", {"ledger": str(ledger), "seconds": 60.0})
+        once = q.enqueue_many(
+            [("ok", {"ledger": str(ledger)}, {"max_attempts": 1}) for _ in range(10)]
+        )
+        # Another task's jobs with an attempt to spare (a refused job holds back its
+        # task's jobs for the round, in order).
+        twice = q.enqueue_many([("double", {"n": 1}, {"max_attempts": 2}) for _ in range(3)])
+    cmd = [sys.executable, "-m", "walq", "worker", qdir, "--tasks", worker_tasks.SPECS["def"],
+           "--processes", "1"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: any(line[3] == "start" for line in ledger_lines(ledger)), timeout=60)
+        # Give the owner time for the rounds that would prefetch behind the slow job.
+        time.sleep(1.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    ran = {int(line[0]) for line in ledger_lines(ledger)}
+    with walq.Queue.open(qdir) as q:
+        assert q.status(slow) == "pending"  # charged: it started
+        for jid in once:
+            assert jid in ran or (q.status(jid) == "pending" and q._state.info(jid).attempts == 0)
+        assert q.dead_jobs() == []
+        # Jobs with attempts to spare are still prefetched: the worker held some.
+        charged = [
+            jid for jid in twice if q.status(jid) == "pending" and q._state.info(jid).attempts == 1
+        ]
+        assert charged, "no job was prefetched behind the slow one"
+
+
 def test_prefetched_jobs_do_not_start_past_an_open_breaker(q: walq.Queue, tmp_path: Path) -> None:
     """prefetch=8, breaker failures=3, one process: exactly 3 attempts, the rest uncharged."""
     ledger = tmp_path / "ledger"

@@ -26,6 +26,14 @@ def gated(task: Task) -> bool:
     return task.policy.rate is not None or task.policy.concurrency is not None
 
 
+def starts_at_once(task: Task, attempt: int, max_attempts: int) -> bool:
+    """Whether a job about to make attempt `attempt` goes only to an idle worker, never
+    prefetched: its task is gated, or this is its last attempt. A prefetched job is
+    charged when claimed, so an owner killed before it ran would dead-letter a job on
+    its last attempt without running it; started at once, it runs first."""
+    return gated(task) or attempt >= max_attempts
+
+
 @attrs.define
 class Admission:
     """The tasks' policies as a claim's gate; `runtime` and `counters` are the Worker's."""
@@ -44,7 +52,8 @@ class Admission:
         (its concurrency cap, breaker or rate limit says wait); a time defers
         just this job -- a retry the queue-wide budget cannot pay for yet.
         A task with a rate limit or concurrency cap is only admitted onto an
-        idle worker, so admission time is start time (prefetch would bunch it).
+        idle worker, so admission time is start time (prefetch would bunch it);
+        so is a job on its last attempt (see starts_at_once).
         """
         idle_left = [idle]
 
@@ -60,7 +69,7 @@ class Admission:
                 return False
             if info.attempts >= info.max_attempts:
                 return True  # out of attempts: the claim dead-letters it, nothing runs
-            is_gated = gated(task)
+            is_gated = starts_at_once(task, info.attempts + 1, info.max_attempts)
             if is_gated and idle_left[0] <= 0:
                 return False
             runtime = self.runtime[info.task]

@@ -33,7 +33,7 @@ from walq.core.jobspec import check_seconds
 from walq.core.retry import RetryBudget
 from walq.core.state import JobInfo
 from walq.errors import ArgumentError, BackendError, LogFailedError, WalqError, WorkerStartError
-from walq.worker.admission import Admission, gated
+from walq.worker.admission import Admission, starts_at_once
 from walq.worker.child import GROUP_SIGNALS, lost_report
 from walq.worker.heartbeat import DEFAULT_LEASE, Heartbeat, Link
 from walq.worker.outcomes import Outcome, Recorder, TaskRuntime
@@ -44,7 +44,7 @@ from walq.worker.tasks import Task, Tasks
 
 log = logging.getLogger("walq.worker")
 
-DEFAULT_PREFETCH = 8  # jobs a worker process may hold (Worker, `walq worker --prefetch`)
+DEFAULT_PREFETCH = 32  # jobs a worker process may hold (Worker, `walq worker --prefetch`)
 DEFAULT_ASYNC_CONCURRENCY = 100  # coroutine jobs a worker process runs at once
 
 
@@ -372,10 +372,11 @@ class Worker:
         tasks = self.tasks
         batches: dict[int, list[dict[str, Any]]] = {}
         plain: list[tuple[Job, Task]] = []
-        # Gated jobs first, each onto an idle worker (their admission promised one).
+        # Gated jobs and last attempts first, each onto an idle worker (their
+        # admission promised one).
         for job in jobs:
             task = tasks[job.task]
-            if not gated(task):
+            if not starts_at_once(task, job.attempt, job.max_attempts):
                 plain.append((job, task))
                 continue
             slot = idle.pop() if idle else self._least_loaded(free, space)
