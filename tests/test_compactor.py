@@ -295,3 +295,27 @@ def test_a_location_that_points_at_another_jobs_record_is_damage_not_that_jobs_p
     assert dead.id == a and "[damaged]" in (dead.error or "")
     assert f"job {b}'s, not job {a}'s" in (dead.error or "")
     q.close()
+
+
+@pytest.mark.parametrize("record", ["enqueue", "job"])
+def test_compaction_refuses_a_location_that_points_at_another_jobs_record(record: str) -> None:
+    """The compactor copies a plain enqueue or job record without decoding its payload,
+    but still checks it is the job's own: a location landing on another job's record
+    stops the compaction with CorruptionError naming the file and offset; nothing is lost."""
+    fs = SimFileSystem()
+    q = open_sim(fs)
+    pad = "x" * 200
+    ids = q.enqueue_many([("t", {"i": i, "pad": pad}) for i in range(40)])  # 3 segments
+    if record == "job":
+        q.compact()  # the live jobs' records are job records from here on
+    a, b = ids[0], ids[1]
+    state = q._state
+    pa, pb = state._jobs[a], state._jobs[b]
+    state._jobs[a] = pb & ~7 | pa & 7  # a's entry, b's location (the low bits: its state)
+    loc = state.info(a).loc
+    with pytest.raises(walq.CorruptionError, match=f"job {b}'s, not job {a}'s") as err:
+        q.compact()
+    assert err.value.offset == loc.offset and err.value.path.endswith(".wal")
+    state._jobs[a] = pa  # put it right: every job is still there
+    assert [q.claim().payload["i"] for _ in range(40)] == list(range(40))  # type: ignore[union-attr]
+    q.close()

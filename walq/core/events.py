@@ -129,24 +129,35 @@ class Job:
     error: str = ""
 
     def encode(self) -> bytes:
-        task = self.task.encode()
-        key = self.key.encode() if self.key is not None else b""
-        keylen = len(key) if self.key is not None else 0xFFFF
-        error = self.error.encode()
-        head = _JOB.pack(
-            self.id,
-            self.priority,
-            self.max_attempts,
-            self.kind,
-            self.due,
-            self.created,
-            len(task),
-            keylen,
-            self.state,
-            self.attempts,
-            len(error),
-        )
-        return b"".join((head, task, key, error, self.payload))
+        return encode_job(
+            self.id, self.task, self.payload, self.kind, self.key, self.priority,
+            self.max_attempts, self.due, self.created, self.state, self.attempts, self.error,
+        )  # fmt: skip
+
+
+def encode_job(
+    jid: int,
+    task: str,
+    payload: bytes,
+    kind: int,
+    key: str | None,
+    priority: int,
+    max_attempts: int,
+    due: float,
+    created: float,
+    state: int,
+    attempts: int,
+    error: str,
+) -> bytes:
+    """A job body (also the compactor's copy of an enqueue record, which builds no Job)."""
+    task_b = task.encode()
+    key_b = key.encode() if key is not None else b""
+    error_b = error.encode()
+    head = _JOB.pack(
+        jid, priority, max_attempts, kind, due, created, len(task_b),
+        len(key_b) if key is not None else 0xFFFF, state, attempts, len(error_b),
+    )  # fmt: skip
+    return b"".join((head, task_b, key_b, error_b, payload))
 
 
 @attrs.frozen(kw_only=True)
@@ -510,8 +521,18 @@ def claim_fields(
         if jid and e.id != jid:
             raise BadEvent(f"the record there is job {e.id}'s, not job {jid}'s")
         return e.task, e.kind, e.payload, e.key, e.priority, e.created
+    prio, _maxa, kind, _due, created, task, key, at = _enqueue_parts(body, jid)
+    return task, kind, body[at:], key, prio, created
+
+
+def _enqueue_parts(
+    body: bytes, jid: int
+) -> tuple[int, int, int, float, float, str, str | None, int]:
+    """(priority, max_attempts, kind, due, created, task, key, payload offset) of an
+    enqueue body, checked as `decode` checks it, and that it is job `jid`'s (0: any
+    job's); BadEvent if not. The origin is checked, not returned."""
     try:
-        found, prio, _maxa, kind, _due, created, tlen, klen, olen = _ENQ.unpack_from(body)
+        found, prio, maxa, kind, due, created, tlen, klen, olen = _ENQ.unpack_from(body)
         if jid and found != jid:
             raise BadEvent(f"the record there is job {found}'s, not job {jid}'s")
         at = _ENQ.size + tlen
@@ -529,7 +550,30 @@ def claim_fields(
             raise ValueError("invalid task or payload kind")
     except (struct.error, UnicodeDecodeError, ValueError) as exc:
         raise BadEvent(f"malformed enqueue body: {exc}") from None
-    return task, kind, body[at:], key, prio, created
+    return prio, maxa, kind, due, created, task, key, at
+
+
+def compacted_job(
+    rtype: int, body: bytes, jid: int, *, due: float, state: int, attempts: int, error: str
+) -> bytes | None:
+    """The job body a compaction writes for job `jid`, whose record is `body`, when that
+    record is a plain enqueue or job record: its payload copied as it is, no event built.
+    None for another record type (an `after` or `finish` record: decode it). BadEvent if
+    the body is malformed or not job `jid`'s."""
+    if rtype == fmt.ENQUEUE:
+        prio, maxa, kind, _due, created, task, key, at = _enqueue_parts(body, jid)
+    elif rtype == fmt.JOB:
+        try:
+            found, prio, maxa, kind, _due, created, task, key, _s, _a, _e, at = _job_parts(body)
+        except (struct.error, UnicodeDecodeError, ValueError) as exc:
+            raise BadEvent(f"malformed job body: {exc}") from None
+        if found != jid:
+            raise BadEvent(f"the record there is job {found}'s, not job {jid}'s")
+    else:
+        return None
+    return encode_job(
+        jid, task, body[at:], kind, key, prio, maxa, due, created, state, attempts, error
+    )
 
 
 def enqueue_fields(
@@ -562,17 +606,11 @@ _JOB_STATES = (PENDING, DEAD, WAITING)  # a job record's states (waiting: in an 
 
 
 def _decode_job(body: bytes) -> Job:
-    jid, prio, maxa, kind, due, created, tlen, klen, state, attempts, elen = _JOB.unpack_from(body)
-    (task, key), at = _strings(body, _JOB.size, tlen, klen)
-    if at + elen > len(body):
-        raise ValueError("error text runs past the body")
-    error = body[at : at + elen].decode()
-    if not task or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES) or state not in _JOB_STATES:
-        raise ValueError("invalid task, payload kind or state")
+    jid, prio, maxa, kind, due, created, task, key, state, attempts, error, at = _job_parts(body)
     return Job(
         id=jid,
         task=task,
-        payload=body[at + elen :],
+        payload=body[at:],
         kind=kind,
         key=key,
         priority=prio,
@@ -583,6 +621,22 @@ def _decode_job(body: bytes) -> Job:
         attempts=attempts,
         error=error,
     )
+
+
+def _job_parts(
+    body: bytes,
+) -> tuple[int, int, int, int, float, float, str, str | None, int, int, str, int]:
+    """(id, priority, max_attempts, kind, due, created, task, key, state, attempts, error,
+    payload offset) of a job body; ValueError (or struct.error) if it is malformed."""
+    jid, prio, maxa, kind, due, created, tlen, klen, state, attempts, elen = _JOB.unpack_from(body)
+    (task, key), at = _strings(body, _JOB.size, tlen, klen)
+    if at + elen > len(body):
+        raise ValueError("error text runs past the body")
+    error = body[at : at + elen].decode()
+    if not task or kind not in (PAYLOAD_JSON, PAYLOAD_BYTES) or state not in _JOB_STATES:
+        raise ValueError("invalid task, payload kind or state")
+    assert task is not None
+    return jid, prio, maxa, kind, due, created, task, key, state, attempts, error, at + elen
 
 
 def _counted(body: bytes, item: struct.Struct, what: str) -> Iterator[tuple[Any, ...]]:

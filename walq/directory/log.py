@@ -431,16 +431,6 @@ class Log:
             lsn = self._appended
         self.commit(lsn)
 
-    def written_end(self, seq: int) -> int:
-        """Bytes of segment `seq` that have reached the kernel (all of a sealed one).
-
-        Not those of a batch a commit's leader has taken and is writing.
-        """
-        with self._mu:
-            if self._active is not None and seq == self._active.seq:
-                return self._buf_start if self._inflight is None else self._inflight[0]
-        return MAX_SEGMENT_SIZE
-
     def unwritten(self, seq: int, offset: int, size: int) -> bytes | None:
         """The `size` bytes at `offset` of segment `seq` if they are not in the file yet.
 

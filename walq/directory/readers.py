@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from walq.core import format as fmt
 from walq.core import framing
 from walq.core.state import Loc, seq_of
 from walq.directory.fs import File, FileSystem
-from walq.directory.log import Log
 from walq.errors import CorruptionError
 
 # Segment files the owner keeps open for reading payloads (a cache: others are
@@ -19,13 +19,22 @@ MAX_READERS = 16
 MAX_RUN = 4 << 20
 
 
+class RecordSource(Protocol):
+    """What reading records back needs of a log (walq.directory.log.Log): its record
+    check, and the bytes it holds in memory that may not be in the file yet."""
+
+    def record_check(self, crc: int, covered: bytes | memoryview) -> bool: ...
+    def unwritten(self, seq: int, offset: int, size: int) -> bytes | None: ...
+    def memory_tail(self, seq: int) -> tuple[int, bytes] | None: ...
+
+
 class Readers:
     """Read handles by Loc.seg, least recently used first (callers hold the queue's lock).
 
     At most MAX_READERS, plus those pinned across a compaction's rename (see `pin`).
     """
 
-    def __init__(self, fs: FileSystem, directory: str, wal: Log) -> None:
+    def __init__(self, fs: FileSystem, directory: str, wal: RecordSource) -> None:
         self.fs = fs
         self.directory = directory
         self._log = wal
