@@ -17,8 +17,6 @@ import threading
 import time
 from typing import Any
 
-import portalocker
-
 from walq.directory.fs import open_fd
 from walq.errors import LockedError
 
@@ -32,7 +30,7 @@ _held_guard = threading.Lock()
 
 
 class ProcessLock:
-    """An exclusive, non-blocking portalocker lock on a file, held until released."""
+    """An exclusive, non-blocking flock on a file, held until released."""
 
     def __init__(self, path: str, handle: Any, dir_fd: int) -> None:
         self.path = path
@@ -58,8 +56,8 @@ class ProcessLock:
                             _close(dir_fd)
                             raise
                         try:
-                            portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
-                        except (portalocker.LockException, OSError):
+                            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        except OSError:
                             handle.close()
                             _close(dir_fd)
                         else:
@@ -86,8 +84,8 @@ class ProcessLock:
             return
         handle = _open_lock_file(self.path)
         try:
-            portalocker.lock(handle, portalocker.LOCK_EX | portalocker.LOCK_NB)
-        except (portalocker.LockException, OSError):
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             handle.close()
             raise LockedError(
                 f"{self.path}: the lock file was replaced while this process owned the queue,"
@@ -116,7 +114,7 @@ class ProcessLock:
             _close(self._dir_fd)
             return
         try:
-            portalocker.unlock(handle)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         finally:
             handle.close()
             _close(self._dir_fd)  # closing the last descriptor releases its flock
