@@ -789,10 +789,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=None, help="seconds at most")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    logging.getLogger("walq").setLevel(logging.CRITICAL)  # damage is the point
+    walq_log = logging.getLogger("walq")
+    level = walq_log.level
+    walq_log.setLevel(logging.CRITICAL)  # damage is the point
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:  # an unbounded allocation fails here, not the machine
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, hard))
+    try:
+        return _main(args)
+    finally:
+        # A caller in the same process (a test) logs and allocates as before.
+        walq_log.setLevel(level)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _main(args: argparse.Namespace) -> int:
+    """main's work, its arguments parsed."""
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     if args.case is not None:
         corpus = build_corpus()
