@@ -191,6 +191,7 @@ def scan_fast(
     sink: Callable[[int, int, int, int, memoryview], None],
     *,
     check: RecordCheck = crc_matches,
+    base: int = 0,
 ) -> tuple[int, int]:
     """Feed valid records from `offset` to `sink` until the first non-record.
 
@@ -198,17 +199,19 @@ def scan_fast(
 
     The replay fast path: no Record objects, no copies (bodies are memoryview
     slices; `sink(seq, type, offset, size, body)`). Whatever stops it --
-    zeros, a torn tail, damage -- is for `classify` to judge.
+    zeros, a torn tail, damage -- is for `classify` to judge. `base` is the
+    file offset of `buf[0]` when `buf` is a window of a segment: offsets given
+    to the sink are file offsets; the one returned is `buf`'s.
     """
     view = memoryview(buf)
     header = RECORD_HEADER_SIZE
     watermark = 0
     while True:
-        found = check_record(view, offset, MAX_BODY, 0, check)
+        found = check_record(view, offset, MAX_BODY, base, check)
         if not isinstance(found, tuple):
             return offset, watermark
         rtype, watermark, end = found
-        sink(seq, rtype, offset, end - offset, view[offset + header : end])
+        sink(seq, rtype, base + offset, end - offset, view[offset + header : end])
         offset = end
 
 

@@ -17,6 +17,7 @@ import attrs
 
 from walq.core import framing
 from walq.core.format import (
+    MAX_BODY,
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     SegmentHeader,
@@ -34,6 +35,9 @@ from walq.errors import CorruptionError
 log = logging.getLogger("walq.log")
 
 CUT_DIR = "cut"
+# Bytes of a segment that replay reads at a time (a record larger is read whole):
+# the memory a replay adds beside the state it builds, whatever the segment size.
+REPLAY_WINDOW = 4 << 20
 
 # Receives each valid record during recovery: (segment seq, type, offset, size, body).
 Sink = Callable[[int, int, int, int, memoryview], None]
@@ -260,16 +264,20 @@ class Recovery:
         Bytes before `offset` (a checkpoint's position) were durable when the
         checkpoint was written: they count as vouched for.
         """
-        data = seg.read_all()
         seq = seg.seq
         check = self.record_check
-        stop, watermark = framing.scan_fast(data, offset, seq, load or sink, check=check)
+        size = seg.file.size()
+        stop, watermark = self._scan_windows(seg, size, offset, load or sink)
         watermark = max(watermark, offset)
-        if newest:
-            self._note_vouched(data, watermark, stop)
-        if framing.all_zero(data, stop):
+        if self._zeros_from(seg, size, stop):
+            if newest:
+                self._note_vouched(lambda a, b: seg.file.pread(b - a, a), watermark, stop)
             return stop
-        # Something other than zeros follows: classify the rest precisely.
+        # Something other than zeros follows (damage, a torn tail): judge the rest with
+        # the whole file, as classify needs. The records before `stop` were fed.
+        data = seg.read_all()
+        if newest:
+            self._note_vouched(lambda a, b: data[a:b], watermark, stop)
         scan = framing.classify(data, stop, newest=newest, check=check)
         view = memoryview(data)
         for rec in scan.records:
@@ -291,10 +299,42 @@ class Recovery:
         if newest:
             if scan.records:
                 watermark = scan.records[-1].synced
-            self._note_vouched(data, watermark, scan.end)
+            self._note_vouched(lambda a, b: data[a:b], watermark, scan.end)
         return scan.end
 
-    def _note_vouched(self, data: bytes, watermark: int, end: int) -> None:
+    def _scan_windows(self, seg: Segment, size: int, offset: int, sink: Sink) -> tuple[int, int]:
+        """framing.scan_fast over the segment from `offset`, REPLAY_WINDOW bytes at a time:
+        (where it stopped, the last record's sync watermark), as over the whole file."""
+        watermark = 0
+        window = REPLAY_WINDOW
+        while True:
+            buf = seg.file.pread(max(0, min(window, size - offset)), offset)
+            stop, mark = framing.scan_fast(
+                buf, 0, seg.seq, sink, check=self.record_check, base=offset
+            )
+            if stop:
+                watermark = mark
+            ended = offset + len(buf) >= size
+            found = framing.check_record(buf, stop, MAX_BODY, offset, self.record_check)
+            if ended or not isinstance(found, framing.Incomplete):
+                return offset + stop, watermark  # zeros, damage, or the end of the file
+            # A record runs past the window: the next window starts with it, and is
+            # made larger if that record alone does not fit in one.
+            window = REPLAY_WINDOW if stop else 2 * window
+            offset += stop
+
+    @staticmethod
+    def _zeros_from(seg: Segment, size: int, start: int) -> bool:
+        """Whether every byte of the segment from `start` on is zero (read a window at a
+        time: a preallocated segment's unused tail)."""
+        while start < size:
+            buf = seg.file.pread(min(REPLAY_WINDOW, size - start), start)
+            if not framing.all_zero(buf, 0):
+                return False
+            start += len(buf)
+        return True
+
+    def _note_vouched(self, read: Callable[[int, int], bytes], watermark: int, end: int) -> None:
         """Remember which bytes of the newest segment no sync watermark vouches for.
 
         The last record's watermark says everything before it was durable when
@@ -302,7 +342,7 @@ class Recovery:
         in the page cache (recover rewrites them before syncing).
         """
         self.found.vouched = min(max(watermark, SEGMENT_HEADER_SIZE), end)
-        self.found.unvouched = data[self.found.vouched : end]
+        self.found.unvouched = read(self.found.vouched, end)  # (read(a, b): bytes a..b)
 
     def _cut_tail(self, seg: Segment, data: bytes, tail: framing.Gap) -> None:
         """Keep a torn tail's bytes aside, then zero them in place and fsync."""
