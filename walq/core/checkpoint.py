@@ -304,15 +304,19 @@ def shards(jobs: dict[int, int]) -> list[tuple[int, bytes]]:
 
 
 def _unshard(field: Any) -> dict[int, int]:
-    """The jobs from field 2 (version 2's shards, version 1's dict); TypeError if neither."""
+    """The jobs from field 2 (version 2's shards, version 1's dict); TypeError if neither.
+
+    A Jobs dict, which `restore` hands to the state as it is (no copy of millions
+    of entries); each shard's bytes are let go once read.
+    """
     if type(field) is dict:
-        return field
+        return Jobs(field)
     if type(field) is not list:
         raise TypeError(f"{type(field).__name__} where the jobs belong")
-    jobs: dict[int, int] = {}
-    for shard in field:
-        part = _shard(shard)
-        jobs.update(part)
+    jobs = Jobs()
+    for i, shard in enumerate(field):
+        jobs.update(_shard(shard))
+        field[i] = None
     return jobs
 
 
@@ -476,9 +480,18 @@ class Tracked(dict[int, int]):
     had none), so that `finish` visits only those, not every job.
     """
 
-    def __init__(self, jobs: dict[int, int]) -> None:
-        super().__init__(jobs)
-        self.old: dict[int, int | None] = {}
+    old: dict[int, int | None]
+
+    @classmethod
+    def adopt(cls, jobs: dict[int, int]) -> Tracked:
+        """`jobs` itself, tracked from now on: a Jobs dict changes class in place (the
+        same layout: CPython allows it), so a restore copies no entry."""
+        if type(jobs) is not Jobs:
+            jobs = Jobs(jobs)
+        jobs.__class__ = cls  # type: ignore[assignment]
+        assert isinstance(jobs, Tracked)
+        jobs.old = {}
+        return jobs
 
     def _note(self, jid: int) -> None:
         if jid not in self.old:
@@ -544,18 +557,19 @@ class Restored:
 def restore(state: QueueState, img: Image, now: Now) -> Restored:
     """Make a fresh, loading `state` what replaying the log up to the checkpoint made it.
 
-    Consumes the image: its jobs and ready queues are emptied (moved into the state).
+    Consumes the image: its jobs dict becomes the state's (tracked), its ready
+    queues are emptied (moved into the state's deques).
 
     The records that follow the checkpoint are then replayed onto it as
-    usual (through a replay sink made after this: `state._jobs` is a new
-    dict), and `finish` ends the replay (instead of finish_replay). The
+    usual (through a replay sink made after this: `state._jobs` is another
+    object than before), and `finish` ends the replay (instead of finish_replay). The
     image was checked by `decode`; a record it holds that does not fit
     raises ev.BadEvent.
     """
     assert state.loading and not state._jobs and not state._tasks
     for name in img.tasks:
         state.task_index(name)
-    state._jobs = jobs = Tracked(img.jobs)
+    state._jobs = jobs = Tracked.adopt(img.jobs)  # the image's dict, now the state's
     state._key_of.update(img.key_of)
     state._keys.update(img.keys)
     state._errors.update({jid: Loc(*loc) for jid, loc in img.errors.items()})
@@ -573,8 +587,7 @@ def restore(state: QueueState, img: Image, now: Now) -> Restored:
         state._ready.queue(prio, task).extend(ids)
     for rtype, body in img.records:
         state.apply(ev.decode(rtype, body), Loc(0, 0, 0), now)
-    # The state has its own copies now: let the image's go (a million jobs' worth of memory).
-    img.jobs.clear()
+    # The ready queues are the state's deques now: let the image's arrays go.
     img.ready.clear()
     return Restored(list(img.counts), img.by_task, img.seg_bytes, img.live_bytes)
 
