@@ -28,7 +28,8 @@ def walq_fill(path: str, n: int, batch: int) -> dict[str, Any]:
     import walq
 
     start = time.perf_counter()
-    q = walq.Queue.open(path, sync="always")
+    # No checkpoint: the open rows time a full replay (restart.py times the checkpoint).
+    q = walq.Queue.open(path, sync="always", checkpoint=False)
     try:
         for first in range(0, n, batch):
             q.enqueue_many([("noop", PAYLOAD)] * min(batch, n - first))
@@ -42,15 +43,18 @@ def walq_open(path: str, n: int) -> dict[str, Any]:
 
     before = current_rss()
     start = time.perf_counter()
-    q = walq.Queue.open(path, sync="always")
+    q = walq.Queue.open(path, sync="always", checkpoint=False)  # none written for the next
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         pending = q.stats()["pending"]
+        from_checkpoint = q.checkpoint_opened is not None
     finally:
         q.close()
     if pending != n:
         raise RuntimeError(f"reopened queue has {pending} pending jobs, expected {n}")
+    if from_checkpoint:
+        raise RuntimeError("the queue opened from a checkpoint, not by a full replay")
     # ru_maxrss is in KiB on Linux.
     return {"seconds": seconds, "rss_before": before, "rss_peak": peak * 1024}
 
