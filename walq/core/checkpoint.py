@@ -397,14 +397,19 @@ def job_at(data: bytes, path: str, job_id: int) -> JobAt:
     )  # fmt: skip
 
 
-def decode(data: bytes, path: str) -> Checkpoint:
+def decode(data: bytes | list[bytes], path: str) -> Checkpoint:
     """Parse and check a checkpoint file; CorruptionError (naming `path`) if it is not sound.
 
     The body is unmarshalled only after its CRC32C matched, and its shape is
     checked before anything of it is used: marshal builds plain values only
     (it never runs code), and a file that does not have this shape is refused.
+    `data` may be a one-item list holding the file's bytes: decode takes them
+    out of it, so they are freed once unmarshalled (a 5M-job file is ~200 MB).
     """
+    if isinstance(data, list):
+        data = data.pop()
     head, fields = _body(data, path)
+    del data  # the fields hold copies of what they need
     try:
         img = _image(fields)
     except (ValueError, EOFError, TypeError) as exc:

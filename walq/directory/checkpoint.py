@@ -50,10 +50,10 @@ def read(fs: FileSystem, directory: str) -> ckpt.Checkpoint | None:
     try:
         f = fs.open(path)
         try:
-            data = f.pread(f.size(), 0)
+            held = [f.pread(f.size(), 0)]  # decode takes the bytes: freed once unmarshalled
         finally:
             f.close()
-        return ckpt.decode(data, path)
+        return ckpt.decode(held, path)
     except (OSError, CorruptionError) as exc:
         log.warning("%s: checkpoint ignored, replaying the whole log: %s", path, exc)
         return None
