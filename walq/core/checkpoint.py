@@ -22,7 +22,6 @@ import itertools
 import marshal
 import struct
 from array import array
-from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +47,7 @@ from walq.core.packed import (
     Loc,
     Now,
 )
+from walq.core.ready import IdQueue
 from walq.errors import CorruptionError
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def take(
         "errors": {jid: tuple(loc) for jid, loc in state._errors.items()},
         "due": due,
         "ready": [
-            (prio, task, array("Q", q))
+            (prio, task, q.toarray())
             for prio, queues in state._ready.items()
             for task, q in queues.items()
         ],
@@ -563,7 +563,7 @@ def restore(state: QueueState, img: Image, now: Now) -> Restored:
     """Make a fresh, loading `state` what replaying the log up to the checkpoint made it.
 
     Consumes the image: its jobs dict becomes the state's (tracked), its ready
-    queues are emptied (moved into the state's deques).
+    queues are emptied (their bytes are the state's queues now).
 
     The records that follow the checkpoint are then replayed onto it as
     usual (through a replay sink made after this: `state._jobs` is another
@@ -587,12 +587,14 @@ def restore(state: QueueState, img: Image, now: Now) -> Restored:
         else:  # fell due while the queue was shut: pending, as a replay would have it
             jobs[jid] = (p & ~M3) | PENDING
     for prio, task, raw in img.ready:
-        ids = array("Q")
-        ids.frombytes(raw)
-        state._ready.queue(prio, task).extend(ids)
+        q = state._ready.queue(prio, task)
+        if q:
+            q.extend(IdQueue.frombytes(raw))
+        else:  # the usual case: one copy of the bytes, no int per id
+            state._ready[prio][task] = IdQueue.frombytes(raw)
     for rtype, body in img.records:
         state.apply(ev.decode(rtype, body), Loc(0, 0, 0), now)
-    # The ready queues are the state's deques now: let the image's arrays go.
+    # The ready queues are the state's now: let the image's list of them go.
     img.ready.clear()
     return Restored(list(img.counts), img.by_task, img.seg_bytes, img.live_bytes)
 
@@ -661,4 +663,4 @@ def _drop_ready(state: QueueState, ids: set[int]) -> None:
     for queues in state._ready.values():
         for task, q in list(queues.items()):
             if not ids.isdisjoint(q):
-                queues[task] = deque(jid for jid in q if jid not in ids)
+                queues[task] = IdQueue(jid for jid in q if jid not in ids)
