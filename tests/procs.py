@@ -8,6 +8,8 @@ have a command line that is not UTF-8, and it must not fail another's test.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,3 +73,13 @@ def wait_for(cond: Callable[[], object], timeout: float = 60.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, f"timed out after {timeout:g} s"
         time.sleep(0.02)
+
+
+def start_worker(qdir: str, tasks: str, cwd: Path | str, *options: str) -> subprocess.Popen[str]:
+    """`walq worker QDIR --tasks TASKS OPTIONS...` in a session of its own (as a service
+    manager starts a daemon: `kill -- -PID` reaches its whole group); output on a pipe."""
+    cmd = [sys.executable, "-m", "walq", "worker", qdir, "--tasks", tasks, *options]
+    return subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip

@@ -18,7 +18,7 @@ import pytest
 
 import walq
 from tests import worker_tasks
-from tests.procs import wait_for
+from tests.procs import start_worker, wait_for
 from walq import Ran
 from walq.core import events as ev
 from walq.core import format as fmt
@@ -143,12 +143,7 @@ def test_a_real_worker_leaves_each_attempt_with_its_process_and_duration(
         again = q.enqueue("asks_for_delay", {"ledger": str(ledger)})  # fails, then succeeds
         bad = q.enqueue("raises", {"n": 1})  # fails twice: dead
         more = q.enqueue_many([("ok", {"ledger": str(ledger)}) for _ in range(3)])
-    cmd = [sys.executable, "-m", "walq", "worker", qdir, "--tasks", worker_tasks.SPECS["def"],
-           "--processes", "1"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    proc = start_worker(qdir, worker_tasks.SPECS["def"], ROOT, "--processes", "1")
     started = time.time()
     try:
 

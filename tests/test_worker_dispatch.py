@@ -23,7 +23,7 @@ import pytest
 
 import walq
 from tests import slow_tasks, worker_tasks
-from tests.procs import wait_for
+from tests.procs import start_worker, wait_for
 from tests.test_doc_examples import python_blocks
 from tests.test_worker import ROOT, kind, ledger_lines, no_leftover_processes, run_until_done
 from walq.worker.pool import Worker
@@ -128,12 +128,7 @@ def test_a_job_on_its_last_attempt_is_never_prefetched(qdir: str, tmp_path: Path
         # Another task's jobs with an attempt to spare (a refused job holds back its
         # task's jobs for the round, in order).
         twice = q.enqueue_many([("double", {"n": 1}, {"max_attempts": 2}) for _ in range(3)])
-    cmd = [sys.executable, "-m", "walq", "worker", qdir, "--tasks", worker_tasks.SPECS["def"],
-           "--processes", "1"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+    proc = start_worker(qdir, worker_tasks.SPECS["def"], ROOT, "--processes", "1")
     try:
         wait_for(lambda: any(line[3] == "start" for line in ledger_lines(ledger)), timeout=60)
         # Give the owner time for the rounds that would prefetch behind the slow job.
