@@ -292,7 +292,7 @@ class QueueBackend(Protocol):
         ran: Ran | None = None,
     ) -> None:
         """Hand a running job back to pending without charging its attempt (`ran`: see `ack`)."""
-        ...
+        self._release(job_id, attempt, sync, None if ran is None else check_ran(ran))
 
     def extend(self, job_id: int, lease: float, *, attempt: int | None = None) -> None:
         """Push a running job's lease to `lease` seconds from now (a heartbeat)."""
@@ -488,6 +488,12 @@ class QueueBackend(Protocol):
         *, ran: Ran | None = None,
     ) -> str:  # fmt: skip
         """fail with its delay checked (None: the backend draws Backoff's)."""
+        ...
+
+    def _release(
+        self, job_id: int, attempt: int | None, sync: bool | None, ran: Ran | None
+    ) -> None:
+        """release with its `ran` checked."""
         ...
 
     def _extend_many(

@@ -19,7 +19,7 @@ from walq.backends import backend_class, scheme_of
 from walq.core import checkpoint as ckpt
 from walq.core import events as ev
 from walq.core import format as fmt
-from walq.core.job import Job, Ran, build_job, check_ran
+from walq.core.job import Job, Ran, build_job
 from walq.core.jobspec import (
     DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_PAYLOAD,
@@ -603,13 +603,8 @@ class Queue(Administration):
             self._wake()
         return "dead" if dead else "scheduled"
 
-    def release(
-        self,
-        job_id: int,
-        *,
-        attempt: int | None = None,
-        sync: bool | None = None,
-        ran: Ran | None = None,
+    def _release(
+        self, job_id: int, attempt: int | None, sync: bool | None, ran: Ran | None
     ) -> None:
         with self._mu:
             self._check_open()
@@ -650,10 +645,11 @@ def _attempt_body(items: Sequence[tuple[int, int, float, float, int]]) -> bytes:
 
 
 def _how(job_id: int, attempt: int, ran: Ran | None) -> tuple[tuple[int, bytes], ...]:
-    """The attempt record of one job's outcome, as an extra record for _write (none: ())."""
+    """The attempt record of one job's outcome, as an extra record for _write (none: ()).
+    `ran` was checked by the interface (QueueBackend.fail, release)."""
     if ran is None:
         return ()
-    return ((fmt.ATTEMPT, _attempt_body([(job_id, attempt, *check_ran(ran))])),)
+    return ((fmt.ATTEMPT, _attempt_body([(job_id, attempt, *ran)])),)
 
 
 def _only_tasks(

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from walq import forks
 from walq.backend import QueueBackend
 from walq.core.events import PAYLOAD_BYTES, PAYLOAD_JSON, RESULT_NONE
-from walq.core.job import DeadJob, Job, Ran, build_job, check_ran
+from walq.core.job import DeadJob, Job, Ran, build_job
 from walq.core.jobspec import (
     DEFAULT_KEEP_RESULTS,
     DEFAULT_MAX_PAYLOAD,
@@ -627,17 +627,10 @@ class RedisQueue(QueueBackend):
         self._forget([jid])
         return _text(reply[1])
 
-    def release(
-        self,
-        job_id: int,
-        *,
-        attempt: int | None = None,
-        sync: bool | None = None,
-        ran: Ran | None = None,
+    def _release(
+        self, job_id: int, attempt: int | None, sync: bool | None, ran: Ran | None
     ) -> None:
-        jid = check_job_id(job_id)
-        if ran is not None:
-            check_ran(ran)  # refused as on a directory, then ignored (see _ack_many)
+        jid = check_job_id(job_id)  # `ran` was checked, and is not kept here (see _ack_many)
         reply = self._run("release", jid, *self._held.token(jid, attempt))
         if reply[0] != b"ok":
             self._raise(reply)
