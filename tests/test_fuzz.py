@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import posixpath
 import random
+import resource
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -116,10 +118,15 @@ def test_a_huge_length_field_is_never_allocated(
 
 
 def test_the_command_line_fuzz_prints_its_counts(capsys: pytest.CaptureFixture[str]) -> None:
-    """`python tools/fuzz.py --cases N --seed S` prints cases and violations."""
+    """`python tools/fuzz.py --cases N --seed S` prints cases and violations, and leaves the
+    calling process's walq log level and address-space limit as they were."""
+    level = logging.getLogger("walq").level
+    limit = resource.getrlimit(resource.RLIMIT_AS)
     assert fuzz.main(["--cases", "15", "--seed", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == ["cases: 15", "violations: 0"]
+    assert logging.getLogger("walq").level == level
+    assert resource.getrlimit(resource.RLIMIT_AS) == limit
 
 
 def test_the_cli_on_damaged_directories_exits_cleanly(corpus: fuzz.Corpus, tmp_path: Path) -> None:
