@@ -73,7 +73,7 @@ def owner_cpu() -> float:
 
 def drained(q: Any) -> bool:
     stats = q.stats()
-    return stats.get("pending", 0) == 0 and stats.get("running", 0) == 0
+    return bool(stats.get("pending", 0) == 0 and stats.get("running", 0) == 0)
 
 
 def walq_pool(

@@ -19,6 +19,7 @@ the command processes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -168,7 +169,7 @@ def without_checkpoint(
         for name, jid in (("last", job), ("oldest pending", ids["middle"])):
             row(
                 f"status {name}, no checkpoint",
-                timed(lambda jid=jid: live.job_status(qdir, jid), repeat),
+                timed(functools.partial(live.job_status, qdir, jid), repeat),
             )
     finally:
         if aside.exists():

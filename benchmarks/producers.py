@@ -112,10 +112,12 @@ def producers(
 ) -> float:
     """Enqueues per second from `procs` processes (see `child` for the modes)."""
     if backlog:
-        q, _ = open_owner(path, serve=False)
+        filler, _ = open_owner(path, serve=False)
         for _ in range(0, backlog, 1000):
-            q.enqueue_many([("bench", PAYLOAD)] * 1000)
-        q.close()
+            filler.enqueue_many([("bench", PAYLOAD)] * 1000)
+        filler.close()
+    q: walq.Queue | None
+    server: ProducerServer | None
     q, server = open_owner(path, serve=True) if owner else (None, None)
     try:
         children = [

@@ -165,14 +165,14 @@ def run(kind: str, urls: list[str], jobs: int) -> float:
             if p.wait(timeout=600) != 0:
                 raise RuntimeError(f"{kind}: a process failed ({p.returncode})")
         reports = [json.loads(out.read_text()) for out in outs]
-    done = sum(r["n"] for r in reports)
-    end = max(r["end"] for r in reports)
+    done = int(sum(r["n"] for r in reports))
+    end = float(max(r["end"] for r in reports))
     if kind == "rq":
         from redis import Redis
         from rq import Queue
 
         left = Queue("walq-bench-scale", connection=Redis.from_url(urls[0])).count
-        done = jobs - left
+        done = jobs - int(left)
     if done < jobs * 0.99:
         raise RuntimeError(f"{kind}: {done} of {jobs} jobs done")
     return done / (end - t0)

@@ -10,6 +10,7 @@ baselines measured in the same run. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -63,6 +64,11 @@ class Bench:
 
 def single(key: str, fn: Callable[[Path], float]) -> Collect:
     return lambda path: {key: [fn(path)]}
+
+
+def in_file(fn: Callable[[Path, Settings], float], s: Settings, path: Path) -> float:
+    """`fn` run on a file named f in the row's directory."""
+    return fn(path / "f", s)
 
 
 def nothing(path: Path) -> dict[str, list[float]]:
@@ -120,7 +126,7 @@ def disk_benches(s: Settings) -> Iterator[Bench]:
     ]
     for key, label, unit, fn in simple:
         row = Row(f"disk.{key}", DISK, label, unit)
-        collect = single(row.key, lambda p, fn=fn: fn(p / "f", s))
+        collect = single(row.key, functools.partial(in_file, fn, s))
         yield Bench(frozenset({"disk"}), [row], collect, s.repeats, s.timeout)
 
     def read_loop(path: Path) -> dict[str, list[float]]:

@@ -61,7 +61,7 @@ def enqueue_rate(path: str, seconds: float) -> float:
         p.start()
     time.sleep(1.0)  # every producer connected before the clock starts
     start.set()
-    total = sum(out.get(timeout=seconds + 120) for _ in procs)
+    total: float = sum(out.get(timeout=seconds + 120) for _ in procs)
     for p in procs:
         p.join()
     return total / seconds
