@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import walq
 from tools import powerloss
+from walq.core import format as fmt
 from walq.testing.faultfs import CrashMode, SimFileSystem, SimulatedCrash, draw_crash
 
 T = TypeVar("T")
@@ -264,6 +265,94 @@ def test_compaction_after_an_unsynced_fail_reads_the_buffered_error() -> None:
     (dead,) = q.dead_jobs()
     assert dead.id == job.id and dead.error == "boom"
     q.close()
+
+
+class Scripted:
+    """Choices for a run played by hand: each pick takes the first option, and each
+    integer comes from `ints` (then the top of its range)."""
+
+    def __init__(self, *ints: int) -> None:
+        self.ints = list(ints)
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.ints.pop(0) if self.ints else hi
+
+    def pick(self, options: Sequence[T]) -> T:
+        return options[0]
+
+    def crash(self, fs: SimFileSystem, mode: CrashMode) -> SimFileSystem:
+        return fs.crash(mode=mode)
+
+
+def claimed_in_a_segment_with_room(ints: Sequence[int], room: int | None) -> powerloss.Run:
+    """A run (choices scripted) whose job 1 is claimed, its segment filled to leave `room`
+    bytes (None: not filled); every step confirmed in the run's model."""
+    run = powerloss.Run(Scripted(*ints), sync="always")
+    q = run.q = run.open(run.fs)
+
+    def confirmed(payload: bytes) -> None:
+        before = dict(run.model.live)
+        jid = q.enqueue("a", payload)
+        run.model.payloads[jid] = ("a", payload)
+        run.model.record(run.records(before), committed=True)
+
+    confirmed(b"the job")
+    before = dict(run.model.live)
+    job = q.claim()
+    assert job is not None and job.id == 1
+    run.model.record(run.records(before), committed=True)
+    if room is not None:
+        log = q._log
+        start = log._end
+        confirmed(b"")
+        overhead = log._end - start  # of an enqueue record with an empty payload
+        pad = log._capacity - log._end - overhead - room
+        assert pad >= 0
+        confirmed(b"p" * pad)
+        assert log._capacity - log._end == room and log.active_seq == 1
+    return run
+
+
+# (the operation, the integers its choices draw, the job as a reopen shows it done)
+TORN_OUTCOMES = [
+    (powerloss.op_ack, (0,), ("done",)),  # 0: says how its attempt ran
+    (powerloss.op_fail, (0, 0), ("dead", 1)),  # permanent; says how it ran
+    (powerloss.op_release, (0,), ("pending", 0)),  # the attempt given back
+]
+
+
+@pytest.mark.parametrize(("op", "ints", "shown"), TORN_OUTCOMES, ids=["ack", "fail", "release"])
+def test_an_outcome_whose_roll_fails_after_its_record_may_survive(
+    op: powerloss.Op, ints: tuple[int, ...], shown: tuple[Any, ...]
+) -> None:
+    """An outcome with ran=...: room for its record but not for its attempt record. The roll
+    between them fails, the call raises LogFailedError, and after a restart the outcome holds.
+
+    The crash model leaves a failed write's fate unknown; the explorer's model once let
+    only an enqueue or a claim that raised have written anything, and called this "lost".
+    """
+    run = claimed_in_a_segment_with_room(ints, None)
+    assert run.q is not None
+    end = run.q._log._end
+    op(run)
+    size = run.q._log._end - end  # the outcome's record and its attempt record
+    run.q.close()
+    run = claimed_in_a_segment_with_room(ints, size - 1)  # an attempt record is > 1 byte
+    assert run.q is not None
+    run.fs.inject("pwrite", errno.EIO, path=fmt.segment_name(2))  # creating the next segment
+    before = dict(run.model.live)
+    with pytest.raises(walq.LogFailedError, match="creating segment 2"):
+        op(run)
+    assert "ran=Ran(" in run.history[-1]
+    run.interrupted(before)
+    run.fs.clear_faults()
+    run.q.close()
+    with contextlib.suppress(powerloss.Stop):
+        run.recover(run.fs.crash(mode="durable"))  # the record was fsynced with segment 1
+    assert not run.violations, run.violations
+    assert run.q is not None
+    assert powerloss.project(powerloss.observe(run.q, [1]).get(1), run.clock.mono) == shown
+    run.q.close()
 
 
 def test_a_kill_during_a_segment_roll_then_power_loss_keeps_later_confirmed_jobs() -> None:

@@ -591,7 +591,8 @@ class Run:
         A failed append can leave some of an operation's records written (the
         segment roll in the middle of a batch writes what came before it)
         while the in-memory state took none of them, so an interrupted
-        enqueue or claim counts with every record it intended.
+        enqueue, claim, ack, fail or release counts with every record it
+        intended (an outcome's record comes before its attempt record).
         """
         records = self.records(before)
         if self.claiming:
@@ -660,6 +661,13 @@ class Run:
         if self.choose.pick([True, False]):
             return bytes((n + i * 7) & 0xFF for i in range(size))
         return {"n": n, "pad": "p" * size}
+
+    def outcome_as_meant(self, jid: int, meant: MJob) -> None:
+        """The job is as the operation meant it: what `intended` says an interrupted one
+        may have written (an append failing at a segment roll keeps the records before it)."""
+        assert self.q is not None
+        seen = project(observe(self.q, [jid]).get(jid), self.clock.mono)
+        self.expect(seen == project(meant, self.clock.mono), f"job {jid}: {seen}, meant {meant}")
 
     def expect(self, ok: bool, what: str) -> None:
         if not ok:
@@ -777,6 +785,7 @@ def op_ack(run: Run) -> bool:
     jid, attempt = run.choose.pick(running)
     sync = run.sync_arg()
     ran = how_it_ran(run)
+    run.intended = [((jid, MJob("done")),)]
     run.history.append(f"ack({jid}, attempt={attempt}, sync={sync}, ran={ran})")
     try:
         run.q.ack(jid, attempt=attempt, sync=sync, ran=ran)
@@ -799,6 +808,11 @@ def op_fail(run: Run) -> bool:
     run.history.append(
         f"fail({jid}, attempt={attempt}, permanent={permanent}, delay={delay}, ran={ran})"
     )
+    if permanent or attempt >= run.q._state.info(jid).max_attempts:
+        meant = MJob("dead", attempt)
+    else:
+        meant = MJob("scheduled", attempt, run.clock.mono + delay)
+    run.intended = [((jid, meant),)]
     try:
         status = run.q.fail(
             jid, "boom", permanent, attempt=attempt, delay=delay, sync=sync, ran=ran
@@ -806,6 +820,7 @@ def op_fail(run: Run) -> bool:
     except StateError:
         return False
     run.history[-1] += f" -> {status}"
+    run.outcome_as_meant(jid, meant)
     return run.commits(sync)
 
 
@@ -817,11 +832,14 @@ def op_release(run: Run) -> bool:
     jid, attempt = run.choose.pick(running)
     sync = run.sync_arg()
     ran = how_it_ran(run)
+    meant = MJob("pending", attempt - 1)  # a release gives the attempt back
+    run.intended = [((jid, meant),)]
     run.history.append(f"release({jid}, attempt={attempt}, sync={sync}, ran={ran})")
     try:
         run.q.release(jid, attempt=attempt, sync=sync, ran=ran)
     except StateError:
         return False
+    run.outcome_as_meant(jid, meant)
     return run.commits(sync)
 
 
