@@ -397,11 +397,11 @@ def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -
             q.compact()
         compactor_ran.set()
 
-    def compact_then_unlink(names: list[str]) -> None:
+    def compact_then_unlink(names: list[str]) -> bool:
         # The background compactor, poked when the batch sealed a segment, wants to run now.
         threading.Thread(target=background_compaction, daemon=True).start()
         assert not compactor_ran.wait(0.3)  # it waits for the ingestion to be durable
-        unlink(names)
+        return unlink(names)
 
     server.spool._unlink = compact_then_unlink  # type: ignore[method-assign]
     fs.crash_on("sync_dir", path=QDIR + "/spool")  # power is cut before the unlink is durable
@@ -411,6 +411,81 @@ def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -
     ProducerServer(q, listen=False, poll_interval=None).start()
     assert q.stats()["pending"] == len(items)  # 18 today: 8 ingested twice
     q.close()
+
+
+@pytest.mark.parametrize("fault", ["sync_dir", "remove"])
+def test_spool_ingestion_stays_exactly_once_when_removing_the_file_fails(fault: str) -> None:
+    """Ingested, then the spool file's removal (or the spool directory's fsync after it)
+    fails: compaction and checkpoints wait, the next poll retries, and a power cut at any
+    point leaves every spooled item in the queue exactly once.
+
+    (Found by tools/powerloss.py: the failed fsync's error left the ingestion, and a
+    compaction then dropped the origins while the removal was not durable; a power cut
+    brought the file back and it was ingested twice.)
+    """
+    from walq.producers import spool, wire
+    from walq.producers.server import ProducerServer
+
+    fs = SimFileSystem()
+    open_sim(fs).close()
+    items = [wire.Item(task="t", kind=1, data=bytes([i]) * 900) for i in range(3)]
+    writer = spool.SpoolWriter(fs, QDIR, max_files=100, max_bytes=1 << 30, lock_timeout=1.0)
+    writer.put(items)  # durable on return: the producer's promise
+    q = open_sim(fs)
+    server = ProducerServer(q, listen=False, poll_interval=None)
+    fs.inject(fault, errno.EIO, path=QDIR + "/spool", times=None)
+    assert server.ingest() == 3
+    for _ in range(3):  # seal the segment holding the ingested enqueue records
+        q.enqueue("t", b"x" * 3000)
+
+    def exactly_once(disk: SimFileSystem) -> None:
+        again = open_sim(disk)
+        ProducerServer(again, listen=False, poll_interval=None).start()  # settles, ingests
+        assert again.stats()["pending"] == 3 + 3, fs.listdir(QDIR + "/spool")
+        again.close()
+
+    with pytest.raises(walq.CompactionError, match=r"spool.*compaction waits"):
+        q.compact()
+    with pytest.raises(walq.CompactionError, match=r"spool.*the checkpoint waits"):
+        q.write_checkpoint()
+    assert server.ingest() == 0  # the retry fails too: nothing is ingested twice
+    exactly_once(fs.snapshot(mode="durable"))
+    exactly_once(fs.snapshot(mode="clean"))
+    fs.clear_faults()
+    assert server.ingest() == 0  # the retry holds now
+    assert q.compact().segments_in > 0
+    exactly_once(fs.snapshot(mode="durable"))
+    q.close()
+
+
+def test_a_queue_opened_without_serving_settles_a_crashed_ingestion_first() -> None:
+    """An owner dies between an ingestion's enqueue and the file's removal; the next open
+    has serve=False and compacts: the file is settled at open, not ingested again later."""
+    from walq.producers import spool, wire
+    from walq.producers.server import ProducerServer
+
+    fs = SimFileSystem()
+    open_sim(fs).close()
+    items = [wire.Item(task="t", kind=1, data=bytes([i]) * 900) for i in range(3)]
+    writer = spool.SpoolWriter(fs, QDIR, max_files=100, max_bytes=1 << 30, lock_timeout=1.0)
+    writer.put(items)
+    q = open_sim(fs)
+    fs.crash_on("remove", path=QDIR + "/spool")
+    with pytest.raises(SimulatedCrash):
+        ProducerServer(q, listen=False, poll_interval=None).ingest()
+    disk = fs.crash(mode="durable")  # the enqueue is durable; the file is still there
+    q = open_sim(disk)  # serve=False
+    assert [n for n in disk.listdir(QDIR + "/spool") if not n.startswith(".")] == []
+    while (job := q.claim()) is not None:
+        q.ack(job.id)
+    for _ in range(3):  # seal the segment with the ingested jobs' records
+        q.enqueue("t", b"x" * 3000)
+    assert q.compact().segments_in > 0  # the acked jobs' records, origins with them, go
+    q.close()
+    again = open_sim(disk)
+    ProducerServer(again, listen=False, poll_interval=None).start()
+    assert again.stats()["pending"] == 3  # the padding: no spooled item came back
+    again.close()
 
 
 # -- flow: results, follow-up jobs, dependencies (docs/FLOW.md) -----------------------------

@@ -635,22 +635,22 @@ def test_a_file_cut_short_by_a_crash_is_split_not_repeated() -> None:
     q.close()
     for nth in (1, 2, None):  # crash at the first or second removal, or not at all
         fs = base.snapshot(mode="clean")
-        q, server = _sim_owner(fs)
         if nth is None:
+            q, server = _sim_owner(fs)  # settles the file at open (serve=False)
             server.start()
             assert sorted(drain(q)) == ["a0", "a1", "a2"]
             assert server.counters["ingested_jobs"] == 2
             q.close()
             continue
-        fs.crash_on("remove", nth=nth)
+        fs.crash_on("remove", nth=nth)  # the old file's (at open), the remainder's (ingested)
         with pytest.raises(SimulatedCrash):
+            q, server = _sim_owner(fs)
             server.start()
         for _ in range(2):  # and once more, crashing before the old file's removal is durable
-            disk = fs.crash(mode="durable")
-            q, server = _sim_owner(disk)
-            fs = disk
+            fs = fs.crash(mode="durable")
             fs.crash_on("remove", nth=1)
             with contextlib.suppress(SimulatedCrash):
+                q, server = _sim_owner(fs)
                 server.start()
         assert _ingested(fs.crash(mode="durable")) == ["a0", "a1", "a2"]
 

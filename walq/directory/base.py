@@ -39,6 +39,7 @@ from walq.directory.log import Log
 from walq.directory.readers import Readers
 from walq.directory.recovery import Damage
 from walq.directory.segment import Segment
+from walq.directory.spool_guard import SpoolGuard
 from walq.errors import ClosedError, CorruptionError, QueueFull
 from walq.producers.server import ProducerServer
 
@@ -88,9 +89,9 @@ class QueueBase(QueueBackend):
         # Called (outside the lock) when a job may have become ready: a worker's wakeup.
         self.ready_listeners: list[Callable[[], None]] = []
         # Spool ingestion holds this from an enqueue until the spool file's unlink
-        # is durable; the compactor takes it before choosing what to rewrite, so
-        # it never drops the enqueue record that says a spool file was ingested.
-        self.ingest_lock = threading.Lock()
+        # is durable; the compactor and the checkpointer take it first, so they
+        # never drop the enqueue record that says a spool file was ingested.
+        self.ingest_lock = SpoolGuard()
         self._server: ProducerServer | None = None
         # The uid of the queue directory, which walq's files in it must have (spool
         # files included); None under trust_dir=True (walq.directory.fs.queue_dir_owner).
@@ -537,6 +538,7 @@ class CompactionView:
         """
         q = self._q
         with q.ingest_lock, q._mu:
+            q.ingest_lock.check("the checkpoint")
             q._check_open()
             now = q._clock()
             done = q.done_seen + q.counters["acked"]

@@ -23,7 +23,6 @@ import posixpath
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import attrs
@@ -37,6 +36,7 @@ from walq.directory.checkpoint import Checkpointer, Written
 from walq.directory.fs import File, FileSystem
 from walq.directory.readers import Readers, RecordSource
 from walq.directory.segment import Segment
+from walq.directory.spool_guard import SpoolGuard
 from walq.errors import ClosedError, CompactionError, CorruptionError, WalqError
 
 log = logging.getLogger("walq.compactor")
@@ -107,7 +107,7 @@ class Compactable(Protocol):
         """The queue's log."""
 
     @property
-    def ingest_lock(self) -> AbstractContextManager[Any]:
+    def ingest_lock(self) -> SpoolGuard:
         """Held by spool ingestion from an enqueue until its file's unlink is durable."""
 
     def sync(self) -> None:
@@ -349,6 +349,7 @@ class Compactor:
             # No spool ingestion is half done (enqueued, unlink not yet durable)
             # in what we choose: we must not drop its enqueue record's origin.
             with q.ingest_lock:
+                q.ingest_lock.check("compaction")
                 sealed = q.wal.sealed()
             if not sealed:
                 return CompactionResult(0, 0, 0, 0, 0.0)

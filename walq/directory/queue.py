@@ -186,6 +186,10 @@ class Queue(Administration):
             if serve:  # first: settling the spool needs origins a compaction may drop
                 q._server = ProducerServer(q, admin=q, listen=isinstance(fs, OsFileSystem))
                 q._server.start()
+            elif q.replayed_origins:
+                # No server, but a crashed owner's half-done ingestion is settled all the
+                # same, before a compaction drops the origins that say what it enqueued.
+                ProducerServer(q, listen=False, poll_interval=None).reconcile()
             cp = q._compactor.checkpointer
             if cp is not None:
                 cp.background = checkpoint is not False

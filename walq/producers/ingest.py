@@ -6,7 +6,9 @@ record); the file is unlinked and the spool directory fsynced only after the
 enqueue is durable, and on open `replayed_origins` names the items already in
 the log, so a file that survived a crash is unlinked without enqueueing those
 items again. A compactor that drops ENQUEUE records must hold `ingest_lock`,
-which ingestion holds from the enqueue through the unlink and the directory fsync.
+which ingestion holds from the enqueue through the unlink and the directory fsync;
+when the unlink or the fsync fails, the lock (a SpoolGuard) stays unsettled and
+compaction and checkpoints wait until a later poll makes the removal durable.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import posixpath
 import threading
 import time
 from collections.abc import Iterable, Mapping, Set
-from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import attrs
 
 from walq.directory.fs import FileSystem, check_owner, own_dir
+from walq.directory.spool_guard import SpoolGuard
 from walq.errors import (
     ClosedError,
     CorruptionError,
@@ -55,7 +57,7 @@ class IngestTarget(Protocol):
         """The origins of the enqueues in the log: spooled items already ingested."""
 
     @property
-    def ingest_lock(self) -> AbstractContextManager[Any]:
+    def ingest_lock(self) -> SpoolGuard:
         """Held from an ingestion's enqueue through its unlinks and the spool-dir fsync
         (the queue's compactor takes it before dropping ENQUEUE records)."""
 
@@ -105,8 +107,8 @@ class SpoolIngester:
         self.batch_bytes = batch_bytes
         self.ingest_lock = target.ingest_lock
         self._ingest_mu = threading.Lock()  # one ingestion at a time
-        self._unlink_pending: set[str] = set()  # ingested, but the unlink failed
         self._stuck: set[str] = set()  # damaged or refused, and could not be set aside
+        self._reported: str | None = None  # the last unsettled removal logged
         self._waiting_logged = False
 
     def prepare(self) -> None:
@@ -152,10 +154,9 @@ class SpoolIngester:
                 settled.append(entry.name)
             if settled:
                 self.fs.sync_dir(self.spool_dir)  # the moved items are durable first
-                for name in settled:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.fs.remove(posixpath.join(self.spool_dir, name))
-                self.fs.sync_dir(self.spool_dir)
+            # Also with nothing to settle: a removal the crashed owner made may not be
+            # durable yet (it restarted without a power cut), and its origins are here.
+            self._unlink(settled)
         return len(settled)
 
     def ingest(self) -> int:
@@ -168,6 +169,10 @@ class SpoolIngester:
         # can write would hand their files to this owner to run.
         if not own_dir(self.fs, self.spool_dir, self.target.owner_uid, create=False):
             return 0
+        if self.ingest_lock.unsettled is not None:
+            with self.ingest_lock:
+                if not self._unlink([]):  # retried first; nothing new until it holds
+                    return 0
         names = self.fs.listdir(self.spool_dir)
         self._sweep_tmp(names)
         added = 0
@@ -176,10 +181,6 @@ class SpoolIngester:
         for entry in spool.live_entries(names):
             if self.stop.is_set():
                 break
-            if entry.name in self._unlink_pending:
-                with self.ingest_lock:
-                    self._unlink([entry.name])
-                continue
             if entry.name in self._stuck:
                 continue
             loaded = self._load(entry)
@@ -241,7 +242,8 @@ class SpoolIngester:
                 return 0, False
             except WalqError:
                 added, done, go_on = self._one_by_one(batch)
-            self._unlink([f.name for f in done])
+            if done and not self._unlink([f.name for f in done]):
+                go_on = False
         self.counters["ingested_jobs"] += added
         self.counters["ingested_files"] += len(done)
         if done and self._waiting_logged:
@@ -288,23 +290,40 @@ class SpoolIngester:
             self.target.enqueue_many(items, sync=True)
         return len(items)
 
-    def _unlink(self, names: list[str]) -> None:
-        """Remove ingested files and make that durable; remember the ones that resist."""
-        for name in names:
+    def _unlink(self, names: list[str]) -> bool:
+        """Remove ingested files (and any an earlier call could not) and fsync the spool
+        directory (ingest_lock held); whether that is all durable now.
+
+        Until it is, the guard stays unsettled: compaction and checkpoints keep the
+        origins that say the files were ingested, and ingestion retries this first.
+        """
+        guard = self.ingest_lock
+        guard.to_remove.update(names)
+        why = f"{self.spool_dir}: the removal of ingested spool files is not fsynced yet"
+        for name in sorted(guard.to_remove):
+            path = posixpath.join(self.spool_dir, name)
             try:
-                self.fs.remove(posixpath.join(self.spool_dir, name))
+                self.fs.remove(path)
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                if name not in self._unlink_pending:
-                    log.error(
-                        "%s/%s: ingested, but cannot remove it: %s", self.spool_dir, name, exc
-                    )
-                self._unlink_pending.add(name)
+                why = f"{path}: ingested, but removing it failed: {exc}"
                 continue
-            self._unlink_pending.discard(name)
-        if names:
-            self.fs.sync_dir(self.spool_dir)
+            guard.to_remove.discard(name)
+        guard.unsettled = why
+        if not guard.to_remove:
+            try:
+                self.fs.sync_dir(self.spool_dir)
+            except OSError as exc:
+                guard.unsettled = (
+                    f"{self.spool_dir}: fsync after removing ingested files failed: {exc}"
+                )
+            else:
+                guard.unsettled = None
+        if guard.unsettled is not None and guard.unsettled != self._reported:
+            log.error("%s", guard.unsettled)  # once per cause: each poll retries
+        self._reported = guard.unsettled
+        return guard.unsettled is None
 
     def _set_aside(self, name: str, suffix: str, reason: str) -> None:
         path = posixpath.join(self.spool_dir, name)
