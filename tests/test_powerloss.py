@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 import walq
 from tools import powerloss
 from walq.core import format as fmt
+from walq.producers import spool, wire
+from walq.producers.server import ProducerServer
 from walq.testing.faultfs import CrashMode, SimFileSystem, SimulatedCrash, draw_crash
 
 T = TypeVar("T")
@@ -372,20 +374,23 @@ def test_a_kill_during_a_segment_roll_then_power_loss_keeps_later_confirmed_jobs
     q.close()
 
 
+def spooled_disk(n: int) -> SimFileSystem:
+    """A queue's disk with one durable spool file of `n` items, as a producer leaves it."""
+    fs = SimFileSystem()
+    open_sim(fs).close()
+    items = [wire.Item(task="t", kind=1, data=bytes([i]) * 900) for i in range(n)]
+    writer = spool.SpoolWriter(fs, QDIR, max_files=100, max_bytes=1 << 30, lock_timeout=1.0)
+    writer.put(items)  # durable on return: the producer's promise
+    return fs
+
+
 def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -> None:
     """Ingest a spool file; the compactor tries to run before the unlink is durable; power is cut.
 
     (Bug 7, fixed: the compactor takes the queue's ingest_lock, so it waits for the
     ingestion instead of dropping the enqueue records that name the spool file.)
     """
-    from walq.producers import spool, wire
-    from walq.producers.server import ProducerServer
-
-    fs = SimFileSystem()
-    open_sim(fs).close()
-    items = [wire.Item(task="t", kind=1, data=bytes([i]) * 900) for i in range(10)]
-    writer = spool.SpoolWriter(fs, QDIR, max_files=100, max_bytes=1 << 30, lock_timeout=1.0)
-    writer.put(items)  # durable on return: the producer's promise
+    fs = spooled_disk(10)
     q = open_sim(fs)
     server = ProducerServer(q, listen=False, poll_interval=None)
     unlink = server.spool._unlink
@@ -409,7 +414,7 @@ def test_spool_ingestion_stays_exactly_once_when_a_compaction_runs_during_it() -
         server.start()
     q = open_sim(fs.crash(mode="durable"))
     ProducerServer(q, listen=False, poll_interval=None).start()
-    assert q.stats()["pending"] == len(items)  # 18 today: 8 ingested twice
+    assert q.stats()["pending"] == 10  # 18 today: 8 ingested twice
     q.close()
 
 
@@ -423,14 +428,7 @@ def test_spool_ingestion_stays_exactly_once_when_removing_the_file_fails(fault: 
     compaction then dropped the origins while the removal was not durable; a power cut
     brought the file back and it was ingested twice.)
     """
-    from walq.producers import spool, wire
-    from walq.producers.server import ProducerServer
-
-    fs = SimFileSystem()
-    open_sim(fs).close()
-    items = [wire.Item(task="t", kind=1, data=bytes([i]) * 900) for i in range(3)]
-    writer = spool.SpoolWriter(fs, QDIR, max_files=100, max_bytes=1 << 30, lock_timeout=1.0)
-    writer.put(items)  # durable on return: the producer's promise
+    fs = spooled_disk(3)
     q = open_sim(fs)
     server = ProducerServer(q, listen=False, poll_interval=None)
     fs.inject(fault, errno.EIO, path=QDIR + "/spool", times=None)
@@ -461,14 +459,7 @@ def test_spool_ingestion_stays_exactly_once_when_removing_the_file_fails(fault: 
 def test_a_queue_opened_without_serving_settles_a_crashed_ingestion_first() -> None:
     """An owner dies between an ingestion's enqueue and the file's removal; the next open
     has serve=False and compacts: the file is settled at open, not ingested again later."""
-    from walq.producers import spool, wire
-    from walq.producers.server import ProducerServer
-
-    fs = SimFileSystem()
-    open_sim(fs).close()
-    items = [wire.Item(task="t", kind=1, data=bytes([i]) * 900) for i in range(3)]
-    writer = spool.SpoolWriter(fs, QDIR, max_files=100, max_bytes=1 << 30, lock_timeout=1.0)
-    writer.put(items)
+    fs = spooled_disk(3)
     q = open_sim(fs)
     fs.crash_on("remove", path=QDIR + "/spool")
     with pytest.raises(SimulatedCrash):
