@@ -91,7 +91,8 @@ class Compactable(Protocol):
     """What the compactor needs of a queue (walq.directory.base.CompactionView).
 
     Each call takes the queue's lock itself; `ingest_lock` is held while
-    choosing the segments to rewrite (no spool ingestion is then half done).
+    choosing the segments to rewrite (no spool ingestion is then half done,
+    and none whose file's removal failed is left unsettled: see SpoolGuard).
     """
 
     @property
