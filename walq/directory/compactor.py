@@ -473,7 +473,8 @@ class Compactor:
         snap: Snapshot, record: framing.Record, state: int, error: str, readers: Readers
     ) -> ev.Job | ev.After:
         """The job record (wrapped in its `after` record if it has parents) a compaction
-        writes for a job whose record is neither a plain enqueue nor a job record."""
+        writes for a job with parents, or whose record is neither a plain enqueue nor a
+        job record (both decoded: the fast path `ev.compacted_job` copies the others)."""
         e = ev.job_event(ev.decode(record.rtype, record.body), snap.id)
         if e is None:
             raise CorruptionError(
